@@ -1,0 +1,2 @@
+//! isomgr: makes optical-disc images appear as directories by themselves.
+pub mod iso9660;
