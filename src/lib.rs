@@ -3,9 +3,13 @@
 //! Crate map:
 //! - [`iso9660`]: the pure ISO9660 / Rock Ridge / Joliet / El Torito reader and the UDF label,
 //!   with the on-disk types the writer shares. Bytes in, typed values or errors out.
+//! - [`event`]: the one event type sources produce and the manager consumes.
+//! - [`manager`]: the pure mount manager (event in, actions out), names and persisted state.
 //! - [`names`]: volume labels made into safe directory names, collisions resolved.
 //! - [`cli`]: one module per subcommand; the only layer that prints.
 
 pub mod cli;
+pub mod event;
 pub mod iso9660;
+pub mod manager;
 pub mod names;
