@@ -9,10 +9,10 @@
 //! - `adapter`: the fuser `Filesystem` implementation over the table and the images.
 
 mod adapter;
-mod iso_standin;
+
 pub mod table;
 
-use iso_standin as iso9660;
+use crate::iso9660;
 
 use std::ffi::{CString, OsStr};
 use std::fs::{File, OpenOptions};
