@@ -93,6 +93,20 @@ fn umount2(path: &Path, flags: libc::c_int) -> io::Result<()> {
     }
 }
 
+fn statfs(path: &Path) -> io::Result<()> {
+    let c = cstring(path)?;
+    // SAFETY: `buf` is plain data the call fills in; `c` is a valid C string.
+    let rc = unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut buf)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Mount options: read-only, shared with every user (permissions checked by the kernel from the
 /// modes shown), no setuid, devices or execution.
 fn mount_fuse(root: &Path, fd: &OwnedFd) -> io::Result<()> {
@@ -127,7 +141,13 @@ fn mount_fuse(root: &Path, fd: &OwnedFd) -> io::Result<()> {
 /// Makes `root` usable as a mount point: a dead FUSE mount (its daemon was killed, every access
 /// fails with ENOTCONN) is detached lazily first.
 fn prepare_root(root: &Path) -> Result<(), Error> {
-    let meta = match std::fs::metadata(root) {
+    // statfs always reaches a FUSE daemon (stat may be answered from cached attributes), so it
+    // tells a dead mount at once.
+    let probe = match statfs(root) {
+        Ok(()) => std::fs::metadata(root),
+        Err(e) => Err(e),
+    };
+    let meta = match probe {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             warn!(root = %root.display(), "found a dead FUSE mount (ENOTCONN); detaching it");
             umount2(root, libc::MNT_DETACH).map_err(|source| Error::StaleUnmount {
