@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::consts::{FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FUSE_CACHE_SYMLINKS, FUSE_PARALLEL_DIROPS};
@@ -56,10 +56,83 @@ struct OpenFile {
     entry: Entry,
 }
 
+/// One read request handed to a reader thread, which replies to it.
+struct ReadJob {
+    file: Arc<OpenFile>,
+    offset: u64,
+    size: u32,
+    reply: ReplyData,
+}
+
+/// Threads that serve reads, so the session thread goes on taking requests (the kernel keeps
+/// several read-ahead requests in flight) while the bytes are copied.
+const READERS: usize = 2;
+
+/// Serves one read: a positioned read from the image into `buf`, then the reply.
+fn serve_read(job: ReadJob, buf: &mut Vec<u8>) {
+    let ReadJob {
+        file,
+        offset,
+        size,
+        reply,
+    } = job;
+    let file_size = if file.entry.kind == Kind::File {
+        file.entry.size
+    } else {
+        0
+    };
+    let want = file_size.saturating_sub(offset).min(u64::from(size));
+    let want = usize::try_from(want).unwrap_or(MAX_READ).min(MAX_READ);
+    if want == 0 {
+        return reply.data(&[]);
+    }
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    let Some(dst) = buf.get_mut(..want) else {
+        return reply.error(libc::EIO);
+    };
+    match file.image.read_at(&file.entry, offset, dst) {
+        Ok(n) => reply.data(dst.get(..n).unwrap_or(&[])),
+        Err(e) => {
+            warn!(file = ?file.entry.name, offset, error = %e, "reading from an image failed");
+            reply.error(e.errno());
+        }
+    }
+}
+
+fn spawn_readers() -> Option<mpsc::Sender<ReadJob>> {
+    let (tx, rx) = mpsc::channel::<ReadJob>();
+    let rx = Arc::new(Mutex::new(rx));
+    let mut spawned = 0;
+    for i in 0..READERS {
+        let rx = rx.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("isomgr-read-{i}"))
+            .spawn(move || {
+                let mut buf = Vec::new();
+                loop {
+                    let job = lock(&rx).recv();
+                    match job {
+                        Ok(job) => serve_read(job, &mut buf),
+                        Err(_) => break,
+                    }
+                }
+            });
+        match started {
+            Ok(_) => spawned += 1,
+            Err(e) => warn!(error = %e, "could not start a reader thread"),
+        }
+    }
+    (spawned > 0).then_some(tx)
+}
+
 pub struct Adapter {
     table: SharedTable,
-    handles: HashMap<u64, OpenFile>,
+    handles: HashMap<u64, Arc<OpenFile>>,
     next_fh: u64,
+    /// Reader threads; `None` if none could start, then reads are served inline.
+    readers: Option<mpsc::Sender<ReadJob>>,
     buf: Vec<u8>,
     uid: u32,
     gid: u32,
@@ -71,6 +144,7 @@ impl Adapter {
             table,
             handles: HashMap::new(),
             next_fh: 1,
+            readers: spawn_readers(),
             buf: Vec::new(),
             uid,
             gid,
@@ -284,7 +358,7 @@ impl Filesystem for Adapter {
             Ok((image, entry)) => {
                 let fh = self.next_fh;
                 self.next_fh += 1;
-                self.handles.insert(fh, OpenFile { image, entry });
+                self.handles.insert(fh, Arc::new(OpenFile { image, entry }));
                 // Contents never change while a medium exists and a new medium never reuses an
                 // inode, so cached pages stay valid across opens.
                 reply.opened(fh, FOPEN_KEEP_CACHE);
@@ -304,35 +378,27 @@ impl Filesystem for Adapter {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
-        let Some(open) = self.handles.get(&fh) else {
+        let Some(file) = self.handles.get(&fh).cloned() else {
             return reply.error(libc::EBADF);
         };
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
-        let file_size = if open.entry.kind == Kind::File {
-            open.entry.size
-        } else {
-            0
+        let job = ReadJob {
+            file,
+            offset,
+            size,
+            reply,
         };
-        let want = file_size.saturating_sub(offset).min(u64::from(size));
-        let want = usize::try_from(want).unwrap_or(MAX_READ).min(MAX_READ);
-        if want == 0 {
-            return reply.data(&[]);
-        }
-        if self.buf.len() < want {
-            self.buf.resize(want, 0);
-        }
-        let Some(buf) = self.buf.get_mut(..want) else {
-            return reply.error(libc::EIO);
+        let job = match &self.readers {
+            Some(readers) => match readers.send(job) {
+                Ok(()) => return,
+                // The readers are gone: serve it here.
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
         };
-        match open.image.read_at(&open.entry, offset, buf) {
-            Ok(n) => reply.data(buf.get(..n).unwrap_or(&[])),
-            Err(e) => {
-                warn!(file = ?open.entry.name, offset, error = %e, "reading from an image failed");
-                reply.error(e.errno());
-            }
-        }
+        serve_read(job, &mut self.buf);
     }
 
     fn release(

@@ -32,9 +32,10 @@ use self::adapter::{lock, Adapter, SharedTable};
 use self::iso9660::Image;
 use self::table::{AddError, Table, ROOT_INO};
 
-/// Read-ahead for the mount's backing device (KiB): one FUSE request of max_pages (256 pages).
-/// The kernel starts FUSE mounts at 128 KiB, which halves the size of read requests.
-const READ_AHEAD_KB: u32 = 1024;
+/// Read-ahead for the mount's backing device (KiB): two FUSE requests of max_pages (256 pages,
+/// 1 MiB) in flight, one per reader thread. The kernel starts FUSE mounts at 128 KiB. Measured
+/// on the 2-core test VM: 128 KiB ~1.1-1.5 GB/s, 2 MiB ~1.6-2.1 GB/s, 8 MiB and more ~1 GB/s.
+const READ_AHEAD_KB: u32 = 2048;
 /// How long `unmount` waits for the session thread to finish after the kernel let go.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
