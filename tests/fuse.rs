@@ -745,3 +745,90 @@ fn serves_a_block_device_source() {
     );
     drop(m);
 }
+
+/// Every fixture image with a manifest, served at once, matches its manifest through the mount.
+#[test]
+fn serves_the_fixture_images_as_their_manifests_say() {
+    if !can_run("serves_the_fixture_images_as_their_manifests_say") {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut fixtures = Vec::new();
+    for entry in fs::read_dir(&dir).expect("listing fixtures") {
+        let path = entry.expect("entry").path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".tree.json"))
+        else {
+            continue;
+        };
+        let manifest: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).expect("manifest")).expect("json");
+        fixtures.push((stem.to_owned(), manifest));
+    }
+    assert!(!fixtures.is_empty(), "no fixtures in {}", dir.display());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let m = Mounted::new(&mnt);
+    for (name, _) in &fixtures {
+        m.driver()
+            .add(name, open_image(&dir.join(format!("{name}.iso"))))
+            .expect("adding a fixture");
+    }
+    for (name, manifest) in &fixtures {
+        let base = mnt.join(name);
+        let got = snapshot(&base);
+        let entries = manifest["entries"].as_array().expect("entries");
+        let want: Vec<String> = entries
+            .iter()
+            .map(|e| {
+                e["path"]
+                    .as_str()
+                    .expect("path")
+                    .trim_start_matches('/')
+                    .to_owned()
+            })
+            .collect();
+        let mut have: Vec<&String> = got.keys().collect();
+        let mut want_sorted: Vec<&String> = want.iter().collect();
+        have.sort();
+        want_sorted.sort();
+        assert_eq!(have, want_sorted, "{name}: paths");
+        for (e, path) in entries.iter().zip(&want) {
+            let g = &got[path];
+            let kind = e["type"].as_str().expect("type");
+            assert_eq!(g.kind, kind, "{name}: {path}");
+            if kind != "dir" {
+                assert_eq!(g.size, e["size"].as_u64(), "{name}: {path} size");
+            }
+            let mode = match (e["mode"].as_str(), kind) {
+                (_, "symlink") => 0o777,
+                (Some(m), _) => u32::from_str_radix(m, 8).expect("octal mode") & 0o1777,
+                (None, "dir") => 0o555,
+                (None, _) => 0o444,
+            };
+            assert_eq!(g.mode, mode, "{name}: {path} mode");
+            if let Some(uid) = e["uid"].as_u64() {
+                assert_eq!(u64::from(g.uid), uid, "{name}: {path} uid");
+            }
+            if let Some(gid) = e["gid"].as_u64() {
+                assert_eq!(u64::from(g.gid), gid, "{name}: {path} gid");
+            }
+            if let Some(mtime) = e["mtime"].as_i64() {
+                assert_eq!(g.mtime, Some(mtime), "{name}: {path} mtime");
+            }
+            if let Some(sha) = e["sha256"].as_str() {
+                assert_eq!(g.sha256.as_deref(), Some(sha), "{name}: {path} content");
+            }
+            if let Some(target) = e["target"].as_str() {
+                assert_eq!(
+                    g.target.as_deref(),
+                    Some(Path::new(target)),
+                    "{name}: {path} target"
+                );
+            }
+        }
+    }
+}
