@@ -7,9 +7,12 @@
 //! - [`manager`]: the pure mount manager (event in, actions out), names and persisted state.
 //! - [`names`]: volume labels made into safe directory names, collisions resolved.
 //! - [`cli`]: one module per subcommand; the only layer that prints.
+//! - [`fuse`]: the FUSE mount driver (one read-only FUSE filesystem at the root) and its pure
+//!   inode table.
 
 pub mod cli;
 pub mod event;
+pub mod fuse;
 pub mod iso9660;
 pub mod manager;
 pub mod names;
