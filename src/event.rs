@@ -1,7 +1,9 @@
 //! The one event type every source produces and the manager consumes: owned plain data, no
 //! udev or notify type crosses it. Executor outcomes come back as events too.
 
+use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +37,22 @@ pub struct Medium {
     pub label: Option<String>,
     /// What names the medium when the label cannot: the file stem or the kernel device name.
     pub fallback: String,
+    /// The descriptor the source opened and identified: the one that is served.
+    pub handle: Option<Handle>,
 }
+
+/// An open image or device, shared between the source that opened it and the driver that
+/// serves it. Equal when it is the same open file.
+#[derive(Clone, Debug)]
+pub struct Handle(pub Arc<File>);
+
+impl PartialEq for Handle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Handle {}
 
 /// Something that happened to a medium, or the outcome of an action.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,13 +6,18 @@
 //! - [`event`]: the one event type sources produce and the manager consumes.
 //! - [`manager`]: the pure mount manager (event in, actions out), names and persisted state.
 //! - [`names`]: volume labels made into safe directory names, collisions resolved.
+//! - [`source`]: event sources (directories of images through inotify).
+//! - [`exec`], [`daemon`]: the executor and the watcher's wiring (tokio, signals, state file).
 //! - [`cli`]: one module per subcommand; the only layer that prints.
 //! - [`fuse`]: the FUSE mount driver (one read-only FUSE filesystem at the root) and its pure
 //!   inode table.
 
 pub mod cli;
+pub mod daemon;
 pub mod event;
+pub mod exec;
 pub mod fuse;
 pub mod iso9660;
 pub mod manager;
 pub mod names;
+pub mod source;

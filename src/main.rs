@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() {
     let cli = isomgr::cli::Cli::parse();
-    isomgr::cli::init_logging(cli.verbose);
+    isomgr::cli::init_logging(&cli);
     let code = match isomgr::cli::run(cli, &mut std::io::stdout().lock()) {
         Ok(()) => 0,
         Err(e) if isomgr::cli::is_broken_pipe(&e) => 0,

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 pub mod cat;
 pub mod ls;
 pub mod scan;
+pub mod status;
+pub mod watch;
 
 /// Makes optical-disc images appear as directories by themselves.
 #[derive(Debug, Parser)]
@@ -28,6 +30,10 @@ pub enum Command {
     Ls(ls::Args),
     /// Write one file of an image to standard output.
     Cat(cat::Args),
+    /// Watch directories of images and serve each as a directory under the root.
+    Watch(watch::Args),
+    /// What a running watcher serves (from its state file).
+    Status(status::Args),
 }
 
 /// Runs a parsed command line, writing results to `out`.
@@ -36,12 +42,19 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Scan(args) => scan::run(&args, out),
         Command::Ls(args) => ls::run(&args, out),
         Command::Cat(args) => cat::run(&args, out),
+        Command::Watch(args) => watch::run(&args),
+        Command::Status(args) => status::run(&args, out),
     }
 }
 
 /// Installs the log subscriber (stderr). `ISOMGR_LOG` takes a tracing filter; otherwise
-/// warnings, or more with each `-v`.
-pub fn init_logging(verbose: u8) {
+/// warnings (the watcher: lifecycle), or more with each `-v`.
+pub fn init_logging(cli: &Cli) {
+    let (watching, json) = match &cli.command {
+        Command::Watch(a) => (true, a.log_format == watch::LogFormat::Json),
+        _ => (false, false),
+    };
+    let verbose = cli.verbose + u8::from(watching);
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -50,11 +63,16 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ISOMGR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .with_target(false);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// A write to a closed pipe (`isomgr ls x.iso | head`) is not a failure.

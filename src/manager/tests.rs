@@ -17,6 +17,7 @@ fn medium(id: &str, label: Option<&str>, origin: &str) -> Medium {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        handle: None,
     }
 }
 

@@ -1,0 +1,139 @@
+//! The watcher's wiring: sources feed one bounded channel; the loop applies each event to the
+//! manager, runs the resulting actions through the executor, feeds outcomes back, and writes
+//! the state file once the queue is drained. Signals: SIGTERM/SIGINT stop, SIGHUP rescans.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::event::Event;
+use crate::exec::FuseExecutor;
+use crate::fuse::FuseDriver;
+use crate::manager::{Action, Manager, StateFile};
+use crate::source::dirs::{DirsConfig, DirsSource};
+use crate::source::Source;
+
+/// Events queued between sources and the manager at most (back-pressure beyond).
+const EVENT_QUEUE: usize = 4096;
+
+/// Everything `isomgr watch` needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub dirs: DirsConfig,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub index_file: Option<PathBuf>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Runs the watcher until SIGTERM or SIGINT.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(cfg))
+}
+
+async fn run_async(cfg: Config) -> anyhow::Result<()> {
+    let previous = match StateFile::load(&cfg.state) {
+        Ok(s) => s.map(|s| s.media).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "ignoring the previous state");
+            Vec::new()
+        }
+    };
+    tracing::info!(
+        driver = "fuse",
+        reason = "the kernel driver is not available in this version",
+        "mount driver chosen"
+    );
+    std::fs::create_dir_all(&cfg.root)
+        .with_context(|| format!("creating the root {}", cfg.root.display()))?;
+    let driver = FuseDriver::mount(&cfg.root)
+        .with_context(|| format!("mounting the FUSE root at {}", cfg.root.display()))?;
+    let root = driver.root().to_path_buf();
+    let mut exec = FuseExecutor::new(driver);
+    let mut manager = Manager::new(&previous);
+
+    let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    sources.push(Box::new(DirsSource::spawn(cfg.dirs.clone(), tx.clone())?));
+    drop(tx);
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tracing::info!(root = %root.display(), dirs = ?cfg.dirs.dirs, "watching");
+
+    let save = |manager: &Manager| {
+        let doc = StateFile {
+            root: root.clone(),
+            driver: "fuse".into(),
+            pid: std::process::id(),
+            media: manager.records(),
+        };
+        if let Err(e) = doc.save(&cfg.state) {
+            tracing::error!(state = %cfg.state.display(), error = %e, "writing the state file");
+        }
+        if let Some(index) = &cfg.index_file {
+            if let Err(e) = doc.save(index) {
+                tracing::error!(index = %index.display(), error = %e, "writing the index file");
+            }
+        }
+    };
+    save(&manager);
+
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                let mut dirty = process(&mut manager, &mut exec, ev);
+                // Drain what is already queued; write the state once for the whole batch.
+                while let Ok(ev) = rx.try_recv() {
+                    dirty |= process(&mut manager, &mut exec, ev);
+                }
+                if dirty {
+                    save(&manager);
+                }
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: rescanning");
+                for s in &sources { s.rescan(); }
+            }
+        }
+    }
+    // Close the channel first so no source blocks on a full queue while it stops.
+    drop(rx);
+    for s in sources.drain(..) {
+        s.stop();
+    }
+    exec.shutdown();
+    Ok(())
+}
+
+/// Applies one event and everything it leads to; true when the state changed.
+fn process(manager: &mut Manager, exec: &mut FuseExecutor, ev: Event) -> bool {
+    let mut dirty = false;
+    let mut queue = VecDeque::from([ev]);
+    while let Some(ev) = queue.pop_front() {
+        for action in manager.apply(now(), ev) {
+            match action {
+                Action::SaveState => dirty = true,
+                a => queue.extend(exec.run(&a)),
+            }
+        }
+    }
+    dirty
+}

@@ -1,0 +1,75 @@
+//! The executor: carries out the manager's actions through a mount driver and reports each
+//! outcome back as an event. It decides nothing; retry and rollback live in the manager.
+
+use std::sync::Arc;
+
+use crate::event::{Event, Medium};
+use crate::fuse::FuseDriver;
+use crate::iso9660::Image;
+use crate::manager::Action;
+
+/// Runs actions with the FUSE driver (one FUSE filesystem at the root).
+pub struct FuseExecutor {
+    driver: FuseDriver,
+}
+
+impl FuseExecutor {
+    pub fn new(driver: FuseDriver) -> Self {
+        FuseExecutor { driver }
+    }
+
+    /// Runs one action; the outcome to feed back to the manager, if any. One log line per
+    /// thing that happens to a medium.
+    pub fn run(&mut self, action: &Action) -> Option<Event> {
+        match action {
+            Action::Publish { name, medium } => Some(match self.publish(name, medium) {
+                Ok(()) => {
+                    tracing::info!(name = %name, origin = %medium.origin.display(), label = ?medium.label, "mounted");
+                    Event::Published {
+                        id: medium.id.clone(),
+                        name: name.clone(),
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(origin = %medium.origin.display(), %error, "not served");
+                    Event::Failed {
+                        id: medium.id.clone(),
+                        name: name.clone(),
+                        error,
+                    }
+                }
+            }),
+            Action::Unpublish { name, id } => {
+                if self.driver.remove(name) {
+                    tracing::info!(name = %name, medium = %id, "removed");
+                }
+                None
+            }
+            Action::SaveState => None,
+        }
+    }
+
+    fn publish(&mut self, name: &str, medium: &Medium) -> Result<(), String> {
+        let file = match &medium.handle {
+            Some(h) => {
+                h.0.try_clone()
+                    .map_err(|e| format!("duplicating the descriptor: {e}"))?
+            }
+            None => std::fs::File::open(&medium.origin)
+                .map_err(|e| format!("opening {}: {e}", medium.origin.display()))?,
+        };
+        let image = Image::open(file).map_err(|e| e.to_string())?;
+        self.driver
+            .add(name, Arc::new(image))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Unmounts the root (a normal stop).
+    pub fn shutdown(self) {
+        let root = self.driver.root().to_path_buf();
+        match self.driver.unmount() {
+            Ok(()) => tracing::info!(root = %root.display(), "unmounted"),
+            Err(e) => tracing::error!(root = %root.display(), error = %e, "unmounting"),
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! The dirs source: image files in watched directory trees (inotify through `notify`).
+//!
+//! A file counts once it is complete: taken at close-after-write, when moved in, or found by a
+//! scan; an image shorter than the volume it declares waits. A rename inside the trees keeps
+//! the medium (identity is device and inode); an atomic replace is a new medium. The source
+//! only translates: it opens and identifies files, and emits [`Event`]s. It never writes into
+//! a watched directory.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+use regex::Regex;
+use tokio::sync::mpsc;
+
+use crate::event::{Event, Handle, Medium, MediumId, SourceKind};
+use crate::iso9660::{probe, Error as IsoError};
+
+/// How long a file that left its place may take to show up elsewhere in the trees before it
+/// counts as gone (the two halves of a rename arrive together; this is slack).
+const MOVE_GRACE: Duration = Duration::from_millis(25);
+
+/// What the dirs source watches and takes.
+#[derive(Clone, Debug)]
+pub struct DirsConfig {
+    pub dirs: Vec<PathBuf>,
+    /// File names taken (default: ending in `.iso`, any case).
+    pub include: Regex,
+    /// File names refused even when included.
+    pub exclude: Option<Regex>,
+    /// Take symlinks to regular files (the default); when false they are refused (O_NOFOLLOW).
+    pub follow_symlinks: bool,
+}
+
+impl DirsConfig {
+    /// The default include pattern: names ending in `.iso`, any case.
+    pub fn default_include() -> Regex {
+        Regex::new(r"(?i)\.iso$").expect("a constant, valid pattern")
+    }
+}
+
+/// Whether the dirs source takes a file with this name: not hidden, not partial, included and
+/// not excluded.
+pub fn wanted(name: &OsStr, cfg: &DirsConfig) -> bool {
+    let Some(name) = name.to_str() else {
+        // Non-UTF-8 names can still match a byte-agnostic suffix test.
+        let lossy = name.to_string_lossy();
+        return !is_hidden_or_partial(&lossy) && cfg.include.is_match(&lossy);
+    };
+    !is_hidden_or_partial(name)
+        && cfg.include.is_match(name)
+        && !cfg.exclude.as_ref().is_some_and(|x| x.is_match(name))
+}
+
+fn is_hidden_or_partial(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with(".part")
+        || name.ends_with(".tmp")
+        || name.ends_with('~')
+}
+
+/// Requests to the source thread.
+enum Input {
+    Notify(notify::Result<notify::Event>),
+    Rescan,
+    Stop,
+}
+
+/// A running dirs source.
+pub struct DirsSource {
+    input: std_mpsc::Sender<Input>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DirsSource {
+    /// Starts watching: a full scan first (everything already present is taken, then
+    /// `ScanDone`), then events as they come.
+    pub fn spawn(cfg: DirsConfig, out: mpsc::Sender<Event>) -> anyhow::Result<DirsSource> {
+        use anyhow::Context;
+        let (tx, rx) = std_mpsc::channel::<Input>();
+        let notify_tx = tx.clone();
+        let watcher = notify::recommended_watcher(move |res| {
+            let _ = notify_tx.send(Input::Notify(res));
+        })
+        .context("starting inotify")?;
+        let mut state = State {
+            cfg,
+            out,
+            watcher,
+            tracked: HashMap::new(),
+            pending_gone: Vec::new(),
+            waiting_logged: HashSet::new(),
+        };
+        state.watch_all()?;
+        let thread = std::thread::Builder::new()
+            .name("isomgr-dirs".into())
+            .spawn(move || state.run(rx))
+            .context("starting the dirs source thread")?;
+        Ok(DirsSource {
+            input: tx,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl super::Source for DirsSource {
+    fn rescan(&self) {
+        let _ = self.input.send(Input::Rescan);
+    }
+
+    fn stop(mut self: Box<Self>) {
+        let _ = self.input.send(Input::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Tracked {
+    id: MediumId,
+    /// An `Appeared` was emitted for it (it is complete and identified).
+    present: bool,
+}
+
+/// Why a path is looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    Scan,
+    Written,
+    Arrived,
+}
+
+struct State {
+    cfg: DirsConfig,
+    out: mpsc::Sender<Event>,
+    watcher: notify::RecommendedWatcher,
+    tracked: HashMap<PathBuf, Tracked>,
+    /// Files that left their path; gone unless they show up elsewhere within the grace.
+    pending_gone: Vec<(PathBuf, Tracked)>,
+    waiting_logged: HashSet<PathBuf>,
+}
+
+impl State {
+    fn watch_all(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        for dir in self.cfg.dirs.clone() {
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating the watched directory {}", dir.display()))?;
+                tracing::info!(dir = %dir.display(), "created the watched directory");
+            }
+            self.watcher
+                .watch(&dir, RecursiveMode::Recursive)
+                .with_context(|| format!("watching {} (inotify)", dir.display()))?;
+            // The parent too, to notice the watched directory deleted and made again.
+            if let Some(parent) = dir.parent() {
+                let _ = self.watcher.watch(parent, RecursiveMode::NonRecursive);
+            }
+        }
+        Ok(())
+    }
+
+    fn run(mut self, rx: std_mpsc::Receiver<Input>) {
+        self.full_scan();
+        loop {
+            let Ok(input) = rx.recv() else { return };
+            if !self.handle(input) {
+                return;
+            }
+            // Take everything already queued before deciding what left for good.
+            loop {
+                let next = if self.pending_gone.is_empty() {
+                    rx.try_recv().ok()
+                } else {
+                    rx.recv_timeout(MOVE_GRACE).ok()
+                };
+                match next {
+                    Some(input) => {
+                        if !self.handle(input) {
+                            return;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            self.finalize_gone();
+        }
+    }
+
+    /// Handles one input; false to stop.
+    fn handle(&mut self, input: Input) -> bool {
+        match input {
+            Input::Stop => return false,
+            Input::Rescan => self.full_scan(),
+            Input::Notify(Err(e)) => {
+                tracing::warn!(error = %e, "inotify error; rescanning");
+                self.full_scan();
+            }
+            Input::Notify(Ok(ev)) => self.on_notify(ev),
+        }
+        true
+    }
+
+    fn on_notify(&mut self, ev: notify::Event) {
+        tracing::trace!(?ev, "inotify");
+        if ev.need_rescan() {
+            tracing::warn!("inotify queue overflowed; rescanning");
+            self.full_scan();
+            return;
+        }
+        let Some(path) = ev.paths.last().cloned() else {
+            return;
+        };
+        match ev.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                self.check(&path, Reason::Written)
+            }
+            EventKind::Create(CreateKind::Folder) => {
+                if self.cfg.dirs.contains(&path) {
+                    tracing::info!(dir = %path.display(), "watched directory is back");
+                    let _ = self.watcher.watch(&path, RecursiveMode::Recursive);
+                }
+                if self.inside_watched(&path) {
+                    self.scan_dir(&path, Reason::Arrived, &mut HashSet::new());
+                }
+            }
+            EventKind::Create(_) if self.inside_watched(&path) => {
+                self.check(&path, Reason::Arrived)
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                if !self.inside_watched(&path) {
+                    return;
+                }
+                if path.is_dir() {
+                    self.scan_dir(&path, Reason::Arrived, &mut HashSet::new());
+                } else {
+                    self.check(&path, Reason::Arrived);
+                }
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
+                self.left(&path);
+            }
+            _ => {}
+        }
+    }
+
+    fn inside_watched(&self, path: &Path) -> bool {
+        self.cfg.dirs.iter().any(|d| path.starts_with(d))
+    }
+
+    /// A path (file or directory) left: everything tracked at or below it may be gone.
+    fn left(&mut self, path: &Path) {
+        let under: Vec<PathBuf> = self
+            .tracked
+            .keys()
+            .filter(|p| p.starts_with(path))
+            .cloned()
+            .collect();
+        for p in under {
+            if let Some(t) = self.tracked.remove(&p) {
+                self.pending_gone.push((p, t));
+            }
+        }
+    }
+
+    fn finalize_gone(&mut self) {
+        for (path, t) in std::mem::take(&mut self.pending_gone) {
+            self.waiting_logged.remove(&path);
+            if t.present {
+                tracing::debug!(image = %path.display(), "image left the watched trees");
+                self.emit(Event::Vanished(t.id));
+            }
+        }
+    }
+
+    fn emit(&self, ev: Event) {
+        let _ = self.out.blocking_send(ev);
+    }
+
+    /// Scans every watched tree; whatever is tracked but no longer found is gone. Ends with
+    /// `ScanDone` listing every medium present.
+    fn full_scan(&mut self) {
+        let mut seen = HashSet::new();
+        for dir in self.cfg.dirs.clone() {
+            self.scan_dir(&dir, Reason::Scan, &mut seen);
+        }
+        let lost: Vec<PathBuf> = self
+            .tracked
+            .keys()
+            .filter(|p| !seen.contains(*p))
+            .cloned()
+            .collect();
+        for p in lost {
+            self.left(&p);
+        }
+        self.finalize_gone();
+        let present = self
+            .tracked
+            .values()
+            .filter(|t| t.present)
+            .map(|t| t.id.clone())
+            .collect();
+        self.emit(Event::ScanDone {
+            source: SourceKind::Dir,
+            present,
+        });
+    }
+
+    /// Looks at every file below `dir` (not following symlinked directories).
+    fn scan_dir(&mut self, dir: &Path, reason: Reason, seen: &mut HashSet<PathBuf>) {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            let mut entries: Vec<_> = rd.flatten().collect();
+            entries.sort_by_key(|e| e.file_name());
+            for ent in entries {
+                let path = ent.path();
+                match ent.file_type() {
+                    Ok(ft) if ft.is_dir() => stack.push(path),
+                    Ok(_) => {
+                        if wanted(&ent.file_name(), &self.cfg) {
+                            seen.insert(path.clone());
+                            self.check(&path, reason);
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Opens and identifies one file, and emits what changed.
+    fn check(&mut self, path: &Path, reason: Reason) {
+        let Some(name) = path.file_name() else { return };
+        if !wanted(name, &self.cfg) {
+            // Renamed to a name that is not taken (e.g. x.iso -> x.iso.bak): it left.
+            if self.tracked.contains_key(path) {
+                self.left(path);
+            }
+            return;
+        }
+        let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+        if !self.cfg.follow_symlinks {
+            flags |= libc::O_NOFOLLOW;
+        }
+        let file = match File::options().read(true).custom_flags(flags).open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    self.left(path);
+                } else {
+                    tracing::debug!(image = %path.display(), error = %e, "cannot open; ignored");
+                }
+                return;
+            }
+        };
+        let Ok(meta) = file.metadata() else { return };
+        if !meta.file_type().is_file() {
+            tracing::debug!(path = %path.display(), "not a regular file; ignored");
+            return;
+        }
+        let id = MediumId(format!("file:{}:{}", meta.dev(), meta.ino()));
+
+        // The same file seen under a new path: a rename inside the trees.
+        if let Some(i) = self.pending_gone.iter().position(|(_, t)| t.id == id) {
+            let (old, t) = self.pending_gone.swap_remove(i);
+            if t.present {
+                tracing::debug!(from = %old.display(), to = %path.display(), "image renamed");
+                self.emit(Event::Moved {
+                    id: id.clone(),
+                    origin: path.to_path_buf(),
+                });
+                self.tracked.insert(path.to_path_buf(), t);
+                if reason != Reason::Written {
+                    return;
+                }
+            }
+        }
+        match self.tracked.get(path) {
+            Some(t) if t.id != id => {
+                // Replaced by another file (atomic replace): the old medium is gone.
+                let old = t.clone();
+                self.tracked.remove(path);
+                if old.present {
+                    self.emit(Event::Vanished(old.id));
+                }
+            }
+            Some(t) if t.present && reason != Reason::Written => return,
+            Some(t) if t.present => {
+                // Rewritten in place: served again from the new content.
+                let old = t.id.clone();
+                self.tracked.remove(path);
+                self.emit(Event::Vanished(old));
+            }
+            _ => {}
+        }
+        let info = match probe(&file) {
+            Ok(info) => info,
+            Err(IsoError::NotAnImage | IsoError::Truncated { .. }) => {
+                // Still being written (or not an image at all): wait for the next write.
+                tracing::debug!(image = %path.display(), "not (yet) an image");
+                self.tracked
+                    .insert(path.to_path_buf(), Tracked { id, present: false });
+                return;
+            }
+            Err(e) => {
+                tracing::error!(image = %path.display(), error = %e, "cannot identify image; not served");
+                self.tracked
+                    .insert(path.to_path_buf(), Tracked { id, present: false });
+                return;
+            }
+        };
+        if !info.complete() {
+            self.wait(path, id, "waiting for the rest of the image");
+            return;
+        }
+        self.waiting_logged.remove(path);
+        let fallback = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tracing::debug!(image = %path.display(), label = ?info.label, "image complete");
+        self.tracked.insert(
+            path.to_path_buf(),
+            Tracked {
+                id: id.clone(),
+                present: true,
+            },
+        );
+        self.emit(Event::Appeared(Medium {
+            id,
+            source: SourceKind::Dir,
+            origin: path.to_path_buf(),
+            label: info.label,
+            fallback,
+            handle: Some(Handle(Arc::new(file))),
+        }));
+    }
+
+    fn wait(&mut self, path: &Path, id: MediumId, why: &str) {
+        if self.waiting_logged.insert(path.to_path_buf()) {
+            tracing::info!(image = %path.display(), "{why}");
+        }
+        self.tracked
+            .insert(path.to_path_buf(), Tracked { id, present: false });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> DirsConfig {
+        DirsConfig {
+            dirs: vec![],
+            include: DirsConfig::default_include(),
+            exclude: Some(Regex::new("^skip").unwrap()),
+            follow_symlinks: true,
+        }
+    }
+
+    #[test]
+    fn takes_iso_names_in_any_case_and_refuses_hidden_partial_and_excluded() {
+        let c = cfg();
+        for yes in ["a.iso", "B.ISO", "rocky 9.Iso"] {
+            assert!(wanted(OsStr::new(yes), &c), "{yes}");
+        }
+        for no in [
+            ".a.iso",
+            "a.iso.part",
+            "a.iso.tmp",
+            "a.iso~",
+            "a.img",
+            "skip-me.iso",
+            "iso",
+        ] {
+            assert!(!wanted(OsStr::new(no), &c), "{no}");
+        }
+    }
+}
