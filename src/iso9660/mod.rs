@@ -4,3 +4,4 @@
 //! Nothing here prints, spawns or looks at the clock.
 
 pub mod ondisk;
+pub mod write;
