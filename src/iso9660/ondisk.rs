@@ -360,9 +360,20 @@ pub fn decode_dir_time(b: &[u8]) -> Option<Timestamp> {
         return None;
     }
     let (h, mi, s) = (i64::from(h), i64::from(mi), i64::from(s));
-    let offset = i64::from(off as i8).clamp(-48, 52) * 15 * 60;
+    let offset = gmt_offset_secs(off);
     let secs = days_from_civil(year, month, day) * 86_400 + h * 3600 + mi * 60 + s - offset;
     Some(Timestamp { secs, nanos: 0 })
+}
+
+/// The GMT offset field in seconds. Values outside -48..=52 quarter hours (ECMA-119 9.1.5) are
+/// ignored, as the Linux kernel and libarchive do: some writers put garbage there.
+fn gmt_offset_secs(field: u8) -> i64 {
+    let q = i64::from(field as i8);
+    if (-48..=52).contains(&q) {
+        q * 15 * 60
+    } else {
+        0
+    }
 }
 
 /// Encodes a Unix time as a 7-byte recording date in GMT (ECMA-119 9.1.5). Times outside
@@ -404,7 +415,7 @@ pub fn decode_dec_datetime(b: &[u8]) -> Option<Timestamp> {
     if year == 0 || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
         return None;
     }
-    let offset = i64::from(*f.get(16)? as i8).clamp(-48, 52) * 15 * 60;
+    let offset = gmt_offset_secs(*f.get(16)?);
     let secs = days_from_civil(year, month, day) * 86_400
         + num(8..10) * 3600
         + num(10..12) * 60
@@ -488,6 +499,13 @@ mod tests {
             decode_dir_time(&b).unwrap().secs,
             days_from_civil(2000, 1, 1) * 86_400
         );
+    }
+
+    #[test]
+    fn out_of_range_gmt_offset_is_ignored() {
+        // genisoimage writes offset -96 for some dates past 2038.
+        let b = [200, 1, 1, 0, 0, 0, 0xa0];
+        assert_eq!(decode_dir_time(&b).unwrap().secs, 4_102_444_800);
     }
 
     #[test]

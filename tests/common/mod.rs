@@ -1,0 +1,70 @@
+//! Shared helpers for the integration tests: the built binary, fixture paths, external tools.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_isomgr"))
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+pub fn isomgr(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("running isomgr")
+}
+
+/// True under CI, where a test that cannot run must fail instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether an external tool is on PATH. Missing under CI is a failure; elsewhere the test says
+/// why it skips and returns false.
+pub fn have_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            !in_ci(),
+            "{tool} is required under CI=true but is not installed"
+        );
+        eprintln!("SKIP: {tool} is not installed (scripts/setup.sh installs it)");
+    }
+    found
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(data);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every fixture manifest: (image path, parsed manifest).
+pub fn manifests() -> Vec<(PathBuf, serde_json::Value)> {
+    let mut out = Vec::new();
+    for ent in std::fs::read_dir(fixtures()).expect("fixtures/ exists") {
+        let p = ent.expect("reading fixtures/").path();
+        if p.to_string_lossy().ends_with(".tree.json") {
+            let m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&p).expect("reading manifest"))
+                    .expect("manifest is JSON");
+            let image = fixtures().join(m["image"].as_str().expect("manifest names its image"));
+            out.push((image, m));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(
+        out.len() >= 12,
+        "expected the fixture images, found {}",
+        out.len()
+    );
+    out
+}
