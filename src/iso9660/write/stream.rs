@@ -395,3 +395,76 @@ fn seek(fd: i32, pos: u64, whence: i32) -> io::Result<u64> {
         Ok(r as u64)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::iso9660::write::{layout, tree, Options};
+
+    fn opts() -> Options {
+        Options {
+            label: "T".into(),
+            joliet: true,
+            rock_ridge: true,
+            rational: false,
+            strict: false,
+            source_date_epoch: Some(0),
+        }
+    }
+
+    fn build_after(change: impl Fn(&Path)) -> Result<(), Error> {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("a.txt"), b"aaaa").unwrap();
+        fs::write(src.join("big.bin"), vec![1u8; 3 << 20]).unwrap();
+        let mut w = Vec::new();
+        let t = tree::walk(&src, false, &mut w).unwrap();
+        let plan = layout::plan(&t, &opts(), 0, &mut w, &src).unwrap();
+        change(&src);
+        let out = tmp.path().join("out.iso");
+        let target = Target::prepare(&src, &out)?;
+        let r = target.write(&t, &plan, &mut |_| {});
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        if r.is_err() {
+            assert_eq!(names, ["src"], "partial image left behind");
+        }
+        r
+    }
+
+    #[test]
+    fn file_that_grew_after_listing_is_an_error_naming_it() {
+        let e = build_after(|s| fs::write(s.join("a.txt"), b"aaaaaaaa").unwrap()).unwrap_err();
+        assert!(
+            matches!(&e, Error::SizeChanged { path, expected: 4, actual: 8 }
+            if path.ends_with("a.txt")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn large_file_that_shrank_is_an_error_naming_it() {
+        let e = build_after(|s| {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(s.join("big.bin"))
+                .unwrap();
+            f.set_len(1 << 20).unwrap();
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::SizeChanged { path, .. } if path.ends_with("big.bin")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("changed size"));
+    }
+
+    #[test]
+    fn unchanged_tree_builds() {
+        build_after(|_| {}).unwrap();
+    }
+}
