@@ -4,9 +4,16 @@
 //! - [`iso9660`]: the pure ISO9660 / Rock Ridge / Joliet / El Torito reader and the UDF label,
 //!   with the on-disk types the writer shares. Bytes in, typed values or errors out; and the
 //!   writer behind `mkiso` (`iso9660::write`).
+//! - [`event`]: the one event type sources produce and the manager consumes.
+//! - [`manager`]: the pure mount manager (event in, actions out), names and persisted state.
 //! - [`names`]: volume labels made into safe directory names, collisions resolved.
 //! - [`cli`]: one module per subcommand; the only layer that prints.
+//! - [`fuse`]: the FUSE mount driver (one read-only FUSE filesystem at the root) and its pure
+//!   inode table.
 
 pub mod cli;
+pub mod event;
+pub mod fuse;
 pub mod iso9660;
+pub mod manager;
 pub mod names;

@@ -70,30 +70,44 @@ pub struct Descriptors {
     pub udf_nsr: bool,
 }
 
-/// Walks the descriptor set from sector 16. Also notes UDF NSR descriptors, which follow the
-/// ISO9660 terminator in a UDF bridge image.
-pub fn read_descriptors(src: &(impl ReadAt + ?Sized), size: u64) -> Result<Descriptors> {
+/// Walks the descriptor set from sector 16. `head` holds the bytes from sector 16 on, as
+/// already read (the set usually fits); further sectors are read from `src`. Also notes UDF
+/// NSR descriptors, which follow the ISO9660 terminator in a UDF bridge image.
+pub fn read_descriptors(
+    src: &(impl ReadAt + ?Sized),
+    head: &[u8],
+    size: u64,
+) -> Result<Descriptors> {
     let mut out = Descriptors::default();
-    let mut buf = vec![0u8; (READ_AHEAD * SECTOR_SIZE) as usize];
-    let mut base = FIRST_DESCRIPTOR_SECTOR;
-    let mut have = 0u64;
+    let mut extra = Vec::new();
+    let mut extra_base = 0u64;
     let mut terminated = false;
+    let sector_len = SECTOR_SIZE as usize;
     for sector in FIRST_DESCRIPTOR_SECTOR..FIRST_DESCRIPTOR_SECTOR + MAX_DESCRIPTORS {
-        if sector >= base + have {
-            base = sector;
-            let n = read_full(src, &mut buf, base * SECTOR_SIZE).map_err(|source| Error::Io {
-                offset: base * SECTOR_SIZE,
-                len: buf.len(),
-                source,
-            })?;
-            have = n as u64 / SECTOR_SIZE;
-            if have == 0 {
-                break;
+        let rel = ((sector - FIRST_DESCRIPTOR_SECTOR) * SECTOR_SIZE) as usize;
+        let d: &[u8] = match head.get(rel..rel + sector_len) {
+            Some(d) => d,
+            None => {
+                let in_extra = sector >= extra_base
+                    && ((sector - extra_base) * SECTOR_SIZE) as usize + sector_len <= extra.len();
+                if !in_extra {
+                    extra = vec![0u8; (READ_AHEAD * SECTOR_SIZE) as usize];
+                    extra_base = sector;
+                    let n = read_full(src, &mut extra, sector * SECTOR_SIZE).map_err(|source| {
+                        Error::Io {
+                            offset: sector * SECTOR_SIZE,
+                            len: extra.len(),
+                            source,
+                        }
+                    })?;
+                    extra.truncate(n);
+                }
+                let at = ((sector - extra_base) * SECTOR_SIZE) as usize;
+                match extra.get(at..at + sector_len) {
+                    Some(d) => d,
+                    None => break,
+                }
             }
-        }
-        let at = ((sector - base) * SECTOR_SIZE) as usize;
-        let Some(d) = buf.get(at..at + SECTOR_SIZE as usize) else {
-            break;
         };
         let (Some(&ty), Some(id)) = (d.first(), d.get(1..6)) else {
             break;

@@ -15,7 +15,8 @@ use super::descriptor::{
 };
 use super::error::{Error, Result};
 use super::ondisk::{
-    both32, decode_dir_time, decode_ucs2be, dr, file_flags, mode, Timestamp, SECTOR_SIZE,
+    both32, decode_dir_time, decode_ucs2be, dr, file_flags, mode, Timestamp,
+    FIRST_DESCRIPTOR_SECTOR, SECTOR_SIZE,
 };
 use super::source::{read_full, ReadAt};
 use super::susp::{parse_system_use, RockRidge, SuspError};
@@ -202,12 +203,36 @@ struct Probed {
 }
 
 fn probe_full(src: &(impl ReadAt + ?Sized)) -> Result<(VolumeInfo, Probed)> {
+    // One read covers the descriptor set and, on most images, the root directory: identifying
+    // an image costs a single pread. The buffer is reused per thread (scan probes thousands).
+    thread_local! {
+        static HEAD: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; PREFETCH_BYTES]);
+    }
+    HEAD.with(|head| match head.try_borrow_mut() {
+        Ok(mut buf) => probe_with(src, &mut buf),
+        Err(_) => probe_with(src, &mut vec![0u8; PREFETCH_BYTES]),
+    })
+}
+
+fn probe_with(src: &(impl ReadAt + ?Sized), buf: &mut [u8]) -> Result<(VolumeInfo, Probed)> {
     let image_size = src.size().map_err(|source| Error::Io {
         offset: 0,
         len: 0,
         source,
     })?;
-    let desc = read_descriptors(src, image_size)?;
+    let start = FIRST_DESCRIPTOR_SECTOR * SECTOR_SIZE;
+    let n = read_full(src, buf, start).map_err(|source| Error::Io {
+        offset: start,
+        len: buf.len(),
+        source,
+    })?;
+    let prefetched = Prefetched {
+        inner: src,
+        start,
+        data: buf.get(..n).unwrap_or_default(),
+    };
+    let src = &prefetched;
+    let desc = read_descriptors(src, prefetched.data, image_size)?;
     let mut warnings = Vec::new();
     let udf = if desc.udf_nsr { read_udf(src)? } else { None };
     let primary = desc.primary.as_ref();
@@ -273,6 +298,34 @@ fn probe_full(src: &(impl ReadAt + ?Sized)) -> Result<(VolumeInfo, Probed)> {
     Ok((info, Probed { desc, root_rr }))
 }
 
+/// Bytes read at sector 16 when identifying an image.
+const PREFETCH_BYTES: usize = 12 * 1024;
+
+/// A source with one range already in memory; reads inside it are served from there.
+struct Prefetched<'a, S: ?Sized> {
+    inner: &'a S,
+    start: u64,
+    data: &'a [u8],
+}
+
+impl<S: ReadAt + ?Sized> ReadAt for Prefetched<'_, S> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let end = offset.saturating_add(buf.len() as u64);
+        if offset >= self.start && end <= self.start + self.data.len() as u64 {
+            let at = (offset - self.start) as usize;
+            if let Some(src) = self.data.get(at..at + buf.len()) {
+                buf.copy_from_slice(src);
+                return Ok(buf.len());
+            }
+        }
+        self.inner.read_at(buf, offset)
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+}
+
 fn block_size(vd: &VolumeDescriptor) -> u64 {
     match vd.logical_block_size {
         512 | 1024 | 2048 => u64::from(vd.logical_block_size),
@@ -281,12 +334,31 @@ fn block_size(vd: &VolumeDescriptor) -> u64 {
 }
 
 /// Rock Ridge is present when the root's "." record starts its system use field with SP
-/// (SUSP 5.3) and carries an RRIP ER entry or RRIP entries (old images omit ER).
+/// (SUSP 5.3) and carries an RRIP ER entry or RRIP entries (old images omit ER). The
+/// continuation area is only read when the record itself does not settle it.
 fn detect_rock_ridge(
     src: &(impl ReadAt + ?Sized),
     vd: &VolumeDescriptor,
     image_size: u64,
 ) -> Result<Option<(RockRidge, usize)>> {
+    for follow_ce in [false, true] {
+        let Some(rr) = root_dot_rock_ridge(src, vd, image_size, follow_ce)? else {
+            return Ok(None);
+        };
+        if let Some(skip) = rr.sp_skip.filter(|_| rr.er_rrip || rr.any_rrip) {
+            return Ok(Some((rr, usize::from(skip))));
+        }
+    }
+    Ok(None)
+}
+
+/// The SUSP fields of the root's "." record, if its system use field starts with SP.
+fn root_dot_rock_ridge(
+    src: &(impl ReadAt + ?Sized),
+    vd: &VolumeDescriptor,
+    image_size: u64,
+    follow_ce: bool,
+) -> Result<Option<RockRidge>> {
     let root = parse_record(&vd.root_record).map_err(|why| Error::descriptor(vd.sector, why))?;
     let start = u64::from(root.extent) * SECTOR_SIZE;
     let mut sector = vec![0u8; SECTOR_SIZE as usize];
@@ -300,12 +372,15 @@ fn detect_rock_ridge(
     if !dot.system_use.starts_with(b"SP") {
         return Ok(None);
     }
-    let rr = parse_system_use(dot.system_use, |ce| fetch_ce(src, ce, image_size))
-        .map_err(|e| susp_error(u64::from(root.extent), 0, e))?;
-    match rr.sp_skip {
-        Some(skip) if rr.er_rrip || rr.any_rrip => Ok(Some((rr, usize::from(skip)))),
-        _ => Ok(None),
-    }
+    let rr = parse_system_use(dot.system_use, |ce| {
+        if follow_ce {
+            fetch_ce(src, ce, image_size)
+        } else {
+            Ok(Vec::new())
+        }
+    })
+    .map_err(|e| susp_error(u64::from(root.extent), 0, e))?;
+    Ok(Some(rr))
 }
 
 fn fetch_ce(
@@ -376,7 +451,13 @@ impl<R: ReadAt> Image<R> {
                 "root record is not a directory",
             ));
         }
-        let rr = probed.root_rr.as_ref();
+        let root_rr = match &probed.root_rr {
+            Some((_, skip)) => {
+                root_dot_rock_ridge(&src, vd, info.image_size, true)?.map(|rr| (rr, *skip))
+            }
+            None => None,
+        };
+        let rr = root_rr.as_ref();
         let mut root = make_entry(
             &rec,
             OsString::from("/"),

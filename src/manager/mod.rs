@@ -1,0 +1,260 @@
+//! The mount manager: a pure state machine. An event goes in, the actions to carry out come
+//! out. It owns naming (sanitised labels, collisions, names kept across restarts), which
+//! medium is served under which name, and what is persisted. No I/O, no clock (the caller
+//! passes the time), no spawning: the executor runs the actions and reports back as events.
+
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+
+use crate::event::{Event, Medium, MediumId, SourceKind};
+use crate::names;
+
+pub use state::{MediumRecord, StateFile};
+
+/// What the executor must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Serve `medium` under `name` (FUSE: add to the map; kernel: mkdir, attach, mount).
+    Publish { name: String, medium: Medium },
+    /// Stop serving `name` and remove everything made for it.
+    Unpublish { name: String, id: MediumId },
+    /// The persisted state changed: write it (atomically) and the index file.
+    SaveState,
+}
+
+/// Where a known medium stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Publish was asked for; no outcome yet.
+    Publishing,
+    /// Served under its name since this time (Unix seconds).
+    Published { since: i64 },
+    /// Publishing failed; not served until the medium changes.
+    Failed { error: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Known {
+    medium: Medium,
+    /// The name while publishing or published; `None` after a failure.
+    name: Option<String>,
+    phase: Phase,
+}
+
+/// The state machine. See the module documentation.
+#[derive(Clone, Debug, Default)]
+pub struct Manager {
+    media: BTreeMap<MediumId, Known>,
+    /// Name -> holder, for every name in use.
+    names: HashMap<String, MediumId>,
+    /// Names held by media of the previous run, until that medium returns or its source has
+    /// finished its first scan.
+    reserved: HashMap<MediumId, (String, SourceKind)>,
+    /// Root entries isomgr did not make.
+    foreign: HashSet<String>,
+}
+
+impl Manager {
+    /// A manager that remembers the names of the previous run's media.
+    pub fn new(previous: &[MediumRecord]) -> Self {
+        let mut m = Manager::default();
+        for r in previous {
+            if m.names.contains_key(&r.name) || m.reserved.values().any(|(n, _)| n == &r.name) {
+                continue;
+            }
+            m.reserved.insert(r.id.clone(), (r.name.clone(), r.source));
+        }
+        m
+    }
+
+    /// Applies one event; returns the actions to run, in order. `now` is Unix seconds.
+    pub fn apply(&mut self, now: i64, ev: Event) -> Vec<Action> {
+        match ev {
+            Event::Appeared(medium) => self.appeared(medium),
+            Event::Moved { id, origin } => self.moved(&id, origin),
+            Event::Vanished(id) => self.vanished(&id),
+            Event::ScanDone { source, present } => self.scan_done(source, &present),
+            Event::Published { id, name } => self.published(now, &id, &name),
+            Event::Failed { id, name, error } => self.failed(&id, &name, error),
+            Event::ForeignEntries(entries) => {
+                self.foreign = entries.into_iter().collect();
+                Vec::new()
+            }
+        }
+    }
+
+    fn appeared(&mut self, medium: Medium) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(k) = self.media.get_mut(&medium.id) {
+            let same = k.medium.label == medium.label && k.medium.fallback == medium.fallback;
+            match (&k.phase, same) {
+                // Already served as it is: at most the path changed.
+                (Phase::Publishing | Phase::Published { .. }, true) => {
+                    if k.medium.origin != medium.origin {
+                        k.medium.origin = medium.origin;
+                        return vec![Action::SaveState];
+                    }
+                    return Vec::new();
+                }
+                // Changed in place, or failed before: start over.
+                _ => actions.extend(self.vanished(&medium.id)),
+            }
+        }
+        let name = match self.reserved.remove(&medium.id) {
+            Some((name, _)) if !self.is_taken(&name) => name,
+            _ => {
+                let base = names::base_name(medium.label.as_deref(), &medium.fallback);
+                names::first_free(&base, |n| self.is_taken(n))
+            }
+        };
+        self.names.insert(name.clone(), medium.id.clone());
+        self.media.insert(
+            medium.id.clone(),
+            Known {
+                medium: medium.clone(),
+                name: Some(name.clone()),
+                phase: Phase::Publishing,
+            },
+        );
+        actions.push(Action::Publish { name, medium });
+        actions
+    }
+
+    fn is_taken(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+            || self.foreign.contains(name)
+            || self.reserved.values().any(|(n, _)| n == name)
+    }
+
+    fn moved(&mut self, id: &MediumId, origin: PathBuf) -> Vec<Action> {
+        match self.media.get_mut(id) {
+            Some(k) if k.medium.origin != origin => {
+                k.medium.origin = origin;
+                vec![Action::SaveState]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn vanished(&mut self, id: &MediumId) -> Vec<Action> {
+        let Some(k) = self.media.remove(id) else {
+            return Vec::new();
+        };
+        match k.name {
+            Some(name) => {
+                self.names.remove(&name);
+                vec![
+                    Action::Unpublish {
+                        name,
+                        id: id.clone(),
+                    },
+                    Action::SaveState,
+                ]
+            }
+            None => vec![Action::SaveState],
+        }
+    }
+
+    fn scan_done(&mut self, source: SourceKind, present: &[MediumId]) -> Vec<Action> {
+        let present: HashSet<&MediumId> = present.iter().collect();
+        let gone: Vec<MediumId> = self
+            .media
+            .iter()
+            .filter(|(id, k)| k.medium.source == source && !present.contains(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut actions = Vec::new();
+        for id in gone {
+            actions.extend(self.vanished(&id));
+        }
+        // The previous run's media of this source that did not come back: their names are
+        // free again, and whatever was made for them goes.
+        let stale: Vec<MediumId> = self
+            .reserved
+            .iter()
+            .filter(|(_, (_, s))| *s == source)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some((name, _)) = self.reserved.remove(&id) {
+                actions.push(Action::Unpublish { name, id });
+            }
+        }
+        if !actions.is_empty() && !actions.contains(&Action::SaveState) {
+            actions.push(Action::SaveState);
+        }
+        actions
+    }
+
+    fn published(&mut self, now: i64, id: &MediumId, name: &str) -> Vec<Action> {
+        match self.media.get_mut(id) {
+            Some(k) if k.name.as_deref() == Some(name) => {
+                k.phase = Phase::Published { since: now };
+                vec![Action::SaveState]
+            }
+            // A stale outcome (the medium went meanwhile): undo what was made.
+            _ => vec![Action::Unpublish {
+                name: name.to_owned(),
+                id: id.clone(),
+            }],
+        }
+    }
+
+    fn failed(&mut self, id: &MediumId, name: &str, error: String) -> Vec<Action> {
+        match self.media.get_mut(id) {
+            Some(k) if k.name.as_deref() == Some(name) => {
+                k.name = None;
+                k.phase = Phase::Failed { error };
+                self.names.remove(name);
+                vec![Action::SaveState]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The name a medium is served (or being published) under.
+    pub fn name_of(&self, id: &MediumId) -> Option<&str> {
+        self.media.get(id).and_then(|k| k.name.as_deref())
+    }
+
+    /// Where a medium stands.
+    pub fn phase_of(&self, id: &MediumId) -> Option<&Phase> {
+        self.media.get(id).map(|k| &k.phase)
+    }
+
+    /// The medium a source knows by `origin`, if any.
+    pub fn id_at(&self, origin: &std::path::Path) -> Option<&MediumId> {
+        self.media
+            .iter()
+            .find(|(_, k)| k.medium.origin == origin)
+            .map(|(id, _)| id)
+    }
+
+    /// What is served, for the state file, `status` and the index file: published media only.
+    pub fn records(&self) -> Vec<MediumRecord> {
+        let mut out: Vec<MediumRecord> = self
+            .media
+            .values()
+            .filter_map(|k| match (&k.name, &k.phase) {
+                (Some(name), Phase::Published { since }) => Some(MediumRecord {
+                    id: k.medium.id.clone(),
+                    name: name.clone(),
+                    label: k.medium.label.clone(),
+                    source: k.medium.source,
+                    origin: k.medium.origin.clone(),
+                    mounted_at: state::rfc3339(*since),
+                    mounted_at_unix: *since,
+                    loop_device: None,
+                }),
+                _ => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+//! The persisted state (`/run/isomgr/state.json`) and the status / index document: which
+//! medium holds which name, and what isomgr made for it. One JSON shape serves all three
+//! (`isomgr status --json` prints it, `--index-file` receives it).
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{MediumId, SourceKind};
+use crate::iso9660::ondisk::civil_from_days;
+
+/// One served medium.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediumRecord {
+    pub name: String,
+    pub label: Option<String>,
+    pub source: SourceKind,
+    pub origin: PathBuf,
+    pub mounted_at: String,
+    /// The loop device the kernel driver attached, or null.
+    #[serde(rename = "loop")]
+    pub loop_device: Option<String>,
+    /// Identity, so a restart gives the same medium the same name.
+    pub id: MediumId,
+    pub mounted_at_unix: i64,
+}
+
+/// The whole document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateFile {
+    pub root: PathBuf,
+    pub driver: String,
+    pub pid: u32,
+    pub media: Vec<MediumRecord>,
+}
+
+impl StateFile {
+    /// Reads a state file; a missing file is `Ok(None)`.
+    pub fn load(path: &Path) -> anyhow::Result<Option<StateFile>> {
+        use anyhow::Context;
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("{}: not a valid isomgr state file", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the document atomically: a temporary file in the same directory, fsync, rename.
+    /// Readers see the old document or the new one, never a mix.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+            std::process::id()
+        ));
+        let mut doc = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        doc.push(b'\n');
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&doc)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+/// RFC 3339 in UTC ("2026-11-22T03:38:00Z") for Unix seconds.
+pub fn rfc3339(secs: i64) -> String {
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn save_then_load_round_trips_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let doc = StateFile {
+            root: "/srv/isos".into(),
+            driver: "fuse".into(),
+            pid: 42,
+            media: vec![MediumRecord {
+                name: "A".into(),
+                label: Some("A".into()),
+                source: SourceKind::Dir,
+                origin: "/srv/iso-drop/a.iso".into(),
+                mounted_at: rfc3339(5),
+                loop_device: None,
+                id: MediumId("file:1:2".into()),
+                mounted_at_unix: 5,
+            }],
+        };
+        doc.save(&path).unwrap();
+        assert_eq!(StateFile::load(&path).unwrap(), Some(doc));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(StateFile::load(&dir.path().join("none")).unwrap(), None);
+    }
+}

@@ -1,0 +1,350 @@
+//! Manager tests: a table of scenarios, and properties over random event sequences with
+//! restarts at random points.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn medium(id: &str, label: Option<&str>, origin: &str) -> Medium {
+    Medium {
+        id: MediumId(id.into()),
+        source: SourceKind::Dir,
+        origin: origin.into(),
+        label: label.map(str::to_owned),
+        fallback: std::path::Path::new(origin)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    }
+}
+
+fn id(s: &str) -> MediumId {
+    MediumId(s.into())
+}
+
+/// Runs events through the manager with an executor that always succeeds; returns every
+/// action taken.
+fn run(m: &mut Manager, events: Vec<Event>) -> Vec<Action> {
+    let mut all = Vec::new();
+    for ev in events {
+        let mut queue = vec![ev];
+        while let Some(ev) = queue.pop() {
+            for a in m.apply(100, ev) {
+                if let Action::Publish { name, medium } = &a {
+                    queue.push(Event::Published {
+                        id: medium.id.clone(),
+                        name: name.clone(),
+                    });
+                }
+                all.push(a);
+            }
+        }
+    }
+    all
+}
+
+fn names(m: &Manager) -> BTreeMap<String, String> {
+    m.records().into_iter().map(|r| (r.id.0, r.name)).collect()
+}
+
+#[test]
+fn scenarios() {
+    // (description, events, expected id -> name afterwards)
+    type Case = (&'static str, Vec<Event>, Vec<(&'static str, &'static str)>);
+    let cases: Vec<Case> = vec![
+        (
+            "a label becomes the name",
+            vec![Event::Appeared(medium(
+                "1",
+                Some("Rocky 9.2 DVD"),
+                "/d/r.iso",
+            ))],
+            vec![("1", "Rocky_9.2_DVD")],
+        ),
+        (
+            "equal labels: first keeps NAME, then NAME-2, NAME-3",
+            vec![
+                Event::Appeared(medium("1", Some("X"), "/d/a.iso")),
+                Event::Appeared(medium("2", Some("X"), "/d/b.iso")),
+                Event::Appeared(medium("3", Some("X"), "/d/c.iso")),
+            ],
+            vec![("1", "X"), ("2", "X-2"), ("3", "X-3")],
+        ),
+        (
+            "deleting the first keeps NAME-2's name; a newcomer takes the free NAME",
+            vec![
+                Event::Appeared(medium("1", Some("X"), "/d/a.iso")),
+                Event::Appeared(medium("2", Some("X"), "/d/b.iso")),
+                Event::Vanished(id("1")),
+                Event::Appeared(medium("3", Some("X"), "/d/c.iso")),
+            ],
+            vec![("2", "X-2"), ("3", "X")],
+        ),
+        (
+            "no label: the file stem",
+            vec![Event::Appeared(medium("1", None, "/d/my disc.iso"))],
+            vec![("1", "my_disc")],
+        ),
+        (
+            "a rename keeps the name",
+            vec![
+                Event::Appeared(medium("1", Some("L"), "/d/a.iso")),
+                Event::Moved {
+                    id: id("1"),
+                    origin: "/d/sub/b.iso".into(),
+                },
+            ],
+            vec![("1", "L")],
+        ),
+        (
+            "foreign root entries count as taken",
+            vec![
+                Event::ForeignEntries(vec!["L".into()]),
+                Event::Appeared(medium("1", Some("L"), "/d/a.iso")),
+            ],
+            vec![("1", "L-2")],
+        ),
+        (
+            "a scan that no longer finds a medium removes it",
+            vec![
+                Event::Appeared(medium("1", Some("A"), "/d/a.iso")),
+                Event::Appeared(medium("2", Some("B"), "/d/b.iso")),
+                Event::ScanDone {
+                    source: SourceKind::Dir,
+                    present: vec![id("2")],
+                },
+            ],
+            vec![("2", "B")],
+        ),
+        (
+            "a medium changed in place is published again under its new label",
+            vec![
+                Event::Appeared(medium("1", Some("OLD"), "/d/a.iso")),
+                Event::Appeared(medium("1", Some("NEW"), "/d/a.iso")),
+            ],
+            vec![("1", "NEW")],
+        ),
+    ];
+    for (what, events, want) in cases {
+        let mut m = Manager::default();
+        run(&mut m, events);
+        let want: BTreeMap<String, String> = want
+            .into_iter()
+            .map(|(i, n)| (i.to_owned(), n.to_owned()))
+            .collect();
+        assert_eq!(names(&m), want, "{what}");
+    }
+}
+
+#[test]
+fn failed_publish_frees_the_name_until_the_medium_is_seen_again() {
+    let mut m = Manager::default();
+    let acts = m.apply(1, Event::Appeared(medium("1", Some("BAD"), "/d/bad.iso")));
+    assert!(matches!(&acts[0], Action::Publish { name, .. } if name == "BAD"));
+    m.apply(
+        2,
+        Event::Failed {
+            id: id("1"),
+            name: "BAD".into(),
+            error: "directory loop".into(),
+        },
+    );
+    assert_eq!(m.name_of(&id("1")), None);
+    assert!(matches!(m.phase_of(&id("1")), Some(Phase::Failed { .. })));
+    // Another medium may now take the name.
+    let acts = run(
+        &mut m,
+        vec![Event::Appeared(medium("2", Some("BAD"), "/d/x.iso"))],
+    );
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Publish { name, .. } if name == "BAD")));
+    // Vanishing a failed medium unpublishes nothing.
+    let acts = m.apply(3, Event::Vanished(id("1")));
+    assert_eq!(acts, vec![Action::SaveState]);
+}
+
+#[test]
+fn a_late_outcome_for_a_vanished_medium_is_undone() {
+    let mut m = Manager::default();
+    m.apply(1, Event::Appeared(medium("1", Some("A"), "/d/a.iso")));
+    m.apply(2, Event::Vanished(id("1")));
+    let acts = m.apply(
+        3,
+        Event::Published {
+            id: id("1"),
+            name: "A".into(),
+        },
+    );
+    assert_eq!(
+        acts,
+        vec![Action::Unpublish {
+            name: "A".into(),
+            id: id("1")
+        }]
+    );
+}
+
+#[test]
+fn restart_gives_names_back_and_cleans_what_did_not_return() {
+    let mut m = Manager::default();
+    run(
+        &mut m,
+        vec![
+            Event::Appeared(medium("1", Some("X"), "/d/a.iso")),
+            Event::Appeared(medium("2", Some("X"), "/d/b.iso")),
+            Event::Appeared(medium("3", Some("Y"), "/d/c.iso")),
+        ],
+    );
+    let saved = m.records();
+    let mut m2 = Manager::new(&saved);
+    // The second comes back first: it must still be X-2, not X.
+    let acts = run(
+        &mut m2,
+        vec![
+            Event::Appeared(medium("2", Some("X"), "/d/b.iso")),
+            Event::Appeared(medium("1", Some("X"), "/d/a.iso")),
+            Event::ScanDone {
+                source: SourceKind::Dir,
+                present: vec![id("1"), id("2")],
+            },
+        ],
+    );
+    assert_eq!(m2.name_of(&id("1")), Some("X"));
+    assert_eq!(m2.name_of(&id("2")), Some("X-2"));
+    assert!(acts.contains(&Action::Unpublish {
+        name: "Y".into(),
+        id: id("3")
+    }));
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Add(usize),
+    Remove(usize),
+    Rename(usize, u8),
+    Relabel(usize, usize),
+    Fail(usize),
+    Restart,
+}
+
+const LABELS: [Option<&str>; 6] = [Some("A"), Some("A"), Some("B"), Some(""), Some("a/b"), None];
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0usize..8).prop_map(Op::Add),
+        2 => (0usize..8).prop_map(Op::Remove),
+        1 => (0usize..8, any::<u8>()).prop_map(|(i, n)| Op::Rename(i, n)),
+        1 => (0usize..8, 0usize..LABELS.len()).prop_map(|(i, l)| Op::Relabel(i, l)),
+        1 => (0usize..8).prop_map(Op::Fail),
+        1 => Just(Op::Restart),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Names are unique; every present, non-failed medium has exactly one name; absent media
+    /// have none; a name never changes while its medium is present and unchanged; a restart
+    /// at any point gives every present medium its previous name back.
+    #[test]
+    fn names_stay_unique_stable_and_survive_restarts(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut m = Manager::default();
+        // Ground truth: id -> (label index, origin), for present media.
+        let mut present: BTreeMap<usize, (usize, String)> = BTreeMap::new();
+        let mut failed: std::collections::BTreeSet<usize> = Default::default();
+        let mut expect: BTreeMap<usize, String> = BTreeMap::new();
+        let mk = |i: usize, l: usize, origin: &str| {
+            let mut md = medium(&format!("m{i}"), LABELS[l], origin);
+            md.fallback = format!("stem{}", i % 3);
+            md
+        };
+        for op in ops {
+            match op {
+                Op::Add(i) => {
+                    let (l, origin) = present.get(&i).cloned().unwrap_or((i % LABELS.len(), format!("/d/{i}.iso")));
+                    present.insert(i, (l, origin.clone()));
+                    run(&mut m, vec![Event::Appeared(mk(i, l, &origin))]);
+                    // Seen again (a rescan, a rewrite): a failed medium is tried once more.
+                    failed.remove(&i);
+                }
+                Op::Remove(i) => {
+                    present.remove(&i);
+                    failed.remove(&i);
+                    expect.remove(&i);
+                    run(&mut m, vec![Event::Vanished(id(&format!("m{i}")))]);
+                }
+                Op::Rename(i, n) => {
+                    if let Some(p) = present.get_mut(&i) {
+                        p.1 = format!("/d/sub{n}/{i}.iso");
+                        run(&mut m, vec![Event::Moved { id: id(&format!("m{i}")), origin: p.1.clone().into() }]);
+                    }
+                }
+                Op::Relabel(i, l) => {
+                    if let Some(p) = present.get_mut(&i) {
+                        if p.0 != l && LABELS[p.0] != LABELS[l] {
+                            p.0 = l;
+                            expect.remove(&i);
+                        }
+                        failed.remove(&i);
+                        let (l, origin) = p.clone();
+                        run(&mut m, vec![Event::Appeared(mk(i, l, &origin))]);
+                    }
+                }
+                Op::Fail(i) => {
+                    let mid = id(&format!("m{i}"));
+                    if let Some(name) = m.name_of(&mid).map(str::to_owned) {
+                        run(&mut m, vec![Event::Failed { id: mid, name, error: "bad".into() }]);
+                        failed.insert(i);
+                        expect.remove(&i);
+                    }
+                }
+                Op::Restart => {
+                    let saved = m.records();
+                    m = Manager::new(&saved);
+                    let mut evs: Vec<Event> = present
+                        .iter()
+                        .filter(|(i, _)| !failed.contains(i))
+                        .map(|(i, (l, o))| Event::Appeared(mk(*i, *l, o)))
+                        .collect();
+                    evs.reverse();
+                    evs.push(Event::ScanDone {
+                        source: SourceKind::Dir,
+                        present: present.keys().filter(|i| !failed.contains(i)).map(|i| id(&format!("m{i}"))).collect(),
+                    });
+                    run(&mut m, evs);
+                    // Failed media are not in the state file; they come back as new.
+                    for i in failed.clone() {
+                        let (l, o) = present[&i].clone();
+                        run(&mut m, vec![Event::Appeared(mk(i, l, &o))]);
+                        failed.remove(&i);
+                    }
+                }
+            }
+            // Invariants.
+            let records = m.records();
+            let mut seen = std::collections::HashSet::new();
+            for r in &records {
+                prop_assert!(seen.insert(r.name.clone()), "duplicate name {}", r.name);
+                prop_assert!(!r.name.is_empty() && r.name != "." && r.name != ".." && !r.name.contains('/'));
+            }
+            for i in 0..8usize {
+                let mid = id(&format!("m{i}"));
+                let name = m.name_of(&mid);
+                if present.contains_key(&i) && !failed.contains(&i) {
+                    let name = name.map(str::to_owned);
+                    prop_assert!(name.is_some(), "present medium m{i} has no name");
+                    let name = name.unwrap();
+                    if let Some(prev) = expect.get(&i) {
+                        prop_assert_eq!(prev, &name, "name of m{} changed while present", i);
+                    }
+                    expect.insert(i, name);
+                } else {
+                    prop_assert!(name.is_none(), "absent or failed medium m{i} has a name");
+                }
+            }
+        }
+    }
+}

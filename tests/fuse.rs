@@ -1,0 +1,834 @@
+//! The FUSE driver end to end: real FUSE mounts of images made by genisoimage and xorriso,
+//! checked with std::fs against the source trees (lstat + sha256) and /proc/self/mountinfo.
+//!
+//! Needs root, /dev/fuse and genisoimage; without them each test says so and skips, or fails
+//! under CI=true. Every mount is taken down by a guard, lazily if need be.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isomgr::fuse::FuseDriver;
+use isomgr::iso9660::Image;
+use sha2::{Digest, Sha256};
+
+/// Whether this host can run FUSE tests; under CI=true a missing piece is a failure.
+fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let fuse = Path::new("/dev/fuse").exists();
+    let tools = which("genisoimage");
+    if root && fuse && tools {
+        return true;
+    }
+    let why = format!("{test}: needs root ({root}), /dev/fuse ({fuse}) and genisoimage ({tools})");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED {why}");
+    false
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Mounted driver plus a last-resort lazy unmount, so a failing test leaves no mount behind.
+struct Mounted {
+    driver: Option<FuseDriver>,
+    root: PathBuf,
+}
+
+impl Mounted {
+    fn new(root: &Path) -> Mounted {
+        let driver = FuseDriver::mount(root).expect("mounting the FUSE driver");
+        Mounted {
+            root: driver.root().to_owned(),
+            driver: Some(driver),
+        }
+    }
+    fn driver(&self) -> &FuseDriver {
+        self.driver.as_ref().expect("driver present until drop")
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        drop(self.driver.take());
+        if mounts_at(&self.root) > 0 {
+            lazy_unmount(&self.root);
+        }
+    }
+}
+
+fn lazy_unmount(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path without NUL");
+    // SAFETY: valid C string for the call.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+fn statfs(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: valid C string; `buf` is plain data the call fills in.
+    let rc = unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut buf)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Mounts at `path` according to /proc/self/mountinfo (an independent view).
+fn mounts_at(path: &Path) -> usize {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4) == Some(&*want))
+        .count()
+}
+
+fn open_image(path: &Path) -> Arc<Image<File>> {
+    let file = File::open(path).expect("opening image");
+    Arc::new(Image::open(file).expect("reading image"))
+}
+
+fn mkiso(tool: &str, args: &[&str], src: &Path, out: &Path) {
+    let mut cmd = Command::new(tool);
+    if tool == "xorriso" {
+        cmd.args(["-as", "mkisofs"]);
+    }
+    let status = cmd
+        .args(["-quiet"])
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .stderr(Stdio::null())
+        .status()
+        .expect("running the image tool");
+    assert!(status.success(), "{tool} {args:?} failed");
+}
+
+fn write(path: &Path, len: usize, seed: u8) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+        .collect();
+    fs::write(path, data).expect("writing a source file");
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn set_times_and_owner(path: &Path, secs: i64, uid: u32, gid: u32) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let ts = [
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: valid C string and a two-element timespec array.
+    unsafe {
+        assert_eq!(libc::lchown(c.as_ptr(), uid, gid), 0);
+        assert_eq!(
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                ts.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW
+            ),
+            0
+        );
+    }
+}
+
+/// A tree with what Rock Ridge must carry: modes (setuid/setgid too), owners, times, symlinks,
+/// a FIFO, sizes around sector boundaries, long and non-ASCII names, nesting.
+fn rock_ridge_tree(src: &Path) {
+    fs::create_dir_all(src.join("deep/er/still/deeper")).expect("mkdir");
+    fs::create_dir(src.join("private")).expect("mkdir");
+    for (name, len) in [
+        ("empty", 0),
+        ("one", 1),
+        ("sector-1", 2047),
+        ("sector", 2048),
+        ("sector+1", 2049),
+        ("big.bin", (3 << 20) + 7),
+    ] {
+        write(&src.join(name), len, len as u8);
+    }
+    write(&src.join("deep/er/still/deeper/leaf.txt"), 100, 7);
+    write(&src.join("private/secret"), 10, 9);
+    write(&src.join("With Spaces & ünïcödé.txt"), 33, 1);
+    write(&src.join("l".repeat(180)), 5, 2);
+    write(&src.join("setuid"), 12, 3);
+    write(&src.join("setgid"), 12, 4);
+    set_mode(&src.join("setuid"), 0o4755);
+    set_mode(&src.join("setgid"), 0o2750);
+    set_mode(&src.join("private/secret"), 0o600);
+    set_mode(&src.join("private"), 0o700);
+    set_mode(&src.join("one"), 0o640);
+    symlink("deep/er/still/deeper/leaf.txt", src.join("rel-link")).expect("symlink");
+    symlink("/etc/hostname", src.join("abs-link")).expect("symlink");
+    symlink("nowhere", src.join("deep/dangling")).expect("symlink");
+    let fifo = std::ffi::CString::new(src.join("fifo").as_os_str().as_encoded_bytes()).expect("p");
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    set_times_and_owner(&src.join("one"), 1_000_000_000, 1234, 5678);
+    set_times_and_owner(&src.join("private/secret"), 1_600_000_000, 42, 43);
+    set_times_and_owner(&src.join("rel-link"), 1_500_000_000, 7, 8);
+}
+
+/// A tree Joliet can carry without Rock Ridge: files and directories, names up to 64 chars.
+fn joliet_tree(src: &Path) {
+    fs::create_dir_all(src.join("Dir One/Sub")).expect("mkdir");
+    write(&src.join("Mixed Case Name.TXT"), 5000, 1);
+    write(&src.join("Dir One/file.with.dots.dat"), 70_000, 2);
+    write(&src.join("Dir One/Sub/ünï.txt"), 3, 3);
+    write(&src.join("zero"), 0, 4);
+}
+
+#[derive(Debug, PartialEq)]
+struct Node {
+    kind: &'static str,
+    size: Option<u64>,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: Option<i64>,
+    sha256: Option<String>,
+    target: Option<PathBuf>,
+}
+
+fn sha256(path: &Path) -> String {
+    let mut f = File::open(path).expect("opening for hashing");
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).expect("reading for hashing");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// Everything below `root` as lstat and content hashes, keyed by relative path.
+fn snapshot(root: &Path) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("listing") {
+            let path = entry.expect("dir entry").path();
+            let meta = fs::symlink_metadata(&path).expect("lstat");
+            let ft = meta.file_type();
+            let rel = path
+                .strip_prefix(root)
+                .expect("below root")
+                .to_string_lossy()
+                .into_owned();
+            let (kind, size, sha, target) = if ft.is_dir() {
+                stack.push(path.clone());
+                ("dir", None, None, None)
+            } else if ft.is_symlink() {
+                let t = fs::read_link(&path).expect("readlink");
+                ("symlink", Some(meta.len()), None, Some(t))
+            } else if ft.is_file() {
+                ("file", Some(meta.len()), Some(sha256(&path)), None)
+            } else {
+                assert!(ft.is_fifo() || ft.is_block_device() || ft.is_char_device());
+                ("special", None, None, None)
+            };
+            out.insert(
+                rel,
+                Node {
+                    kind,
+                    size,
+                    mode: meta.mode() & 0o7777,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    mtime: Some(meta.mtime()),
+                    sha256: sha,
+                    target,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// What the mount must show for a source entry under Rock Ridge: the same, except that
+/// setuid/setgid are dropped and a FIFO is an empty read-only regular file.
+fn expected_rock_ridge(mut src: BTreeMap<String, Node>) -> BTreeMap<String, Node> {
+    for node in src.values_mut() {
+        if node.kind == "symlink" {
+            node.mode = 0o777;
+        } else {
+            node.mode &= 0o1777;
+        }
+        if node.kind == "special" {
+            node.kind = "file";
+            node.size = Some(0);
+            node.sha256 = Some(format!("{:x}", Sha256::digest(b"")));
+        }
+    }
+    src
+}
+
+#[test]
+fn serves_rock_ridge_images_exactly_like_their_source_tree() {
+    if !can_run("serves_rock_ridge_images_exactly_like_their_source_tree") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    rock_ridge_tree(&src);
+    let expected = expected_rock_ridge(snapshot(&src));
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let m = Mounted::new(&mnt);
+    let mut tools = vec![("genisoimage", "geniso")];
+    if which("xorriso") {
+        tools.push(("xorriso", "xorriso"));
+    }
+    for (tool, name) in &tools {
+        let iso = tmp.path().join(format!("{name}.iso"));
+        mkiso(tool, &["-R", "-J", "-V", "RRTEST"], &src, &iso);
+        m.driver().add(name, open_image(&iso)).expect("adding");
+    }
+    let names: Vec<String> = fs::read_dir(&mnt)
+        .expect("listing root")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), tools.len());
+    for (_, name) in &tools {
+        let mut got = snapshot(&mnt.join(name));
+        // Directory sizes and times are the image's own; compare the rest.
+        for (path, node) in got.iter_mut() {
+            if node.kind == "dir" {
+                let want = &expected[path];
+                node.mtime = want.mtime;
+            }
+        }
+        for (path, want) in &expected {
+            let Some(have) = got.get(path) else {
+                panic!("{name}: {path} missing from the mount");
+            };
+            assert_eq!(have, want, "{name}: {path}");
+        }
+        assert_eq!(got.len(), expected.len(), "{name}: extra entries");
+        // Symlinks resolve through the mount.
+        assert_eq!(
+            sha256(&mnt.join(name).join("rel-link")),
+            expected["deep/er/still/deeper/leaf.txt"]
+                .sha256
+                .clone()
+                .expect("hash")
+        );
+    }
+}
+
+#[test]
+fn serves_joliet_names_with_read_only_defaults() {
+    if !can_run("serves_joliet_names_with_read_only_defaults") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    joliet_tree(&src);
+    let iso = tmp.path().join("j.iso");
+    mkiso("genisoimage", &["-J", "-V", "JOLIET"], &src, &iso);
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let m = Mounted::new(&mnt);
+    m.driver().add("j", open_image(&iso)).expect("adding");
+    let got = snapshot(&mnt.join("j"));
+    let want = snapshot(&src);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (path, w) in &want {
+        let g = &got[path];
+        assert_eq!(g.kind, w.kind, "{path}");
+        assert_eq!(g.sha256, w.sha256, "{path}");
+        assert_eq!(g.size, w.size, "{path}");
+        let mode = if g.kind == "dir" { 0o555 } else { 0o444 };
+        assert_eq!(g.mode, mode, "{path}");
+    }
+    // Read-only, for root too.
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("j/zero"))
+        .expect_err("writing must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = fs::create_dir(mnt.join("j/new")).expect_err("mkdir must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+}
+
+/// Whether this process still has `path` open.
+fn holds_open(path: &Path) -> bool {
+    fs::read_dir("/proc/self/fd")
+        .expect("listing fds")
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .any(|p| p == path)
+}
+
+#[test]
+fn media_come_and_go_while_a_reader_holds_a_file_open() {
+    if !can_run("media_come_and_go_while_a_reader_holds_a_file_open") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a_src, b_src, c_src) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    for (dir, seed) in [(&a_src, 1u8), (&b_src, 2), (&c_src, 3)] {
+        fs::create_dir(dir).expect("mkdir");
+        write(&dir.join("data.bin"), 5 << 20, seed);
+    }
+    let a_iso = tmp.path().join("a.iso");
+    let b_iso = tmp.path().join("b.iso");
+    let c_iso = tmp.path().join("c.iso");
+    mkiso("genisoimage", &["-R"], &a_src, &a_iso);
+    mkiso("genisoimage", &["-R"], &b_src, &b_iso);
+    mkiso("genisoimage", &["-R"], &c_src, &c_iso);
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let m = Mounted::new(&mnt);
+    let d = m.driver();
+    let list = || {
+        let mut v: Vec<String> = fs::read_dir(&mnt)
+            .expect("listing root")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(list().is_empty());
+    d.add("A", open_image(&a_iso)).expect("adding A");
+    d.add("B", open_image(&b_iso)).expect("adding B");
+    assert!(
+        d.add("B", open_image(&c_iso)).is_err(),
+        "a taken name is refused"
+    );
+    assert_eq!(list(), ["A", "B"]);
+    assert_eq!(d.names(), ["A", "B"]);
+
+    let mut reader = File::open(mnt.join("A/data.bin")).expect("opening A's file");
+    let mut head = vec![0u8; 1 << 20];
+    reader.read_exact(&mut head).expect("reading the head");
+    let ino_before = fs::metadata(mnt.join("A/data.bin")).expect("stat").ino();
+    assert!(holds_open(&a_iso));
+
+    assert!(d.remove("A"));
+    assert!(!d.remove("A"));
+    // Gone at once, in the listing and by name.
+    assert_eq!(list(), ["B"]);
+    let err = fs::metadata(mnt.join("A")).expect_err("A must be gone");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    // Another medium under the same name shows its own content at once.
+    d.add("A", open_image(&c_iso)).expect("re-adding A");
+    assert_eq!(
+        sha256(&mnt.join("A/data.bin")),
+        sha256(&c_src.join("data.bin"))
+    );
+    assert_ne!(
+        fs::metadata(mnt.join("A/data.bin")).expect("stat").ino(),
+        ino_before
+    );
+
+    // The open file still reads the removed medium, to the end.
+    let mut rest = Vec::new();
+    reader
+        .read_to_end(&mut rest)
+        .expect("reading after removal");
+    head.extend_from_slice(&rest);
+    let mut h = Sha256::new();
+    h.update(&head);
+    assert_eq!(
+        format!("{:x}", h.finalize()),
+        sha256(&a_src.join("data.bin"))
+    );
+    assert!(holds_open(&a_iso), "the image stays open while a file is");
+    drop(reader);
+    // RELEASE reaches the daemon asynchronously after close.
+    let start = Instant::now();
+    while holds_open(&a_iso) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "image still open after the last close"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        sha256(&mnt.join("B/data.bin")),
+        sha256(&b_src.join("data.bin"))
+    );
+}
+
+#[test]
+fn a_malformed_medium_fails_alone_while_the_others_serve() {
+    if !can_run("a_malformed_medium_fails_alone_while_the_others_serve") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("sub")).expect("mkdir");
+    write(&src.join("sub/inner.txt"), 10, 1);
+    write(&src.join("zz-big"), 4 << 20, 2);
+    let good = tmp.path().join("good.iso");
+    mkiso("genisoimage", &["-R", "-J"], &src, &good);
+    // One image with a directory whose records are garbage, one cut in the middle of a file.
+    let bad_dir = tmp.path().join("bad-dir.iso");
+    fs::copy(&good, &bad_dir).expect("copy");
+    let sector = {
+        let image = open_image(&good);
+        let sub = image.lookup("/sub").expect("finding /sub");
+        sub.dir_sector().expect("a directory has a sector")
+    };
+    let mut garbage = vec![0u8; 2048];
+    for rec in garbage.chunks_mut(64) {
+        rec[0] = 64; // record length
+        rec[2..6].copy_from_slice(&u32::MAX.to_le_bytes()); // extent far past the image
+        rec[10..14].copy_from_slice(&u32::MAX.to_le_bytes()); // absurd size
+        rec[32] = 200; // name longer than the record
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(&bad_dir)
+        .expect("opening copy");
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(sector * 2048)).expect("seek");
+    f.write_all(&garbage).expect("corrupting");
+    drop(f);
+    let cut = tmp.path().join("cut.iso");
+    fs::copy(&good, &cut).expect("copy");
+    let len = fs::metadata(&cut).expect("stat").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&cut)
+        .expect("open")
+        .set_len(len - (2 << 20))
+        .expect("truncating");
+    let junk = tmp.path().join("junk.iso");
+    write(&junk, 1 << 20, 9);
+    assert!(
+        Image::open(File::open(&junk).expect("open")).is_err(),
+        "junk is refused before it reaches the driver"
+    );
+
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let m = Mounted::new(&mnt);
+    m.driver().add("good1", open_image(&good)).expect("add");
+    m.driver()
+        .add("bad-dir", open_image(&bad_dir))
+        .expect("add");
+    m.driver().add("cut", open_image(&cut)).expect("add");
+    m.driver().add("good2", open_image(&good)).expect("add");
+
+    let err = fs::read_dir(mnt.join("bad-dir/sub"))
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+        .expect_err("a garbage directory must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // Whichever file lies past the cut fails with EIO; what lies before it reads right.
+    let mut failed = 0;
+    for file in ["zz-big", "sub/inner.txt"] {
+        match fs::read(mnt.join("cut").join(file)) {
+            Ok(bytes) => assert_eq!(bytes, fs::read(src.join(file)).expect("source"), "{file}"),
+            Err(err) => {
+                assert_eq!(err.raw_os_error(), Some(libc::EIO), "{file}: {err}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0, "nothing read past the cut failed");
+    assert_eq!(
+        fs::read_dir(mnt.join("cut/sub")).expect("listing").count(),
+        1
+    );
+    // The broken media's other parts and the other media still serve.
+    assert_eq!(
+        sha256(&mnt.join("bad-dir/zz-big")),
+        sha256(&src.join("zz-big"))
+    );
+    for name in ["good1", "good2"] {
+        assert_eq!(
+            sha256(&mnt.join(name).join("sub/inner.txt")),
+            sha256(&src.join("sub/inner.txt")),
+            "{name}"
+        );
+    }
+    for name in ["good1", "good2"] {
+        assert_eq!(
+            sha256(&mnt.join(name).join("zz-big")),
+            sha256(&src.join("zz-big"))
+        );
+    }
+}
+
+/// Not a test by itself: the child the stale-mount test starts and kills. Serves one image at
+/// `ISOMGR_TEST_SERVE_ROOT` until killed.
+#[test]
+fn stale_mount_child() {
+    let (Ok(root), Ok(iso)) = (
+        std::env::var("ISOMGR_TEST_SERVE_ROOT"),
+        std::env::var("ISOMGR_TEST_SERVE_IMAGE"),
+    ) else {
+        return;
+    };
+    let driver = FuseDriver::mount(Path::new(&root)).expect("child: mounting");
+    driver
+        .add("m", open_image(Path::new(&iso)))
+        .expect("child: adding");
+    println!("ready");
+    std::io::stdout().flush().expect("flush");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+#[test]
+fn restarts_over_a_stale_enotconn_mount() {
+    if !can_run("restarts_over_a_stale_enotconn_mount") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).expect("mkdir");
+    write(&src.join("f"), 100_000, 5);
+    let iso = tmp.path().join("s.iso");
+    mkiso("genisoimage", &["-R"], &src, &iso);
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let mnt = mnt.canonicalize().expect("canonical");
+
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "stale_mount_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ISOMGR_TEST_SERVE_ROOT", &mnt)
+        .env("ISOMGR_TEST_SERVE_IMAGE", &iso)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the child");
+    // Whatever happens below, the child goes and its mount with it.
+    struct Reap(std::process::Child, PathBuf);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            while mounts_at(&self.1) > 0 {
+                lazy_unmount(&self.1);
+            }
+        }
+    }
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut child = Reap(child, mnt.clone());
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = lines.any(|l| l.is_ok_and(|l| l.trim_end().ends_with("ready")));
+    assert!(ready, "the child never got ready");
+    assert_eq!(sha256(&mnt.join("m/f")), sha256(&src.join("f")));
+
+    child.0.kill().expect("SIGKILL");
+    child.0.wait().expect("reaping");
+    // statfs always reaches the daemon (stat may be answered from cached attributes).
+    let err = statfs(&mnt).expect_err("a dead mount must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    assert_eq!(mounts_at(&mnt), 1);
+
+    let m = Mounted::new(&mnt);
+    assert_eq!(
+        mounts_at(&mnt),
+        1,
+        "the stale mount was replaced, not stacked"
+    );
+    m.driver().add("m", open_image(&iso)).expect("adding");
+    assert_eq!(sha256(&mnt.join("m/f")), sha256(&src.join("f")));
+    drop(m);
+    assert_eq!(mounts_at(&mnt), 0, "a normal stop unmounts");
+    fs::metadata(&mnt).expect("the root is a plain directory again");
+}
+
+/// Serialises tests that attach loop devices (a host-wide resource) across test binaries.
+struct LoopLock(#[allow(dead_code)] File);
+
+impl LoopLock {
+    fn take() -> LoopLock {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .mode(0o600)
+            .open("/tmp/isomgr-tests-loop.lock")
+            .expect("opening the loop lock");
+        // SAFETY: valid fd; flock blocks until the lock is ours.
+        assert_eq!(
+            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) },
+            0
+        );
+        LoopLock(f)
+    }
+}
+
+#[test]
+fn serves_a_block_device_source() {
+    if !can_run("serves_a_block_device_source") {
+        return;
+    }
+    if !Path::new("/dev/loop-control").exists() || !which("losetup") {
+        let why = "serves_a_block_device_source: needs loop devices and losetup";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{why}");
+        }
+        eprintln!("SKIPPED {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).expect("mkdir");
+    write(&src.join("on-a-device"), 1_234_567, 6);
+    let iso = tmp.path().join("dev.iso");
+    mkiso("genisoimage", &["-R"], &src, &iso);
+    let _lock = LoopLock::take();
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(&iso)
+        .output()
+        .expect("running losetup");
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    struct Detach(PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let m = Mounted::new(&mnt);
+    m.driver()
+        .add("dev", open_image(&dev))
+        .expect("adding the device");
+    assert_eq!(
+        sha256(&mnt.join("dev/on-a-device")),
+        sha256(&src.join("on-a-device"))
+    );
+    drop(m);
+}
+
+/// Every fixture image with a manifest, served at once, matches its manifest through the mount.
+#[test]
+fn serves_the_fixture_images_as_their_manifests_say() {
+    if !can_run("serves_the_fixture_images_as_their_manifests_say") {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut fixtures = Vec::new();
+    for entry in fs::read_dir(&dir).expect("listing fixtures") {
+        let path = entry.expect("entry").path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".tree.json"))
+        else {
+            continue;
+        };
+        let manifest: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).expect("manifest")).expect("json");
+        fixtures.push((stem.to_owned(), manifest));
+    }
+    assert!(!fixtures.is_empty(), "no fixtures in {}", dir.display());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let m = Mounted::new(&mnt);
+    for (name, _) in &fixtures {
+        m.driver()
+            .add(name, open_image(&dir.join(format!("{name}.iso"))))
+            .expect("adding a fixture");
+    }
+    for (name, manifest) in &fixtures {
+        let base = mnt.join(name);
+        let got = snapshot(&base);
+        let entries = manifest["entries"].as_array().expect("entries");
+        let want: Vec<String> = entries
+            .iter()
+            .map(|e| {
+                e["path"]
+                    .as_str()
+                    .expect("path")
+                    .trim_start_matches('/')
+                    .to_owned()
+            })
+            .collect();
+        let mut have: Vec<&String> = got.keys().collect();
+        let mut want_sorted: Vec<&String> = want.iter().collect();
+        have.sort();
+        want_sorted.sort();
+        assert_eq!(have, want_sorted, "{name}: paths");
+        for (e, path) in entries.iter().zip(&want) {
+            let g = &got[path];
+            let kind = e["type"].as_str().expect("type");
+            assert_eq!(g.kind, kind, "{name}: {path}");
+            if kind != "dir" {
+                assert_eq!(g.size, e["size"].as_u64(), "{name}: {path} size");
+            }
+            let mode = match (e["mode"].as_str(), kind) {
+                (_, "symlink") => 0o777,
+                (Some(m), _) => u32::from_str_radix(m, 8).expect("octal mode") & 0o1777,
+                (None, "dir") => 0o555,
+                (None, _) => 0o444,
+            };
+            assert_eq!(g.mode, mode, "{name}: {path} mode");
+            if let Some(uid) = e["uid"].as_u64() {
+                assert_eq!(u64::from(g.uid), uid, "{name}: {path} uid");
+            }
+            if let Some(gid) = e["gid"].as_u64() {
+                assert_eq!(u64::from(g.gid), gid, "{name}: {path} gid");
+            }
+            if let Some(mtime) = e["mtime"].as_i64() {
+                assert_eq!(g.mtime, Some(mtime), "{name}: {path} mtime");
+            }
+            if let Some(sha) = e["sha256"].as_str() {
+                assert_eq!(g.sha256.as_deref(), Some(sha), "{name}: {path} content");
+            }
+            if let Some(target) = e["target"].as_str() {
+                assert_eq!(
+                    g.target.as_deref(),
+                    Some(Path::new(target)),
+                    "{name}: {path} target"
+                );
+            }
+        }
+    }
+}
