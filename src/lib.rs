@@ -2,7 +2,8 @@
 //!
 //! Crate map:
 //! - [`iso9660`]: the pure ISO9660 / Rock Ridge / Joliet / El Torito reader and the UDF label,
-//!   with the on-disk types the writer shares. Bytes in, typed values or errors out.
+//!   with the on-disk types the writer shares. Bytes in, typed values or errors out; and the
+//!   writer behind `mkiso` (`iso9660::write`).
 //! - [`event`]: the one event type sources produce and the manager consumes.
 //! - [`manager`]: the pure mount manager (event in, actions out), names and persisted state.
 //! - [`names`]: volume labels made into safe directory names, collisions resolved.

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod cat;
 pub mod ls;
+pub mod mkiso;
 pub mod scan;
 pub mod status;
 pub mod watch;
@@ -34,6 +35,10 @@ pub enum Command {
     Watch(watch::Args),
     /// What a running watcher serves (from its state file).
     Status(status::Args),
+    /// Build an ISO image from a directory tree (what `genisoimage -J -r` does).
+    // -V is the volume label here, as in genisoimage; `isomgr --version` still works.
+    #[command(disable_version_flag = true)]
+    Mkiso(mkiso::Args),
 }
 
 /// Runs a parsed command line, writing results to `out`.
@@ -44,6 +49,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Cat(args) => cat::run(&args, out),
         Command::Watch(args) => watch::run(&args),
         Command::Status(args) => status::run(&args, out),
+        Command::Mkiso(args) => mkiso::run(&args, out),
     }
 }
 

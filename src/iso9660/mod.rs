@@ -1,7 +1,8 @@
 //! ISO9660 (ECMA-119) with Rock Ridge, Joliet and El Torito, and the UDF label.
 //!
 //! Owns the on-disk format: `ondisk` holds the types and codecs shared by reading and writing;
-//! `descriptor`, `susp` and `read` parse untrusted images. Nothing here prints, spawns or
+//! `descriptor`, `susp` and `read` parse untrusted images; `write` builds images from
+//! directory trees (its `stream`/`tree::walk` shell is the one place that touches files). Nothing here prints, spawns or
 //! looks at the clock; the only I/O is positioned reads through [`ReadAt`].
 
 pub mod descriptor;
@@ -10,6 +11,7 @@ pub mod ondisk;
 pub mod read;
 pub mod source;
 pub mod susp;
+pub mod write;
 
 pub use descriptor::Fs;
 pub use error::Error;

@@ -217,6 +217,103 @@ pub fn put_both16(out: &mut [u8], at: usize, v: u16) {
     }
 }
 
+/// Writes a little-endian u16 into `out[at..at + 2]`; a field that does not fit is left alone.
+pub fn put_le16(out: &mut [u8], at: usize, v: u16) {
+    put_bytes(out, at, &v.to_le_bytes());
+}
+
+/// Writes a big-endian u16 into `out[at..at + 2]`.
+pub fn put_be16(out: &mut [u8], at: usize, v: u16) {
+    put_bytes(out, at, &v.to_be_bytes());
+}
+
+/// Writes a little-endian u32 into `out[at..at + 4]` (type L path table fields, ECMA-119 7.3.1).
+pub fn put_le32(out: &mut [u8], at: usize, v: u32) {
+    put_bytes(out, at, &v.to_le_bytes());
+}
+
+/// Writes a big-endian u32 into `out[at..at + 4]` (type M path table fields, ECMA-119 7.3.2).
+pub fn put_be32(out: &mut [u8], at: usize, v: u32) {
+    put_bytes(out, at, &v.to_be_bytes());
+}
+
+/// Copies `src` into `out` at `at`, clipped to what fits.
+pub fn put_bytes(out: &mut [u8], at: usize, src: &[u8]) {
+    if let Some(dst) = out.get_mut(at..) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
+        }
+    }
+}
+
+/// Fills `out[range]` with `text`, padded with `pad` (a-/d-character fields, ECMA-119 7.4;
+/// padded with spaces).
+pub fn put_padded(out: &mut [u8], range: core::ops::Range<usize>, text: &[u8], pad: u8) {
+    if let Some(dst) = out.get_mut(range) {
+        let mut src = text.iter();
+        for d in dst.iter_mut() {
+            *d = src.next().copied().unwrap_or(pad);
+        }
+    }
+}
+
+/// Whether `c` is a d-character (ECMA-119 7.4.1): `A-Z`, `0-9`, `_`.
+pub fn is_d_char(c: u8) -> bool {
+    c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_'
+}
+
+/// The largest legal directory record (its length is one byte, ECMA-119 9.1.1); writers keep
+/// records at an even length, so 254 in practice.
+pub const MAX_RECORD_LEN: usize = 254;
+
+/// The length of a directory record with an identifier of `id_len` bytes and `su_len` bytes of
+/// system use (ECMA-119 9.1.12, 9.1.13): the identifier is padded to an even offset, and the
+/// whole record kept even.
+pub fn record_len(id_len: usize, su_len: usize) -> usize {
+    let base = dr::FIXED_LEN + id_len + usize::from(id_len % 2 == 0);
+    let len = base + su_len;
+    len + len % 2
+}
+
+/// The fields of one directory record to encode (ECMA-119 9.1).
+#[derive(Clone, Copy, Debug)]
+pub struct DirectoryRecordFields<'a> {
+    pub extent: u32,
+    pub data_length: u32,
+    pub recorded: [u8; 7],
+    pub flags: u8,
+    pub identifier: &'a [u8],
+    pub system_use: &'a [u8],
+}
+
+/// Appends one directory record (ECMA-119 9.1) to `out` and returns its length. The caller
+/// keeps `record_len(identifier, system_use)` within [`MAX_RECORD_LEN`]; a longer one would be
+/// unreadable, so it is cut at 255 bytes rather than written with a wrapped length byte.
+pub fn encode_directory_record(f: &DirectoryRecordFields<'_>, out: &mut Vec<u8>) -> usize {
+    let len = record_len(f.identifier.len(), f.system_use.len()).min(255);
+    let start = out.len();
+    out.resize(start + len, 0);
+    if let Some(r) = out.get_mut(start..) {
+        if let Some(b) = r.get_mut(dr::LENGTH) {
+            *b = len as u8;
+        }
+        put_both32(r, dr::EXTENT, f.extent);
+        put_both32(r, dr::DATA_LENGTH, f.data_length);
+        put_bytes(r, dr::RECORDING_TIME, &f.recorded);
+        if let Some(b) = r.get_mut(dr::FLAGS) {
+            *b = f.flags;
+        }
+        put_both16(r, dr::VOLUME_SEQUENCE_NUMBER, 1);
+        if let Some(b) = r.get_mut(dr::NAME_LENGTH) {
+            *b = f.identifier.len().min(255) as u8;
+        }
+        put_bytes(r, dr::NAME, f.identifier);
+        let su_at = dr::FIXED_LEN + f.identifier.len() + usize::from(f.identifier.len() % 2 == 0);
+        put_bytes(r, su_at, f.system_use);
+    }
+    len
+}
+
 /// A point in time as Unix seconds plus nanoseconds, the form every caller wants.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp {

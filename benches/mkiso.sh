@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# mkiso throughput beside genisoimage -J -r and xorriso -as mkisofs -J -r, in the same run,
+# on (a) 10,000 small files and (b) one 1 GiB file, with reading every input byte once
+# (cat > /dev/null) as the floor. Warm page cache; median of RUNS runs after one warm-up;
+# `sync` between runs, outside the timing. Prints a table with ratios and PASS/FAIL against
+# the targets: mkiso <= 0.7x genisoimage on both, and <= 1.2x the floor on (b).
+#
+# Usage: bash benches/mkiso.sh            (BENCH_DIR=/var/tmp/isomgr-bench RUNS=5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH_DIR=${BENCH_DIR:-/var/tmp/isomgr-bench}
+RUNS=${RUNS:-5}
+export SOURCE_DATE_EPOCH=1700000000
+
+for t in genisoimage xorriso; do
+    command -v "$t" >/dev/null || { echo "benches/mkiso.sh: $t is not installed" >&2; exit 1; }
+done
+cargo build --release --quiet
+ISOMGR=$PWD/target/release/isomgr
+
+mkdir -p "$BENCH_DIR"
+SMALL=$BENCH_DIR/small
+BIG=$BENCH_DIR/big
+if [ ! -f "$SMALL/.complete" ]; then
+    rm -rf "$SMALL"
+    python3 - "$SMALL" <<'PY'
+import os, sys, random
+root = sys.argv[1]
+rnd = random.Random(42)
+for d in range(100):
+    dp = os.path.join(root, f"dir{d:03d}")
+    os.makedirs(dp)
+    for f in range(100):
+        with open(os.path.join(dp, f"file-{f:03d}.dat"), "wb") as fh:
+            fh.write(rnd.randbytes(rnd.randint(200, 8000)))
+open(os.path.join(root, ".complete"), "w").close()
+PY
+fi
+if [ ! -f "$BIG/.complete" ]; then
+    rm -rf "$BIG"
+    mkdir -p "$BIG"
+    head -c $((1 << 30)) /dev/urandom > "$BIG/one-gib.bin"
+    touch "$BIG/.complete"
+fi
+OUT=$BENCH_DIR/out.iso
+
+now() { echo "$EPOCHREALTIME"; }
+
+# median wall time of RUNS runs of "$@" (after one warm-up), output removed and synced between
+time_it() {
+    local times=() t0 t1
+    "$@" >/dev/null 2>&1; rm -f "$OUT"; sync
+    for _ in $(seq "$RUNS"); do
+        t0=$(now); "$@" >/dev/null 2>&1; t1=$(now)
+        times+=("$(echo "$t1 - $t0" | bc -l)")
+        rm -f "$OUT"; sync
+    done
+    printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+
+floor_small() { find "$SMALL" -type f -exec cat {} + >/dev/null; }
+floor_big() { cat "$BIG/one-gib.bin" >/dev/null; }
+
+declare -A T
+for set in small big; do
+    dir=$BENCH_DIR/$set
+    T[$set,mkiso]=$(time_it "$ISOMGR" mkiso "$dir" -o "$OUT")
+    T[$set,genisoimage]=$(time_it genisoimage -quiet -J -r -o "$OUT" "$dir")
+    T[$set,xorriso]=$(time_it xorriso -as mkisofs -quiet -J -r -o "$OUT" "$dir")
+    T[$set,floor]=$(time_it "floor_$set")
+done
+
+ratio() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }
+verdict() { if [ "$(echo "$1 <= $2" | bc -l)" = 1 ]; then echo PASS; else echo FAIL; fi; }
+
+printf '%-22s %9s %12s %9s %9s  %-9s %-9s %-9s %s\n' set "mkiso s" "genisoimage" xorriso "cat s" \
+    "/geniso" "/xorriso" "/floor" "targets (<=0.7 geniso; <=1.2 floor on b)"
+fail=0
+for set in small big; do
+    m=${T[$set,mkiso]} g=${T[$set,genisoimage]} x=${T[$set,xorriso]} f=${T[$set,floor]}
+    rg=$(ratio "$m" "$g"); rx=$(ratio "$m" "$x"); rf=$(ratio "$m" "$f")
+    v1=$(verdict "$rg" 0.7)
+    v="geniso $v1"
+    [ "$v1" = PASS ] || fail=1
+    if [ "$set" = big ]; then
+        v2=$(verdict "$rf" 1.2); v="$v, floor $v2"; [ "$v2" = PASS ] || fail=1
+    fi
+    name=$([ "$set" = small ] && echo "(a) 10,000 small files" || echo "(b) one 1 GiB file")
+    printf '%-22s %9.3f %12.3f %9.3f %9.3f  %-9s %-9s %-9s %s\n' "$name" "$m" "$g" "$x" "$f" \
+        "${rg}x" "${rx}x" "${rf}x" "$v"
+done
+exit $fail

@@ -1,0 +1,159 @@
+//! Building ISO9660 images (with Rock Ridge and Joliet) from directory trees: `isomgr mkiso`.
+//!
+//! Split in a pure core and a thin shell, so the format logic is tested without touching disks:
+//! - [`tree`]: the source tree's metadata as plain data, and [`tree::walk`] that reads it (lstat
+//!   and readdir only, never file contents);
+//! - [`names`]: ISO9660 and Joliet identifiers, unique in each directory (pure);
+//! - [`susp`]: SUSP/RRIP entries and their packing into records and continuation areas (pure);
+//! - [`layout`]: the whole image plan: hierarchy with deep directories relocated, every LBA,
+//!   and the metadata bytes (pure; memory bounded by the tree's metadata);
+//! - [`stream`]: writes the plan to a temporary file, copies file data sparse-aware, renames.
+//!
+//! Nothing here prints: warnings come back in the [`Report`], progress through a callback.
+
+pub mod layout;
+pub mod names;
+pub mod stream;
+pub mod susp;
+pub mod tree;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What to build and how.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Volume label as given; the PVD gets its d-character form, Joliet the label itself.
+    pub label: String,
+    /// Write a Joliet supplementary volume descriptor and tree.
+    pub joliet: bool,
+    /// Write Rock Ridge (RRIP 1.12) entries in the primary tree.
+    pub rock_ridge: bool,
+    /// genisoimage's `-r`: owners 0, everything readable, no write bits, no set-id bits.
+    pub rational: bool,
+    /// FIFOs, sockets and devices in the tree are errors instead of skipped with a warning.
+    pub strict: bool,
+    /// `SOURCE_DATE_EPOCH`: descriptor times, and volatile atime/ctime replaced by mtime.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// A recovered anomaly the caller should show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Warning {
+    /// A FIFO, socket or device: an ISO image cannot hold it, so it was left out.
+    SkippedSpecial { path: PathBuf, kind: &'static str },
+    /// A symlink without Rock Ridge has nowhere to go, so it was left out.
+    SkippedSymlink { path: PathBuf },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::SkippedSpecial { path, kind } => {
+                write!(
+                    f,
+                    "skipped {}: a {kind} cannot be stored in an ISO image",
+                    path.display()
+                )
+            }
+            Warning::SkippedSymlink { path } => write!(
+                f,
+                "skipped symlink {}: symlinks need Rock Ridge",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Progress of the data phase: bytes of file data done out of the total known up front.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+}
+
+/// What a successful build made.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub warnings: Vec<Warning>,
+    pub files: usize,
+    pub dirs: usize,
+    pub image_bytes: u64,
+}
+
+/// Errors of `mkiso`; each names the path it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("reading metadata of {path}")]
+    Stat { path: PathBuf, source: io::Error },
+    #[error("reading directory {path}")]
+    ReadDir { path: PathBuf, source: io::Error },
+    #[error("reading symlink {path}")]
+    ReadLink { path: PathBuf, source: io::Error },
+    #[error("{path} is a {kind}, which an ISO image cannot hold (--strict)")]
+    Special { path: PathBuf, kind: &'static str },
+    #[error("output {output} is inside the source tree {source_dir}")]
+    OutputInsideSource {
+        output: PathBuf,
+        source_dir: PathBuf,
+    },
+    #[error("opening {path}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("reading {path}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} changed size while being written: {expected} bytes when listed, {actual} now")]
+    SizeChanged {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("creating {path}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("writing {path}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("renaming {from} to {to}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
+    #[error("the tree has {count} directories; ISO9660 path tables number at most 65535")]
+    TooManyDirectories { count: usize },
+    #[error("the image would need {sectors} sectors; ISO9660 counts at most 4294967295")]
+    TooLarge { sectors: u64 },
+    #[error("internal layout error: {0}")]
+    Layout(&'static str),
+}
+
+/// Builds `output` from the tree at `src`: walks it, plans the image, streams it to a
+/// temporary file beside `output` and renames it into place. On error nothing is left at
+/// `output` or beside it.
+pub fn build(
+    src: &Path,
+    output: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Report, Error> {
+    let target = stream::Target::prepare(src, output)?;
+    let mut warnings = Vec::new();
+    let tree = tree::walk(src, opts.strict, &mut warnings)?;
+    let now = opts.source_date_epoch.unwrap_or_else(unix_now);
+    let plan = layout::plan(&tree, opts, now, &mut warnings, src)?;
+    target.write(&tree, &plan, progress)?;
+    Ok(Report {
+        warnings,
+        files: tree.file_count(),
+        dirs: tree.dir_count(),
+        image_bytes: plan.image_bytes(),
+    })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

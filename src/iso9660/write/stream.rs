@@ -1,0 +1,473 @@
+//! Writes a [`Plan`] to disk: a temporary file beside the output, metadata first, then each
+//! file's data streamed in walk order, then a rename. The imperative shell of the writer.
+//!
+//! Memory stays bounded whatever the data size: small files are gathered in one reused batch
+//! buffer, large ones copied with `copy_file_range` (read/write where the kernel cannot),
+//! only their data segments (`SEEK_DATA`/`SEEK_HOLE`), so holes stay holes in the image. Each
+//! file must still have the size it had when listed. On any error the temporary file is
+//! removed and nothing appears at the output path.
+
+use super::layout::Plan;
+use super::tree::Tree;
+use super::{Error, Progress};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Files up to this size are read whole into the batch buffer.
+const SMALL_FILE: u64 = 1 << 20;
+/// Batch buffer size: consecutive small files are written with one `pwrite`.
+const BATCH: usize = 8 << 20;
+/// Largest single copy request, so progress moves during a big file.
+const COPY_CHUNK: u64 = 64 << 20;
+/// Buffer of the read/write fallback copy.
+const FALLBACK_BUF: usize = 1 << 20;
+
+/// Where an image goes: the output path and the temporary file written first.
+#[derive(Debug)]
+pub struct Target {
+    output: PathBuf,
+    tmp: PathBuf,
+}
+
+/// Removes the temporary file unless the image was renamed into place.
+struct TmpGuard<'a> {
+    path: &'a Path,
+    armed: bool,
+}
+
+impl Drop for TmpGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(self.path);
+        }
+    }
+}
+
+impl Target {
+    /// Checks that `output` can be written and is not inside the tree at `src`, and names the
+    /// temporary file (`OUT.tmp-PID` in the output's directory).
+    pub fn prepare(src: &Path, output: &Path) -> Result<Target, Error> {
+        let src_canon = fs::canonicalize(src).map_err(|source| Error::Stat {
+            path: src.to_path_buf(),
+            source,
+        })?;
+        let file_name = output.file_name().ok_or_else(|| Error::Create {
+            path: output.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "output has no file name"),
+        })?;
+        let parent = match output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let parent_canon = fs::canonicalize(&parent).map_err(|source| Error::Create {
+            path: output.to_path_buf(),
+            source,
+        })?;
+        if parent_canon.starts_with(&src_canon) {
+            return Err(Error::OutputInsideSource {
+                output: output.to_path_buf(),
+                source_dir: src.to_path_buf(),
+            });
+        }
+        let mut tmp_name = file_name.to_os_string();
+        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        Ok(Target {
+            output: output.to_path_buf(),
+            tmp: parent_canon.join(tmp_name),
+        })
+    }
+
+    /// Writes the image of `tree` as planned and renames it into place.
+    pub fn write(
+        &self,
+        tree: &Tree,
+        plan: &Plan,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), Error> {
+        let out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&self.tmp)
+            .map_err(|source| Error::Create {
+                path: self.tmp.clone(),
+                source,
+            })?;
+        let mut guard = TmpGuard {
+            path: &self.tmp,
+            armed: true,
+        };
+        let werr = |source: io::Error| Error::Write {
+            path: self.output.clone(),
+            source,
+        };
+        out.write_all_at(&plan.metadata, 0).map_err(werr)?;
+        let mut w = DataWriter {
+            out: &out,
+            output: &self.output,
+            batch: Vec::new(),
+            batch_start: 0,
+            done: 0,
+            total: tree.data_bytes(),
+            progress,
+        };
+        (w.progress)(Progress {
+            done: 0,
+            total: w.total,
+        });
+        for (f, &off) in tree.data.iter().zip(&plan.data_offsets) {
+            w.file(&f.path, f.size, off)?;
+        }
+        w.flush()?;
+        // Holes left between and after data segments read as zeros and stay unallocated;
+        // extending last (rather than first) keeps the data writes appending, which is faster.
+        out.set_len(plan.image_bytes()).map_err(werr)?;
+        // No fsync, like genisoimage, xorriso and cp: the rename still means the image is
+        // never seen half-written, and syncing 1 GiB costs seconds the caller may not want.
+        drop(out);
+        fs::rename(&self.tmp, &self.output).map_err(|source| Error::Rename {
+            from: self.tmp.clone(),
+            to: self.output.clone(),
+            source,
+        })?;
+        guard.armed = false;
+        Ok(())
+    }
+}
+
+struct DataWriter<'a> {
+    out: &'a File,
+    output: &'a Path,
+    batch: Vec<u8>,
+    batch_start: u64,
+    done: u64,
+    total: u64,
+    progress: &'a mut dyn FnMut(Progress),
+}
+
+fn open_source(path: &Path) -> Result<File, Error> {
+    // O_NOATIME keeps atimes as they were; only the owner (or root) may ask for it.
+    let first = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path);
+    match first {
+        Ok(f) => Ok(f),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            File::open(path).map_err(|source| Error::Open {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(source) => Err(Error::Open {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn check_size(file: &File, path: &Path, expected: u64) -> Result<(), Error> {
+    let actual = file
+        .metadata()
+        .map_err(|source| Error::Stat {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if actual != expected {
+        return Err(Error::SizeChanged {
+            path: path.to_path_buf(),
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn is_write_errno(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EROFS)
+    )
+}
+
+impl DataWriter<'_> {
+    fn report(&mut self) {
+        (self.progress)(Progress {
+            done: self.done,
+            total: self.total,
+        });
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        if !self.batch.is_empty() {
+            self.out
+                .write_all_at(&self.batch, self.batch_start)
+                .map_err(|source| Error::Write {
+                    path: self.output.to_path_buf(),
+                    source,
+                })?;
+            self.batch.clear();
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, path: &Path, size: u64, offset: u64) -> Result<(), Error> {
+        let src = open_source(path)?;
+        check_size(&src, path, size)?;
+        if size <= SMALL_FILE {
+            self.small(&src, path, size as usize, offset)?;
+        } else {
+            self.flush()?;
+            self.large(&src, path, size, offset)?;
+        }
+        check_size(&src, path, size)?;
+        self.done += size;
+        self.report();
+        Ok(())
+    }
+
+    fn small(&mut self, src: &File, path: &Path, size: usize, offset: u64) -> Result<(), Error> {
+        if size == 0 {
+            return Ok(());
+        }
+        let fits = offset >= self.batch_start
+            && (offset - self.batch_start) as usize + size <= BATCH.max(size);
+        if !self.batch.is_empty() && !fits {
+            self.flush()?;
+        }
+        if self.batch.is_empty() {
+            self.batch_start = offset;
+        }
+        let at = (offset - self.batch_start) as usize;
+        self.batch.resize(at + size, 0);
+        let buf = self.batch.get_mut(at..).unwrap_or_default();
+        let mut got = 0;
+        let mut reader = src;
+        while got < buf.len() {
+            match reader.read(buf.get_mut(got..).unwrap_or_default()) {
+                Ok(0) => {
+                    let actual = got as u64;
+                    return Err(Error::SizeChanged {
+                        path: path.to_path_buf(),
+                        expected: size as u64,
+                        actual,
+                    });
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(Error::Read {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the data segments of a large file; holes are skipped (the image was sized with
+    /// `set_len` at the end, so they read back as zeros and stay unallocated).
+    fn large(&mut self, src: &File, path: &Path, size: u64, base: u64) -> Result<(), Error> {
+        let fd = src.as_raw_fd();
+        let mut pos = 0u64;
+        let start_done = self.done;
+        while pos < size {
+            let data = match seek(fd, pos, libc::SEEK_DATA) {
+                Ok(d) => d,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+                Err(_) => pos,
+            };
+            if data >= size {
+                break;
+            }
+            let end = seek(fd, data, libc::SEEK_HOLE).map_or(size, |h| h.clamp(data + 1, size));
+            self.copy_range(src, path, data, base + data, end - data, start_done, size)?;
+            pos = end;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_range(
+        &mut self,
+        src: &File,
+        path: &Path,
+        mut from: u64,
+        mut to: u64,
+        len: u64,
+        start_done: u64,
+        file_size: u64,
+    ) -> Result<(), Error> {
+        let end = from + len;
+        let mut use_cfr = true;
+        let mut buf = Vec::new();
+        while from < end {
+            let want = (end - from).min(COPY_CHUNK);
+            let n = if use_cfr {
+                let mut off_in = from as libc::loff_t;
+                let mut off_out = to as libc::loff_t;
+                // SAFETY: both descriptors are open for the duration of the call and the
+                // offset pointers point to live locals.
+                let r = unsafe {
+                    libc::copy_file_range(
+                        src.as_raw_fd(),
+                        &mut off_in,
+                        self.out.as_raw_fd(),
+                        &mut off_out,
+                        want as usize,
+                        0,
+                    )
+                };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                            use_cfr = false;
+                            continue;
+                        }
+                        _ if is_write_errno(&e) => {
+                            return Err(Error::Write {
+                                path: self.output.to_path_buf(),
+                                source: e,
+                            })
+                        }
+                        _ => {
+                            return Err(Error::Read {
+                                path: path.to_path_buf(),
+                                source: e,
+                            })
+                        }
+                    }
+                }
+                r as u64
+            } else {
+                if buf.is_empty() {
+                    buf = vec![0u8; FALLBACK_BUF];
+                }
+                let chunk = buf
+                    .get_mut(..(want as usize).min(FALLBACK_BUF))
+                    .unwrap_or_default();
+                let r = match src.read_at(chunk, from) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(source) => {
+                        return Err(Error::Read {
+                            path: path.to_path_buf(),
+                            source,
+                        })
+                    }
+                };
+                self.out
+                    .write_all_at(chunk.get(..r).unwrap_or_default(), to)
+                    .map_err(|source| Error::Write {
+                        path: self.output.to_path_buf(),
+                        source,
+                    })?;
+                r as u64
+            };
+            if n == 0 {
+                // the file ended before its listed size
+                let actual = src.metadata().map_or(from, |m| m.len());
+                return Err(Error::SizeChanged {
+                    path: path.to_path_buf(),
+                    expected: file_size,
+                    actual,
+                });
+            }
+            from += n;
+            to += n;
+            self.done = start_done + from.min(end);
+            self.report();
+        }
+        Ok(())
+    }
+}
+
+fn seek(fd: i32, pos: u64, whence: i32) -> io::Result<u64> {
+    // SAFETY: lseek on a descriptor we own; no memory is passed.
+    let r = unsafe { libc::lseek(fd, pos as libc::off_t, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::iso9660::write::{layout, tree, Options};
+
+    fn opts() -> Options {
+        Options {
+            label: "T".into(),
+            joliet: true,
+            rock_ridge: true,
+            rational: false,
+            strict: false,
+            source_date_epoch: Some(0),
+        }
+    }
+
+    fn build_after(change: impl Fn(&Path)) -> Result<(), Error> {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("a.txt"), b"aaaa").unwrap();
+        fs::write(src.join("big.bin"), vec![1u8; 3 << 20]).unwrap();
+        let mut w = Vec::new();
+        let t = tree::walk(&src, false, &mut w).unwrap();
+        let plan = layout::plan(&t, &opts(), 0, &mut w, &src).unwrap();
+        change(&src);
+        let out = tmp.path().join("out.iso");
+        let target = Target::prepare(&src, &out)?;
+        let r = target.write(&t, &plan, &mut |_| {});
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        if r.is_err() {
+            assert_eq!(names, ["src"], "partial image left behind");
+        }
+        r
+    }
+
+    #[test]
+    fn file_that_grew_after_listing_is_an_error_naming_it() {
+        let e = build_after(|s| fs::write(s.join("a.txt"), b"aaaaaaaa").unwrap()).unwrap_err();
+        assert!(
+            matches!(&e, Error::SizeChanged { path, expected: 4, actual: 8 }
+            if path.ends_with("a.txt")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn large_file_that_shrank_is_an_error_naming_it() {
+        let e = build_after(|s| {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(s.join("big.bin"))
+                .unwrap();
+            f.set_len(1 << 20).unwrap();
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::SizeChanged { path, .. } if path.ends_with("big.bin")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("changed size"));
+    }
+
+    #[test]
+    fn unchanged_tree_builds() {
+        build_after(|_| {}).unwrap();
+    }
+}
