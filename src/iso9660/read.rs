@@ -299,7 +299,7 @@ fn probe_with(src: &(impl ReadAt + ?Sized), buf: &mut [u8]) -> Result<(VolumeInf
 }
 
 /// Bytes read at sector 16 when identifying an image.
-const PREFETCH_BYTES: usize = 12 * 1024;
+const PREFETCH_BYTES: usize = 8 * 1024;
 
 /// A source with one range already in memory; reads inside it are served from there.
 struct Prefetched<'a, S: ?Sized> {
@@ -361,7 +361,8 @@ fn root_dot_rock_ridge(
 ) -> Result<Option<RockRidge>> {
     let root = parse_record(&vd.root_record).map_err(|why| Error::descriptor(vd.sector, why))?;
     let start = u64::from(root.extent) * SECTOR_SIZE;
-    let mut sector = vec![0u8; SECTOR_SIZE as usize];
+    // The "." record comes first and is at most 255 bytes long.
+    let mut sector = vec![0u8; 256];
     let n = read_full(src, &mut sector, start).map_err(|source| Error::Io {
         offset: start,
         len: sector.len(),
