@@ -11,14 +11,25 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::event::Event;
-use crate::exec::FuseExecutor;
+use crate::exec::kernel::kernel_usable;
+use crate::exec::{Executor, FuseExecutor, KernelExecutor};
 use crate::fuse::FuseDriver;
 use crate::manager::{Action, Manager, StateFile};
 use crate::source::dirs::{DirsConfig, DirsSource};
 use crate::source::Source;
+use crate::sys::linux::LinuxSys;
 
 /// Events queued between sources and the manager at most (back-pressure beyond).
 const EVENT_QUEUE: usize = 4096;
+
+/// Which mount driver to run (`--driver`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// The kernel where it has iso9660 and loop devices attach, FUSE otherwise.
+    Auto,
+    Kernel,
+    Fuse,
+}
 
 /// Everything `isomgr watch` needs.
 #[derive(Clone, Debug)]
@@ -27,6 +38,30 @@ pub struct Config {
     pub root: PathBuf,
     pub state: PathBuf,
     pub index_file: Option<PathBuf>,
+    pub driver: DriverChoice,
+    /// Unmount kernel mounts at a normal stop too (FUSE always unmounts).
+    pub cleanup_on_exit: bool,
+}
+
+/// Picks the driver and says why (logged at start).
+fn choose(choice: DriverChoice) -> (DriverChoice, String) {
+    match choice {
+        DriverChoice::Fuse => (DriverChoice::Fuse, "--driver fuse".into()),
+        DriverChoice::Kernel => match kernel_usable(&LinuxSys) {
+            Ok(why) => (DriverChoice::Kernel, format!("--driver kernel; {why}")),
+            Err(why) => {
+                tracing::warn!(reason = %why, "--driver kernel: media may fail to mount");
+                (
+                    DriverChoice::Kernel,
+                    format!("--driver kernel, although {why}"),
+                )
+            }
+        },
+        DriverChoice::Auto => match kernel_usable(&LinuxSys) {
+            Ok(why) => (DriverChoice::Kernel, why),
+            Err(why) => (DriverChoice::Fuse, why),
+        },
+    }
 }
 
 fn now() -> i64 {
@@ -45,25 +80,50 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn run_async(cfg: Config) -> anyhow::Result<()> {
-    let previous = match StateFile::load(&cfg.state) {
-        Ok(s) => s.map(|s| s.media).unwrap_or_default(),
+    let previous_state = match StateFile::load(&cfg.state) {
+        Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "ignoring the previous state");
-            Vec::new()
+            None
         }
     };
-    tracing::info!(
-        driver = "fuse",
-        reason = "the kernel driver is not available in this version",
-        "mount driver chosen"
-    );
+    let previous = previous_state
+        .as_ref()
+        .map(|s| s.media.clone())
+        .unwrap_or_default();
+    let (driver, reason) = choose(cfg.driver);
     std::fs::create_dir_all(&cfg.root)
         .with_context(|| format!("creating the root {}", cfg.root.display()))?;
-    let driver = FuseDriver::mount(&cfg.root)
-        .with_context(|| format!("mounting the FUSE root at {}", cfg.root.display()))?;
-    let root = driver.root().to_path_buf();
-    let mut exec = FuseExecutor::new(driver);
+    let root = std::fs::canonicalize(&cfg.root)
+        .with_context(|| format!("resolving the root {}", cfg.root.display()))?;
     let mut manager = Manager::new(&previous);
+    let mut exec = match driver {
+        DriverChoice::Kernel => {
+            tracing::info!(driver = "kernel", %reason, "mount driver chosen");
+            let mut k = KernelExecutor::new(LinuxSys, root.clone());
+            let foreign = k.reconcile(previous_state.as_ref());
+            let mut exec = Executor::Kernel(k);
+            process(&mut manager, &mut exec, Event::ForeignEntries(foreign));
+            exec
+        }
+        _ => {
+            tracing::info!(driver = "fuse", %reason, "mount driver chosen");
+            if previous_state
+                .as_ref()
+                .is_some_and(|s| s.driver == "kernel")
+            {
+                // The previous run mounted with the kernel: take that down before the FUSE
+                // root hides it.
+                let mut k = KernelExecutor::new(LinuxSys, root.clone());
+                k.reconcile(previous_state.as_ref());
+                k.shutdown(true);
+            }
+            let driver = FuseDriver::mount(&root)
+                .with_context(|| format!("mounting the FUSE root at {}", root.display()))?;
+            Executor::Fuse(FuseExecutor::new(driver))
+        }
+    };
+    let driver_name = exec.driver();
 
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
@@ -78,7 +138,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     let save = |manager: &Manager| {
         let doc = StateFile {
             root: root.clone(),
-            driver: "fuse".into(),
+            driver: driver_name.into(),
             pid: std::process::id(),
             media: manager.records(),
         };
@@ -119,12 +179,12 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     for s in sources.drain(..) {
         s.stop();
     }
-    exec.shutdown();
+    exec.shutdown(cfg.cleanup_on_exit);
     Ok(())
 }
 
 /// Applies one event and everything it leads to; true when the state changed.
-fn process(manager: &mut Manager, exec: &mut FuseExecutor, ev: Event) -> bool {
+fn process(manager: &mut Manager, exec: &mut Executor, ev: Event) -> bool {
     let mut dirty = false;
     let mut queue = VecDeque::from([ev]);
     while let Some(ev) = queue.pop_front() {

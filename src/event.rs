@@ -37,6 +37,8 @@ pub struct Medium {
     pub label: Option<String>,
     /// What names the medium when the label cannot: the file stem or the kernel device name.
     pub fallback: String,
+    /// The filesystem to mount it as ("iso9660", "udf"), as identified; `None` when unknown.
+    pub fs: Option<String>,
     /// The descriptor the source opened and identified: the one that is served.
     pub handle: Option<Handle>,
 }
@@ -69,8 +71,13 @@ pub enum Event {
         source: SourceKind,
         present: Vec<MediumId>,
     },
-    /// The executor published the medium under this name.
-    Published { id: MediumId, name: String },
+    /// The executor published the medium under this name (through this loop device, for
+    /// the kernel driver).
+    Published {
+        id: MediumId,
+        name: String,
+        loop_device: Option<PathBuf>,
+    },
     /// Publishing failed; the medium stays known but is not served until it changes.
     Failed {
         id: MediumId,

@@ -1,5 +1,8 @@
 //! The executor: carries out the manager's actions through a mount driver and reports each
-//! outcome back as an event. It decides nothing; retry and rollback live in the manager.
+//! outcome back as an event. It decides nothing about media or names; the only rollback here
+//! is undoing the steps of one action that failed half-way (see [`kernel`]).
+
+pub mod kernel;
 
 use std::sync::Arc;
 
@@ -7,6 +10,42 @@ use crate::event::{Event, Medium};
 use crate::fuse::FuseDriver;
 use crate::iso9660::Image;
 use crate::manager::Action;
+use crate::sys::linux::LinuxSys;
+
+pub use kernel::KernelExecutor;
+
+/// The mount driver the daemon runs.
+pub enum Executor {
+    Fuse(FuseExecutor),
+    Kernel(KernelExecutor<LinuxSys>),
+}
+
+impl Executor {
+    /// Runs one action; the outcome to feed back to the manager, if any.
+    pub fn run(&mut self, action: &Action) -> Option<Event> {
+        match self {
+            Executor::Fuse(e) => e.run(action),
+            Executor::Kernel(e) => e.run(action),
+        }
+    }
+
+    /// The driver's name in the state file: "fuse" or "kernel".
+    pub fn driver(&self) -> &'static str {
+        match self {
+            Executor::Fuse(_) => "fuse",
+            Executor::Kernel(_) => "kernel",
+        }
+    }
+
+    /// A normal stop. FUSE always unmounts (it cannot outlive the process); kernel mounts stay
+    /// for the next start to adopt unless `cleanup_on_exit`.
+    pub fn shutdown(self, cleanup_on_exit: bool) {
+        match self {
+            Executor::Fuse(e) => e.shutdown(),
+            Executor::Kernel(e) => e.shutdown(cleanup_on_exit),
+        }
+    }
+}
 
 /// Runs actions with the FUSE driver (one FUSE filesystem at the root).
 pub struct FuseExecutor {
@@ -28,6 +67,7 @@ impl FuseExecutor {
                     Event::Published {
                         id: medium.id.clone(),
                         name: name.clone(),
+                        loop_device: None,
                     }
                 }
                 Err(error) => {

@@ -8,7 +8,9 @@
 //! - [`manager`]: the pure mount manager (event in, actions out), names and persisted state.
 //! - [`names`]: volume labels made into safe directory names, collisions resolved.
 //! - [`source`]: event sources (directories of images through inotify).
-//! - [`exec`], [`daemon`]: the executor and the watcher's wiring (tokio, signals, state file).
+//! - [`exec`], [`daemon`]: the executors (FUSE, kernel) and the watcher's wiring (tokio,
+//!   signals, state file).
+//! - [`sys`]: every effect of the kernel driver behind one trait (Linux, recording fake).
 //! - [`cli`]: one module per subcommand; the only layer that prints.
 //! - [`fuse`]: the FUSE mount driver (one read-only FUSE filesystem at the root) and its pure
 //!   inode table.
@@ -22,3 +24,4 @@ pub mod iso9660;
 pub mod manager;
 pub mod names;
 pub mod source;
+pub mod sys;

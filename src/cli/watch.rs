@@ -50,17 +50,16 @@ pub struct Args {
     /// Refuse symlinks in watched directories (by default a symlink to a regular file is taken).
     #[arg(long)]
     pub no_follow_symlinks: bool,
+    /// At a normal stop, unmount kernel mounts too (by default they stay for the next start
+    /// to adopt, so downloads are not cut; FUSE always unmounts).
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
     /// Log lines as text or as JSON objects.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    if args.driver == Driver::Kernel {
-        anyhow::bail!(
-            "--driver kernel: the kernel driver (loop devices) is not available in this version; use --driver fuse or auto"
-        );
-    }
     let include = match &args.include {
         Some(p) => Regex::new(p).map_err(|e| anyhow::anyhow!("--include {p:?}: {e}"))?,
         None => DirsConfig::default_include(),
@@ -88,5 +87,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         root: args.root.clone(),
         state: args.state.clone(),
         index_file: args.index_file.clone(),
+        driver: match args.driver {
+            Driver::Auto => daemon::DriverChoice::Auto,
+            Driver::Kernel => daemon::DriverChoice::Kernel,
+            Driver::Fuse => daemon::DriverChoice::Fuse,
+        },
+        cleanup_on_exit: args.cleanup_on_exit,
     })
 }

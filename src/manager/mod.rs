@@ -29,8 +29,12 @@ pub enum Action {
 pub enum Phase {
     /// Publish was asked for; no outcome yet.
     Publishing,
-    /// Served under its name since this time (Unix seconds).
-    Published { since: i64 },
+    /// Served under its name since this time (Unix seconds), through this loop device (kernel
+    /// driver).
+    Published {
+        since: i64,
+        loop_device: Option<PathBuf>,
+    },
     /// Publishing failed; not served until the medium changes.
     Failed { error: String },
 }
@@ -76,7 +80,11 @@ impl Manager {
             Event::Moved { id, origin } => self.moved(&id, origin),
             Event::Vanished(id) => self.vanished(&id),
             Event::ScanDone { source, present } => self.scan_done(source, &present),
-            Event::Published { id, name } => self.published(now, &id, &name),
+            Event::Published {
+                id,
+                name,
+                loop_device,
+            } => self.published(now, &id, &name, loop_device),
             Event::Failed { id, name, error } => self.failed(&id, &name, error),
             Event::ForeignEntries(entries) => {
                 self.foreign = entries.into_iter().collect();
@@ -188,10 +196,19 @@ impl Manager {
         actions
     }
 
-    fn published(&mut self, now: i64, id: &MediumId, name: &str) -> Vec<Action> {
+    fn published(
+        &mut self,
+        now: i64,
+        id: &MediumId,
+        name: &str,
+        loop_device: Option<PathBuf>,
+    ) -> Vec<Action> {
         match self.media.get_mut(id) {
             Some(k) if k.name.as_deref() == Some(name) => {
-                k.phase = Phase::Published { since: now };
+                k.phase = Phase::Published {
+                    since: now,
+                    loop_device,
+                };
                 vec![Action::SaveState]
             }
             // A stale outcome (the medium went meanwhile): undo what was made.
@@ -238,7 +255,7 @@ impl Manager {
             .media
             .values()
             .filter_map(|k| match (&k.name, &k.phase) {
-                (Some(name), Phase::Published { since }) => Some(MediumRecord {
+                (Some(name), Phase::Published { since, loop_device }) => Some(MediumRecord {
                     id: k.medium.id.clone(),
                     name: name.clone(),
                     label: k.medium.label.clone(),
@@ -246,7 +263,7 @@ impl Manager {
                     origin: k.medium.origin.clone(),
                     mounted_at: state::rfc3339(*since),
                     mounted_at_unix: *since,
-                    loop_device: None,
+                    loop_device: loop_device.as_ref().map(|p| p.display().to_string()),
                 }),
                 _ => None,
             })

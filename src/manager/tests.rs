@@ -17,6 +17,7 @@ fn medium(id: &str, label: Option<&str>, origin: &str) -> Medium {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        fs: None,
         handle: None,
     }
 }
@@ -37,6 +38,7 @@ fn run(m: &mut Manager, events: Vec<Event>) -> Vec<Action> {
                     queue.push(Event::Published {
                         id: medium.id.clone(),
                         name: name.clone(),
+                        loop_device: None,
                     });
                 }
                 all.push(a);
@@ -177,6 +179,7 @@ fn a_late_outcome_for_a_vanished_medium_is_undone() {
         Event::Published {
             id: id("1"),
             name: "A".into(),
+            loop_device: None,
         },
     );
     assert_eq!(
@@ -348,4 +351,21 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn the_loop_device_of_a_kernel_mount_is_recorded() {
+    let mut m = Manager::default();
+    m.apply(1, Event::Appeared(medium("1", Some("A"), "/d/a.iso")));
+    m.apply(
+        2,
+        Event::Published {
+            id: id("1"),
+            name: "A".into(),
+            loop_device: Some("/dev/loop7".into()),
+        },
+    );
+    let r = m.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].loop_device.as_deref(), Some("/dev/loop7"));
 }

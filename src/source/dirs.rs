@@ -443,6 +443,7 @@ impl State {
             origin: path.to_path_buf(),
             label: info.label,
             fallback,
+            fs: Some(info.fs.as_str().to_owned()),
             handle: Some(Handle(Arc::new(file))),
         }));
     }

@@ -1,0 +1,488 @@
+//! The kernel driver's executor: each medium is a mount(2) at `ROOT/NAME`, through a read-only
+//! autoclear loop device for an image file, directly for a drive. Every effect goes through
+//! [`Sys`], so the order of steps and every rollback are tested against the recording fake.
+//!
+//! Publish: `mkdir ROOT/NAME` with mode 000, attach, mount `ro,nosuid,nodev,noexec` over it.
+//! A directory that is a mount point cannot be renamed (rename(2) gives EBUSY), so "mount
+//! hidden, then rename into place" is not possible; instead the mount point is made
+//! unreadable: until the mount covers it (and again between a lazy unmount and its removal) a
+//! web server running as any user but root gets EACCES, never an empty listing. Once mounted,
+//! the directory seen is the medium's root with the medium's own permissions.
+//!
+//! Unpublish: `umount2(MNT_DETACH)` (a download in flight finishes on the detached mount),
+//! detach the loop (autoclear frees it when that download ends, if it has not already), rmdir.
+//! Any failing step of a publish undoes the steps before it, in reverse order.
+//!
+//! It decides nothing about names or media: that is the manager's. It never touches a mount,
+//! loop or directory it did not make: at start it adopts only what the previous state file
+//! lists and the mount table and loop devices confirm.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use crate::event::{Event, Medium, MediumId, SourceKind};
+use crate::manager::{Action, StateFile};
+use crate::sys::{FileId, LoopDev, LoopEntry, MountEntry, MountFlags, Sys};
+
+/// Mode of a mount point before the medium covers it: nobody but root can list it.
+pub const MOUNT_POINT_MODE: u32 = 0o000;
+/// What a medium is mounted as when its source did not say.
+const FALLBACK_FS: [&str; 2] = ["iso9660", "udf"];
+/// The FUSE driver's filesystem type, as it appears in the mount table.
+const FUSE_FSTYPE: &str = "fuse.isomgr";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("medium name {name:?} cannot be a directory name")]
+    InvalidName { name: String },
+    #[error("{target} is already served")]
+    AlreadyServed { target: PathBuf },
+    #[error("opening {image}")]
+    Open { image: PathBuf, source: io::Error },
+    #[error("creating the mount point {dir}")]
+    MakeDir { dir: PathBuf, source: io::Error },
+    #[error("attaching a loop device to {image}")]
+    LoopAttach { image: PathBuf, source: io::Error },
+    #[error("mounting {image} ({device}) at {target} as {fstype}{}", enodev_hint(.source, .fstype))]
+    Mount {
+        image: PathBuf,
+        device: PathBuf,
+        target: PathBuf,
+        fstype: String,
+        source: io::Error,
+    },
+    #[error("unmounting {target}")]
+    Unmount { target: PathBuf, source: io::Error },
+    #[error("detaching {device} from {image}")]
+    LoopDetach {
+        device: PathBuf,
+        image: PathBuf,
+        source: io::Error,
+    },
+    #[error("removing the mount point {dir}")]
+    RemoveDir { dir: PathBuf, source: io::Error },
+}
+
+/// ENODEV from mount(2): the kernel has no such filesystem. Said plainly, with the way out.
+fn enodev_hint(e: &io::Error, fstype: &str) -> String {
+    if e.raw_os_error() == Some(libc::ENODEV) {
+        format!(" (this kernel has no {fstype} filesystem; --driver fuse serves it)")
+    } else {
+        String::new()
+    }
+}
+
+/// An error with its causes, one line: `mounting ...: No such device (os error 19)`.
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// What isomgr made for one medium.
+#[derive(Debug)]
+struct Served {
+    id: MediumId,
+    origin: PathBuf,
+    target: PathBuf,
+    loop_dev: Option<LoopDev>,
+}
+
+/// Runs actions with loop devices and mount(2). See the module documentation.
+pub struct KernelExecutor<S: Sys> {
+    sys: S,
+    root: PathBuf,
+    served: BTreeMap<String, Served>,
+    /// What the previous run left mounted, vouched for by its state file and confirmed by the
+    /// mount table, until the manager publishes the same medium under the same name again
+    /// (adopted as it is) or unpublishes it (torn down).
+    previous: BTreeMap<String, Served>,
+}
+
+impl<S: Sys> std::fmt::Debug for KernelExecutor<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelExecutor")
+            .field("root", &self.root)
+            .field("served", &self.served.keys().collect::<Vec<_>>())
+            .field("previous", &self.previous.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the kernel driver can work here: `Ok(why)` or `Err(why not)`. The kernel must
+/// know iso9660 (listed in `/proc/filesystems`, or a module mount(2) loads on demand) and a
+/// loop device must attach.
+pub fn kernel_usable(sys: &impl Sys) -> Result<String, String> {
+    let fs = sys
+        .filesystems()
+        .map_err(|e| format!("cannot read /proc/filesystems: {e}"))?;
+    if !fs.iter().any(|f| f == "iso9660") {
+        return Err(
+            "this kernel has no iso9660 filesystem (not in /proc/filesystems, no isofs module)"
+                .into(),
+        );
+    }
+    sys.probe_loop()
+        .map_err(|e| format!("no loop device can be attached: {e}"))?;
+    let udf = if fs.iter().any(|f| f == "udf") {
+        ""
+    } else {
+        " (no udf: UDF-only discs will fail to mount)"
+    };
+    Ok(format!(
+        "the kernel has iso9660 and loop devices attach{udf}"
+    ))
+}
+
+/// `name` is one plain path component.
+fn valid_name(name: &str) -> bool {
+    let mut c = Path::new(name).components();
+    matches!((c.next(), c.next()), (Some(Component::Normal(n)), None) if n == name)
+}
+
+/// `file:DEV:INO` as the dirs source writes a medium's identity.
+fn file_id(id: &MediumId) -> FileId {
+    let mut it = id.0.strip_prefix("file:").unwrap_or("").split(':');
+    let dev = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let ino = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    FileId { dev, ino }
+}
+
+fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error()
+}
+
+impl<S: Sys> KernelExecutor<S> {
+    pub fn new(sys: S, root: PathBuf) -> Self {
+        KernelExecutor {
+            sys,
+            root,
+            served: BTreeMap::new(),
+            previous: BTreeMap::new(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Runs one action; the outcome to feed back to the manager, if any.
+    pub fn run(&mut self, action: &Action) -> Option<Event> {
+        match action {
+            Action::Publish { name, medium } => Some(match self.publish(name, medium) {
+                Ok(loop_device) => Event::Published {
+                    id: medium.id.clone(),
+                    name: name.clone(),
+                    loop_device,
+                },
+                Err(e) => {
+                    let error = describe(&e);
+                    tracing::error!(origin = %medium.origin.display(), %error, "not served");
+                    Event::Failed {
+                        id: medium.id.clone(),
+                        name: name.clone(),
+                        error,
+                    }
+                }
+            }),
+            Action::Unpublish { name, id } => {
+                let s = self
+                    .served
+                    .remove(name)
+                    .or_else(|| self.previous.remove(name));
+                if let Some(s) = s {
+                    match self.teardown(&s) {
+                        Ok(()) => tracing::info!(name = %name, medium = %id, "removed"),
+                        Err(e) => {
+                            tracing::error!(name = %name, error = %describe(&e), "removing")
+                        }
+                    }
+                }
+                None
+            }
+            Action::SaveState => None,
+        }
+    }
+
+    /// Serves `medium` at `ROOT/name`; the loop device used, if any.
+    pub fn publish(&mut self, name: &str, medium: &Medium) -> Result<Option<PathBuf>, Error> {
+        if !valid_name(name) {
+            return Err(Error::InvalidName {
+                name: name.to_owned(),
+            });
+        }
+        let target = self.root.join(name);
+        if let Some(prev) = self.previous.remove(name) {
+            if prev.id == medium.id && prev.origin == medium.origin {
+                let dev = prev.loop_dev.as_ref().map(|l| l.path.clone());
+                tracing::info!(name = %name, origin = %medium.origin.display(), device = ?dev, "adopted the mount of the previous run");
+                self.served.insert(name.to_owned(), prev);
+                return Ok(dev);
+            }
+            // Another medium now: what the previous run made goes first.
+            if let Err(e) = self.teardown(&prev) {
+                tracing::error!(name = %name, error = %describe(&e), "removing the previous run's mount");
+            }
+        }
+        if self.served.contains_key(name) {
+            return Err(Error::AlreadyServed { target });
+        }
+        let served = self.mount_new(&target, medium)?;
+        let dev = served.loop_dev.as_ref().map(|l| l.path.clone());
+        tracing::info!(name = %name, origin = %medium.origin.display(), label = medium.label.as_deref().unwrap_or(""), device = ?dev, "mounted");
+        self.served.insert(name.to_owned(), served);
+        Ok(dev)
+    }
+
+    /// mkdir, attach, mount; each failure undoes the steps before it.
+    fn mount_new(&self, target: &Path, medium: &Medium) -> Result<Served, Error> {
+        let image = &medium.origin;
+        // Open before making anything: nothing to undo if the image is gone.
+        let opened;
+        let file: Option<&File> = match (medium.source, &medium.handle) {
+            (SourceKind::Drive, _) => None,
+            (SourceKind::Dir, Some(h)) => Some(h.0.as_ref()),
+            (SourceKind::Dir, None) => {
+                opened = File::open(image).map_err(|source| Error::Open {
+                    image: image.clone(),
+                    source,
+                })?;
+                Some(&opened)
+            }
+        };
+        self.sys
+            .make_dir(target, MOUNT_POINT_MODE)
+            .map_err(|source| Error::MakeDir {
+                dir: target.to_owned(),
+                source,
+            })?;
+        let mut loop_dev = match file {
+            None => None,
+            Some(f) => match self.sys.attach_loop(f, image, true) {
+                Ok(l) => Some(l),
+                Err(source) => {
+                    self.undo(target, None);
+                    return Err(Error::LoopAttach {
+                        image: image.clone(),
+                        source,
+                    });
+                }
+            },
+        };
+        let device = loop_dev
+            .as_ref()
+            .map_or_else(|| image.clone(), |l| l.path.clone());
+        let candidates: Vec<&str> = match &medium.fs {
+            Some(fs) => vec![fs.as_str()],
+            None => FALLBACK_FS.to_vec(),
+        };
+        let mut failure = None;
+        for fstype in candidates {
+            match self.sys.mount(&device, target, fstype, MountFlags::SERVED) {
+                Ok(()) => {
+                    failure = None;
+                    break;
+                }
+                Err(source) => {
+                    failure = Some(Error::Mount {
+                        image: image.clone(),
+                        device: device.clone(),
+                        target: target.to_owned(),
+                        fstype: fstype.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.undo(target, loop_dev.as_mut());
+            return Err(e);
+        }
+        // The mount holds the device now; with autoclear it frees itself when unmounted.
+        if let Some(l) = loop_dev.as_mut() {
+            l.release();
+        }
+        Ok(Served {
+            id: medium.id.clone(),
+            origin: image.clone(),
+            target: target.to_owned(),
+            loop_dev,
+        })
+    }
+
+    /// Undoes a publish that got as far as the mount point (and the loop): detach, rmdir.
+    /// Failures here are logged: the original error is the one reported.
+    fn undo(&self, target: &Path, loop_dev: Option<&mut LoopDev>) {
+        if let Some(l) = loop_dev {
+            if let Err(e) = self.sys.detach_loop(l) {
+                tracing::warn!(device = %l.path.display(), error = %e, "detaching after a failed mount (autoclear frees it)");
+            }
+            l.release();
+        }
+        if let Err(e) = self.sys.remove_dir(target) {
+            tracing::error!(dir = %target.display(), error = %e, "removing the mount point after a failure");
+        }
+    }
+
+    /// Lazy unmount, detach, rmdir. An unmount that fails leaves everything as it is (still
+    /// served); a failed detach is logged (autoclear frees the loop when its users go).
+    fn teardown(&self, s: &Served) -> Result<(), Error> {
+        match self.sys.unmount(&s.target, true) {
+            Ok(()) => {}
+            // Not mounted (any more): go on with the rest.
+            Err(e) if errno(&e) == Some(libc::EINVAL) => {}
+            Err(source) => {
+                return Err(Error::Unmount {
+                    target: s.target.clone(),
+                    source,
+                })
+            }
+        }
+        if let Some(l) = &s.loop_dev {
+            if let Err(source) = self.sys.detach_loop(l) {
+                let e = Error::LoopDetach {
+                    device: l.path.clone(),
+                    image: s.origin.clone(),
+                    source,
+                };
+                tracing::warn!(error = %describe(&e), "autoclear frees it when its last user goes");
+            }
+        }
+        match self.sys.remove_dir(&s.target) {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(Error::RemoveDir {
+                dir: s.target.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// At start: takes over what the previous run made and its state file lists (only that),
+    /// and clears what it made that is no longer mounted. Returns the root's entries that
+    /// isomgr did not make (names the manager must treat as taken).
+    pub fn reconcile(&mut self, previous: Option<&StateFile>) -> Vec<String> {
+        let (mounts, loops) = match (self.sys.mounts(), self.sys.loops()) {
+            (Ok(m), Ok(l)) => (m, l),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot read the mount table or loop devices; adopting nothing");
+                (Vec::new(), Vec::new())
+            }
+        };
+        let top = |path: &Path| mounts.iter().rev().find(|m| m.mount_point == path);
+        if let Some(m) = top(&self.root).filter(|m| m.fstype == FUSE_FSTYPE) {
+            // A FUSE root isomgr left behind (a crash): it hides the root.
+            tracing::info!(root = %self.root.display(), "unmounting a stale isomgr FUSE mount");
+            if let Err(e) = self.sys.unmount(&m.mount_point, true) {
+                tracing::error!(root = %self.root.display(), error = %e, "unmounting the stale FUSE mount");
+            }
+        }
+        let records = match previous {
+            Some(s) if s.driver == "kernel" && s.root == self.root => s.media.as_slice(),
+            Some(s) if !s.media.is_empty() => {
+                tracing::info!(driver = %s.driver, root = %s.root.display(), "the previous state is another driver's or root's: nothing to adopt");
+                &[]
+            }
+            _ => &[],
+        };
+        for r in records {
+            if !valid_name(&r.name) {
+                tracing::warn!(name = %r.name, "ignoring an invalid name in the previous state");
+                continue;
+            }
+            let target = self.root.join(&r.name);
+            let ours: Option<&LoopEntry> = r.loop_device.as_deref().and_then(|dev| {
+                loops
+                    .iter()
+                    .find(|l| l.path == Path::new(dev) && l.backing_file == r.origin)
+            });
+            let source_ok = |m: &MountEntry| match (r.source, ours) {
+                (SourceKind::Drive, _) => Path::new(&m.source) == r.origin,
+                (SourceKind::Dir, Some(l)) => Path::new(&m.source) == l.path,
+                (SourceKind::Dir, None) => false,
+            };
+            match top(&target) {
+                Some(m) if source_ok(m) => {
+                    tracing::debug!(name = %r.name, source = %m.source, "previous mount found");
+                    self.previous.insert(
+                        r.name.clone(),
+                        Served {
+                            id: r.id.clone(),
+                            origin: r.origin.clone(),
+                            target,
+                            loop_dev: ours.map(|l| {
+                                LoopDev::new(l.path.clone(), l.number, file_id(&r.id), None)
+                            }),
+                        },
+                    );
+                }
+                Some(m) => {
+                    tracing::warn!(dir = %target.display(), source = %m.source, "mounted, but not as the previous state says: left alone");
+                }
+                None => {
+                    // Unmounted since (by hand, or a crash mid-removal): clear the rest.
+                    if let Some(l) = ours {
+                        if !mounts.iter().any(|m| Path::new(&m.source) == l.path) {
+                            let dev = LoopDev::new(l.path.clone(), l.number, file_id(&r.id), None);
+                            if let Err(e) = self.sys.detach_loop(&dev) {
+                                tracing::warn!(device = %l.path.display(), error = %e, "detaching a loop of the previous run");
+                            }
+                        }
+                    }
+                    match self.sys.remove_dir(&target) {
+                        Ok(()) => {
+                            tracing::info!(dir = %target.display(), "removed an empty mount point of the previous run")
+                        }
+                        Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ENOTEMPTY)) => {}
+                        Err(e) => {
+                            tracing::warn!(dir = %target.display(), error = %e, "removing a mount point of the previous run")
+                        }
+                    }
+                }
+            }
+        }
+        let entries = match self.sys.list_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(root = %self.root.display(), error = %e, "listing the root");
+                Vec::new()
+            }
+        };
+        entries
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !self.previous.contains_key(n))
+            .collect()
+    }
+
+    /// A normal stop. By default kernel mounts stay (the next start adopts them, downloads go
+    /// on); with `cleanup` everything isomgr made is torn down.
+    pub fn shutdown(mut self, cleanup: bool) {
+        let all: Vec<(String, Served)> = std::mem::take(&mut self.served)
+            .into_iter()
+            .chain(std::mem::take(&mut self.previous))
+            .collect();
+        if !cleanup {
+            if !all.is_empty() {
+                tracing::info!(mounts = all.len(), "leaving the mounts for the next start");
+            }
+            return;
+        }
+        for (name, s) in all {
+            match self.teardown(&s) {
+                Ok(()) => tracing::info!(name = %name, "removed"),
+                Err(e) => tracing::error!(name = %name, error = %describe(&e), "removing"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
