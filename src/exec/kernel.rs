@@ -173,6 +173,11 @@ impl<S: Sys> KernelExecutor<S> {
         &self.root
     }
 
+    /// The effects implementation it was given.
+    pub fn sys(&self) -> &S {
+        &self.sys
+    }
+
     /// Runs one action; the outcome to feed back to the manager, if any.
     pub fn run(&mut self, action: &Action) -> Option<Event> {
         match action {
