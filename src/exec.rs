@@ -59,6 +59,11 @@ impl FuseExecutor {
                 .map_err(|e| format!("opening {}: {e}", medium.origin.display()))?,
         };
         let image = Image::open(file).map_err(|e| e.to_string())?;
+        // Opening reads only the descriptors. A root directory that cannot be read would be
+        // served as a directory that fails every listing: refuse it here, once, instead.
+        image
+            .read_dir(&image.root())
+            .map_err(|e| format!("reading the root directory: {e}"))?;
         self.driver
             .add(name, Arc::new(image))
             .map_err(|e| e.to_string())
