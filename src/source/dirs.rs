@@ -404,6 +404,14 @@ impl State {
             }
             _ => {}
         }
+        // A writer may still have it open: a lagging watcher handling the creation late, a
+        // scan during a copy, a preallocated file already full size. Its close comes later.
+        if open_for_writing(&file) {
+            tracing::debug!(image = %path.display(), "still open for writing; waiting for close");
+            self.tracked
+                .insert(path.to_path_buf(), Tracked { id, present: false });
+            return;
+        }
         let info = match probe(&file) {
             Ok(info) => info,
             Err(IsoError::NotAnImage | IsoError::Truncated { .. }) => {
@@ -456,6 +464,24 @@ impl State {
     }
 }
 
+/// Whether some process has the file open for writing. A read lease cannot be taken on such
+/// a file (fcntl(2) F_SETLEASE: EAGAIN); it is released at once, and with no F_SETOWN no
+/// lease-break signal is ever sent. Where leases are refused for another reason (not the
+/// owner without CAP_LEASE, a file system without leases) the answer is false: the file is
+/// taken as before, on its size.
+fn open_for_writing(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is open for the duration of both calls; F_SETLEASE takes an int argument.
+    unsafe {
+        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
+            libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+            return false;
+        }
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +493,18 @@ mod tests {
             exclude: Some(Regex::new("^skip").unwrap()),
             follow_symlinks: true,
         }
+    }
+
+    #[test]
+    fn tells_a_file_still_open_for_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.iso");
+        let writer = File::create(&path).unwrap();
+        let reader = File::open(&path).unwrap();
+        // As root or as the owner the lease probe answers; otherwise it says false.
+        assert!(open_for_writing(&reader));
+        drop(writer);
+        assert!(!open_for_writing(&reader));
     }
 
     #[test]
