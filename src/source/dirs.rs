@@ -128,6 +128,26 @@ struct Tracked {
     id: MediumId,
     /// An `Appeared` was emitted for it (it is complete and identified).
     present: bool,
+    /// Size and times when it was identified (present only).
+    stamp: Option<Stamp>,
+}
+
+/// What changes when a file is written: its size, mtime and ctime (nanoseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// Why a path is looked at.
@@ -396,6 +416,9 @@ impl State {
                 }
             }
             Some(t) if t.present && reason != Reason::Written => return,
+            // The close-write of the copy that was already taken (the watcher handled its
+            // creation late, after the writer had finished): nothing changed since.
+            Some(t) if t.present && t.stamp == Some(Stamp::of(&meta)) => return,
             Some(t) if t.present => {
                 // Rewritten in place: served again from the new content.
                 let old = t.id.clone();
@@ -408,8 +431,14 @@ impl State {
         // scan during a copy, a preallocated file already full size. Its close comes later.
         if open_for_writing(&file) {
             tracing::debug!(image = %path.display(), "still open for writing; waiting for close");
-            self.tracked
-                .insert(path.to_path_buf(), Tracked { id, present: false });
+            self.tracked.insert(
+                path.to_path_buf(),
+                Tracked {
+                    id,
+                    present: false,
+                    stamp: None,
+                },
+            );
             return;
         }
         let info = match probe(&file) {
@@ -417,14 +446,26 @@ impl State {
             Err(IsoError::NotAnImage | IsoError::Truncated { .. }) => {
                 // Still being written (or not an image at all): wait for the next write.
                 tracing::debug!(image = %path.display(), "not (yet) an image");
-                self.tracked
-                    .insert(path.to_path_buf(), Tracked { id, present: false });
+                self.tracked.insert(
+                    path.to_path_buf(),
+                    Tracked {
+                        id,
+                        present: false,
+                        stamp: None,
+                    },
+                );
                 return;
             }
             Err(e) => {
                 tracing::error!(image = %path.display(), error = %e, "cannot identify image; not served");
-                self.tracked
-                    .insert(path.to_path_buf(), Tracked { id, present: false });
+                self.tracked.insert(
+                    path.to_path_buf(),
+                    Tracked {
+                        id,
+                        present: false,
+                        stamp: None,
+                    },
+                );
                 return;
             }
         };
@@ -443,6 +484,7 @@ impl State {
             Tracked {
                 id: id.clone(),
                 present: true,
+                stamp: Some(Stamp::of(&meta)),
             },
         );
         self.emit(Event::Appeared(Medium {
@@ -459,8 +501,14 @@ impl State {
         if self.waiting_logged.insert(path.to_path_buf()) {
             tracing::info!(image = %path.display(), "{why}");
         }
-        self.tracked
-            .insert(path.to_path_buf(), Tracked { id, present: false });
+        self.tracked.insert(
+            path.to_path_buf(),
+            Tracked {
+                id,
+                present: false,
+                stamp: None,
+            },
+        );
     }
 }
 
