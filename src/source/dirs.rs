@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -163,8 +163,9 @@ struct State {
     out: mpsc::Sender<Event>,
     watcher: notify::RecommendedWatcher,
     tracked: HashMap<PathBuf, Tracked>,
-    /// Files that left their path; gone unless they show up elsewhere within the grace.
-    pending_gone: Vec<(PathBuf, Tracked)>,
+    /// Files that left their path, and when; gone unless they show up elsewhere within
+    /// [`MOVE_GRACE`].
+    pending_gone: Vec<(PathBuf, Tracked, Instant)>,
     waiting_logged: HashSet<PathBuf>,
 }
 
@@ -191,27 +192,33 @@ impl State {
     fn run(mut self, rx: std_mpsc::Receiver<Input>) {
         self.full_scan();
         loop {
-            let Ok(input) = rx.recv() else { return };
-            if !self.handle(input) {
-                return;
-            }
-            // Take everything already queued before deciding what left for good.
-            loop {
-                let next = if self.pending_gone.is_empty() {
-                    rx.try_recv().ok()
-                } else {
-                    rx.recv_timeout(MOVE_GRACE).ok()
-                };
-                match next {
-                    Some(input) => {
-                        if !self.handle(input) {
-                            return;
-                        }
+            // Block for the next input, but not past the moment the oldest file that left
+            // its place counts as gone.
+            let next = match self.pending_gone.iter().map(|p| p.2).min() {
+                None => rx
+                    .recv()
+                    .map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
+                Some(since) => {
+                    rx.recv_timeout((since + MOVE_GRACE).saturating_duration_since(Instant::now()))
+                }
+            };
+            match next {
+                Ok(input) => {
+                    if !self.handle(input) {
+                        return;
                     }
-                    None => break,
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            // Take everything already queued (the other half of a rename comes with the
+            // first) before deciding what left for good.
+            while let Ok(input) = rx.try_recv() {
+                if !self.handle(input) {
+                    return;
                 }
             }
-            self.finalize_gone();
+            self.finalize_gone(MOVE_GRACE);
         }
     }
 
@@ -286,13 +293,18 @@ impl State {
             .collect();
         for p in under {
             if let Some(t) = self.tracked.remove(&p) {
-                self.pending_gone.push((p, t));
+                self.pending_gone.push((p, t, Instant::now()));
             }
         }
     }
 
-    fn finalize_gone(&mut self) {
-        for (path, t) in std::mem::take(&mut self.pending_gone) {
+    /// Emits `Vanished` for every file that left its place at least `grace` ago.
+    fn finalize_gone(&mut self, grace: Duration) {
+        let (gone, waiting) = std::mem::take(&mut self.pending_gone)
+            .into_iter()
+            .partition(|p| p.2.elapsed() >= grace);
+        self.pending_gone = waiting;
+        for (path, t, _) in gone {
             self.waiting_logged.remove(&path);
             if t.present {
                 tracing::debug!(image = %path.display(), "image left the watched trees");
@@ -321,7 +333,7 @@ impl State {
         for p in lost {
             self.left(&p);
         }
-        self.finalize_gone();
+        self.finalize_gone(Duration::ZERO);
         let present = self
             .tracked
             .values()
@@ -392,8 +404,8 @@ impl State {
         let id = MediumId(format!("file:{}:{}", meta.dev(), meta.ino()));
 
         // The same file seen under a new path: a rename inside the trees.
-        if let Some(i) = self.pending_gone.iter().position(|(_, t)| t.id == id) {
-            let (old, t) = self.pending_gone.swap_remove(i);
+        if let Some(i) = self.pending_gone.iter().position(|(_, t, _)| t.id == id) {
+            let (old, t, _) = self.pending_gone.swap_remove(i);
             if t.present {
                 tracing::debug!(from = %old.display(), to = %path.display(), "image renamed");
                 self.emit(Event::Moved {
