@@ -208,7 +208,10 @@ impl Watcher {
             .arg(&env.state)
             .args(["--driver", "fuse"])
             .args(extra)
-            .env("ISOMGR_LOG", "isomgr=debug")
+            .env(
+                "ISOMGR_LOG",
+                std::env::var("WATCH_TEST_LOG").unwrap_or("isomgr=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -492,6 +495,36 @@ fn deleted_image_leaves_nothing_in_the_root() {
     fs::remove_file(img).unwrap();
     env.wait_status(&[]);
     assert!(!env.root.join("GONE").exists());
+}
+
+#[test]
+fn delete_and_rename_out_are_noticed_while_another_file_is_being_written() {
+    if !can_run("delete during a long copy") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let a = small_image(&env.drop, "a.iso", "BUSY_A");
+    let b = small_image(&env.drop, "b.iso", "BUSY_B");
+    env.wait_status(&["BUSY_A", "BUSY_B"]);
+    // A long download in the drop dir: a write every 2 ms, so inotify events never pause.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), env.drop.join("download.iso.part"));
+        std::thread::spawn(move || {
+            let mut f = File::create(path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(&[0u8; 512]).unwrap();
+                std::thread::sleep(Duration::from_millis(2)); // the pace of the writer
+            }
+        })
+    };
+    fs::remove_file(a).unwrap();
+    env.wait_status(&["BUSY_B"]);
+    fs::rename(b, env.outside("elsewhere").join("b.iso")).unwrap();
+    env.wait_status(&[]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
 }
 
 #[test]
