@@ -306,9 +306,20 @@ impl State {
         self.pending_gone = waiting;
         for (path, t, _) in gone {
             self.waiting_logged.remove(&path);
-            if t.present {
-                tracing::debug!(image = %path.display(), "image left the watched trees");
-                self.emit(Event::Vanished(t.id));
+            // Already seen at its new path (a scan of a directory it was moved into ran
+            // before the event for its old path), or another hard link: still present.
+            let elsewhere = self
+                .tracked
+                .iter()
+                .find(|(_, o)| o.present && o.id == t.id)
+                .map(|(p, _)| p.clone());
+            match elsewhere {
+                _ if !t.present => {}
+                Some(origin) => self.emit(Event::Moved { id: t.id, origin }),
+                None => {
+                    tracing::debug!(image = %path.display(), "image left the watched trees");
+                    self.emit(Event::Vanished(t.id));
+                }
             }
         }
     }
