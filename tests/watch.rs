@@ -556,6 +556,20 @@ fn rename_inside_the_tree_keeps_the_name_and_updates_the_origin() {
     });
     env.wait_status(&["KEPT"]);
     assert_eq!(hello(&env, "KEPT").unwrap(), "hello from KEPT\n");
+
+    // A second hard link, then the first one deleted: the medium is still there. A marker
+    // image deleted after it tells when the watcher has settled the first delete (files that
+    // left are settled oldest first).
+    let marker = small_image(&env.drop, "marker.iso", "MARKER");
+    env.wait_status(&["KEPT", "MARKER"]);
+    let link = env.drop.join("link.iso");
+    fs::hard_link(&deeper, &link).unwrap();
+    fs::remove_file(&deeper).unwrap();
+    fs::remove_file(&marker).unwrap();
+    env.wait_status(&["KEPT"]);
+    assert_eq!(env.medium("KEPT")["origin"], link.to_str().unwrap());
+    fs::remove_file(&link).unwrap();
+    env.wait_status(&[]);
 }
 
 #[test]
