@@ -10,6 +10,7 @@
 #   BENCH_QUICK=1    smoke run: 1 run, no warm-up; each benchmark also shrinks its inputs
 #   BENCH_TIMER      hyperfine (default where installed) or bash (EPOCHREALTIME loop)
 
+# shellcheck disable=SC2034 # used by the benchmarks that source this file
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BENCH_CACHE_DIR=${BENCH_CACHE_DIR:-/var/tmp/isomgr-bench}
 BENCH_QUICK=${BENCH_QUICK:-0}
@@ -93,13 +94,20 @@ bench_time_ms() {
 		rm -f "$json" "$json.err"
 		return
 	fi
-	local i t0 t1 times=()
+	# stderr goes to a file as under hyperfine (no progress display), shown if the run fails.
+	local i t0 t1 err times=()
+	err=$(mktemp)
 	for ((i = 0; i < warmup + runs; i++)); do
 		t0=$EPOCHREALTIME
-		"$@" >/dev/null || bench_die "failed: $*"
+		if ! "$@" >/dev/null 2>"$err"; then
+			cat "$err" >&2
+			rm -f "$err"
+			bench_die "failed: $(printf "%q " "$@" | head -c 200)"
+		fi
 		t1=$EPOCHREALTIME
 		((i < warmup)) || times+=("$t0 $t1")
 	done
+	rm -f "$err"
 	printf '%s\n' "${times[@]}" | python3 -c '
 import statistics, sys
 d = [float(b) - float(a) for a, b in (l.split() for l in sys.stdin)]

@@ -91,7 +91,11 @@ for f in "${sample[@]}"; do
 done
 python3 - "$json" "${expected[@]}" <<'EOF' || bench_die "isomgr scan labels differ from blkid -p (above)"
 import json, os, sys
-entries = json.load(open(sys.argv[1]))
+text = open(sys.argv[1]).read()
+try:
+    entries = json.loads(text)
+except ValueError as e:
+    sys.exit(f"isomgr scan --json printed no JSON array ({e}): {text[:200]!r}")
 by_path = {os.path.realpath(e["path"]): e for e in entries}
 pairs = sys.argv[2:]
 bad = 0
@@ -108,7 +112,8 @@ print(f"labels checked against blkid -p: {len(pairs) // 2} images, {bad} mismatc
 sys.exit(1 if bad else 0)
 EOF
 "$ISOMGR" scan --json "$SCAN_CACHE/set-$largest" >"$json" || bench_die "$ISOMGR scan --json $SCAN_CACHE/set-$largest failed"
-count=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$json")
+count=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$json") ||
+	bench_die "isomgr scan --json over set-$largest printed no JSON array"
 ((count == largest)) || bench_die "isomgr scan --json over set-$largest listed $count images, not $largest"
 
 # --- timings --------------------------------------------------------------------------------
