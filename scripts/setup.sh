@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing isomgr needs on Debian/Ubuntu, idempotently:
+# system packages, the Rust toolchain check, and a running systemd-udevd. Needs root.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config libudev-dev libclang-dev
+  fuse3 libfuse3-dev udev util-linux e2fsprogs squashfs-tools
+  genisoimage xorriso libarchive-tools fuseiso hyperfine
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: must run as root (apt-get, loop devices, FUSE mounts)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup: installing the Rust toolchain (rustup from apt)"
+    apt-get install -y -qq rustup >/dev/null 2>&1 || apt-get install -y -qq cargo >/dev/null
+    command -v rustup >/dev/null 2>&1 && rustup default stable >/dev/null
+  fi
+fi
+
+# udev: the drives source and its tests listen to real udev events.
+if ! pgrep -x systemd-udevd >/dev/null 2>&1; then
+  for udevd in /lib/systemd/systemd-udevd /usr/lib/systemd/systemd-udevd; do
+    if [ -x "$udevd" ]; then
+      "$udevd" --daemon
+      udevadm trigger --action=add --subsystem-match=block >/dev/null 2>&1 || true
+      udevadm settle --timeout=10 || true
+      break
+    fi
+  done
+fi
+
+# Loop devices and FUSE.
+[ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true

@@ -1,0 +1,98 @@
+//! The command line: one module per subcommand. This is the only layer that prints; each
+//! subcommand writes its results to the writer it is given and returns errors with context.
+
+use std::io::{self, Write};
+
+use clap::{Parser, Subcommand};
+
+pub mod cat;
+pub mod ls;
+pub mod scan;
+
+/// Makes optical-disc images appear as directories by themselves.
+#[derive(Debug, Parser)]
+#[command(name = "isomgr", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); ISOMGR_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Identify images in files and directories without mounting them.
+    Scan(scan::Args),
+    /// List inside an image without mounting it.
+    Ls(ls::Args),
+    /// Write one file of an image to standard output.
+    Cat(cat::Args),
+}
+
+/// Runs a parsed command line, writing results to `out`.
+pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Scan(args) => scan::run(&args, out),
+        Command::Ls(args) => ls::run(&args, out),
+        Command::Cat(args) => cat::run(&args, out),
+    }
+}
+
+/// Installs the log subscriber (stderr). `ISOMGR_LOG` takes a tracing filter; otherwise
+/// warnings, or more with each `-v`.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ISOMGR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A write to a closed pipe (`isomgr ls x.iso | head`) is not a failure.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes one pretty JSON document and a newline. Serialised first, so a closed pipe shows up
+/// as the plain I/O error it is.
+pub(crate) fn write_json(
+    out: &mut impl Write,
+    value: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    let mut doc = serde_json::to_vec_pretty(value)?;
+    doc.push(b'\n');
+    out.write_all(&doc)?;
+    Ok(())
+}
+
+/// Opens an image file or block device read-only, with the path in every error.
+pub(crate) fn open_image(
+    path: &std::path::Path,
+) -> anyhow::Result<crate::iso9660::Image<std::fs::File>> {
+    use anyhow::Context;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    crate::iso9660::Image::open(file).with_context(|| path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,295 @@
+//! `isomgr scan [--json] PATH...`: identify images in files and directories (recursively)
+//! without mounting them. Reads only the few sectors identification needs, in parallel.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::iso9660::{probe, Error as IsoError, VolumeInfo};
+use crate::names;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// One JSON array of {path, label, name, size, volume_size, fs, extensions, bootable,
+    /// complete}.
+    #[arg(long)]
+    pub json: bool,
+    /// Image files, block devices, or directories to search recursively.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// One identified image, as `scan --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct ScanRecord {
+    pub path: String,
+    pub label: Option<String>,
+    pub name: String,
+    pub size: u64,
+    pub volume_size: u64,
+    pub fs: &'static str,
+    pub extensions: Vec<&'static str>,
+    pub bootable: bool,
+    pub complete: bool,
+}
+
+/// A file to look at; `explicit` when named on the command line (then "not an image" is an
+/// error rather than a skip).
+struct Candidate {
+    path: PathBuf,
+    explicit: bool,
+}
+
+/// Files examined between progress updates are counted here.
+const PROGRESS_MIN: usize = 2000;
+
+pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut failures = 0usize;
+    let mut candidates = Vec::new();
+    for p in &args.paths {
+        match fs::metadata(p) {
+            Ok(m) if m.is_dir() => walk(p, &mut candidates, &mut failures),
+            Ok(_) => candidates.push(Candidate {
+                path: p.clone(),
+                explicit: true,
+            }),
+            Err(e) => {
+                eprintln!("isomgr: {}: {e}", p.display());
+                failures += 1;
+            }
+        }
+    }
+    let results = probe_all(&candidates);
+    let mut records = Vec::new();
+    let mut skipped = 0usize;
+    let mut taken: HashSet<String> = HashSet::new();
+    for (c, r) in candidates.iter().zip(results) {
+        match r {
+            Ok(info) => {
+                let stem = c.path.file_stem().map(|s| s.to_string_lossy().into_owned());
+                let base = names::base_name(info.label.as_deref(), stem.as_deref().unwrap_or(""));
+                let name = names::first_free(&base, |n| taken.contains(n));
+                taken.insert(name.clone());
+                records.push(record(&c.path, info, name));
+            }
+            Err(ProbeError::NotAnImage) if !c.explicit => skipped += 1,
+            Err(e) => {
+                eprintln!("isomgr: {}: {e:#}", c.path.display());
+                failures += 1;
+            }
+        }
+    }
+    if args.json {
+        super::write_json(out, &records)?;
+    } else {
+        print_table(&records, out)?;
+    }
+    out.flush()?;
+    if std::io::stderr().is_terminal() || !args.json {
+        eprintln!(
+            "{} image{}, {skipped} other file{} skipped",
+            records.len(),
+            if records.len() == 1 { "" } else { "s" },
+            if skipped == 1 { "" } else { "s" }
+        );
+    }
+    if failures > 0 {
+        anyhow::bail!(
+            "{failures} path{} could not be scanned",
+            if failures == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
+fn record(path: &Path, info: VolumeInfo, name: String) -> ScanRecord {
+    ScanRecord {
+        path: path.display().to_string(),
+        name,
+        size: info.image_size,
+        volume_size: info.volume_size,
+        fs: info.fs.as_str(),
+        extensions: info.extensions(),
+        bootable: info.bootable,
+        complete: info.complete(),
+        label: info.label,
+    }
+}
+
+/// Collects regular files (and symlinks to them) below `dir`, sorted by name in each
+/// directory. Symlinks to directories are not followed, so the walk always ends.
+fn walk(dir: &Path, out: &mut Vec<Candidate>, failures: &mut usize) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = match fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) => {
+                eprintln!("isomgr: {}: {e}", d.display());
+                *failures += 1;
+                continue;
+            }
+        };
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        for ent in rd.flatten() {
+            let Ok(ft) = ent.file_type() else { continue };
+            let path = ent.path();
+            if ft.is_dir() {
+                dirs.push(path);
+            } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
+                files.push(path);
+            }
+        }
+        files.sort();
+        dirs.sort();
+        out.extend(files.into_iter().map(|path| Candidate {
+            path,
+            explicit: false,
+        }));
+        stack.extend(dirs.into_iter().rev());
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("not an ISO9660 or UDF image")]
+    NotAnImage,
+    #[error("opening: {0}")]
+    Open(std::io::Error),
+    #[error(transparent)]
+    Image(IsoError),
+}
+
+fn probe_one(path: &Path) -> Result<VolumeInfo, ProbeError> {
+    // O_NOATIME keeps scanning from touching the images' metadata where permitted.
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOATIME | libc::O_NONBLOCK)
+        .open(path)
+        .or_else(|_| {
+            File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+        })
+        .map_err(ProbeError::Open)?;
+    match probe(&file) {
+        Ok(info) => Ok(info),
+        Err(IsoError::NotAnImage | IsoError::Truncated { .. }) if file_is_short(&file) => {
+            Err(ProbeError::NotAnImage)
+        }
+        Err(IsoError::NotAnImage) => Err(ProbeError::NotAnImage),
+        Err(e) => Err(ProbeError::Image(e)),
+    }
+}
+
+/// Shorter than the system area plus one descriptor: cannot be an image.
+fn file_is_short(f: &File) -> bool {
+    f.metadata()
+        .is_ok_and(|m| m.is_file() && m.len() < 17 * 2048)
+}
+
+/// Probes every candidate on all cores; results in candidate order.
+fn probe_all(candidates: &[Candidate]) -> Vec<Result<VolumeInfo, ProbeError>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(candidates.len().div_ceil(64).max(1));
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let show_progress = candidates.len() >= PROGRESS_MIN && std::io::stderr().is_terminal();
+    let mut slots: Vec<Option<Result<VolumeInfo, ProbeError>>> =
+        (0..candidates.len()).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut local = Vec::new();
+                    loop {
+                        let i = next.fetch_add(16, Ordering::Relaxed);
+                        if i >= candidates.len() {
+                            break;
+                        }
+                        for (j, c) in candidates.iter().enumerate().skip(i).take(16) {
+                            local.push((j, probe_one(&c.path)));
+                        }
+                        done.fetch_add(16, Ordering::Relaxed);
+                    }
+                    local
+                })
+            })
+            .collect();
+        if show_progress {
+            s.spawn(|| loop {
+                let n = done.load(Ordering::Relaxed).min(candidates.len());
+                eprint!("\rscanning {n}/{}", candidates.len());
+                if n >= candidates.len() {
+                    eprint!("\r\x1b[K");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            });
+        }
+        for w in workers {
+            if let Ok(local) = w.join() {
+                for (j, r) in local {
+                    if let Some(slot) = slots.get_mut(j) {
+                        *slot = Some(r);
+                    }
+                }
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .map(|s| s.unwrap_or(Err(ProbeError::NotAnImage)))
+        .collect()
+}
+
+fn print_table(records: &[ScanRecord], out: &mut impl Write) -> anyhow::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let w_name = records
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let w_label = records
+        .iter()
+        .map(|r| r.label.as_deref().map_or(1, |l| l.chars().count()))
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    writeln!(
+        out,
+        "{:<w_name$}  {:<w_label$}  {:<7}  {:>13}  {:<8}  {:<28}  PATH",
+        "NAME", "LABEL", "FS", "SIZE", "COMPLETE", "EXTENSIONS"
+    )?;
+    for r in records {
+        let mut ext = r.extensions.join(",");
+        if r.bootable {
+            ext.push_str(",bootable");
+        }
+        let label = r.label.as_deref().unwrap_or("-");
+        let pad = w_label.saturating_sub(label.chars().count());
+        writeln!(
+            out,
+            "{:<w_name$}  {label}{:pad$}  {:<7}  {:>13}  {:<8}  {:<28}  {}",
+            r.name,
+            "",
+            r.fs,
+            r.size,
+            if r.complete { "yes" } else { "no" },
+            ext.trim_start_matches(','),
+            r.path
+        )?;
+    }
+    Ok(())
+}

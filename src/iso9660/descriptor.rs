@@ -1,0 +1,402 @@
+//! The volume descriptor set (ECMA-119 8), the El Torito boot catalog, the UDF volume
+//! recognition sequence and label (ECMA-167 2/9, 3/10), and the label blkid would report.
+//!
+//! Pure functions over sectors; [`probe`] is the only part that reads, through [`ReadAt`].
+#![deny(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use super::error::{Error, Result};
+use super::ondisk::{
+    boot_record, both16, both32, decode_ucs2be, le16, le32, pvd, vd_type, FIRST_DESCRIPTOR_SECTOR,
+    JOLIET_ESCAPES, SECTOR_SIZE, STANDARD_ID,
+};
+use super::source::{read_full, ReadAt};
+
+/// Volume descriptors (and UDF recognition descriptors) examined at most.
+pub const MAX_DESCRIPTORS: u64 = 64;
+/// Sectors read per request while walking the descriptor set.
+const READ_AHEAD: u64 = 8;
+/// UDF anchor volume descriptor pointer location (ECMA-167 3/8.4.2.1).
+const UDF_ANCHOR_SECTOR: u64 = 256;
+/// UDF volume descriptor sequence entries examined at most.
+const MAX_UDF_VDS: u32 = 64;
+
+/// The parts of a primary or supplementary volume descriptor the reader uses (ECMA-119 8.4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeDescriptor {
+    pub sector: u64,
+    pub volume_id: [u8; 32],
+    pub volume_space_size: u32,
+    pub logical_block_size: u16,
+    /// The 34-byte root directory record (ECMA-119 8.4.18).
+    pub root_record: [u8; 34],
+    /// Both-endian fields whose halves disagreed (the little-endian half is used).
+    pub endian_mismatch: bool,
+}
+
+/// Which filesystem blkid reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fs {
+    Iso9660,
+    Udf,
+}
+
+impl Fs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fs::Iso9660 => "iso9660",
+            Fs::Udf => "udf",
+        }
+    }
+}
+
+/// What the UDF structures say (only what labelling and sizing need).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UdfVolume {
+    /// Logical volume identifier (the label blkid reports for UDF).
+    pub logical_volume_id: Option<String>,
+    /// End of the furthest partition, in bytes.
+    pub partition_end: u64,
+}
+
+/// The descriptor set as found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Descriptors {
+    pub primary: Option<VolumeDescriptor>,
+    pub joliet: Option<VolumeDescriptor>,
+    /// El Torito boot catalog sector, from the boot record.
+    pub boot_catalog: Option<u32>,
+    /// A UDF NSR02/NSR03 descriptor was in the recognition sequence.
+    pub udf_nsr: bool,
+}
+
+/// Walks the descriptor set from sector 16. Also notes UDF NSR descriptors, which follow the
+/// ISO9660 terminator in a UDF bridge image.
+pub fn read_descriptors(src: &(impl ReadAt + ?Sized), size: u64) -> Result<Descriptors> {
+    let mut out = Descriptors::default();
+    let mut buf = vec![0u8; (READ_AHEAD * SECTOR_SIZE) as usize];
+    let mut base = FIRST_DESCRIPTOR_SECTOR;
+    let mut have = 0u64;
+    let mut terminated = false;
+    for sector in FIRST_DESCRIPTOR_SECTOR..FIRST_DESCRIPTOR_SECTOR + MAX_DESCRIPTORS {
+        if sector >= base + have {
+            base = sector;
+            let n = read_full(src, &mut buf, base * SECTOR_SIZE).map_err(|source| Error::Io {
+                offset: base * SECTOR_SIZE,
+                len: buf.len(),
+                source,
+            })?;
+            have = n as u64 / SECTOR_SIZE;
+            if have == 0 {
+                break;
+            }
+        }
+        let at = ((sector - base) * SECTOR_SIZE) as usize;
+        let Some(d) = buf.get(at..at + SECTOR_SIZE as usize) else {
+            break;
+        };
+        let (Some(&ty), Some(id)) = (d.first(), d.get(1..6)) else {
+            break;
+        };
+        match id {
+            b"NSR02" | b"NSR03" => out.udf_nsr = true,
+            b"BEA01" | b"TEA01" | b"BOOT2" | b"CDW02" => {}
+            _ if id == STANDARD_ID && !terminated => match ty {
+                vd_type::PRIMARY if out.primary.is_none() => {
+                    out.primary = Some(parse_volume_descriptor(d, sector)?);
+                }
+                vd_type::SUPPLEMENTARY if out.joliet.is_none() && is_joliet(d) => {
+                    out.joliet = Some(parse_volume_descriptor(d, sector)?);
+                }
+                vd_type::BOOT_RECORD if is_el_torito(d) => {
+                    out.boot_catalog = le32(d, boot_record::BOOT_CATALOG_LBA);
+                }
+                vd_type::TERMINATOR => terminated = true,
+                _ => {}
+            },
+            _ if id == STANDARD_ID => {}
+            // ECMA-167 2/8.3.1: the recognition sequence ends at the first unknown sector.
+            _ => break,
+        }
+    }
+    if out.primary.is_none() && !out.udf_nsr {
+        if size < (FIRST_DESCRIPTOR_SECTOR + 1) * SECTOR_SIZE {
+            return Err(Error::Truncated {
+                what: "the first volume descriptor",
+                offset: FIRST_DESCRIPTOR_SECTOR * SECTOR_SIZE,
+                need: SECTOR_SIZE,
+                size,
+            });
+        }
+        return Err(Error::NotAnImage);
+    }
+    Ok(out)
+}
+
+fn is_el_torito(d: &[u8]) -> bool {
+    d.get(boot_record::BOOT_SYSTEM_ID)
+        .is_some_and(|s| s.starts_with(boot_record::EL_TORITO_ID))
+}
+
+fn is_joliet(d: &[u8]) -> bool {
+    d.get(pvd::ESCAPE_SEQUENCES.start..pvd::ESCAPE_SEQUENCES.start + 3)
+        .is_some_and(|e| JOLIET_ESCAPES.iter().any(|j| &j[..] == e))
+}
+
+/// Parses a primary or supplementary volume descriptor (ECMA-119 8.4, 8.5).
+pub fn parse_volume_descriptor(d: &[u8], sector: u64) -> Result<VolumeDescriptor> {
+    let bad = |why: &str| Error::descriptor(sector, why);
+    let volume_id: [u8; 32] = d
+        .get(pvd::VOLUME_ID)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| bad("too short"))?;
+    let (volume_space_size, ok1) =
+        both32(d, pvd::VOLUME_SPACE_SIZE).ok_or_else(|| bad("too short"))?;
+    let (logical_block_size, ok2) =
+        both16(d, pvd::LOGICAL_BLOCK_SIZE).ok_or_else(|| bad("too short"))?;
+    let root_record: [u8; 34] = d
+        .get(pvd::ROOT_DIRECTORY_RECORD..pvd::ROOT_DIRECTORY_RECORD + 34)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| bad("too short"))?;
+    Ok(VolumeDescriptor {
+        sector,
+        volume_id,
+        volume_space_size,
+        logical_block_size,
+        root_record,
+        endian_mismatch: !(ok1 && ok2),
+    })
+}
+
+/// Reads the El Torito boot catalog and says whether it holds a bootable entry
+/// (El Torito 1.0, 2.1-2.4: a valid validation entry, then an entry with indicator 0x88).
+pub fn catalog_is_bootable(catalog: &[u8]) -> bool {
+    let Some(validation) = catalog.get(..32) else {
+        return false;
+    };
+    if validation.first() != Some(&1) || validation.get(30..32) != Some(&[0x55, 0xAA][..]) {
+        return false;
+    }
+    let sum = validation.chunks_exact(2).fold(0u16, |acc, w| {
+        acc.wrapping_add(u16::from_le_bytes([
+            w.first().copied().unwrap_or(0),
+            w.get(1).copied().unwrap_or(0),
+        ]))
+    });
+    if sum != 0 {
+        return false;
+    }
+    catalog
+        .chunks_exact(32)
+        .skip(1)
+        .any(|e| e.first() == Some(&0x88))
+}
+
+/// Reads the UDF anchor and the main volume descriptor sequence: the logical volume
+/// identifier (the label) and the partition extents (ECMA-167 3/10.5, 3/10.6).
+pub fn read_udf(src: &(impl ReadAt + ?Sized)) -> Result<Option<UdfVolume>> {
+    let read = |sector: u64| -> Result<Vec<u8>> {
+        let mut b = vec![0u8; SECTOR_SIZE as usize];
+        let n = read_full(src, &mut b, sector * SECTOR_SIZE).map_err(|source| Error::Io {
+            offset: sector * SECTOR_SIZE,
+            len: SECTOR_SIZE as usize,
+            source,
+        })?;
+        b.truncate(n);
+        Ok(b)
+    };
+    let anchor = read(UDF_ANCHOR_SECTOR)?;
+    if le16(&anchor, 0) != Some(2) || le32(&anchor, 12) != Some(UDF_ANCHOR_SECTOR as u32) {
+        return Ok(None);
+    }
+    let (Some(len), Some(loc)) = (le32(&anchor, 16), le32(&anchor, 20)) else {
+        return Ok(None);
+    };
+    let count = (len / SECTOR_SIZE as u32).min(MAX_UDF_VDS);
+    let mut vol = UdfVolume::default();
+    for i in 0..count {
+        let sector = u64::from(loc) + u64::from(i);
+        let d = read(sector)?;
+        let tag = le16(&d, 0).unwrap_or(0);
+        if tag == 0 || le32(&d, 12) != Some(sector as u32) || tag == 8 {
+            break;
+        }
+        match tag {
+            // Partition descriptor: starting location at 188, length at 192 (in blocks).
+            5 => {
+                if let (Some(start), Some(blocks)) = (le32(&d, 188), le32(&d, 192)) {
+                    let end = (u64::from(start) + u64::from(blocks)) * SECTOR_SIZE;
+                    vol.partition_end = vol.partition_end.max(end);
+                }
+            }
+            // Logical volume descriptor: LogicalVolumeIdentifier, a dstring at 84..212.
+            6 if vol.logical_volume_id.is_none() => {
+                vol.logical_volume_id = d.get(84..212).and_then(decode_dstring);
+            }
+            _ => {}
+        }
+    }
+    Ok(Some(vol))
+}
+
+/// A UDF dstring (ECMA-167 1/7.2.12): compression id 8 (Latin-1) or 16 (UTF-16BE), the
+/// used length in the last byte. Trailing white space trimmed; `None` if empty or unknown.
+pub fn decode_dstring(field: &[u8]) -> Option<String> {
+    let (&cid, rest) = field.split_first()?;
+    let clen = usize::from(*field.last()?)
+        .saturating_sub(1)
+        .min(rest.len().saturating_sub(1));
+    let chars = rest.get(..clen)?;
+    let s: String = match cid {
+        8 => chars.iter().map(|&b| char::from(b)).collect(),
+        16 => decode_ucs2be(chars),
+        _ => return None,
+    };
+    finish_label(s)
+}
+
+/// The label blkid (and so /dev/disk/by-label) reports for an ISO9660 volume: the Joliet label
+/// merged with the primary one where Joliet's is a prefix of it, else the Joliet label, else
+/// the primary label; cut at NUL, trailing white space trimmed.
+pub fn iso_label(primary: &[u8; 32], joliet: Option<&[u8; 32]>) -> Option<String> {
+    match joliet {
+        Some(j) => {
+            let utf16 = merge_joliet_label(j, primary).unwrap_or_else(|| j.to_vec());
+            finish_label(decode_ucs2be(&utf16))
+        }
+        None => finish_label(String::from_utf8_lossy(primary).into_owned()),
+    }
+}
+
+fn finish_label(s: String) -> Option<String> {
+    let s = s.split('\0').next().unwrap_or_default();
+    let s = s.trim_end_matches(|c: char| c.is_ascii_whitespace() || c == '\u{b}');
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// Joliet holds 16 characters of the label, the primary descriptor 32 in a restricted set
+/// ('_' standing for what it cannot hold). Where Joliet's agrees with the start of the primary
+/// one (case aside), rebuild the whole label as UTF-16BE: Joliet's characters first, then the
+/// primary label's tail. `None` where they disagree.
+fn merge_joliet_label(utf16: &[u8; 32], ascii: &[u8; 32]) -> Option<Vec<u8>> {
+    let u16at = |i: usize| utf16.get(i).copied().unwrap_or(0);
+    let mut out = Vec::with_capacity(64);
+    let (mut a, mut u) = (0usize, 0usize);
+    while u + 1 < 32 && a < 32 {
+        if (0xD8..=0xDB).contains(&u16at(u)) && u + 3 < 32 && (0xDC..=0xDF).contains(&u16at(u + 2))
+        {
+            out.extend_from_slice(&[u16at(u), u16at(u + 1)]);
+            u += 2;
+        }
+        let ac = ascii.get(a).copied().unwrap_or(0);
+        let (hi, lo) = (u16at(u), u16at(u + 1));
+        if ac == b'_' {
+            out.extend_from_slice(&[hi, lo]);
+        } else if hi == 0 && lo == b'_' {
+            out.extend_from_slice(&[0, ac]);
+        } else if hi == 0 && ac.eq_ignore_ascii_case(&lo) {
+            out.extend_from_slice(&[0, if ac.is_ascii_uppercase() { lo } else { ac }]);
+        } else {
+            return None;
+        }
+        a += 1;
+        u += 2;
+    }
+    for &c in ascii.get(a..).unwrap_or_default() {
+        out.extend_from_slice(&[0, c]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::iso9660::ondisk::encode_ucs2be;
+
+    fn pad32(s: &[u8], fill: u8) -> [u8; 32] {
+        let mut b = [fill; 32];
+        b[..s.len()].copy_from_slice(s);
+        b
+    }
+
+    fn joliet32(s: &str) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        for i in (0..32).step_by(2) {
+            b[i + 1] = b' ';
+        }
+        let e = encode_ucs2be(s);
+        b[..e.len()].copy_from_slice(&e);
+        b
+    }
+
+    #[test]
+    fn label_is_primary_when_no_joliet() {
+        assert_eq!(
+            iso_label(&pad32(b"ROCKY_9", b' '), None).as_deref(),
+            Some("ROCKY_9")
+        );
+        assert_eq!(iso_label(&pad32(b"", b' '), None), None);
+    }
+
+    #[test]
+    fn label_merges_truncated_joliet_with_primary_tail() {
+        let p = pad32(b"A very long label over sixteen", b' ');
+        let j = joliet32("A very long labe");
+        assert_eq!(
+            iso_label(&p, Some(&j)).as_deref(),
+            Some("A very long label over sixteen")
+        );
+    }
+
+    #[test]
+    fn label_takes_joliet_where_primary_could_not_hold_it() {
+        let p = pad32(b"_BER", b' ');
+        let j = joliet32("\u{dc}BER");
+        assert_eq!(iso_label(&p, Some(&j)).as_deref(), Some("\u{dc}BER"));
+        // Disagreement: Joliet wins.
+        let p = pad32(b"OTHER", b' ');
+        assert_eq!(iso_label(&p, Some(&j)).as_deref(), Some("\u{dc}BER"));
+    }
+
+    #[test]
+    fn label_keeps_joliet_case_where_primary_is_upper() {
+        let p = pad32(b"MY DISC", b' ');
+        let j = joliet32("my disc");
+        assert_eq!(iso_label(&p, Some(&j)).as_deref(), Some("my disc"));
+    }
+
+    #[test]
+    fn bootable_needs_valid_validation_entry_and_0x88() {
+        let mut cat = vec![0u8; 2048];
+        cat[0] = 1;
+        cat[30] = 0x55;
+        cat[31] = 0xAA;
+        let sum = cat[..32].chunks_exact(2).fold(0u16, |a, w| {
+            a.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+        });
+        let fix = 0u16.wrapping_sub(sum);
+        cat[28..30].copy_from_slice(&fix.to_le_bytes());
+        cat[32] = 0x88;
+        assert!(catalog_is_bootable(&cat));
+        cat[32] = 0;
+        assert!(!catalog_is_bootable(&cat));
+        cat[32] = 0x88;
+        cat[31] = 0;
+        assert!(!catalog_is_bootable(&cat));
+    }
+
+    #[test]
+    fn dstring_decodes_latin1_and_utf16() {
+        let mut f = vec![0u8; 128];
+        f[0] = 8;
+        f[1..4].copy_from_slice(b"abc");
+        f[127] = 4;
+        assert_eq!(decode_dstring(&f).as_deref(), Some("abc"));
+        let mut f = vec![0u8; 128];
+        f[0] = 16;
+        f[1..5].copy_from_slice(&encode_ucs2be("\u{e9}x"));
+        f[127] = 5;
+        assert_eq!(decode_dstring(&f).as_deref(), Some("\u{e9}x"));
+    }
+}

@@ -1,0 +1,962 @@
+//! Reading an image: identify it ([`probe`]), then browse its tree and read its files
+//! ([`Image`]). Positioned reads only, no caching, no locks: one `Image` serves many threads.
+//!
+//! Input is untrusted. Every offset and length read from the image is checked against the
+//! record, the directory and the image size before it is used; allocations are capped by the
+//! constants below and by the image size; directory loops are errors.
+#![deny(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use super::descriptor::{
+    catalog_is_bootable, iso_label, read_descriptors, read_udf, Descriptors, Fs, VolumeDescriptor,
+};
+use super::error::{Error, Result};
+use super::ondisk::{
+    both32, decode_dir_time, decode_ucs2be, dr, file_flags, mode, Timestamp, SECTOR_SIZE,
+};
+use super::source::{read_full, ReadAt};
+use super::susp::{parse_system_use, RockRidge, SuspError};
+
+/// Largest directory accepted (a directory of 100,000 entries with long Rock Ridge names is
+/// about 20 MiB).
+pub const MAX_DIR_BYTES: u64 = 64 * 1024 * 1024;
+/// Deepest directory nesting followed by walks and lookups.
+pub const MAX_DIR_DEPTH: usize = 1024;
+/// Most extents one file may have (a 1 TiB file needs 256 multi-extent records).
+pub const MAX_EXTENTS: usize = 65_536;
+/// Symlinks followed by [`Image::lookup_follow`] before giving up (as Linux's ELOOP).
+pub const MAX_SYMLINK_HOPS: usize = 40;
+
+/// Which names the chosen directory tree shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Names {
+    RockRidge,
+    Joliet,
+    Iso9660,
+}
+
+/// What identifies a medium: everything `scan` reports, read from a few sectors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub fs: Fs,
+    /// The label blkid reports, or `None` when it reports none.
+    pub label: Option<String>,
+    /// Bytes the volume declares (the ISO9660 volume space, or the end of the UDF partition).
+    pub volume_size: u64,
+    /// Bytes the source holds.
+    pub image_size: u64,
+    pub rock_ridge: bool,
+    pub joliet: bool,
+    pub el_torito: bool,
+    pub udf: bool,
+    pub bootable: bool,
+    /// Anomalies that did not stop identification (bad both-endian fields, unreadable root).
+    pub warnings: Vec<String>,
+}
+
+impl VolumeInfo {
+    /// The source holds at least the bytes the volume declares.
+    pub fn complete(&self) -> bool {
+        self.image_size >= self.volume_size
+    }
+
+    /// The extensions present, as `scan --json` names them.
+    pub fn extensions(&self) -> Vec<&'static str> {
+        [
+            (self.rock_ridge, "rockridge"),
+            (self.joliet, "joliet"),
+            (self.el_torito, "eltorito"),
+            (self.udf, "udf"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
+/// What an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    /// A device, FIFO or socket according to Rock Ridge; never served as such.
+    Other,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+            Kind::Other => "other",
+        }
+    }
+}
+
+/// A contiguous run of an entry's bytes in the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Extent {
+    start: u64,
+    len: u64,
+}
+
+/// One file, directory or symlink, as shown by the chosen tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: OsString,
+    pub kind: Kind,
+    pub size: u64,
+    /// Permission bits (0o7777): Rock Ridge PX where present, else 0o444 files, 0o555 dirs.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub mtime: Timestamp,
+    pub atime: Timestamp,
+    pub ctime: Timestamp,
+    /// Symlink target (Rock Ridge SL).
+    pub target: Option<OsString>,
+    /// Unique and stable within the image: the byte offset of the entry's directory record.
+    pub id: u64,
+    extents: Vec<Extent>,
+    interleaved: bool,
+}
+
+impl Entry {
+    /// For a directory, the sector its records start at: its identity for loop detection.
+    pub fn dir_sector(&self) -> Option<u64> {
+        match (self.kind, self.extents.first()) {
+            (Kind::Dir, Some(e)) => Some(e.start / SECTOR_SIZE),
+            _ => None,
+        }
+    }
+
+    fn name_lossy(&self) -> String {
+        self.name.to_string_lossy().into_owned()
+    }
+}
+
+/// The fixed part of a directory record (ECMA-119 9.1), checked against its length.
+#[derive(Clone, Copy, Debug)]
+struct Record<'a> {
+    ext_attr_len: u8,
+    extent: u32,
+    data_len: u32,
+    recorded: Option<Timestamp>,
+    flags: u8,
+    file_unit_size: u8,
+    identifier: &'a [u8],
+    system_use: &'a [u8],
+}
+
+fn parse_record(b: &[u8]) -> std::result::Result<Record<'_>, String> {
+    let len = usize::from(*b.first().ok_or("empty record")?);
+    if len < dr::MIN_LEN {
+        return Err(format!("length {len} is below {}", dr::MIN_LEN));
+    }
+    let b = b
+        .get(..len)
+        .ok_or_else(|| format!("length {len} runs past the end of the directory"))?;
+    let name_len = usize::from(*b.get(dr::NAME_LENGTH).ok_or("too short")?);
+    if name_len == 0 {
+        return Err("file identifier length is 0".into());
+    }
+    let identifier = b
+        .get(dr::NAME..dr::NAME + name_len)
+        .ok_or_else(|| format!("identifier of {name_len} bytes does not fit in length {len}"))?;
+    // A pad byte follows an identifier of even length (ECMA-119 9.1.12).
+    let su_start = dr::NAME + name_len + usize::from(name_len % 2 == 0);
+    let system_use = b.get(su_start..).unwrap_or_default();
+    let field = |at| b.get(at).copied().unwrap_or(0);
+    Ok(Record {
+        ext_attr_len: field(dr::EXT_ATTR_LENGTH),
+        extent: both32(b, dr::EXTENT).map(|v| v.0).ok_or("too short")?,
+        data_len: both32(b, dr::DATA_LENGTH).map(|v| v.0).ok_or("too short")?,
+        recorded: b
+            .get(dr::RECORDING_TIME..dr::RECORDING_TIME + 7)
+            .and_then(decode_dir_time),
+        flags: field(dr::FLAGS),
+        file_unit_size: field(dr::FILE_UNIT_SIZE),
+        identifier,
+        system_use,
+    })
+}
+
+/// Identifies a medium from its first sectors: descriptors, Rock Ridge presence (the root's
+/// "." record), El Torito, UDF. Reads a handful of sectors, never the tree.
+pub fn probe(src: &(impl ReadAt + ?Sized)) -> Result<VolumeInfo> {
+    Ok(probe_full(src)?.0)
+}
+
+/// What `probe` finds, plus what opening the tree needs.
+struct Probed {
+    desc: Descriptors,
+    /// The root's "." record Rock Ridge fields and the SP skip, when Rock Ridge is present.
+    root_rr: Option<(RockRidge, usize)>,
+}
+
+fn probe_full(src: &(impl ReadAt + ?Sized)) -> Result<(VolumeInfo, Probed)> {
+    let image_size = src.size().map_err(|source| Error::Io {
+        offset: 0,
+        len: 0,
+        source,
+    })?;
+    let desc = read_descriptors(src, image_size)?;
+    let mut warnings = Vec::new();
+    let udf = if desc.udf_nsr { read_udf(src)? } else { None };
+    let primary = desc.primary.as_ref();
+    if primary.is_none() && udf.is_none() {
+        return Err(Error::NotAnImage);
+    }
+    for vd in [desc.primary.as_ref(), desc.joliet.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if vd.endian_mismatch {
+            warnings.push(format!(
+                "volume descriptor at sector {}: both-endian fields disagree; using little-endian",
+                vd.sector
+            ));
+        }
+    }
+    let iso_size = primary
+        .map(|p| u64::from(p.volume_space_size) * block_size(p))
+        .unwrap_or(0);
+    let volume_size = iso_size.max(udf.as_ref().map_or(0, |u| u.partition_end));
+    let (fs, label) = match &udf {
+        Some(u) => (Fs::Udf, u.logical_volume_id.clone()),
+        None => (
+            Fs::Iso9660,
+            primary
+                .and_then(|p| iso_label(&p.volume_id, desc.joliet.as_ref().map(|j| &j.volume_id))),
+        ),
+    };
+    let root_rr = match primary {
+        Some(p) => detect_rock_ridge(src, p, image_size).unwrap_or_else(|e| {
+            warnings.push(format!("root directory: {e}"));
+            None
+        }),
+        None => None,
+    };
+    let bootable = match desc.boot_catalog {
+        Some(lba) => {
+            let mut cat = vec![0u8; SECTOR_SIZE as usize];
+            match read_full(src, &mut cat, u64::from(lba) * SECTOR_SIZE) {
+                Ok(n) if n == cat.len() => catalog_is_bootable(&cat),
+                Ok(_) => false,
+                Err(e) => {
+                    warnings.push(format!("El Torito boot catalog at sector {lba}: {e}"));
+                    false
+                }
+            }
+        }
+        None => false,
+    };
+    let info = VolumeInfo {
+        fs,
+        label,
+        volume_size,
+        image_size,
+        rock_ridge: root_rr.is_some(),
+        joliet: desc.joliet.is_some(),
+        el_torito: desc.boot_catalog.is_some(),
+        udf: udf.is_some(),
+        bootable,
+        warnings,
+    };
+    Ok((info, Probed { desc, root_rr }))
+}
+
+fn block_size(vd: &VolumeDescriptor) -> u64 {
+    match vd.logical_block_size {
+        512 | 1024 | 2048 => u64::from(vd.logical_block_size),
+        _ => SECTOR_SIZE,
+    }
+}
+
+/// Rock Ridge is present when the root's "." record starts its system use field with SP
+/// (SUSP 5.3) and carries an RRIP ER entry or RRIP entries (old images omit ER).
+fn detect_rock_ridge(
+    src: &(impl ReadAt + ?Sized),
+    vd: &VolumeDescriptor,
+    image_size: u64,
+) -> Result<Option<(RockRidge, usize)>> {
+    let root = parse_record(&vd.root_record).map_err(|why| Error::descriptor(vd.sector, why))?;
+    let start = u64::from(root.extent) * SECTOR_SIZE;
+    let mut sector = vec![0u8; SECTOR_SIZE as usize];
+    let n = read_full(src, &mut sector, start).map_err(|source| Error::Io {
+        offset: start,
+        len: sector.len(),
+        source,
+    })?;
+    let sector = sector.get(..n).unwrap_or_default();
+    let dot = parse_record(sector).map_err(|why| Error::record(u64::from(root.extent), 0, why))?;
+    if !dot.system_use.starts_with(b"SP") {
+        return Ok(None);
+    }
+    let rr = parse_system_use(dot.system_use, |ce| fetch_ce(src, ce, image_size))
+        .map_err(|e| susp_error(u64::from(root.extent), 0, e))?;
+    match rr.sp_skip {
+        Some(skip) if rr.er_rrip || rr.any_rrip => Ok(Some((rr, usize::from(skip)))),
+        _ => Ok(None),
+    }
+}
+
+fn fetch_ce(
+    src: &(impl ReadAt + ?Sized),
+    ce: super::susp::ContinuationArea,
+    image_size: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    let start = u64::from(ce.block) * SECTOR_SIZE + u64::from(ce.offset);
+    let end = start + u64::from(ce.len);
+    if u64::from(ce.offset) + u64::from(ce.len) > SECTOR_SIZE || end > image_size {
+        return Err(format!(
+            "continuation area at block {} offset {} length {} lies outside its sector or the image",
+            ce.block, ce.offset, ce.len
+        ));
+    }
+    let mut buf = vec![0u8; ce.len as usize];
+    let n = read_full(src, &mut buf, start).map_err(|e| e.to_string())?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn susp_error(sector: u64, offset: usize, e: SuspError) -> Error {
+    let why = match e {
+        SuspError::Continuation(m) | SuspError::Fetch(m) => m,
+    };
+    Error::Susp {
+        sector,
+        offset,
+        why,
+    }
+}
+
+/// An opened image: its identity and the directory tree chosen for names (Rock Ridge, else
+/// Joliet, else plain ISO9660).
+pub struct Image<R> {
+    src: R,
+    info: VolumeInfo,
+    names: Names,
+    /// SP skip of the Rock Ridge tree; `None` when Rock Ridge is not used.
+    rr_skip: Option<usize>,
+    root: Entry,
+}
+
+impl<R: ReadAt> Image<R> {
+    /// Identifies the image and prepares its tree. Fails on a UDF-only image (no ISO9660 tree)
+    /// and on a logical block size other than 2048.
+    pub fn open(src: R) -> Result<Self> {
+        let (info, probed) = probe_full(&src)?;
+        let (names, vd) = match (&probed.root_rr, &probed.desc.joliet, &probed.desc.primary) {
+            (Some(_), _, Some(p)) => (Names::RockRidge, p),
+            (None, Some(j), _) => (Names::Joliet, j),
+            (None, None, Some(p)) => (Names::Iso9660, p),
+            _ => return Err(Error::NoIsoTree),
+        };
+        if u64::from(vd.logical_block_size) != SECTOR_SIZE {
+            return Err(Error::descriptor(
+                vd.sector,
+                format!(
+                    "logical block size {} is not supported (only 2048)",
+                    vd.logical_block_size
+                ),
+            ));
+        }
+        let rec = parse_record(&vd.root_record).map_err(|why| Error::descriptor(vd.sector, why))?;
+        if rec.flags & file_flags::DIRECTORY == 0 {
+            return Err(Error::descriptor(
+                vd.sector,
+                "root record is not a directory",
+            ));
+        }
+        let rr = probed.root_rr.as_ref();
+        let mut root = make_entry(
+            &rec,
+            OsString::from("/"),
+            rr.map(|r| &r.0),
+            vd.sector * SECTOR_SIZE + super::ondisk::pvd::ROOT_DIRECTORY_RECORD as u64,
+        );
+        root.kind = Kind::Dir;
+        Ok(Image {
+            src,
+            info,
+            names,
+            rr_skip: rr.map(|r| r.1),
+            root,
+        })
+    }
+
+    pub fn info(&self) -> &VolumeInfo {
+        &self.info
+    }
+
+    pub fn names(&self) -> Names {
+        self.names
+    }
+
+    pub fn root(&self) -> Entry {
+        self.root.clone()
+    }
+
+    pub fn source(&self) -> &R {
+        &self.src
+    }
+
+    /// The symlink target of an entry.
+    pub fn readlink<'e>(&self, e: &'e Entry) -> Option<&'e OsStr> {
+        e.target.as_deref()
+    }
+
+    /// The entries of a directory, in image order: no "." or "..", relocated directories
+    /// where they belong, the relocation directory hidden, entries with unusable names
+    /// (empty, ".", "..", containing '/' or NUL) left out.
+    pub fn read_dir(&self, dir: &Entry) -> Result<Vec<Entry>> {
+        if dir.kind != Kind::Dir {
+            return Err(Error::NotADirectory {
+                path: dir.name_lossy(),
+            });
+        }
+        let mut entries = self.read_dir_raw(dir)?;
+        if self.rr_skip.is_some() && dir.id == self.root.id {
+            self.hide_relocation_dir(&mut entries)?;
+        }
+        Ok(entries)
+    }
+
+    fn read_dir_raw(&self, dir: &Entry) -> Result<Vec<Entry>> {
+        let Some(ext) = dir.extents.first().copied() else {
+            return Ok(Vec::new());
+        };
+        let data = self.read_extent("directory", ext, MAX_DIR_BYTES)?;
+        let dir_sector = ext.start / SECTOR_SIZE;
+        let mut out: Vec<Entry> = Vec::new();
+        // A multi-extent file being assembled: its identifier and the entry so far.
+        let mut pending: Option<(Vec<u8>, Entry)> = None;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let len = usize::from(data.get(pos).copied().unwrap_or(0));
+            if len == 0 {
+                // Records never span sectors; the rest of this sector is padding.
+                pos = (pos / SECTOR_SIZE as usize + 1) * SECTOR_SIZE as usize;
+                continue;
+            }
+            let sector = dir_sector + (pos as u64) / SECTOR_SIZE;
+            let offset = pos % SECTOR_SIZE as usize;
+            let bytes = data.get(pos..).unwrap_or_default();
+            let rec = parse_record(bytes).map_err(|why| Error::record(sector, offset, why))?;
+            let id = ext.start + pos as u64;
+            pos += len;
+            if rec.identifier == [0] || rec.identifier == [1] {
+                continue;
+            }
+            let rr = match self.rr_skip {
+                Some(skip) => Some(
+                    parse_system_use(rec.system_use.get(skip..).unwrap_or_default(), |ce| {
+                        fetch_ce(&self.src, ce, self.info.image_size)
+                    })
+                    .map_err(|e| susp_error(sector, offset, e))?,
+                ),
+                None => None,
+            };
+            if rr.as_ref().is_some_and(|r| r.relocated) {
+                continue;
+            }
+            // Continue or finish a multi-extent file.
+            if let Some((ident, mut entry)) = pending.take() {
+                if ident == rec.identifier {
+                    if entry.extents.len() >= MAX_EXTENTS {
+                        return Err(Error::Limit {
+                            what: "extents of one file",
+                            value: entry.extents.len() as u64 + 1,
+                            limit: MAX_EXTENTS as u64,
+                        });
+                    }
+                    let e = file_extent(&rec);
+                    entry.size += e.len;
+                    entry.extents.push(e);
+                    if rec.flags & file_flags::MULTI_EXTENT != 0 {
+                        pending = Some((ident, entry));
+                    } else {
+                        out.push(entry);
+                    }
+                    continue;
+                }
+                // The chain ended without a final record: keep what it had.
+                out.push(entry);
+            }
+            let Some(name) = self.entry_name(&rec, rr.as_ref()) else {
+                tracing::debug!(
+                    sector,
+                    offset,
+                    "directory record with an unusable name left out"
+                );
+                continue;
+            };
+            let mut entry = make_entry(&rec, name, rr.as_ref(), id);
+            if let Some(child) = rr.as_ref().and_then(|r| r.child_link) {
+                self.resolve_child_link(&mut entry, child, sector, offset)?;
+            }
+            if rec.flags & file_flags::MULTI_EXTENT != 0 && entry.kind != Kind::Dir {
+                pending = Some((rec.identifier.to_vec(), entry));
+            } else {
+                out.push(entry);
+            }
+        }
+        if let Some((_, entry)) = pending {
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Hides the Rock Ridge relocation directory ("rr_moved", xorriso's ".rr_moved") when
+    /// everything in it was relocated elsewhere, as the kernel and bsdtar show trees.
+    fn hide_relocation_dir(&self, entries: &mut Vec<Entry>) -> Result<()> {
+        let mut hide = None;
+        for (i, e) in entries.iter().enumerate() {
+            let n = e.name.as_bytes();
+            if e.kind == Kind::Dir && (n == b"rr_moved" || n == b".rr_moved") {
+                let raw = self.read_dir_raw(e)?;
+                if raw.is_empty() && self.dir_had_relocations(e)? {
+                    hide = Some(i);
+                }
+            }
+        }
+        if let Some(i) = hide {
+            entries.remove(i);
+        }
+        Ok(())
+    }
+
+    /// True when the directory's records include RE (relocated) entries.
+    fn dir_had_relocations(&self, dir: &Entry) -> Result<bool> {
+        let (Some(ext), Some(skip)) = (dir.extents.first().copied(), self.rr_skip) else {
+            return Ok(false);
+        };
+        let data = self.read_extent("directory", ext, MAX_DIR_BYTES)?;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let len = usize::from(data.get(pos).copied().unwrap_or(0));
+            if len == 0 {
+                pos = (pos / SECTOR_SIZE as usize + 1) * SECTOR_SIZE as usize;
+                continue;
+            }
+            let Ok(rec) = parse_record(data.get(pos..).unwrap_or_default()) else {
+                return Ok(false);
+            };
+            pos += len;
+            if rec.identifier == [0] || rec.identifier == [1] {
+                continue;
+            }
+            let rr = parse_system_use(rec.system_use.get(skip..).unwrap_or_default(), |ce| {
+                fetch_ce(&self.src, ce, self.info.image_size)
+            });
+            if rr.is_ok_and(|r| r.relocated) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// A CL record stands for a directory relocated to `child`: take the directory's extent
+    /// and attributes from its "." record (RRIP 4.1.5.1).
+    fn resolve_child_link(
+        &self,
+        entry: &mut Entry,
+        child: u32,
+        sector: u64,
+        offset: usize,
+    ) -> Result<()> {
+        let start = u64::from(child) * SECTOR_SIZE;
+        let data = self.read_extent(
+            "relocated directory",
+            Extent {
+                start,
+                len: SECTOR_SIZE,
+            },
+            SECTOR_SIZE,
+        )?;
+        let dot = parse_record(&data).map_err(|why| Error::record(u64::from(child), 0, why))?;
+        if dot.identifier != [0] || dot.flags & file_flags::DIRECTORY == 0 {
+            return Err(Error::record(
+                sector,
+                offset,
+                format!("child link to sector {child}, which does not start a directory"),
+            ));
+        }
+        let rr = match self.rr_skip {
+            Some(skip) => Some(
+                parse_system_use(dot.system_use.get(skip..).unwrap_or_default(), |ce| {
+                    fetch_ce(&self.src, ce, self.info.image_size)
+                })
+                .map_err(|e| susp_error(u64::from(child), 0, e))?,
+            ),
+            None => None,
+        };
+        let name = std::mem::take(&mut entry.name);
+        let mut dir = make_entry(&dot, name, rr.as_ref(), entry.id);
+        dir.kind = Kind::Dir;
+        *entry = dir;
+        Ok(())
+    }
+
+    /// Reads one extent whole, after checking it against `cap` and the image size.
+    fn read_extent(&self, what: &'static str, ext: Extent, cap: u64) -> Result<Vec<u8>> {
+        if ext.len > cap {
+            return Err(Error::Limit {
+                what,
+                value: ext.len,
+                limit: cap,
+            });
+        }
+        let need = ext.start.saturating_add(ext.len);
+        if need > self.info.image_size {
+            return Err(Error::Truncated {
+                what,
+                offset: ext.start,
+                need: ext.len,
+                size: self.info.image_size,
+            });
+        }
+        let mut data = vec![0u8; ext.len as usize];
+        let n = read_full(&self.src, &mut data, ext.start).map_err(|source| Error::Io {
+            offset: ext.start,
+            len: data.len(),
+            source,
+        })?;
+        if n < data.len() {
+            return Err(Error::Truncated {
+                what,
+                offset: ext.start,
+                need: ext.len,
+                size: ext.start + n as u64,
+            });
+        }
+        Ok(data)
+    }
+
+    /// The name this tree shows for a record, or `None` if it is unusable.
+    fn entry_name(&self, rec: &Record<'_>, rr: Option<&RockRidge>) -> Option<OsString> {
+        let raw: Vec<u8> = match (self.names, rr.and_then(|r| r.name.as_ref())) {
+            (Names::RockRidge, Some(n)) if rr.is_some_and(|r| r.name_flags == 0) => n.clone(),
+            (Names::RockRidge, Some(_)) => return None,
+            (Names::Joliet, _) => strip_version(&decode_ucs2be(rec.identifier)).into_bytes(),
+            _ => strip_version_bytes(rec.identifier),
+        };
+        let usable = !raw.is_empty()
+            && raw != b"."
+            && raw != b".."
+            && !raw.contains(&b'/')
+            && !raw.contains(&0);
+        usable.then(|| OsString::from_vec(raw))
+    }
+
+    /// Looks an absolute path up without following symlinks ("/" is the root).
+    pub fn lookup(&self, path: &str) -> Result<Entry> {
+        let mut cur = self.root.clone();
+        let mut walked = String::new();
+        for (depth, comp) in path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .enumerate()
+        {
+            if depth >= MAX_DIR_DEPTH {
+                return Err(Error::Limit {
+                    what: "path depth",
+                    value: depth as u64,
+                    limit: MAX_DIR_DEPTH as u64,
+                });
+            }
+            if cur.kind != Kind::Dir {
+                return Err(Error::NotADirectory {
+                    path: if walked.is_empty() {
+                        "/".into()
+                    } else {
+                        walked
+                    },
+                });
+            }
+            walked.push('/');
+            walked.push_str(comp);
+            cur = self
+                .read_dir(&cur)?
+                .into_iter()
+                .find(|e| e.name.as_bytes() == comp.as_bytes())
+                .ok_or_else(|| Error::NotFound {
+                    path: walked.clone(),
+                })?;
+        }
+        Ok(cur)
+    }
+
+    /// Looks a path up following symlinks inside the image, as `cat` needs. Absolute targets
+    /// resolve from the image root; a target can never leave the image.
+    pub fn lookup_follow(&self, path: &str) -> Result<Entry> {
+        let mut path = path.to_owned();
+        for _ in 0..MAX_SYMLINK_HOPS {
+            // Resolve component by component so links in the middle are followed too.
+            let mut cur_path = String::from("/");
+            let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+            let mut next: Option<String> = None;
+            let mut cur = self.root.clone();
+            for (i, comp) in comps.iter().enumerate() {
+                let joined = join_path(&cur_path, comp);
+                cur = self.lookup(&joined)?;
+                if cur.kind == Kind::Symlink {
+                    let target = cur
+                        .target
+                        .as_ref()
+                        .map(|t| t.to_string_lossy().into_owned());
+                    let target = target.unwrap_or_default();
+                    let base = if target.starts_with('/') {
+                        String::new()
+                    } else {
+                        cur_path.clone()
+                    };
+                    let rest = comps.get(i + 1..).unwrap_or_default().join("/");
+                    next = Some(normalize(&format!("{base}/{target}/{rest}")));
+                    break;
+                }
+                cur_path = joined;
+            }
+            match next {
+                Some(p) => path = p,
+                None => return Ok(cur),
+            }
+        }
+        Err(Error::Loop {
+            path: path.clone(),
+            sector: 0,
+        })
+    }
+
+    /// Reads file bytes at `offset` into `buf`, across multi-extent parts. Returns fewer bytes
+    /// than asked only at the end of the file; 0 at or after it.
+    pub fn read_at(&self, file: &Entry, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if file.kind == Kind::Dir {
+            return Err(Error::IsADirectory {
+                path: file.name_lossy(),
+            });
+        }
+        if file.interleaved {
+            return Err(Error::Interleaved {
+                path: file.name_lossy(),
+            });
+        }
+        let mut done = 0usize;
+        let mut logical = 0u64;
+        for ext in &file.extents {
+            if done == buf.len() {
+                break;
+            }
+            let pos = offset + done as u64;
+            if pos < logical + ext.len {
+                let within = pos - logical;
+                let n = ((ext.len - within) as usize).min(buf.len() - done);
+                let Some(dst) = buf.get_mut(done..done + n) else {
+                    break;
+                };
+                let at = ext.start + within;
+                let got = read_full(&self.src, dst, at).map_err(|source| Error::Io {
+                    offset: at,
+                    len: n,
+                    source,
+                })?;
+                if got < n {
+                    return Err(Error::Truncated {
+                        what: "file data",
+                        offset: at,
+                        need: n as u64,
+                        size: at + got as u64,
+                    });
+                }
+                done += n;
+            }
+            logical += ext.len;
+        }
+        Ok(done)
+    }
+
+    /// Visits `start` and everything below it, depth first, in image order, with each entry's
+    /// absolute path. A directory met twice (a loop, or an extent shared by two directories)
+    /// is an error, so the walk always ends.
+    pub fn walk(
+        &self,
+        start: &Entry,
+        start_path: &str,
+        mut visit: impl FnMut(&str, &Entry) -> Result<()>,
+    ) -> Result<()> {
+        let mut seen: HashSet<u64> = HashSet::new();
+        let mut stack: Vec<(String, Entry, usize)> =
+            vec![(start_path.to_owned(), start.clone(), 0)];
+        let mut first = true;
+        while let Some((path, entry, depth)) = stack.pop() {
+            if !first {
+                visit(&path, &entry)?;
+            }
+            first = false;
+            if entry.kind != Kind::Dir {
+                continue;
+            }
+            if depth >= MAX_DIR_DEPTH {
+                return Err(Error::Limit {
+                    what: "directory depth",
+                    value: depth as u64,
+                    limit: MAX_DIR_DEPTH as u64,
+                });
+            }
+            if let Some(sector) = entry.dir_sector() {
+                if entry.size > 0 && !seen.insert(sector) {
+                    return Err(Error::Loop { path, sector });
+                }
+            }
+            let children = self.read_dir(&entry)?;
+            for child in children.into_iter().rev() {
+                let p = join_path(&path, &child.name.to_string_lossy());
+                stack.push((p, child, depth + 1));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds an entry from a record and its Rock Ridge fields.
+fn make_entry(rec: &Record<'_>, name: OsString, rr: Option<&RockRidge>, id: u64) -> Entry {
+    let is_dir = rec.flags & file_flags::DIRECTORY != 0;
+    let rr_type = rr.and_then(|r| r.mode).map(|m| m & mode::S_IFMT);
+    let kind = if is_dir {
+        Kind::Dir
+    } else if rr_type == Some(mode::S_IFLNK) || rr.is_some_and(|r| r.target.is_some()) {
+        Kind::Symlink
+    } else {
+        match rr_type {
+            Some(mode::S_IFCHR | mode::S_IFBLK | mode::S_IFIFO | mode::S_IFSOCK) => Kind::Other,
+            _ => Kind::File,
+        }
+    };
+    let recorded = rec.recorded.unwrap_or_default();
+    let mtime = rr.and_then(|r| r.mtime).unwrap_or(recorded);
+    let perm = rr.and_then(|r| r.mode).map(|m| m & 0o7777);
+    let default_perm = match kind {
+        Kind::Dir => 0o555,
+        Kind::Symlink => 0o777,
+        _ => 0o444,
+    };
+    let ext = file_extent(rec);
+    let target = match kind {
+        Kind::Symlink => rr.and_then(|r| r.target.clone()).map(OsString::from_vec),
+        _ => None,
+    };
+    Entry {
+        name,
+        kind,
+        size: match kind {
+            Kind::Symlink => target.as_ref().map_or(0, |t| t.len() as u64),
+            Kind::Other => 0,
+            _ => ext.len,
+        },
+        mode: perm.unwrap_or(default_perm),
+        uid: rr.and_then(|r| r.uid).unwrap_or(0),
+        gid: rr.and_then(|r| r.gid).unwrap_or(0),
+        nlink: rr
+            .and_then(|r| r.nlink)
+            .unwrap_or(if kind == Kind::Dir { 2 } else { 1 }),
+        mtime,
+        atime: rr.and_then(|r| r.atime).unwrap_or(mtime),
+        ctime: rr.and_then(|r| r.ctime).unwrap_or(mtime),
+        target,
+        id,
+        extents: match kind {
+            Kind::File | Kind::Dir => vec![ext],
+            _ => Vec::new(),
+        },
+        interleaved: rec.file_unit_size != 0,
+    }
+}
+
+fn file_extent(rec: &Record<'_>) -> Extent {
+    Extent {
+        start: (u64::from(rec.extent) + u64::from(rec.ext_attr_len)) * SECTOR_SIZE,
+        len: u64::from(rec.data_len),
+    }
+}
+
+/// ISO9660 identifier as shown: the ";1" version and one trailing dot removed.
+fn strip_version_bytes(id: &[u8]) -> Vec<u8> {
+    let base = match id.iter().rposition(|&b| b == b';') {
+        Some(i) => id.get(..i).unwrap_or(id),
+        None => id,
+    };
+    base.strip_suffix(b".").unwrap_or(base).to_vec()
+}
+
+/// Joliet name as shown: the ";1" version and trailing dots removed.
+fn strip_version(s: &str) -> String {
+    let base = match s.rfind(';') {
+        Some(i)
+            if s.get(i + 1..)
+                .is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            s.get(..i).unwrap_or(s)
+        }
+        _ => s,
+    };
+    base.trim_end_matches('.').to_owned()
+}
+
+/// Joins an absolute directory path and a name.
+pub fn join_path(dir: &str, name: &str) -> String {
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Resolves "." and ".." lexically; ".." at the root stays at the root.
+fn normalize(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_names_lose_version_and_one_trailing_dot() {
+        assert_eq!(strip_version_bytes(b"README.TXT;1"), b"README.TXT");
+        assert_eq!(strip_version_bytes(b"MAKEFILE.;1"), b"MAKEFILE");
+        assert_eq!(strip_version_bytes(b"DIR"), b"DIR");
+        assert_eq!(strip_version("long name.txt;1"), "long name.txt");
+        assert_eq!(strip_version("a;b"), "a;b");
+    }
+
+    #[test]
+    fn normalize_never_climbs_above_root() {
+        assert_eq!(normalize("/a/../../etc/./x"), "/etc/x");
+        assert_eq!(normalize("/"), "/");
+    }
+
+    #[test]
+    fn record_below_minimum_length_names_the_cause() {
+        let err = parse_record(&[3, 0, 0]).unwrap_err();
+        assert_eq!(err, "length 3 is below 34");
+    }
+}

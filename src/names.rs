@@ -1,0 +1,107 @@
+//! Directory names for media: a volume label made safe, and collisions resolved.
+//!
+//! Pure functions. The rules (DESIGN.md, "Names"): keep `[A-Za-z0-9._+-]`, anything else
+//! becomes `_`, runs of `_` collapse, leading `.` and `-` go, at most 200 bytes; a name with no
+//! letter or digit falls back to the file stem or device name; equal names get `-2`, `-3`...
+
+/// Longest name produced, in bytes.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// The label made safe for a directory name, or `None` if no letter or digit survives.
+pub fn sanitize(label: &str) -> Option<String> {
+    let mut out = String::with_capacity(label.len().min(MAX_NAME_LEN));
+    for c in label.chars() {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-') {
+            c
+        } else {
+            '_'
+        };
+        if c == '_' && out.ends_with('_') {
+            continue;
+        }
+        if (c == '.' || c == '-') && out.is_empty() {
+            continue;
+        }
+        out.push(c);
+    }
+    // Stripping can expose nothing new at the front: '_' is neither '.' nor '-'.
+    out.truncate(MAX_NAME_LEN);
+    let has_alnum = out.bytes().any(|b| b.is_ascii_alphanumeric());
+    (has_alnum && out != "." && out != "..").then_some(out)
+}
+
+/// The name a medium gets before collisions: its label, else `fallback` (the file stem or the
+/// kernel device name), else "medium".
+pub fn base_name(label: Option<&str>, fallback: &str) -> String {
+    label
+        .and_then(sanitize)
+        .or_else(|| sanitize(fallback))
+        .unwrap_or_else(|| "medium".to_owned())
+}
+
+/// The first of `base`, `base-2`, `base-3`... that `taken` does not hold, kept within
+/// [`MAX_NAME_LEN`] bytes.
+pub fn first_free(base: &str, taken: impl Fn(&str) -> bool) -> String {
+    if !taken(base) {
+        return base.to_owned();
+    }
+    (2u64..)
+        .map(|n| {
+            let suffix = format!("-{n}");
+            let keep = MAX_NAME_LEN.saturating_sub(suffix.len()).min(base.len());
+            format!("{}{suffix}", &base[..keep])
+        })
+        .find(|candidate| !taken(candidate))
+        .unwrap_or_else(|| base.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_labels_each_give_one_safe_name() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("Rocky-9.2-x86_64-dvd", Some("Rocky-9.2-x86_64-dvd")),
+            ("Rocky 9 / x86_64", Some("Rocky_9_x86_64")),
+            ("/", None),
+            (".", None),
+            ("..", None),
+            ("", None),
+            ("a/../../etc", Some("a_.._.._etc")),
+            ("-rf", Some("rf")),
+            ("..hidden", Some("hidden")),
+            ("tab\there\x07bell", Some("tab_here_bell")),
+            ("quote'\"back\\slash", Some("quote_back_slash")),
+            ("Über Disc", Some("_ber_Disc")),
+            ("___", None),
+        ];
+        for (label, want) in cases {
+            assert_eq!(sanitize(label).as_deref(), *want, "label {label:?}");
+        }
+    }
+
+    #[test]
+    fn long_labels_are_cut_to_200_bytes() {
+        let name = sanitize(&"x".repeat(300)).unwrap();
+        assert_eq!(name.len(), MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn falls_back_to_stem_then_medium() {
+        assert_eq!(base_name(None, "my image"), "my_image");
+        assert_eq!(base_name(Some("   "), "ubuntu"), "ubuntu");
+        assert_eq!(base_name(Some("///"), "***"), "medium");
+    }
+
+    #[test]
+    fn collisions_take_the_lowest_free_suffix() {
+        let taken = ["A", "A-2", "A-4"];
+        assert_eq!(first_free("A", |n| taken.contains(&n)), "A-3");
+        assert_eq!(first_free("B", |n| taken.contains(&n)), "B");
+        let long = "y".repeat(MAX_NAME_LEN);
+        let got = first_free(&long, |n| n == long);
+        assert_eq!(got.len(), MAX_NAME_LEN);
+        assert!(got.ends_with("-2"));
+    }
+}
