@@ -114,6 +114,17 @@ d = [float(b) - float(a) for a, b in (l.split() for l in sys.stdin)]
 print("%.1f" % (statistics.median(d) * 1000))'
 }
 
+# bench_load: the 1-minute load average, for the report; warns when other work is running
+# (load above half the CPUs), since that skews every figure.
+bench_load() {
+	local load
+	read -r load _ </proc/loadavg
+	if python3 -c 'import os,sys; sys.exit(float(sys.argv[1]) <= os.cpu_count() / 2)' "$load"; then
+		bench_log "warning: load average $load on $(nproc) CPU(s): other work is running, timings will be noisy"
+	fi
+	printf '%s\n' "$load"
+}
+
 # bench_ratio A B: A / B with two decimals, "-" where either is missing or B is zero.
 bench_ratio() {
 	python3 -c '

@@ -121,6 +121,7 @@ count=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "
 xargs_max=$(xargs --show-limits </dev/null 2>&1 | sed -n 's/^Maximum length of command we could actually use: //p')
 [[ -n $xargs_max ]] || bench_die "cannot read xargs --show-limits"
 
+load_start=$(bench_load)
 rows=()
 verdicts=()
 notes=()
@@ -175,7 +176,7 @@ done
 echo
 echo "isomgr scan latency, warm cache: median of $BENCH_RUNS run(s) after $BENCH_WARMUP warm-up(s), timer $BENCH_TIMER"
 echo "$(nproc) CPU(s), $(uname -sr), $(blkid --version | head -1), images in $SCAN_CACHE ($(stat -f -c %T "$SCAN_CACHE"))"
-echo "isomgr: $ISOMGR"
+echo "isomgr: $ISOMGR; load average $load_start at the start of timing, $(bench_load) at the end"
 echo
 {
 	printf 'images\tfloor ms\tscan --json ms\tscan text ms\tblkid -p ms\tblkid/image ms\tjson/floor\ttext/floor\tblkid-p/json\tblkid-image/json\n'
