@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -19,6 +19,8 @@ use crate::source::Source;
 
 /// Events queued between sources and the manager at most (back-pressure beyond).
 const EVENT_QUEUE: usize = 4096;
+/// Shortest time between two writes of the state file while changes keep coming.
+const SAVE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Everything `isomgr watch` needs.
 #[derive(Clone, Debug)]
@@ -93,18 +95,30 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     };
     save(&manager);
 
+    // The state is written once per burst of changes, at most every SAVE_INTERVAL; with
+    // nothing changing no timer is armed.
+    let mut dirty = false;
+    let mut last_save = Instant::now();
     loop {
+        let save_at = dirty.then(|| last_save + SAVE_INTERVAL);
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
-                let mut dirty = process(&mut manager, &mut exec, ev);
-                // Drain what is already queued; write the state once for the whole batch.
+                dirty |= process(&mut manager, &mut exec, ev);
+                // Take what is already queued before writing anything.
                 while let Ok(ev) = rx.try_recv() {
                     dirty |= process(&mut manager, &mut exec, ev);
                 }
-                if dirty {
+                if dirty && last_save.elapsed() >= SAVE_INTERVAL {
                     save(&manager);
+                    dirty = false;
+                    last_save = Instant::now();
                 }
+            }
+            _ = tokio::time::sleep_until(save_at.unwrap_or_else(Instant::now).into()), if save_at.is_some() => {
+                save(&manager);
+                dirty = false;
+                last_save = Instant::now();
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -113,6 +127,9 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
                 for s in &sources { s.rescan(); }
             }
         }
+    }
+    if dirty {
+        save(&manager);
     }
     // Close the channel first so no source blocks on a full queue while it stops.
     drop(rx);

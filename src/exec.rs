@@ -24,7 +24,7 @@ impl FuseExecutor {
         match action {
             Action::Publish { name, medium } => Some(match self.publish(name, medium) {
                 Ok(()) => {
-                    tracing::info!(name = %name, origin = %medium.origin.display(), label = ?medium.label, "mounted");
+                    tracing::info!(name = %name, origin = %medium.origin.display(), label = medium.label.as_deref().unwrap_or(""), "mounted");
                     Event::Published {
                         id: medium.id.clone(),
                         name: name.clone(),
@@ -72,9 +72,8 @@ impl FuseExecutor {
     /// Unmounts the root (a normal stop).
     pub fn shutdown(self) {
         let root = self.driver.root().to_path_buf();
-        match self.driver.unmount() {
-            Ok(()) => tracing::info!(root = %root.display(), "unmounted"),
-            Err(e) => tracing::error!(root = %root.display(), error = %e, "unmounting"),
+        if let Err(e) = self.driver.unmount() {
+            tracing::error!(root = %root.display(), error = %e, "unmounting");
         }
     }
 }

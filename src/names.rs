@@ -61,6 +61,7 @@ mod tests {
 
     #[test]
     fn hostile_labels_each_give_one_safe_name() {
+        let lossy = String::from_utf8_lossy(b"\xff\xfeabc\xc3").into_owned();
         let cases: &[(&str, Option<&str>)] = &[
             ("Rocky-9.2-x86_64-dvd", Some("Rocky-9.2-x86_64-dvd")),
             ("Rocky 9 / x86_64", Some("Rocky_9_x86_64")),
@@ -75,6 +76,9 @@ mod tests {
             ("quote'\"back\\slash", Some("quote_back_slash")),
             ("Über Disc", Some("_ber_Disc")),
             ("___", None),
+            ("Disc   ", Some("Disc_")),
+            (&lossy, Some("_abc_")),
+            ("\u{0}\u{1b}[31mred", Some("_31mred")),
         ];
         for (label, want) in cases {
             assert_eq!(sanitize(label).as_deref(), *want, "label {label:?}");

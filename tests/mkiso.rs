@@ -2,7 +2,7 @@
 //! here wrote (isoinfo, isovfy, xorriso, bsdtar, blkid).
 
 mod common;
-#[path = "mkiso_support.rs"]
+#[path = "mkiso_support/mod.rs"]
 mod support;
 
 use common::have_tool;

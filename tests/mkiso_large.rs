@@ -2,7 +2,7 @@
 //! never reads the holes.
 
 mod common;
-#[path = "mkiso_support.rs"]
+#[path = "mkiso_support/mod.rs"]
 mod support;
 
 use common::have_tool;

@@ -1,7 +1,7 @@
 //! Property: a random tree -> mkiso -> isomgr's reader -> the same tree (names, kinds, modes,
 //! owners, mtimes, contents, symlink targets), including deep trees that need relocation.
 
-#[path = "mkiso_support.rs"]
+#[path = "mkiso_support/mod.rs"]
 mod support;
 
 use isomgr::iso9660::write::{build, Options};

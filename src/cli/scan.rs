@@ -146,8 +146,9 @@ fn walk(dir: &Path, out: &mut Vec<Candidate>, failures: &mut usize) {
                 files.push(path);
             }
         }
-        files.sort();
-        dirs.sort();
+        // One directory: the paths share their prefix, so byte order is name order.
+        files.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+        dirs.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
         out.extend(files.into_iter().map(|path| Candidate {
             path,
             explicit: false,
@@ -166,19 +167,65 @@ enum ProbeError {
     Image(IsoError),
 }
 
-fn probe_one(path: &Path) -> Result<VolumeInfo, ProbeError> {
-    // O_NOATIME keeps scanning from touching the images' metadata where permitted.
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOATIME | libc::O_NONBLOCK)
-        .open(path)
-        .or_else(|_| {
-            File::options()
+/// The directory the previous file was opened in, kept open so each file is opened relative
+/// to it (no path walk per file).
+#[derive(Default)]
+struct DirCache {
+    dir: Option<(PathBuf, File)>,
+}
+
+impl DirCache {
+    fn open(&mut self, path: &Path) -> std::io::Result<File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::ffi::OsStrExt;
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return open_by_path(path);
+        };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if self.dir.as_ref().is_none_or(|(p, _)| p != parent) {
+            let d = File::options()
                 .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(path)
-        })
-        .map_err(ProbeError::Open)?;
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(parent)?;
+            self.dir = Some((parent.to_path_buf(), d));
+        }
+        let Some((_, dir)) = &self.dir else {
+            return open_by_path(path);
+        };
+        let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else {
+            return open_by_path(path);
+        };
+        let base = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+        // O_NOATIME keeps scanning from touching the images' metadata where permitted.
+        for flags in [base | libc::O_NOATIME, base] {
+            // SAFETY: openat with a valid directory descriptor and a NUL-terminated name.
+            let fd = unsafe { libc::openat(dir.as_raw_fd(), cname.as_ptr(), flags) };
+            if fd >= 0 {
+                // SAFETY: fd is a fresh descriptor that nothing else owns.
+                return Ok(unsafe { File::from_raw_fd(fd) });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EPERM) {
+                return Err(e);
+            }
+        }
+        open_by_path(path)
+    }
+}
+
+fn open_by_path(path: &Path) -> std::io::Result<File> {
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+}
+
+fn probe_one(path: &Path, dirs: &mut DirCache) -> Result<VolumeInfo, ProbeError> {
+    let file = dirs.open(path).map_err(ProbeError::Open)?;
     match probe(&file) {
         Ok(info) => Ok(info),
         Err(IsoError::NotAnImage | IsoError::Truncated { .. }) if file_is_short(&file) => {
@@ -210,13 +257,14 @@ fn probe_all(candidates: &[Candidate]) -> Vec<Result<VolumeInfo, ProbeError>> {
             .map(|_| {
                 s.spawn(|| {
                     let mut local = Vec::new();
+                    let mut dirs = DirCache::default();
                     loop {
                         let i = next.fetch_add(16, Ordering::Relaxed);
                         if i >= candidates.len() {
                             break;
                         }
                         for (j, c) in candidates.iter().enumerate().skip(i).take(16) {
-                            local.push((j, probe_one(&c.path)));
+                            local.push((j, probe_one(&c.path, &mut dirs)));
                         }
                         done.fetch_add(16, Ordering::Relaxed);
                     }

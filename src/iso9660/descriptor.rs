@@ -14,7 +14,7 @@ use super::source::{read_full, ReadAt};
 /// Volume descriptors (and UDF recognition descriptors) examined at most.
 pub const MAX_DESCRIPTORS: u64 = 64;
 /// Sectors read per request while walking the descriptor set.
-const READ_AHEAD: u64 = 8;
+const READ_AHEAD: u64 = 4;
 /// UDF anchor volume descriptor pointer location (ECMA-167 3/8.4.2.1).
 const UDF_ANCHOR_SECTOR: u64 = 256;
 /// UDF volume descriptor sequence entries examined at most.

@@ -189,6 +189,40 @@ fn parse_record(b: &[u8]) -> std::result::Result<Record<'_>, String> {
     })
 }
 
+/// Walks the records of a directory's bytes (ECMA-119 6.8.1.1): a zero length byte means the
+/// rest of the sector is padding. Yields each record with its sector, offset in the sector,
+/// and position in `data`; a malformed record ends the walk with its error.
+fn records(
+    data: &[u8],
+    dir_sector: u64,
+) -> impl Iterator<Item = Result<(u64, usize, usize, Record<'_>)>> + '_ {
+    let mut pos = 0usize;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        while !failed && pos < data.len() {
+            let len = usize::from(data.get(pos).copied().unwrap_or(0));
+            if len == 0 {
+                pos = (pos / SECTOR_SIZE as usize + 1) * SECTOR_SIZE as usize;
+                continue;
+            }
+            let sector = dir_sector + (pos as u64) / SECTOR_SIZE;
+            let offset = pos % SECTOR_SIZE as usize;
+            let at = pos;
+            return Some(match parse_record(data.get(pos..).unwrap_or_default()) {
+                Ok(rec) => {
+                    pos += len;
+                    Ok((sector, offset, at, rec))
+                }
+                Err(why) => {
+                    failed = true;
+                    Err(Error::record(sector, offset, why))
+                }
+            });
+        }
+        None
+    })
+}
+
 /// Identifies a medium from its first sectors: descriptors, Rock Ridge presence (the root's
 /// "." record), El Torito, UDF. Reads a handful of sectors, never the tree.
 pub fn probe(src: &(impl ReadAt + ?Sized)) -> Result<VolumeInfo> {
@@ -299,7 +333,7 @@ fn probe_with(src: &(impl ReadAt + ?Sized), buf: &mut [u8]) -> Result<(VolumeInf
 }
 
 /// Bytes read at sector 16 when identifying an image.
-const PREFETCH_BYTES: usize = 12 * 1024;
+const PREFETCH_BYTES: usize = 8 * 1024;
 
 /// A source with one range already in memory; reads inside it are served from there.
 struct Prefetched<'a, S: ?Sized> {
@@ -361,7 +395,8 @@ fn root_dot_rock_ridge(
 ) -> Result<Option<RockRidge>> {
     let root = parse_record(&vd.root_record).map_err(|why| Error::descriptor(vd.sector, why))?;
     let start = u64::from(root.extent) * SECTOR_SIZE;
-    let mut sector = vec![0u8; SECTOR_SIZE as usize];
+    // The "." record comes first and is at most 255 bytes long.
+    let mut sector = vec![0u8; 256];
     let n = read_full(src, &mut sector, start).map_err(|source| Error::Io {
         offset: start,
         len: sector.len(),
@@ -520,20 +555,9 @@ impl<R: ReadAt> Image<R> {
         let mut out: Vec<Entry> = Vec::new();
         // A multi-extent file being assembled: its identifier and the entry so far.
         let mut pending: Option<(Vec<u8>, Entry)> = None;
-        let mut pos = 0usize;
-        while pos < data.len() {
-            let len = usize::from(data.get(pos).copied().unwrap_or(0));
-            if len == 0 {
-                // Records never span sectors; the rest of this sector is padding.
-                pos = (pos / SECTOR_SIZE as usize + 1) * SECTOR_SIZE as usize;
-                continue;
-            }
-            let sector = dir_sector + (pos as u64) / SECTOR_SIZE;
-            let offset = pos % SECTOR_SIZE as usize;
-            let bytes = data.get(pos..).unwrap_or_default();
-            let rec = parse_record(bytes).map_err(|why| Error::record(sector, offset, why))?;
+        for item in records(&data, dir_sector) {
+            let (sector, offset, pos, rec) = item?;
             let id = ext.start + pos as u64;
-            pos += len;
             if rec.identifier == [0] || rec.identifier == [1] {
                 continue;
             }
@@ -621,17 +645,10 @@ impl<R: ReadAt> Image<R> {
             return Ok(false);
         };
         let data = self.read_extent("directory", ext, MAX_DIR_BYTES)?;
-        let mut pos = 0usize;
-        while pos < data.len() {
-            let len = usize::from(data.get(pos).copied().unwrap_or(0));
-            if len == 0 {
-                pos = (pos / SECTOR_SIZE as usize + 1) * SECTOR_SIZE as usize;
-                continue;
-            }
-            let Ok(rec) = parse_record(data.get(pos..).unwrap_or_default()) else {
+        for item in records(&data, ext.start / SECTOR_SIZE) {
+            let Ok((_, _, _, rec)) = item else {
                 return Ok(false);
             };
-            pos += len;
             if rec.identifier == [0] || rec.identifier == [1] {
                 continue;
             }

@@ -285,6 +285,11 @@ impl State {
 
     /// A path (file or directory) left: everything tracked at or below it may be gone.
     fn left(&mut self, path: &Path) {
+        // A tracked file: no need to look at every other path.
+        if let Some(t) = self.tracked.remove(path) {
+            self.pending_gone.push((path.to_path_buf(), t));
+            return;
+        }
         let under: Vec<PathBuf> = self
             .tracked
             .keys()

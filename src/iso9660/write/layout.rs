@@ -426,6 +426,21 @@ fn file_extents(size: u64, lba: u32) -> Vec<(u32, u32, bool)> {
     out
 }
 
+/// The (extent, length, flags) of each directory record a file needs: one, or several with the
+/// multi-extent flag on all but the last (ECMA-119 9.1.6, level 3).
+fn file_records(tree: &Tree, a: &Addrs, node: NodeId) -> Vec<(u32, u32, u8)> {
+    let data = match tree.nodes.get(node).map(|x| &x.kind) {
+        Some(Kind::File { data }) => *data,
+        _ => 0,
+    };
+    let size = tree.data.get(data).map_or(0, |x| x.size);
+    let lba = a.file.get(data).copied().unwrap_or(0);
+    file_extents(size, lba)
+        .into_iter()
+        .map(|(l, s, more)| (l, s, if more { file_flags::MULTI_EXTENT } else { 0 }))
+        .collect()
+}
+
 fn emit(tree: &Tree, opts: &Options, dirs: &[Dir], jdirs: &[JDir], a: &Addrs) -> Emitted {
     let rr = opts.rock_ridge;
     let dir_addr = |i: usize| a.dir.get(i).copied().unwrap_or((0, 0));
@@ -549,18 +564,7 @@ fn emit(tree: &Tree, opts: &Options, dirs: &[Dir], jdirs: &[JDir], a: &Addrs) ->
                 }
                 Rec::Placeholder(_, c) => vec![(dir_addr(c).0, 0, 0)],
                 Rec::Symlink(_) => vec![(0, 0, 0)],
-                Rec::File(n) => {
-                    let data = match tree.nodes.get(n).map(|x| &x.kind) {
-                        Some(Kind::File { data }) => *data,
-                        _ => 0,
-                    };
-                    let size = tree.data.get(data).map_or(0, |x| x.size);
-                    let lba = a.file.get(data).copied().unwrap_or(0);
-                    file_extents(size, lba)
-                        .into_iter()
-                        .map(|(l, s, more)| (l, s, if more { file_flags::MULTI_EXTENT } else { 0 }))
-                        .collect()
-                }
+                Rec::File(n) => file_records(tree, a, n),
             };
             for (l, s, flags) in parts {
                 let su = if rr {
@@ -613,18 +617,7 @@ fn emit(tree: &Tree, opts: &Options, dirs: &[Dir], jdirs: &[JDir], a: &Addrs) ->
                     let (l, s) = jaddr(*c);
                     vec![(l, s, file_flags::DIRECTORY)]
                 }
-                None => {
-                    let data = match tree.nodes.get(*node).map(|x| &x.kind) {
-                        Some(Kind::File { data }) => *data,
-                        _ => 0,
-                    };
-                    let size = tree.data.get(data).map_or(0, |x| x.size);
-                    let lba = a.file.get(data).copied().unwrap_or(0);
-                    file_extents(size, lba)
-                        .into_iter()
-                        .map(|(l, s, more)| (l, s, if more { file_flags::MULTI_EXTENT } else { 0 }))
-                        .collect()
-                }
+                None => file_records(tree, a, *node),
             };
             for (l, s, flags) in parts {
                 push_record(
