@@ -287,7 +287,8 @@ impl State {
     fn left(&mut self, path: &Path) {
         // A tracked file: no need to look at every other path.
         if let Some(t) = self.tracked.remove(path) {
-            self.pending_gone.push((path.to_path_buf(), t));
+            self.pending_gone
+                .push((path.to_path_buf(), t, Instant::now()));
             return;
         }
         let under: Vec<PathBuf> = self
