@@ -94,7 +94,7 @@ impl DirsSource {
             cfg,
             out,
             watcher,
-            tracked: HashMap::new(),
+            tracked: TrackedFiles::default(),
             pending_gone: Vec::new(),
             waiting_logged: HashSet::new(),
         };
@@ -120,6 +120,61 @@ impl super::Source for DirsSource {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The files the source knows, by path, with an index from identity to the paths where the
+/// medium is present (hard links, a rename seen before the old path's event).
+#[derive(Default)]
+struct TrackedFiles {
+    by_path: HashMap<PathBuf, Tracked>,
+    present: HashMap<MediumId, HashSet<PathBuf>>,
+}
+
+impl TrackedFiles {
+    fn insert(&mut self, path: PathBuf, t: Tracked) {
+        self.remove(&path);
+        if t.present {
+            self.present
+                .entry(t.id.clone())
+                .or_default()
+                .insert(path.clone());
+        }
+        self.by_path.insert(path, t);
+    }
+
+    fn remove(&mut self, path: &Path) -> Option<Tracked> {
+        let t = self.by_path.remove(path)?;
+        if let Some(paths) = self.present.get_mut(&t.id) {
+            paths.remove(path);
+            if paths.is_empty() {
+                self.present.remove(&t.id);
+            }
+        }
+        Some(t)
+    }
+
+    fn get(&self, path: &Path) -> Option<&Tracked> {
+        self.by_path.get(path)
+    }
+
+    fn contains_key(&self, path: &Path) -> bool {
+        self.by_path.contains_key(path)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &PathBuf> {
+        self.by_path.keys()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Tracked> {
+        self.by_path.values()
+    }
+
+    /// A path where this medium is present, if any.
+    fn present_at(&self, id: &MediumId) -> Option<PathBuf> {
+        self.present
+            .get(id)
+            .and_then(|paths| paths.iter().min().cloned())
     }
 }
 
@@ -162,7 +217,7 @@ struct State {
     cfg: DirsConfig,
     out: mpsc::Sender<Event>,
     watcher: notify::RecommendedWatcher,
-    tracked: HashMap<PathBuf, Tracked>,
+    tracked: TrackedFiles,
     /// Files that left their path, and when; gone unless they show up elsewhere within
     /// [`MOVE_GRACE`].
     pending_gone: Vec<(PathBuf, Tracked, Instant)>,
@@ -314,11 +369,7 @@ impl State {
             self.waiting_logged.remove(&path);
             // Already seen at its new path (a scan of a directory it was moved into ran
             // before the event for its old path), or another hard link: still present.
-            let elsewhere = self
-                .tracked
-                .iter()
-                .find(|(_, o)| o.present && o.id == t.id)
-                .map(|(p, _)| p.clone());
+            let elsewhere = self.tracked.present_at(&t.id);
             match elsewhere {
                 _ if !t.present => {}
                 Some(origin) => self.emit(Event::Moved { id: t.id, origin }),
