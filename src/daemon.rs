@@ -59,6 +59,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         reason = "the kernel driver is not available in this version",
         "mount driver chosen"
     );
+    raise_fd_limit();
     std::fs::create_dir_all(&cfg.root)
         .with_context(|| format!("creating the root {}", cfg.root.display()))?;
     let driver = FuseDriver::mount(&cfg.root)
@@ -140,6 +141,25 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each served image keeps one descriptor open: lift the soft limit on open files to the hard
+/// limit (systemd's default soft limit of 1024 would stop at about a thousand images).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct given, which is valid.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let want = lim.rlim_max;
+            lim.rlim_cur = want;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(limit = want, "raised the open-file limit");
+            }
+        }
+    }
+}
+
 /// Applies one event and everything it leads to; true when the state changed.
 fn process(manager: &mut Manager, exec: &mut FuseExecutor, ev: Event) -> bool {
     let mut dirty = false;
@@ -148,7 +168,7 @@ fn process(manager: &mut Manager, exec: &mut FuseExecutor, ev: Event) -> bool {
         for action in manager.apply(now(), ev) {
             match action {
                 Action::SaveState => dirty = true,
-                a => queue.extend(exec.run(&a)),
+                a => queue.extend(exec.run(a)),
             }
         }
     }

@@ -912,3 +912,42 @@ fn json_log_is_one_object_per_line_with_a_mounted_line() {
     }
     assert_eq!(mounted, 1, "{log}");
 }
+
+#[test]
+fn a_second_watcher_on_a_live_root_refuses_and_the_first_keeps_serving() {
+    if !can_run("second watcher") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    fs::copy(
+        common::fixtures().join("rockridge.iso"),
+        env.drop.join("r.iso"),
+    )
+    .unwrap();
+    env.wait_names(&["rockridge"]);
+    let other_state = env.outside("state2").with_extension("json");
+    let out = Command::new(common::bin())
+        .arg("watch")
+        .arg("--dir")
+        .arg(env.outside("drop2"))
+        .arg("--root")
+        .arg(&env.root)
+        .arg("--state")
+        .arg(&other_state)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running a second watcher");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already mounted") && err.contains(&*env.root.to_string_lossy()),
+        "{err}"
+    );
+    assert_eq!(
+        mounts_at(&env.root),
+        1,
+        "no second mount stacked on the root"
+    );
+    assert_eq!(env.names(), BTreeSet::from(["rockridge".to_owned()]));
+}

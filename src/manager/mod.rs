@@ -116,10 +116,16 @@ impl Manager {
             }
         };
         self.names.insert(name.clone(), medium.id.clone());
+        // The open descriptor goes to the executor only: the manager keeps plain data, so the
+        // driver ends up holding the one descriptor per medium.
+        let kept = Medium {
+            handle: None,
+            ..medium.clone()
+        };
         self.media.insert(
             medium.id.clone(),
             Known {
-                medium: medium.clone(),
+                medium: kept,
                 name: Some(name.clone()),
                 phase: Phase::Publishing,
             },
