@@ -10,6 +10,9 @@
 # benches/watch_images.py and cached in $BENCH_DIR (watch-events, watch-10000).
 # BENCH_QUICK=1: smoke run (20 trials, 1,000 images, 5 s idle). TRIALS, IMAGES, IDLE_SECS override.
 # Needs root, /dev/fuse, python3, genisoimage, inotifywait (inotify-tools), blkid, fuseiso.
+# Start-up: if isomgr runs out of file descriptors (it holds 2 per image), that is a FAIL row; then
+# the soft limit is raised if it can be, else the start-up, idle and RSS rows use the most images
+# that fit (hard-linked subset), and say so.
 # Exit status: 0 all PASS, 3 some FAIL, 1 broken run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

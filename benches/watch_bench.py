@@ -20,6 +20,7 @@ Three parts, one table at the end:
 
 import json
 import math
+import resource
 import os
 import signal
 import subprocess
@@ -111,9 +112,8 @@ class Isomgr:
         self.proc = None
 
     def spawn(self):
-        for p in (self.state,):
-            if os.path.exists(p):
-                os.unlink(p)
+        if os.path.exists(self.state):
+            os.unlink(self.state)
         os.makedirs(self.root, exist_ok=True)
         self.proc = subprocess.Popen(
             [self.exe, "watch", "--dir", self.drop, "--root", self.root, "--state", self.state],
@@ -279,46 +279,97 @@ def read_proc(pid):
     return {"ticks": ticks, "ctx": ctx, "run_ns": run_ns, "threads": threads, "rss_kib": rss_kib}
 
 
+class Emfile(Exception):
+    pass
+
+
+def startup(exe, work, tag, drop, images):
+    """One start over the images present in `drop`; returns the running Isomgr and the nanoseconds
+    until all are listed and the last is readable. Raises Emfile when the watcher ran out of file
+    descriptors on the way."""
+    want = {label for _, label in images}
+    root = os.path.join(work, tag, "root")
+    last = os.path.join(root, images[-1][1], watch_images.KNOWN_FILE)
+    log_path = os.path.join(work, f"isomgr-{tag}.log")
+    iso = Isomgr(exe, drop, root, os.path.join(work, tag, "state.json"), log_path)
+    t0 = time.perf_counter_ns()
+    proc = iso.spawn()
+    polls = 0
+
+    def all_there():
+        nonlocal polls
+        polls += 1
+        if proc.poll() is not None:
+            raise RuntimeError(f"isomgr exited with {proc.returncode} (log: {log_path})")
+        if polls % 100 == 0:
+            with open(log_path, "rb") as f:
+                if b"Too many open files" in f.read():
+                    raise Emfile()
+        if not readable(last):
+            return False
+        try:
+            return len(os.listdir(root)) >= len(want)
+        except OSError:
+            return False
+    try:
+        wait_until(all_there, f"{len(want)} names under {root}", timeout=60, pause=0.0005)
+        ns = time.perf_counter_ns() - t0
+        missing = want - set(os.listdir(root))
+        if missing:
+            raise RuntimeError(f"{len(missing)} labels missing, e.g. {sorted(missing)[:3]}")
+        # Untimed check that every image serves its file.
+        bad = [l for l in sorted(want)
+               if not readable(os.path.join(root, l, watch_images.KNOWN_FILE))]
+        if bad:
+            raise RuntimeError(f"{len(bad)} images not readable, e.g. {bad[:3]}")
+    except BaseException:
+        iso.stop()
+        raise
+    return iso, ns
+
+
 def startup_and_idle(exe, work):
     src_dir = os.path.join(BENCH_DIR, f"watch-{IMAGES}")
     if not os.path.exists(os.path.join(src_dir, ".complete")):
         log(f"making {IMAGES} images in {src_dir} (once)...")
     watch_images.make(src_dir, "st", IMAGES)
     images = watch_images.labels(src_dir)
-    want = {label for _, label in images}
-    last = os.path.join(work, "start", "root", images[-1][1], watch_images.KNOWN_FILE)
-    root = os.path.join(work, "start", "root")
-    iso = Isomgr(exe, src_dir, root, os.path.join(work, "start", "state.json"),
-                 os.path.join(work, "isomgr-start.log"))
-    # Page cache warm for the images and the binary, as on a server that has been running.
+    # Page cache warm for the images, as on a server that has been running.
     for name, _ in images:
         with open(os.path.join(src_dir, name), "rb") as f:
             f.read(64 * 1024)
-    out = {}
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    out = {"limit": soft, "emfile": False, "images": len(images)}
+    log(f"start-up: {len(images)} images present, fd limit {soft}")
     try:
-        log(f"start-up: {IMAGES} images present")
-        t0 = time.perf_counter_ns()
-        proc = iso.spawn()
-        def all_there():
-            if proc.poll() is not None:
-                raise RuntimeError(f"isomgr exited with {proc.returncode}")
-            if not readable(last):
-                return False
-            try:
-                return len(os.listdir(root)) >= len(want)
-            except OSError:
-                return False
-        wait_until(all_there, f"{IMAGES} names under {root}", timeout=60, pause=0.0005)
-        out["start_ns"] = time.perf_counter_ns() - t0
-        names = set(os.listdir(root))
-        missing = want - names
-        if missing:
-            raise RuntimeError(f"{len(missing)} labels missing, e.g. {sorted(missing)[:3]}")
-        # Untimed check that every image serves its file (a sample in quick mode too: all).
-        bad = [l for l in sorted(want)
-               if not readable(os.path.join(root, l, watch_images.KNOWN_FILE))]
-        if bad:
-            raise RuntimeError(f"{len(bad)} images not readable, e.g. {bad[:3]}")
+        iso, out["start_ns"] = startup(exe, work, "start", src_dir, images)
+    except Emfile:
+        # What a daemon could do itself: raise its soft limit to the hard one; else (no
+        # CAP_SYS_RESOURCE to raise the hard limit) measure the most images that fit.
+        out["emfile"] = True
+        want = 4 * len(images) + 1024
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+            out["limit2"] = want
+            log(f"start-up: isomgr ran out of file descriptors; again with the limit at {want}")
+            iso, out["start_ns"] = startup(exe, work, "start-raised", src_dir, images)
+        except ValueError:
+            if soft < hard:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            out["limit2"] = hard
+            fit = (hard - 256) // 2 // 100 * 100  # isomgr holds 2 fds per image
+            drop = os.path.join(work, "start-fit", "drop")
+            os.makedirs(drop)
+            images = images[:fit]
+            for name, _ in images:
+                os.link(os.path.join(src_dir, name), os.path.join(drop, name))
+            out["images"] = fit
+            log(f"start-up: isomgr ran out of file descriptors and the limit cannot be raised "
+                f"above {hard}; again with {fit} images")
+            iso, out["start_ns"] = startup(exe, work, "start-fit", drop, images)
+    try:
+        proc = iso.proc
+        out["fds"] = len(os.listdir(f"/proc/{proc.pid}/fd"))
         # Let the start-up settle (state file written, lookups of the check answered).
         iso.wait_ready()
         time.sleep(1)
@@ -329,7 +380,6 @@ def startup_and_idle(exe, work):
         out["idle"] = {k: after[k] - before[k] for k in ("ticks", "ctx", "run_ns")}
         out["threads"] = after["threads"]
         out["rss_kib"] = after["rss_kib"]
-        out["pid"] = proc.pid
     finally:
         iso.stop()
     return out
@@ -362,8 +412,17 @@ def main():
         ok = {"p50": mi < T_P50_MS * 1e6, "p99": mi < T_P99_MS * 1e6}.get(label)
         row(f"event-to-ready {label} (n={n})", fmt_ms(mi), fmt_ms(bi), f"{bi / mi:.1f}x",
             target, ok)
-    row(f"start-up, {IMAGES:,} images", f"{st['start_ns'] / 1e9:.3f} s", "-", "-",
+    n_st = st["images"]
+    if st["emfile"]:
+        row(f"start-up, {IMAGES:,} images, fd limit {st['limit']}", "EMFILE", "-", "-",
+            "serves all", False)
+        start_label = f"start-up, {n_st:,} images, fd limit {st['limit2']}"
+    else:
+        start_label = f"start-up, {n_st:,} images, fd limit {st['limit']}"
+    row(start_label, f"{st['start_ns'] / 1e9:.3f} s", "-", "-",
         f"< {T_START_S:g} s", st["start_ns"] < T_START_S * 1e9)
+    row(f"open fds with {n_st:,} images", f"{st['fds']} ({st['fds'] / n_st:.2f}/image)",
+        "-", "-", "", None)
     idle = st["idle"]
     tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
     row(f"idle CPU over {IDLE_SECS:g} s (utime+stime)",
@@ -373,14 +432,14 @@ def main():
     row(f"idle context switches ({st['threads']} threads)", f"{idle['ctx']}", "-", "-", "0",
         idle["ctx"] == 0)
     rss = st["rss_kib"] / 1024
-    row(f"RSS with {IMAGES:,} images", f"{rss:.1f} MiB", "-", "-", f"< {T_RSS_MIB:g} MiB",
+    row(f"RSS with {n_st:,} images", f"{rss:.1f} MiB", "-", "-", f"< {T_RSS_MIB:g} MiB",
         rss < T_RSS_MIB)
 
     head = ("metric", "isomgr", "by-hand", "ratio", "target", "result")
     widths = [max(len(str(r[c])) for r in [head, *rows]) for c in range(len(head))]
     line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()
     print(f"# isomgr watch benchmark{' (BENCH_QUICK)' if QUICK else ''}: "
-          f"{os.cpu_count()} CPUs, kernel {os.uname().release}")
+          f"{os.cpu_count()} CPUs, kernel {os.uname().release}, load average {os.getloadavg()[0]:.2f}")
     print("# by-hand = inotifywait -> blkid -p -> mkdir -> fuseiso, same images, trials alternating;"
           " ratio = by-hand / isomgr")
     print(line(head))
