@@ -9,6 +9,8 @@
 # The measuring is done by benches/watch_bench.py (sub-millisecond timing); images are made by
 # benches/watch_images.py and cached in $BENCH_DIR (watch-events, watch-10000).
 # BENCH_QUICK=1: smoke run (20 trials, 1,000 images, 5 s idle). TRIALS, IMAGES, IDLE_SECS override.
+# BENCH_SPIN_PAUSE_US=N pauses N us between readiness attempts (default 0: spin).
+# BENCH_KEEP=1 keeps the work directory and isomgr's logs (ISOMGR_LOG=debug is passed through).
 # Needs root, /dev/fuse, python3, genisoimage, inotifywait (inotify-tools), blkid, fuseiso.
 # Start-up: if isomgr runs out of file descriptors (it holds 2 per image), that is a FAIL row; then
 # the soft limit is raised if it can be, else the start-up, idle and RSS rows use the most images
@@ -32,6 +34,7 @@ mkdir -p "$BENCH_DIR"
 # Work directory on the same filesystem as the image cache: trials hard-link and rename.
 WORK=$(mktemp -d "$BENCH_DIR/watch-run.XXXXXX")
 cleanup() {
+  [ "${BENCH_KEEP:-}" = 1 ] && { echo "watch.sh: kept $WORK (logs: $WORK/*.log)" >&2; return; }
   # Whatever a broken run left mounted under the work directory, innermost first.
   awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
     while read -r m; do umount -l "$m" 2>/dev/null || true; done
