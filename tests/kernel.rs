@@ -15,7 +15,7 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -51,38 +51,17 @@ fn kernel_has_iso9660() -> bool {
         .any(|l| l.split('\t').nth(1) == Some("iso9660"))
 }
 
-/// Serialises tests that attach loop devices (a host-wide resource) across test binaries.
-struct LoopLock(#[allow(dead_code)] File);
-
-impl LoopLock {
-    fn take() -> LoopLock {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .mode(0o600)
-            .open("/tmp/isomgr-tests-loop.lock")
-            .expect("opening the loop lock");
-        // SAFETY: valid fd; flock blocks until the lock is ours.
-        assert_eq!(
-            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) },
-            0
-        );
-        LoopLock(f)
-    }
-}
-
 /// A test's world: a root, images in a temp dir, and a guard that takes down every mount under
 /// the root and every loop backed by one of its images, then the lock.
 struct World {
     dir: tempfile::TempDir,
     root: PathBuf,
-    _lock: LoopLock,
+    _lock: common::LoopLock,
 }
 
 impl World {
     fn new() -> World {
-        let lock = LoopLock::take();
+        let lock = common::loop_lock();
         let dir = tempfile::tempdir().expect("tempdir");
         // Readable by `nobody` down to the root, for the reader that is not root.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
