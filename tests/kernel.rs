@@ -851,3 +851,88 @@ fn the_watcher_with_the_kernel_driver_reports_an_iso_it_cannot_mount() {
     );
     wait_no_loop(&image);
 }
+
+/// `detach_loop` clears a loop only while it still backs the file it was attached to: a loop
+/// number reused by someone else since is left alone.
+#[test]
+fn detach_leaves_a_loop_that_now_backs_another_file() {
+    if !can_run("detach_leaves_a_loop_that_now_backs_another_file") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new();
+    let (image, _) = w.image("squashfs", 10_000);
+    // Attached by "someone else" (losetup, no autoclear).
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(&image)
+        .output()
+        .expect("losetup");
+    assert!(out.status.success());
+    let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let number: u32 = dev.to_string_lossy()["/dev/loop".len()..]
+        .parse()
+        .expect("loop number");
+    let meta = fs::metadata(&image).expect("stat");
+    let id = isomgr::sys::FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+
+    let other = LoopDev::new(
+        dev.clone(),
+        number,
+        isomgr::sys::FileId {
+            dev: id.dev,
+            ino: id.ino + 1,
+        },
+        None,
+    );
+    LinuxSys
+        .detach_loop(&other)
+        .expect("detach of a foreign loop is a no-op");
+    assert_eq!(
+        loops_backed_by(&image),
+        [dev.to_string_lossy()],
+        "left alone"
+    );
+
+    let ours = LoopDev::new(dev.clone(), number, id, None);
+    LinuxSys.detach_loop(&ours).expect("detach");
+    wait_no_loop(&image);
+    // Already free: still Ok.
+    LinuxSys.detach_loop(&ours).expect("detaching a free loop");
+}
+
+/// Attaches racing each other for the same free device all succeed, each on its own device
+/// (the loser of a race asks loop-control again), and all go when released.
+#[test]
+fn concurrent_attaches_each_get_their_own_loop() {
+    if !can_run("concurrent_attaches_each_get_their_own_loop") {
+        return;
+    }
+    let w = World::new();
+    let (image, _) = w.image("squashfs", 10_000);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let image = image.clone();
+            std::thread::spawn(move || {
+                let f = File::open(&image).expect("open");
+                LinuxSys.attach_loop(&f, &image, true).expect("attach")
+            })
+        })
+        .collect();
+    let mut devs: Vec<LoopDev> = threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let mut numbers: Vec<u32> = devs.iter().map(|d| d.number).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    assert_eq!(numbers.len(), 8, "distinct devices: {numbers:?}");
+    assert_eq!(loops_backed_by(&image).len(), 8);
+    for d in &mut devs {
+        d.release();
+    }
+    wait_no_loop(&image);
+}
