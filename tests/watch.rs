@@ -1081,3 +1081,59 @@ fn watched_directory_deleted_and_made_again_is_followed() {
     .unwrap();
     env.wait_status(&["AFTER"]);
 }
+
+#[test]
+fn inotify_queue_overflow_triggers_a_rescan_that_reconciles() {
+    if !can_run("overflow") {
+        return;
+    }
+    let env = Env::new();
+    // A tiny queue for this watcher's inotify instance only: the limit is read when the
+    // instance is made, so the host setting is restored as soon as the watcher runs.
+    let knob = Path::new("/proc/sys/fs/inotify/max_queued_events");
+    let saved = fs::read_to_string(knob).expect("reading max_queued_events");
+    fs::write(knob, "16").expect("lowering max_queued_events");
+    let w = std::panic::catch_unwind(|| Watcher::start(&env, &[]));
+    fs::write(knob, saved.trim()).expect("restoring max_queued_events");
+    let _w = w.unwrap_or_else(|e| std::panic::resume_unwind(e));
+
+    let s = scratch(&env);
+    let img = small_image(&s, "many.iso", "FLOOD");
+    for i in 0..120 {
+        fs::copy(&img, env.drop.join(format!("f{i:03}.iso"))).unwrap();
+    }
+    for i in 0..60 {
+        fs::remove_file(env.drop.join(format!("f{i:03}.iso"))).unwrap();
+    }
+    wait_for("an overflow to be logged", || {
+        if env.log_text().contains("overflow") {
+            Ok(())
+        } else {
+            Err("no overflow yet".into())
+        }
+    });
+    let want: Vec<String> = (0..60)
+        .map(|i| {
+            if i == 0 {
+                "FLOOD".to_owned()
+            } else {
+                format!("FLOOD-{}", i + 1)
+            }
+        })
+        .collect();
+    wait_for("60 media after the rescan", || {
+        let doc = env.status()?;
+        let n = doc["media"].as_array().map_or(0, |m| m.len());
+        if n == 60 && env.names().len() == 60 {
+            Ok(())
+        } else {
+            Err(format!("status {n}, root {}", env.names().len()))
+        }
+    });
+    // Every medium left is one of the files still there.
+    let doc = env.status().unwrap();
+    for m in doc["media"].as_array().unwrap() {
+        let origin = m["origin"].as_str().unwrap();
+        assert!(Path::new(origin).exists(), "{origin} is gone but served");
+    }
+}
