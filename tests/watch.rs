@@ -951,3 +951,180 @@ fn a_second_watcher_on_a_live_root_refuses_and_the_first_keeps_serving() {
     );
     assert_eq!(env.names(), BTreeSet::from(["rockridge".to_owned()]));
 }
+
+#[test]
+fn symlinks_to_images_are_taken_unless_refused() {
+    if !can_run("symlinks") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let img = small_image(&scratch(&env), "linked.iso", "LINKED");
+    std::os::unix::fs::symlink(&img, env.drop.join("link.iso")).unwrap();
+    env.wait_names(&["LINKED"]);
+    assert_eq!(hello(&env, "LINKED").unwrap(), "hello from LINKED\n");
+
+    let env2 = Env::new();
+    let _w2 = Watcher::start(&env2, &["--no-follow-symlinks"]);
+    let img2 = small_image(&scratch(&env2), "linked.iso", "LINKED");
+    std::os::unix::fs::symlink(&img2, env2.drop.join("link.iso")).unwrap();
+    // A regular image after the link: once it is served, the link has been seen and refused.
+    fs::copy(
+        small_image(&scratch(&env2), "plain.iso", "PLAIN"),
+        env2.drop.join("p.iso"),
+    )
+    .unwrap();
+    env2.wait_names(&["PLAIN"]);
+    _w2.signal(libc::SIGHUP);
+    env2.wait_status(&["PLAIN"]);
+}
+
+#[test]
+fn fifos_sockets_directories_hidden_and_partial_files_are_ignored_without_blocking() {
+    if !can_run("ignored files") {
+        return;
+    }
+    let env = Env::new();
+    let w = Watcher::start(&env, &[]);
+    let img = small_image(&scratch(&env), "good.iso", "GOOD");
+    let fifo = std::ffi::CString::new(env.drop.join("fifo.iso").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let _sock = std::os::unix::net::UnixListener::bind(env.drop.join("sock.iso")).unwrap();
+    fs::create_dir(env.drop.join("dir.iso")).unwrap();
+    for name in [".hidden.iso", "x.iso.part", "y.iso.tmp", "z.iso~", "w.img"] {
+        fs::copy(&img, env.drop.join(name)).unwrap();
+    }
+    fs::copy(&img, env.drop.join("good.iso")).unwrap();
+    env.wait_names(&["GOOD"]);
+    // A full rescan walks past the FIFO and the socket without hanging, and takes nothing new.
+    w.signal(libc::SIGHUP);
+    wait_for("the rescan to be logged", || {
+        if env.log_text().contains("SIGHUP") {
+            Ok(())
+        } else {
+            Err("no SIGHUP line yet".into())
+        }
+    });
+    fs::copy(
+        small_image(&scratch(&env), "after.iso", "AFTER"),
+        env.drop.join("after.iso"),
+    )
+    .unwrap();
+    env.wait_status(&["AFTER", "GOOD"]);
+}
+
+#[test]
+fn include_and_exclude_patterns_choose_the_files() {
+    if !can_run("patterns") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(
+        &env,
+        &["--include", r"(?i)\.(iso|img)$", "--exclude", "^skip"],
+    );
+    let s = scratch(&env);
+    fs::copy(small_image(&s, "a.iso", "AIMG"), env.drop.join("a.img")).unwrap();
+    fs::copy(
+        small_image(&s, "b.iso", "SKIPPED"),
+        env.drop.join("skip-b.iso"),
+    )
+    .unwrap();
+    fs::copy(small_image(&s, "c.iso", "CISO"), env.drop.join("c.ISO")).unwrap();
+    env.wait_status(&["AIMG", "CISO"]);
+}
+
+#[test]
+fn atomic_replace_of_a_path_is_a_new_medium() {
+    if !can_run("atomic replace") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let s = scratch(&env);
+    fs::copy(small_image(&s, "one.iso", "ONE"), env.drop.join("disc.iso")).unwrap();
+    env.wait_names(&["ONE"]);
+    // Written under a hidden temporary name (ignored), then renamed over the served path.
+    fs::copy(
+        small_image(&s, "two.iso", "TWO"),
+        env.drop.join(".disc.iso.new"),
+    )
+    .unwrap();
+    fs::rename(env.drop.join(".disc.iso.new"), env.drop.join("disc.iso")).unwrap();
+    let doc = env.wait_status(&["TWO"]);
+    assert_eq!(
+        doc["media"][0]["origin"].as_str(),
+        env.drop.join("disc.iso").to_str()
+    );
+    assert_eq!(hello(&env, "TWO").unwrap(), "hello from TWO\n");
+}
+
+#[test]
+fn watched_directory_deleted_and_made_again_is_followed() {
+    if !can_run("watched dir recreated") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let s = scratch(&env);
+    fs::copy(small_image(&s, "a.iso", "BEFORE"), env.drop.join("a.iso")).unwrap();
+    env.wait_names(&["BEFORE"]);
+    fs::remove_dir_all(&env.drop).unwrap();
+    env.wait_status(&[]);
+    fs::create_dir(&env.drop).unwrap();
+    fs::create_dir(env.drop.join("sub")).unwrap();
+    fs::copy(
+        small_image(&s, "b.iso", "AFTER"),
+        env.drop.join("sub/b.iso"),
+    )
+    .unwrap();
+    env.wait_status(&["AFTER"]);
+}
+
+#[test]
+fn inotify_queue_overflow_triggers_a_rescan_that_reconciles() {
+    if !can_run("overflow") {
+        return;
+    }
+    let env = Env::new();
+    // A tiny queue for this watcher's inotify instance only: the limit is read when the
+    // instance is made, so the host setting is restored as soon as the watcher runs.
+    let knob = Path::new("/proc/sys/fs/inotify/max_queued_events");
+    let saved = fs::read_to_string(knob).expect("reading max_queued_events");
+    fs::write(knob, "16").expect("lowering max_queued_events");
+    let w = std::panic::catch_unwind(|| Watcher::start(&env, &[]));
+    fs::write(knob, saved.trim()).expect("restoring max_queued_events");
+    let _w = w.unwrap_or_else(|e| std::panic::resume_unwind(e));
+
+    let s = scratch(&env);
+    let img = small_image(&s, "many.iso", "FLOOD");
+    for i in 0..120 {
+        fs::copy(&img, env.drop.join(format!("f{i:03}.iso"))).unwrap();
+    }
+    for i in 0..60 {
+        fs::remove_file(env.drop.join(format!("f{i:03}.iso"))).unwrap();
+    }
+    wait_for("an overflow to be logged", || {
+        if env.log_text().contains("overflow") {
+            Ok(())
+        } else {
+            Err("no overflow yet".into())
+        }
+    });
+    wait_for("60 media after the rescan", || {
+        let doc = env.status()?;
+        let n = doc["media"].as_array().map_or(0, |m| m.len());
+        if n == 60 && env.names().len() == 60 {
+            Ok(())
+        } else {
+            Err(format!("status {n}, root {}", env.names().len()))
+        }
+    });
+    // Every medium left is one of the files still there.
+    let doc = env.status().unwrap();
+    for m in doc["media"].as_array().unwrap() {
+        let origin = m["origin"].as_str().unwrap();
+        assert!(Path::new(origin).exists(), "{origin} is gone but served");
+    }
+}

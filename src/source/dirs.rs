@@ -128,7 +128,8 @@ impl super::Source for DirsSource {
 #[derive(Default)]
 struct TrackedFiles {
     by_path: HashMap<PathBuf, Tracked>,
-    present: HashMap<MediumId, HashSet<PathBuf>>,
+    /// Usually one path per medium; more for hard links.
+    present: HashMap<MediumId, Vec<PathBuf>>,
 }
 
 impl TrackedFiles {
@@ -138,7 +139,7 @@ impl TrackedFiles {
             self.present
                 .entry(t.id.clone())
                 .or_default()
-                .insert(path.clone());
+                .push(path.clone());
         }
         self.by_path.insert(path, t);
     }
@@ -146,7 +147,7 @@ impl TrackedFiles {
     fn remove(&mut self, path: &Path) -> Option<Tracked> {
         let t = self.by_path.remove(path)?;
         if let Some(paths) = self.present.get_mut(&t.id) {
-            paths.remove(path);
+            paths.retain(|p| p != path);
             if paths.is_empty() {
                 self.present.remove(&t.id);
             }
