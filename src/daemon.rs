@@ -15,6 +15,7 @@ use crate::exec::FuseExecutor;
 use crate::fuse::FuseDriver;
 use crate::manager::{Action, Manager, StateFile};
 use crate::source::dirs::{DirsConfig, DirsSource};
+use crate::source::drives::{DrivesConfig, DrivesSource};
 use crate::source::Source;
 
 /// Events queued between sources and the manager at most (back-pressure beyond).
@@ -23,10 +24,21 @@ const EVENT_QUEUE: usize = 4096;
 /// Everything `isomgr watch` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub dirs: DirsConfig,
+    /// The dirs source, when directories are watched.
+    pub dirs: Option<DirsConfig>,
+    /// The drives source, when drives are watched.
+    pub drives: Option<DrivesSetup>,
     pub root: PathBuf,
     pub state: PathBuf,
     pub index_file: Option<PathBuf>,
+}
+
+/// The drives source and whether it was asked for explicitly: then udev missing is fatal;
+/// when drives are only a default, it is a warning and the watcher goes on without them.
+#[derive(Clone, Debug)]
+pub struct DrivesSetup {
+    pub cfg: DrivesConfig,
+    pub required: bool,
 }
 
 fn now() -> i64 {
@@ -67,13 +79,32 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
 
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    sources.push(Box::new(DirsSource::spawn(cfg.dirs.clone(), tx.clone())?));
+    let mut drives_on = false;
+    if let Some(d) = &cfg.drives {
+        match DrivesSource::spawn(d.cfg.clone(), tx.clone()) {
+            Ok(s) => {
+                sources.push(Box::new(s));
+                drives_on = true;
+            }
+            Err(e) if !d.required => {
+                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "drives are not watched");
+            }
+            Err(e) => {
+                exec.shutdown();
+                return Err(anyhow::Error::from(e).context("--drives"));
+            }
+        }
+    }
+    if let Some(dirs) = &cfg.dirs {
+        sources.push(Box::new(DirsSource::spawn(dirs.clone(), tx.clone())?));
+    }
     drop(tx);
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    tracing::info!(root = %root.display(), dirs = ?cfg.dirs.dirs, "watching");
+    let dirs: &[PathBuf] = cfg.dirs.as_ref().map_or(&[], |d| &d.dirs);
+    tracing::info!(root = %root.display(), ?dirs, drives = drives_on, any_block = cfg.drives.as_ref().is_some_and(|d| d.cfg.any_block), "watching");
 
     let save = |manager: &Manager| {
         let doc = StateFile {
