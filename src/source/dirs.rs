@@ -220,7 +220,10 @@ impl State {
             return;
         };
         match ev.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            // The parent of each watched directory is watched too: only files inside count.
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+                if self.inside_watched(&path) =>
+            {
                 self.check(&path, Reason::Written)
             }
             EventKind::Create(CreateKind::Folder) => {
