@@ -316,7 +316,9 @@ impl super::Source for DrivesSource {
 #[derive(Clone, Debug)]
 struct Tracked {
     id: MediumId,
-    props: MediumProps,
+    diskseq: Option<u64>,
+    /// Hash of the primary volume descriptor sector as read from the device.
+    fingerprint: u64,
 }
 
 struct State {
@@ -437,7 +439,12 @@ impl State {
         match &change {
             DriveChange::Medium(m) => {
                 if let Some(t) = self.tracked.get(&m.devnode) {
-                    if &t.props == m {
+                    // udev's properties can be stale (blkid read the old medium's cached
+                    // sectors): the device itself says whether the medium changed.
+                    let now = open_device(&m.devnode)
+                        .ok()
+                        .and_then(|f| fingerprint(&f).ok());
+                    if t.diskseq == m.diskseq && now == Some(t.fingerprint) {
                         return Some(change);
                     }
                     // Same node, another medium (swapped fast, or new contents).
@@ -476,11 +483,7 @@ impl State {
     /// Opens and identifies a medium udev reported, and emits it.
     fn identify(&mut self, m: &MediumProps) {
         let node = &m.devnode;
-        let file = match File::options()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(node)
-        {
+        let file = match open_device(node) {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::ENOMEDIUM) => {
                 tracing::debug!(device = %node.display(), "no medium after all");
@@ -491,8 +494,13 @@ impl State {
                 return;
             }
         };
-        let info = match probe(&file) {
-            Ok(info) => info,
+        let identified = fingerprint(&file).and_then(|fp| {
+            probe(&file)
+                .map(|info| (fp, info))
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        let (fingerprint, info) = match identified {
+            Ok(x) => x,
             Err(e) => {
                 tracing::error!(device = %node.display(), fs = %m.fs, error = %e, "cannot identify the medium; not served");
                 return;
@@ -511,7 +519,8 @@ impl State {
             node.clone(),
             Tracked {
                 id: id.clone(),
-                props: m.clone(),
+                diskseq: m.diskseq,
+                fingerprint,
             },
         );
         self.emit(Event::Appeared(Medium {
@@ -543,6 +552,37 @@ impl State {
     fn emit(&self, ev: Event) {
         let _ = self.out.blocking_send(ev);
     }
+}
+
+/// Opens a device node the way it is served: read-only, without waiting for a medium.
+fn open_device(node: &Path) -> std::io::Result<File> {
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(node)
+}
+
+/// BLKFLSBUF from `<linux/fs.h>`: write back and drop the device's page cache.
+const BLKFLSBUF: libc::c_ulong = 0x1261;
+
+/// Drops the device's cached sectors, then hashes its primary volume descriptor sector.
+///
+/// The drop matters where the medium changed while the device stayed open (isomgr serving it):
+/// the kernel keeps the block device's page cache until the last close, so a loop device given
+/// new contents with `losetup -c` would still read the old ones. Optical drives invalidate on
+/// a media change themselves; there the drop costs nothing.
+fn fingerprint(file: &File) -> std::io::Result<u64> {
+    use std::hash::{Hash, Hasher};
+    // SAFETY: BLKFLSBUF takes no argument; the descriptor is valid for the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKFLSBUF, 0) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "BLKFLSBUF");
+    }
+    let mut pvd = [0u8; 2048];
+    let n = crate::iso9660::source::read_full(file, &mut pvd, 16 * 2048)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pvd.get(..n).hash(&mut h);
+    Ok(h.finish())
 }
 
 /// A udev device as plain [`Props`] (the only place a udev type is looked at).
