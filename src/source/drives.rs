@@ -378,7 +378,7 @@ impl State {
             }
             if fds[0].revents != 0 {
                 for ev in monitor.iter() {
-                    let props = props_of(&ev.device());
+                    let props = props_of(&ev.device(), self.own_loops_empty());
                     tracing::trace!(?props, "udev event");
                     self.on_report(&props);
                 }
@@ -404,7 +404,7 @@ impl State {
         };
         let mut seen = HashSet::new();
         for dev in devices {
-            let props = props_of(&dev);
+            let props = props_of(&dev, self.own_loops_empty());
             if let Some(DriveChange::Medium(m)) = self.on_report(&props) {
                 seen.insert(m.devnode);
             }
@@ -441,9 +441,10 @@ impl State {
                 if let Some(t) = self.tracked.get(&m.devnode) {
                     // udev's properties can be stale (blkid read the old medium's cached
                     // sectors): the device itself says whether the medium changed.
-                    let now = open_device(&m.devnode)
-                        .ok()
-                        .and_then(|f| fingerprint(&f).ok());
+                    let now = open_device(&m.devnode).ok().and_then(|f| {
+                        drop_page_cache(&f);
+                        fingerprint(&f).ok()
+                    });
                     if t.diskseq == m.diskseq && now == Some(t.fingerprint) {
                         return Some(change);
                     }
@@ -494,11 +495,10 @@ impl State {
                 return;
             }
         };
-        let identified = fingerprint(&file).and_then(|fp| {
-            probe(&file)
-                .map(|info| (fp, info))
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        });
+        prefetch(&file);
+        let identified = probe(&file)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|info| Ok((fingerprint(&file)?, info)));
         let (fingerprint, info) = match identified {
             Ok(x) => x,
             Err(e) => {
@@ -549,6 +549,14 @@ impl State {
         MediumId(id)
     }
 
+    fn own_loops_empty(&self) -> bool {
+        self.cfg
+            .own_loops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
+
     fn emit(&self, ev: Event) {
         let _ = self.out.blocking_send(ev);
     }
@@ -562,22 +570,42 @@ fn open_device(node: &Path) -> std::io::Result<File> {
         .open(node)
 }
 
+/// How much of a new medium is read ahead at once: the descriptors, path tables and, on most
+/// discs, the directories that the first lookups need.
+const PREFETCH: i64 = 2 << 20;
+
+/// Starts reading the head of the medium into the page cache in the background, so the probe
+/// and the first lookups through the FUSE driver wait for one batch of I/O, not one each.
+fn prefetch(file: &File) {
+    // SAFETY: plain integer arguments; the descriptor is valid for the call.
+    let rc =
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, PREFETCH, libc::POSIX_FADV_WILLNEED) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::from_raw_os_error(rc), "POSIX_FADV_WILLNEED");
+    }
+}
+
 /// BLKFLSBUF from `<linux/fs.h>`: write back and drop the device's page cache.
 const BLKFLSBUF: libc::c_ulong = 0x1261;
 
-/// Drops the device's cached sectors, then hashes its primary volume descriptor sector.
+/// Drops the device's cached sectors.
 ///
-/// The drop matters where the medium changed while the device stayed open (isomgr serving it):
-/// the kernel keeps the block device's page cache until the last close, so a loop device given
-/// new contents with `losetup -c` would still read the old ones. Optical drives invalidate on
-/// a media change themselves; there the drop costs nothing.
-fn fingerprint(file: &File) -> std::io::Result<u64> {
-    use std::hash::{Hash, Hasher};
+/// Needed where the medium may have changed while the device stayed open (isomgr serving it):
+/// the kernel keeps a block device's page cache until its last close, so a loop device given
+/// new contents by `losetup -c` would still read the old ones (and so did udev's blkid).
+/// Optical drives invalidate on a media change themselves. A device isomgr did not hold open
+/// had its cache dropped at the last close, so a first identification needs no drop.
+fn drop_page_cache(file: &File) {
     // SAFETY: BLKFLSBUF takes no argument; the descriptor is valid for the call.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKFLSBUF, 0) };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "BLKFLSBUF");
     }
+}
+
+/// A hash of the primary volume descriptor sector: two reads that differ are two media.
+fn fingerprint(file: &File) -> std::io::Result<u64> {
+    use std::hash::{Hash, Hasher};
     let mut pvd = [0u8; 2048];
     let n = crate::iso9660::source::read_full(file, &mut pvd, 16 * 2048)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -586,7 +614,7 @@ fn fingerprint(file: &File) -> std::io::Result<u64> {
 }
 
 /// A udev device as plain [`Props`] (the only place a udev type is looked at).
-fn props_of(dev: &udev::Device) -> Props {
+fn props_of(dev: &udev::Device, own_loops_empty: bool) -> Props {
     let props: BTreeMap<String, String> = dev
         .properties()
         .map(|e| {
@@ -601,28 +629,32 @@ fn props_of(dev: &udev::Device) -> Props {
         .action()
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (size, backing_file) = if action == "remove" {
-        (None, None)
-    } else {
-        let size = dev
-            .attribute_value("size")
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.trim().parse().ok());
-        let backing = sysname.starts_with("loop").then(|| {
-            std::fs::read_to_string(dev.syspath().join("loop/backing_file"))
-                .ok()
-                .map(|s| PathBuf::from(s.trim_end_matches('\n')))
-        });
-        (size, backing.flatten())
-    };
-    Props {
+    // Sysfs is read only where it can change the outcome: the backing file of a loop device
+    // while isomgr has loop devices of its own; the size of what would be taken as a medium.
+    let sysfs = Path::new("/sys/class/block").join(&sysname);
+    let read = |attr: &str| std::fs::read_to_string(sysfs.join(attr)).ok();
+    let backing_file = (action != "remove" && sysname.starts_with("loop") && !own_loops_empty)
+        .then(|| read("loop/backing_file"))
+        .flatten()
+        .map(|s| PathBuf::from(s.trim_end_matches('\n')));
+    let mut p = Props {
         action,
         devnode: dev.devnode().map(Path::to_path_buf),
         sysname,
         props,
-        size,
+        size: None,
         backing_file,
+    };
+    if may_be_taken(&p) {
+        p.size = read("size").and_then(|s| s.trim().parse().ok());
     }
+    p
+}
+
+/// Whether a report could be taken as a medium (then the device's size is worth reading).
+fn may_be_taken(p: &Props) -> bool {
+    p.action != "remove"
+        && matches!(p.props.get("ID_FS_TYPE"), Some(fs) if SERVABLE_FS.contains(&fs.as_str()))
 }
 
 #[cfg(test)]
