@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -20,6 +20,8 @@ use crate::source::Source;
 
 /// Events queued between sources and the manager at most (back-pressure beyond).
 const EVENT_QUEUE: usize = 4096;
+/// Shortest time between two writes of the state file while changes keep coming.
+const SAVE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Everything `isomgr watch` needs.
 #[derive(Clone, Debug)]
@@ -69,6 +71,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         reason = "the kernel driver is not available in this version",
         "mount driver chosen"
     );
+    raise_fd_limit();
     std::fs::create_dir_all(&cfg.root)
         .with_context(|| format!("creating the root {}", cfg.root.display()))?;
     let driver = FuseDriver::mount(&cfg.root)
@@ -121,21 +124,40 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
                 tracing::error!(index = %index.display(), error = %e, "writing the index file");
             }
         }
+        drop(doc);
+        // Give the document's memory back to the system: with thousands of media it is the
+        // largest allocation the daemon makes, and it is made again only on the next change.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     };
     save(&manager);
 
+    // The state is written once per burst of changes, at most every SAVE_INTERVAL; with
+    // nothing changing no timer is armed.
+    let mut dirty = false;
+    let mut last_save = Instant::now();
     loop {
+        let save_at = dirty.then(|| last_save + SAVE_INTERVAL);
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
-                let mut dirty = process(&mut manager, &mut exec, ev);
-                // Drain what is already queued; write the state once for the whole batch.
+                dirty |= process(&mut manager, &mut exec, ev);
+                // Take what is already queued before writing anything.
                 while let Ok(ev) = rx.try_recv() {
                     dirty |= process(&mut manager, &mut exec, ev);
                 }
-                if dirty {
+                if dirty && last_save.elapsed() >= SAVE_INTERVAL {
                     save(&manager);
+                    dirty = false;
+                    last_save = Instant::now();
                 }
+            }
+            _ = tokio::time::sleep_until(save_at.unwrap_or_else(Instant::now).into()), if save_at.is_some() => {
+                save(&manager);
+                dirty = false;
+                last_save = Instant::now();
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -144,6 +166,9 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
                 for s in &sources { s.rescan(); }
             }
         }
+    }
+    if dirty {
+        save(&manager);
     }
     // Close the channel first so no source blocks on a full queue while it stops.
     drop(rx);
@@ -154,6 +179,25 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each served image keeps one descriptor open: lift the soft limit on open files to the hard
+/// limit (systemd's default soft limit of 1024 would stop at about a thousand images).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct given, which is valid.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let want = lim.rlim_max;
+            lim.rlim_cur = want;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(limit = want, "raised the open-file limit");
+            }
+        }
+    }
+}
+
 /// Applies one event and everything it leads to; true when the state changed.
 fn process(manager: &mut Manager, exec: &mut FuseExecutor, ev: Event) -> bool {
     let mut dirty = false;
@@ -162,7 +206,7 @@ fn process(manager: &mut Manager, exec: &mut FuseExecutor, ev: Event) -> bool {
         for action in manager.apply(now(), ev) {
             match action {
                 Action::SaveState => dirty = true,
-                a => queue.extend(exec.run(&a)),
+                a => queue.extend(exec.run(a)),
             }
         }
     }

@@ -23,27 +23,27 @@ impl FuseExecutor {
 
     /// Runs one action; the outcome to feed back to the manager, if any. One log line per
     /// thing that happens to a medium.
-    pub fn run(&mut self, action: &Action) -> Option<Event> {
+    pub fn run(&mut self, action: Action) -> Option<Event> {
         match action {
-            Action::Publish { name, medium } => Some(match self.publish(name, medium) {
+            Action::Publish { name, mut medium } => Some(match self.publish(&name, &mut medium) {
                 Ok(()) => {
                     tracing::info!(name = %name, origin = %medium.origin.display(), label = medium.label.as_deref().unwrap_or(""), "mounted");
                     Event::Published {
-                        id: medium.id.clone(),
-                        name: name.clone(),
+                        id: medium.id,
+                        name,
                     }
                 }
                 Err(error) => {
                     tracing::error!(origin = %medium.origin.display(), %error, "not served");
                     Event::Failed {
-                        id: medium.id.clone(),
-                        name: name.clone(),
+                        id: medium.id,
+                        name,
                         error,
                     }
                 }
             }),
             Action::Unpublish { name, id } => {
-                if self.driver.remove(name) {
+                if self.driver.remove(&name) {
                     tracing::info!(name = %name, medium = %id, "removed");
                 }
                 None
@@ -57,16 +57,24 @@ impl FuseExecutor {
         }
     }
 
-    fn publish(&mut self, name: &str, medium: &Medium) -> Result<(), String> {
-        let file = match &medium.handle {
-            Some(h) => {
-                h.0.try_clone()
-                    .map_err(|e| format!("duplicating the descriptor: {e}"))?
-            }
+    fn publish(&mut self, name: &str, medium: &mut Medium) -> Result<(), String> {
+        let file = match medium.handle.take() {
+            // The action holds the only reference: serve that very descriptor (one per medium).
+            Some(h) => match Arc::try_unwrap(h.0) {
+                Ok(file) => file,
+                Err(shared) => shared
+                    .try_clone()
+                    .map_err(|e| format!("duplicating the descriptor: {e}"))?,
+            },
             None => std::fs::File::open(&medium.origin)
                 .map_err(|e| format!("opening {}: {e}", medium.origin.display()))?,
         };
         let image = Image::open(file).map_err(|e| e.to_string())?;
+        // Opening reads only the descriptors. A root directory that cannot be read would be
+        // served as a directory that fails every listing: refuse it here, once, instead.
+        image
+            .read_dir(&image.root())
+            .map_err(|e| format!("reading the root directory: {e}"))?;
         self.driver
             .add(name, Arc::new(image))
             .map_err(|e| e.to_string())

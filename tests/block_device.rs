@@ -28,6 +28,7 @@ fn loop_device_reads_like_the_image_file() {
         eprintln!("SKIP: needs root and loop devices");
         return;
     }
+    let _lock = common::loop_lock();
     let image = common::fixtures().join("rr-joliet.iso");
     let out = Command::new("losetup")
         .args(["--find", "--show", "--read-only"])

@@ -43,6 +43,8 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Error {
     #[error("inspecting the mount root {path}")]
     Root { path: PathBuf, source: io::Error },
+    #[error("a FUSE filesystem is already mounted and alive at {path} (another isomgr watch?)")]
+    AlreadyMounted { path: PathBuf },
     #[error("the mount root {path} is not a directory")]
     NotADirectory { path: PathBuf },
     #[error("lazily unmounting the stale FUSE mount at {path}")]
@@ -94,19 +96,33 @@ fn umount2(path: &Path, flags: libc::c_int) -> io::Result<()> {
     }
 }
 
-fn statfs(path: &Path) -> io::Result<()> {
+/// The filesystem type magic of `path` (statfs(2) `f_type`).
+fn statfs(path: &Path) -> io::Result<i64> {
     let c = cstring(path)?;
     // SAFETY: `buf` is plain data the call fills in; `c` is a valid C string.
-    let rc = unsafe {
+    let (rc, kind) = unsafe {
         let mut buf: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut buf)
+        let rc = libc::statfs(c.as_ptr(), &mut buf);
+        (rc, buf.f_type as i64)
     };
     if rc == 0 {
-        Ok(())
+        Ok(kind)
     } else {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Whether `path` is itself a mount point (its device differs from its parent's).
+fn is_mount_point(path: &Path) -> bool {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// `f_type` of a FUSE filesystem.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 /// Mount options: read-only, shared with every user (permissions checked by the kernel from the
 /// modes shown), no setuid, devices or execution.
@@ -145,7 +161,14 @@ fn prepare_root(root: &Path) -> Result<(), Error> {
     // statfs always reaches a FUSE daemon (stat may be answered from cached attributes), so it
     // tells a dead mount at once.
     let probe = match statfs(root) {
-        Ok(()) => std::fs::metadata(root),
+        // A live FUSE filesystem already there (another watcher on the same root): mounting on
+        // top would hide it, and our unmount would later take the wrong one.
+        Ok(FUSE_SUPER_MAGIC) if is_mount_point(root) => {
+            return Err(Error::AlreadyMounted {
+                path: root.to_owned(),
+            })
+        }
+        Ok(_) => std::fs::metadata(root),
         Err(e) => Err(e),
     };
     let meta = match probe {
@@ -293,18 +316,14 @@ impl FuseDriver {
         lock(&self.table).names()
     }
 
-    /// Tells the kernel to forget what it cached about root entry `name` and the root's own
-    /// attributes. Called without the table lock: the kernel may need the session meanwhile.
+    /// Tells the kernel to forget what it cached about root entry `name` (a negative entry
+    /// after a lookup before it existed, a positive one after removal). The root's own
+    /// attributes expire by themselves within a second; its listing is never cached. Called without the table lock: the kernel may need the session meanwhile.
     fn invalidate(&self, name: &str) {
         if let Err(e) = self.notifier.inval_entry(ROOT_INO, OsStr::new(name)) {
             // ENOENT: the kernel had nothing cached under that name.
             if e.raw_os_error() != Some(libc::ENOENT) {
                 debug!(name, error = %e, "invalidating a root entry failed");
-            }
-        }
-        if let Err(e) = self.notifier.inval_inode(ROOT_INO, -1, 0) {
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                debug!(error = %e, "invalidating the root's attributes failed");
             }
         }
     }

@@ -58,6 +58,8 @@ pub struct Manager {
     /// Names held by media of the previous run, until that medium returns or its source has
     /// finished its first scan.
     reserved: HashMap<MediumId, (String, SourceKind)>,
+    /// The names in `reserved`, for constant-time checks.
+    reserved_names: HashSet<String>,
     /// Root entries isomgr did not make.
     foreign: HashSet<String>,
 }
@@ -67,7 +69,7 @@ impl Manager {
     pub fn new(previous: &[MediumRecord]) -> Self {
         let mut m = Manager::default();
         for r in previous {
-            if m.names.contains_key(&r.name) || m.reserved.values().any(|(n, _)| n == &r.name) {
+            if !m.reserved_names.insert(r.name.clone()) {
                 continue;
             }
             m.reserved.insert(r.id.clone(), (r.name.clone(), r.source));
@@ -115,18 +117,28 @@ impl Manager {
                 _ => actions.extend(self.vanished(&medium.id)),
             }
         }
-        let name = match self.reserved.remove(&medium.id) {
-            Some((name, _)) if !self.is_taken(&name) => name,
+        let reserved = self.reserved.remove(&medium.id).map(|(name, _)| {
+            self.reserved_names.remove(&name);
+            name
+        });
+        let name = match reserved {
+            Some(name) if !self.is_taken(&name) => name,
             _ => {
                 let base = names::base_name(medium.label.as_deref(), &medium.fallback);
                 names::first_free(&base, |n| self.is_taken(n))
             }
         };
         self.names.insert(name.clone(), medium.id.clone());
+        // The open descriptor goes to the executor only: the manager keeps plain data, so the
+        // driver ends up holding the one descriptor per medium.
+        let kept = Medium {
+            handle: None,
+            ..medium.clone()
+        };
         self.media.insert(
             medium.id.clone(),
             Known {
-                medium: medium.clone(),
+                medium: kept,
                 name: Some(name.clone()),
                 phase: Phase::Publishing,
             },
@@ -138,7 +150,7 @@ impl Manager {
     fn is_taken(&self, name: &str) -> bool {
         self.names.contains_key(name)
             || self.foreign.contains(name)
-            || self.reserved.values().any(|(n, _)| n == name)
+            || self.reserved_names.contains(name)
     }
 
     fn moved(&mut self, id: &MediumId, origin: PathBuf) -> Vec<Action> {
@@ -192,6 +204,7 @@ impl Manager {
             .collect();
         for id in stale {
             if let Some((name, _)) = self.reserved.remove(&id) {
+                self.reserved_names.remove(&name);
                 actions.push(Action::Unpublish { name, id });
             }
         }

@@ -58,10 +58,11 @@ impl StateFile {
             path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
             std::process::id()
         ));
-        let mut doc = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        doc.push(b'\n');
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&doc)?;
+        // Streamed: with thousands of media the document is megabytes; no copy of it is kept.
+        let mut w = io::BufWriter::new(std::fs::File::create(&tmp)?);
+        serde_json::to_writer_pretty(&mut w, self).map_err(io::Error::other)?;
+        w.write_all(b"\n")?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     }

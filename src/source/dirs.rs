@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -94,7 +94,7 @@ impl DirsSource {
             cfg,
             out,
             watcher,
-            tracked: HashMap::new(),
+            tracked: TrackedFiles::default(),
             pending_gone: Vec::new(),
             waiting_logged: HashSet::new(),
         };
@@ -123,11 +123,87 @@ impl super::Source for DirsSource {
     }
 }
 
+/// The files the source knows, by path, with an index from identity to the paths where the
+/// medium is present (hard links, a rename seen before the old path's event).
+#[derive(Default)]
+struct TrackedFiles {
+    by_path: HashMap<PathBuf, Tracked>,
+    /// Usually one path per medium; more for hard links.
+    present: HashMap<MediumId, Vec<PathBuf>>,
+}
+
+impl TrackedFiles {
+    fn insert(&mut self, path: PathBuf, t: Tracked) {
+        self.remove(&path);
+        if t.present {
+            self.present
+                .entry(t.id.clone())
+                .or_default()
+                .push(path.clone());
+        }
+        self.by_path.insert(path, t);
+    }
+
+    fn remove(&mut self, path: &Path) -> Option<Tracked> {
+        let t = self.by_path.remove(path)?;
+        if let Some(paths) = self.present.get_mut(&t.id) {
+            paths.retain(|p| p != path);
+            if paths.is_empty() {
+                self.present.remove(&t.id);
+            }
+        }
+        Some(t)
+    }
+
+    fn get(&self, path: &Path) -> Option<&Tracked> {
+        self.by_path.get(path)
+    }
+
+    fn contains_key(&self, path: &Path) -> bool {
+        self.by_path.contains_key(path)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &PathBuf> {
+        self.by_path.keys()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Tracked> {
+        self.by_path.values()
+    }
+
+    /// A path where this medium is present, if any.
+    fn present_at(&self, id: &MediumId) -> Option<PathBuf> {
+        self.present
+            .get(id)
+            .and_then(|paths| paths.iter().min().cloned())
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Tracked {
     id: MediumId,
     /// An `Appeared` was emitted for it (it is complete and identified).
     present: bool,
+    /// Size and times when it was identified (present only).
+    stamp: Option<Stamp>,
+}
+
+/// What changes when a file is written: its size, mtime and ctime (nanoseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// Why a path is looked at.
@@ -142,9 +218,10 @@ struct State {
     cfg: DirsConfig,
     out: mpsc::Sender<Event>,
     watcher: notify::RecommendedWatcher,
-    tracked: HashMap<PathBuf, Tracked>,
-    /// Files that left their path; gone unless they show up elsewhere within the grace.
-    pending_gone: Vec<(PathBuf, Tracked)>,
+    tracked: TrackedFiles,
+    /// Files that left their path, and when; gone unless they show up elsewhere within
+    /// [`MOVE_GRACE`].
+    pending_gone: Vec<(PathBuf, Tracked, Instant)>,
     waiting_logged: HashSet<PathBuf>,
 }
 
@@ -171,27 +248,33 @@ impl State {
     fn run(mut self, rx: std_mpsc::Receiver<Input>) {
         self.full_scan();
         loop {
-            let Ok(input) = rx.recv() else { return };
-            if !self.handle(input) {
-                return;
-            }
-            // Take everything already queued before deciding what left for good.
-            loop {
-                let next = if self.pending_gone.is_empty() {
-                    rx.try_recv().ok()
-                } else {
-                    rx.recv_timeout(MOVE_GRACE).ok()
-                };
-                match next {
-                    Some(input) => {
-                        if !self.handle(input) {
-                            return;
-                        }
+            // Block for the next input, but not past the moment the oldest file that left
+            // its place counts as gone.
+            let next = match self.pending_gone.iter().map(|p| p.2).min() {
+                None => rx
+                    .recv()
+                    .map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
+                Some(since) => {
+                    rx.recv_timeout((since + MOVE_GRACE).saturating_duration_since(Instant::now()))
+                }
+            };
+            match next {
+                Ok(input) => {
+                    if !self.handle(input) {
+                        return;
                     }
-                    None => break,
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            // Take everything already queued (the other half of a rename comes with the
+            // first) before deciding what left for good.
+            while let Ok(input) = rx.try_recv() {
+                if !self.handle(input) {
+                    return;
                 }
             }
-            self.finalize_gone();
+            self.finalize_gone(MOVE_GRACE);
         }
     }
 
@@ -261,6 +344,12 @@ impl State {
 
     /// A path (file or directory) left: everything tracked at or below it may be gone.
     fn left(&mut self, path: &Path) {
+        // A tracked file: no need to look at every other path.
+        if let Some(t) = self.tracked.remove(path) {
+            self.pending_gone
+                .push((path.to_path_buf(), t, Instant::now()));
+            return;
+        }
         let under: Vec<PathBuf> = self
             .tracked
             .keys()
@@ -269,17 +358,29 @@ impl State {
             .collect();
         for p in under {
             if let Some(t) = self.tracked.remove(&p) {
-                self.pending_gone.push((p, t));
+                self.pending_gone.push((p, t, Instant::now()));
             }
         }
     }
 
-    fn finalize_gone(&mut self) {
-        for (path, t) in std::mem::take(&mut self.pending_gone) {
+    /// Emits `Vanished` for every file that left its place at least `grace` ago.
+    fn finalize_gone(&mut self, grace: Duration) {
+        let (gone, waiting) = std::mem::take(&mut self.pending_gone)
+            .into_iter()
+            .partition(|p| p.2.elapsed() >= grace);
+        self.pending_gone = waiting;
+        for (path, t, _) in gone {
             self.waiting_logged.remove(&path);
-            if t.present {
-                tracing::debug!(image = %path.display(), "image left the watched trees");
-                self.emit(Event::Vanished(t.id));
+            // Already seen at its new path (a scan of a directory it was moved into ran
+            // before the event for its old path), or another hard link: still present.
+            let elsewhere = self.tracked.present_at(&t.id);
+            match elsewhere {
+                _ if !t.present => {}
+                Some(origin) => self.emit(Event::Moved { id: t.id, origin }),
+                None => {
+                    tracing::debug!(image = %path.display(), "image left the watched trees");
+                    self.emit(Event::Vanished(t.id));
+                }
             }
         }
     }
@@ -304,7 +405,7 @@ impl State {
         for p in lost {
             self.left(&p);
         }
-        self.finalize_gone();
+        self.finalize_gone(Duration::ZERO);
         let present = self
             .tracked
             .values()
@@ -375,8 +476,8 @@ impl State {
         let id = MediumId(format!("file:{}:{}", meta.dev(), meta.ino()));
 
         // The same file seen under a new path: a rename inside the trees.
-        if let Some(i) = self.pending_gone.iter().position(|(_, t)| t.id == id) {
-            let (old, t) = self.pending_gone.swap_remove(i);
+        if let Some(i) = self.pending_gone.iter().position(|(_, t, _)| t.id == id) {
+            let (old, t, _) = self.pending_gone.swap_remove(i);
             if t.present {
                 tracing::debug!(from = %old.display(), to = %path.display(), "image renamed");
                 self.emit(Event::Moved {
@@ -399,6 +500,9 @@ impl State {
                 }
             }
             Some(t) if t.present && reason != Reason::Written => return,
+            // The close-write of the copy that was already taken (the watcher handled its
+            // creation late, after the writer had finished): nothing changed since.
+            Some(t) if t.present && t.stamp == Some(Stamp::of(&meta)) => return,
             Some(t) if t.present => {
                 // Rewritten in place: served again from the new content.
                 let old = t.id.clone();
@@ -407,19 +511,45 @@ impl State {
             }
             _ => {}
         }
+        // A writer may still have it open: a lagging watcher handling the creation late, a
+        // scan during a copy, a preallocated file already full size. Its close comes later.
+        if open_for_writing(&file) {
+            tracing::debug!(image = %path.display(), "still open for writing; waiting for close");
+            self.tracked.insert(
+                path.to_path_buf(),
+                Tracked {
+                    id,
+                    present: false,
+                    stamp: None,
+                },
+            );
+            return;
+        }
         let info = match probe(&file) {
             Ok(info) => info,
             Err(IsoError::NotAnImage | IsoError::Truncated { .. }) => {
                 // Still being written (or not an image at all): wait for the next write.
                 tracing::debug!(image = %path.display(), "not (yet) an image");
-                self.tracked
-                    .insert(path.to_path_buf(), Tracked { id, present: false });
+                self.tracked.insert(
+                    path.to_path_buf(),
+                    Tracked {
+                        id,
+                        present: false,
+                        stamp: None,
+                    },
+                );
                 return;
             }
             Err(e) => {
                 tracing::error!(image = %path.display(), error = %e, "cannot identify image; not served");
-                self.tracked
-                    .insert(path.to_path_buf(), Tracked { id, present: false });
+                self.tracked.insert(
+                    path.to_path_buf(),
+                    Tracked {
+                        id,
+                        present: false,
+                        stamp: None,
+                    },
+                );
                 return;
             }
         };
@@ -438,6 +568,7 @@ impl State {
             Tracked {
                 id: id.clone(),
                 present: true,
+                stamp: Some(Stamp::of(&meta)),
             },
         );
         self.emit(Event::Appeared(Medium {
@@ -454,9 +585,33 @@ impl State {
         if self.waiting_logged.insert(path.to_path_buf()) {
             tracing::info!(image = %path.display(), "{why}");
         }
-        self.tracked
-            .insert(path.to_path_buf(), Tracked { id, present: false });
+        self.tracked.insert(
+            path.to_path_buf(),
+            Tracked {
+                id,
+                present: false,
+                stamp: None,
+            },
+        );
     }
+}
+
+/// Whether some process has the file open for writing. A read lease cannot be taken on such
+/// a file (fcntl(2) F_SETLEASE: EAGAIN); it is released at once, and with no F_SETOWN no
+/// lease-break signal is ever sent. Where leases are refused for another reason (not the
+/// owner without CAP_LEASE, a file system without leases) the answer is false: the file is
+/// taken as before, on its size.
+fn open_for_writing(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is open for the duration of both calls; F_SETLEASE takes an int argument.
+    unsafe {
+        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
+            libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+            return false;
+        }
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
 }
 
 #[cfg(test)]
@@ -470,6 +625,18 @@ mod tests {
             exclude: Some(Regex::new("^skip").unwrap()),
             follow_symlinks: true,
         }
+    }
+
+    #[test]
+    fn tells_a_file_still_open_for_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.iso");
+        let writer = File::create(&path).unwrap();
+        let reader = File::open(&path).unwrap();
+        // As root or as the owner the lease probe answers; otherwise it says false.
+        assert!(open_for_writing(&reader));
+        drop(writer);
+        assert!(!open_for_writing(&reader));
     }
 
     #[test]

@@ -68,3 +68,22 @@ pub fn manifests() -> Vec<(PathBuf, serde_json::Value)> {
     );
     out
 }
+
+/// Serialises tests that attach loop devices (a host-wide resource) across test binaries:
+/// an exclusive flock on one file, released when the guard drops.
+pub struct LoopLock(#[allow(dead_code)] std::fs::File);
+
+pub fn loop_lock() -> LoopLock {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .mode(0o600)
+        .open("/tmp/isomgr-tests-loop.lock")
+        .expect("opening the loop lock");
+    // SAFETY: a valid descriptor; flock blocks until the lock is ours.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "taking the loop lock");
+    LoopLock(f)
+}

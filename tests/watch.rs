@@ -1,0 +1,1130 @@
+//! `isomgr watch` end to end: the built binary with real inotify and a real FUSE root, driven
+//! by copying, moving and deleting image files, and checked through independent views (the
+//! root listing, files read through the mount, `/proc/self/mountinfo`, `isomgr status --json`).
+//!
+//! Needs root, /dev/fuse and genisoimage; without them each test says so and skips, or fails
+//! under CI=true. Each test has its own temp dir (drop dir, root, state file, log), so they run
+//! in parallel. Nothing sleeps to wait: every wait polls for its condition with a deadline.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any one condition may take to come true.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// Between two looks at a condition.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Whether this host can run the watcher; under CI=true a missing piece is a failure.
+fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let fuse = Path::new("/dev/fuse").exists();
+    if !(root && fuse) {
+        let why = format!("{test}: needs root ({root}) and /dev/fuse ({fuse})");
+        assert!(!common::in_ci(), "{why}");
+        eprintln!("SKIPPED {why}");
+        return false;
+    }
+    common::have_tool("genisoimage")
+}
+
+/// Polls `f` until it gives `Ok`; panics at the deadline with the last `Err` (what was seen).
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(seen) if start.elapsed() > DEADLINE => {
+                panic!("timed out after {DEADLINE:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Mounts at `path` according to /proc/self/mountinfo, and whether any of them is FUSE.
+fn mounts_at(path: &Path) -> usize {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4) == Some(&*want))
+        .count()
+}
+
+fn is_fuse_mount(path: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
+    let want = path.to_string_lossy();
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(4) == Some(&&*want)
+            && f.iter()
+                .skip_while(|x| **x != "-")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("fuse"))
+    })
+}
+
+fn lazy_unmount(path: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(path).status();
+}
+
+/// One test's directories: the drop dir (watched), the root, the state file, the log.
+struct Env {
+    tmp: tempfile::TempDir,
+    drop: PathBuf,
+    root: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("isomgr-watch-")
+            .tempdir()
+            .expect("temp dir");
+        let base = tmp.path().canonicalize().expect("canonical temp dir");
+        let drop = base.join("drop");
+        let root = base.join("root");
+        fs::create_dir(&drop).unwrap();
+        fs::create_dir(&root).unwrap();
+        Env {
+            drop,
+            root,
+            state: base.join("state.json"),
+            log: base.join("watch.log"),
+            tmp,
+        }
+    }
+
+    /// A directory in the same file system as the drop dir, not watched.
+    fn outside(&self, name: &str) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        fs::create_dir_all(&p).unwrap();
+        p.canonicalize().unwrap()
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The names in the root, as a listing through the mount shows them.
+    fn names(&self) -> BTreeSet<String> {
+        fs::read_dir(&self.root)
+            .expect("listing the root")
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    }
+
+    /// Waits until the root lists exactly `want`.
+    fn wait_names(&self, want: &[&str]) {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        wait_for(&format!("root listing {want:?}"), || {
+            let got = self.names();
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        })
+    }
+
+    /// `isomgr status --json` for this state file.
+    fn status(&self) -> Result<Value, String> {
+        let out = common::isomgr(&["status", "--json", "--state", self.state.to_str().unwrap()]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Waits until status lists exactly the names the root lists, and those are `want`;
+    /// returns the status document.
+    fn wait_status(&self, want: &[&str]) -> Value {
+        self.wait_names(want);
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        wait_for(&format!("status listing {want:?}"), || {
+            let doc = self.status()?;
+            let got: BTreeSet<String> = doc["media"]
+                .as_array()
+                .ok_or("no media array")?
+                .iter()
+                .map(|m| m["name"].as_str().unwrap_or("?").to_owned())
+                .collect();
+            if got == want && self.names() == want {
+                Ok(doc)
+            } else {
+                Err(format!("status {got:?}, root {:?}", self.names()))
+            }
+        })
+    }
+
+    /// The status record for `name`.
+    fn medium(&self, name: &str) -> Value {
+        let doc = self.status().expect("status");
+        doc["media"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in status {doc}"))
+    }
+}
+
+/// A running `isomgr watch` on an [`Env`]; dropping it stops the watcher (SIGTERM, then
+/// SIGKILL) and lazily unmounts the root if it is still mounted.
+struct Watcher {
+    child: Child,
+    root: PathBuf,
+    log: PathBuf,
+    /// Leave a mount at the root on drop (to test what a restart does with it).
+    keep_mount: bool,
+}
+
+impl Watcher {
+    fn start(env: &Env, extra: &[&str]) -> Watcher {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&env.log)
+            .expect("log file");
+        let child = Command::new(common::bin())
+            .arg("watch")
+            .arg("--dir")
+            .arg(&env.drop)
+            .arg("--root")
+            .arg(&env.root)
+            .arg("--state")
+            .arg(&env.state)
+            .args(["--driver", "fuse"])
+            .args(extra)
+            .env(
+                "ISOMGR_LOG",
+                std::env::var("WATCH_TEST_LOG").unwrap_or("isomgr=debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting isomgr watch");
+        let mut w = Watcher {
+            child,
+            root: env.root.clone(),
+            log: env.log.clone(),
+            keep_mount: false,
+        };
+        // Ready: the root is a FUSE mount, and the state file is this process's (it is
+        // written once the sources are running).
+        let pid = w.pid();
+        wait_for("the watcher to mount its root and write its state", || {
+            if let Ok(Some(status)) = w.child.try_wait() {
+                panic!("isomgr watch exited early ({status}):\n{}", env.log_text());
+            }
+            let state: Value = fs::read(&env.state)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or("no state file yet")?;
+            if is_fuse_mount(&env.root) && state["pid"] == pid {
+                Ok(())
+            } else {
+                Err(format!("state pid {}", state["pid"]))
+            }
+        });
+        w
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: sending a signal to our own child.
+        assert_eq!(unsafe { libc::kill(self.pid() as libc::pid_t, sig) }, 0);
+    }
+
+    /// `kill -9`: the process dies and leaves its dead FUSE mount at the root.
+    fn kill9(mut self) {
+        self.stop_with(libc::SIGKILL);
+        self.keep_mount = true;
+    }
+
+    /// Sends `sig` and waits for the process to end; its exit status.
+    fn stop_with(&mut self, sig: libc::c_int) -> std::process::ExitStatus {
+        self.signal(sig);
+        let child = &mut self.child;
+        wait_for("the watcher to exit", || {
+            child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_owned())
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(libc::SIGTERM);
+            let start = Instant::now();
+            while self.child.try_wait().ok().flatten().is_none() && start.elapsed() < DEADLINE {
+                std::thread::sleep(POLL);
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !self.keep_mount && mounts_at(&self.root) > 0 {
+            lazy_unmount(&self.root);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- watcher log {} ---\n{}",
+                self.log.display(),
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Builds an image of `files` with `isomgr mkiso` and label `label`.
+fn mkiso(out: &Path, label: &str, files: &[(&str, &[u8])]) {
+    let src = tempfile::tempdir().unwrap();
+    for (path, data) in files {
+        let p = src.path().join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+    let out_status = common::isomgr(&[
+        "mkiso",
+        src.path().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        &format!("--volume-label={label}"),
+    ]);
+    assert!(
+        out_status.status.success(),
+        "mkiso: {}",
+        String::from_utf8_lossy(&out_status.stderr)
+    );
+}
+
+/// Builds an image with genisoimage (which writes any label bytes as given).
+fn genisoimage(out: &Path, label: &str) {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("hello.txt"), b"hello\n").unwrap();
+    let st = Command::new("genisoimage")
+        .args(["-quiet", "-J", "-R", "-V", label, "-o"])
+        .arg(out)
+        .arg(src.path())
+        .stderr(Stdio::null())
+        .status()
+        .expect("running genisoimage");
+    assert!(st.success(), "genisoimage -V {label:?}");
+}
+
+/// A small image with one known file, `/hello.txt`, whose content names the label.
+fn small_image(dir: &Path, file: &str, label: &str) -> PathBuf {
+    let out = dir.join(file);
+    let body = format!("hello from {label}\n");
+    mkiso(&out, label, &[("hello.txt", body.as_bytes())]);
+    out
+}
+
+fn hello(env: &Env, name: &str) -> Result<String, String> {
+    fs::read_to_string(env.root.join(name).join("hello.txt")).map_err(|e| e.to_string())
+}
+
+/// A scratch dir for building images, outside the watched tree.
+fn scratch(env: &Env) -> PathBuf {
+    env.outside("scratch")
+}
+
+#[test]
+fn dropped_image_appears_under_its_label_and_reads_byte_exact() {
+    if !can_run("drop") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let (fixture, manifest) = common::manifests()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("rockridge.iso"))
+        .expect("rockridge fixture");
+    fs::copy(&fixture, env.drop.join("rockridge.iso")).unwrap();
+    env.wait_names(&["rockridge"]);
+    for e in manifest["entries"].as_array().unwrap() {
+        if e["type"] != "file" {
+            continue;
+        }
+        let path = env
+            .root
+            .join("rockridge")
+            .join(&e["path"].as_str().unwrap()[1..]);
+        let data = fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        assert_eq!(common::sha256_hex(&data), e["sha256"], "{}", path.display());
+    }
+}
+
+#[test]
+fn image_moved_in_from_the_same_file_system_appears() {
+    if !can_run("mv in") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let staged = small_image(&scratch(&env), "moved.iso", "MOVED_IN");
+    fs::rename(&staged, env.drop.join("moved.iso")).unwrap();
+    env.wait_names(&["MOVED_IN"]);
+    assert_eq!(hello(&env, "MOVED_IN").unwrap(), "hello from MOVED_IN\n");
+}
+
+/// Writes `data` to `path` in 16 chunks with pauses, keeping the file open; `prepare` runs on
+/// the new file first (preallocation). After every chunk, and after a second image dropped
+/// behind it has been served (so the watcher has seen every event of the slow file), `name`
+/// must still be absent; after close it appears.
+fn slow_copy(env: &Env, data: &[u8], path: &Path, name: &str, prepare: impl Fn(&File)) {
+    let mut f = File::create(path).unwrap();
+    prepare(&f);
+    for chunk in data.chunks(data.len().div_ceil(16)) {
+        f.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(5)); // a slow writer, not a wait
+        assert!(
+            !env.names().contains(name),
+            "{name} served while it is still being written"
+        );
+    }
+    // Everything is written but the file is still open. Once an image dropped after it is
+    // served, the watcher has handled every event of the slow file: it must still wait.
+    let sentinel = format!("SENTINEL_{name}");
+    small_image(&env.drop, &format!("{sentinel}.iso"), &sentinel);
+    wait_for("the sentinel image", || hello(env, &sentinel));
+    assert!(
+        !env.names().contains(name),
+        "{name} served before its writer closed it"
+    );
+    drop(f);
+    wait_for(&format!("{name} after close"), || hello(env, name));
+    fs::remove_file(env.drop.join(format!("{sentinel}.iso"))).unwrap();
+}
+
+#[test]
+fn image_being_copied_is_not_served_before_it_is_complete() {
+    if !can_run("slow copy") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let s = scratch(&env);
+    let a = fs::read(small_image(&s, "a.iso", "SLOW_PLAIN")).unwrap();
+    let b = fs::read(small_image(&s, "b.iso", "SLOW_SETLEN")).unwrap();
+    let c = fs::read(small_image(&s, "c.iso", "SLOW_FALLOC")).unwrap();
+    slow_copy(&env, &a, &env.drop.join("a.iso"), "SLOW_PLAIN", |_| {});
+    slow_copy(&env, &b, &env.drop.join("b.iso"), "SLOW_SETLEN", |f| {
+        f.set_len(b.len() as u64).unwrap()
+    });
+    slow_copy(&env, &c, &env.drop.join("c.iso"), "SLOW_FALLOC", |f| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor.
+        let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, c.len() as libc::off_t) };
+        assert_eq!(rc, 0, "posix_fallocate");
+    });
+    env.wait_names(&["SLOW_FALLOC", "SLOW_PLAIN", "SLOW_SETLEN"]);
+}
+
+#[test]
+fn preallocated_image_written_while_the_watcher_lags_waits_for_close() {
+    if !can_run("slow copy, lagging watcher") {
+        return;
+    }
+    let env = Env::new();
+    let w = Watcher::start(&env, &[]);
+    let data = fs::read(small_image(&scratch(&env), "lag.iso", "LAGGING")).unwrap();
+    // The watcher is stopped while the file is created, preallocated and filled, so when it
+    // looks the file is full size and holds a complete volume, but is still open for writing.
+    w.signal(libc::SIGSTOP);
+    let mut f = File::create(env.drop.join("lag.iso")).unwrap();
+    f.set_len(data.len() as u64).unwrap();
+    f.write_all(&data).unwrap();
+    w.signal(libc::SIGCONT);
+    small_image(&env.drop, "sentinel.iso", "SENTINEL");
+    wait_for("the sentinel image", || hello(&env, "SENTINEL"));
+    assert!(
+        !env.names().contains("LAGGING"),
+        "served before its writer closed it"
+    );
+    drop(f);
+    wait_for("LAGGING after close", || hello(&env, "LAGGING"));
+
+    // Written and closed while the watcher is stopped: it then finds a complete file on the
+    // creation event, and the close-write after it must not serve it a second time.
+    let data = fs::read(small_image(&scratch(&env), "done.iso", "DONE")).unwrap();
+    w.signal(libc::SIGSTOP);
+    fs::write(env.drop.join("done.iso"), &data).unwrap();
+    w.signal(libc::SIGCONT);
+    small_image(&env.drop, "sentinel2.iso", "SENTINEL2");
+    wait_for("the second sentinel", || hello(&env, "SENTINEL2"));
+    env.wait_status(&["DONE", "LAGGING", "SENTINEL", "SENTINEL2"]);
+    let log = env.log_text();
+    let served = |name: &str| log.matches(&format!(" mounted name={name} ")).count();
+    assert_eq!(served("DONE"), 1, "DONE served more than once:\n{log}");
+    assert_eq!(
+        served("LAGGING"),
+        1,
+        "LAGGING served more than once:\n{log}"
+    );
+}
+
+#[test]
+fn deleted_image_leaves_nothing_in_the_root() {
+    if !can_run("delete") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let img = small_image(&env.drop, "gone.iso", "GONE");
+    wait_for("GONE", || hello(&env, "GONE"));
+    fs::remove_file(img).unwrap();
+    env.wait_status(&[]);
+    assert!(!env.root.join("GONE").exists());
+}
+
+#[test]
+fn delete_and_rename_out_are_noticed_while_another_file_is_being_written() {
+    if !can_run("delete during a long copy") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let a = small_image(&env.drop, "a.iso", "BUSY_A");
+    let b = small_image(&env.drop, "b.iso", "BUSY_B");
+    env.wait_status(&["BUSY_A", "BUSY_B"]);
+    // A long download in the drop dir: a write every 2 ms, so inotify events never pause.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), env.drop.join("download.iso.part"));
+        std::thread::spawn(move || {
+            let mut f = File::create(path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(&[0u8; 512]).unwrap();
+                std::thread::sleep(Duration::from_millis(2)); // the pace of the writer
+            }
+        })
+    };
+    fs::remove_file(a).unwrap();
+    env.wait_status(&["BUSY_B"]);
+    fs::rename(b, env.outside("elsewhere").join("b.iso")).unwrap();
+    env.wait_status(&[]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+}
+
+#[test]
+fn rename_inside_the_tree_keeps_the_name_and_updates_the_origin() {
+    if !can_run("rename inside") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    small_image(&env.drop, "first.iso", "KEPT");
+    env.wait_status(&["KEPT"]);
+    let renamed = env.drop.join("second.iso");
+    fs::rename(env.drop.join("first.iso"), &renamed).unwrap();
+    wait_for("origin second.iso", || {
+        let m = env.medium("KEPT");
+        (m["origin"] == renamed.to_str().unwrap())
+            .then_some(())
+            .ok_or(m.to_string())
+    });
+    let sub = env.drop.join("sub");
+    fs::create_dir(&sub).unwrap();
+    let deeper = sub.join("third.iso");
+    fs::rename(&renamed, &deeper).unwrap();
+    wait_for("origin sub/third.iso", || {
+        let m = env.medium("KEPT");
+        (m["origin"] == deeper.to_str().unwrap())
+            .then_some(())
+            .ok_or(m.to_string())
+    });
+    env.wait_status(&["KEPT"]);
+    assert_eq!(hello(&env, "KEPT").unwrap(), "hello from KEPT\n");
+
+    // A second hard link, then the first one deleted: the medium is still there. A marker
+    // image deleted after it tells when the watcher has settled the first delete (files that
+    // left are settled oldest first).
+    let marker = small_image(&env.drop, "marker.iso", "MARKER");
+    env.wait_status(&["KEPT", "MARKER"]);
+    let link = env.drop.join("link.iso");
+    fs::hard_link(&deeper, &link).unwrap();
+    fs::remove_file(&deeper).unwrap();
+    fs::remove_file(&marker).unwrap();
+    env.wait_status(&["KEPT"]);
+    assert_eq!(env.medium("KEPT")["origin"], link.to_str().unwrap());
+    fs::remove_file(&link).unwrap();
+    env.wait_status(&[]);
+}
+
+#[test]
+fn rename_out_of_the_tree_removes_the_medium() {
+    if !can_run("rename out") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let img = small_image(&env.drop, "out.iso", "OUTBOUND");
+    env.wait_status(&["OUTBOUND"]);
+    fs::rename(img, env.outside("elsewhere").join("out.iso")).unwrap();
+    env.wait_status(&[]);
+}
+
+#[test]
+fn equal_labels_get_suffixes_and_keep_them_when_the_first_goes() {
+    if !can_run("same label") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let first = small_image(&env.drop, "one.iso", "TWIN");
+    env.wait_status(&["TWIN"]);
+    let second = small_image(&env.drop, "two.iso", "TWIN");
+    env.wait_status(&["TWIN", "TWIN-2"]);
+    assert_eq!(env.medium("TWIN")["origin"], first.to_str().unwrap());
+    assert_eq!(env.medium("TWIN-2")["origin"], second.to_str().unwrap());
+    fs::remove_file(first).unwrap();
+    env.wait_status(&["TWIN-2"]);
+    assert_eq!(env.medium("TWIN-2")["origin"], second.to_str().unwrap());
+    assert_eq!(hello(&env, "TWIN-2").unwrap(), "hello from TWIN\n");
+}
+
+#[test]
+fn hostile_labels_each_give_one_safe_name_inside_the_root() {
+    if !can_run("hostile labels") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let punct: String = "!#$%&()*+,-.:;<=>?@[]^_{|}~'\"/\\"
+        .chars()
+        .cycle()
+        .take(32)
+        .collect();
+    let cases: &[(&str, &str, &str)] = &[
+        ("etc.iso", "a/../../etc", "a_.._.._etc"),
+        ("dotdot.iso", "..", "dotdot"),
+        ("rf.iso", "-rf", "rf"),
+        ("quote.iso", "quote'\"", "quote_"),
+        ("trail.iso", "trailing   ", "trailing"),
+        ("punct.iso", &punct, "punct"),
+    ];
+    for (file, label, _) in cases {
+        genisoimage(&env.drop.join(file), label);
+    }
+    let want: Vec<&str> = cases.iter().map(|c| c.2).collect();
+    env.wait_status(&want);
+    for name in want {
+        let hello = fs::read_to_string(env.root.join(name).join("hello.txt")).unwrap();
+        assert_eq!(hello, "hello\n", "{name}");
+    }
+    // Nothing was made beside the root or the drop dir.
+    let base: BTreeSet<String> = fs::read_dir(env.root.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        base,
+        ["drop", "root", "state.json", "watch.log"]
+            .map(String::from)
+            .into()
+    );
+}
+
+#[test]
+fn image_without_a_label_is_named_after_its_file() {
+    if !can_run("no label") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    genisoimage(&env.drop.join("Unlabelled Disc.iso"), "");
+    genisoimage(&env.drop.join("stars.iso"), "***");
+    env.wait_status(&["Unlabelled_Disc", "stars"]);
+    assert_eq!(env.medium("stars")["label"], "***");
+}
+
+#[test]
+fn image_in_a_subdirectory_made_after_start_appears() {
+    if !can_run("nested") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let deep = env.drop.join("x/y");
+    fs::create_dir_all(&deep).unwrap();
+    small_image(&deep, "nested.iso", "NESTED");
+    wait_for("NESTED", || hello(&env, "NESTED"));
+    env.wait_status(&["NESTED"]);
+}
+
+#[test]
+fn two_hundred_images_at_once_are_all_served_under_unique_names() {
+    if !can_run("200 images") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let one = small_image(&scratch(&env), "many.iso", "MANY");
+    for i in 0..200 {
+        fs::copy(&one, env.drop.join(format!("many-{i:03}.iso"))).unwrap();
+    }
+    let want: Vec<String> = std::iter::once("MANY".to_owned())
+        .chain((2..=200).map(|i| format!("MANY-{i}")))
+        .collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    let doc = env.wait_status(&want);
+    let origins: BTreeSet<&str> = doc["media"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["origin"].as_str().unwrap())
+        .collect();
+    assert_eq!(origins.len(), 200);
+    assert_eq!(hello(&env, "MANY-137").unwrap(), "hello from MANY\n");
+}
+
+#[test]
+fn malformed_images_beside_good_ones_are_not_served_and_the_watcher_stays_up() {
+    if !can_run("malformed") {
+        return;
+    }
+    let env = Env::new();
+    let w = Watcher::start(&env, &[]);
+    let s = scratch(&env);
+    let files: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| (format!("f{i}.txt"), vec![b'a' + i as u8; 3000]))
+        .collect();
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let bad = s.join("bad.iso");
+    mkiso(&bad, "BAD", &files);
+    let bytes = fs::read(&bad).unwrap();
+    // Cut in the middle of the directories: just past the descriptors (sector 16 on).
+    let truncated = &bytes[..19 * 2048 + 100];
+    fs::write(env.drop.join("truncated.iso"), truncated).unwrap();
+    // Not an image at all.
+    let garbage: Vec<u8> = (0..70_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(env.drop.join("x.iso"), garbage).unwrap();
+    // The root directory's first file record (after "." and "..") flipped to an impossible
+    // length: the descriptors are fine, the root cannot be listed.
+    let mut at = {
+        let pvd = &bytes[16 * 2048..17 * 2048];
+        u32::from_le_bytes(pvd[156 + 2..156 + 6].try_into().unwrap()) as usize * 2048
+    };
+    at += usize::from(bytes[at]);
+    at += usize::from(bytes[at]);
+    let mut flipped = bytes.clone();
+    flipped[at] = 3;
+    fs::write(env.drop.join("flipped.iso"), &flipped).unwrap();
+    small_image(&env.drop, "good1.iso", "GOOD1");
+    small_image(&env.drop, "good2.iso", "GOOD2");
+    env.wait_status(&["GOOD1", "GOOD2"]);
+    // Still up and still serving new images after all of that.
+    small_image(&env.drop, "good3.iso", "GOOD3");
+    env.wait_status(&["GOOD1", "GOOD2", "GOOD3"]);
+    assert_eq!(hello(&env, "GOOD3").unwrap(), "hello from GOOD3\n");
+    assert!(is_fuse_mount(&env.root));
+    drop(w);
+}
+
+#[test]
+fn kill_9_then_restart_gives_the_same_names_and_no_dead_mount() {
+    if !can_run("kill -9 restart") {
+        return;
+    }
+    let env = Env::new();
+    let w = Watcher::start(&env, &[]);
+    // b.iso is dropped first and holds SAME; a.iso, which a scan sees first, holds SAME-2.
+    small_image(&env.drop, "b.iso", "SAME");
+    env.wait_status(&["SAME"]);
+    small_image(&env.drop, "a.iso", "SAME");
+    small_image(&env.drop, "c.iso", "OTHER");
+    let before = env.wait_status(&["OTHER", "SAME", "SAME-2"]);
+    w.kill9();
+    // The root is a dead FUSE mount now.
+    assert!(is_fuse_mount(&env.root));
+    let err = fs::read_dir(&env.root).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+
+    let w = Watcher::start(&env, &[]);
+    let after = env.wait_status(&["OTHER", "SAME", "SAME-2"]);
+    let by_name = |doc: &Value| -> BTreeSet<(String, String)> {
+        doc["media"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["name"].to_string(), m["origin"].to_string()))
+            .collect()
+    };
+    assert_eq!(by_name(&after), by_name(&before));
+    assert_eq!(mounts_at(&env.root), 1, "exactly one mount at the root");
+    assert_eq!(hello(&env, "SAME-2").unwrap(), "hello from SAME\n");
+    drop(w);
+}
+
+#[test]
+fn file_open_while_its_image_is_deleted_reads_to_the_end() {
+    if !can_run("open while deleted") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let img = env.drop.join("big.iso");
+    mkiso(&img, "BIG", &[("big.bin", &big)]);
+    let path = env.root.join("BIG/big.bin");
+    let mut f = wait_for("BIG/big.bin", || {
+        File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .or_else(|_| File::open(&path))
+            .map_err(|e| e.to_string())
+    });
+    let mut got = vec![0u8; 64 * 1024];
+    f.read_exact(&mut got).unwrap();
+    fs::remove_file(&img).unwrap();
+    env.wait_status(&[]);
+    f.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), big.len());
+    assert!(got == big, "content read after the delete differs");
+}
+
+#[test]
+fn status_matches_the_root_at_every_step() {
+    if !can_run("status") {
+        return;
+    }
+    let env = Env::new();
+    let w = Watcher::start(&env, &[]);
+    let check = |doc: &Value| {
+        assert_eq!(doc["root"], env.root.to_str().unwrap());
+        assert_eq!(doc["driver"], "fuse");
+        assert_eq!(doc["pid"], w.pid());
+        for m in doc["media"].as_array().unwrap() {
+            let origin = Path::new(m["origin"].as_str().unwrap());
+            assert!(origin.starts_with(&env.drop), "{m}");
+            assert_eq!(m["source"], "dir", "{m}");
+            assert!(m["loop"].is_null(), "{m}");
+            let at = m["mounted_at"].as_str().unwrap();
+            assert!(
+                at.len() == 20 && at.ends_with('Z') && at.as_bytes()[10] == b'T',
+                "mounted_at {at}"
+            );
+        }
+    };
+    check(&env.wait_status(&[]));
+    small_image(&env.drop, "one.iso", "STEP_ONE");
+    check(&env.wait_status(&["STEP_ONE"]));
+    assert_eq!(env.medium("STEP_ONE")["label"], "STEP_ONE");
+    small_image(&env.drop, "two.iso", "STEP_TWO");
+    check(&env.wait_status(&["STEP_ONE", "STEP_TWO"]));
+    fs::rename(env.drop.join("one.iso"), env.drop.join("uno.iso")).unwrap();
+    wait_for("renamed origin", || {
+        let m = env.medium("STEP_ONE");
+        m["origin"]
+            .as_str()
+            .is_some_and(|o| o.ends_with("/uno.iso"))
+            .then_some(())
+            .ok_or(m.to_string())
+    });
+    check(&env.wait_status(&["STEP_ONE", "STEP_TWO"]));
+    fs::remove_file(env.drop.join("two.iso")).unwrap();
+    check(&env.wait_status(&["STEP_ONE"]));
+}
+
+#[test]
+fn sighup_rescans_and_sigterm_stops_cleanly() {
+    if !can_run("signals") {
+        return;
+    }
+    let env = Env::new();
+    let mut w = Watcher::start(&env, &[]);
+    small_image(&env.drop, "h.iso", "HUP");
+    env.wait_status(&["HUP"]);
+    let before = env.medium("HUP");
+    w.signal(libc::SIGHUP);
+    wait_for("the rescan to be logged", || {
+        env.log_text()
+            .contains("SIGHUP: rescanning")
+            .then_some(())
+            .ok_or("not yet".to_owned())
+    });
+    // The rescan keeps what is served as it is, and events still flow.
+    small_image(&env.drop, "h2.iso", "HUP2");
+    env.wait_status(&["HUP", "HUP2"]);
+    assert_eq!(env.medium("HUP"), before);
+    let status = w.stop_with(libc::SIGTERM);
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(mounts_at(&env.root), 0, "root unmounted");
+    assert!(env.state.exists(), "state file kept");
+    assert!(env.names().is_empty());
+}
+
+#[test]
+fn json_log_is_one_object_per_line_with_a_mounted_line() {
+    if !can_run("json log") {
+        return;
+    }
+    let env = Env::new();
+    let mut w = Watcher::start(&env, &["--log-format", "json"]);
+    small_image(&env.drop, "j.iso", "JSON_LOG");
+    env.wait_status(&["JSON_LOG"]);
+    wait_for("a mounted line", || {
+        env.log_text()
+            .contains("\"mounted\"")
+            .then_some(())
+            .ok_or("none".to_owned())
+    });
+    w.stop_with(libc::SIGTERM);
+    let log = env.log_text();
+    let mut mounted = 0;
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object: {line:?}: {e}"));
+        assert!(v.is_object(), "{line}");
+        if v["message"] == "mounted" {
+            assert_eq!(v["name"], "JSON_LOG", "{line}");
+            mounted += 1;
+        }
+    }
+    assert_eq!(mounted, 1, "{log}");
+}
+
+#[test]
+fn a_second_watcher_on_a_live_root_refuses_and_the_first_keeps_serving() {
+    if !can_run("second watcher") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    fs::copy(
+        common::fixtures().join("rockridge.iso"),
+        env.drop.join("r.iso"),
+    )
+    .unwrap();
+    env.wait_names(&["rockridge"]);
+    let other_state = env.outside("state2").with_extension("json");
+    let out = Command::new(common::bin())
+        .arg("watch")
+        .arg("--dir")
+        .arg(env.outside("drop2"))
+        .arg("--root")
+        .arg(&env.root)
+        .arg("--state")
+        .arg(&other_state)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running a second watcher");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already mounted") && err.contains(&*env.root.to_string_lossy()),
+        "{err}"
+    );
+    assert_eq!(
+        mounts_at(&env.root),
+        1,
+        "no second mount stacked on the root"
+    );
+    assert_eq!(env.names(), BTreeSet::from(["rockridge".to_owned()]));
+}
+
+#[test]
+fn symlinks_to_images_are_taken_unless_refused() {
+    if !can_run("symlinks") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let img = small_image(&scratch(&env), "linked.iso", "LINKED");
+    std::os::unix::fs::symlink(&img, env.drop.join("link.iso")).unwrap();
+    env.wait_names(&["LINKED"]);
+    assert_eq!(hello(&env, "LINKED").unwrap(), "hello from LINKED\n");
+
+    let env2 = Env::new();
+    let _w2 = Watcher::start(&env2, &["--no-follow-symlinks"]);
+    let img2 = small_image(&scratch(&env2), "linked.iso", "LINKED");
+    std::os::unix::fs::symlink(&img2, env2.drop.join("link.iso")).unwrap();
+    // A regular image after the link: once it is served, the link has been seen and refused.
+    fs::copy(
+        small_image(&scratch(&env2), "plain.iso", "PLAIN"),
+        env2.drop.join("p.iso"),
+    )
+    .unwrap();
+    env2.wait_names(&["PLAIN"]);
+    _w2.signal(libc::SIGHUP);
+    env2.wait_status(&["PLAIN"]);
+}
+
+#[test]
+fn fifos_sockets_directories_hidden_and_partial_files_are_ignored_without_blocking() {
+    if !can_run("ignored files") {
+        return;
+    }
+    let env = Env::new();
+    let w = Watcher::start(&env, &[]);
+    let img = small_image(&scratch(&env), "good.iso", "GOOD");
+    let fifo = std::ffi::CString::new(env.drop.join("fifo.iso").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let _sock = std::os::unix::net::UnixListener::bind(env.drop.join("sock.iso")).unwrap();
+    fs::create_dir(env.drop.join("dir.iso")).unwrap();
+    for name in [".hidden.iso", "x.iso.part", "y.iso.tmp", "z.iso~", "w.img"] {
+        fs::copy(&img, env.drop.join(name)).unwrap();
+    }
+    fs::copy(&img, env.drop.join("good.iso")).unwrap();
+    env.wait_names(&["GOOD"]);
+    // A full rescan walks past the FIFO and the socket without hanging, and takes nothing new.
+    w.signal(libc::SIGHUP);
+    wait_for("the rescan to be logged", || {
+        if env.log_text().contains("SIGHUP") {
+            Ok(())
+        } else {
+            Err("no SIGHUP line yet".into())
+        }
+    });
+    fs::copy(
+        small_image(&scratch(&env), "after.iso", "AFTER"),
+        env.drop.join("after.iso"),
+    )
+    .unwrap();
+    env.wait_status(&["AFTER", "GOOD"]);
+}
+
+#[test]
+fn include_and_exclude_patterns_choose_the_files() {
+    if !can_run("patterns") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(
+        &env,
+        &["--include", r"(?i)\.(iso|img)$", "--exclude", "^skip"],
+    );
+    let s = scratch(&env);
+    fs::copy(small_image(&s, "a.iso", "AIMG"), env.drop.join("a.img")).unwrap();
+    fs::copy(
+        small_image(&s, "b.iso", "SKIPPED"),
+        env.drop.join("skip-b.iso"),
+    )
+    .unwrap();
+    fs::copy(small_image(&s, "c.iso", "CISO"), env.drop.join("c.ISO")).unwrap();
+    env.wait_status(&["AIMG", "CISO"]);
+}
+
+#[test]
+fn atomic_replace_of_a_path_is_a_new_medium() {
+    if !can_run("atomic replace") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let s = scratch(&env);
+    fs::copy(small_image(&s, "one.iso", "ONE"), env.drop.join("disc.iso")).unwrap();
+    env.wait_names(&["ONE"]);
+    // Written under a hidden temporary name (ignored), then renamed over the served path.
+    fs::copy(
+        small_image(&s, "two.iso", "TWO"),
+        env.drop.join(".disc.iso.new"),
+    )
+    .unwrap();
+    fs::rename(env.drop.join(".disc.iso.new"), env.drop.join("disc.iso")).unwrap();
+    let doc = env.wait_status(&["TWO"]);
+    assert_eq!(
+        doc["media"][0]["origin"].as_str(),
+        env.drop.join("disc.iso").to_str()
+    );
+    assert_eq!(hello(&env, "TWO").unwrap(), "hello from TWO\n");
+}
+
+#[test]
+fn watched_directory_deleted_and_made_again_is_followed() {
+    if !can_run("watched dir recreated") {
+        return;
+    }
+    let env = Env::new();
+    let _w = Watcher::start(&env, &[]);
+    let s = scratch(&env);
+    fs::copy(small_image(&s, "a.iso", "BEFORE"), env.drop.join("a.iso")).unwrap();
+    env.wait_names(&["BEFORE"]);
+    fs::remove_dir_all(&env.drop).unwrap();
+    env.wait_status(&[]);
+    fs::create_dir(&env.drop).unwrap();
+    fs::create_dir(env.drop.join("sub")).unwrap();
+    fs::copy(
+        small_image(&s, "b.iso", "AFTER"),
+        env.drop.join("sub/b.iso"),
+    )
+    .unwrap();
+    env.wait_status(&["AFTER"]);
+}
+
+#[test]
+fn inotify_queue_overflow_triggers_a_rescan_that_reconciles() {
+    if !can_run("overflow") {
+        return;
+    }
+    let env = Env::new();
+    // A tiny queue for this watcher's inotify instance only: the limit is read when the
+    // instance is made, so the host setting is restored as soon as the watcher runs.
+    let knob = Path::new("/proc/sys/fs/inotify/max_queued_events");
+    let saved = fs::read_to_string(knob).expect("reading max_queued_events");
+    fs::write(knob, "16").expect("lowering max_queued_events");
+    let w = std::panic::catch_unwind(|| Watcher::start(&env, &[]));
+    fs::write(knob, saved.trim()).expect("restoring max_queued_events");
+    let _w = w.unwrap_or_else(|e| std::panic::resume_unwind(e));
+
+    let s = scratch(&env);
+    let img = small_image(&s, "many.iso", "FLOOD");
+    for i in 0..120 {
+        fs::copy(&img, env.drop.join(format!("f{i:03}.iso"))).unwrap();
+    }
+    for i in 0..60 {
+        fs::remove_file(env.drop.join(format!("f{i:03}.iso"))).unwrap();
+    }
+    wait_for("an overflow to be logged", || {
+        if env.log_text().contains("overflow") {
+            Ok(())
+        } else {
+            Err("no overflow yet".into())
+        }
+    });
+    wait_for("60 media after the rescan", || {
+        let doc = env.status()?;
+        let n = doc["media"].as_array().map_or(0, |m| m.len());
+        if n == 60 && env.names().len() == 60 {
+            Ok(())
+        } else {
+            Err(format!("status {n}, root {}", env.names().len()))
+        }
+    });
+    // Every medium left is one of the files still there.
+    let doc = env.status().unwrap();
+    for m in doc["media"].as_array().unwrap() {
+        let origin = m["origin"].as_str().unwrap();
+        assert!(Path::new(origin).exists(), "{origin} is gone but served");
+    }
+}
