@@ -51,7 +51,7 @@ impl FuseExecutor {
             Action::SaveState => None,
             Action::Eject { device, name } => {
                 let served_at = name.as_ref().map(|n| self.driver.root().join(n));
-                eject(device, served_at.as_deref());
+                eject(&device, served_at.as_deref());
                 None
             }
         }
