@@ -16,6 +16,7 @@ use crate::exec::{Executor, FuseExecutor, KernelExecutor};
 use crate::fuse::FuseDriver;
 use crate::manager::{Action, Manager, StateFile};
 use crate::source::dirs::{DirsConfig, DirsSource};
+use crate::source::drives::{DrivesConfig, DrivesSource};
 use crate::source::Source;
 use crate::sys::linux::LinuxSys;
 
@@ -36,7 +37,10 @@ pub enum DriverChoice {
 /// Everything `isomgr watch` needs.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub dirs: DirsConfig,
+    /// The dirs source, when directories are watched.
+    pub dirs: Option<DirsConfig>,
+    /// The drives source, when drives are watched.
+    pub drives: Option<DrivesSetup>,
     pub root: PathBuf,
     pub state: PathBuf,
     pub index_file: Option<PathBuf>,
@@ -64,6 +68,14 @@ fn choose(choice: DriverChoice) -> (DriverChoice, String) {
             Err(why) => (DriverChoice::Fuse, why),
         },
     }
+}
+
+/// The drives source and whether it was asked for explicitly: then udev missing is fatal;
+/// when drives are only a default, it is a warning and the watcher goes on without them.
+#[derive(Clone, Debug)]
+pub struct DrivesSetup {
+    pub cfg: DrivesConfig,
+    pub required: bool,
 }
 
 fn now() -> i64 {
@@ -103,7 +115,12 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     let mut exec = match driver {
         DriverChoice::Kernel => {
             tracing::info!(driver = "kernel", %reason, "mount driver chosen");
-            let mut k = KernelExecutor::new(LinuxSys, root.clone());
+            let own_loops = cfg
+                .drives
+                .as_ref()
+                .map(|d| d.cfg.own_loops.clone())
+                .unwrap_or_default();
+            let mut k = KernelExecutor::new(LinuxSys, root.clone()).with_own_loops(own_loops);
             let foreign = k.reconcile(previous_state.as_ref());
             let mut exec = Executor::Kernel(k);
             process(&mut manager, &mut exec, Event::ForeignEntries(foreign));
@@ -130,13 +147,32 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
 
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    sources.push(Box::new(DirsSource::spawn(cfg.dirs.clone(), tx.clone())?));
+    let mut drives_on = false;
+    if let Some(d) = &cfg.drives {
+        match DrivesSource::spawn(d.cfg.clone(), tx.clone()) {
+            Ok(s) => {
+                sources.push(Box::new(s));
+                drives_on = true;
+            }
+            Err(e) if !d.required => {
+                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "drives are not watched");
+            }
+            Err(e) => {
+                exec.shutdown(cfg.cleanup_on_exit);
+                return Err(anyhow::Error::from(e).context("--drives"));
+            }
+        }
+    }
+    if let Some(dirs) = &cfg.dirs {
+        sources.push(Box::new(DirsSource::spawn(dirs.clone(), tx.clone())?));
+    }
     drop(tx);
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    tracing::info!(root = %root.display(), dirs = ?cfg.dirs.dirs, "watching");
+    let dirs: &[PathBuf] = cfg.dirs.as_ref().map_or(&[], |d| &d.dirs);
+    tracing::info!(root = %root.display(), ?dirs, drives = drives_on, any_block = cfg.drives.as_ref().is_some_and(|d| d.cfg.any_block), "watching");
 
     let save = |manager: &Manager| {
         let doc = StateFile {

@@ -86,4 +86,7 @@ pub enum Event {
     },
     /// Names in the root that isomgr did not make (they count as taken).
     ForeignEntries(Vec<String>),
+    /// The eject button of the drive at `device` was pressed while it held this medium: stop
+    /// serving it, then open the tray.
+    EjectRequested { id: MediumId, device: PathBuf },
 }

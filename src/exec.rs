@@ -4,6 +4,9 @@
 
 pub mod kernel;
 
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::event::{Event, Medium};
@@ -86,6 +89,11 @@ impl FuseExecutor {
                 None
             }
             Action::SaveState => None,
+            Action::Eject { device, name } => {
+                let served_at = name.as_ref().map(|n| self.driver.root().join(n));
+                eject(&device, served_at.as_deref());
+                None
+            }
         }
     }
 
@@ -119,4 +127,70 @@ impl FuseExecutor {
             tracing::error!(root = %root.display(), error = %e, "unmounting");
         }
     }
+}
+
+/// CDROMEJECT from `<linux/cdrom.h>`.
+const CDROMEJECT: libc::c_ulong = 0x5309;
+
+/// Opens the tray of the drive at `device`. The medium is already unpublished: files still
+/// open under `served_at` keep reading (isomgr then still holds the disc, and the drive
+/// refuses with EBUSY until they close; pressing the button again retries).
+fn eject(device: &Path, served_at: Option<&Path>) {
+    let holders = holders(device, served_at);
+    if !holders.is_empty() {
+        tracing::info!(device = %device.display(), holders = %holders.join(", "), "still in use after unpublishing");
+    }
+    let file = match std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(device)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(device = %device.display(), error = %e, "cannot open the drive to eject");
+            return;
+        }
+    };
+    // SAFETY: CDROMEJECT takes no argument; the descriptor is valid for the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), CDROMEJECT, 0) };
+    if rc == 0 {
+        tracing::info!(device = %device.display(), "ejected");
+        return;
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EBUSY) {
+        tracing::warn!(device = %device.display(), holders = %holders.join(", "), "the drive is busy; the tray stays closed until these close (press eject again)");
+    } else {
+        tracing::warn!(device = %device.display(), error = %e, "eject failed");
+    }
+}
+
+/// Processes (`comm[pid]`) with the device open or a file open under `served_at`, from
+/// /proc/*/fd; best effort (processes that come and go, or hide their fds, are missed).
+fn holders(device: &Path, served_at: Option<&Path>) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|t| t == device || served_at.is_some_and(|s| t.starts_with(s)))
+        });
+        if holds {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            out.push(format!("{}[{pid}]", comm.trim_end()));
+        }
+    }
+    out
 }

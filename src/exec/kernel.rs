@@ -24,6 +24,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::event::{Event, Medium, MediumId, SourceKind};
 use crate::manager::{Action, StateFile};
+use crate::source::drives::OwnLoops;
 use crate::sys::{FileId, LoopDev, LoopEntry, MountEntry, MountFlags, Sys};
 
 /// Mode of a mount point before the medium covers it: nobody but root can list it.
@@ -104,6 +105,9 @@ pub struct KernelExecutor<S: Sys> {
     /// mount table, until the manager publishes the same medium under the same name again
     /// (adopted as it is) or unpublishes it (torn down).
     previous: BTreeMap<String, Served>,
+    /// Backing files of the loop devices this executor attached, shared with the drives source
+    /// so it never takes isomgr's own loops for foreign media (no double mounts).
+    own_loops: OwnLoops,
 }
 
 impl<S: Sys> std::fmt::Debug for KernelExecutor<S> {
@@ -166,6 +170,26 @@ impl<S: Sys> KernelExecutor<S> {
             root,
             served: BTreeMap::new(),
             previous: BTreeMap::new(),
+            own_loops: OwnLoops::default(),
+        }
+    }
+
+    /// Shares the set of backing files of isomgr's own loop devices (see [`OwnLoops`]).
+    pub fn with_own_loops(mut self, own_loops: OwnLoops) -> Self {
+        self.own_loops = own_loops;
+        self
+    }
+
+    /// Marks (or unmarks) `image` as backing one of isomgr's own loop devices, by the path
+    /// the kernel shows in /sys/block/loopN/loop/backing_file.
+    fn own_loop(&self, image: &Path, ours: bool) {
+        let path = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_owned());
+        if let Ok(mut set) = self.own_loops.lock() {
+            if ours {
+                set.insert(path);
+            } else {
+                set.remove(&path);
+            }
         }
     }
 
@@ -213,6 +237,11 @@ impl<S: Sys> KernelExecutor<S> {
                 None
             }
             Action::SaveState => None,
+            Action::Eject { device, name } => {
+                let served_at = name.as_ref().map(|n| self.root.join(n));
+                super::eject(device, served_at.as_deref());
+                None
+            }
         }
     }
 
@@ -270,16 +299,22 @@ impl<S: Sys> KernelExecutor<S> {
             })?;
         let mut loop_dev = match file {
             None => None,
-            Some(f) => match self.sys.attach_loop(f, image, true) {
-                Ok(l) => Some(l),
-                Err(source) => {
-                    self.undo(target, None);
-                    return Err(Error::LoopAttach {
-                        image: image.clone(),
-                        source,
-                    });
+            Some(f) => {
+                // Before attaching: udev announces the new loop device at once.
+                self.own_loop(image, true);
+                let attached = self.sys.attach_loop(f, image, true);
+                match attached {
+                    Ok(l) => Some(l),
+                    Err(source) => {
+                        self.own_loop(image, false);
+                        self.undo(target, None);
+                        return Err(Error::LoopAttach {
+                            image: image.clone(),
+                            source,
+                        });
+                    }
                 }
-            },
+            }
         };
         let device = loop_dev
             .as_ref()
@@ -308,6 +343,9 @@ impl<S: Sys> KernelExecutor<S> {
         }
         if let Some(e) = failure {
             self.undo(target, loop_dev.as_mut());
+            if loop_dev.is_some() {
+                self.own_loop(image, false);
+            }
             return Err(e);
         }
         // The mount holds the device now; with autoclear it frees itself when unmounted.
@@ -359,6 +397,7 @@ impl<S: Sys> KernelExecutor<S> {
                 };
                 tracing::warn!(error = %describe(&e), "autoclear frees it when its last user goes");
             }
+            self.own_loop(&s.origin, false);
         }
         match self.sys.remove_dir(&s.target) {
             Ok(()) => Ok(()),
@@ -427,6 +466,9 @@ impl<S: Sys> KernelExecutor<S> {
                             }),
                         },
                     );
+                    if ours.is_some() {
+                        self.own_loop(&r.origin, true);
+                    }
                 }
                 Some(m) => {
                     tracing::warn!(dir = %target.display(), source = %m.source, "mounted, but not as the previous state says: left alone");

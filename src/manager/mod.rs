@@ -22,6 +22,12 @@ pub enum Action {
     Unpublish { name: String, id: MediumId },
     /// The persisted state changed: write it (atomically) and the index file.
     SaveState,
+    /// Open the tray of the drive at `device` (CDROMEJECT); `name` is what the medium was
+    /// served under, if it was, so the executor can name processes still reading from it.
+    Eject {
+        device: PathBuf,
+        name: Option<String>,
+    },
 }
 
 /// Where a known medium stands.
@@ -91,6 +97,13 @@ impl Manager {
             Event::ForeignEntries(entries) => {
                 self.foreign = entries.into_iter().collect();
                 Vec::new()
+            }
+            Event::EjectRequested { id, device } => {
+                // Unpublish first, so nothing isomgr serves holds the disc when the tray opens.
+                let name = self.name_of(&id).map(str::to_owned);
+                let mut actions = self.vanished(&id);
+                actions.push(Action::Eject { device, name });
+                actions
             }
         }
     }

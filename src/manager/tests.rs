@@ -369,3 +369,177 @@ fn the_loop_device_of_a_kernel_mount_is_recorded() {
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].loop_device.as_deref(), Some("/dev/loop7"));
 }
+
+fn disc(id: &str, label: Option<&str>, device: &str) -> Medium {
+    Medium {
+        id: MediumId(id.into()),
+        source: SourceKind::Drive,
+        origin: device.into(),
+        label: label.map(str::to_owned),
+        fallback: device.trim_start_matches("/dev/").into(),
+        fs: Some("iso9660".into()),
+        handle: None,
+    }
+}
+
+fn eject(id: &str, device: &str) -> Event {
+    Event::EjectRequested {
+        id: MediumId(id.into()),
+        device: device.into(),
+    }
+}
+
+#[test]
+fn drive_scenarios() {
+    // (description, events, expected id -> name afterwards)
+    type Case = (&'static str, Vec<Event>, Vec<(&'static str, &'static str)>);
+    let cases: Vec<Case> = vec![
+        (
+            "re-inserting the same disc (a new disk sequence) gives it back its name",
+            vec![
+                Event::Appeared(disc("drive:/dev/sr0:5", Some("Debian 12"), "/dev/sr0")),
+                Event::Appeared(medium("f", Some("Debian 12"), "/d/debian.iso")),
+                eject("drive:/dev/sr0:5", "/dev/sr0"),
+                Event::Appeared(disc("drive:/dev/sr0:6", Some("Debian 12"), "/dev/sr0")),
+            ],
+            vec![("drive:/dev/sr0:6", "Debian_12"), ("f", "Debian_12-2")],
+        ),
+        (
+            "re-inserting after the tray emptied by itself gives the name back too",
+            vec![
+                Event::Appeared(disc("drive:/dev/sr0:5", Some("D"), "/dev/sr0")),
+                Event::Vanished(id("drive:/dev/sr0:5")),
+                Event::Appeared(disc("drive:/dev/sr0:6", Some("D"), "/dev/sr0")),
+            ],
+            vec![("drive:/dev/sr0:6", "D")],
+        ),
+        (
+            "a different disc swapped in fast: the old name goes, the new label is served",
+            vec![
+                Event::Appeared(disc("drive:/dev/sr0:5", Some("OLD"), "/dev/sr0")),
+                Event::Vanished(id("drive:/dev/sr0:5")),
+                Event::Appeared(disc("drive:/dev/sr0:6", Some("NEW"), "/dev/sr0")),
+            ],
+            vec![("drive:/dev/sr0:6", "NEW")],
+        ),
+        (
+            "a disc with no usable label is named after the drive",
+            vec![Event::Appeared(disc(
+                "drive:/dev/sr1:9",
+                Some("  "),
+                "/dev/sr1",
+            ))],
+            vec![("drive:/dev/sr1:9", "sr1")],
+        ),
+        (
+            "drive removal while serving frees the name",
+            vec![
+                Event::Appeared(disc("drive:/dev/sr0:5", Some("X"), "/dev/sr0")),
+                Event::Vanished(id("drive:/dev/sr0:5")),
+                Event::Appeared(medium("f", Some("X"), "/d/x.iso")),
+            ],
+            vec![("f", "X")],
+        ),
+    ];
+    for (what, events, want) in cases {
+        let mut m = Manager::default();
+        run(&mut m, events);
+        let want: BTreeMap<String, String> = want
+            .into_iter()
+            .map(|(i, n)| (i.to_owned(), n.to_owned()))
+            .collect();
+        assert_eq!(names(&m), want, "{what}");
+    }
+}
+
+#[test]
+fn eject_button_unpublishes_before_opening_the_tray() {
+    let mut m = Manager::default();
+    run(
+        &mut m,
+        vec![Event::Appeared(disc(
+            "drive:/dev/sr0:5",
+            Some("D"),
+            "/dev/sr0",
+        ))],
+    );
+    let acts = m.apply(2, eject("drive:/dev/sr0:5", "/dev/sr0"));
+    assert_eq!(
+        acts,
+        vec![
+            Action::Unpublish {
+                name: "D".into(),
+                id: id("drive:/dev/sr0:5")
+            },
+            Action::SaveState,
+            Action::Eject {
+                device: "/dev/sr0".into(),
+                name: Some("D".into())
+            },
+        ]
+    );
+    assert_eq!(m.name_of(&id("drive:/dev/sr0:5")), None);
+    assert!(m.records().is_empty());
+}
+
+#[test]
+fn eject_of_a_medium_that_failed_or_is_unknown_still_opens_the_tray() {
+    let mut m = Manager::default();
+    m.apply(
+        1,
+        Event::Appeared(disc("drive:/dev/sr0:5", Some("D"), "/dev/sr0")),
+    );
+    m.apply(
+        2,
+        Event::Failed {
+            id: id("drive:/dev/sr0:5"),
+            name: "D".into(),
+            error: "unreadable".into(),
+        },
+    );
+    let acts = m.apply(3, eject("drive:/dev/sr0:5", "/dev/sr0"));
+    assert_eq!(
+        acts,
+        vec![
+            Action::SaveState,
+            Action::Eject {
+                device: "/dev/sr0".into(),
+                name: None
+            }
+        ]
+    );
+    let acts = m.apply(4, eject("drive:/dev/sr0:77", "/dev/sr0"));
+    assert_eq!(
+        acts,
+        vec![Action::Eject {
+            device: "/dev/sr0".into(),
+            name: None
+        }]
+    );
+}
+
+#[test]
+fn a_disc_still_in_its_drive_after_a_restart_keeps_its_name() {
+    let mut m = Manager::default();
+    run(
+        &mut m,
+        vec![
+            Event::Appeared(disc("drive:/dev/sr0:5", Some("D"), "/dev/sr0")),
+            Event::Appeared(disc("drive:/dev/sr1:8", Some("D"), "/dev/sr1")),
+        ],
+    );
+    let mut m2 = Manager::new(&m.records());
+    run(
+        &mut m2,
+        vec![
+            Event::Appeared(disc("drive:/dev/sr1:8", Some("D"), "/dev/sr1")),
+            Event::Appeared(disc("drive:/dev/sr0:5", Some("D"), "/dev/sr0")),
+            Event::ScanDone {
+                source: SourceKind::Drive,
+                present: vec![id("drive:/dev/sr0:5"), id("drive:/dev/sr1:8")],
+            },
+        ],
+    );
+    assert_eq!(m2.name_of(&id("drive:/dev/sr0:5")), Some("D"));
+    assert_eq!(m2.name_of(&id("drive:/dev/sr1:8")), Some("D-2"));
+}

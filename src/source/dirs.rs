@@ -27,6 +27,9 @@ use crate::iso9660::{probe, Error as IsoError};
 /// counts as gone (the two halves of a rename arrive together; this is slack).
 const MOVE_GRACE: Duration = Duration::from_millis(25);
 
+/// When a directory that just appeared is looked at a second time.
+const FRESH_DIR_RELOOK: Duration = Duration::from_millis(20);
+
 /// What the dirs source watches and takes.
 #[derive(Clone, Debug)]
 pub struct DirsConfig {
@@ -96,6 +99,7 @@ impl DirsSource {
             watcher,
             tracked: TrackedFiles::default(),
             pending_gone: Vec::new(),
+            fresh_dirs: Vec::new(),
             waiting_logged: HashSet::new(),
         };
         state.watch_all()?;
@@ -222,6 +226,10 @@ struct State {
     /// Files that left their path, and when; gone unless they show up elsewhere within
     /// [`MOVE_GRACE`].
     pending_gone: Vec<(PathBuf, Tracked, Instant)>,
+    /// Directories that just appeared in the trees. `notify` starts watching a new directory
+    /// only after it delivered the event that made it, so a file that lands (or is renamed)
+    /// into it in between sends no event: each one is looked at again shortly after.
+    fresh_dirs: Vec<(PathBuf, Instant)>,
     waiting_logged: HashSet<PathBuf>,
 }
 
@@ -250,13 +258,18 @@ impl State {
         loop {
             // Block for the next input, but not past the moment the oldest file that left
             // its place counts as gone.
-            let next = match self.pending_gone.iter().map(|p| p.2).min() {
+            // Also wake for the second look at a directory that appeared (see `fresh_dirs`).
+            let deadline = self
+                .pending_gone
+                .iter()
+                .map(|p| p.2 + MOVE_GRACE)
+                .chain(self.fresh_dirs.iter().map(|d| d.1 + FRESH_DIR_RELOOK))
+                .min();
+            let next = match deadline {
                 None => rx
                     .recv()
                     .map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
-                Some(since) => {
-                    rx.recv_timeout((since + MOVE_GRACE).saturating_duration_since(Instant::now()))
-                }
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
             };
             match next {
                 Ok(input) => {
@@ -274,6 +287,7 @@ impl State {
                     return;
                 }
             }
+            self.relook_fresh_dirs();
             self.finalize_gone(MOVE_GRACE);
         }
     }
@@ -303,7 +317,10 @@ impl State {
             return;
         };
         match ev.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            // The parent of each watched directory is watched too: only files inside count.
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+                if self.inside_watched(&path) =>
+            {
                 self.check(&path, Reason::Written)
             }
             EventKind::Create(CreateKind::Folder) => {
@@ -313,6 +330,7 @@ impl State {
                 }
                 if self.inside_watched(&path) {
                     self.scan_dir(&path, Reason::Arrived, &mut HashSet::new());
+                    self.fresh_dirs.push((path, Instant::now()));
                 }
             }
             EventKind::Create(_) if self.inside_watched(&path) => {
@@ -324,6 +342,7 @@ impl State {
                 }
                 if path.is_dir() {
                     self.scan_dir(&path, Reason::Arrived, &mut HashSet::new());
+                    self.fresh_dirs.push((path, Instant::now()));
                 } else {
                     self.check(&path, Reason::Arrived);
                 }
@@ -361,6 +380,19 @@ impl State {
     }
 
     /// Emits `Vanished` for every file that left its place at least `grace` ago.
+    /// Scans again each directory that appeared at least [`FRESH_DIR_RELOOK`] ago (its watch is
+    /// in place by then), before anything that left is declared gone.
+    fn relook_fresh_dirs(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fresh_dirs)
+            .into_iter()
+            .partition(|d| now >= d.1 + FRESH_DIR_RELOOK);
+        self.fresh_dirs = later;
+        for (dir, _) in due {
+            self.scan_dir(&dir, Reason::Arrived, &mut HashSet::new());
+        }
+    }
+
     fn finalize_gone(&mut self, grace: Duration) {
         let (gone, waiting) = std::mem::take(&mut self.pending_gone)
             .into_iter()

@@ -2,6 +2,7 @@
 //! [`crate::event::Event`]s on one bounded channel. Adding a source never touches the manager.
 
 pub mod dirs;
+pub mod drives;
 
 /// A running source, as the daemon drives it.
 pub trait Source: Send {

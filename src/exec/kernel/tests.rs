@@ -553,3 +553,26 @@ fn kernel_is_usable_only_with_iso9660_and_a_working_loop_device() {
     let why = kernel_usable(&sys).expect("usable");
     assert!(!why.contains("udf"), "{why}");
 }
+
+#[test]
+fn own_loops_hold_the_backing_file_while_served_so_the_drives_source_skips_them() {
+    let sys = FakeSys::new();
+    let own = OwnLoops::default();
+    let mut e = KernelExecutor::new(sys.clone(), ROOT.into()).with_own_loops(own.clone());
+    let m = image_medium("file:1:2", "/srv/iso-drop/a.iso", Some("iso9660"));
+    assert!(matches!(
+        publish(&mut e, "A", &m),
+        Some(Event::Published { .. })
+    ));
+    assert!(own
+        .lock()
+        .unwrap()
+        .contains(Path::new("/srv/iso-drop/a.iso")));
+    unpublish(&mut e, "A", &m);
+    assert!(own.lock().unwrap().is_empty());
+
+    // A failed mount takes the mark away again.
+    sys.fail_next(CallKind::Mount, libc::ENODEV);
+    let _ = publish(&mut e, "B", &m);
+    assert!(own.lock().unwrap().is_empty());
+}

@@ -1,0 +1,399 @@
+//! The drives source end to end, with a real systemd-udevd and real loop devices standing in
+//! for discs (`--drives-any-block`): `isomgr watch` is the built binary, served through the
+//! FUSE driver; results are checked through the mounted root and the watcher's JSON log.
+//!
+//! Needs root, loop devices, /dev/fuse and a running systemd-udevd (scripts/setup.sh starts
+//! it); without them each test says so and skips, or fails under CI=true. Loop-device work
+//! holds a host-wide flock (/tmp/isomgr-tests-loop.lock) shared with the other test binaries:
+//! a watcher taking any block device would otherwise pick up their loop devices too.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use isomgr::event::{Event, MediumId};
+use isomgr::source::drives::{DrivesConfig, DrivesSource};
+use isomgr::source::Source;
+
+/// How long a udev event may take to reach the watcher and be acted on.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let loops = Path::new("/dev/loop-control").exists();
+    let fuse = Path::new("/dev/fuse").exists();
+    let udevd = Path::new("/run/udev/control").exists();
+    if root && loops && fuse && udevd {
+        return true;
+    }
+    let why = format!(
+        "{test}: needs root ({root}), loop devices ({loops}), /dev/fuse ({fuse}) and a running \
+         systemd-udevd ({udevd}; scripts/setup.sh starts it)"
+    );
+    assert!(!common::in_ci(), "{why}");
+    eprintln!("SKIPPED {why}");
+    false
+}
+
+/// The host-wide lock around loop-device work, held for a whole test.
+struct LoopLock(#[allow(dead_code)] File);
+
+impl LoopLock {
+    fn take() -> LoopLock {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .mode(0o600)
+            .open("/tmp/isomgr-tests-loop.lock")
+            .expect("opening the loop lock");
+        // SAFETY: valid fd; flock blocks until the lock is ours.
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock");
+        LoopLock(f)
+    }
+}
+
+/// A loop device this test attached; detached when the test ends, however it ends.
+struct Loop(String);
+
+impl Loop {
+    fn attach(backing: &Path) -> Loop {
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--read-only"])
+            .arg(backing)
+            .output()
+            .expect("running losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+    }
+
+    /// `losetup -c`: the kernel re-reads the backing file's size (0 = an empty tray).
+    fn set_capacity(&self) {
+        let st = Command::new("losetup")
+            .args(["-c", &self.0])
+            .status()
+            .unwrap();
+        assert!(st.success(), "losetup -c {}", self.0);
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        // A detach while udev's blkid still has the device open is deferred to its close:
+        // let udev finish, so the next test does not find this medium still attached.
+        settle();
+    }
+}
+
+/// Waits until udev has processed every queued event (udev's own wait, not a sleep).
+fn settle() {
+    let st = Command::new("udevadm")
+        .args(["settle", "--timeout=20"])
+        .status()
+        .expect("running udevadm settle");
+    assert!(st.success(), "udevadm settle");
+}
+
+/// A running `isomgr watch`, its JSON log lines on a channel; stopped (SIGTERM) on drop.
+struct Watcher {
+    child: Child,
+    root: PathBuf,
+    lines: mpsc::Receiver<serde_json::Value>,
+    /// Every line seen so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Watcher {
+    fn start(dir: &Path) -> Watcher {
+        let root = dir.join("root");
+        let drop = dir.join("drop");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&drop).unwrap();
+        let mut child = Command::new(common::bin())
+            .args([
+                "watch",
+                "--drives",
+                "--drives-any-block",
+                "--log-format",
+                "json",
+            ])
+            .arg("--dir")
+            .arg(&drop)
+            .arg("--root")
+            .arg(&root)
+            .arg("--state")
+            .arg(dir.join("state.json"))
+            .env("ISOMGR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting isomgr watch");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "message": line }));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut w = Watcher {
+            child,
+            root,
+            lines,
+            seen: Vec::new(),
+        };
+        w.wait_for("the watcher to start", |v| v["message"] == "watching");
+        w
+    }
+
+    /// Waits for a log line `pred` accepts; returns it. Fails at the deadline or if the
+    /// watcher exits.
+    fn wait_for(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.to_string());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(e) => panic!(
+                    "waiting for {what}: {e:?}; log so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits until the medium from `device` is served; returns its name.
+    fn wait_mounted(&mut self, device: &str) -> String {
+        let v = self.wait_for(&format!("{device} to be served"), |v| {
+            v["message"] == "mounted" && v["origin"] == device
+        });
+        v["name"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the medium from `device` is no longer served.
+    fn wait_removed(&mut self, device: &str) {
+        let prefix = format!("drive:{device}:");
+        self.wait_for(&format!("{device} to be removed"), |v| {
+            v["message"] == "removed"
+                && v["medium"].as_str().is_some_and(|m| m.starts_with(&prefix))
+        });
+    }
+
+    fn names(&self) -> HashSet<String> {
+        fs::read_dir(&self.root)
+            .expect("reading the root")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Last resort: never leave a dead FUSE mount behind.
+        let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C string for the call.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A copy of a fixture image in `dir` (fixtures are never modified).
+fn copy_fixture(name: &str, dir: &Path, to: &str) -> PathBuf {
+    let path = dir.join(to);
+    fs::copy(common::fixtures().join(name), &path).unwrap();
+    path
+}
+
+/// Writes `fixture`'s bytes over `path` in place (same inode, as the loop device holds it).
+fn overwrite(path: &Path, fixture: &str) {
+    fs::write(path, fs::read(common::fixtures().join(fixture)).unwrap()).unwrap();
+}
+
+/// Every file of a fixture's manifest reads back through `dir` with the recorded sha256.
+fn assert_serves(dir: &Path, fixture: &str) {
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(common::fixtures().join(fixture.replace(".iso", ".tree.json"))).unwrap(),
+    )
+    .unwrap();
+    let mut files = 0;
+    for e in manifest["entries"].as_array().unwrap() {
+        if e["type"] != "file" {
+            continue;
+        }
+        let rel = e["path"].as_str().unwrap().trim_start_matches('/');
+        let data = fs::read(dir.join(rel)).unwrap_or_else(|err| {
+            panic!("reading {}: {err}", dir.join(rel).display());
+        });
+        assert_eq!(
+            common::sha256_hex(&data),
+            e["sha256"].as_str().unwrap(),
+            "{rel}"
+        );
+        files += 1;
+    }
+    assert!(files > 0, "{fixture} has files");
+}
+
+#[test]
+fn loop_device_attached_outside_is_served_emptied_refilled_and_swapped() {
+    if !can_run("loop_device_attached_outside_is_served_emptied_refilled_and_swapped") {
+        return;
+    }
+    let _lock = LoopLock::take();
+    settle();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = Watcher::start(tmp.path());
+    let image = copy_fixture("plain.iso", tmp.path(), "disc.iso");
+
+    // Inserted: attached outside isomgr, it appears under the root.
+    let dev = Loop::attach(&image);
+    let name = w.wait_mounted(&dev.0);
+    assert_eq!(name, "ISOMGR_PLAIN");
+    assert_serves(&w.root.join(&name), "plain.iso");
+
+    // Emptied: capacity 0 is how a drive reports an empty tray.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    dev.set_capacity();
+    w.wait_removed(&dev.0);
+    assert!(!w.names().contains(&name));
+
+    // The same disc back: the same name.
+    overwrite(&image, "plain.iso");
+    dev.set_capacity();
+    assert_eq!(w.wait_mounted(&dev.0), name);
+    assert_serves(&w.root.join(&name), "plain.iso");
+
+    // Another disc swapped in with no empty tray between: the old name goes, the new is served.
+    overwrite(&image, "joliet.iso");
+    dev.set_capacity();
+    w.wait_removed(&dev.0);
+    let new = w.wait_mounted(&dev.0);
+    assert_eq!(new, "_n_c_d_J_liet");
+    let names = w.names();
+    assert!(!names.contains(&name), "{names:?}");
+    assert_serves(&w.root.join(&new), "joliet.iso");
+}
+
+#[test]
+fn loop_device_present_before_start_is_served() {
+    if !can_run("loop_device_present_before_start_is_served") {
+        return;
+    }
+    let _lock = LoopLock::take();
+    settle();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = copy_fixture("rockridge.iso", tmp.path(), "before.iso");
+    let dev = Loop::attach(&image);
+    // udev has seen the device (and blkid its label) before the watcher starts.
+    settle();
+    let mut w = Watcher::start(tmp.path());
+    let name = w.wait_mounted(&dev.0);
+    assert_serves(&w.root.join(&name), "rockridge.iso");
+}
+
+/// The drives source itself, in process: loop devices backed by files isomgr attached are
+/// never taken, while another loop device attached after it is.
+#[test]
+fn own_loop_devices_are_not_picked_up() {
+    if !can_run("own_loop_devices_are_not_picked_up") {
+        return;
+    }
+    let _lock = LoopLock::take();
+    settle();
+    let tmp = tempfile::tempdir().unwrap();
+    let own = copy_fixture("plain.iso", tmp.path(), "own.iso");
+    let other = copy_fixture("joliet.iso", tmp.path(), "other.iso");
+    let cfg = DrivesConfig {
+        any_block: true,
+        own_loops: Default::default(),
+    };
+    cfg.own_loops.lock().unwrap().insert(own.clone());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let source = Box::new(DrivesSource::spawn(cfg, tx).expect("starting the drives source"));
+    // Forwarded to a std channel, to wait with a deadline.
+    let (fwd, events) = mpsc::channel();
+    let forwarder = std::thread::spawn(move || {
+        while let Some(ev) = rx.blocking_recv() {
+            if fwd.send(ev).is_err() {
+                break;
+            }
+        }
+    });
+    let end = Instant::now() + DEADLINE;
+    let next = || -> Event {
+        events
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .expect("an event from the drives source in time")
+    };
+    // The enumeration at start ends with ScanDone.
+    while !matches!(next(), Event::ScanDone { .. }) {}
+
+    let own_dev = Loop::attach(&own);
+    // udev has broadcast the first device's event before the second is attached, so the
+    // source has received it by the time the second one's arrives.
+    settle();
+    let other_dev = Loop::attach(&other);
+    let own_prefix = format!("drive:{}:", own_dev.0);
+    loop {
+        match next() {
+            Event::Appeared(m) if m.origin == Path::new(&other_dev.0) => {
+                assert_eq!(m.label.as_deref(), Some("Ünïcödé Jöliet"));
+                break;
+            }
+            Event::Appeared(m) => assert_ne!(m.origin, Path::new(&own_dev.0), "own loop taken"),
+            Event::Vanished(MediumId(id)) => assert!(!id.starts_with(&own_prefix)),
+            _ => {}
+        }
+    }
+    // Close every descriptor the source opened before the loop devices are detached.
+    source.stop();
+    drop(events);
+    forwarder.join().unwrap();
+    drop((own_dev, other_dev));
+}
