@@ -18,7 +18,17 @@ pub enum SourceKind {
 /// Identity of a medium, stable while it is present and across restarts: `file:DEV:INO` for an
 /// image file (a rename keeps it, an atomic replace changes it), `drive:NODE:SEQ` for a disc.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct MediumId(pub String);
+pub struct MediumId(pub Arc<str>);
+
+impl MediumId {
+    pub fn new(s: impl Into<Arc<str>>) -> Self {
+        MediumId(s.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl std::fmt::Display for MediumId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

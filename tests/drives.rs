@@ -387,7 +387,7 @@ fn own_loop_devices_are_not_picked_up() {
                 break;
             }
             Event::Appeared(m) => assert_ne!(m.origin, Path::new(&own_dev.0), "own loop taken"),
-            Event::Vanished(MediumId(id)) => assert!(!id.starts_with(&own_prefix)),
+            Event::Vanished(MediumId(id)) => assert!(!id.starts_with(&*own_prefix)),
             _ => {}
         }
     }

@@ -233,7 +233,7 @@ fn medium(image: &Path, fs: &str) -> Medium {
     let file = File::open(image).expect("opening the image");
     let meta = file.metadata().expect("stat");
     Medium {
-        id: MediumId(format!("file:{}:{}", meta.dev(), meta.ino())),
+        id: MediumId(format!("file:{}:{}", meta.dev(), meta.ino()).into()),
         source: SourceKind::Dir,
         origin: image.to_owned(),
         label: None,

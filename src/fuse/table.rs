@@ -116,7 +116,8 @@ struct Node<E> {
     entry: E,
     /// Kernel references (lookups minus forgets).
     lookups: u64,
-    children: Option<Children>,
+    /// Boxed: most nodes are files, and the node table is sized for all of them.
+    children: Option<Box<Children>>,
 }
 
 #[derive(Debug, Default)]
@@ -333,7 +334,7 @@ impl<M: Clone, E: NodeData> Table<M, E> {
             m.nodes += added;
         }
         if let Some(node) = self.nodes.get_mut(&dir) {
-            node.children = Some(children);
+            node.children = Some(Box::new(children));
         }
         skipped
     }

@@ -49,7 +49,10 @@ fn run(m: &mut Manager, events: Vec<Event>) -> Vec<Action> {
 }
 
 fn names(m: &Manager) -> BTreeMap<String, String> {
-    m.records().into_iter().map(|r| (r.id.0, r.name)).collect()
+    m.records()
+        .into_iter()
+        .map(|r| (r.id.0.to_string(), r.name))
+        .collect()
 }
 
 #[test]

@@ -131,19 +131,21 @@ impl super::Source for DirsSource {
 /// medium is present (hard links, a rename seen before the old path's event).
 #[derive(Default)]
 struct TrackedFiles {
-    by_path: HashMap<PathBuf, Tracked>,
+    /// Paths are shared with `present` (one allocation per path).
+    by_path: HashMap<Arc<Path>, Tracked>,
     /// Usually one path per medium; more for hard links.
-    present: HashMap<MediumId, Vec<PathBuf>>,
+    present: HashMap<MediumId, Vec<Arc<Path>>>,
 }
 
 impl TrackedFiles {
     fn insert(&mut self, path: PathBuf, t: Tracked) {
         self.remove(&path);
+        let path: Arc<Path> = path.into();
         if t.present {
             self.present
                 .entry(t.id.clone())
                 .or_default()
-                .push(path.clone());
+                .push(Arc::clone(&path));
         }
         self.by_path.insert(path, t);
     }
@@ -151,7 +153,7 @@ impl TrackedFiles {
     fn remove(&mut self, path: &Path) -> Option<Tracked> {
         let t = self.by_path.remove(path)?;
         if let Some(paths) = self.present.get_mut(&t.id) {
-            paths.retain(|p| p != path);
+            paths.retain(|p| &**p != path);
             if paths.is_empty() {
                 self.present.remove(&t.id);
             }
@@ -167,8 +169,8 @@ impl TrackedFiles {
         self.by_path.contains_key(path)
     }
 
-    fn keys(&self) -> impl Iterator<Item = &PathBuf> {
-        self.by_path.keys()
+    fn keys(&self) -> impl Iterator<Item = &Path> {
+        self.by_path.keys().map(|p| &**p)
     }
 
     fn values(&self) -> impl Iterator<Item = &Tracked> {
@@ -179,7 +181,7 @@ impl TrackedFiles {
     fn present_at(&self, id: &MediumId) -> Option<PathBuf> {
         self.present
             .get(id)
-            .and_then(|paths| paths.iter().min().cloned())
+            .and_then(|paths| paths.iter().min().map(|p| p.to_path_buf()))
     }
 }
 
@@ -370,7 +372,7 @@ impl State {
             .tracked
             .keys()
             .filter(|p| p.starts_with(path))
-            .cloned()
+            .map(Path::to_path_buf)
             .collect();
         for p in under {
             if let Some(t) = self.tracked.remove(&p) {
@@ -429,7 +431,7 @@ impl State {
             .tracked
             .keys()
             .filter(|p| !seen.contains(*p))
-            .cloned()
+            .map(Path::to_path_buf)
             .collect();
         for p in lost {
             self.left(&p);
@@ -502,7 +504,7 @@ impl State {
             tracing::debug!(path = %path.display(), "not a regular file; ignored");
             return;
         }
-        let id = MediumId(format!("file:{}:{}", meta.dev(), meta.ino()));
+        let id = MediumId(format!("file:{}:{}", meta.dev(), meta.ino()).into());
 
         // The same file seen under a new path: a rename inside the trees.
         if let Some(i) = self.pending_gone.iter().position(|(_, t, _)| t.id == id) {

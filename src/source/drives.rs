@@ -547,7 +547,7 @@ impl State {
         if gen > 0 {
             id.push_str(&format!(".{gen}"));
         }
-        MediumId(id)
+        MediumId(id.into())
     }
 
     fn own_loops_empty(&self) -> bool {
