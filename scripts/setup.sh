@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential pkg-config libudev-dev libclang-dev
   fuse3 libfuse3-dev udev util-linux e2fsprogs squashfs-tools
-  genisoimage xorriso libarchive-tools fuseiso hyperfine
+  genisoimage xorriso libarchive-tools fuseiso hyperfine inotify-tools
 )
 
 if [ "$(id -u)" -ne 0 ]; then
