@@ -51,25 +51,11 @@ const PROGRESS_MIN: usize = 2000;
 
 pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     let mut failures = 0usize;
-    let mut candidates = Vec::new();
-    for p in &args.paths {
-        match fs::metadata(p) {
-            Ok(m) if m.is_dir() => walk(p, &mut candidates, &mut failures),
-            Ok(_) => candidates.push(Candidate {
-                path: p.clone(),
-                explicit: true,
-            }),
-            Err(e) => {
-                eprintln!("isomgr: {}: {e}", p.display());
-                failures += 1;
-            }
-        }
-    }
-    let results = probe_all(&candidates);
+    let scanned = scan_all(&args.paths, &mut failures);
     let mut records = Vec::new();
     let mut skipped = 0usize;
     let mut taken: HashSet<String> = HashSet::new();
-    for (c, r) in candidates.iter().zip(results) {
+    for (c, r) in scanned {
         match r {
             Ok(info) => {
                 let stem = c.path.file_stem().map(|s| s.to_string_lossy().into_owned());
@@ -122,9 +108,9 @@ fn record(path: &Path, info: VolumeInfo, name: String) -> ScanRecord {
     }
 }
 
-/// Collects regular files (and symlinks to them) below `dir`, sorted by name in each
-/// directory. Symlinks to directories are not followed, so the walk always ends.
-fn walk(dir: &Path, out: &mut Vec<Candidate>, failures: &mut usize) {
+/// Hands the regular files (and symlinks to them) below `dir` to `found`, one directory at a
+/// time, sorted by name. Symlinks to directories are not followed, so the walk always ends.
+fn walk(dir: &Path, found: &mut impl FnMut(Vec<Candidate>), failures: &mut usize) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let rd = match fs::read_dir(&d) {
@@ -149,10 +135,17 @@ fn walk(dir: &Path, out: &mut Vec<Candidate>, failures: &mut usize) {
         // One directory: the paths share their prefix, so byte order is name order.
         files.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
         dirs.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
-        out.extend(files.into_iter().map(|path| Candidate {
-            path,
-            explicit: false,
-        }));
+        if !files.is_empty() {
+            found(
+                files
+                    .into_iter()
+                    .map(|path| Candidate {
+                        path,
+                        explicit: false,
+                    })
+                    .collect(),
+            );
+        }
         stack.extend(dirs.into_iter().rev());
     }
 }
@@ -186,7 +179,11 @@ impl DirCache {
         } else {
             parent
         };
-        if self.dir.as_ref().is_none_or(|(p, _)| p != parent) {
+        if self
+            .dir
+            .as_ref()
+            .is_none_or(|(p, _)| p.as_os_str() != parent.as_os_str())
+        {
             let d = File::options()
                 .read(true)
                 .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
@@ -242,16 +239,22 @@ fn file_is_short(f: &File) -> bool {
         .is_ok_and(|m| m.is_file() && m.len() < 17 * 2048)
 }
 
-/// Probes every candidate on all cores; results in candidate order.
-fn probe_all(candidates: &[Candidate]) -> Vec<Result<VolumeInfo, ProbeError>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(candidates.len().div_ceil(64).max(1));
-    let next = AtomicUsize::new(0);
+/// Files handed to a worker at a time.
+const BATCH: usize = 64;
+
+type Probed = (Candidate, Result<VolumeInfo, ProbeError>);
+
+/// Walks `paths` and identifies every file found, on all cores: workers start on the first
+/// directory while the walk goes on. Results in walk order.
+fn scan_all(paths: &[PathBuf], failures: &mut usize) -> Vec<Probed> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<Candidate>)>();
+    let rx = std::sync::Mutex::new(rx);
     let done = AtomicUsize::new(0);
-    let show_progress = candidates.len() >= PROGRESS_MIN && std::io::stderr().is_terminal();
-    let mut slots: Vec<Option<Result<VolumeInfo, ProbeError>>> =
-        (0..candidates.len()).map(|_| None).collect();
+    let total = AtomicUsize::new(0);
+    let walking = std::sync::atomic::AtomicBool::new(true);
+    let show_progress = std::io::stderr().is_terminal();
+    let mut results: Vec<(usize, Candidate, Result<VolumeInfo, ProbeError>)> = Vec::new();
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -259,14 +262,17 @@ fn probe_all(candidates: &[Candidate]) -> Vec<Result<VolumeInfo, ProbeError>> {
                     let mut local = Vec::new();
                     let mut dirs = DirCache::default();
                     loop {
-                        let i = next.fetch_add(16, Ordering::Relaxed);
-                        if i >= candidates.len() {
-                            break;
+                        let batch = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok((start, files)) = batch else { break };
+                        let n = files.len();
+                        for (k, c) in files.into_iter().enumerate() {
+                            let r = probe_one(&c.path, &mut dirs);
+                            local.push((start + k, c, r));
                         }
-                        for (j, c) in candidates.iter().enumerate().skip(i).take(16) {
-                            local.push((j, probe_one(&c.path, &mut dirs)));
-                        }
-                        done.fetch_add(16, Ordering::Relaxed);
+                        done.fetch_add(n, Ordering::Relaxed);
                     }
                     local
                 })
@@ -274,29 +280,54 @@ fn probe_all(candidates: &[Candidate]) -> Vec<Result<VolumeInfo, ProbeError>> {
             .collect();
         if show_progress {
             s.spawn(|| loop {
-                let n = done.load(Ordering::Relaxed).min(candidates.len());
-                eprint!("\rscanning {n}/{}", candidates.len());
-                if n >= candidates.len() {
+                let (n, t) = (done.load(Ordering::Relaxed), total.load(Ordering::Relaxed));
+                let still = walking.load(Ordering::Relaxed);
+                if !still && n >= t {
                     eprint!("\r\x1b[K");
                     break;
+                }
+                if t >= PROGRESS_MIN {
+                    eprint!("\rscanning {n}/{t}{}", if still { "+" } else { "" });
                 }
                 std::thread::sleep(Duration::from_millis(100));
             });
         }
-        for w in workers {
-            if let Ok(local) = w.join() {
-                for (j, r) in local {
-                    if let Some(slot) = slots.get_mut(j) {
-                        *slot = Some(r);
-                    }
+        let mut next = 0usize;
+        let mut send = |files: Vec<Candidate>| {
+            let mut files = files;
+            while !files.is_empty() {
+                let rest = files.split_off(files.len().min(BATCH));
+                let n = files.len();
+                total.fetch_add(n, Ordering::Relaxed);
+                let _ = tx.send((next, files));
+                next += n;
+                files = rest;
+            }
+        };
+        for p in paths {
+            match fs::metadata(p) {
+                Ok(m) if m.is_dir() => walk(p, &mut send, failures),
+                Ok(_) => send(vec![Candidate {
+                    path: p.clone(),
+                    explicit: true,
+                }]),
+                Err(e) => {
+                    eprintln!("isomgr: {}: {e}", p.display());
+                    *failures += 1;
                 }
             }
         }
+        drop(send);
+        drop(tx);
+        walking.store(false, Ordering::Relaxed);
+        for w in workers {
+            if let Ok(local) = w.join() {
+                results.extend(local);
+            }
+        }
     });
-    slots
-        .into_iter()
-        .map(|s| s.unwrap_or(Err(ProbeError::NotAnImage)))
-        .collect()
+    results.sort_unstable_by_key(|r| r.0);
+    results.into_iter().map(|(_, c, r)| (c, r)).collect()
 }
 
 fn print_table(records: &[ScanRecord], out: &mut impl Write) -> anyhow::Result<()> {
