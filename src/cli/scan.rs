@@ -317,7 +317,6 @@ fn scan_all(paths: &[PathBuf], failures: &mut usize) -> Vec<Probed> {
                 }
             }
         }
-        drop(send);
         drop(tx);
         walking.store(false, Ordering::Relaxed);
         for w in workers {
