@@ -135,7 +135,9 @@ pub struct Table<M, E> {
     names: HashMap<String, MediumId>,
     by_seq: BTreeMap<u64, MediumId>,
     media: HashMap<MediumId, Medium<M>>,
-    nodes: HashMap<u64, Node<E>>,
+    /// Boxed: the table is sized for every node the kernel knows (a power of two, often
+    /// twice the count), so slots stay small and the nodes themselves are allocated once.
+    nodes: HashMap<u64, Box<Node<E>>>,
 }
 
 /// A name the kernel could show as one directory entry of the root or of a directory.
@@ -189,13 +191,13 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         let top_ino = self.alloc_ino();
         self.nodes.insert(
             top_ino,
-            Node {
+            Box::new(Node {
                 medium: id,
                 parent: ROOT_INO,
                 entry: top,
                 lookups: 0,
                 children: None,
-            },
+            }),
         );
         self.media.insert(
             id,
@@ -321,13 +323,13 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         for (ino, entry) in new_nodes {
             self.nodes.insert(
                 ino,
-                Node {
+                Box::new(Node {
                     medium,
                     parent: dir,
                     entry,
                     lookups: 0,
                     children: None,
-                },
+                }),
             );
         }
         if let Some(m) = self.media.get_mut(&medium) {
