@@ -21,7 +21,7 @@ use crate::source::Source;
 use crate::sys::linux::LinuxSys;
 
 /// Events queued between sources and the manager at most (back-pressure beyond).
-const EVENT_QUEUE: usize = 4096;
+const EVENT_QUEUE: usize = 256;
 /// Shortest time between two writes of the state file while changes keep coming.
 const SAVE_INTERVAL: Duration = Duration::from_millis(100);
 
