@@ -15,7 +15,7 @@
 //! - Removing a medium takes its name out of the root and drops the table's handle `M` at once;
 //!   nodes the kernel still references stay (for getattr and forget) until forgotten.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::time::SystemTime;
@@ -120,10 +120,20 @@ struct Node<E> {
     children: Option<Box<Children>>,
 }
 
-#[derive(Debug, Default)]
+/// A directory's index. Its entries' inodes are allocated in one run (`first`, `first + 1`...
+/// in readdir order), so the index holds no inode and no name of its own: `sorted` lists the
+/// offsets into that run ordered by name, for binary-search lookups. About 4 bytes per entry
+/// beyond the nodes themselves.
+#[derive(Debug)]
 struct Children {
-    by_name: HashMap<OsString, u64>,
-    order: Vec<u64>,
+    first: u64,
+    sorted: Box<[u32]>,
+}
+
+impl Children {
+    fn len(&self) -> usize {
+        self.sorted.len()
+    }
 }
 
 #[derive(Debug)]
@@ -305,22 +315,31 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         if !wanted {
             return 0;
         }
-        let mut children = Children::default();
         let mut skipped = 0;
-        let mut new_nodes = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let name = entry.name().to_owned();
-            if !valid_name(name.as_bytes()) || children.by_name.contains_key(&name) {
-                skipped += 1;
-                continue;
+        let mut kept: Vec<E> = Vec::with_capacity(entries.len());
+        {
+            let mut seen = HashSet::with_capacity(entries.len());
+            for entry in entries {
+                let name = entry.name();
+                if !valid_name(name.as_bytes()) || !seen.insert(name.to_owned()) {
+                    skipped += 1;
+                    continue;
+                }
+                kept.push(entry);
             }
-            let ino = self.alloc_ino();
-            children.by_name.insert(name, ino);
-            children.order.push(ino);
-            new_nodes.push((ino, entry));
         }
-        let added = new_nodes.len();
-        for (ino, entry) in new_nodes {
+        // At most u32::MAX entries: a directory's records cannot describe more in an image
+        // whose directory sizes are 32-bit.
+        kept.truncate(u32::MAX as usize);
+        let mut sorted: Vec<u32> = (0..kept.len() as u32).collect();
+        sorted.sort_unstable_by(|&a, &b| kept[a as usize].name().cmp(kept[b as usize].name()));
+        let children = Children {
+            first: self.next_ino,
+            sorted: sorted.into_boxed_slice(),
+        };
+        let added = kept.len();
+        for entry in kept {
+            let ino = self.alloc_ino();
             self.nodes.insert(
                 ino,
                 Box::new(Node {
@@ -339,6 +358,24 @@ impl<M: Clone, E: NodeData> Table<M, E> {
             node.children = Some(Box::new(children));
         }
         skipped
+    }
+
+    /// The inode of the entry called `name` in an indexed directory.
+    fn child_named(&self, children: &Children, name: &OsStr) -> Option<u64> {
+        let name_of = |off: u32| {
+            self.nodes
+                .get(&(children.first + u64::from(off)))
+                .map(|n| n.entry.name())
+        };
+        children
+            .sorted
+            .binary_search_by(|&off| match name_of(off) {
+                Some(n) => n.cmp(name),
+                // Not reached: a present medium's indexed nodes are never dropped.
+                None => std::cmp::Ordering::Less,
+            })
+            .ok()
+            .map(|i| children.first + u64::from(children.sorted[i]))
     }
 
     /// Resolves `name` in `parent`; on success the kernel holds one more reference.
@@ -361,7 +398,7 @@ impl<M: Clone, E: NodeData> Table<M, E> {
                 .nodes
                 .get(&parent)
                 .and_then(|n| n.children.as_ref())
-                .and_then(|c| c.by_name.get(name).copied());
+                .and_then(|c| self.child_named(c, name));
             match found {
                 Some(ino) => ino,
                 None => return Step::Err(libc::ENOENT),
@@ -480,15 +517,16 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         let Some(children) = self.nodes.get(&ino).and_then(|n| n.children.as_ref()) else {
             return Step::Err(libc::ENOENT);
         };
-        let skip = usize::try_from(start - FIRST_COOKIE).unwrap_or(usize::MAX);
-        for (i, &child) in children.order.iter().enumerate().skip(skip) {
+        let skip = start - FIRST_COOKIE;
+        for i in skip..children.len() as u64 {
             if rows.len() >= max {
                 break;
             }
+            let child = children.first + i;
             if let Some(node) = self.nodes.get(&child) {
                 rows.push(DirRow {
                     ino: child,
-                    cookie: FIRST_COOKIE + i as u64,
+                    cookie: FIRST_COOKIE + i,
                     kind: node.entry.kind(),
                     name: node.entry.name().to_owned(),
                 });
