@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::watcher::{self, wait_for, wait_within, Env, Watcher};
+use common::watcher::{self, statfs_files, wait_for, wait_within, Env, Watcher};
 
 /// The big file: large enough that a rate-limited download of it lasts several seconds and
 /// outlasts every buffer between the image and curl (socket buffers, read-ahead).
@@ -394,6 +394,13 @@ fn nginx_serves_the_root_and_a_download_outlives_the_deleted_image() {
             Ok(())
         }
     });
+    wait_for(
+        "the watcher to forget the medium's nodes",
+        || match statfs_files(&env.root) {
+            0 => Ok(()),
+            n => Err(format!("{n} nodes")),
+        },
+    );
     assert!(w.alive(), "the watcher died");
     let errors = nginx.unexpected_errors();
     assert!(errors.is_empty(), "nginx logged errors: {errors:#?}");

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::watcher::{self, wait_for, Env, Watcher};
+use common::watcher::{self, statfs_files, wait_for, Env, Watcher};
 
 const READERS: usize = 16;
 /// Each reader's file.
@@ -110,23 +110,6 @@ struct Tally {
     short_eof: usize,
     /// Time from the delete to the last reader's end, worst cycle.
     max_finish: Duration,
-}
-
-/// Inode count statfs(2) reports for `path`: for the FUSE root, the nodes in the watcher's
-/// table (those of present media, and of removed ones the kernel still references).
-fn statfs_files(path: &Path) -> u64 {
-    let c = std::ffi::CString::new(path.to_str().expect("UTF-8 path")).unwrap();
-    // SAFETY: `buf` is plain data the call fills in; `c` is a valid C string.
-    unsafe {
-        let mut buf: libc::statfs = std::mem::zeroed();
-        assert_eq!(
-            libc::statfs(c.as_ptr(), &mut buf),
-            0,
-            "statfs {}",
-            path.display()
-        );
-        buf.f_files
-    }
 }
 
 #[test]

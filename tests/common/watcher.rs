@@ -70,6 +70,23 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Inode count statfs(2) reports for `path`: for the FUSE root, the nodes in the watcher's
+/// table (those of present media, and of removed ones the kernel still references).
+pub fn statfs_files(path: &Path) -> u64 {
+    let c = std::ffi::CString::new(path.to_str().expect("UTF-8 path")).unwrap();
+    // SAFETY: `buf` is plain data the call fills in; `c` is a valid C string.
+    unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        assert_eq!(
+            libc::statfs(c.as_ptr(), &mut buf),
+            0,
+            "statfs {}",
+            path.display()
+        );
+        buf.f_files
+    }
+}
+
 /// Whether a FUSE filesystem is mounted exactly at `path`.
 pub fn is_fuse_mount(path: &Path) -> bool {
     mounts_under(path).iter().any(|l| {
