@@ -7,6 +7,7 @@ packages=(
   build-essential pkg-config libudev-dev libclang-dev
   fuse3 libfuse3-dev udev util-linux e2fsprogs squashfs-tools
   genisoimage xorriso libarchive-tools fuseiso hyperfine inotify-tools
+  nginx curl  # tests/web.rs: a real web server in front of the root
 )
 
 if [ "$(id -u)" -ne 0 ]; then

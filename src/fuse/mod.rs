@@ -285,7 +285,7 @@ impl FuseDriver {
             Ok(id) => {
                 debug!(name, medium = id.0, "medium added");
                 // Drop a cached negative entry for the name, and the root's attributes.
-                self.invalidate(name);
+                self.invalidate(ROOT_INO, OsStr::new(name));
                 Ok(())
             }
             Err(AddError::InvalidName) => Err(Error::InvalidName {
@@ -302,9 +302,21 @@ impl FuseDriver {
     pub fn remove(&self, name: &str) -> bool {
         let removed = lock(&self.table).remove(name, SystemTime::now());
         match removed {
-            Some(id) => {
-                debug!(name, medium = id.0, "medium removed");
-                self.invalidate(name);
+            Some(removed) => {
+                debug!(
+                    name,
+                    medium = removed.id.0,
+                    held = removed.held.len(),
+                    "medium removed"
+                );
+                self.invalidate(ROOT_INO, OsStr::new(name));
+                // Entries below the top still in use (open files, working directories) survive
+                // the top's invalidation and would stay cached after their last user, keeping
+                // their nodes in the table. Dropped now, the kernel forgets each one as soon as
+                // it is unused; open files keep reading meanwhile.
+                for (parent, child) in &removed.held {
+                    self.invalidate(*parent, child);
+                }
                 true
             }
             None => false,
@@ -316,14 +328,15 @@ impl FuseDriver {
         lock(&self.table).names()
     }
 
-    /// Tells the kernel to forget what it cached about root entry `name` (a negative entry
-    /// after a lookup before it existed, a positive one after removal). The root's own
-    /// attributes expire by themselves within a second; its listing is never cached. Called without the table lock: the kernel may need the session meanwhile.
-    fn invalidate(&self, name: &str) {
-        if let Err(e) = self.notifier.inval_entry(ROOT_INO, OsStr::new(name)) {
-            // ENOENT: the kernel had nothing cached under that name.
+    /// Tells the kernel to forget what it cached about entry `name` of directory `parent` (a
+    /// negative root entry after a lookup before it existed, a positive one after removal). The
+    /// root's own attributes expire by themselves within a second; its listing is never cached.
+    /// Called without the table lock: the kernel may need the session meanwhile.
+    fn invalidate(&self, parent: u64, name: &OsStr) {
+        if let Err(e) = self.notifier.inval_entry(parent, name) {
+            // ENOENT: the kernel had nothing cached under that name (or forgot the parent).
             if e.raw_os_error() != Some(libc::ENOENT) {
-                debug!(name, error = %e, "invalidating a root entry failed");
+                debug!(parent, name = ?name, error = %e, "invalidating an entry failed");
             }
         }
     }

@@ -92,6 +92,16 @@ pub struct DirRow {
     pub name: OsString,
 }
 
+/// A medium just taken out of the root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removed {
+    pub id: MediumId,
+    /// `(parent, name)` of each node of the medium below its top directory that the kernel
+    /// still references: entries it keeps cached, and so never forgets, unless told to drop
+    /// them. The top directory itself is the root entry named like the medium.
+    pub held: Vec<(u64, OsString)>,
+}
+
 /// Counts for statfs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Usage {
@@ -226,12 +236,14 @@ impl<M: Clone, E: NodeData> Table<M, E> {
     }
 
     /// Takes `name` out of the root. The table lets go of the medium's image at once; nodes the
-    /// kernel still references stay until forgotten, but serve getattr only.
-    pub fn remove(&mut self, name: &str, now: SystemTime) -> Option<MediumId> {
+    /// kernel still references stay until forgotten, but serve getattr only. The entries the
+    /// kernel holds for them are returned, for the driver to invalidate.
+    pub fn remove(&mut self, name: &str, now: SystemTime) -> Option<Removed> {
         let id = self.names.remove(name)?;
         self.root_mtime = now;
+        let mut held = Vec::new();
         let Some(medium) = self.media.get_mut(&id) else {
-            return Some(id);
+            return Some(Removed { id, held });
         };
         self.by_seq.remove(&medium.seq);
         medium.image = None;
@@ -245,6 +257,9 @@ impl<M: Clone, E: NodeData> Table<M, E> {
                 dropped += 1;
                 false
             } else {
+                if node.parent != ROOT_INO {
+                    held.push((node.parent, node.entry.name().to_owned()));
+                }
                 true
             }
         });
@@ -252,7 +267,7 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         if medium.nodes == 0 {
             self.media.remove(&id);
         }
-        Some(id)
+        Some(Removed { id, held })
     }
 
     /// Names in the root, in the order they were added.
@@ -606,7 +621,7 @@ mod tests {
         tb.add("b", Arc::new("B"), dir(""), t(1)).unwrap();
         tb.add("a", Arc::new("A"), dir(""), t(2)).unwrap();
         tb.add("c", Arc::new("C"), dir(""), t(3)).unwrap();
-        assert_eq!(tb.remove("a", t(4)), Some(MediumId(2)));
+        assert_eq!(tb.remove("a", t(4)).map(|r| r.id), Some(MediumId(2)));
         assert_eq!(tb.names(), ["b", "c"]);
         let listed = rows(tb.readdir(ROOT_INO, 0, 100));
         assert_eq!(
@@ -744,7 +759,9 @@ mod tests {
         let f = walk(&mut tb, top.ino, "f", &[file("f"), file("g")]);
         let (held, _) = tb.open(f.ino).unwrap();
         assert_eq!(Arc::strong_count(&image), 3);
-        tb.remove("m", t(2));
+        let removed = tb.remove("m", t(2)).unwrap();
+        // The kernel's entry for "f" is reported, for invalidation; the top is the root entry.
+        assert_eq!(removed.held, vec![(top.ino, OsString::from("f"))]);
         // Only our copy and the open handle's remain.
         assert_eq!(Arc::strong_count(&image), 2);
         assert!(matches!(
