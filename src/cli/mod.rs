@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod cat;
 pub mod completions;
+pub mod install;
 pub mod ls;
 pub mod man;
 pub mod mkiso;
@@ -41,6 +42,9 @@ pub enum Command {
     // -V is the volume label here, as in genisoimage; `isomgr --version` still works.
     #[command(disable_version_flag = true)]
     Mkiso(mkiso::Args),
+    /// Place the binary, the systemd unit, the tmpfiles entry, the example configuration and
+    /// the manual pages; make the root and the drop directory.
+    Install(install::Args),
     /// Print shell completions (bash, zsh, fish).
     Completions(completions::Args),
     /// Print a manual page (roff), generated from this command line.
@@ -57,6 +61,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Watch(args) => watch::run(&args),
         Command::Status(args) => status::run(&args, out),
         Command::Mkiso(args) => mkiso::run(&args, out),
+        Command::Install(args) => install::run(&args, out),
         Command::Completions(args) => completions::run(&args, out),
         Command::Man(args) => man::run(&args, out),
     }
