@@ -7,6 +7,8 @@ packages=(
   build-essential pkg-config libudev-dev libclang-dev
   fuse3 libfuse3-dev udev util-linux e2fsprogs squashfs-tools
   genisoimage xorriso libarchive-tools fuseiso hyperfine inotify-tools
+  # systemd-analyze verify of the unit, and man(1) for its Documentation= pages
+  systemd man-db
 )
 
 if [ "$(id -u)" -ne 0 ]; then
