@@ -42,8 +42,8 @@ pub enum Command {
     // -V is the volume label here, as in genisoimage; `isomgr --version` still works.
     #[command(disable_version_flag = true)]
     Mkiso(mkiso::Args),
-    /// Place the binary, the systemd unit, the tmpfiles entry, the example configuration and
-    /// the manual pages; make the root and the drop directory.
+    /// Place the binary, the systemd unit, the tmpfiles entry, the example configuration, the
+    /// manual pages and the shell completions; make the root and the drop directory.
     Install(install::Args),
     /// Print shell completions (bash, zsh, fish).
     Completions(completions::Args),
