@@ -8,6 +8,8 @@ packages=(
   fuse3 libfuse3-dev udev util-linux e2fsprogs squashfs-tools
   genisoimage xorriso libarchive-tools fuseiso hyperfine inotify-tools
   nginx curl  # tests/web.rs: a real web server in front of the root
+  # systemd-analyze verify of the unit, and man(1) for its Documentation= pages
+  systemd man-db
 )
 
 if [ "$(id -u)" -ne 0 ]; then

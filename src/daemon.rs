@@ -10,11 +10,12 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::event::Event;
+use crate::event::{Event, SourceKind};
 use crate::exec::kernel::kernel_usable;
 use crate::exec::{Executor, FuseExecutor, KernelExecutor};
 use crate::fuse::FuseDriver;
 use crate::manager::{Action, Manager, StateFile};
+use crate::notify::{Readiness, ServiceManager};
 use crate::source::dirs::{DirsConfig, DirsSource};
 use crate::source::drives::{DrivesConfig, DrivesSource};
 use crate::source::Source;
@@ -148,11 +149,13 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     let mut drives_on = false;
+    let mut scanning = Vec::new();
     if let Some(d) = &cfg.drives {
         match DrivesSource::spawn(d.cfg.clone(), tx.clone()) {
             Ok(s) => {
                 sources.push(Box::new(s));
                 drives_on = true;
+                scanning.push(SourceKind::Drive);
             }
             Err(e) if !d.required => {
                 tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "drives are not watched");
@@ -165,8 +168,13 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     }
     if let Some(dirs) = &cfg.dirs {
         sources.push(Box::new(DirsSource::spawn(dirs.clone(), tx.clone())?));
+        scanning.push(SourceKind::Dir);
     }
     drop(tx);
+    // Ready (systemd `Type=notify`) once each source's first scan was applied: everything
+    // present at start is served by then.
+    let mut readiness = Readiness::new(scanning);
+    let systemd = ServiceManager::from_env();
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -189,6 +197,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
                 tracing::error!(index = %index.display(), error = %e, "writing the index file");
             }
         }
+        systemd.status(doc.media.len());
         drop(doc);
         // Give the document's memory back to the system: with thousands of media it is the
         // largest allocation the daemon makes, and it is made again only on the next change.
@@ -198,6 +207,9 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         }
     };
     save(&manager);
+    if readiness.take_ready() {
+        systemd.ready();
+    }
 
     // The state is written once per burst of changes, at most every SAVE_INTERVAL; with
     // nothing changing no timer is armed.
@@ -208,15 +220,22 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
+                readiness.observe(&ev);
                 dirty |= process(&mut manager, &mut exec, ev);
                 // Take what is already queued before writing anything.
                 while let Ok(ev) = rx.try_recv() {
+                    readiness.observe(&ev);
                     dirty |= process(&mut manager, &mut exec, ev);
                 }
-                if dirty && last_save.elapsed() >= SAVE_INTERVAL {
+                // Ready: the state file is written first, so it is current when anyone looks.
+                let ready = readiness.take_ready();
+                if ready || (dirty && last_save.elapsed() >= SAVE_INTERVAL) {
                     save(&manager);
                     dirty = false;
                     last_save = Instant::now();
+                }
+                if ready {
+                    systemd.ready();
                 }
             }
             _ = tokio::time::sleep_until(save_at.unwrap_or_else(Instant::now).into()), if save_at.is_some() => {
@@ -232,6 +251,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
             }
         }
     }
+    systemd.stopping();
     if dirty {
         save(&manager);
     }

@@ -10,6 +10,7 @@
 //! - [`source`]: event sources (directories of images through inotify).
 //! - [`exec`], [`daemon`]: the executors (FUSE, kernel) and the watcher's wiring (tokio,
 //!   signals, state file).
+//! - [`notify`]: systemd readiness notification (sd_notify) and when the watcher is ready.
 //! - [`sys`]: every effect of the kernel driver behind one trait (Linux, recording fake).
 //! - [`cli`]: one module per subcommand; the only layer that prints.
 //! - [`fuse`]: the FUSE mount driver (one read-only FUSE filesystem at the root) and its pure
@@ -23,5 +24,6 @@ pub mod fuse;
 pub mod iso9660;
 pub mod manager;
 pub mod names;
+pub mod notify;
 pub mod source;
 pub mod sys;

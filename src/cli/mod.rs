@@ -6,7 +6,10 @@ use std::io::{self, Write};
 use clap::{Parser, Subcommand};
 
 pub mod cat;
+pub mod completions;
+pub mod install;
 pub mod ls;
+pub mod man;
 pub mod mkiso;
 pub mod scan;
 pub mod status;
@@ -39,6 +42,14 @@ pub enum Command {
     // -V is the volume label here, as in genisoimage; `isomgr --version` still works.
     #[command(disable_version_flag = true)]
     Mkiso(mkiso::Args),
+    /// Place the binary, the systemd unit, the tmpfiles entry, the example configuration, the
+    /// manual pages and the shell completions; make the root and the drop directory.
+    Install(install::Args),
+    /// Print shell completions (bash, zsh, fish).
+    Completions(completions::Args),
+    /// Print a manual page (roff), generated from this command line.
+    #[command(hide = true)]
+    Man(man::Args),
 }
 
 /// Runs a parsed command line, writing results to `out`.
@@ -50,6 +61,9 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Watch(args) => watch::run(&args),
         Command::Status(args) => status::run(&args, out),
         Command::Mkiso(args) => mkiso::run(&args, out),
+        Command::Install(args) => install::run(&args, out),
+        Command::Completions(args) => completions::run(&args, out),
+        Command::Man(args) => man::run(&args, out),
     }
 }
 
