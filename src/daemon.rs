@@ -257,6 +257,9 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     for s in sources.drain(..) {
         s.stop();
     }
+    if let Some(s) = &hooks {
+        s.hooks.shutdown();
+    }
     exec.shutdown(cfg.cleanup_on_exit);
     Ok(())
 }

@@ -6,13 +6,15 @@
 //! by a task on the daemon's runtime; one that exits non-zero is logged in one line; one that
 //! outlives the timeout is killed (its whole process group) and logged. At most
 //! [`MAX_RUNNING`] run at once; up to [`MAX_WAITING`] more wait their turn in order, and any
-//! beyond that are dropped with a log line. [`environment`] is pure; the rest spawns.
+//! beyond that are dropped with a log line. When the watcher stops, hooks still running are
+//! killed with their process groups. [`environment`] is pure; the rest spawns.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -88,7 +90,11 @@ pub struct Hooks {
     cfg: Arc<HookConfig>,
     slots: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
+    /// Process groups of the hooks running now.
+    running: Running,
 }
+
+type Running = Arc<Mutex<HashSet<libc::pid_t>>>;
 
 impl Hooks {
     pub fn new(cfg: HookConfig) -> Hooks {
@@ -96,6 +102,23 @@ impl Hooks {
             cfg: Arc::new(cfg),
             slots: Arc::new(Semaphore::new(MAX_RUNNING)),
             waiting: Arc::new(AtomicUsize::new(0)),
+            running: Running::default(),
+        }
+    }
+
+    /// Kills every hook still running, with its process group (the watcher stops).
+    pub fn shutdown(&self) {
+        let groups: Vec<libc::pid_t> = self
+            .running
+            .lock()
+            .map(|r| r.iter().copied().collect())
+            .unwrap_or_default();
+        for pgid in groups {
+            tracing::info!(pgid, "stopping: killing a hook still running");
+            // SAFETY: signals a process group made for one of our hooks.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
         }
     }
 
@@ -109,16 +132,17 @@ impl Hooks {
             }
             self.waiting.fetch_add(1, Ordering::Relaxed);
             let env = environment(ev, medium);
-            let (cfg, slots, waiting) = (
+            let (cfg, slots, waiting, running) = (
                 Arc::clone(&self.cfg),
                 Arc::clone(&self.slots),
                 Arc::clone(&self.waiting),
+                Arc::clone(&self.running),
             );
             let name = medium.name.clone();
             tokio::spawn(async move {
                 let permit = slots.acquire_owned().await;
                 waiting.fetch_sub(1, Ordering::Relaxed);
-                run_one(&cfg.commands[index], env, cfg.timeout, ev, &name).await;
+                run_one(&cfg.commands[index], env, cfg.timeout, ev, &name, &running).await;
                 drop(permit);
             });
         }
@@ -132,6 +156,7 @@ async fn run_one(
     timeout: Duration,
     ev: HookEvent,
     name: &str,
+    running: &Running,
 ) {
     let mut command = tokio::process::Command::new("/bin/sh");
     command
@@ -149,7 +174,10 @@ async fn run_one(
             return;
         }
     };
-    let pid = child.id();
+    let pid = child.id().map(|p| p as libc::pid_t);
+    if let (Some(pid), Ok(mut r)) = (pid, running.lock()) {
+        r.insert(pid);
+    }
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => {
             tracing::debug!(event = ev.as_str(), %name, hook = %cmd, ms = started.elapsed().as_millis() as u64, "hook done");
@@ -164,12 +192,15 @@ async fn run_one(
             if let Some(pid) = pid {
                 // SAFETY: signals the hook's own process group (it was made its leader).
                 unsafe {
-                    libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+                    libc::kill(-pid, libc::SIGKILL);
                 }
             }
             let _ = child.kill().await;
             tracing::warn!(event = ev.as_str(), %name, hook = %cmd, timeout_s = timeout.as_secs_f64(), "hook timed out; killed");
         }
+    }
+    if let (Some(pid), Ok(mut r)) = (pid, running.lock()) {
+        r.remove(&pid);
     }
 }
 

@@ -667,3 +667,56 @@ fn a_polled_directory_follows_additions_renames_and_removals_without_inotify() {
     fs::remove_file(polled.join("two.iso")).unwrap();
     w.wait_names(&[]);
 }
+
+/// Whether a process is gone (or dead and waiting to be reaped by someone else).
+fn gone(pid: &str) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(") ")
+            .next()
+            .is_some_and(|rest| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+#[test]
+fn hooks_still_running_are_killed_when_the_watcher_stops() {
+    if !can_run("hooks at stop") {
+        return;
+    }
+    let p = Place::new();
+    let drop = p.dir("drop");
+    let pids = p.base.join("hook.pids");
+    let config = p.config(&format!(
+        "[watch]\ndriver = \"fuse\"\nroot = \"{}\"\nstate = \"{}\"\nhook_timeout = 100\n\
+         exec = \"sleep 100 & echo $$ $! >> {}; wait\"\n[[dir]]\npath = \"{}\"\n",
+        p.root.display(),
+        p.state.display(),
+        pids.display(),
+        drop.display()
+    ));
+    let mut w = p.start(&config, &[]);
+    p.drop_image(&drop.join("a.iso"), "AT_STOP");
+    w.wait_names(&["AT_STOP"]);
+    let both: Vec<String> = wait_for("the hook to start", || {
+        let body = fs::read_to_string(&pids).map_err(|e| e.to_string())?;
+        let v: Vec<String> = body.split_whitespace().map(str::to_owned).collect();
+        (v.len() == 2).then_some(v).ok_or(body)
+    });
+    assert!(both.iter().all(|pid| !gone(pid)), "hook not running");
+    let started = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(w.child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = wait_for("the watcher to exit", || {
+        w.child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "running".to_owned())
+    });
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    wait_for("the hook and its child to be gone", || {
+        let alive: Vec<&String> = both.iter().filter(|p| !gone(p)).collect();
+        alive.is_empty().then_some(()).ok_or(format!("{alive:?}"))
+    });
+}
