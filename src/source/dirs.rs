@@ -971,6 +971,33 @@ mod tests {
     }
 
     #[test]
+    fn poll_mode_decides_and_auto_asks_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = Duration::from_millis(200);
+        let spec = |poll| DirSpec {
+            poll,
+            ..DirSpec::new(dir.path().join("not-yet"))
+        };
+        let d = poll_decision(&spec(PollMode::Always), every);
+        assert!(d.poll);
+        assert_eq!(d.why, "poll = always: polling every 0.2 s, no inotify");
+        assert!(!poll_decision(&spec(PollMode::Never), every).poll);
+        // Auto looks at the nearest existing ancestor; a temp dir is local here unless the
+        // host keeps /tmp on a network file system.
+        let t = super::super::fstype::statfs_type(dir.path()).unwrap();
+        let d = poll_decision(&spec(PollMode::Auto), every);
+        assert_eq!(
+            d.poll,
+            super::super::fstype::remote_fs(t).is_some(),
+            "{}",
+            d.why
+        );
+        assert!(d.why.contains(&format!("({t:#x})")), "{}", d.why);
+        assert_eq!(secs(Duration::from_secs(10)), "10");
+        assert_eq!(secs(Duration::from_millis(2500)), "2.5");
+    }
+
+    #[test]
     fn tells_a_file_still_open_for_writing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.iso");
