@@ -1,8 +1,10 @@
 //! The watcher's wiring: sources feed one bounded channel; the loop applies each event to the
 //! manager, runs the resulting actions through the executor, feeds outcomes back, and writes
 //! the state file once the queue is drained. Signals: SIGTERM/SIGINT stop, SIGHUP rescans.
+//! Hooks fire here, where outcomes are known: `mounted` once the manager took a medium's
+//! `Published`, `removed` once its `Unpublish` ran.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +16,8 @@ use crate::event::{Event, SourceKind};
 use crate::exec::kernel::kernel_usable;
 use crate::exec::{Executor, FuseExecutor, KernelExecutor};
 use crate::fuse::FuseDriver;
-use crate::manager::{Action, Manager, StateFile};
+use crate::hooks::{HookConfig, HookEvent, HookMedium, Hooks};
+use crate::manager::{Action, Manager, Phase, StateFile};
 use crate::notify::{Readiness, ServiceManager};
 use crate::source::dirs::{DirsConfig, DirsSource};
 use crate::source::drives::{DrivesConfig, DrivesSource};
@@ -48,6 +51,8 @@ pub struct Config {
     pub driver: DriverChoice,
     /// Unmount kernel mounts at a normal stop too (FUSE always unmounts).
     pub cleanup_on_exit: bool,
+    /// Commands run on each medium mounted or removed.
+    pub hooks: Option<HookConfig>,
 }
 
 /// Picks the driver and says why (logged at start).
@@ -113,6 +118,11 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     let root = std::fs::canonicalize(&cfg.root)
         .with_context(|| format!("resolving the root {}", cfg.root.display()))?;
     let mut manager = Manager::new(&previous);
+    let mut hooks = cfg.hooks.clone().map(|h| Served {
+        hooks: Hooks::new(h),
+        root: root.clone(),
+        media: HashMap::new(),
+    });
     let mut exec = match driver {
         DriverChoice::Kernel => {
             tracing::info!(driver = "kernel", %reason, "mount driver chosen");
@@ -124,7 +134,12 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
             let mut k = KernelExecutor::new(LinuxSys, root.clone()).with_own_loops(own_loops);
             let foreign = k.reconcile(previous_state.as_ref());
             let mut exec = Executor::Kernel(k);
-            process(&mut manager, &mut exec, Event::ForeignEntries(foreign));
+            process(
+                &mut manager,
+                &mut exec,
+                &mut hooks,
+                Event::ForeignEntries(foreign),
+            );
             exec
         }
         _ => {
@@ -179,7 +194,9 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let dirs: &[PathBuf] = cfg.dirs.as_ref().map_or(&[], |d| &d.dirs);
+    let dirs: Vec<&std::path::Path> = cfg.dirs.as_ref().map_or(Vec::new(), |d| {
+        d.dirs.iter().map(|s| s.path.as_path()).collect()
+    });
     tracing::info!(root = %root.display(), ?dirs, drives = drives_on, any_block = cfg.drives.as_ref().is_some_and(|d| d.cfg.any_block), "watching");
 
     let save = |manager: &Manager| {
@@ -221,11 +238,11 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 readiness.observe(&ev);
-                dirty |= process(&mut manager, &mut exec, ev);
+                dirty |= process(&mut manager, &mut exec, &mut hooks, ev);
                 // Take what is already queued before writing anything.
                 while let Ok(ev) = rx.try_recv() {
                     readiness.observe(&ev);
-                    dirty |= process(&mut manager, &mut exec, ev);
+                    dirty |= process(&mut manager, &mut exec, &mut hooks, ev);
                 }
                 // Ready: the state file is written first, so it is current when anyone looks.
                 let ready = readiness.take_ready();
@@ -260,6 +277,9 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     for s in sources.drain(..) {
         s.stop();
     }
+    if let Some(s) = &hooks {
+        s.hooks.shutdown();
+    }
     exec.shutdown(cfg.cleanup_on_exit);
     Ok(())
 }
@@ -283,14 +303,66 @@ fn raise_fd_limit() {
     }
 }
 
+/// The hooks, and what each served name holds (for the `removed` hook, which runs after the
+/// manager has forgotten the medium). Kept only when hooks are configured.
+struct Served {
+    hooks: Hooks,
+    root: PathBuf,
+    media: HashMap<String, HookMedium>,
+}
+
 /// Applies one event and everything it leads to; true when the state changed.
-fn process(manager: &mut Manager, exec: &mut Executor, ev: Event) -> bool {
+fn process(
+    manager: &mut Manager,
+    exec: &mut Executor,
+    hooks: &mut Option<Served>,
+    ev: Event,
+) -> bool {
     let mut dirty = false;
     let mut queue = VecDeque::from([ev]);
     while let Some(ev) = queue.pop_front() {
-        for action in manager.apply(now(), ev) {
+        let published = match (&ev, hooks.is_some()) {
+            (Event::Published { id, name, .. }, true) => Some((id.clone(), name.clone())),
+            (Event::Moved { id, origin }, true) => {
+                if let Some(s) = hooks.as_mut() {
+                    if let Some(m) = manager.name_of(id).and_then(|n| s.media.get_mut(n)) {
+                        m.origin = origin.clone();
+                    }
+                }
+                None
+            }
+            _ => None,
+        };
+        let actions = manager.apply(now(), ev);
+        if let (Some((id, name)), Some(s)) = (published, hooks.as_mut()) {
+            let taken = matches!(manager.phase_of(&id), Some(Phase::Published { .. }))
+                && manager.name_of(&id) == Some(name.as_str());
+            if let Some(m) = manager.medium(&id).filter(|_| taken) {
+                let m = HookMedium {
+                    path: s.root.join(&name),
+                    name: name.clone(),
+                    label: m.label.clone(),
+                    source: m.source,
+                    origin: m.origin.clone(),
+                };
+                s.hooks.fire(HookEvent::Mounted, &m);
+                s.media.insert(name, m);
+            }
+        }
+        for action in actions {
             match action {
                 Action::SaveState => dirty = true,
+                Action::Unpublish { name, id } => {
+                    queue.extend(exec.run(Action::Unpublish {
+                        name: name.clone(),
+                        id,
+                    }));
+                    if let Some(s) = hooks.as_mut() {
+                        if let Some(m) = s.media.remove(&name) {
+                            s.hooks.fire(HookEvent::Removed, &m);
+                        }
+                    }
+                }
                 a => queue.extend(exec.run(a)),
             }
         }

@@ -13,14 +13,18 @@
 //! - [`notify`]: systemd readiness notification (sd_notify) and when the watcher is ready.
 //! - [`sys`]: every effect of the kernel driver behind one trait (Linux, recording fake).
 //! - [`cli`]: one module per subcommand; the only layer that prints.
+//! - [`config`]: the watcher's configuration file (TOML), parsed and validated (pure).
+//! - [`hooks`]: the operator's commands run on each medium mounted or removed.
 //! - [`fuse`]: the FUSE mount driver (one read-only FUSE filesystem at the root) and its pure
 //!   inode table.
 
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod exec;
 pub mod fuse;
+pub mod hooks;
 pub mod iso9660;
 pub mod manager;
 pub mod names;

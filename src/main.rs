@@ -7,11 +7,13 @@ fn main() {
     isomgr::cli::init_logging(&cli);
     let code = match isomgr::cli::run(cli, &mut std::io::stdout().lock()) {
         Ok(()) => 0,
-        Err(e) if isomgr::cli::is_broken_pipe(&e) => 0,
-        Err(e) => {
-            eprintln!("isomgr: {e:#}");
-            1
-        }
+        Err(e) => match isomgr::cli::exit_code(&e) {
+            0 => 0,
+            code => {
+                eprintln!("isomgr: {e:#}");
+                code
+            }
+        },
     };
     std::process::exit(code);
 }

@@ -58,7 +58,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Scan(args) => scan::run(&args, out),
         Command::Ls(args) => ls::run(&args, out),
         Command::Cat(args) => cat::run(&args, out),
-        Command::Watch(args) => watch::run(&args),
+        Command::Watch(args) => watch::run(&args, out),
         Command::Status(args) => status::run(&args, out),
         Command::Mkiso(args) => mkiso::run(&args, out),
         Command::Install(args) => install::run(&args, out),
@@ -71,7 +71,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
 /// warnings (the watcher: lifecycle), or more with each `-v`.
 pub fn init_logging(cli: &Cli) {
     let (watching, json) = match &cli.command {
-        Command::Watch(a) => (true, a.log_format == watch::LogFormat::Json),
+        Command::Watch(a) => (true, watch::log_format(a) == watch::LogFormat::Json),
         _ => (false, false),
     };
     let verbose = cli.verbose + u8::from(watching);
@@ -93,6 +93,21 @@ pub fn init_logging(cli: &Cli) {
     } else {
         builder.try_init()
     };
+}
+
+/// The exit code for an error: 2 for a usage error (an invalid configuration file or flag
+/// value), 0 for a closed pipe, 1 for anything else.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if is_broken_pipe(e) {
+        0
+    } else if e.chain().any(|c| {
+        c.downcast_ref::<crate::config::Error>()
+            .is_some_and(crate::config::Error::is_usage)
+    }) {
+        2
+    } else {
+        1
+    }
 }
 
 /// A write to a closed pipe (`isomgr ls x.iso | head`) is not a failure.

@@ -1,53 +1,25 @@
-//! `isomgr watch`: the daemon. Watches directories of image files and serves each image as a
-//! directory named after its label under the root.
+//! `isomgr watch`: the daemon. Watches directories of image files (and drives) and serves
+//! each medium as a directory named after its label under the root.
+//!
+//! The effective configuration is the configuration file (`/etc/isomgr/config.toml` where
+//! present, or `--config FILE`) with the command line on top: a flag given wins over the key.
+//! `--check-config` stops after validating and prints what would run.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use regex::Regex;
-
+use crate::config::{self, FileConfig};
+pub use crate::config::{Driver, LogFormat};
 use crate::daemon;
-use crate::source::dirs::DirsConfig;
+use crate::hooks::{self, HookConfig};
+use crate::source::dirs::{self, DirSpec, DirsConfig, PollMode};
 use crate::source::drives::DrivesConfig;
-
-/// The directories to watch, and whether drives are watched (`Some(true)`: asked for, so udev
-/// must be there; `Some(false)`: only by default). No source named: /srv/iso-drop and drives.
-fn sources(args: &Args) -> (Vec<PathBuf>, Option<bool>) {
-    let asked = args.drives || args.drives_any_block;
-    let dirs = if args.dirs.is_empty() && !asked {
-        vec![PathBuf::from("/srv/iso-drop")]
-    } else {
-        args.dirs.clone()
-    };
-    let drives = if asked {
-        Some(true)
-    } else if args.dirs.is_empty() && !args.no_drives {
-        Some(false)
-    } else {
-        None
-    };
-    (dirs, drives)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Driver {
-    /// The kernel where it can mount ISO9660 images, FUSE otherwise.
-    Auto,
-    /// Loop devices and mount(2).
-    Kernel,
-    /// isomgr's own read-only FUSE filesystem at the root.
-    Fuse,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A directory tree of image files to watch (repeatable). With no --dir and no --drives:
-    /// /srv/iso-drop and the drives.
+    /// A directory tree of image files to watch (repeatable; replaces the config file's
+    /// [[dir]] tables). With no --dir and no --drives: /srv/iso-drop and the drives.
     #[arg(long = "dir", value_name = "DIR")]
     pub dirs: Vec<PathBuf>,
     /// Watch optical drives through udev (a disc inserted appears, ejected goes); fails when
@@ -62,73 +34,294 @@ pub struct Args {
     /// with an image, loop devices attached by someone else); implies --drives.
     #[arg(long, conflicts_with = "no_drives")]
     pub drives_any_block: bool,
-    /// Where each medium appears as a directory.
-    #[arg(long, value_name = "DIR", default_value = "/srv/isos")]
-    pub root: PathBuf,
-    /// How media are mounted.
-    #[arg(long, value_enum, default_value_t = Driver::Auto)]
-    pub driver: Driver,
-    /// The state file: which medium holds which name.
-    #[arg(long, value_name = "FILE", default_value = "/run/isomgr/state.json")]
-    pub state: PathBuf,
+    /// Where each medium appears as a directory [default: /srv/isos].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// How media are mounted [default: auto].
+    #[arg(long, value_enum)]
+    pub driver: Option<Driver>,
+    /// The configuration file (TOML) [default: /etc/isomgr/config.toml where present].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration file and the flags, print the effective configuration,
+    /// and exit (nothing is mounted or written).
+    #[arg(long)]
+    pub check_config: bool,
+    /// The state file: which medium holds which name [default: /run/isomgr/state.json].
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
     /// Also write the status document here on every change (for a web page or a boot menu).
     #[arg(long, value_name = "FILE")]
     pub index_file: Option<PathBuf>,
+    /// A command run (with /bin/sh -c) on each medium mounted or removed, with ISOMGR_EVENT,
+    /// ISOMGR_NAME, ISOMGR_LABEL, ISOMGR_PATH, ISOMGR_SOURCE, ISOMGR_ORIGIN set (repeatable;
+    /// replaces the config file's `exec`).
+    #[arg(long = "exec", value_name = "CMD")]
+    pub exec: Vec<String>,
+    /// Seconds a hook may run before it is killed [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub hook_timeout: Option<f64>,
     /// File names taken from watched directories (a regex; default: ending in .iso, any case).
     #[arg(long, value_name = "REGEX")]
     pub include: Option<String>,
     /// File names refused even when included (a regex).
     #[arg(long, value_name = "REGEX")]
     pub exclude: Option<String>,
-    /// Refuse symlinks in watched directories (by default a symlink to a regular file is taken).
+    /// Take symlinks to regular files in watched directories (the default).
+    #[arg(long, conflicts_with = "no_follow_symlinks")]
+    pub follow_symlinks: bool,
+    /// Refuse symlinks in watched directories.
     #[arg(long)]
     pub no_follow_symlinks: bool,
+    /// Poll watched directories on a timer: auto (on network and FUSE file systems), always,
+    /// never [default: auto].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub poll: Option<PollMode>,
+    /// Seconds between two rescans of a polled directory [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub poll_interval: Option<f64>,
     /// At a normal stop, unmount kernel mounts too (by default they stay for the next start
     /// to adopt, so downloads are not cut; FUSE always unmounts).
     #[arg(long)]
     pub cleanup_on_exit: bool,
-    /// Log lines as text or as JSON objects.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    /// Log lines as text or as JSON objects [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The configuration `watch` runs with: the file, the flags on top, the defaults below.
+#[derive(Clone, Debug)]
+pub struct Effective {
+    /// The configuration file read, if any.
+    pub file: Option<PathBuf>,
+    pub dirs: Vec<DirSpec>,
+    /// Drives watched: `Some(true)` asked for (udev missing is fatal), `Some(false)` by
+    /// default only (a warning), `None` not watched.
+    pub drives: Option<bool>,
+    pub any_block: bool,
+    pub root: PathBuf,
+    pub driver: Driver,
+    pub state: PathBuf,
+    pub index_file: Option<PathBuf>,
+    pub exec: Vec<String>,
+    pub hook_timeout: Duration,
+    pub poll_interval: Duration,
+    pub cleanup_on_exit: bool,
     pub log_format: LogFormat,
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
-    let include = match &args.include {
-        Some(p) => Regex::new(p).map_err(|e| anyhow::anyhow!("--include {p:?}: {e}"))?,
-        None => DirsConfig::default_include(),
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Merges the configuration file (if any) with the flags: a flag given wins.
+pub fn merge(args: &Args, file: Option<(PathBuf, FileConfig)>) -> Result<Effective, config::Error> {
+    let (path, f) = match file {
+        Some((p, f)) => (Some(p), f),
+        None => (None, FileConfig::default()),
     };
-    let exclude = match &args.exclude {
-        Some(p) => Some(Regex::new(p).map_err(|e| anyhow::anyhow!("--exclude {p:?}: {e}"))?),
-        None => None,
+    let include = args
+        .include
+        .as_deref()
+        .map(|v| config::flag_regex("--include", v))
+        .transpose()?;
+    let exclude = args
+        .exclude
+        .as_deref()
+        .map(|v| config::flag_regex("--exclude", v))
+        .transpose()?;
+    let follow = if args.no_follow_symlinks {
+        Some(false)
+    } else if args.follow_symlinks {
+        Some(true)
+    } else {
+        None
     };
-    let (dirs, drives) = sources(args);
-    let dirs = dirs
-        .into_iter()
-        .map(|d| std::path::absolute(&d).unwrap_or(d))
-        .collect::<Vec<_>>();
+    let spec = |path: PathBuf, e: Option<&config::DirEntry>| DirSpec {
+        path,
+        include: include
+            .clone()
+            .or_else(|| e.and_then(|e| e.include.clone()))
+            .or_else(|| f.include.clone())
+            .unwrap_or_else(DirsConfig::default_include),
+        exclude: exclude
+            .clone()
+            .or_else(|| e.and_then(|e| e.exclude.clone()))
+            .or_else(|| f.exclude.clone()),
+        follow_symlinks: follow
+            .or_else(|| e.and_then(|e| e.follow_symlinks))
+            .or(f.follow_symlinks)
+            .unwrap_or(true),
+        poll: args
+            .poll
+            .or_else(|| e.and_then(|e| e.poll))
+            .or(f.poll)
+            .unwrap_or_default(),
+    };
+    let mut dirs: Vec<DirSpec> = if args.dirs.is_empty() {
+        f.dirs
+            .iter()
+            .map(|e| spec(e.path.clone(), Some(e)))
+            .collect()
+    } else {
+        args.dirs.iter().map(|d| spec(absolute(d), None)).collect()
+    };
+
+    // Drives: a flag wins over the file's `drives` / `drives_any_block`.
+    let file_asked =
+        f.drives == Some(true) || (f.drives_any_block == Some(true) && f.drives != Some(false));
+    let flag_asked = args.drives || args.drives_any_block;
+    let asked = flag_asked || (file_asked && !args.no_drives);
+    let no_drives = args.no_drives || (!flag_asked && f.drives == Some(false));
+    let any_block = args.drives_any_block
+        || (!args.no_drives && f.drives_any_block == Some(true) && f.drives != Some(false));
+    let dirs_given = !dirs.is_empty();
+    if !dirs_given && !asked {
+        dirs.push(spec(PathBuf::from("/srv/iso-drop"), None));
+    }
+    let drives = if asked {
+        Some(true)
+    } else if !dirs_given && !no_drives {
+        Some(false)
+    } else {
+        None
+    };
+
+    let seconds = |flag: &'static str, v: Option<f64>, poll: bool| {
+        v.map(|v| config::flag_seconds(flag, v, poll)).transpose()
+    };
+    Ok(Effective {
+        file: path,
+        dirs,
+        drives,
+        any_block: any_block && drives.is_some(),
+        root: args
+            .root
+            .as_deref()
+            .map(absolute)
+            .or(f.root)
+            .unwrap_or_else(|| "/srv/isos".into()),
+        driver: args.driver.or(f.driver).unwrap_or_default(),
+        state: args
+            .state
+            .as_deref()
+            .map(absolute)
+            .or(f.state)
+            .unwrap_or_else(|| "/run/isomgr/state.json".into()),
+        index_file: args.index_file.as_deref().map(absolute).or(f.index_file),
+        exec: if args.exec.is_empty() {
+            f.exec
+        } else {
+            args.exec.clone()
+        },
+        hook_timeout: seconds("--hook-timeout", args.hook_timeout, false)?
+            .or(f.hook_timeout)
+            .unwrap_or(hooks::DEFAULT_TIMEOUT),
+        poll_interval: seconds("--poll-interval", args.poll_interval, true)?
+            .or(f.poll_interval)
+            .unwrap_or(dirs::DEFAULT_POLL_INTERVAL),
+        cleanup_on_exit: args.cleanup_on_exit || f.cleanup_on_exit.unwrap_or(false),
+        log_format: args.log_format.or(f.log_format).unwrap_or_default(),
+    })
+}
+
+/// The log format before anything else runs (logging is set up first): the flag, else the
+/// configuration file's key where it can be read (its errors are reported by [`run`]).
+pub fn log_format(args: &Args) -> LogFormat {
+    args.log_format
+        .or_else(|| {
+            config::load(args.config.as_deref())
+                .ok()
+                .flatten()
+                .and_then(|(_, f)| f.log_format)
+        })
+        .unwrap_or_default()
+}
+
+/// The effective configuration in a few lines (`--check-config`).
+pub fn summary(e: &Effective, out: &mut impl Write) -> std::io::Result<()> {
+    let or_none = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or_else(|| "none".to_owned(), |p| p.display().to_string())
+    };
+    match &e.file {
+        Some(p) => writeln!(out, "config: {}", p.display())?,
+        None => writeln!(out, "config: none ({} absent)", config::DEFAULT_PATH)?,
+    }
+    writeln!(out, "root: {}", e.root.display())?;
+    writeln!(out, "driver: {}", e.driver.as_str())?;
+    writeln!(out, "state: {}", e.state.display())?;
+    writeln!(out, "index_file: {}", or_none(&e.index_file))?;
+    writeln!(out, "log_format: {}", e.log_format.as_str())?;
+    writeln!(out, "cleanup_on_exit: {}", e.cleanup_on_exit)?;
+    let drives = match e.drives {
+        Some(true) => "on (udev required)",
+        Some(false) => "on where udev runs",
+        None => "off",
+    };
+    writeln!(out, "drives: {drives}; any block device: {}", e.any_block)?;
+    writeln!(out, "poll_interval: {} s", dirs::secs(e.poll_interval))?;
+    for d in &e.dirs {
+        let decision = dirs::poll_decision(d, e.poll_interval);
+        writeln!(
+            out,
+            "dir {}: include {}, exclude {}, follow_symlinks {}, poll {} ({})",
+            d.path.display(),
+            d.include.as_str(),
+            d.exclude.as_ref().map_or("none", |x| x.as_str()),
+            d.follow_symlinks,
+            d.poll.as_str(),
+            decision.why
+        )?;
+    }
+    if e.exec.is_empty() {
+        writeln!(out, "exec: none")?;
+    }
+    for cmd in &e.exec {
+        writeln!(
+            out,
+            "exec (timeout {} s): {cmd}",
+            dirs::secs(e.hook_timeout)
+        )?;
+    }
+    writeln!(out, "configuration OK")
+}
+
+pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
+    let file = config::load(args.config.as_deref())?;
+    let e = merge(args, file)?;
+    if args.check_config {
+        summary(&e, out)?;
+        return Ok(());
+    }
+    if let Some(p) = &e.file {
+        tracing::info!(config = %p.display(), "configuration read");
+    }
     daemon::run(daemon::Config {
-        dirs: (!dirs.is_empty()).then(|| DirsConfig {
-            dirs,
-            include,
-            exclude,
-            follow_symlinks: !args.no_follow_symlinks,
+        dirs: (!e.dirs.is_empty()).then(|| DirsConfig {
+            dirs: e.dirs.clone(),
+            poll_interval: e.poll_interval,
         }),
-        drives: drives.map(|required| daemon::DrivesSetup {
+        drives: e.drives.map(|required| daemon::DrivesSetup {
             cfg: DrivesConfig {
-                any_block: args.drives_any_block,
+                any_block: e.any_block,
                 own_loops: Default::default(),
             },
             required,
         }),
-        root: args.root.clone(),
-        state: args.state.clone(),
-        index_file: args.index_file.clone(),
-        driver: match args.driver {
+        root: e.root.clone(),
+        state: e.state.clone(),
+        index_file: e.index_file.clone(),
+        driver: match e.driver {
             Driver::Auto => daemon::DriverChoice::Auto,
             Driver::Kernel => daemon::DriverChoice::Kernel,
             Driver::Fuse => daemon::DriverChoice::Fuse,
         },
-        cleanup_on_exit: args.cleanup_on_exit,
+        cleanup_on_exit: e.cleanup_on_exit,
+        hooks: (!e.exec.is_empty()).then(|| HookConfig {
+            commands: e.exec.clone(),
+            timeout: e.hook_timeout,
+        }),
     })
 }
 
@@ -149,6 +342,19 @@ mod tests {
         }
     }
 
+    fn merged(line: &[&str], file: &str) -> Effective {
+        let f = (!file.is_empty()).then(|| {
+            let p = PathBuf::from("/c.toml");
+            (p.clone(), config::parse(&p, file).expect("valid config"))
+        });
+        merge(&args(line), f).expect("valid configuration")
+    }
+
+    fn sources(line: &[&str], file: &str) -> (Vec<PathBuf>, Option<bool>) {
+        let e = merged(line, file);
+        (e.dirs.into_iter().map(|d| d.path).collect(), e.drives)
+    }
+
     #[test]
     fn sources_follow_the_flags() {
         let drop = || vec![PathBuf::from("/srv/iso-drop")];
@@ -166,8 +372,185 @@ mod tests {
             ),
         ];
         for (line, dirs, drives) in table {
-            assert_eq!(sources(&args(line)), (dirs, drives), "{line:?}");
+            assert_eq!(sources(line, ""), (dirs, drives), "{line:?}");
         }
+    }
+
+    #[test]
+    fn sources_follow_the_file_and_flags_win() {
+        let two = "[[dir]]\npath = \"/a\"\n[[dir]]\npath = \"/b\"\n";
+        let ab = || vec![PathBuf::from("/a"), PathBuf::from("/b")];
+        let with = |extra: &str| format!("[watch]\n{extra}\n{two}");
+        type Case<'a> = (&'a [&'a str], String, Vec<PathBuf>, Option<bool>);
+        let table: Vec<Case> = vec![
+            (&[], two.into(), ab(), None),
+            (&[], with("drives = true"), ab(), Some(true)),
+            (&["--no-drives"], with("drives = true"), ab(), None),
+            (&["--dir", "/c"], two.into(), vec!["/c".into()], None),
+            (&[], "[watch]\ndrives = true\n".into(), vec![], Some(true)),
+            (
+                &[],
+                "[watch]\ndrives = false\n".into(),
+                vec!["/srv/iso-drop".into()],
+                None,
+            ),
+            (
+                &["--drives"],
+                "[watch]\ndrives = false\n".into(),
+                vec![],
+                Some(true),
+            ),
+            (
+                &[],
+                "[watch]\ndrives_any_block = true\n".into(),
+                vec![],
+                Some(true),
+            ),
+        ];
+        for (line, file, dirs, drives) in table {
+            assert_eq!(sources(line, &file), (dirs, drives), "{line:?} {file}");
+        }
+        assert!(merged(&[], "[watch]\ndrives_any_block = true").any_block);
+        assert!(!merged(&["--no-drives"], "[watch]\ndrives_any_block = true").any_block);
+    }
+
+    #[test]
+    fn flags_override_the_file_key_by_key() {
+        let file = r#"
+[watch]
+root = "/file/root"
+driver = "kernel"
+state = "/file/state.json"
+exec = "file-hook"
+hook_timeout = 5
+cleanup_on_exit = true
+log_format = "json"
+include = "file-inc"
+follow_symlinks = false
+poll = "never"
+poll_interval = 7
+
+[[dir]]
+path = "/d1"
+
+[[dir]]
+path = "/d2"
+include = "d2-inc"
+exclude = "d2-exc"
+follow_symlinks = true
+poll = "always"
+"#;
+        let e = merged(&[], file);
+        assert_eq!(e.root, PathBuf::from("/file/root"));
+        assert_eq!(e.driver, Driver::Kernel);
+        assert_eq!(e.state, PathBuf::from("/file/state.json"));
+        assert_eq!(e.exec, ["file-hook"]);
+        assert_eq!(e.hook_timeout, Duration::from_secs(5));
+        assert!(e.cleanup_on_exit);
+        assert_eq!(e.log_format, LogFormat::Json);
+        assert_eq!(e.poll_interval, Duration::from_secs(7));
+        let (d1, d2) = (&e.dirs[0], &e.dirs[1]);
+        assert_eq!(
+            (
+                d1.include.as_str(),
+                d1.exclude.is_none(),
+                d1.follow_symlinks,
+                d1.poll
+            ),
+            ("file-inc", true, false, PollMode::Never)
+        );
+        assert_eq!(
+            (
+                d2.include.as_str(),
+                d2.exclude.as_ref().unwrap().as_str(),
+                d2.follow_symlinks,
+                d2.poll
+            ),
+            ("d2-inc", "d2-exc", true, PollMode::Always)
+        );
+
+        let e = merged(
+            &[
+                "--root",
+                "/flag/root",
+                "--driver",
+                "fuse",
+                "--state",
+                "/flag/state.json",
+                "--exec",
+                "h1",
+                "--exec",
+                "h2",
+                "--hook-timeout",
+                "0.5",
+                "--log-format",
+                "text",
+                "--include",
+                "flag-inc",
+                "--follow-symlinks",
+                "--poll",
+                "auto",
+                "--poll-interval",
+                "0.2",
+            ],
+            file,
+        );
+        assert_eq!(e.root, PathBuf::from("/flag/root"));
+        assert_eq!(e.driver, Driver::Fuse);
+        assert_eq!(e.state, PathBuf::from("/flag/state.json"));
+        assert_eq!(e.exec, ["h1", "h2"]);
+        assert_eq!(e.hook_timeout, Duration::from_millis(500));
+        assert_eq!(e.log_format, LogFormat::Text);
+        assert_eq!(e.poll_interval, Duration::from_millis(200));
+        for d in &e.dirs {
+            assert_eq!(d.include.as_str(), "flag-inc");
+            assert!(d.follow_symlinks);
+            assert_eq!(d.poll, PollMode::Auto);
+        }
+        // Not overridden: the per-dir exclude stays.
+        assert_eq!(e.dirs[1].exclude.as_ref().unwrap().as_str(), "d2-exc");
+    }
+
+    #[test]
+    fn defaults_without_file_or_flags() {
+        let e = merged(&[], "");
+        assert_eq!(e.root, PathBuf::from("/srv/isos"));
+        assert_eq!(e.state, PathBuf::from("/run/isomgr/state.json"));
+        assert_eq!(e.driver, Driver::Auto);
+        assert_eq!(e.hook_timeout, hooks::DEFAULT_TIMEOUT);
+        assert_eq!(e.poll_interval, dirs::DEFAULT_POLL_INTERVAL);
+        assert!(e.exec.is_empty() && !e.cleanup_on_exit && e.index_file.is_none());
+        assert!(e.dirs[0].include.is_match("x.ISO") && e.dirs[0].follow_symlinks);
+    }
+
+    #[test]
+    fn bad_flag_values_are_usage_errors() {
+        for line in [
+            &["--include", "("][..],
+            &["--exclude", "[z-a]"],
+            &["--poll-interval", "0"],
+            &["--hook-timeout=-1"],
+        ] {
+            let e = merge(&args(line), None).expect_err("invalid");
+            assert!(e.is_usage(), "{line:?}");
+            let flag = line[0].split('=').next().unwrap();
+            assert!(e.to_string().starts_with(flag), "{e}");
+        }
+    }
+
+    #[test]
+    fn summary_lists_the_effective_configuration() {
+        let e = merged(
+            &["--exec", "logger x"],
+            "[[dir]]\npath = \"/d1\"\npoll = \"always\"\n",
+        );
+        let mut out = Vec::new();
+        summary(&e, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("config: /c.toml\n"), "{text}");
+        assert!(text.contains("dir /d1: include (?i)\\.iso$, exclude none, follow_symlinks true, poll always (poll = always: polling every 10 s, no inotify)"), "{text}");
+        assert!(text.contains("exec (timeout 30 s): logger x"), "{text}");
+        assert!(text.ends_with("configuration OK\n"), "{text}");
     }
 
     #[test]

@@ -262,6 +262,11 @@ impl Manager {
         self.media.get(id).and_then(|k| k.name.as_deref())
     }
 
+    /// A known medium (without its descriptor, which went to the executor).
+    pub fn medium(&self, id: &MediumId) -> Option<&Medium> {
+        self.media.get(id).map(|k| &k.medium)
+    }
+
     /// Where a medium stands.
     pub fn phase_of(&self, id: &MediumId) -> Option<&Phase> {
         self.media.get(id).map(|k| &k.phase)

@@ -5,6 +5,13 @@
 //! the medium (identity is device and inode); an atomic replace is a new medium. The source
 //! only translates: it opens and identifies files, and emits [`Event`]s. It never writes into
 //! a watched directory.
+//!
+//! Each directory has its own patterns and poll mode. A directory on a network or FUSE file
+//! system ([`super::fstype`]) gets no inotify event for changes made elsewhere: it is polled
+//! instead (rescanned every `poll_interval`, compared with what is known, the same events
+//! emitted). A file found new or changed by a poll is taken only once two polls in a row see
+//! the same size and mtime (a file still growing is not served). Local directories keep pure
+//! inotify: no timer is armed for them.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -30,16 +37,64 @@ const MOVE_GRACE: Duration = Duration::from_millis(25);
 /// When a directory that just appeared is looked at a second time.
 const FRESH_DIR_RELOOK: Duration = Duration::from_millis(20);
 
-/// What the dirs source watches and takes.
+/// The default time between two polls of a polled directory.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether a directory is rescanned on a timer instead of watched with inotify.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    /// Poll where the file system is remote or FUSE (statfs at start), inotify elsewhere.
+    #[default]
+    Auto,
+    /// Always poll (no inotify for this directory).
+    Always,
+    /// Never poll: inotify only, even on a network share.
+    Never,
+}
+
+impl PollMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollMode::Auto => "auto",
+            PollMode::Always => "always",
+            PollMode::Never => "never",
+        }
+    }
+}
+
+/// One watched directory tree and what is taken from it.
 #[derive(Clone, Debug)]
-pub struct DirsConfig {
-    pub dirs: Vec<PathBuf>,
+pub struct DirSpec {
+    pub path: PathBuf,
     /// File names taken (default: ending in `.iso`, any case).
     pub include: Regex,
     /// File names refused even when included.
     pub exclude: Option<Regex>,
     /// Take symlinks to regular files (the default); when false they are refused (O_NOFOLLOW).
     pub follow_symlinks: bool,
+    pub poll: PollMode,
+}
+
+impl DirSpec {
+    /// A directory with the default patterns, following symlinks, poll mode auto.
+    pub fn new(path: PathBuf) -> DirSpec {
+        DirSpec {
+            path,
+            include: DirsConfig::default_include(),
+            exclude: None,
+            follow_symlinks: true,
+            poll: PollMode::Auto,
+        }
+    }
+}
+
+/// What the dirs source watches and takes.
+#[derive(Clone, Debug)]
+pub struct DirsConfig {
+    pub dirs: Vec<DirSpec>,
+    /// Time between two rescans of a polled directory.
+    pub poll_interval: Duration,
 }
 
 impl DirsConfig {
@@ -49,9 +104,61 @@ impl DirsConfig {
     }
 }
 
+/// How a directory will be watched, and why (one log line at start, `--check-config`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollDecision {
+    pub poll: bool,
+    pub why: String,
+}
+
+/// Decides whether `spec` is polled: by its mode, and in auto mode by the file system type of
+/// the directory (or of its nearest existing ancestor).
+pub fn poll_decision(spec: &DirSpec, interval: Duration) -> PollDecision {
+    let every = format!("polling every {} s", secs(interval));
+    match spec.poll {
+        PollMode::Always => PollDecision {
+            poll: true,
+            why: format!("poll = always: {every}, no inotify"),
+        },
+        PollMode::Never => PollDecision {
+            poll: false,
+            why: "poll = never: inotify".into(),
+        },
+        PollMode::Auto => {
+            let probe_at = spec.path.ancestors().find(|p| p.exists());
+            match probe_at.map(super::fstype::statfs_type) {
+                Some(Ok(t)) => match super::fstype::remote_fs(t) {
+                    Some(name) => PollDecision {
+                        poll: true,
+                        why: format!("{name} ({t:#x}): no inotify for remote changes; {every}"),
+                    },
+                    None => PollDecision {
+                        poll: false,
+                        why: format!("{} ({t:#x}): inotify", super::fstype::fs_name(t)),
+                    },
+                },
+                Some(Err(e)) => PollDecision {
+                    poll: false,
+                    why: format!("statfs failed ({e}): inotify"),
+                },
+                None => PollDecision {
+                    poll: false,
+                    why: "inotify".into(),
+                },
+            }
+        }
+    }
+}
+
+/// Seconds as a person writes them: `10`, `0.2`.
+pub fn secs(d: Duration) -> String {
+    let s = format!("{:.3}", d.as_secs_f64());
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 /// Whether the dirs source takes a file with this name: not hidden, not partial, included and
 /// not excluded.
-pub fn wanted(name: &OsStr, cfg: &DirsConfig) -> bool {
+pub fn wanted(name: &OsStr, cfg: &DirSpec) -> bool {
     let Some(name) = name.to_str() else {
         // Non-UTF-8 names can still match a byte-agnostic suffix test.
         let lossy = name.to_string_lossy();
@@ -93,6 +200,7 @@ impl DirsSource {
             let _ = notify_tx.send(Input::Notify(res));
         })
         .context("starting inotify")?;
+        let polled = vec![false; cfg.dirs.len()];
         let mut state = State {
             cfg,
             out,
@@ -101,6 +209,10 @@ impl DirsSource {
             pending_gone: Vec::new(),
             fresh_dirs: Vec::new(),
             waiting_logged: HashSet::new(),
+            polled,
+            next_poll: None,
+            observed: HashMap::new(),
+            poll_errors: HashSet::new(),
         };
         state.watch_all()?;
         let thread = std::thread::Builder::new()
@@ -233,16 +345,43 @@ struct State {
     /// into it in between sends no event: each one is looked at again shortly after.
     fresh_dirs: Vec<(PathBuf, Instant)>,
     waiting_logged: HashSet<PathBuf>,
+    /// Per entry of `cfg.dirs`: rescanned on a timer instead of watched with inotify.
+    polled: Vec<bool>,
+    /// When polled directories are rescanned next; `None` when none is polled (no timer).
+    next_poll: Option<Instant>,
+    /// Files in polled directories that are new or changed since they were last taken, as the
+    /// last poll saw them; taken when the next poll sees them unchanged.
+    observed: HashMap<PathBuf, Observed>,
+    /// Polled directories whose listing failed (logged once until it works again).
+    poll_errors: HashSet<PathBuf>,
+}
+
+/// A file as one poll saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Observed {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    /// Looked at (identified) since it last changed.
+    checked: bool,
 }
 
 impl State {
     fn watch_all(&mut self) -> anyhow::Result<()> {
         use anyhow::Context;
-        for dir in self.cfg.dirs.clone() {
+        for (i, spec) in self.cfg.dirs.clone().into_iter().enumerate() {
+            let dir = spec.path;
             if !dir.exists() {
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("creating the watched directory {}", dir.display()))?;
                 tracing::info!(dir = %dir.display(), "created the watched directory");
+            }
+            let decision = poll_decision(&self.cfg.dirs[i], self.cfg.poll_interval);
+            tracing::info!("{}: {}", dir.display(), decision.why);
+            self.polled[i] = decision.poll;
+            if decision.poll {
+                continue;
             }
             self.watcher
                 .watch(&dir, RecursiveMode::Recursive)
@@ -257,6 +396,9 @@ impl State {
 
     fn run(mut self, rx: std_mpsc::Receiver<Input>) {
         self.full_scan();
+        if self.polled.contains(&true) {
+            self.next_poll = Some(Instant::now() + self.cfg.poll_interval);
+        }
         loop {
             // Block for the next input, but not past the moment the oldest file that left
             // its place counts as gone.
@@ -266,6 +408,7 @@ impl State {
                 .iter()
                 .map(|p| p.2 + MOVE_GRACE)
                 .chain(self.fresh_dirs.iter().map(|d| d.1 + FRESH_DIR_RELOOK))
+                .chain(self.next_poll)
                 .min();
             let next = match deadline {
                 None => rx
@@ -290,6 +433,10 @@ impl State {
                 }
             }
             self.relook_fresh_dirs();
+            if self.next_poll.is_some_and(|at| Instant::now() >= at) {
+                self.poll_all();
+                self.next_poll = Some(Instant::now() + self.cfg.poll_interval);
+            }
             self.finalize_gone(MOVE_GRACE);
         }
     }
@@ -323,10 +470,16 @@ impl State {
             EventKind::Access(AccessKind::Close(AccessMode::Write))
                 if self.inside_watched(&path) =>
             {
-                self.check(&path, Reason::Written)
+                self.check(&path, Reason::Written);
             }
             EventKind::Create(CreateKind::Folder) => {
-                if self.cfg.dirs.contains(&path) {
+                if self
+                    .cfg
+                    .dirs
+                    .iter()
+                    .zip(&self.polled)
+                    .any(|(d, polled)| d.path == path && !polled)
+                {
                     tracing::info!(dir = %path.display(), "watched directory is back");
                     let _ = self.watcher.watch(&path, RecursiveMode::Recursive);
                 }
@@ -336,7 +489,7 @@ impl State {
                 }
             }
             EventKind::Create(_) if self.inside_watched(&path) => {
-                self.check(&path, Reason::Arrived)
+                self.check(&path, Reason::Arrived);
             }
             EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
                 if !self.inside_watched(&path) {
@@ -356,8 +509,26 @@ impl State {
         }
     }
 
+    /// Whether an inotify event for `path` counts: it is inside a directory watched with
+    /// inotify (the innermost watched directory holding it is not polled).
     fn inside_watched(&self, path: &Path) -> bool {
-        self.cfg.dirs.iter().any(|d| path.starts_with(d))
+        self.spec_index(path).is_some_and(|i| !self.polled[i])
+    }
+
+    /// The innermost watched directory holding `path` (an index into `cfg.dirs`).
+    fn spec_index(&self, path: &Path) -> Option<usize> {
+        self.cfg
+            .dirs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| path.starts_with(&d.path))
+            .max_by_key(|(_, d)| d.path.as_os_str().len())
+            .map(|(i, _)| i)
+    }
+
+    /// Whether `dir` is a watched directory other than `from` (scanned on its own).
+    fn is_other_root(&self, dir: &Path, from: &Path) -> bool {
+        dir != from && self.cfg.dirs.iter().any(|d| d.path == dir)
     }
 
     /// A path (file or directory) left: everything tracked at or below it may be gone.
@@ -424,8 +595,8 @@ impl State {
     /// `ScanDone` listing every medium present.
     fn full_scan(&mut self) {
         let mut seen = HashSet::new();
-        for dir in self.cfg.dirs.clone() {
-            self.scan_dir(&dir, Reason::Scan, &mut seen);
+        for spec in self.cfg.dirs.clone() {
+            self.scan_dir(&spec.path, Reason::Scan, &mut seen);
         }
         let lost: Vec<PathBuf> = self
             .tracked
@@ -461,9 +632,14 @@ impl State {
             for ent in entries {
                 let path = ent.path();
                 match ent.file_type() {
-                    Ok(ft) if ft.is_dir() => stack.push(path),
+                    Ok(ft) if ft.is_dir() => {
+                        if !self.is_other_root(&path, dir) {
+                            stack.push(path);
+                        }
+                    }
                     Ok(_) => {
-                        if wanted(&ent.file_name(), &self.cfg) {
+                        let spec = self.spec_index(&path).map(|i| &self.cfg.dirs[i]);
+                        if spec.is_some_and(|s| wanted(&ent.file_name(), s)) {
                             seen.insert(path.clone());
                             self.check(&path, reason);
                         }
@@ -474,18 +650,25 @@ impl State {
         }
     }
 
-    /// Opens and identifies one file, and emits what changed.
-    fn check(&mut self, path: &Path, reason: Reason) {
-        let Some(name) = path.file_name() else { return };
-        if !wanted(name, &self.cfg) {
+    /// Opens and identifies one file, and emits what changed. False when it waits for a
+    /// writer to close it (a polled directory looks at it again at the next poll).
+    fn check(&mut self, path: &Path, reason: Reason) -> bool {
+        let Some(name) = path.file_name() else {
+            return true;
+        };
+        let Some(spec) = self.spec_index(path).map(|i| &self.cfg.dirs[i]) else {
+            return true;
+        };
+        let follow_symlinks = spec.follow_symlinks;
+        if !wanted(name, spec) {
             // Renamed to a name that is not taken (e.g. x.iso -> x.iso.bak): it left.
             if self.tracked.contains_key(path) {
                 self.left(path);
             }
-            return;
+            return true;
         }
         let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
-        if !self.cfg.follow_symlinks {
+        if !follow_symlinks {
             flags |= libc::O_NOFOLLOW;
         }
         let file = match File::options().read(true).custom_flags(flags).open(path) {
@@ -496,13 +679,15 @@ impl State {
                 } else {
                     tracing::debug!(image = %path.display(), error = %e, "cannot open; ignored");
                 }
-                return;
+                return true;
             }
         };
-        let Ok(meta) = file.metadata() else { return };
+        let Ok(meta) = file.metadata() else {
+            return true;
+        };
         if !meta.file_type().is_file() {
             tracing::debug!(path = %path.display(), "not a regular file; ignored");
-            return;
+            return true;
         }
         let id = MediumId(format!("file:{}:{}", meta.dev(), meta.ino()).into());
 
@@ -517,7 +702,7 @@ impl State {
                 });
                 self.tracked.insert(path.to_path_buf(), t);
                 if reason != Reason::Written {
-                    return;
+                    return true;
                 }
             }
         }
@@ -530,10 +715,10 @@ impl State {
                     self.emit(Event::Vanished(old.id));
                 }
             }
-            Some(t) if t.present && reason != Reason::Written => return,
+            Some(t) if t.present && reason != Reason::Written => return true,
             // The close-write of the copy that was already taken (the watcher handled its
             // creation late, after the writer had finished): nothing changed since.
-            Some(t) if t.present && t.stamp == Some(Stamp::of(&meta)) => return,
+            Some(t) if t.present && t.stamp == Some(Stamp::of(&meta)) => return true,
             Some(t) if t.present => {
                 // Rewritten in place: served again from the new content.
                 let old = t.id.clone();
@@ -554,7 +739,7 @@ impl State {
                     stamp: None,
                 },
             );
-            return;
+            return false;
         }
         let info = match probe(&file) {
             Ok(info) => info,
@@ -569,7 +754,7 @@ impl State {
                         stamp: None,
                     },
                 );
-                return;
+                return true;
             }
             Err(e) => {
                 tracing::error!(image = %path.display(), error = %e, "cannot identify image; not served");
@@ -581,12 +766,12 @@ impl State {
                         stamp: None,
                     },
                 );
-                return;
+                return true;
             }
         };
         if !info.complete() {
             self.wait(path, id, "waiting for the rest of the image");
-            return;
+            return true;
         }
         self.waiting_logged.remove(path);
         let fallback = path
@@ -611,6 +796,134 @@ impl State {
             fs: Some(info.fs.as_str().to_owned()),
             handle: Some(Handle(Arc::new(file))),
         }));
+        true
+    }
+
+    /// Rescans every polled directory.
+    fn poll_all(&mut self) {
+        for i in 0..self.cfg.dirs.len() {
+            if self.polled[i] {
+                self.poll_dir(i);
+            }
+        }
+    }
+
+    /// Rescans one polled directory and emits what changed since the last poll: files gone,
+    /// files that are new or changed and have stayed the same since the previous poll, files
+    /// renamed (same device and inode at another path).
+    fn poll_dir(&mut self, index: usize) {
+        let spec = self.cfg.dirs[index].clone();
+        let root = spec.path.as_path();
+        // Every wanted file below the root, with its metadata; directories that could not be
+        // listed (other than gone) keep what is known below them.
+        let mut found: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+        let mut unsure: Vec<PathBuf> = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let rd = match std::fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    if self.poll_errors.insert(d.clone()) {
+                        tracing::warn!(dir = %d.display(), error = %e, "cannot list a polled directory; keeping what is known");
+                    }
+                    unsure.push(d);
+                    continue;
+                }
+            };
+            self.poll_errors.remove(&d);
+            for ent in rd.flatten() {
+                let path = ent.path();
+                let Ok(ft) = ent.file_type() else { continue };
+                if ft.is_dir() {
+                    if !self.is_other_root(&path, root) {
+                        stack.push(path);
+                    }
+                    continue;
+                }
+                if self.spec_index(&path) != Some(index) || !wanted(&ent.file_name(), &spec) {
+                    continue;
+                }
+                let meta = if ft.is_symlink() && spec.follow_symlinks {
+                    std::fs::metadata(&path)
+                } else {
+                    ent.metadata()
+                };
+                if let Some(meta) = meta.ok().filter(|m| m.file_type().is_file()) {
+                    found.push((path, meta));
+                }
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let seen: HashSet<&Path> = found.iter().map(|(p, _)| p.as_path()).collect();
+        let lost: Vec<PathBuf> = self
+            .tracked
+            .keys()
+            .filter(|p| self.spec_index(p) == Some(index))
+            .filter(|p| !seen.contains(*p) && !unsure.iter().any(|u| p.starts_with(u)))
+            .map(Path::to_path_buf)
+            .collect();
+        // What left first, so that a file found at a new path is matched as a rename.
+        for p in lost {
+            self.left(&p);
+        }
+        self.observed
+            .retain(|p, _| seen.contains(p.as_path()) || !p.starts_with(root));
+        for (path, meta) in found {
+            let now = Observed {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                size: meta.size(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+                checked: false,
+            };
+            let id = MediumId(format!("file:{}:{}", now.dev, now.ino).into());
+            let unchanged = |t: &Tracked| {
+                t.id == id
+                    && t.present
+                    && t.stamp
+                        .is_some_and(|s| s.size == now.size && s.mtime == now.mtime)
+            };
+            if self.tracked.get(&path).is_some_and(unchanged) {
+                self.observed.remove(&path);
+                continue;
+            }
+            // A medium already served, found at another path with the same content: renamed
+            // (or another hard link). Taken at once.
+            let known = self.pending_gone.iter().any(|(_, t, _)| unchanged(t))
+                || self
+                    .tracked
+                    .present_at(&id)
+                    .and_then(|p| self.tracked.get(&p))
+                    .is_some_and(unchanged);
+            if known {
+                self.observed.remove(&path);
+                self.check(&path, Reason::Arrived);
+                continue;
+            }
+            // New or changed: taken once two polls in a row see it the same.
+            match self.observed.get_mut(&path) {
+                Some(o)
+                    if Observed {
+                        checked: o.checked,
+                        ..now
+                    } == *o =>
+                {
+                    if !o.checked {
+                        o.checked = true;
+                        if !self.check(&path, Reason::Written) {
+                            // Still open for writing: look again at the next poll.
+                            if let Some(o) = self.observed.get_mut(&path) {
+                                o.checked = false;
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    self.observed.insert(path, now);
+                }
+            }
+        }
     }
 
     fn wait(&mut self, path: &Path, id: MediumId, why: &str) {
@@ -650,13 +963,38 @@ fn open_for_writing(file: &File) -> bool {
 mod tests {
     use super::*;
 
-    fn cfg() -> DirsConfig {
-        DirsConfig {
-            dirs: vec![],
-            include: DirsConfig::default_include(),
+    fn cfg() -> DirSpec {
+        DirSpec {
             exclude: Some(Regex::new("^skip").unwrap()),
-            follow_symlinks: true,
+            ..DirSpec::new(PathBuf::from("/srv/iso-drop"))
         }
+    }
+
+    #[test]
+    fn poll_mode_decides_and_auto_asks_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = Duration::from_millis(200);
+        let spec = |poll| DirSpec {
+            poll,
+            ..DirSpec::new(dir.path().join("not-yet"))
+        };
+        let d = poll_decision(&spec(PollMode::Always), every);
+        assert!(d.poll);
+        assert_eq!(d.why, "poll = always: polling every 0.2 s, no inotify");
+        assert!(!poll_decision(&spec(PollMode::Never), every).poll);
+        // Auto looks at the nearest existing ancestor; a temp dir is local here unless the
+        // host keeps /tmp on a network file system.
+        let t = super::super::fstype::statfs_type(dir.path()).unwrap();
+        let d = poll_decision(&spec(PollMode::Auto), every);
+        assert_eq!(
+            d.poll,
+            super::super::fstype::remote_fs(t).is_some(),
+            "{}",
+            d.why
+        );
+        assert!(d.why.contains(&format!("({t:#x})")), "{}", d.why);
+        assert_eq!(secs(Duration::from_secs(10)), "10");
+        assert_eq!(secs(Duration::from_millis(2500)), "2.5");
     }
 
     #[test]

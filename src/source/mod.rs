@@ -3,6 +3,7 @@
 
 pub mod dirs;
 pub mod drives;
+pub mod fstype;
 
 /// A running source, as the daemon drives it.
 pub trait Source: Send {
