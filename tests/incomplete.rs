@@ -269,11 +269,18 @@ fn images_are_served_only_once_their_copy_is_complete() {
             served_twice.push(name);
         }
     }
+    // How often the watcher looked at a copy and held it back: the lease said a writer had it
+    // open, or the bytes were not (yet) an image, or shorter than the volume.
+    let held_open = log
+        .matches("still open for writing; waiting for close")
+        .count();
+    let held_short = log.matches("not (yet) an image").count()
+        + log.matches("waiting for the rest of the image").count();
     let t = tally.into_inner().unwrap();
     let ways = ways_used.into_inner().unwrap();
     println!(
         "incomplete: copies={n} parallel={PARALLEL} ways={} premature_serves={} early_lookups={} \
-         served_once={} max_ready_ms={}",
+         served_once={} held_open={held_open} held_short={held_short} max_ready_ms={}",
         ways.len(),
         premature.len(),
         t.early_lookups,
