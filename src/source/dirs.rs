@@ -667,7 +667,13 @@ impl State {
             }
             return true;
         }
-        let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+        // Looked at through O_PATH first: opening a device node or a FIFO reaches its driver
+        // (a watchdog starts, a tape rewinds, a FIFO's waiting writer is let go), which a root
+        // daemon must not do for whoever can write into a watched directory. Only a regular
+        // file is then opened, through /proc/self/fd: the same inode, even if the name has
+        // been swapped meanwhile.
+        let link = std::fs::symlink_metadata(path);
+        let mut flags = libc::O_PATH;
         if !follow_symlinks {
             flags |= libc::O_NOFOLLOW;
         }
@@ -678,6 +684,7 @@ impl State {
                     self.left(path);
                 } else {
                     tracing::debug!(image = %path.display(), error = %e, "cannot open; ignored");
+                    self.replaced(path);
                 }
                 return true;
             }
@@ -687,9 +694,55 @@ impl State {
         };
         if !meta.file_type().is_file() {
             tracing::debug!(path = %path.display(), "not a regular file; ignored");
+            self.replaced(path);
             return true;
         }
+        // The name changed between the two looks: its own event follows.
+        let same = |l: &std::fs::Metadata| {
+            l.file_type().is_symlink() || (l.dev(), l.ino()) == (meta.dev(), meta.ino())
+        };
+        let Ok(link) = link.and_then(|l| {
+            let after = std::fs::symlink_metadata(path)?;
+            Ok(((l.dev(), l.ino()) == (after.dev(), after.ino()) && same(&l)).then_some(l))
+        }) else {
+            return false;
+        };
+        // (false: a polled directory looks again at its next poll.)
+        let Some(link) = link else { return false };
+        if let Some(why) = exposes(&link, &meta) {
+            tracing::warn!(image = %path.display(), "{why}; not served (make it readable by all to serve it)");
+            self.replaced(path);
+            return true;
+        }
+        let reopen = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+        let file = match File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&reopen)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(image = %path.display(), error = %e, "cannot open through /proc/self/fd; ignored");
+                return true;
+            }
+        };
         let id = MediumId(format!("file:{}:{}", meta.dev(), meta.ino()).into());
+        // What left this path a moment ago (deleted, or replaced by something not taken) is
+        // gone for good now that another file holds it: its removal comes first, so the new
+        // file gets its name back.
+        if let Some(i) = self
+            .pending_gone
+            .iter()
+            .position(|(p, t, _)| p == path && t.id != id)
+        {
+            let (_, t, _) = self.pending_gone.swap_remove(i);
+            if t.present {
+                match self.tracked.present_at(&t.id) {
+                    Some(origin) => self.emit(Event::Moved { id: t.id, origin }),
+                    None => self.emit(Event::Vanished(t.id)),
+                }
+            }
+        }
 
         // The same file seen under a new path: a rename inside the trees.
         if let Some(i) = self.pending_gone.iter().position(|(_, t, _)| t.id == id) {
@@ -926,6 +979,17 @@ impl State {
         }
     }
 
+    /// Something not taken (not a regular file, refused, unreadable) now holds `path`: what
+    /// was taken there is gone, as for an atomic replace, unless present at another path.
+    fn replaced(&mut self, path: &Path) {
+        self.waiting_logged.remove(path);
+        if let Some(old) = self.tracked.remove(path) {
+            if old.present && self.tracked.present_at(&old.id).is_none() {
+                self.emit(Event::Vanished(old.id));
+            }
+        }
+    }
+
     fn wait(&mut self, path: &Path, id: MediumId, why: &str) {
         if self.waiting_logged.insert(path.to_path_buf()) {
             tracing::info!(image = %path.display(), "{why}");
@@ -939,6 +1003,24 @@ impl State {
             },
         );
     }
+}
+
+/// Why a regular file must not be served although it is an image, if so. The watcher runs as
+/// root and what it serves is readable by all: a file not readable by all is served only when
+/// whoever put it in the watched directory could read it. A hard link (more than one link) may
+/// have been made by anyone to anyone's file (as far as fs.protected_hardlinks allows), a
+/// symlink by its owner to anything; a file readable by all gives nothing away.
+fn exposes(link: &std::fs::Metadata, file: &std::fs::Metadata) -> Option<&'static str> {
+    if file.mode() & 0o004 != 0 {
+        return None;
+    }
+    if file.nlink() > 1 {
+        return Some("a hard link to a file not readable by all");
+    }
+    if link.file_type().is_symlink() && link.uid() != 0 && link.uid() != file.uid() {
+        return Some("a symlink by another user to a file not readable by all");
+    }
+    None
 }
 
 /// Whether some process has the file open for writing. A read lease cannot be taken on such
