@@ -13,10 +13,12 @@
 //! - [`notify`]: systemd readiness notification (sd_notify) and when the watcher is ready.
 //! - [`sys`]: every effect of the kernel driver behind one trait (Linux, recording fake).
 //! - [`cli`]: one module per subcommand; the only layer that prints.
+//! - [`crashpoint`]: `ISOMGR_CRASH_AT`, a testing aid that kills the process at a named step.
 //! - [`fuse`]: the FUSE mount driver (one read-only FUSE filesystem at the root) and its pure
 //!   inode table.
 
 pub mod cli;
+pub mod crashpoint;
 pub mod daemon;
 pub mod event;
 pub mod exec;
