@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::event::{Event, SourceKind};
+use crate::exec::kernel::journal::journal_path;
 use crate::exec::kernel::kernel_usable;
 use crate::exec::{Executor, FuseExecutor, KernelExecutor};
 use crate::fuse::FuseDriver;
@@ -121,21 +122,26 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|d| d.cfg.own_loops.clone())
                 .unwrap_or_default();
-            let mut k = KernelExecutor::new(LinuxSys, root.clone()).with_own_loops(own_loops);
+            let mut k = KernelExecutor::new(LinuxSys, root.clone())
+                .with_own_loops(own_loops)
+                .with_journal(journal_path(&cfg.state));
             let foreign = k.reconcile(previous_state.as_ref());
+            manager = Manager::new(k.previous_records());
             let mut exec = Executor::Kernel(k);
             process(&mut manager, &mut exec, Event::ForeignEntries(foreign));
             exec
         }
         _ => {
             tracing::info!(driver = "fuse", %reason, "mount driver chosen");
-            if previous_state
-                .as_ref()
-                .is_some_and(|s| s.driver == "kernel")
+            let journal = journal_path(&cfg.state);
+            if journal.exists()
+                || previous_state
+                    .as_ref()
+                    .is_some_and(|s| s.driver == "kernel")
             {
                 // The previous run mounted with the kernel: take that down before the FUSE
                 // root hides it.
-                let mut k = KernelExecutor::new(LinuxSys, root.clone());
+                let mut k = KernelExecutor::new(LinuxSys, root.clone()).with_journal(journal);
                 k.reconcile(previous_state.as_ref());
                 k.shutdown(true);
             }
