@@ -109,6 +109,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         .unwrap_or_default();
     let (driver, reason) = choose(cfg.driver);
     raise_fd_limit();
+    crate::fuse::detach_dead_mount(&cfg.root)?;
     std::fs::create_dir_all(&cfg.root)
         .with_context(|| format!("creating the root {}", cfg.root.display()))?;
     let root = std::fs::canonicalize(&cfg.root)
