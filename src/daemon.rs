@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::event::{Event, SourceKind};
+use crate::exec::kernel::journal::journal_path;
 use crate::exec::kernel::kernel_usable;
 use crate::exec::{Executor, FuseExecutor, KernelExecutor};
 use crate::fuse::FuseDriver;
@@ -113,6 +114,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         .unwrap_or_default();
     let (driver, reason) = choose(cfg.driver);
     raise_fd_limit();
+    crate::fuse::detach_dead_mount(&cfg.root)?;
     std::fs::create_dir_all(&cfg.root)
         .with_context(|| format!("creating the root {}", cfg.root.display()))?;
     let root = std::fs::canonicalize(&cfg.root)
@@ -131,8 +133,11 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|d| d.cfg.own_loops.clone())
                 .unwrap_or_default();
-            let mut k = KernelExecutor::new(LinuxSys, root.clone()).with_own_loops(own_loops);
+            let mut k = KernelExecutor::new(LinuxSys, root.clone())
+                .with_own_loops(own_loops)
+                .with_journal(journal_path(&cfg.state));
             let foreign = k.reconcile(previous_state.as_ref());
+            manager = Manager::new(k.previous_records());
             let mut exec = Executor::Kernel(k);
             process(
                 &mut manager,
@@ -144,13 +149,15 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         }
         _ => {
             tracing::info!(driver = "fuse", %reason, "mount driver chosen");
-            if previous_state
-                .as_ref()
-                .is_some_and(|s| s.driver == "kernel")
+            let journal = journal_path(&cfg.state);
+            if journal.exists()
+                || previous_state
+                    .as_ref()
+                    .is_some_and(|s| s.driver == "kernel")
             {
                 // The previous run mounted with the kernel: take that down before the FUSE
                 // root hides it.
-                let mut k = KernelExecutor::new(LinuxSys, root.clone());
+                let mut k = KernelExecutor::new(LinuxSys, root.clone()).with_journal(journal);
                 k.reconcile(previous_state.as_ref());
                 k.shutdown(true);
             }

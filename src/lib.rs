@@ -15,11 +15,13 @@
 //! - [`cli`]: one module per subcommand; the only layer that prints.
 //! - [`config`]: the watcher's configuration file (TOML), parsed and validated (pure).
 //! - [`hooks`]: the operator's commands run on each medium mounted or removed.
+//! - [`crashpoint`]: `ISOMGR_CRASH_AT`, a testing aid that kills the process at a named step.
 //! - [`fuse`]: the FUSE mount driver (one read-only FUSE filesystem at the root) and its pure
 //!   inode table.
 
 pub mod cli;
 pub mod config;
+pub mod crashpoint;
 pub mod daemon;
 pub mod event;
 pub mod exec;

@@ -14,18 +14,23 @@
 //! Any failing step of a publish undoes the steps before it, in reverse order.
 //!
 //! It decides nothing about names or media: that is the manager's. It never touches a mount,
-//! loop or directory it did not make: at start it adopts only what the previous state file
-//! lists and the mount table and loop devices confirm.
+//! loop or directory it did not make: at start it adopts only what the previous state file and
+//! the [`journal`] list and the mount table and loop devices confirm. The journal covers a
+//! crash between a mount and the next state write.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+pub mod journal;
+
+use crate::crashpoint;
 use crate::event::{Event, Medium, MediumId, SourceKind};
-use crate::manager::{Action, StateFile};
+use crate::manager::{Action, MediumRecord, StateFile};
 use crate::source::drives::OwnLoops;
 use crate::sys::{FileId, LoopDev, LoopEntry, MountEntry, MountFlags, Sys};
+use journal::{Journal, Made};
 
 /// Mode of a mount point before the medium covers it: nobody but root can list it.
 pub const MOUNT_POINT_MODE: u32 = 0o000;
@@ -91,9 +96,21 @@ pub fn describe(e: &dyn std::error::Error) -> String {
 #[derive(Debug)]
 struct Served {
     id: MediumId,
+    source: SourceKind,
     origin: PathBuf,
     target: PathBuf,
     loop_dev: Option<LoopDev>,
+}
+
+impl Served {
+    fn made(&self, name: &str) -> Made {
+        Made {
+            name: name.to_owned(),
+            id: self.id.clone(),
+            source: self.source,
+            origin: self.origin.clone(),
+        }
+    }
 }
 
 /// Runs actions with loop devices and mount(2). See the module documentation.
@@ -108,6 +125,10 @@ pub struct KernelExecutor<S: Sys> {
     /// Backing files of the loop devices this executor attached, shared with the drives source
     /// so it never takes isomgr's own loops for foreign media (no double mounts).
     own_loops: OwnLoops,
+    /// Where each mount point made and removed is recorded first (none in unit tests).
+    journal: Option<Journal>,
+    /// What the previous run left, as the manager must see it (state and journal merged).
+    previous_records: Vec<MediumRecord>,
 }
 
 impl<S: Sys> std::fmt::Debug for KernelExecutor<S> {
@@ -171,6 +192,35 @@ impl<S: Sys> KernelExecutor<S> {
             served: BTreeMap::new(),
             previous: BTreeMap::new(),
             own_loops: OwnLoops::default(),
+            journal: None,
+            previous_records: Vec::new(),
+        }
+    }
+
+    /// Records every mount point made and removed in the journal at `path` (see [`journal`]).
+    pub fn with_journal(mut self, path: PathBuf) -> Self {
+        self.journal = Some(Journal::new(path));
+        self
+    }
+
+    /// After [`Self::reconcile`]: the previous run's media, from its state file and journal;
+    /// the names the manager keeps for them.
+    pub fn previous_records(&self) -> &[MediumRecord] {
+        &self.previous_records
+    }
+
+    fn journal_gone(&mut self, name: &str) {
+        if let Some(j) = &mut self.journal {
+            j.gone(name);
+            if j.wants_rewrite(self.served.len() + self.previous.len()) {
+                let live: Vec<Made> = self
+                    .served
+                    .iter()
+                    .chain(&self.previous)
+                    .map(|(name, s)| s.made(name))
+                    .collect();
+                j.rewrite(&live);
+            }
         }
     }
 
@@ -227,7 +277,7 @@ impl<S: Sys> KernelExecutor<S> {
                     .remove(name)
                     .or_else(|| self.previous.remove(name));
                 if let Some(s) = s {
-                    match self.teardown(&s) {
+                    match self.teardown(name, &s) {
                         Ok(()) => tracing::info!(name = %name, medium = %id, "removed"),
                         Err(e) => {
                             tracing::error!(name = %name, error = %describe(&e), "removing")
@@ -261,14 +311,28 @@ impl<S: Sys> KernelExecutor<S> {
                 return Ok(dev);
             }
             // Another medium now: what the previous run made goes first.
-            if let Err(e) = self.teardown(&prev) {
+            if let Err(e) = self.teardown(name, &prev) {
                 tracing::error!(name = %name, error = %describe(&e), "removing the previous run's mount");
             }
         }
         if self.served.contains_key(name) {
             return Err(Error::AlreadyServed { target });
         }
-        let served = self.mount_new(&target, medium)?;
+        if let Some(j) = &mut self.journal {
+            j.made(&Made {
+                name: name.to_owned(),
+                id: medium.id.clone(),
+                source: medium.source,
+                origin: medium.origin.clone(),
+            });
+        }
+        let served = match self.mount_new(&target, medium) {
+            Ok(s) => s,
+            Err(e) => {
+                self.journal_gone(name);
+                return Err(e);
+            }
+        };
         let dev = served.loop_dev.as_ref().map(|l| l.path.clone());
         tracing::info!(name = %name, origin = %medium.origin.display(), label = medium.label.as_deref().unwrap_or(""), device = ?dev, "mounted");
         self.served.insert(name.to_owned(), served);
@@ -297,6 +361,7 @@ impl<S: Sys> KernelExecutor<S> {
                 dir: target.to_owned(),
                 source,
             })?;
+        crashpoint::reached("after-mkdir");
         let mut loop_dev = match file {
             None => None,
             Some(f) => {
@@ -304,7 +369,10 @@ impl<S: Sys> KernelExecutor<S> {
                 self.own_loop(image, true);
                 let attached = self.sys.attach_loop(f, image, true);
                 match attached {
-                    Ok(l) => Some(l),
+                    Ok(l) => {
+                        crashpoint::reached("after-attach");
+                        Some(l)
+                    }
                     Err(source) => {
                         self.own_loop(image, false);
                         self.undo(target, None);
@@ -327,6 +395,7 @@ impl<S: Sys> KernelExecutor<S> {
         for fstype in candidates {
             match self.sys.mount(&device, target, fstype, MountFlags::SERVED) {
                 Ok(()) => {
+                    crashpoint::reached("after-mount");
                     failure = None;
                     break;
                 }
@@ -354,6 +423,7 @@ impl<S: Sys> KernelExecutor<S> {
         }
         Ok(Served {
             id: medium.id.clone(),
+            source: medium.source,
             origin: image.clone(),
             target: target.to_owned(),
             loop_dev,
@@ -376,9 +446,9 @@ impl<S: Sys> KernelExecutor<S> {
 
     /// Lazy unmount, detach, rmdir. An unmount that fails leaves everything as it is (still
     /// served); a failed detach is logged (autoclear frees the loop when its users go).
-    fn teardown(&self, s: &Served) -> Result<(), Error> {
+    fn teardown(&mut self, name: &str, s: &Served) -> Result<(), Error> {
         match self.sys.unmount(&s.target, true) {
-            Ok(()) => {}
+            Ok(()) => crashpoint::reached("after-unmount"),
             // Not mounted (any more): go on with the rest.
             Err(e) if errno(&e) == Some(libc::EINVAL) => {}
             Err(source) => {
@@ -399,14 +469,19 @@ impl<S: Sys> KernelExecutor<S> {
             }
             self.own_loop(&s.origin, false);
         }
+        crashpoint::reached("before-rmdir");
         match self.sys.remove_dir(&s.target) {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
-            Err(source) => Err(Error::RemoveDir {
-                dir: s.target.clone(),
-                source,
-            }),
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+            Err(source) => {
+                return Err(Error::RemoveDir {
+                    dir: s.target.clone(),
+                    source,
+                })
+            }
         }
+        self.journal_gone(name);
+        Ok(())
     }
 
     /// At start: takes over what the previous run made and its state file lists (only that),
@@ -428,15 +503,45 @@ impl<S: Sys> KernelExecutor<S> {
                 tracing::error!(root = %self.root.display(), error = %e, "unmounting the stale FUSE mount");
             }
         }
-        let records = match previous {
-            Some(s) if s.driver == "kernel" && s.root == self.root => s.media.as_slice(),
+        let mut records: Vec<MediumRecord> = match previous {
+            Some(s) if s.driver == "kernel" && s.root == self.root => s.media.clone(),
             Some(s) if !s.media.is_empty() => {
                 tracing::info!(driver = %s.driver, root = %s.root.display(), "the previous state is another driver's or root's: nothing to adopt");
-                &[]
+                Vec::new()
             }
-            _ => &[],
+            _ => Vec::new(),
         };
-        for r in records {
+        // The journal is newer than the state file: it says what is still made for each
+        // name it has seen (the mount's loop is the one the mount table shows).
+        if let Some(j) = &self.journal {
+            let live = j.read();
+            let mut journal_only = Vec::new();
+            for (name, m) in &live {
+                if records.iter().any(|r| r.name == *name && r.id == m.id) {
+                    continue;
+                }
+                let loop_device = top(&self.root.join(name))
+                    .map(|mnt| mnt.source.clone())
+                    .filter(|src| src.starts_with("/dev/loop"));
+                tracing::info!(name = %name, origin = %m.origin.display(), "the journal lists what the state file missed");
+                journal_only.push(MediumRecord {
+                    name: name.clone(),
+                    label: None,
+                    source: m.source,
+                    origin: m.origin.clone(),
+                    mounted_at: String::new(),
+                    loop_device,
+                    id: m.id.clone(),
+                    mounted_at_unix: 0,
+                });
+            }
+            // Once there is a journal, a state record it does not confirm was removed since.
+            if j.exists() {
+                records.retain(|r| live.get(&r.name).is_some_and(|m| m.id == r.id));
+            }
+            records.splice(0..0, journal_only);
+        }
+        for r in &records {
             if !valid_name(&r.name) {
                 tracing::warn!(name = %r.name, "ignoring an invalid name in the previous state");
                 continue;
@@ -459,6 +564,7 @@ impl<S: Sys> KernelExecutor<S> {
                         r.name.clone(),
                         Served {
                             id: r.id.clone(),
+                            source: r.source,
                             origin: r.origin.clone(),
                             target,
                             loop_dev: ours.map(|l| {
@@ -495,6 +601,10 @@ impl<S: Sys> KernelExecutor<S> {
                 }
             }
         }
+        if let Some(j) = &mut self.journal {
+            let live: Vec<Made> = self.previous.iter().map(|(n, s)| s.made(n)).collect();
+            j.rewrite(&live);
+        }
         let entries = match self.sys.list_dir(&self.root) {
             Ok(e) => e,
             Err(e) => {
@@ -502,11 +612,13 @@ impl<S: Sys> KernelExecutor<S> {
                 Vec::new()
             }
         };
-        entries
+        let foreign = entries
             .into_iter()
             .map(|n| n.to_string_lossy().into_owned())
             .filter(|n| !self.previous.contains_key(n))
-            .collect()
+            .collect();
+        self.previous_records = records;
+        foreign
     }
 
     /// A normal stop. By default kernel mounts stay (the next start adopts them, downloads go
@@ -523,7 +635,7 @@ impl<S: Sys> KernelExecutor<S> {
             return;
         }
         for (name, s) in all {
-            match self.teardown(&s) {
+            match self.teardown(&name, &s) {
                 Ok(()) => tracing::info!(name = %name, "removed"),
                 Err(e) => tracing::error!(name = %name, error = %describe(&e), "removing"),
             }

@@ -155,6 +155,23 @@ fn mount_fuse(root: &Path, fd: &OwnedFd) -> io::Result<()> {
     }
 }
 
+/// Detaches a dead FUSE mount (its daemon was killed: every access fails with ENOTCONN) at
+/// `root`, if there is one; true when it did. Before anything else looks at the root: even
+/// mkdir and realpath on it fail while it is there.
+pub fn detach_dead_mount(root: &Path) -> Result<bool, Error> {
+    match statfs(root) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            warn!(root = %root.display(), "found a dead FUSE mount (ENOTCONN); detaching it");
+            umount2(root, libc::MNT_DETACH).map_err(|source| Error::StaleUnmount {
+                path: root.to_owned(),
+                source,
+            })?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// Makes `root` usable as a mount point: a dead FUSE mount (its daemon was killed, every access
 /// fails with ENOTCONN) is detached lazily first.
 fn prepare_root(root: &Path) -> Result<(), Error> {

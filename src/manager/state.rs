@@ -64,7 +64,10 @@ impl StateFile {
         w.write_all(b"\n")?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        crate::crashpoint::reached("before-state-rename");
+        std::fs::rename(&tmp, path)?;
+        crate::crashpoint::reached("after-state-rename");
+        Ok(())
     }
 }
 
