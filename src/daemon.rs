@@ -321,6 +321,12 @@ fn process(
     let mut dirty = false;
     let mut queue = VecDeque::from([ev]);
     while let Some(ev) = queue.pop_front() {
+        // A served image file renamed: the FUSE driver reopens it from its new path.
+        match &ev {
+            Event::Moved { id, origin } => exec.moved(id, origin),
+            Event::Appeared(m) => exec.moved(&m.id, &m.origin),
+            _ => {}
+        }
         let published = match (&ev, hooks.is_some()) {
             (Event::Published { id, name, .. }, true) => Some((id.clone(), name.clone())),
             (Event::Moved { id, origin }, true) => {
