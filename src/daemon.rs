@@ -234,6 +234,8 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     let mut last_save = Instant::now();
     loop {
         let save_at = dirty.then(|| last_save + SAVE_INTERVAL);
+        // Media waiting for a resource (the kernel driver's loop devices) are tried again then.
+        let retry_at = exec.next_retry();
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
@@ -259,6 +261,11 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
                 save(&manager);
                 dirty = false;
                 last_save = Instant::now();
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
+                for ev in exec.retry_due(Instant::now()) {
+                    dirty |= process(&mut manager, &mut exec, &mut hooks, ev);
+                }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }

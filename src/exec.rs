@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::event::{Event, Medium, MediumId};
 use crate::fuse::reopen::{budget_from_env_or_limit, FdPool, PathSlot, PoolStats};
@@ -47,6 +48,23 @@ impl Executor {
     pub fn moved(&mut self, id: &MediumId, origin: &Path) {
         if let Executor::Fuse(e) = self {
             e.moved(id, origin);
+        }
+    }
+
+    /// When [`Executor::retry_due`] has work next, if ever.
+    pub fn next_retry(&self) -> Option<Instant> {
+        match self {
+            Executor::Fuse(_) => None,
+            Executor::Kernel(e) => e.next_retry(),
+        }
+    }
+
+    /// Retries what waits for a resource (the kernel driver's media waiting for a loop
+    /// device); the outcomes to feed back to the manager.
+    pub fn retry_due(&mut self, now: Instant) -> Vec<Event> {
+        match self {
+            Executor::Fuse(_) => Vec::new(),
+            Executor::Kernel(e) => e.retry_due(now),
         }
     }
 
