@@ -376,6 +376,31 @@ struct FdShort {
     logged: bool,
 }
 
+/// Whether the descriptor of an identified image travels with its event (the driver then
+/// serves that very descriptor) or is closed (the driver reopens the file by path and checks
+/// its identity). Events wait in a queue: with descriptors short, handles held there would
+/// starve everything else. The kernel gives the lowest free number, so a descriptor numbered
+/// `n` means at least `n` are open: kept only below the open-file limit less 128 (or half).
+fn keep_handle(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::sync::OnceLock;
+    static CEILING: OnceLock<u64> = OnceLock::new();
+    let ceiling = *CEILING.get_or_init(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct given, which is valid.
+        let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            lim.rlim_cur
+        } else {
+            1024
+        };
+        soft.saturating_sub(128).max(soft / 2)
+    });
+    u64::try_from(file.as_raw_fd()).is_ok_and(|fd| fd < ceiling)
+}
+
 fn is_fd_shortage(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
@@ -836,7 +861,7 @@ impl State {
             label: info.label,
             fallback,
             fs: Some(info.fs.as_str().to_owned()),
-            handle: Some(Handle(Arc::new(file))),
+            handle: keep_handle(&file).then(|| Handle(Arc::new(file))),
         }));
         true
     }
