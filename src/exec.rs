@@ -159,8 +159,27 @@ impl FuseExecutor {
                     .try_clone()
                     .map_err(|e| format!("duplicating the descriptor: {e}"))?,
             },
-            None => std::fs::File::open(&medium.origin)
-                .map_err(|e| format!("opening {}: {e}", medium.origin.display()))?,
+            // The source closed it (descriptors were short): the file at the path must still
+            // be the one it identified.
+            None => {
+                let file = self
+                    .pool
+                    .open(&medium.origin)
+                    .map_err(|e| format!("opening {}: {e}", medium.origin.display()))?;
+                if let Some(want) = medium.id.as_str().strip_prefix("file:") {
+                    use std::os::unix::fs::MetadataExt;
+                    let meta = file
+                        .metadata()
+                        .map_err(|e| format!("inspecting {}: {e}", medium.origin.display()))?;
+                    if want != format!("{}:{}", meta.dev(), meta.ino()) {
+                        return Err(format!(
+                            "{} is no longer the file that was identified (replaced since)",
+                            medium.origin.display()
+                        ));
+                    }
+                }
+                file
+            }
         };
         let src = self
             .pool
@@ -197,6 +216,14 @@ impl FuseExecutor {
 
     /// Unmounts the root (a normal stop).
     pub fn shutdown(self) {
+        let stats = self.pool.stats();
+        tracing::info!(
+            budget = self.pool.budget(),
+            open = stats.open,
+            evictions = stats.evictions,
+            reopens = stats.reopens,
+            "image descriptors at stop"
+        );
         let root = self.driver.root().to_path_buf();
         if let Err(e) = self.driver.unmount() {
             tracing::error!(root = %root.display(), error = %e, "unmounting");

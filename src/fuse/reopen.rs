@@ -188,6 +188,30 @@ impl FdPool {
         Ok(src)
     }
 
+    /// Opens an image file read-only. Out of descriptors (images queued for identification,
+    /// a burst elsewhere), it closes served images' descriptors, least recently used first,
+    /// and tries again.
+    pub fn open(&self, path: &Path) -> io::Result<File> {
+        let mut tries = 0;
+        loop {
+            let opened = File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+                .open(path);
+            match opened {
+                Err(e) if is_fd_exhaustion(&e) && tries < EMFILE_EVICTIONS => {
+                    tries += 1;
+                    let evicted = lock(&self.inner).evict_one();
+                    if evicted.is_none() {
+                        return Err(e);
+                    }
+                    drop(evicted);
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn over_budget(&self, p: &mut PoolInner) -> Vec<Arc<File>> {
         let mut out = Vec::new();
         while p.open.len() > self.budget {
@@ -289,29 +313,12 @@ impl Pooled {
 
     fn reopen(&self) -> io::Result<File> {
         let path = self.path.get();
-        let mut tries = 0;
-        let file = loop {
-            let opened = File::options()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-                .open(&path);
-            match opened {
-                Ok(f) => break f,
-                // Out of descriptors (images queued for identification, a burst elsewhere):
-                // close served images' descriptors, least recently used first, and try again.
-                Err(e) if is_fd_exhaustion(&e) && tries < EMFILE_EVICTIONS => {
-                    tries += 1;
-                    let evicted = lock(&self.pool.inner).evict_one();
-                    if evicted.is_none() {
-                        return Err(e);
-                    }
-                    drop(evicted);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(io::Error::from_raw_os_error(libc::ESTALE))
-                }
-                Err(e) => return Err(e),
+        let file = match self.pool.open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(io::Error::from_raw_os_error(libc::ESTALE))
             }
+            Err(e) => return Err(e),
         };
         let now = Ident::of(&file.metadata()?);
         if now != self.ident {
