@@ -219,12 +219,24 @@ fn read_file(path: &Path) -> io::Result<String> {
 
 #[test]
 fn many_images_are_served_with_a_low_open_file_limit() {
-    if !common::watcher::can_run("many_images_are_served_with_a_low_open_file_limit")
+    let n = if full() { 10_000 } else { 1_000 };
+    serve_many(n, NOFILE);
+}
+
+/// So few descriptors (the budget floor, a quarter of the limit) that identifying images may
+/// run out of them (EMFILE in the source or the driver, depending on timing): every image is
+/// still served, after retries, never dropped.
+#[test]
+fn images_that_meet_emfile_are_retried_until_served() {
+    serve_many(400, 24);
+}
+
+fn serve_many(n: usize, nofile: u64) {
+    if !common::watcher::can_run("serving many images with a low open-file limit")
         || !common::have_tool("genisoimage")
     {
         return;
     }
-    let n = if full() { 10_000 } else { 1_000 };
     let env = Env::new("isomgr-limits.");
     let base = Base::make(&env.scratch);
     for i in 0..n {
@@ -232,7 +244,7 @@ fn many_images_are_served_with_a_low_open_file_limit() {
     }
 
     let start = Instant::now();
-    let mut w = LimitedWatcher::start(&env, NOFILE);
+    let mut w = LimitedWatcher::start(&env, nofile);
     let pid = w.pid();
     // Sample the watcher's descriptors all along.
     let stop = Arc::new(AtomicBool::new(false));
@@ -312,15 +324,15 @@ fn many_images_are_served_with_a_low_open_file_limit() {
     let reopens = log_field(&log, "image descriptors at stop", "reopens").unwrap_or(0);
     let budget = log_field(&log, "image descriptors at stop", "budget").unwrap_or(0);
     println!(
-        "limits: images={n} nofile={NOFILE} served={served} max_fds={max_fds} rss_kib={rss} \
+        "limits: images={n} nofile={nofile} served={served} max_fds={max_fds} rss_kib={rss} \
          reopen_evictions={evictions} reopens={reopens} budget={budget} \
          serve_all_s={:.1} rss_kib_when_served={rss_served}",
         served_after.as_secs_f64()
     );
     assert_eq!(served, n);
     assert!(
-        (max_fds as u64) < NOFILE,
-        "the watcher had {max_fds} descriptors open (limit {NOFILE})"
+        (max_fds as u64) <= nofile,
+        "the watcher had {max_fds} descriptors open (limit {nofile})"
     );
     assert!(evictions > 0 && reopens > 0, "{log}");
     assert!(
@@ -335,6 +347,9 @@ fn many_images_are_served_with_a_low_open_file_limit() {
     // Descriptors ran short at most once per shortage in the log, not once per image.
     let warnings = log.matches("out of file descriptors").count();
     assert!(warnings <= 10, "{warnings} shortage warnings");
+    if warnings > 0 {
+        println!("limits: descriptor shortages logged={warnings}, all retried and served");
+    }
 }
 
 // ---- loop devices running out (kernel driver) ----

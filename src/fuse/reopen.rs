@@ -26,7 +26,7 @@ use crate::iso9660::ReadAt;
 /// file, images being identified and queued), when the budget comes from the open-file limit:
 /// this many, or a tenth of the limit when that is more.
 pub const RESERVE: u64 = 256;
-/// The budget is never below this, however low the limit.
+/// The budget is never below this (nor below a quarter of the limit, when that is less).
 pub const MIN_BUDGET: usize = 16;
 /// Environment variable that sets the budget (a number of descriptors) instead.
 pub const BUDGET_ENV: &str = "ISOMGR_FD_BUDGET";
@@ -34,23 +34,17 @@ pub const BUDGET_ENV: &str = "ISOMGR_FD_BUDGET";
 const EMFILE_EVICTIONS: usize = 8;
 
 /// The budget for an open-file limit `soft` (RLIMIT_NOFILE after raising): `soft` less
-/// [`RESERVE`] or a tenth, never below [`MIN_BUDGET`].
+/// [`RESERVE`] or a tenth, never below [`MIN_BUDGET`] or a quarter of `soft`, whichever is
+/// less (a budget the limit cannot hold would starve the source of descriptors for good).
 pub fn budget_for_limit(soft: u64) -> usize {
     let reserve = RESERVE.max(soft / 10);
-    usize::try_from(soft.saturating_sub(reserve))
-        .unwrap_or(usize::MAX)
-        .max(MIN_BUDGET)
+    let floor = (MIN_BUDGET as u64).min(soft / 4).max(1);
+    usize::try_from(soft.saturating_sub(reserve).max(floor)).unwrap_or(usize::MAX)
 }
 
 /// The budget and where it comes from (logged at start): [`BUDGET_ENV`] when set to a number,
 /// else from the soft RLIMIT_NOFILE.
 pub fn budget_from_env_or_limit() -> (usize, String) {
-    if let Some(n) = std::env::var(BUDGET_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        return (n.max(1), format!("{BUDGET_ENV}={n}"));
-    }
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -61,6 +55,15 @@ pub fn budget_from_env_or_limit() -> (usize, String) {
     } else {
         1024
     };
+    if let Some(n) = std::env::var(BUDGET_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        // Never more than half the limit: the rest must stay free for identifying images.
+        let b = n.clamp(1, (soft / 2).max(1));
+        let b = usize::try_from(b).unwrap_or(usize::MAX);
+        return (b, format!("{BUDGET_ENV}={n}, open-file limit {soft}"));
+    }
     let b = budget_for_limit(soft);
     (b, format!("open-file limit {soft}"))
 }
@@ -372,6 +375,8 @@ mod tests {
         assert_eq!(budget_for_limit(1024), 768);
         assert_eq!(budget_for_limit(300), 44);
         assert_eq!(budget_for_limit(100), MIN_BUDGET);
+        assert_eq!(budget_for_limit(24), 6);
+        assert_eq!(budget_for_limit(0), 1);
     }
 
     #[test]
