@@ -174,13 +174,13 @@ impl FdPool {
     /// Adds `file` (open, at `path`) to the pool; closes the least recently used descriptors
     /// beyond the budget.
     pub fn adopt(self: &Arc<Self>, file: File, path: &Path) -> io::Result<Pooled> {
-        let meta = file.metadata()?;
+        let ident = Ident::of(&file)?;
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let src = Pooled {
             pool: Arc::clone(self),
             key,
             path: Arc::new(PathSlot(Mutex::new(path.to_owned()))),
-            ident: Ident::of(&meta),
+            ident,
         };
         let evicted = {
             let mut p = lock(&self.inner);
@@ -237,13 +237,15 @@ struct Ident {
 }
 
 impl Ident {
-    fn of(m: &std::fs::Metadata) -> Ident {
-        Ident {
+    /// The size is the end offset (lseek), so a block device gets its capacity, not 0.
+    fn of(file: &File) -> io::Result<Ident> {
+        let m = file.metadata()?;
+        Ok(Ident {
             dev: m.dev(),
             ino: m.ino(),
-            size: m.size(),
+            size: ReadAt::size(file)?,
             mtime: (m.mtime(), m.mtime_nsec()),
-        }
+        })
     }
 }
 
@@ -323,7 +325,7 @@ impl Pooled {
             }
             Err(e) => return Err(e),
         };
-        let now = Ident::of(&file.metadata()?);
+        let now = Ident::of(&file)?;
         if now != self.ident {
             tracing::debug!(image = %path.display(), "reopened file is not the one served (replaced or changed): ESTALE");
             return Err(io::Error::from_raw_os_error(libc::ESTALE));
