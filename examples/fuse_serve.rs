@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use isomgr::fuse::reopen::FdPool;
 use isomgr::fuse::FuseDriver;
 use isomgr::iso9660::Image;
 
@@ -47,12 +48,17 @@ fn run() -> Result<()> {
         bail!("usage: fuse_serve ROOT NAME=IMAGE...");
     };
     let mut media = Vec::new();
+    // Every image stays open (a budget as large as the list).
+    let pool = FdPool::new(usize::MAX);
     for arg in args {
         let arg = arg.to_string_lossy().into_owned();
         let Some((name, path)) = arg.split_once('=') else {
             bail!("{arg:?} is not NAME=IMAGE");
         };
         let file = File::open(path).with_context(|| format!("opening {path}"))?;
+        let file = pool
+            .adopt(file, path.as_ref())
+            .with_context(|| format!("inspecting {path}"))?;
         let image = Image::open(file).with_context(|| format!("reading {path}"))?;
         media.push((name.to_owned(), Arc::new(image)));
     }

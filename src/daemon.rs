@@ -241,6 +241,8 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     let mut last_save = Instant::now();
     loop {
         let save_at = dirty.then(|| last_save + SAVE_INTERVAL);
+        // Media waiting for a resource (the kernel driver's loop devices) are tried again then.
+        let retry_at = exec.next_retry();
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
@@ -266,6 +268,11 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
                 save(&manager);
                 dirty = false;
                 last_save = Instant::now();
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
+                for ev in exec.retry_due(Instant::now()) {
+                    dirty |= process(&mut manager, &mut exec, &mut hooks, ev);
+                }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
@@ -328,6 +335,12 @@ fn process(
     let mut dirty = false;
     let mut queue = VecDeque::from([ev]);
     while let Some(ev) = queue.pop_front() {
+        // A served image file renamed: the FUSE driver reopens it from its new path.
+        match &ev {
+            Event::Moved { id, origin } => exec.moved(id, origin),
+            Event::Appeared(m) => exec.moved(&m.id, &m.origin),
+            _ => {}
+        }
         let published = match (&ev, hooks.is_some()) {
             (Event::Published { id, name, .. }, true) => Some((id.clone(), name.clone())),
             (Event::Moved { id, origin }, true) => {

@@ -4,12 +4,15 @@
 
 pub mod kernel;
 
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
-use crate::event::{Event, Medium};
+use crate::event::{Event, Medium, MediumId};
+use crate::fuse::reopen::{budget_from_env_or_limit, FdPool, PathSlot, PoolStats};
 use crate::fuse::FuseDriver;
 use crate::iso9660::Image;
 use crate::manager::Action;
@@ -40,6 +43,31 @@ impl Executor {
         }
     }
 
+    /// A medium's file is now at `origin` (a rename the source reported): the FUSE driver
+    /// reopens it from there.
+    pub fn moved(&mut self, id: &MediumId, origin: &Path) {
+        if let Executor::Fuse(e) = self {
+            e.moved(id, origin);
+        }
+    }
+
+    /// When [`Executor::retry_due`] has work next, if ever.
+    pub fn next_retry(&self) -> Option<Instant> {
+        match self {
+            Executor::Fuse(_) => None,
+            Executor::Kernel(e) => e.next_retry(),
+        }
+    }
+
+    /// Retries what waits for a resource (the kernel driver's media waiting for a loop
+    /// device); the outcomes to feed back to the manager.
+    pub fn retry_due(&mut self, now: Instant) -> Vec<Event> {
+        match self {
+            Executor::Fuse(_) => Vec::new(),
+            Executor::Kernel(e) => e.retry_due(now),
+        }
+    }
+
     /// A normal stop. FUSE always unmounts (it cannot outlive the process); kernel mounts stay
     /// for the next start to adopt unless `cleanup_on_exit`.
     pub fn shutdown(self, cleanup_on_exit: bool) {
@@ -50,14 +78,38 @@ impl Executor {
     }
 }
 
-/// Runs actions with the FUSE driver (one FUSE filesystem at the root).
+/// Runs actions with the FUSE driver (one FUSE filesystem at the root). Image files stay open
+/// within a descriptor budget ([`crate::fuse::reopen`]); beyond it they reopen on demand.
 pub struct FuseExecutor {
     driver: FuseDriver,
+    pool: Arc<FdPool>,
+    /// Where each served image file is, to reopen it after a rename.
+    paths: HashMap<MediumId, Arc<PathSlot>>,
+    /// The budget was hit (logged once).
+    over_budget_logged: bool,
 }
 
 impl FuseExecutor {
+    /// The budget comes from `ISOMGR_FD_BUDGET`, else from the open-file limit as it is now
+    /// (after the daemon raised it).
     pub fn new(driver: FuseDriver) -> Self {
-        FuseExecutor { driver }
+        let (budget, from) = budget_from_env_or_limit();
+        tracing::info!(budget, from = %from, "image files kept open at most; more are reopened on demand");
+        Self::with_budget(driver, budget)
+    }
+
+    pub fn with_budget(driver: FuseDriver, budget: usize) -> Self {
+        FuseExecutor {
+            driver,
+            pool: FdPool::new(budget),
+            paths: HashMap::new(),
+            over_budget_logged: false,
+        }
+    }
+
+    /// The descriptor pool's counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
     }
 
     /// Runs one action; the outcome to feed back to the manager, if any. One log line per
@@ -83,6 +135,7 @@ impl FuseExecutor {
                 }
             }),
             Action::Unpublish { name, id } => {
+                self.paths.remove(&id);
                 if self.driver.remove(&name) {
                     tracing::info!(name = %name, medium = %id, "removed");
                 }
@@ -106,10 +159,34 @@ impl FuseExecutor {
                     .try_clone()
                     .map_err(|e| format!("duplicating the descriptor: {e}"))?,
             },
-            None => std::fs::File::open(&medium.origin)
-                .map_err(|e| format!("opening {}: {e}", medium.origin.display()))?,
+            // The source closed it (descriptors were short): the file at the path must still
+            // be the one it identified.
+            None => {
+                let file = self
+                    .pool
+                    .open(&medium.origin)
+                    .map_err(|e| format!("opening {}: {e}", medium.origin.display()))?;
+                if let Some(want) = medium.id.as_str().strip_prefix("file:") {
+                    use std::os::unix::fs::MetadataExt;
+                    let meta = file
+                        .metadata()
+                        .map_err(|e| format!("inspecting {}: {e}", medium.origin.display()))?;
+                    if want != format!("{}:{}", meta.dev(), meta.ino()) {
+                        return Err(format!(
+                            "{} is no longer the file that was identified (replaced since)",
+                            medium.origin.display()
+                        ));
+                    }
+                }
+                file
+            }
         };
-        let image = Image::open(file).map_err(|e| e.to_string())?;
+        let src = self
+            .pool
+            .adopt(file, &medium.origin)
+            .map_err(|e| format!("inspecting {}: {e}", medium.origin.display()))?;
+        let path = src.path().clone();
+        let image = Image::open(src).map_err(|e| e.to_string())?;
         // Opening reads only the descriptors. A root directory that cannot be read would be
         // served as a directory that fails every listing: refuse it here, once, instead.
         image
@@ -117,11 +194,36 @@ impl FuseExecutor {
             .map_err(|e| format!("reading the root directory: {e}"))?;
         self.driver
             .add(name, Arc::new(image))
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.paths.insert(medium.id.clone(), path);
+        let stats = self.pool.stats();
+        if stats.evictions > 0 && !self.over_budget_logged {
+            self.over_budget_logged = true;
+            tracing::info!(
+                budget = self.pool.budget(),
+                "more images than the descriptor budget: the least recently read are closed and reopened on demand"
+            );
+        }
+        Ok(())
+    }
+
+    /// The image file of a served medium is now at `origin` (renamed): it reopens from there.
+    pub fn moved(&mut self, id: &MediumId, origin: &Path) {
+        if let Some(p) = self.paths.get(id) {
+            p.set(origin);
+        }
     }
 
     /// Unmounts the root (a normal stop).
     pub fn shutdown(self) {
+        let stats = self.pool.stats();
+        tracing::info!(
+            budget = self.pool.budget(),
+            open = stats.open,
+            evictions = stats.evictions,
+            reopens = stats.reopens,
+            "image descriptors at stop"
+        );
         let root = self.driver.root().to_path_buf();
         if let Err(e) = self.driver.unmount() {
             tracing::error!(root = %root.display(), error = %e, "unmounting");

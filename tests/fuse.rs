@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use isomgr::fuse::reopen::{FdPool, Pooled};
 use isomgr::fuse::FuseDriver;
 use isomgr::iso9660::Image;
 use sha2::{Digest, Sha256};
@@ -99,8 +100,10 @@ fn mounts_at(path: &Path) -> usize {
         .count()
 }
 
-fn open_image(path: &Path) -> Arc<Image<File>> {
+fn open_image(path: &Path) -> Arc<Image<Pooled>> {
     let file = File::open(path).expect("opening image");
+    // The driver serves images through the descriptor pool; here each has one of its own.
+    let file = FdPool::new(1).adopt(file, path).expect("inspecting image");
     Arc::new(Image::open(file).expect("reading image"))
 }
 

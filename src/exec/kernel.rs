@@ -13,15 +13,24 @@
 //! detach the loop (autoclear frees it when that download ends, if it has not already), rmdir.
 //! Any failing step of a publish undoes the steps before it, in reverse order.
 //!
+//! No loop device to be had (every one busy and none can be added, or no descriptor left to
+//! ask with): the medium is not failed but waits, with one error line naming the image and the
+//! cause. Waiting media are retried in order when a loop device this executor used is freed,
+//! or on a timer backing off from [`LOOP_RETRY_FIRST`] to [`LOOP_RETRY_MAX`]; the manager
+//! sees them publishing until the outcome comes. A waiting medium holds no descriptor (it is
+//! reopened by path and must still be the same file) and nothing on the system.
+//!
 //! It decides nothing about names or media: that is the manager's. It never touches a mount,
 //! loop or directory it did not make: at start it adopts only what the previous state file and
 //! the [`journal`] list and the mount table and loop devices confirm. The journal covers a
 //! crash between a mount and the next state write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub mod journal;
 
@@ -38,6 +47,10 @@ pub const MOUNT_POINT_MODE: u32 = 0o000;
 const FALLBACK_FS: [&str; 2] = ["iso9660", "udf"];
 /// The FUSE driver's filesystem type, as it appears in the mount table.
 const FUSE_FSTYPE: &str = "fuse.isomgr";
+/// First wait before media that found no loop device are tried again (doubling each time).
+pub const LOOP_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two tries.
+pub const LOOP_RETRY_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,6 +60,8 @@ pub enum Error {
     AlreadyServed { target: PathBuf },
     #[error("opening {image}")]
     Open { image: PathBuf, source: io::Error },
+    #[error("{image} is no longer the file that was identified (replaced since)")]
+    Replaced { image: PathBuf },
     #[error("creating the mount point {dir}")]
     MakeDir { dir: PathBuf, source: io::Error },
     #[error("attaching a loop device to {image}")]
@@ -77,6 +92,36 @@ fn enodev_hint(e: &io::Error, fstype: &str) -> String {
         format!(" (this kernel has no {fstype} filesystem; --driver fuse serves it)")
     } else {
         String::new()
+    }
+}
+
+impl Error {
+    /// No loop device (or no descriptor to get one) right now: worth trying again later.
+    /// Attaching asks loop-control for a free device, adding one when all are bound; it fails
+    /// when none can be added (ENOSPC, ENOMEM, ENODEV, ENXIO), when the device node does not
+    /// appear (ENOENT: containers without the node), when every device it was given stayed
+    /// busy (EBUSY, EAGAIN), or for lack of descriptors (EMFILE, ENFILE).
+    pub fn waits_for_resources(&self) -> bool {
+        match self {
+            Error::LoopAttach { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(
+                    libc::ENOSPC
+                        | libc::ENOMEM
+                        | libc::ENODEV
+                        | libc::ENXIO
+                        | libc::ENOENT
+                        | libc::EBUSY
+                        | libc::EAGAIN
+                        | libc::EMFILE
+                        | libc::ENFILE
+                )
+            ),
+            Error::Open { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+            }
+            _ => false,
+        }
     }
 }
 
@@ -129,6 +174,19 @@ pub struct KernelExecutor<S: Sys> {
     journal: Option<Journal>,
     /// What the previous run left, as the manager must see it (state and journal merged).
     previous_records: Vec<MediumRecord>,
+    /// Media waiting for a loop device, in the order they came (see the module documentation).
+    waiting: VecDeque<Waiting>,
+    /// When the waiting media are tried next.
+    retry_at: Option<Instant>,
+    /// The wait after the next failed try.
+    backoff: Duration,
+}
+
+/// A medium waiting for a loop device: what to publish it as.
+#[derive(Debug)]
+struct Waiting {
+    name: String,
+    medium: Medium,
 }
 
 impl<S: Sys> std::fmt::Debug for KernelExecutor<S> {
@@ -137,6 +195,7 @@ impl<S: Sys> std::fmt::Debug for KernelExecutor<S> {
             .field("root", &self.root)
             .field("served", &self.served.keys().collect::<Vec<_>>())
             .field("previous", &self.previous.keys().collect::<Vec<_>>())
+            .field("waiting", &self.waiting.len())
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +225,17 @@ pub fn kernel_usable(sys: &impl Sys) -> Result<String, String> {
     ))
 }
 
+/// The `Failed` outcome of a publish, logged once.
+fn failed(name: &str, medium: &Medium, e: &Error) -> Event {
+    let error = describe(e);
+    tracing::error!(origin = %medium.origin.display(), %error, "not served");
+    Event::Failed {
+        id: medium.id.clone(),
+        name: name.to_owned(),
+        error,
+    }
+}
+
 /// `name` is one plain path component.
 fn valid_name(name: &str) -> bool {
     let mut c = Path::new(name).components();
@@ -192,6 +262,9 @@ impl<S: Sys> KernelExecutor<S> {
             served: BTreeMap::new(),
             previous: BTreeMap::new(),
             own_loops: OwnLoops::default(),
+            waiting: VecDeque::new(),
+            retry_at: None,
+            backoff: LOOP_RETRY_FIRST,
             journal: None,
             previous_records: Vec::new(),
         }
@@ -252,26 +325,31 @@ impl<S: Sys> KernelExecutor<S> {
         &self.sys
     }
 
-    /// Runs one action; the outcome to feed back to the manager, if any.
+    /// Runs one action; the outcome to feed back to the manager, if any. A medium that must
+    /// wait for a loop device has no outcome yet: it comes from [`KernelExecutor::retry_due`].
     pub fn run(&mut self, action: &Action) -> Option<Event> {
         match action {
-            Action::Publish { name, medium } => Some(match self.publish(name, medium) {
-                Ok(loop_device) => Event::Published {
+            Action::Publish { name, medium } => match self.publish(name, medium) {
+                Ok(loop_device) => Some(Event::Published {
                     id: medium.id.clone(),
                     name: name.clone(),
                     loop_device,
-                },
-                Err(e) => {
-                    let error = describe(&e);
-                    tracing::error!(origin = %medium.origin.display(), %error, "not served");
-                    Event::Failed {
-                        id: medium.id.clone(),
-                        name: name.clone(),
-                        error,
-                    }
+                }),
+                Err(e) if e.waits_for_resources() && medium.source == SourceKind::Dir => {
+                    self.wait(name, medium, &e);
+                    None
                 }
-            }),
+                Err(e) => Some(failed(name, medium, &e)),
+            },
             Action::Unpublish { name, id } => {
+                if let Some(i) = self.waiting.iter().position(|w| &w.name == name) {
+                    self.waiting.remove(i);
+                    tracing::info!(name = %name, medium = %id, "removed while waiting for a loop device");
+                    if self.waiting.is_empty() {
+                        self.retry_at = None;
+                    }
+                    return None;
+                }
                 let s = self
                     .served
                     .remove(name)
@@ -283,6 +361,11 @@ impl<S: Sys> KernelExecutor<S> {
                             tracing::error!(name = %name, error = %describe(&e), "removing")
                         }
                     }
+                    // A loop device went back to the kernel: the first waiting medium may
+                    // take it at once.
+                    if s.loop_dev.is_some() && !self.waiting.is_empty() {
+                        self.retry_at = Some(Instant::now());
+                    }
                 }
                 None
             }
@@ -293,6 +376,73 @@ impl<S: Sys> KernelExecutor<S> {
                 None
             }
         }
+    }
+
+    /// Puts a medium that found no loop device in the queue: one error line for it, no
+    /// descriptor kept.
+    fn wait(&mut self, name: &str, medium: &Medium, e: &Error) {
+        let retry_in = self.retry_at.map_or(self.backoff, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        tracing::error!(
+            image = %medium.origin.display(),
+            name = %name,
+            error = %describe(e),
+            waiting = self.waiting.len() + 1,
+            "no loop device can be had now; waiting (tried again when one is freed, or in {} s)",
+            retry_in.as_secs_f32().ceil()
+        );
+        self.waiting.push_back(Waiting {
+            name: name.to_owned(),
+            medium: Medium {
+                handle: None,
+                ..medium.clone()
+            },
+        });
+        if self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now() + self.backoff);
+        }
+    }
+
+    /// Media waiting for a loop device.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// When [`KernelExecutor::retry_due`] has work next, if ever.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// Tries the waiting media again, in order, if their time has come (`now`); stops at the
+    /// first one that still finds no loop device and backs off. The outcomes, in order.
+    pub fn retry_due(&mut self, now: Instant) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.retry_at.is_none_or(|at| at > now) {
+            return out;
+        }
+        while let Some(w) = self.waiting.pop_front() {
+            match self.publish(&w.name, &w.medium) {
+                Ok(loop_device) => {
+                    self.backoff = LOOP_RETRY_FIRST;
+                    out.push(Event::Published {
+                        id: w.medium.id.clone(),
+                        name: w.name,
+                        loop_device,
+                    });
+                }
+                Err(e) if e.waits_for_resources() => {
+                    tracing::debug!(image = %w.medium.origin.display(), error = %describe(&e), waiting = self.waiting.len() + 1, "still no loop device");
+                    self.waiting.push_front(w);
+                    self.retry_at = Some(now + self.backoff);
+                    self.backoff = (self.backoff * 2).min(LOOP_RETRY_MAX);
+                    return out;
+                }
+                Err(e) => out.push(failed(&w.name, &w.medium, &e)),
+            }
+        }
+        self.retry_at = None;
+        out
     }
 
     /// Serves `medium` at `ROOT/name`; the loop device used, if any.
@@ -352,6 +502,23 @@ impl<S: Sys> KernelExecutor<S> {
                     image: image.clone(),
                     source,
                 })?;
+                // Reopened by path (after a wait): it must still be the identified file.
+                if let Some(want) = medium
+                    .id
+                    .0
+                    .strip_prefix("file:")
+                    .map(|_| file_id(&medium.id))
+                {
+                    let meta = opened.metadata().map_err(|source| Error::Open {
+                        image: image.clone(),
+                        source,
+                    })?;
+                    if (meta.dev(), meta.ino()) != (want.dev, want.ino) {
+                        return Err(Error::Replaced {
+                            image: image.clone(),
+                        });
+                    }
+                }
                 Some(&opened)
             }
         };
@@ -624,6 +791,12 @@ impl<S: Sys> KernelExecutor<S> {
     /// A normal stop. By default kernel mounts stay (the next start adopts them, downloads go
     /// on); with `cleanup` everything isomgr made is torn down.
     pub fn shutdown(mut self, cleanup: bool) {
+        if !self.waiting.is_empty() {
+            tracing::info!(
+                waiting = self.waiting.len(),
+                "stopping with media still waiting for a loop device"
+            );
+        }
         let all: Vec<(String, Served)> = std::mem::take(&mut self.served)
             .into_iter()
             .chain(std::mem::take(&mut self.previous))

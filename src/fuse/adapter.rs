@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,10 +19,11 @@ use fuser::{
 use tracing::{debug, warn};
 
 use super::iso9660::{Entry, Image, Kind, Timestamp};
+use super::reopen::Pooled;
 use super::table::{Attr, NeedIndex, NodeData, Step, Table, ROOT_INO};
 
 /// The image handle the driver serves from.
-pub type Medium = Arc<Image<File>>;
+pub type Medium = Arc<Image<Pooled>>;
 pub type SharedTable = Arc<Mutex<Table<Medium, Entry>>>;
 
 /// Media contents never change while a medium is present, and removal invalidates the root entry

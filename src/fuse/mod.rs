@@ -7,15 +7,17 @@
 //!
 //! - `table`: the pure inode table (no I/O), unit-tested.
 //! - `adapter`: the fuser `Filesystem` implementation over the table and the images.
+//! - `reopen`: the image files, kept open within a descriptor budget, reopened on demand.
 
 mod adapter;
 
+pub mod reopen;
 pub mod table;
 
 use crate::iso9660;
 
 use std::ffi::{CString, OsStr};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -295,7 +297,7 @@ impl FuseDriver {
     }
 
     /// Shows `image` as directory `name` in the root, at once.
-    pub fn add(&self, name: &str, image: Arc<Image<File>>) -> Result<(), Error> {
+    pub fn add(&self, name: &str, image: Arc<Image<reopen::Pooled>>) -> Result<(), Error> {
         let top = image.root();
         let added = lock(&self.table).add(name, image, top, SystemTime::now());
         match added {

@@ -37,6 +37,11 @@ const MOVE_GRACE: Duration = Duration::from_millis(25);
 /// When a directory that just appeared is looked at a second time.
 const FRESH_DIR_RELOOK: Duration = Duration::from_millis(20);
 
+/// First wait before images that could not be opened for lack of descriptors (EMFILE,
+/// ENFILE) are looked at again; it doubles up to [`FD_RETRY_MAX`] while descriptors stay short.
+const FD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const FD_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// The default time between two polls of a polled directory.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -213,6 +218,7 @@ impl DirsSource {
             next_poll: None,
             observed: HashMap::new(),
             poll_errors: HashSet::new(),
+            fd_short: FdShort::default(),
         };
         state.watch_all()?;
         let thread = std::thread::Builder::new()
@@ -354,6 +360,49 @@ struct State {
     observed: HashMap<PathBuf, Observed>,
     /// Polled directories whose listing failed (logged once until it works again).
     poll_errors: HashSet<PathBuf>,
+    /// Images and directories that could not be opened for lack of descriptors.
+    fd_short: FdShort,
+}
+
+/// Paths (image files, or directories a scan could not list) that could not be opened for
+/// lack of descriptors, looked at again with backoff until they can. Logged once per shortage.
+#[derive(Default)]
+struct FdShort {
+    waiting: HashMap<PathBuf, Reason>,
+    /// Directories a full scan could not list: what is known below them is kept.
+    unlisted: Vec<PathBuf>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    logged: bool,
+}
+
+/// Whether the descriptor of an identified image travels with its event (the driver then
+/// serves that very descriptor) or is closed (the driver reopens the file by path and checks
+/// its identity). Events wait in a queue: with descriptors short, handles held there would
+/// starve everything else. The kernel gives the lowest free number, so a descriptor numbered
+/// `n` means at least `n` are open: kept only below the open-file limit less 128 (or half).
+fn keep_handle(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::sync::OnceLock;
+    static CEILING: OnceLock<u64> = OnceLock::new();
+    let ceiling = *CEILING.get_or_init(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct given, which is valid.
+        let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            lim.rlim_cur
+        } else {
+            1024
+        };
+        soft.saturating_sub(128).max(soft / 2)
+    });
+    u64::try_from(file.as_raw_fd()).is_ok_and(|fd| fd < ceiling)
+}
+
+fn is_fd_shortage(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// A file as one poll saw it.
@@ -409,6 +458,7 @@ impl State {
                 .map(|p| p.2 + MOVE_GRACE)
                 .chain(self.fresh_dirs.iter().map(|d| d.1 + FRESH_DIR_RELOOK))
                 .chain(self.next_poll)
+                .chain(self.fd_short.retry_at)
                 .min();
             let next = match deadline {
                 None => rx
@@ -433,6 +483,13 @@ impl State {
                 }
             }
             self.relook_fresh_dirs();
+            if self
+                .fd_short
+                .retry_at
+                .is_some_and(|at| Instant::now() >= at)
+            {
+                self.retry_fd_short();
+            }
             if self.next_poll.is_some_and(|at| Instant::now() >= at) {
                 self.poll_all();
                 self.next_poll = Some(Instant::now() + self.cfg.poll_interval);
@@ -595,13 +652,15 @@ impl State {
     /// `ScanDone` listing every medium present.
     fn full_scan(&mut self) {
         let mut seen = HashSet::new();
+        self.fd_short.unlisted.clear();
         for spec in self.cfg.dirs.clone() {
             self.scan_dir(&spec.path, Reason::Scan, &mut seen);
         }
+        let unlisted = std::mem::take(&mut self.fd_short.unlisted);
         let lost: Vec<PathBuf> = self
             .tracked
             .keys()
-            .filter(|p| !seen.contains(*p))
+            .filter(|p| !seen.contains(*p) && !unlisted.iter().any(|d| p.starts_with(d)))
             .map(Path::to_path_buf)
             .collect();
         for p in lost {
@@ -624,8 +683,14 @@ impl State {
     fn scan_dir(&mut self, dir: &Path, reason: Reason, seen: &mut HashSet<PathBuf>) {
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
+            let rd = match std::fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if is_fd_shortage(&e) => {
+                    self.fd_short.unlisted.push(d.clone());
+                    self.fd_shortage(&d, reason, &e);
+                    continue;
+                }
+                Err(_) => continue,
             };
             let mut entries: Vec<_> = rd.flatten().collect();
             entries.sort_by_key(|e| e.file_name());
@@ -682,6 +747,8 @@ impl State {
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     self.left(path);
+                } else if is_fd_shortage(&e) {
+                    self.fd_shortage(path, reason, &e);
                 } else {
                     tracing::debug!(image = %path.display(), error = %e, "cannot open; ignored");
                     self.replaced(path);
@@ -721,6 +788,10 @@ impl State {
             .open(&reopen)
         {
             Ok(f) => f,
+            Err(e) if is_fd_shortage(&e) => {
+                self.fd_shortage(path, reason, &e);
+                return true;
+            }
             Err(e) => {
                 tracing::warn!(image = %path.display(), error = %e, "cannot open through /proc/self/fd; ignored");
                 return true;
@@ -847,7 +918,7 @@ impl State {
             label: info.label,
             fallback,
             fs: Some(info.fs.as_str().to_owned()),
-            handle: Some(Handle(Arc::new(file))),
+            handle: keep_handle(&file).then(|| Handle(Arc::new(file))),
         }));
         true
     }
@@ -988,6 +1059,58 @@ impl State {
                 self.emit(Event::Vanished(old.id));
             }
         }
+    }
+
+    /// `path` (an image, or a directory to scan) could not be opened for lack of descriptors:
+    /// looked at again later. One warning per shortage, not one per image or retry.
+    fn fd_shortage(&mut self, path: &Path, reason: Reason, e: &std::io::Error) {
+        let s = &mut self.fd_short;
+        if !s.logged {
+            s.logged = true;
+            tracing::warn!(image = %path.display(), error = %e, "out of file descriptors: images that cannot be opened now are looked at again shortly");
+        } else {
+            tracing::debug!(path = %path.display(), error = %e, "no descriptor; retried later");
+        }
+        s.waiting.entry(path.to_path_buf()).or_insert(reason);
+        if s.retry_at.is_none() {
+            s.backoff = FD_RETRY_FIRST;
+            s.retry_at = Some(Instant::now() + s.backoff);
+        }
+    }
+
+    /// Looks again at what could not be opened for lack of descriptors, in path order; stops
+    /// at the first that still cannot and backs off.
+    fn retry_fd_short(&mut self) {
+        let mut todo: Vec<(PathBuf, Reason)> = std::mem::take(&mut self.fd_short.waiting)
+            .into_iter()
+            .collect();
+        todo.sort_by(|a, b| a.0.cmp(&b.0));
+        let total = todo.len();
+        let backoff = self.fd_short.backoff;
+        self.fd_short.retry_at = None;
+        let mut rest = todo.into_iter();
+        for (path, reason) in rest.by_ref() {
+            if path.is_dir() {
+                self.scan_dir(&path, reason, &mut HashSet::new());
+            } else {
+                self.check(&path, reason);
+            }
+            if !self.fd_short.waiting.is_empty() {
+                break;
+            }
+        }
+        let s = &mut self.fd_short;
+        if s.waiting.is_empty() {
+            s.logged = false;
+            tracing::info!(
+                images = total,
+                "file descriptors available again: every image that waited was looked at"
+            );
+            return;
+        }
+        s.waiting.extend(rest);
+        s.backoff = (backoff * 2).clamp(FD_RETRY_FIRST, FD_RETRY_MAX);
+        s.retry_at = Some(Instant::now() + s.backoff);
     }
 
     fn wait(&mut self, path: &Path, id: MediumId, why: &str) {

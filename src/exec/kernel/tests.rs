@@ -164,13 +164,13 @@ fn each_failing_publish_step_undoes_the_steps_before_it() {
         ),
         (
             CallKind::AttachLoop,
-            libc::EBUSY,
+            libc::EPERM,
             vec![
                 make_dir("/srv/isos/A"),
                 attach("/drop/a.iso"),
                 rmdir("/srv/isos/A"),
             ],
-            "attaching a loop device to /drop/a.iso: Device or resource busy",
+            "attaching a loop device to /drop/a.iso: Operation not permitted",
         ),
         (
             CallKind::Mount,
@@ -575,4 +575,151 @@ fn own_loops_hold_the_backing_file_while_served_so_the_drives_source_skips_them(
     sys.fail_next(CallKind::Mount, libc::ENODEV);
     let _ = publish(&mut e, "B", &m);
     assert!(own.lock().unwrap().is_empty());
+}
+
+/// An image file on disk, as the dirs source reports it (identity from its device and inode).
+fn file_medium(dir: &std::path::Path, name: &str) -> Medium {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join(name);
+    std::fs::write(&path, name).expect("writing the image");
+    let file = File::open(&path).expect("opening the image");
+    let meta = file.metadata().expect("stat");
+    Medium {
+        id: MediumId(format!("file:{}:{}", meta.dev(), meta.ino()).into()),
+        source: SourceKind::Dir,
+        origin: path,
+        label: None,
+        fallback: name.into(),
+        fs: Some("iso9660".into()),
+        handle: Some(Handle(Arc::new(file))),
+    }
+}
+
+#[test]
+fn a_medium_that_finds_no_loop_device_waits_and_is_retried_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, sys) = exec();
+    let m = file_medium(dir.path(), "a.iso");
+    let img = m.origin.to_str().unwrap().to_owned();
+    sys.fail_next(CallKind::AttachLoop, libc::ENOSPC);
+    let start = Instant::now();
+    // No outcome yet: it waits, and nothing is left made.
+    assert_eq!(publish(&mut e, "A", &m), None);
+    assert_eq!(
+        sys.calls(),
+        [make_dir("/srv/isos/A"), attach(&img), rmdir("/srv/isos/A")]
+    );
+    assert_eq!(e.waiting(), 1);
+    let at = e.next_retry().expect("a retry is planned");
+    assert!(at >= start + LOOP_RETRY_FIRST && at <= Instant::now() + LOOP_RETRY_FIRST);
+    // Not before its time.
+    sys.clear_calls();
+    assert_eq!(e.retry_due(start), []);
+    assert_eq!(sys.calls(), []);
+    // Still none free: it waits on, twice as long.
+    sys.fail_next(CallKind::AttachLoop, libc::ENOSPC);
+    assert_eq!(e.retry_due(at), []);
+    assert_eq!(e.waiting(), 1);
+    assert_eq!(e.next_retry(), Some(at + LOOP_RETRY_FIRST));
+    sys.fail_next(CallKind::AttachLoop, libc::EBUSY);
+    let at = at + LOOP_RETRY_FIRST;
+    assert_eq!(e.retry_due(at), []);
+    assert_eq!(e.next_retry(), Some(at + LOOP_RETRY_FIRST * 2));
+    // One is free: published, reopened by path.
+    sys.clear_calls();
+    let evs = e.retry_due(at + LOOP_RETRY_MAX);
+    assert_eq!(
+        evs,
+        [Event::Published {
+            id: m.id.clone(),
+            name: "A".into(),
+            loop_device: Some("/dev/loop0".into()),
+        }]
+    );
+    assert_eq!(e.waiting(), 0);
+    assert_eq!(e.next_retry(), None);
+    assert_eq!(
+        sys.calls(),
+        [
+            make_dir("/srv/isos/A"),
+            attach(&img),
+            mount("/dev/loop0", "/srv/isos/A", "iso9660")
+        ]
+    );
+}
+
+#[test]
+fn a_freed_loop_device_lets_the_first_waiting_medium_in_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, sys) = exec();
+    let a = file_medium(dir.path(), "a.iso");
+    let b = file_medium(dir.path(), "b.iso");
+    let c = file_medium(dir.path(), "c.iso");
+    assert!(matches!(
+        publish(&mut e, "A", &a),
+        Some(Event::Published { .. })
+    ));
+    sys.fail_next(CallKind::AttachLoop, libc::ENOSPC);
+    assert_eq!(publish(&mut e, "B", &b), None);
+    // Later media queue behind it (one error line each), in order.
+    sys.fail_next(CallKind::AttachLoop, libc::ENOSPC);
+    assert_eq!(publish(&mut e, "C", &c), None);
+    assert_eq!(e.waiting(), 2);
+    let before = Instant::now();
+    unpublish(&mut e, "A", &a);
+    let at = e.next_retry().expect("a retry");
+    assert!(at <= Instant::now() && at >= before);
+    let evs = e.retry_due(Instant::now());
+    let names: Vec<&str> = evs
+        .iter()
+        .map(|ev| match ev {
+            Event::Published { name, .. } => name.as_str(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(names, ["B", "C"]);
+}
+
+#[test]
+fn a_waiting_medium_that_goes_away_is_forgotten_and_a_replaced_one_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut e, sys) = exec();
+    let a = file_medium(dir.path(), "a.iso");
+    let b = file_medium(dir.path(), "b.iso");
+    for (name, m) in [("A", &a), ("B", &b)] {
+        sys.fail_next(CallKind::AttachLoop, libc::ENOSPC);
+        assert_eq!(publish(&mut e, name, m), None);
+    }
+    sys.clear_calls();
+    unpublish(&mut e, "A", &a);
+    assert_eq!(sys.calls(), []);
+    assert_eq!(e.waiting(), 1);
+    // b.iso replaced by another file meanwhile: never served in its place.
+    let tmp = dir.path().join("new");
+    std::fs::write(&tmp, "other").unwrap();
+    std::fs::rename(&tmp, &b.origin).unwrap();
+    let evs = e.retry_due(Instant::now() + LOOP_RETRY_MAX);
+    let [Event::Failed { name, error, .. }] = evs.as_slice() else {
+        panic!("{evs:?}");
+    };
+    assert_eq!(name, "B");
+    assert!(error.contains("replaced since"), "{error}");
+    assert_eq!(sys.calls(), []);
+    assert_eq!(e.waiting(), 0);
+    assert_eq!(e.next_retry(), None);
+}
+
+#[test]
+fn a_drive_never_waits_and_other_attach_errors_fail_at_once() {
+    let (mut e, sys) = exec();
+    let m = image_medium("file:1:2", "/drop/a.iso", Some("iso9660"));
+    sys.fail_next(CallKind::AttachLoop, libc::EINVAL);
+    assert!(failed_error(publish(&mut e, "A", &m)).contains("Invalid argument"));
+    assert_eq!(e.waiting(), 0);
+    sys.fail_next(CallKind::Mount, libc::ENOSPC);
+    assert!(matches!(
+        publish(&mut e, "D", &drive_medium()),
+        Some(Event::Failed { .. })
+    ));
+    assert_eq!(e.waiting(), 0);
 }

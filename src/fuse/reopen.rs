@@ -1,0 +1,501 @@
+//! Image files served within a descriptor budget: every served image is a [`Pooled`] source,
+//! and one [`FdPool`] keeps at most `budget` of their descriptors open, least recently used
+//! closed first. With no more images than the budget nothing is ever closed (one open
+//! descriptor per medium); beyond it, an image whose descriptor was closed reopens by path on
+//! its next read.
+//!
+//! A reopened file must be the file that was identified: same device and inode, same size and
+//! mtime. Anything else (the file was replaced, rewritten or deleted since) fails the read with
+//! ESTALE and is never served in its place; the dirs source reports the change on its own.
+//!
+//! The path to reopen follows renames: the executor updates the shared [`PathSlot`] when the
+//! source reports a medium moved. Owns the descriptors of served images and nothing else: it
+//! never decides what is served.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::iso9660::ReadAt;
+
+/// Descriptors kept for everything but served images (sockets, inotify, /dev/fuse, the state
+/// file, images being identified and queued), when the budget comes from the open-file limit:
+/// this many, or a tenth of the limit when that is more.
+pub const RESERVE: u64 = 256;
+/// The budget is never below this (nor below a quarter of the limit, when that is less).
+pub const MIN_BUDGET: usize = 16;
+/// Environment variable that sets the budget (a number of descriptors) instead.
+pub const BUDGET_ENV: &str = "ISOMGR_FD_BUDGET";
+/// How many descriptors a reopen that fails with EMFILE/ENFILE closes before giving up.
+const EMFILE_EVICTIONS: usize = 8;
+
+/// The budget for an open-file limit `soft` (RLIMIT_NOFILE after raising): `soft` less
+/// [`RESERVE`] or a tenth, never below [`MIN_BUDGET`] or a quarter of `soft`, whichever is
+/// less (a budget the limit cannot hold would starve the source of descriptors for good).
+pub fn budget_for_limit(soft: u64) -> usize {
+    let reserve = RESERVE.max(soft / 10);
+    let floor = (MIN_BUDGET as u64).min(soft / 4).max(1);
+    usize::try_from(soft.saturating_sub(reserve).max(floor)).unwrap_or(usize::MAX)
+}
+
+/// The budget and where it comes from (logged at start): [`BUDGET_ENV`] when set to a number,
+/// else from the soft RLIMIT_NOFILE.
+pub fn budget_from_env_or_limit() -> (usize, String) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct given, which is valid.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    if let Some(n) = std::env::var(BUDGET_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        // Never more than half the limit: the rest must stay free for identifying images.
+        let b = n.clamp(1, (soft / 2).max(1));
+        let b = usize::try_from(b).unwrap_or(usize::MAX);
+        return (b, format!("{BUDGET_ENV}={n}, open-file limit {soft}"));
+    }
+    let b = budget_for_limit(soft);
+    (b, format!("open-file limit {soft}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counters, for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Descriptors open now.
+    pub open: usize,
+    /// Descriptors closed to stay within the budget, since the start.
+    pub evictions: u64,
+    /// Images reopened by path, since the start.
+    pub reopens: u64,
+}
+
+struct Slot {
+    file: Arc<File>,
+    tick: u64,
+}
+
+#[derive(Default)]
+struct PoolInner {
+    /// Open descriptors by source key.
+    open: HashMap<u64, Slot>,
+    /// Last use -> source key, oldest first.
+    lru: BTreeMap<u64, u64>,
+    tick: u64,
+    evictions: u64,
+    reopens: u64,
+}
+
+impl PoolInner {
+    fn touch(&mut self, key: u64) -> Option<Arc<File>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let slot = self.open.get_mut(&key)?;
+        self.lru.remove(&slot.tick);
+        slot.tick = tick;
+        self.lru.insert(tick, key);
+        Some(slot.file.clone())
+    }
+
+    fn insert(&mut self, key: u64, file: Arc<File>) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(old) = self.open.insert(key, Slot { file, tick }) {
+            self.lru.remove(&old.tick);
+        }
+        self.lru.insert(tick, key);
+    }
+
+    fn remove(&mut self, key: u64) -> Option<Arc<File>> {
+        let slot = self.open.remove(&key)?;
+        self.lru.remove(&slot.tick);
+        Some(slot.file)
+    }
+
+    /// Takes the least recently used descriptor out (the caller drops it outside the lock).
+    fn evict_one(&mut self) -> Option<Arc<File>> {
+        let (_, key) = self.lru.pop_first()?;
+        self.evictions += 1;
+        self.open.remove(&key).map(|s| s.file)
+    }
+}
+
+/// The descriptor budget shared by every served image. See the module documentation.
+pub struct FdPool {
+    budget: usize,
+    inner: Mutex<PoolInner>,
+    next_key: AtomicU64,
+}
+
+impl std::fmt::Debug for FdPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FdPool")
+            .field("budget", &self.budget)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl FdPool {
+    pub fn new(budget: usize) -> Arc<FdPool> {
+        Arc::new(FdPool {
+            budget: budget.max(1),
+            inner: Mutex::new(PoolInner::default()),
+            next_key: AtomicU64::new(1),
+        })
+    }
+
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let p = lock(&self.inner);
+        PoolStats {
+            open: p.open.len(),
+            evictions: p.evictions,
+            reopens: p.reopens,
+        }
+    }
+
+    /// Adds `file` (open, at `path`) to the pool; closes the least recently used descriptors
+    /// beyond the budget.
+    pub fn adopt(self: &Arc<Self>, file: File, path: &Path) -> io::Result<Pooled> {
+        let ident = Ident::of(&file)?;
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let src = Pooled {
+            pool: Arc::clone(self),
+            key,
+            path: Arc::new(PathSlot(Mutex::new(path.to_owned()))),
+            ident,
+        };
+        let evicted = {
+            let mut p = lock(&self.inner);
+            p.insert(key, Arc::new(file));
+            self.over_budget(&mut p)
+        };
+        drop(evicted);
+        Ok(src)
+    }
+
+    /// Opens an image file read-only. Out of descriptors (images queued for identification,
+    /// a burst elsewhere), it closes served images' descriptors, least recently used first,
+    /// and tries again.
+    pub fn open(&self, path: &Path) -> io::Result<File> {
+        let mut tries = 0;
+        loop {
+            let opened = File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+                .open(path);
+            match opened {
+                Err(e) if is_fd_exhaustion(&e) && tries < EMFILE_EVICTIONS => {
+                    tries += 1;
+                    let evicted = lock(&self.inner).evict_one();
+                    if evicted.is_none() {
+                        return Err(e);
+                    }
+                    drop(evicted);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn over_budget(&self, p: &mut PoolInner) -> Vec<Arc<File>> {
+        let mut out = Vec::new();
+        while p.open.len() > self.budget {
+            match p.evict_one() {
+                Some(f) => out.push(f),
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+/// What a reopened file must still be: the identified file, unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ident {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl Ident {
+    /// The size is the end offset (lseek), so a block device gets its capacity, not 0.
+    fn of(file: &File) -> io::Result<Ident> {
+        let m = file.metadata()?;
+        Ok(Ident {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: ReadAt::size(file)?,
+            mtime: (m.mtime(), m.mtime_nsec()),
+        })
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Where an image file is now, shared between its [`Pooled`] source and whoever learns of
+/// renames.
+#[derive(Debug)]
+pub struct PathSlot(Mutex<PathBuf>);
+
+impl PathSlot {
+    pub fn get(&self) -> PathBuf {
+        lock(&self.0).clone()
+    }
+
+    pub fn set(&self, path: &Path) {
+        *lock(&self.0) = path.to_owned();
+    }
+}
+
+/// One served image file: its descriptor while the pool keeps it, its path and identity to
+/// reopen it otherwise. Dropping it closes its descriptor.
+pub struct Pooled {
+    pool: Arc<FdPool>,
+    key: u64,
+    path: Arc<PathSlot>,
+    ident: Ident,
+}
+
+impl std::fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pooled")
+            .field("path", &self.path)
+            .field("ident", &self.ident)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pooled {
+    /// The path it reopens from; set it when the file is renamed.
+    pub fn path(&self) -> &Arc<PathSlot> {
+        &self.path
+    }
+
+    /// The open descriptor, reopening the file when the pool had closed it.
+    fn file(&self) -> io::Result<Arc<File>> {
+        if let Some(f) = lock(&self.pool.inner).touch(self.key) {
+            return Ok(f);
+        }
+        let file = Arc::new(self.reopen()?);
+        let evicted = {
+            let mut p = lock(&self.pool.inner);
+            p.reopens += 1;
+            // Another reader may have reopened it meanwhile: keep one.
+            let file = match p.touch(self.key) {
+                Some(f) => f,
+                None => {
+                    p.insert(self.key, file.clone());
+                    file
+                }
+            };
+            (self.pool.over_budget(&mut p), file)
+        };
+        let (closed, file) = evicted;
+        drop(closed);
+        Ok(file)
+    }
+
+    fn reopen(&self) -> io::Result<File> {
+        let path = self.path.get();
+        let file = match self.pool.open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(io::Error::from_raw_os_error(libc::ESTALE))
+            }
+            Err(e) => return Err(e),
+        };
+        let now = Ident::of(&file)?;
+        if now != self.ident {
+            tracing::debug!(image = %path.display(), "reopened file is not the one served (replaced or changed): ESTALE");
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        Ok(file)
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let closed = lock(&self.pool.inner).remove(self.key);
+        drop(closed);
+    }
+}
+
+impl ReadAt for Pooled {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let file = self.file()?;
+        ReadAt::read_at(&*file, buf, offset)
+    }
+
+    /// The size when identified: the file is never served once it differs.
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.ident.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_with(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        File::create(&p).unwrap().write_all(data).unwrap();
+        p
+    }
+
+    fn read(src: &Pooled, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        let n = src.read_at(&mut buf, 0)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    #[test]
+    fn budget_keeps_a_reserve_and_a_floor() {
+        assert_eq!(budget_for_limit(20_000), 18_000);
+        assert_eq!(budget_for_limit(1024), 768);
+        assert_eq!(budget_for_limit(300), 44);
+        assert_eq!(budget_for_limit(100), MIN_BUDGET);
+        assert_eq!(budget_for_limit(24), 6);
+        assert_eq!(budget_for_limit(0), 1);
+    }
+
+    #[test]
+    fn keeps_at_most_the_budget_open_and_reopens_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FdPool::new(2);
+        let srcs: Vec<Pooled> = (0..5)
+            .map(|i| {
+                let p = file_with(
+                    dir.path(),
+                    &format!("{i}.iso"),
+                    format!("image {i}").as_bytes(),
+                );
+                pool.adopt(File::open(&p).unwrap(), &p).unwrap()
+            })
+            .collect();
+        assert_eq!(pool.stats().open, 2);
+        assert_eq!(pool.stats().evictions, 3);
+        for round in 0..3 {
+            for (i, s) in srcs.iter().enumerate() {
+                assert_eq!(
+                    read(s, 64).unwrap(),
+                    format!("image {i}").as_bytes(),
+                    "round {round}"
+                );
+                assert!(pool.stats().open <= 2);
+            }
+        }
+        assert!(pool.stats().reopens >= 5);
+        drop(srcs);
+        assert_eq!(pool.stats().open, 0);
+    }
+
+    #[test]
+    fn within_the_budget_nothing_is_ever_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FdPool::new(8);
+        let srcs: Vec<Pooled> = (0..8)
+            .map(|i| {
+                let p = file_with(dir.path(), &format!("{i}.iso"), b"x");
+                pool.adopt(File::open(&p).unwrap(), &p).unwrap()
+            })
+            .collect();
+        for s in &srcs {
+            read(s, 1).unwrap();
+        }
+        assert_eq!(
+            pool.stats(),
+            PoolStats {
+                open: 8,
+                evictions: 0,
+                reopens: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_replaced_or_changed_file_is_never_served_in_place_of_the_original() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FdPool::new(1);
+        let a = file_with(dir.path(), "a.iso", b"original");
+        let b = file_with(dir.path(), "b.iso", b"other");
+        let sa = pool.adopt(File::open(&a).unwrap(), &a).unwrap();
+        let sb = pool.adopt(File::open(&b).unwrap(), &b).unwrap();
+        // `sa` was evicted. Atomically replace a.iso by another file of the same size.
+        let tmp = file_with(dir.path(), "new.tmp", b"replaced");
+        std::fs::rename(&tmp, &a).unwrap();
+        let e = read(&sa, 64).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ESTALE));
+        // Deleted: ESTALE too.
+        std::fs::remove_file(&a).unwrap();
+        assert_eq!(
+            read(&sa, 64).unwrap_err().raw_os_error(),
+            Some(libc::ESTALE)
+        );
+        // Changed in place (same inode, other size): refused as well.
+        assert_eq!(read(&sb, 64).unwrap(), b"other");
+        let c = file_with(dir.path(), "c.iso", b"c");
+        let _sc = pool.adopt(File::open(&c).unwrap(), &c).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&b)
+            .unwrap()
+            .write_all(b" grown")
+            .unwrap();
+        assert_eq!(
+            read(&sb, 64).unwrap_err().raw_os_error(),
+            Some(libc::ESTALE)
+        );
+    }
+
+    #[test]
+    fn a_renamed_file_reopens_at_its_new_path_once_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FdPool::new(1);
+        let a = file_with(dir.path(), "a.iso", b"aaaa");
+        let sa = pool.adopt(File::open(&a).unwrap(), &a).unwrap();
+        let b = file_with(dir.path(), "b.iso", b"bbbb");
+        let _sb = pool.adopt(File::open(&b).unwrap(), &b).unwrap();
+        let moved = dir.path().join("sub-a.iso");
+        std::fs::rename(&a, &moved).unwrap();
+        assert_eq!(read(&sa, 8).unwrap_err().raw_os_error(), Some(libc::ESTALE));
+        sa.path().set(&moved);
+        assert_eq!(read(&sa, 8).unwrap(), b"aaaa");
+    }
+
+    #[test]
+    fn a_descriptor_in_use_stays_valid_while_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FdPool::new(1);
+        let a = file_with(dir.path(), "a.iso", b"aaaa");
+        let sa = pool.adopt(File::open(&a).unwrap(), &a).unwrap();
+        let held = sa.file().unwrap();
+        let b = file_with(dir.path(), "b.iso", b"bbbb");
+        let _sb = pool.adopt(File::open(&b).unwrap(), &b).unwrap();
+        let mut buf = [0; 4];
+        assert_eq!(ReadAt::read_at(&*held, &mut buf, 0).unwrap(), 4);
+        assert_eq!(&buf, b"aaaa");
+    }
+}
