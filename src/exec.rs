@@ -83,7 +83,8 @@ impl Executor {
 pub struct FuseExecutor {
     driver: FuseDriver,
     pool: Arc<FdPool>,
-    /// Where each served image file is, to reopen it after a rename.
+    /// Where each served image file that may be reopened is, to reopen it after a rename
+    /// (images that hold their descriptor need no path).
     paths: HashMap<MediumId, Arc<PathSlot>>,
     /// The budget was hit (logged once).
     over_budget_logged: bool,
@@ -185,7 +186,7 @@ impl FuseExecutor {
             .pool
             .adopt(file, &medium.origin)
             .map_err(|e| format!("inspecting {}: {e}", medium.origin.display()))?;
-        let path = src.path().clone();
+        let path = src.path().cloned();
         let image = Image::open(src).map_err(|e| e.to_string())?;
         // Opening reads only the descriptors. A root directory that cannot be read would be
         // served as a directory that fails every listing: refuse it here, once, instead.
@@ -195,7 +196,9 @@ impl FuseExecutor {
         self.driver
             .add(name, Arc::new(image))
             .map_err(|e| e.to_string())?;
-        self.paths.insert(medium.id.clone(), path);
+        if let Some(path) = path {
+            self.paths.insert(medium.id.clone(), path);
+        }
         let stats = self.pool.stats();
         if stats.evictions > 0 && !self.over_budget_logged {
             self.over_budget_logged = true;

@@ -1,8 +1,9 @@
 //! Image files served within a descriptor budget: every served image is a [`Pooled`] source,
-//! and one [`FdPool`] keeps at most `budget` of their descriptors open, least recently used
-//! closed first. With no more images than the budget nothing is ever closed (one open
-//! descriptor per medium); beyond it, an image whose descriptor was closed reopens by path on
-//! its next read.
+//! and one [`FdPool`] keeps at most `budget` of their descriptors open. While fewer images
+//! than the budget less a window are served, each keeps its descriptor for as long as it is
+//! served ("held": a plain descriptor, no lock on the read path, no bookkeeping). Images
+//! beyond that share the window: least recently used closed first, an image whose descriptor
+//! was closed reopens by path on its next read.
 //!
 //! A reopened file must be the file that was identified: same device and inode, same size and
 //! mtime. Anything else (the file was replaced, rewritten or deleted since) fails the read with
@@ -17,7 +18,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::iso9660::ReadAt;
@@ -32,6 +33,9 @@ pub const MIN_BUDGET: usize = 16;
 pub const BUDGET_ENV: &str = "ISOMGR_FD_BUDGET";
 /// How many descriptors a reopen that fails with EMFILE/ENFILE closes before giving up.
 const EMFILE_EVICTIONS: usize = 8;
+/// Descriptors of the budget kept for images beyond the held ones, at most (a quarter of the
+/// budget when that is less, at least one).
+const SHARED_WINDOW: usize = 64;
 
 /// The budget for an open-file limit `soft` (RLIMIT_NOFILE after raising): `soft` less
 /// [`RESERVE`] or a tenth, never below [`MIN_BUDGET`] or a quarter of `soft`, whichever is
@@ -136,6 +140,8 @@ impl PoolInner {
 /// The descriptor budget shared by every served image. See the module documentation.
 pub struct FdPool {
     budget: usize,
+    /// Images that keep their descriptor while served.
+    held: AtomicUsize,
     inner: Mutex<PoolInner>,
     next_key: AtomicU64,
 }
@@ -153,6 +159,7 @@ impl FdPool {
     pub fn new(budget: usize) -> Arc<FdPool> {
         Arc::new(FdPool {
             budget: budget.max(1),
+            held: AtomicUsize::new(0),
             inner: Mutex::new(PoolInner::default()),
             next_key: AtomicU64::new(1),
         })
@@ -165,18 +172,33 @@ impl FdPool {
     pub fn stats(&self) -> PoolStats {
         let p = lock(&self.inner);
         PoolStats {
-            open: p.open.len(),
+            open: p.open.len() + self.held.load(Ordering::Relaxed),
             evictions: p.evictions,
             reopens: p.reopens,
         }
     }
 
-    /// Adds `file` (open, at `path`) to the pool; closes the least recently used descriptors
-    /// beyond the budget.
+    /// Adds `file` (open, at `path`) to the pool: held while there is room outside the shared
+    /// window, else shared (closing the least recently used shared descriptors beyond the
+    /// budget).
     pub fn adopt(self: &Arc<Self>, file: File, path: &Path) -> io::Result<Pooled> {
         let ident = Ident::of(&file)?;
+        let window = SHARED_WINDOW.min(self.budget / 4).max(1);
+        let room = self.budget.saturating_sub(window);
+        let took = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < room).then_some(n + 1)
+            });
+        if took.is_ok() {
+            return Ok(Pooled(Kind::Held {
+                file,
+                size: ident.size,
+                pool: Arc::clone(self),
+            }));
+        }
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let src = Pooled {
+        let src = Shared {
             pool: Arc::clone(self),
             key,
             path: Arc::new(PathSlot(Mutex::new(path.to_owned()))),
@@ -188,7 +210,7 @@ impl FdPool {
             self.over_budget(&mut p)
         };
         drop(evicted);
-        Ok(src)
+        Ok(Pooled(Kind::Shared(Box::new(src))))
     }
 
     /// Opens an image file read-only. Out of descriptors (images queued for identification,
@@ -217,7 +239,11 @@ impl FdPool {
 
     fn over_budget(&self, p: &mut PoolInner) -> Vec<Arc<File>> {
         let mut out = Vec::new();
-        while p.open.len() > self.budget {
+        let shared = self
+            .budget
+            .saturating_sub(self.held.load(Ordering::Acquire))
+            .max(1);
+        while p.open.len() > shared {
             match p.evict_one() {
                 Some(f) => out.push(f),
                 None => break,
@@ -268,9 +294,23 @@ impl PathSlot {
     }
 }
 
-/// One served image file: its descriptor while the pool keeps it, its path and identity to
-/// reopen it otherwise. Dropping it closes its descriptor.
-pub struct Pooled {
+/// One served image file: its own descriptor while held, else its descriptor while the pool
+/// keeps it and its path and identity to reopen it otherwise. Dropping it closes its
+/// descriptor.
+pub struct Pooled(Kind);
+
+enum Kind {
+    Held {
+        file: File,
+        size: u64,
+        pool: Arc<FdPool>,
+    },
+    /// Boxed: most images are held, and the image struct is sized for either.
+    Shared(Box<Shared>),
+}
+
+/// An image beyond the held ones: reopened on demand.
+struct Shared {
     pool: Arc<FdPool>,
     key: u64,
     path: Arc<PathSlot>,
@@ -279,19 +319,29 @@ pub struct Pooled {
 
 impl std::fmt::Debug for Pooled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pooled")
-            .field("path", &self.path)
-            .field("ident", &self.ident)
-            .finish_non_exhaustive()
+        match &self.0 {
+            Kind::Held { file, .. } => f.debug_struct("Pooled").field("held", file).finish(),
+            Kind::Shared(s) => f
+                .debug_struct("Pooled")
+                .field("path", &s.path)
+                .field("ident", &s.ident)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
 impl Pooled {
-    /// The path it reopens from; set it when the file is renamed.
-    pub fn path(&self) -> &Arc<PathSlot> {
-        &self.path
+    /// The path it reopens from, for an image that may be reopened (set it when the file is
+    /// renamed); `None` for a held one, whose descriptor follows the file.
+    pub fn path(&self) -> Option<&Arc<PathSlot>> {
+        match &self.0 {
+            Kind::Held { .. } => None,
+            Kind::Shared(s) => Some(&s.path),
+        }
     }
+}
 
+impl Shared {
     /// The open descriptor, reopening the file when the pool had closed it.
     fn file(&self) -> io::Result<Arc<File>> {
         if let Some(f) = lock(&self.pool.inner).touch(self.key) {
@@ -336,20 +386,35 @@ impl Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let closed = lock(&self.pool.inner).remove(self.key);
-        drop(closed);
+        match &self.0 {
+            Kind::Held { pool, .. } => {
+                pool.held.fetch_sub(1, Ordering::AcqRel);
+            }
+            Kind::Shared(s) => {
+                let closed = lock(&s.pool.inner).remove(s.key);
+                drop(closed);
+            }
+        }
     }
 }
 
 impl ReadAt for Pooled {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let file = self.file()?;
-        ReadAt::read_at(&*file, buf, offset)
+        match &self.0 {
+            Kind::Held { file, .. } => ReadAt::read_at(file, buf, offset),
+            Kind::Shared(s) => {
+                let file = s.file()?;
+                ReadAt::read_at(&*file, buf, offset)
+            }
+        }
     }
 
     /// The size when identified: the file is never served once it differs.
     fn size(&self) -> io::Result<u64> {
-        Ok(self.ident.size)
+        match &self.0 {
+            Kind::Held { size, .. } => Ok(*size),
+            Kind::Shared(s) => Ok(s.ident.size),
+        }
     }
 }
 
@@ -481,7 +546,7 @@ mod tests {
         let moved = dir.path().join("sub-a.iso");
         std::fs::rename(&a, &moved).unwrap();
         assert_eq!(read(&sa, 8).unwrap_err().raw_os_error(), Some(libc::ESTALE));
-        sa.path().set(&moved);
+        sa.path().expect("shared").set(&moved);
         assert_eq!(read(&sa, 8).unwrap(), b"aaaa");
     }
 
@@ -491,7 +556,10 @@ mod tests {
         let pool = FdPool::new(1);
         let a = file_with(dir.path(), "a.iso", b"aaaa");
         let sa = pool.adopt(File::open(&a).unwrap(), &a).unwrap();
-        let held = sa.file().unwrap();
+        let Kind::Shared(shared) = &sa.0 else {
+            panic!("a budget of 1 holds nothing")
+        };
+        let held = shared.file().unwrap();
         let b = file_with(dir.path(), "b.iso", b"bbbb");
         let _sb = pool.adopt(File::open(&b).unwrap(), &b).unwrap();
         let mut buf = [0; 4];
