@@ -166,6 +166,10 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
             Executor::Fuse(FuseExecutor::new(driver))
         }
     };
+    // The previous run's records served the manager and the executor, which kept what they
+    // need; with 10,000 media they are megabytes.
+    drop(previous);
+    drop(previous_state);
     let driver_name = exec.driver();
 
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
