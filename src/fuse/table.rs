@@ -33,6 +33,11 @@ pub const MAX_NAME_LEN: usize = 255;
 pub trait NodeData: Clone {
     fn name(&self) -> &OsStr;
     fn kind(&self) -> Kind;
+    /// For a directory with entries, what identifies its contents in the medium (where its
+    /// records start): two nodes with the same key list the same entries.
+    fn dir_key(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Identity of one medium for its whole life in the table; doubles as the FUSE generation of its
@@ -316,10 +321,11 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         }))
     }
 
-    /// Indexes directory `dir` once. Entries whose name could not be a directory entry, and
-    /// later duplicates of a name, are left out so lookup and readdir agree. Ignored when the
-    /// directory is gone, already indexed, or its medium was removed meanwhile.
-    /// Returns how many entries were left out.
+    /// Indexes directory `dir` once. Entries whose name could not be a directory entry, later
+    /// duplicates of a name, and directories that are `dir` itself or one of its ancestors (a
+    /// loop in a hostile image, which would otherwise show as an endless tree) are left out so
+    /// lookup and readdir agree. Ignored when the directory is gone, already indexed, or its
+    /// medium was removed meanwhile. Returns how many entries were left out.
     pub fn install_children(&mut self, dir: u64, medium: MediumId, entries: Vec<E>) -> usize {
         let present = self.media.get(&medium).is_some_and(|m| m.image.is_some());
         let wanted = present
@@ -330,13 +336,16 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         if !wanted {
             return 0;
         }
+        let ancestors = self.ancestor_keys(dir);
         let mut skipped = 0;
         let mut kept: Vec<E> = Vec::with_capacity(entries.len());
         {
             let mut seen = HashSet::with_capacity(entries.len());
             for entry in entries {
                 let name = entry.name();
-                if !valid_name(name.as_bytes()) || !seen.insert(name.to_owned()) {
+                let loops = entry.kind() == Kind::Dir
+                    && entry.dir_key().is_some_and(|k| ancestors.contains(&k));
+                if loops || !valid_name(name.as_bytes()) || !seen.insert(name.to_owned()) {
                     skipped += 1;
                     continue;
                 }
@@ -373,6 +382,21 @@ impl<M: Clone, E: NodeData> Table<M, E> {
             node.children = Some(Box::new(children));
         }
         skipped
+    }
+
+    /// The directory keys of `dir` and of its ancestors up to its medium's top directory.
+    fn ancestor_keys(&self, dir: u64) -> HashSet<u64> {
+        let mut keys = HashSet::new();
+        let mut ino = dir;
+        while let Some(node) = self.nodes.get(&ino) {
+            keys.extend(node.entry.dir_key());
+            // A parent is always allocated before its children: the climb ends.
+            if node.parent >= ino {
+                break;
+            }
+            ino = node.parent;
+        }
+        keys
     }
 
     /// The inode of the entry called `name` in an indexed directory.
@@ -561,6 +585,7 @@ mod tests {
     struct Fake {
         name: OsString,
         kind: Kind,
+        key: Option<u64>,
     }
     impl NodeData for Fake {
         fn name(&self) -> &OsStr {
@@ -569,17 +594,28 @@ mod tests {
         fn kind(&self) -> Kind {
             self.kind
         }
+        fn dir_key(&self) -> Option<u64> {
+            self.key
+        }
     }
     fn dir(name: &str) -> Fake {
         Fake {
             name: name.into(),
             kind: Kind::Dir,
+            key: None,
+        }
+    }
+    fn dir_at(name: &str, key: u64) -> Fake {
+        Fake {
+            key: Some(key),
+            ..dir(name)
         }
     }
     fn file(name: &str) -> Fake {
         Fake {
             name: name.into(),
             kind: Kind::File,
+            key: None,
         }
     }
     type Img = Arc<&'static str>;
@@ -733,6 +769,42 @@ mod tests {
     }
 
     #[test]
+    fn directories_that_are_their_own_ancestors_are_left_out() {
+        let mut tb = table();
+        tb.add("m", Arc::new("I"), dir_at("", 20), t(1)).unwrap();
+        let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
+        let a = walk(
+            &mut tb,
+            top.ino,
+            "a",
+            &[dir_at("a", 21), dir_at("top", 20), dir_at("c", 30)],
+        );
+        assert_eq!(
+            rows(tb.readdir(top.ino, 2, 100)),
+            [(3, "a".to_owned()), (4, "c".to_owned())]
+        );
+        let skipped = tb.install_children(
+            a.ino,
+            MediumId(1),
+            vec![
+                dir_at("self", 21),
+                dir_at("up", 20),
+                dir_at("b", 22),
+                dir("e"),
+            ],
+        );
+        assert_eq!(skipped, 2);
+        assert_eq!(
+            rows(tb.readdir(a.ino, 2, 100)),
+            [(3, "b".to_owned()), (4, "e".to_owned())]
+        );
+        // Sharing an extent with a directory elsewhere (not an ancestor) is not a loop.
+        let b = found(tb.lookup(a.ino, OsStr::new("b")));
+        let skipped = tb.install_children(b.ino, MediumId(1), vec![dir_at("alias_of_c", 30)]);
+        assert_eq!(skipped, 0);
+    }
+
+    #[test]
     fn inode_numbers_are_never_reused() {
         let mut tb = table();
         let mut seen = std::collections::HashSet::new();
@@ -832,6 +904,7 @@ mod tests {
             Fake {
                 name: "l".into(),
                 kind: Kind::Symlink,
+                key: None,
             },
         ];
         let d = walk(&mut tb, top.ino, "d", &listing);
