@@ -165,7 +165,7 @@ impl Adapter {
                     let medium = table
                         .medium_of(need.dir)
                         .and_then(|(_, n)| n.map(str::to_owned));
-                    warn!(medium = ?medium, dir = ?need.entry.name, skipped, "left out entries with unusable or duplicate names, or looping back to an ancestor");
+                    warn!(medium = ?medium, dir = ?need.entry.name, skipped, "left out entries with unusable or duplicate names, or directories listed elsewhere");
                 }
                 Ok(())
             }

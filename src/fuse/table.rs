@@ -122,6 +122,9 @@ struct Medium<M> {
     image: Option<M>,
     top: u64,
     nodes: usize,
+    /// Keys of the directories indexed or listed so far ([`NodeData::dir_key`]): each directory
+    /// of the image appears once in the tree, however many records point at it.
+    dirs: HashSet<u64>,
 }
 
 #[derive(Debug)]
@@ -214,6 +217,7 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let top_ino = self.alloc_ino();
+        let dirs = top.dir_key().into_iter().collect();
         self.nodes.insert(
             top_ino,
             Box::new(Node {
@@ -232,6 +236,7 @@ impl<M: Clone, E: NodeData> Table<M, E> {
                 image: Some(image),
                 top: top_ino,
                 nodes: 1,
+                dirs,
             },
         );
         self.names.insert(name.to_owned(), id);
@@ -322,10 +327,12 @@ impl<M: Clone, E: NodeData> Table<M, E> {
     }
 
     /// Indexes directory `dir` once. Entries whose name could not be a directory entry, later
-    /// duplicates of a name, and directories that are `dir` itself or one of its ancestors (a
-    /// loop in a hostile image, which would otherwise show as an endless tree) are left out so
-    /// lookup and readdir agree. Ignored when the directory is gone, already indexed, or its
-    /// medium was removed meanwhile. Returns how many entries were left out.
+    /// duplicates of a name, and directories already listed elsewhere in the medium are left
+    /// out so lookup and readdir agree. The last rule keeps a hostile image's directory that
+    /// contains itself or an ancestor from showing as an endless tree, and one listed by many
+    /// parents from multiplying it (a real image lists each directory once). Ignored when the
+    /// directory is gone, already indexed, or its medium was removed meanwhile. Returns how
+    /// many entries were left out.
     pub fn install_children(&mut self, dir: u64, medium: MediumId, entries: Vec<E>) -> usize {
         let present = self.media.get(&medium).is_some_and(|m| m.image.is_some());
         let wanted = present
@@ -336,16 +343,18 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         if !wanted {
             return 0;
         }
-        let ancestors = self.ancestor_keys(dir);
         let mut skipped = 0;
         let mut kept: Vec<E> = Vec::with_capacity(entries.len());
-        {
+        if let Some(m) = self.media.get_mut(&medium) {
             let mut seen = HashSet::with_capacity(entries.len());
             for entry in entries {
                 let name = entry.name();
-                let loops = entry.kind() == Kind::Dir
-                    && entry.dir_key().is_some_and(|k| ancestors.contains(&k));
-                if loops || !valid_name(name.as_bytes()) || !seen.insert(name.to_owned()) {
+                let usable = valid_name(name.as_bytes()) && seen.insert(name.to_owned());
+                // Only a kept entry claims its directory.
+                let listed_elsewhere = usable
+                    && entry.kind() == Kind::Dir
+                    && entry.dir_key().is_some_and(|k| !m.dirs.insert(k));
+                if !usable || listed_elsewhere {
                     skipped += 1;
                     continue;
                 }
@@ -382,21 +391,6 @@ impl<M: Clone, E: NodeData> Table<M, E> {
             node.children = Some(Box::new(children));
         }
         skipped
-    }
-
-    /// The directory keys of `dir` and of its ancestors up to its medium's top directory.
-    fn ancestor_keys(&self, dir: u64) -> HashSet<u64> {
-        let mut keys = HashSet::new();
-        let mut ino = dir;
-        while let Some(node) = self.nodes.get(&ino) {
-            keys.extend(node.entry.dir_key());
-            // A parent is always allocated before its children: the climb ends.
-            if node.parent >= ino {
-                break;
-            }
-            ino = node.parent;
-        }
-        keys
     }
 
     /// The inode of the entry called `name` in an indexed directory.
@@ -769,7 +763,7 @@ mod tests {
     }
 
     #[test]
-    fn directories_that_are_their_own_ancestors_are_left_out() {
+    fn a_directory_listed_twice_in_a_medium_is_left_out_the_second_time() {
         let mut tb = table();
         tb.add("m", Arc::new("I"), dir_at("", 20), t(1)).unwrap();
         let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
@@ -798,10 +792,15 @@ mod tests {
             rows(tb.readdir(a.ino, 2, 100)),
             [(3, "b".to_owned()), (4, "e".to_owned())]
         );
-        // Sharing an extent with a directory elsewhere (not an ancestor) is not a loop.
+        // Not a loop, but listed already: one directory shows once, however many records
+        // point at it.
         let b = found(tb.lookup(a.ino, OsStr::new("b")));
-        let skipped = tb.install_children(b.ino, MediumId(1), vec![dir_at("alias_of_c", 30)]);
-        assert_eq!(skipped, 0);
+        let skipped = tb.install_children(
+            b.ino,
+            MediumId(1),
+            vec![dir_at("alias_of_c", 30), dir_at("new", 31), file("f")],
+        );
+        assert_eq!(skipped, 1);
     }
 
     #[test]
