@@ -353,6 +353,27 @@ fn cases() -> Vec<Case> {
         None,
     ));
 
+    // No cycle, but every level lists the next one four times: 4^8 paths over 8 directories.
+    let mut iso = Iso::new(false);
+    for level in 0..8u32 {
+        let here = if level == 0 { ROOT } else { SUB + level - 1 };
+        let parent = if level <= 1 { ROOT } else { here - 1 };
+        let names: [&[u8]; 4] = [b"A", b"B", b"C", b"D"];
+        let entries: Vec<Vec<u8>> = names
+            .iter()
+            .map(|n| record(n, SUB + level, S as u32, DIR, &[]))
+            .collect();
+        iso.dir(here, parent, &entries);
+    }
+    iso.dir(SUB + 8, SUB + 7, &[]);
+    out.push(case(
+        "dir_shared_by_many_parents",
+        iso,
+        Refused,
+        "directory loop",
+        None,
+    ));
+
     // Continuation area loops.
     let mut iso = Iso::new(true);
     iso.put(CE_A, 0, &ce(CE_A, 0, 28));
@@ -902,6 +923,9 @@ fn raw_readdir(dir: &Path) -> std::io::Result<Vec<OsString>> {
 /// means a cycle shows as an endless tree.
 const WALK_DEPTH: usize = 12;
 
+/// Most entries the mount walk visits per medium; every assembled tree has a handful.
+const WALK_ENTRIES: usize = 1000;
+
 #[derive(Default)]
 struct MountWalk {
     entries: usize,
@@ -912,6 +936,10 @@ struct MountWalk {
 /// Walks `dir` in the mount without following symlinks, checking every listing.
 fn walk_mount(case: &str, mnt: &Path, dir: &Path, depth: usize, w: &mut MountWalk) {
     w.depth = w.depth.max(depth);
+    assert!(
+        w.entries < WALK_ENTRIES,
+        "{case}: over {WALK_ENTRIES} entries: directories shared in the image multiply the tree"
+    );
     assert!(
         depth < WALK_DEPTH,
         "{case}: {} is {depth} levels deep: a cycle in the image shows as an endless tree",
