@@ -30,6 +30,11 @@ pub const MAX_DIR_DEPTH: usize = 1024;
 pub const MAX_EXTENTS: usize = 65_536;
 /// Symlinks followed by [`Image::lookup_follow`] before giving up (as Linux's ELOOP).
 pub const MAX_SYMLINK_HOPS: usize = 40;
+/// Path components [`Image::lookup_follow`] resolves in all, over all its symlink hops: as
+/// many as the deepest path. The reader has no directory cache, so each costs a directory
+/// read, and 40 hops of 1,024-component targets would be 40,000 reads of what may be the same
+/// directory. Real paths through real links take a few dozen.
+pub const MAX_FOLLOW_COMPONENTS: usize = MAX_DIR_DEPTH;
 
 /// Which names the chosen directory tree shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -759,53 +764,88 @@ impl<R: ReadAt> Image<R> {
     pub fn lookup(&self, path: &str) -> Result<Entry> {
         let mut cur = self.root.clone();
         let mut walked = String::new();
+        let mut last = LastListing::default();
         for (depth, comp) in path
             .split('/')
             .filter(|c| !c.is_empty() && *c != ".")
             .enumerate()
         {
-            if depth >= MAX_DIR_DEPTH {
-                return Err(Error::Limit {
-                    what: "path depth",
-                    value: depth as u64,
-                    limit: MAX_DIR_DEPTH as u64,
-                });
-            }
-            if cur.kind != Kind::Dir {
-                return Err(Error::NotADirectory {
-                    path: if walked.is_empty() {
-                        "/".into()
-                    } else {
-                        walked
-                    },
-                });
-            }
+            cur = self.child(&cur, &walked, comp, depth, &mut last)?;
             walked.push('/');
             walked.push_str(comp);
-            cur = self
-                .read_dir(&cur)?
-                .into_iter()
-                .find(|e| e.name.as_bytes() == comp.as_bytes())
-                .ok_or_else(|| Error::NotFound {
-                    path: walked.clone(),
-                })?;
         }
         Ok(cur)
     }
 
+    /// The entry `name` of directory `dir`, which is `depth` levels below the root at
+    /// `dir_path` ("" for the root). `last` keeps the listing read last, so a path through a
+    /// directory that lists itself ("a/a/a/...", a hostile image) reads it once.
+    fn child(
+        &self,
+        dir: &Entry,
+        dir_path: &str,
+        name: &str,
+        depth: usize,
+        last: &mut LastListing,
+    ) -> Result<Entry> {
+        if depth >= MAX_DIR_DEPTH {
+            return Err(Error::Limit {
+                what: "path depth",
+                value: depth as u64,
+                limit: MAX_DIR_DEPTH as u64,
+            });
+        }
+        if dir.kind != Kind::Dir {
+            return Err(Error::NotADirectory {
+                path: if dir_path.is_empty() {
+                    "/".into()
+                } else {
+                    dir_path.to_owned()
+                },
+            });
+        }
+        // What read_dir lists depends on the extent and on whether it is the root's.
+        let key = (dir.extents.first().copied(), dir.id == self.root.id);
+        let entries = match last.take() {
+            Some((k, entries)) if k == key => entries,
+            _ => self.read_dir(dir)?,
+        };
+        let found = entries
+            .iter()
+            .find(|e| e.name.as_bytes() == name.as_bytes())
+            .cloned();
+        *last = Some((key, entries));
+        found.ok_or_else(|| Error::NotFound {
+            path: format!("{dir_path}/{name}"),
+        })
+    }
+
     /// Looks a path up following symlinks inside the image, as `cat` needs. Absolute targets
-    /// resolve from the image root; a target can never leave the image.
+    /// resolve from the image root; a target can never leave the image. Each hop walks its
+    /// path once, from the root; all hops together resolve at most [`MAX_FOLLOW_COMPONENTS`].
     pub fn lookup_follow(&self, path: &str) -> Result<Entry> {
         let mut path = path.to_owned();
+        let mut resolved = 0usize;
+        let mut last = LastListing::default();
         for _ in 0..MAX_SYMLINK_HOPS {
             // Resolve component by component so links in the middle are followed too.
-            let mut cur_path = String::from("/");
-            let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+            let comps: Vec<&str> = path
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect();
+            let mut walked = String::new();
             let mut next: Option<String> = None;
             let mut cur = self.root.clone();
             for (i, comp) in comps.iter().enumerate() {
-                let joined = join_path(&cur_path, comp);
-                cur = self.lookup(&joined)?;
+                resolved += 1;
+                if resolved > MAX_FOLLOW_COMPONENTS {
+                    return Err(Error::Limit {
+                        what: "path components resolved following symlinks",
+                        value: resolved as u64,
+                        limit: MAX_FOLLOW_COMPONENTS as u64,
+                    });
+                }
+                cur = self.child(&cur, &walked, comp, i, &mut last)?;
                 if cur.kind == Kind::Symlink {
                     let target = cur
                         .target
@@ -813,15 +853,16 @@ impl<R: ReadAt> Image<R> {
                         .map(|t| t.to_string_lossy().into_owned());
                     let target = target.unwrap_or_default();
                     let base = if target.starts_with('/') {
-                        String::new()
+                        ""
                     } else {
-                        cur_path.clone()
+                        walked.as_str()
                     };
                     let rest = comps.get(i + 1..).unwrap_or_default().join("/");
                     next = Some(normalize(&format!("{base}/{target}/{rest}")));
                     break;
                 }
-                cur_path = joined;
+                walked.push('/');
+                walked.push_str(comp);
             }
             match next {
                 Some(p) => path = p,
@@ -923,6 +964,9 @@ impl<R: ReadAt> Image<R> {
         Ok(())
     }
 }
+
+/// The directory listing read last by a lookup, with what identifies it.
+type LastListing = Option<((Option<Extent>, bool), Vec<Entry>)>;
 
 /// Builds an entry from a record and its Rock Ridge fields.
 fn make_entry(rec: &Record<'_>, name: OsString, rr: Option<&RockRidge>, id: u64) -> Entry {
