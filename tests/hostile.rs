@@ -12,6 +12,8 @@
 //! kernel's own iso9660 driver; a web server in front of the mount must not follow symlinks
 //! (nginx `disable_symlinks on`). So the test never follows one through the mount: it checks the
 //! target is shown as stored and that an `O_NOFOLLOW` open refuses it.
+//!
+//! `HOSTILE_KEEP=DIR` keeps a copy of every assembled image in DIR, to try by hand.
 
 mod common;
 
@@ -30,8 +32,8 @@ use isomgr::fuse::FuseDriver;
 use isomgr::iso9660::{Entry, Error, Image, Kind};
 
 const S: usize = 2048;
-/// Sectors of every assembled image (96 KiB).
-const SECTORS: usize = 48;
+/// Sectors of every assembled image (192 KiB).
+const SECTORS: usize = 96;
 const PVD: usize = 16;
 const SVD: usize = 17;
 const TERM: usize = 18;
@@ -42,11 +44,15 @@ const JROOT: u32 = 24;
 const DATA: u32 = 30;
 const CE_A: u32 = 40;
 const CE_B: u32 = 41;
+/// Continuation areas of the deep symlinks, one sector each.
+const CE_DEEP: u32 = 50;
 const HELLO: &[u8] = b"hello\n";
 
 /// Per-image bounds: a generous hang guard and the memory ceiling.
 const MAX_MS: u128 = 1000;
 const MAX_RSS_KIB: i64 = 64 * 1024;
+/// A child still running after this is killed (and the case fails on time).
+const HANG: Duration = Duration::from_secs(10);
 
 const DIR: u8 = 0x02;
 const FILE: u8 = 0x00;
@@ -311,6 +317,48 @@ fn long_name_case() -> Iso {
     let rec_su = [nm(1, &part), px(0o100644), ce(CE_A, 0, area.len() as u32)].concat();
     let rec = record(b"LONG.TXT;1", DATA, HELLO.len() as u32, FILE, &rec_su);
     iso.dir(ROOT, ROOT, &[rec]);
+    iso
+}
+
+/// Directory /a lists itself as "a" and symlinks L00..L23, each pointing 560 levels down
+/// ("a/a/.../a/L01", through a continuation area), the last back to L00: following L00 costs
+/// 40 hops of 560 components each.
+/// With `alternate`, /a lists "b" and /b lists "a", and the targets go "b/a/b/a/.../L01".
+fn deep_symlink_chain(alternate: bool) -> Iso {
+    const LINKS: u32 = 24;
+    const DEPTH: usize = 560;
+    let mut iso = Iso::new(true);
+    iso.dir(ROOT, ROOT, &[dir_rec("a", SUB, &[])]);
+    let mut entries = vec![if alternate {
+        dir_rec("b", SUB2, &[])
+    } else {
+        dir_rec("a", SUB, &[])
+    }];
+    if alternate {
+        iso.dir(SUB2, SUB, &[dir_rec("a", SUB, &[])]);
+    }
+    for i in 0..LINKS {
+        let next = format!("L{:02}", (i + 1) % LINKS);
+        let mut area = Vec::new();
+        for _ in 0..DEPTH / 80 {
+            let comps: Vec<(u8, &[u8])> = (0..80)
+                .map(|k| match (alternate, k % 2) {
+                    (true, 0) => (0u8, &b"b"[..]),
+                    _ => (0u8, &b"a"[..]),
+                })
+                .collect();
+            let mut e = sl(&comps);
+            e[4] = 1; // more SL entries follow
+            area.extend(e);
+        }
+        area.extend(sl(&[(0, next.as_bytes())]));
+        assert!(area.len() <= S);
+        iso.put(CE_DEEP + i, 0, &area);
+        let name = format!("L{i:02}");
+        let rec_su = ce(CE_DEEP + i, 0, area.len() as u32);
+        entries.push(record(name.as_bytes(), 0, 0, FILE, &rec_su));
+    }
+    iso.dir(SUB, ROOT, &entries);
     iso
 }
 
@@ -706,6 +754,21 @@ fn cases() -> Vec<Case> {
     iso.dir(ROOT, ROOT, &[a, b]);
     out.push(case("symlink_loop", iso, Served, "", Some(("/a", None))));
 
+    out.push(case(
+        "symlink_chain_of_deep_paths",
+        deep_symlink_chain(false),
+        Refused,
+        "directory loop",
+        Some(("/a/L00", None)),
+    ));
+    out.push(case(
+        "symlink_chain_of_deep_alternating_paths",
+        deep_symlink_chain(true),
+        Refused,
+        "directory loop",
+        Some(("/a/L00", None)),
+    ));
+
     let mut iso = Iso::new(true);
     let host = symlink_rec("host", &[(0x20, b""), (0, b"etc"), (0, b"shadow")]);
     let dir_link = symlink_rec("dirlink", &[(0x08, b"")]);
@@ -728,8 +791,20 @@ fn stored_targets(case: &str) -> Vec<(&'static str, &'static str)> {
         "symlink_dotdot_out_of_the_image" => vec![("d/up", "../../../etc/passwd")],
         "symlink_loop" => vec![("a", "b"), ("b", "a")],
         "symlink_host_and_root_components" => vec![("host", "/etc/shadow"), ("dirlink", "/")],
+
         _ => vec![],
     }
+}
+
+/// The target of `a/Lnn` in the deep symlink chain (every level of the walk is "a").
+fn deep_chain_target(case: &str, rel: &Path) -> Option<String> {
+    let step = match case {
+        "symlink_chain_of_deep_paths" => "a/a/",
+        "symlink_chain_of_deep_alternating_paths" => "b/a/",
+        _ => return None,
+    };
+    let n: u32 = rel.file_name()?.to_str()?.strip_prefix('L')?.parse().ok()?;
+    Some(format!("{}L{:02}", step.repeat(280), (n + 1) % 24))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -813,9 +888,20 @@ fn run_measured(dir: &Path, args: &[&OsStr]) -> Run {
         .expect("starting isomgr");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
-    // SAFETY: plain data the call fills in; `pid` is our child, reaped here exactly once.
+    // SAFETY: plain data the call fills in; `pid` is our child, reaped here exactly once
+    // (killed first if it outlives the hang guard).
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let rc = loop {
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc != 0 {
+            break rc;
+        }
+        if started.elapsed() > HANG {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            break unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
     let ms = started.elapsed().as_millis();
     assert_eq!(rc, pid, "wait4: {}", std::io::Error::last_os_error());
     std::mem::forget(child);
@@ -992,10 +1078,11 @@ fn walk_mount(case: &str, mnt: &Path, dir: &Path, depth: usize, w: &mut MountWal
             let want = stored_targets(case)
                 .into_iter()
                 .find(|(p, _)| Path::new(p) == rel)
-                .map(|(_, t)| t);
+                .map(|(_, t)| t.to_owned())
+                .or_else(|| deep_chain_target(case, rel));
             assert_eq!(
                 target.to_str(),
-                want,
+                want.as_deref(),
                 "{case}: target of {}",
                 path.display()
             );
@@ -1063,6 +1150,10 @@ fn hostile_images_are_refused_or_served_safely() {
     for c in &all {
         let path = tmp.path().join(format!("{}.iso", c.name));
         fs::write(&path, &c.image).expect("writing the image");
+        if let Ok(dir) = std::env::var("HOSTILE_KEEP") {
+            fs::write(Path::new(&dir).join(format!("{}.iso", c.name)), &c.image)
+                .expect("keeping the image");
+        }
 
         // Reader API.
         let api = exercise(c.image.clone(), c.cat.map(|(p, _)| p));
