@@ -6,7 +6,7 @@
 //! constants below and by the image size; directory loops are errors.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
@@ -31,9 +31,9 @@ pub const MAX_EXTENTS: usize = 65_536;
 /// Symlinks followed by [`Image::lookup_follow`] before giving up (as Linux's ELOOP).
 pub const MAX_SYMLINK_HOPS: usize = 40;
 /// Path components [`Image::lookup_follow`] resolves in all, over all its symlink hops: as
-/// many as the deepest path. The reader has no directory cache, so each costs a directory
-/// read, and 40 hops of 1,024-component targets would be 40,000 reads of what may be the same
-/// directory. Real paths through real links take a few dozen.
+/// many as the deepest path. Each may cost a directory read (a lookup keeps the listings it
+/// read only up to a cap), and 40 hops of 1,024-component targets would otherwise be 40,000.
+/// Real paths through real links take a few dozen.
 pub const MAX_FOLLOW_COMPONENTS: usize = MAX_DIR_DEPTH;
 
 /// Which names the chosen directory tree shows.
@@ -106,7 +106,7 @@ impl Kind {
 }
 
 /// A contiguous run of an entry's bytes in the image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Extent {
     start: u64,
     len: u64,
@@ -764,13 +764,13 @@ impl<R: ReadAt> Image<R> {
     pub fn lookup(&self, path: &str) -> Result<Entry> {
         let mut cur = self.root.clone();
         let mut walked = String::new();
-        let mut last = LastListing::default();
+        let mut seen = Listings::default();
         for (depth, comp) in path
             .split('/')
             .filter(|c| !c.is_empty() && *c != ".")
             .enumerate()
         {
-            cur = self.child(&cur, &walked, comp, depth, &mut last)?;
+            cur = self.child(&cur, &walked, comp, depth, &mut seen)?;
             walked.push('/');
             walked.push_str(comp);
         }
@@ -778,15 +778,15 @@ impl<R: ReadAt> Image<R> {
     }
 
     /// The entry `name` of directory `dir`, which is `depth` levels below the root at
-    /// `dir_path` ("" for the root). `last` keeps the listing read last, so a path through a
-    /// directory that lists itself ("a/a/a/...", a hostile image) reads it once.
+    /// `dir_path` ("" for the root). `seen` keeps the listings read so far, so a path through
+    /// the same directories again and again (a hostile image's loops) reads each once.
     fn child(
         &self,
         dir: &Entry,
         dir_path: &str,
         name: &str,
         depth: usize,
-        last: &mut LastListing,
+        seen: &mut Listings,
     ) -> Result<Entry> {
         if depth >= MAX_DIR_DEPTH {
             return Err(Error::Limit {
@@ -806,15 +806,21 @@ impl<R: ReadAt> Image<R> {
         }
         // What read_dir lists depends on the extent and on whether it is the root's.
         let key = (dir.extents.first().copied(), dir.id == self.root.id);
-        let entries = match last.take() {
-            Some((k, entries)) if k == key => entries,
-            _ => self.read_dir(dir)?,
+        let find = |entries: &[Entry]| {
+            entries
+                .iter()
+                .find(|e| e.name.as_bytes() == name.as_bytes())
+                .cloned()
         };
-        let found = entries
-            .iter()
-            .find(|e| e.name.as_bytes() == name.as_bytes())
-            .cloned();
-        *last = Some((key, entries));
+        let found = match seen.map.get(&key) {
+            Some(entries) => find(entries),
+            None => {
+                let entries = self.read_dir(dir)?;
+                let found = find(&entries);
+                seen.keep(key, entries);
+                found
+            }
+        };
         found.ok_or_else(|| Error::NotFound {
             path: format!("{dir_path}/{name}"),
         })
@@ -826,7 +832,7 @@ impl<R: ReadAt> Image<R> {
     pub fn lookup_follow(&self, path: &str) -> Result<Entry> {
         let mut path = path.to_owned();
         let mut resolved = 0usize;
-        let mut last = LastListing::default();
+        let mut seen = Listings::default();
         for _ in 0..MAX_SYMLINK_HOPS {
             // Resolve component by component so links in the middle are followed too.
             let comps: Vec<&str> = path
@@ -845,7 +851,7 @@ impl<R: ReadAt> Image<R> {
                         limit: MAX_FOLLOW_COMPONENTS as u64,
                     });
                 }
-                cur = self.child(&cur, &walked, comp, i, &mut last)?;
+                cur = self.child(&cur, &walked, comp, i, &mut seen)?;
                 if cur.kind == Kind::Symlink {
                     let target = cur
                         .target
@@ -965,8 +971,34 @@ impl<R: ReadAt> Image<R> {
     }
 }
 
-/// The directory listing read last by a lookup, with what identifies it.
-type LastListing = Option<((Option<Extent>, bool), Vec<Entry>)>;
+/// Most bytes of directory listings one lookup keeps (about 50,000 entries with short names).
+const MAX_LISTINGS_BYTES: usize = 16 << 20;
+
+/// The directory listings one lookup has read, by what identifies a listing (the extent, and
+/// whether it is the root's), up to [`MAX_LISTINGS_BYTES`]; listings past that are not kept.
+#[derive(Default)]
+struct Listings {
+    map: HashMap<(Option<Extent>, bool), Vec<Entry>>,
+    bytes: usize,
+}
+
+impl Listings {
+    fn keep(&mut self, key: (Option<Extent>, bool), entries: Vec<Entry>) {
+        let bytes: usize = entries
+            .iter()
+            .map(|e| {
+                std::mem::size_of::<Entry>()
+                    + e.name.len()
+                    + e.target.as_ref().map_or(0, |t| t.len())
+                    + e.extents.len() * std::mem::size_of::<Extent>()
+            })
+            .sum();
+        if self.bytes + bytes <= MAX_LISTINGS_BYTES {
+            self.bytes += bytes;
+            self.map.insert(key, entries);
+        }
+    }
+}
 
 /// Builds an entry from a record and its Rock Ridge fields.
 fn make_entry(rec: &Record<'_>, name: OsString, rr: Option<&RockRidge>, id: u64) -> Entry {
