@@ -729,6 +729,42 @@ fn cases() -> Vec<Case> {
         cat: Some(("/link-to-plain", None)),
     });
 
+    let mut iso = Iso::new(false);
+    let long: Vec<u16> = vec![0x4E00; 100]; // 200 bytes on disc, 300 in UTF-8
+    iso.joliet(&[&long, &utf16("ok")]);
+    out.push(case(
+        "joliet_name_over_255_utf8_bytes",
+        iso,
+        Served,
+        "",
+        Some(("/ok", Some(HELLO))),
+    ));
+
+    // Rock Ridge modes: a device node and set-id bits.
+    let mut iso = Iso::new(true);
+    let dev = [
+        nm(0, b"sda"),
+        px(0o060666),
+        su(b"PN", &[both32(0), both32(0x0800)].concat()),
+    ]
+    .concat();
+    let suid = [nm(0, b"suid"), px(0o106755)].concat();
+    iso.dir(
+        ROOT,
+        ROOT,
+        &[
+            record(b"SDA;1", 0, 0, FILE, &dev),
+            record(b"SUID;1", DATA, HELLO.len() as u32, FILE, &suid),
+        ],
+    );
+    out.push(case(
+        "rr_device_node_and_set_id_bits",
+        iso,
+        Served,
+        "",
+        Some(("/suid", Some(HELLO))),
+    ));
+
     // Rock Ridge NM names.
     for (name, bad) in [
         ("rr_name_dot", &b"."[..]),
@@ -815,6 +851,18 @@ fn cases() -> Vec<Case> {
     iso.dir(ROOT, ROOT, &[a, b]);
     out.push(case("symlink_loop", iso, Served, "", Some(("/a", None))));
 
+    let mut iso = Iso::new(true);
+    let nul = symlink_rec("nul", &[(0, b"a\0b")]);
+    let empty = symlink_rec("empty", &[]);
+    iso.dir(ROOT, ROOT, &[nul, empty, hello_rec("a")]);
+    out.push(case(
+        "symlink_targets_empty_and_with_nul",
+        iso,
+        Served,
+        "",
+        Some(("/nul", None)),
+    ));
+
     out.push(case(
         "symlink_chain_of_deep_paths",
         deep_symlink_chain(false),
@@ -851,6 +899,7 @@ fn stored_targets(case: &str) -> Vec<(&'static str, &'static str)> {
         "symlink_to_etc_shadow" => vec![("shadow", "/etc/shadow")],
         "symlink_dotdot_out_of_the_image" => vec![("d/up", "../../../etc/passwd")],
         "symlink_loop" => vec![("a", "b"), ("b", "a")],
+        "symlink_targets_empty_and_with_nul" => vec![("empty", "")],
         "real_rockridge_symlink_component_with_slashes" => {
             vec![("link-to-plain", "../../../"), ("link-to-tools", "tools")]
         }
@@ -1017,8 +1066,10 @@ fn check_listing(case: &str, json: &[u8]) {
             "{case}: {path} listed twice"
         );
         if e["type"] == "symlink" {
+            // Null only where the reader refused the stored target.
             assert!(
-                e["target"].is_string(),
+                e["target"].is_string()
+                    || (case == "symlink_targets_empty_and_with_nul" && e["target"].is_null()),
                 "{case}: symlink {path} without its target"
             );
         }
@@ -1142,15 +1193,31 @@ fn walk_mount(
             }
         };
         let ft = meta.file_type();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o6000,
+            0,
+            "{case}: set-id bit on {}",
+            path.display()
+        );
         if ft.is_symlink() {
-            // Shown as stored; isomgr never resolves it; O_NOFOLLOW refuses it.
-            let target = fs::read_link(&path).expect("readlink of a listed symlink");
+            // Shown as stored (or not at all when the reader refused the target); isomgr never
+            // resolves it; O_NOFOLLOW refuses it.
             let rel = path.strip_prefix(mnt.join(case)).expect("under the medium");
             let stored = image
                 .lookup(&format!("/{}", rel.display()))
-                .ok()
-                .and_then(|e| e.target)
-                .expect("the reader's target");
+                .expect("the reader's entry")
+                .target;
+            let Some(stored) = stored else {
+                let e = fs::read_link(&path).expect_err("a refused target is not shown");
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(libc::EIO),
+                    "{case}: {}",
+                    path.display()
+                );
+                continue;
+            };
+            let target = fs::read_link(&path).expect("readlink of a listed symlink");
             assert_eq!(
                 target.as_os_str(),
                 stored,
