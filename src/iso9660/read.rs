@@ -24,6 +24,11 @@ use super::susp::{parse_system_use, RockRidge, SuspError};
 /// Largest directory accepted (a directory of 100,000 entries with long Rock Ridge names is
 /// about 20 MiB).
 pub const MAX_DIR_BYTES: u64 = 64 * 1024 * 1024;
+/// Continuation-area bytes one directory read may fetch, per byte of the directory: a real
+/// record carries at most a few KiB there (a 4 KiB symlink target) for its 100 or so bytes; a
+/// hostile one points 64 KiB of chained areas at a 62-byte record, and every record at the same
+/// chain, to make reading a directory a thousand times its size.
+pub const MAX_CE_BYTES_PER_DIR_BYTE: u64 = 64;
 /// Deepest directory nesting followed by walks and lookups.
 pub const MAX_DIR_DEPTH: usize = 1024;
 /// Most extents one file may have (a 1 TiB file needs 256 multi-extent records).
@@ -557,6 +562,7 @@ impl<R: ReadAt> Image<R> {
         };
         let data = self.read_extent("directory", ext, MAX_DIR_BYTES)?;
         let dir_sector = ext.start / SECTOR_SIZE;
+        let mut ce_budget = (data.len() as u64).saturating_mul(MAX_CE_BYTES_PER_DIR_BYTE);
         let mut out: Vec<Entry> = Vec::new();
         // A multi-extent file being assembled: its identifier and the entry so far.
         let mut pending: Option<(Vec<u8>, Entry)> = None;
@@ -569,6 +575,12 @@ impl<R: ReadAt> Image<R> {
             let rr = match self.rr_skip {
                 Some(skip) => Some(
                     parse_system_use(rec.system_use.get(skip..).unwrap_or_default(), |ce| {
+                        ce_budget = ce_budget.checked_sub(u64::from(ce.len)).ok_or_else(|| {
+                            format!(
+                                "continuation areas of this directory exceed {MAX_CE_BYTES_PER_DIR_BYTE} times its {} bytes",
+                                data.len()
+                            )
+                        })?;
                         fetch_ce(&self.src, ce, self.info.image_size)
                     })
                     .map_err(|e| susp_error(sector, offset, e))?,
