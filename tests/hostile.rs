@@ -328,6 +328,57 @@ fn put32(img: &mut [u8], at: usize, v: u32) {
     img[at..at + 8].copy_from_slice(&both32(v));
 }
 
+/// Directory /d of 16 sectors whose 440 records all point at the same chain of 16
+/// continuation areas (32 KiB each, 256 times the record), so reading 32 KiB of directory
+/// would parse 14 MiB.
+fn ce_amplifier() -> Iso {
+    const DIR_AT: u32 = 60;
+    const DIR_SECTORS: u32 = 16;
+    const CHAIN_AT: u32 = DIR_AT + DIR_SECTORS;
+    const CHAIN: u32 = 16;
+    let mut iso = Iso::new(true);
+    for i in 0..CHAIN {
+        let mut area = Vec::new();
+        if i + 1 < CHAIN {
+            area.extend(ce(CHAIN_AT + i + 1, 0, S as u32));
+        }
+        while area.len() + 255 <= S {
+            area.extend(su(b"PD", &[0u8; 251]));
+        }
+        area.resize(S, 0);
+        iso.put(CHAIN_AT + i, 0, &area);
+    }
+    let len = DIR_SECTORS * S as u32;
+    let mut sector = [
+        record(&[0], DIR_AT, len, DIR, &px(0o040755)),
+        record(&[1], ROOT, S as u32, DIR, &[]),
+    ]
+    .concat();
+    let mut at = DIR_AT;
+    for n in 0..440 {
+        let rec = record(
+            format!("F{n:05}").as_bytes(),
+            DATA,
+            0,
+            FILE,
+            &ce(CHAIN_AT, 0, S as u32),
+        );
+        if sector.len() + rec.len() > S {
+            sector.resize(S, 0);
+            iso.put(at, 0, &sector);
+            at += 1;
+            sector.clear();
+        }
+        sector.extend(rec);
+    }
+    assert!(at < CHAIN_AT);
+    sector.resize(S, 0);
+    iso.put(at, 0, &sector);
+    let area = [nm(0, b"d"), px(0o040755)].concat();
+    iso.dir(ROOT, ROOT, &[record(b"D", DIR_AT, len, DIR, &area)]);
+    iso
+}
+
 fn long_name_case() -> Iso {
     // 100 bytes in the record, 100 + 100 in a continuation area: 300 bytes in all. The name
     // is refused and the record falls back to its ISO9660 name.
@@ -495,6 +546,14 @@ fn cases() -> Vec<Case> {
         iso,
         Refused,
         "continuation area",
+        None,
+    ));
+
+    out.push(case(
+        "ce_chain_shared_by_every_record",
+        ce_amplifier(),
+        Refused,
+        "continuation areas of this directory exceed",
         None,
     ));
 
