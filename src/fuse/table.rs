@@ -217,7 +217,6 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let top_ino = self.alloc_ino();
-        let dirs = top.dir_key().into_iter().collect();
         self.nodes.insert(
             top_ino,
             Box::new(Node {
@@ -236,7 +235,7 @@ impl<M: Clone, E: NodeData> Table<M, E> {
                 image: Some(image),
                 top: top_ino,
                 nodes: 1,
-                dirs,
+                dirs: HashSet::new(),
             },
         );
         self.names.insert(name.to_owned(), id);
@@ -346,6 +345,10 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         let mut skipped = 0;
         let mut kept: Vec<E> = Vec::with_capacity(entries.len());
         if let Some(m) = self.media.get_mut(&medium) {
+            // The directory itself (already claimed, unless it is the top one).
+            if let Some(k) = self.nodes.get(&dir).and_then(|n| n.entry.dir_key()) {
+                m.dirs.insert(k);
+            }
             let mut seen = HashSet::with_capacity(entries.len());
             for entry in entries {
                 let name = entry.name();
