@@ -10,12 +10,19 @@ fuzz_target!(|data: &[u8]| {
     let _ = probe(&data);
     let Ok(img) = Image::open(data) else { return };
     let mut entries: Vec<Entry> = Vec::new();
-    let _ = img.walk(&img.root(), "/", |_, e| {
+    let mut links: Vec<String> = Vec::new();
+    let _ = img.walk(&img.root(), "/", |p, e| {
         if entries.len() < 10_000 {
             entries.push(e.clone());
         }
+        if e.kind == Kind::Symlink && links.len() < 8 {
+            links.push(p.to_owned());
+        }
         Ok(())
     });
+    for p in &links {
+        let _ = img.lookup_follow(p);
+    }
     let mut buf = vec![0u8; 4096];
     for e in &entries {
         if e.kind == Kind::File {

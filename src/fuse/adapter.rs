@@ -45,6 +45,9 @@ impl NodeData for Entry {
     fn kind(&self) -> Kind {
         self.kind
     }
+    fn dir_key(&self) -> Option<u64> {
+        self.dir_sector().filter(|_| self.size > 0)
+    }
 }
 
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,7 +165,7 @@ impl Adapter {
                     let medium = table
                         .medium_of(need.dir)
                         .and_then(|(_, n)| n.map(str::to_owned));
-                    warn!(medium = ?medium, dir = ?need.entry.name, skipped, "left out entries with unusable or duplicate names");
+                    warn!(medium = ?medium, dir = ?need.entry.name, skipped, "left out entries with unusable or duplicate names, or directories listed elsewhere");
                 }
                 Ok(())
             }

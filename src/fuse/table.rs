@@ -33,6 +33,11 @@ pub const MAX_NAME_LEN: usize = 255;
 pub trait NodeData: Clone {
     fn name(&self) -> &OsStr;
     fn kind(&self) -> Kind;
+    /// For a directory with entries, what identifies its contents in the medium (where its
+    /// records start): two nodes with the same key list the same entries.
+    fn dir_key(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Identity of one medium for its whole life in the table; doubles as the FUSE generation of its
@@ -117,6 +122,9 @@ struct Medium<M> {
     image: Option<M>,
     top: u64,
     nodes: usize,
+    /// Keys of the directories indexed or listed so far ([`NodeData::dir_key`]): each directory
+    /// of the image appears once in the tree, however many records point at it.
+    dirs: HashSet<u64>,
 }
 
 #[derive(Debug)]
@@ -227,6 +235,7 @@ impl<M: Clone, E: NodeData> Table<M, E> {
                 image: Some(image),
                 top: top_ino,
                 nodes: 1,
+                dirs: HashSet::new(),
             },
         );
         self.names.insert(name.to_owned(), id);
@@ -316,10 +325,13 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         }))
     }
 
-    /// Indexes directory `dir` once. Entries whose name could not be a directory entry, and
-    /// later duplicates of a name, are left out so lookup and readdir agree. Ignored when the
-    /// directory is gone, already indexed, or its medium was removed meanwhile.
-    /// Returns how many entries were left out.
+    /// Indexes directory `dir` once. Entries whose name could not be a directory entry, later
+    /// duplicates of a name, and directories already listed elsewhere in the medium are left
+    /// out so lookup and readdir agree. The last rule keeps a hostile image's directory that
+    /// contains itself or an ancestor from showing as an endless tree, and one listed by many
+    /// parents from multiplying it (a real image lists each directory once). Ignored when the
+    /// directory is gone, already indexed, or its medium was removed meanwhile. Returns how
+    /// many entries were left out.
     pub fn install_children(&mut self, dir: u64, medium: MediumId, entries: Vec<E>) -> usize {
         let present = self.media.get(&medium).is_some_and(|m| m.image.is_some());
         let wanted = present
@@ -332,11 +344,20 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         }
         let mut skipped = 0;
         let mut kept: Vec<E> = Vec::with_capacity(entries.len());
-        {
+        if let Some(m) = self.media.get_mut(&medium) {
+            // The directory itself (already claimed, unless it is the top one).
+            if let Some(k) = self.nodes.get(&dir).and_then(|n| n.entry.dir_key()) {
+                m.dirs.insert(k);
+            }
             let mut seen = HashSet::with_capacity(entries.len());
             for entry in entries {
                 let name = entry.name();
-                if !valid_name(name.as_bytes()) || !seen.insert(name.to_owned()) {
+                let usable = valid_name(name.as_bytes()) && seen.insert(name.to_owned());
+                // Only a kept entry claims its directory.
+                let listed_elsewhere = usable
+                    && entry.kind() == Kind::Dir
+                    && entry.dir_key().is_some_and(|k| !m.dirs.insert(k));
+                if !usable || listed_elsewhere {
                     skipped += 1;
                     continue;
                 }
@@ -561,6 +582,7 @@ mod tests {
     struct Fake {
         name: OsString,
         kind: Kind,
+        key: Option<u64>,
     }
     impl NodeData for Fake {
         fn name(&self) -> &OsStr {
@@ -569,17 +591,28 @@ mod tests {
         fn kind(&self) -> Kind {
             self.kind
         }
+        fn dir_key(&self) -> Option<u64> {
+            self.key
+        }
     }
     fn dir(name: &str) -> Fake {
         Fake {
             name: name.into(),
             kind: Kind::Dir,
+            key: None,
+        }
+    }
+    fn dir_at(name: &str, key: u64) -> Fake {
+        Fake {
+            key: Some(key),
+            ..dir(name)
         }
     }
     fn file(name: &str) -> Fake {
         Fake {
             name: name.into(),
             kind: Kind::File,
+            key: None,
         }
     }
     type Img = Arc<&'static str>;
@@ -733,6 +766,47 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_listed_twice_in_a_medium_is_left_out_the_second_time() {
+        let mut tb = table();
+        tb.add("m", Arc::new("I"), dir_at("", 20), t(1)).unwrap();
+        let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
+        let a = walk(
+            &mut tb,
+            top.ino,
+            "a",
+            &[dir_at("a", 21), dir_at("top", 20), dir_at("c", 30)],
+        );
+        assert_eq!(
+            rows(tb.readdir(top.ino, 2, 100)),
+            [(3, "a".to_owned()), (4, "c".to_owned())]
+        );
+        let skipped = tb.install_children(
+            a.ino,
+            MediumId(1),
+            vec![
+                dir_at("self", 21),
+                dir_at("up", 20),
+                dir_at("b", 22),
+                dir("e"),
+            ],
+        );
+        assert_eq!(skipped, 2);
+        assert_eq!(
+            rows(tb.readdir(a.ino, 2, 100)),
+            [(3, "b".to_owned()), (4, "e".to_owned())]
+        );
+        // Not a loop, but listed already: one directory shows once, however many records
+        // point at it.
+        let b = found(tb.lookup(a.ino, OsStr::new("b")));
+        let skipped = tb.install_children(
+            b.ino,
+            MediumId(1),
+            vec![dir_at("alias_of_c", 30), dir_at("new", 31), file("f")],
+        );
+        assert_eq!(skipped, 1);
+    }
+
+    #[test]
     fn inode_numbers_are_never_reused() {
         let mut tb = table();
         let mut seen = std::collections::HashSet::new();
@@ -832,6 +906,7 @@ mod tests {
             Fake {
                 name: "l".into(),
                 kind: Kind::Symlink,
+                key: None,
             },
         ];
         let d = walk(&mut tb, top.ino, "d", &listing);

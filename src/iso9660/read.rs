@@ -6,7 +6,7 @@
 //! constants below and by the image size; directory loops are errors.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
@@ -24,12 +24,22 @@ use super::susp::{parse_system_use, RockRidge, SuspError};
 /// Largest directory accepted (a directory of 100,000 entries with long Rock Ridge names is
 /// about 20 MiB).
 pub const MAX_DIR_BYTES: u64 = 64 * 1024 * 1024;
+/// Continuation-area bytes one directory read may fetch, per byte of the directory: a real
+/// record carries at most a few KiB there (a 4 KiB symlink target) for its 100 or so bytes; a
+/// hostile one points 64 KiB of chained areas at a 62-byte record, and every record at the same
+/// chain, to make reading a directory a thousand times its size.
+pub const MAX_CE_BYTES_PER_DIR_BYTE: u64 = 64;
 /// Deepest directory nesting followed by walks and lookups.
 pub const MAX_DIR_DEPTH: usize = 1024;
 /// Most extents one file may have (a 1 TiB file needs 256 multi-extent records).
 pub const MAX_EXTENTS: usize = 65_536;
 /// Symlinks followed by [`Image::lookup_follow`] before giving up (as Linux's ELOOP).
 pub const MAX_SYMLINK_HOPS: usize = 40;
+/// Path components [`Image::lookup_follow`] resolves in all, over all its symlink hops: as
+/// many as the deepest path. Each may cost a directory read (a lookup keeps the listings it
+/// read only up to a cap), and 40 hops of 1,024-component targets would otherwise be 40,000.
+/// Real paths through real links take a few dozen.
+pub const MAX_FOLLOW_COMPONENTS: usize = MAX_DIR_DEPTH;
 
 /// Which names the chosen directory tree shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -101,7 +111,7 @@ impl Kind {
 }
 
 /// A contiguous run of an entry's bytes in the image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Extent {
     start: u64,
     len: u64,
@@ -552,6 +562,7 @@ impl<R: ReadAt> Image<R> {
         };
         let data = self.read_extent("directory", ext, MAX_DIR_BYTES)?;
         let dir_sector = ext.start / SECTOR_SIZE;
+        let mut ce_budget = (data.len() as u64).saturating_mul(MAX_CE_BYTES_PER_DIR_BYTE);
         let mut out: Vec<Entry> = Vec::new();
         // A multi-extent file being assembled: its identifier and the entry so far.
         let mut pending: Option<(Vec<u8>, Entry)> = None;
@@ -564,6 +575,12 @@ impl<R: ReadAt> Image<R> {
             let rr = match self.rr_skip {
                 Some(skip) => Some(
                     parse_system_use(rec.system_use.get(skip..).unwrap_or_default(), |ce| {
+                        ce_budget = ce_budget.checked_sub(u64::from(ce.len)).ok_or_else(|| {
+                            format!(
+                                "continuation areas of this directory exceed {MAX_CE_BYTES_PER_DIR_BYTE} times its {} bytes",
+                                data.len()
+                            )
+                        })?;
                         fetch_ce(&self.src, ce, self.info.image_size)
                     })
                     .map_err(|e| susp_error(sector, offset, e))?,
@@ -759,53 +776,94 @@ impl<R: ReadAt> Image<R> {
     pub fn lookup(&self, path: &str) -> Result<Entry> {
         let mut cur = self.root.clone();
         let mut walked = String::new();
+        let mut seen = Listings::default();
         for (depth, comp) in path
             .split('/')
             .filter(|c| !c.is_empty() && *c != ".")
             .enumerate()
         {
-            if depth >= MAX_DIR_DEPTH {
-                return Err(Error::Limit {
-                    what: "path depth",
-                    value: depth as u64,
-                    limit: MAX_DIR_DEPTH as u64,
-                });
-            }
-            if cur.kind != Kind::Dir {
-                return Err(Error::NotADirectory {
-                    path: if walked.is_empty() {
-                        "/".into()
-                    } else {
-                        walked
-                    },
-                });
-            }
+            cur = self.child(&cur, &walked, comp, depth, &mut seen)?;
             walked.push('/');
             walked.push_str(comp);
-            cur = self
-                .read_dir(&cur)?
-                .into_iter()
-                .find(|e| e.name.as_bytes() == comp.as_bytes())
-                .ok_or_else(|| Error::NotFound {
-                    path: walked.clone(),
-                })?;
         }
         Ok(cur)
     }
 
+    /// The entry `name` of directory `dir`, which is `depth` levels below the root at
+    /// `dir_path` ("" for the root). `seen` keeps the listings read so far, so a path through
+    /// the same directories again and again (a hostile image's loops) reads each once.
+    fn child(
+        &self,
+        dir: &Entry,
+        dir_path: &str,
+        name: &str,
+        depth: usize,
+        seen: &mut Listings,
+    ) -> Result<Entry> {
+        if depth >= MAX_DIR_DEPTH {
+            return Err(Error::Limit {
+                what: "path depth",
+                value: depth as u64,
+                limit: MAX_DIR_DEPTH as u64,
+            });
+        }
+        if dir.kind != Kind::Dir {
+            return Err(Error::NotADirectory {
+                path: if dir_path.is_empty() {
+                    "/".into()
+                } else {
+                    dir_path.to_owned()
+                },
+            });
+        }
+        // What read_dir lists depends on the extent and on whether it is the root's.
+        let key = (dir.extents.first().copied(), dir.id == self.root.id);
+        let find = |entries: &[Entry]| {
+            entries
+                .iter()
+                .find(|e| e.name.as_bytes() == name.as_bytes())
+                .cloned()
+        };
+        let found = match seen.map.get(&key) {
+            Some(entries) => find(entries),
+            None => {
+                let entries = self.read_dir(dir)?;
+                let found = find(&entries);
+                seen.keep(key, entries);
+                found
+            }
+        };
+        found.ok_or_else(|| Error::NotFound {
+            path: format!("{dir_path}/{name}"),
+        })
+    }
+
     /// Looks a path up following symlinks inside the image, as `cat` needs. Absolute targets
-    /// resolve from the image root; a target can never leave the image.
+    /// resolve from the image root; a target can never leave the image. Each hop walks its
+    /// path once, from the root; all hops together resolve at most [`MAX_FOLLOW_COMPONENTS`].
     pub fn lookup_follow(&self, path: &str) -> Result<Entry> {
         let mut path = path.to_owned();
+        let mut resolved = 0usize;
+        let mut seen = Listings::default();
         for _ in 0..MAX_SYMLINK_HOPS {
             // Resolve component by component so links in the middle are followed too.
-            let mut cur_path = String::from("/");
-            let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+            let comps: Vec<&str> = path
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect();
+            let mut walked = String::new();
             let mut next: Option<String> = None;
             let mut cur = self.root.clone();
             for (i, comp) in comps.iter().enumerate() {
-                let joined = join_path(&cur_path, comp);
-                cur = self.lookup(&joined)?;
+                resolved += 1;
+                if resolved > MAX_FOLLOW_COMPONENTS {
+                    return Err(Error::Limit {
+                        what: "path components resolved following symlinks",
+                        value: resolved as u64,
+                        limit: MAX_FOLLOW_COMPONENTS as u64,
+                    });
+                }
+                cur = self.child(&cur, &walked, comp, i, &mut seen)?;
                 if cur.kind == Kind::Symlink {
                     let target = cur
                         .target
@@ -813,15 +871,16 @@ impl<R: ReadAt> Image<R> {
                         .map(|t| t.to_string_lossy().into_owned());
                     let target = target.unwrap_or_default();
                     let base = if target.starts_with('/') {
-                        String::new()
+                        ""
                     } else {
-                        cur_path.clone()
+                        walked.as_str()
                     };
                     let rest = comps.get(i + 1..).unwrap_or_default().join("/");
                     next = Some(normalize(&format!("{base}/{target}/{rest}")));
                     break;
                 }
-                cur_path = joined;
+                walked.push('/');
+                walked.push_str(comp);
             }
             match next {
                 Some(p) => path = p,
@@ -921,6 +980,35 @@ impl<R: ReadAt> Image<R> {
             }
         }
         Ok(())
+    }
+}
+
+/// Most bytes of directory listings one lookup keeps (about 50,000 entries with short names).
+const MAX_LISTINGS_BYTES: usize = 16 << 20;
+
+/// The directory listings one lookup has read, by what identifies a listing (the extent, and
+/// whether it is the root's), up to [`MAX_LISTINGS_BYTES`]; listings past that are not kept.
+#[derive(Default)]
+struct Listings {
+    map: HashMap<(Option<Extent>, bool), Vec<Entry>>,
+    bytes: usize,
+}
+
+impl Listings {
+    fn keep(&mut self, key: (Option<Extent>, bool), entries: Vec<Entry>) {
+        let bytes: usize = entries
+            .iter()
+            .map(|e| {
+                std::mem::size_of::<Entry>()
+                    + e.name.len()
+                    + e.target.as_ref().map_or(0, |t| t.len())
+                    + e.extents.len() * std::mem::size_of::<Extent>()
+            })
+            .sum();
+        if self.bytes + bytes <= MAX_LISTINGS_BYTES {
+            self.bytes += bytes;
+            self.map.insert(key, entries);
+        }
     }
 }
 

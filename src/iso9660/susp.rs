@@ -119,6 +119,9 @@ pub fn parse_system_use(
     if acc.sl_seen {
         if acc.sl.len() > MAX_TARGET_LEN {
             acc.rr.refused = Some("symlink target longer than 4096 bytes");
+        } else if acc.sl.contains(&0) {
+            // readlink(2) ends a target at its first NUL: what it showed would not be the target.
+            acc.rr.refused = Some("symlink target with a NUL byte");
         } else {
             acc.rr.target = Some(acc.sl);
         }
@@ -381,6 +384,13 @@ mod tests {
         let rr = parse_system_use(&area, no_ce).unwrap();
         assert_eq!(rr.name.as_deref(), Some(&b"ok"[..]));
         assert_eq!(rr.mode, None);
+    }
+
+    #[test]
+    fn refuses_symlink_targets_with_a_nul_byte() {
+        let rr = parse_system_use(&e(b"SL", b"\x00\x00\x03a\x00b"), no_ce).unwrap();
+        assert_eq!(rr.target, None);
+        assert_eq!(rr.refused, Some("symlink target with a NUL byte"));
     }
 
     #[test]
