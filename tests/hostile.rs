@@ -28,6 +28,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use isomgr::fuse::reopen::FdPool;
 use isomgr::fuse::FuseDriver;
 use isomgr::iso9660::{Entry, Error, Image, Kind};
 
@@ -1463,11 +1464,15 @@ fn hostile_images_through_the_fuse_mount_stay_inside_it() {
     };
     let mnt = mounted.root.clone();
     let mut opened = Vec::new();
+    let pool = FdPool::new(usize::MAX);
     for c in cases() {
         let path = tmp.path().join(format!("{}.iso", c.name));
         fs::write(&path, &c.image).expect("writing the image");
         // Images the reader cannot open at all are not served; every case here opens.
-        let image = Image::open(File::open(&path).expect("image")).expect("opening the image");
+        let file = pool
+            .adopt(File::open(&path).expect("image"), &path)
+            .expect("inspecting the image");
+        let image = Image::open(file).expect("opening the image");
         mounted
             .driver
             .as_ref()
