@@ -18,7 +18,7 @@ use crate::exec::kernel::kernel_usable;
 use crate::exec::{Executor, FuseExecutor, KernelExecutor};
 use crate::fuse::FuseDriver;
 use crate::hooks::{HookConfig, HookEvent, HookMedium, Hooks};
-use crate::manager::{Action, Manager, Phase, StateFile};
+use crate::manager::{save_json, Action, Manager, Phase, StateDoc, StateFile};
 use crate::notify::{Readiness, ServiceManager};
 use crate::source::dirs::{DirsConfig, DirsSource};
 use crate::source::drives::{DrivesConfig, DrivesSource};
@@ -211,17 +211,17 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(root = %root.display(), ?dirs, drives = drives_on, any_block = cfg.drives.as_ref().is_some_and(|d| d.cfg.any_block), "watching");
 
     let save = |manager: &Manager| {
-        let doc = StateFile {
-            root: root.clone(),
-            driver: driver_name.into(),
+        let doc = StateDoc {
+            root: &root,
+            driver: driver_name,
             pid: std::process::id(),
-            media: manager.records(),
+            media: manager.record_refs(),
         };
-        if let Err(e) = doc.save(&cfg.state) {
+        if let Err(e) = save_json(&doc, &cfg.state) {
             tracing::error!(state = %cfg.state.display(), error = %e, "writing the state file");
         }
         if let Some(index) = &cfg.index_file {
-            if let Err(e) = doc.save(index) {
+            if let Err(e) = save_json(&doc, index) {
                 tracing::error!(index = %index.display(), error = %e, "writing the index file");
             }
         }

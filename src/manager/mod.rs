@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use crate::event::{Event, Medium, MediumId, SourceKind};
 use crate::names;
 
-pub use state::{MediumRecord, StateFile};
+pub use state::{save_json, MediumRecord, RecordRef, StateDoc, StateFile};
 
 /// What the executor must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -280,26 +280,31 @@ impl Manager {
             .map(|(id, _)| id)
     }
 
-    /// What is served, for the state file, `status` and the index file: published media only.
+    /// What is served, for the state file, `status` and the index file: published media only,
+    /// by name.
     pub fn records(&self) -> Vec<MediumRecord> {
-        let mut out: Vec<MediumRecord> = self
+        self.record_refs().iter().map(RecordRef::to_owned).collect()
+    }
+
+    /// [`Self::records`], borrowed (what the daemon writes).
+    pub fn record_refs(&self) -> Vec<RecordRef<'_>> {
+        let mut out: Vec<RecordRef<'_>> = self
             .media
             .values()
             .filter_map(|k| match (&k.name, &k.phase) {
-                (Some(name), Phase::Published { since, loop_device }) => Some(MediumRecord {
-                    id: k.medium.id.clone(),
-                    name: name.clone(),
-                    label: k.medium.label.clone(),
+                (Some(name), Phase::Published { since, loop_device }) => Some(RecordRef {
+                    id: &k.medium.id,
+                    name,
+                    label: k.medium.label.as_deref(),
                     source: k.medium.source,
-                    origin: k.medium.origin.clone(),
-                    mounted_at: state::rfc3339(*since),
-                    mounted_at_unix: *since,
-                    loop_device: loop_device.as_ref().map(|p| p.display().to_string()),
+                    origin: &k.medium.origin,
+                    since: *since,
+                    loop_device: loop_device.as_deref(),
                 }),
                 _ => None,
             })
             .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.sort_by(|a, b| a.name.cmp(b.name));
         out
     }
 }

@@ -48,27 +48,86 @@ impl StateFile {
         }
     }
 
-    /// Writes the document atomically: a temporary file in the same directory, fsync, rename.
-    /// Readers see the old document or the new one, never a mix.
+    /// Writes the document atomically (see [`save_json`]).
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-            std::process::id()
-        ));
-        // Streamed: with thousands of media the document is megabytes; no copy of it is kept.
-        let mut w = io::BufWriter::new(std::fs::File::create(&tmp)?);
-        serde_json::to_writer_pretty(&mut w, self).map_err(io::Error::other)?;
-        w.write_all(b"\n")?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        crate::crashpoint::reached("before-state-rename");
-        std::fs::rename(&tmp, path)?;
-        crate::crashpoint::reached("after-state-rename");
-        Ok(())
+        save_json(self, path)
     }
+}
+
+/// The document as the daemon writes it, borrowed from the manager: with thousands of media a
+/// copy of every record would be megabytes allocated and freed on each save (and the freed
+/// small pieces fragment the heap).
+#[derive(Serialize)]
+pub struct StateDoc<'a> {
+    pub root: &'a Path,
+    pub driver: &'a str,
+    pub pid: u32,
+    pub media: Vec<RecordRef<'a>>,
+}
+
+/// One served medium, borrowed; serialized exactly as [`MediumRecord`].
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRef<'a> {
+    pub name: &'a str,
+    pub label: Option<&'a str>,
+    pub source: SourceKind,
+    pub origin: &'a Path,
+    pub since: i64,
+    pub loop_device: Option<&'a Path>,
+    pub id: &'a MediumId,
+}
+
+impl RecordRef<'_> {
+    pub fn to_owned(&self) -> MediumRecord {
+        MediumRecord {
+            name: self.name.to_owned(),
+            label: self.label.map(str::to_owned),
+            source: self.source,
+            origin: self.origin.to_path_buf(),
+            mounted_at: rfc3339(self.since),
+            loop_device: self.loop_device.map(|p| p.display().to_string()),
+            id: self.id.clone(),
+            mounted_at_unix: self.since,
+        }
+    }
+}
+
+impl Serialize for RecordRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("MediumRecord", 8)?;
+        st.serialize_field("name", self.name)?;
+        st.serialize_field("label", &self.label)?;
+        st.serialize_field("source", &self.source)?;
+        st.serialize_field("origin", self.origin)?;
+        st.serialize_field("mounted_at", &rfc3339(self.since))?;
+        st.serialize_field("loop", &self.loop_device.map(|p| p.display().to_string()))?;
+        st.serialize_field("id", self.id)?;
+        st.serialize_field("mounted_at_unix", &self.since)?;
+        st.end()
+    }
+}
+
+/// Writes a document atomically: a temporary file in the same directory, fsync, rename.
+/// Readers see the old document or the new one, never a mix.
+pub fn save_json(doc: &impl Serialize, path: &Path) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id()
+    ));
+    // Streamed: with thousands of media the document is megabytes; no copy of it is kept.
+    let mut w = io::BufWriter::new(std::fs::File::create(&tmp)?);
+    serde_json::to_writer_pretty(&mut w, doc).map_err(io::Error::other)?;
+    w.write_all(b"\n")?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    crate::crashpoint::reached("before-state-rename");
+    std::fs::rename(&tmp, path)?;
+    crate::crashpoint::reached("after-state-rename");
+    Ok(())
 }
 
 /// RFC 3339 in UTC ("2026-11-22T03:38:00Z") for Unix seconds.

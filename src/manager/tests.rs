@@ -546,3 +546,32 @@ fn a_disc_still_in_its_drive_after_a_restart_keeps_its_name() {
     assert_eq!(m2.name_of(&id("drive:/dev/sr0:5")), Some("D"));
     assert_eq!(m2.name_of(&id("drive:/dev/sr1:8")), Some("D-2"));
 }
+
+#[test]
+fn the_borrowed_state_document_is_the_owned_one_byte_for_byte() {
+    let mut m = Manager::new(&[]);
+    run(
+        &mut m,
+        vec![
+            Event::Appeared(medium("file:1:2", Some("Rocky 9"), "/drop/r.iso")),
+            Event::Appeared(medium("file:1:3", None, "/drop/x y.iso")),
+        ],
+    );
+    let owned = StateFile {
+        root: "/srv/isos".into(),
+        driver: "fuse".into(),
+        pid: 7,
+        media: m.records(),
+    };
+    let borrowed = StateDoc {
+        root: std::path::Path::new("/srv/isos"),
+        driver: "fuse",
+        pid: 7,
+        media: m.record_refs(),
+    };
+    assert_eq!(owned.media.len(), 2);
+    assert_eq!(
+        serde_json::to_string_pretty(&owned).unwrap(),
+        serde_json::to_string_pretty(&borrowed).unwrap()
+    );
+}
