@@ -24,7 +24,10 @@ for t in "${TARGETS[@]}"; do
         result=FAIL
         failed=1
     fi
-    figures=$(grep -E '^[a-z-]+: ' "$out/$t.log" | grep -v 'ISOMGR_SEED=' | paste -sd ';' -)
+    # A figure line starts with the target's name; with --nocapture it may follow the
+    # harness's "test NAME ... " on the same line.
+    figures=$(grep -oE "(^|[. ])$t(-[a-z]+)?: .*" "$out/$t.log" | sed -E 's/^[. ]//' |
+        grep -v 'ISOMGR_SEED=' | paste -sd ';' -)
     rows+=("$t|${figures:-(no figure line)}|$result")
     if [[ $result == FAIL ]]; then
         echo "--- $t failed; last lines of its output:" >&2

@@ -614,10 +614,21 @@ fn a_crash_at_each_step_is_cleaned_up_by_the_next_start() {
             // ones during the remove/re-add cycles.
             let nth = 1 + rng.below(6 + 2 * round as u64);
             let killed = run_child(&base, Some(&format!("{step}:{nth}")), 3);
-            // The names to keep: what the state file said when the process died.
-            let before = state(&base.join("state.json"))
+            // The names to keep: what was served when the process died. The state file can
+            // lag by up to one write; the journal records every mount point made since.
+            let mut before = state(&base.join("state.json"))
                 .map(|d| names_by_id(&d))
                 .unwrap_or_default();
+            let journal = fs::read(journal_path(&base.join("state.json"))).unwrap_or_default();
+            for made in isomgr::exec::kernel::journal::replay(&journal).into_values() {
+                before.retain(|_, name| *name != made.name);
+                before.insert(made.id.as_str().to_owned(), made.name);
+            }
+            // Served means mounted: a medium killed half-published (directory made, not yet
+            // mounted) or half-removed (unmounted, directory not yet gone) was not served, and
+            // the next start may give it another name.
+            let mounted: BTreeSet<PathBuf> = mounts(&root).into_iter().map(|m| m.0).collect();
+            before.retain(|_, name| mounted.contains(&root.join(name.as_str())));
             if killed {
                 t.kills += 1;
                 *by_step.entry(step).or_insert(0) += 1;

@@ -123,8 +123,10 @@ struct Medium<M> {
     top: u64,
     nodes: usize,
     /// Keys of the directories indexed or listed so far ([`NodeData::dir_key`]): each directory
-    /// of the image appears once in the tree, however many records point at it.
-    dirs: HashSet<u64>,
+    /// of the image appears once in the tree, however many records point at it. Sorted; a
+    /// vector, not a set: most media are browsed a few directories deep, and 10,000 media each
+    /// with an empty set would cost half a megabyte.
+    dirs: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -166,6 +168,17 @@ pub struct Table<M, E> {
     /// Boxed: the table is sized for every node the kernel knows (a power of two, often
     /// twice the count), so slots stay small and the nodes themselves are allocated once.
     nodes: HashMap<u64, Box<Node<E>>>,
+}
+
+/// Adds `key` to the sorted `keys`; false when it was there already.
+fn claim(keys: &mut Vec<u64>, key: u64) -> bool {
+    match keys.binary_search(&key) {
+        Ok(_) => false,
+        Err(i) => {
+            keys.insert(i, key);
+            true
+        }
+    }
 }
 
 /// A name the kernel could show as one directory entry of the root or of a directory.
@@ -235,7 +248,7 @@ impl<M: Clone, E: NodeData> Table<M, E> {
                 image: Some(image),
                 top: top_ino,
                 nodes: 1,
-                dirs: HashSet::new(),
+                dirs: Vec::new(),
             },
         );
         self.names.insert(name.to_owned(), id);
@@ -347,7 +360,7 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         if let Some(m) = self.media.get_mut(&medium) {
             // The directory itself (already claimed, unless it is the top one).
             if let Some(k) = self.nodes.get(&dir).and_then(|n| n.entry.dir_key()) {
-                m.dirs.insert(k);
+                claim(&mut m.dirs, k);
             }
             let mut seen = HashSet::with_capacity(entries.len());
             for entry in entries {
@@ -356,7 +369,7 @@ impl<M: Clone, E: NodeData> Table<M, E> {
                 // Only a kept entry claims its directory.
                 let listed_elsewhere = usable
                     && entry.kind() == Kind::Dir
-                    && entry.dir_key().is_some_and(|k| !m.dirs.insert(k));
+                    && entry.dir_key().is_some_and(|k| !claim(&mut m.dirs, k));
                 if !usable || listed_elsewhere {
                     skipped += 1;
                     continue;
