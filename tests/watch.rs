@@ -13,286 +13,24 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
-/// How long any one condition may take to come true.
-const DEADLINE: Duration = Duration::from_secs(10);
-/// Between two looks at a condition.
-const POLL: Duration = Duration::from_millis(10);
+use common::watcher::{is_fuse_mount, wait_for, Env, Watcher};
 
 /// Whether this host can run the watcher; under CI=true a missing piece is a failure.
 fn can_run(test: &str) -> bool {
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let fuse = Path::new("/dev/fuse").exists();
-    if !(root && fuse) {
-        let why = format!("{test}: needs root ({root}) and /dev/fuse ({fuse})");
-        assert!(!common::in_ci(), "{why}");
-        eprintln!("SKIPPED {why}");
-        return false;
-    }
-    common::have_tool("genisoimage")
+    common::watcher::can_run(test) && common::have_tool("genisoimage")
 }
 
-/// Polls `f` until it gives `Ok`; panics at the deadline with the last `Err` (what was seen).
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(seen) if start.elapsed() > DEADLINE => {
-                panic!("timed out after {DEADLINE:?} waiting for {what}; last seen: {seen}")
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
-
-/// Mounts at `path` according to /proc/self/mountinfo, and whether any of them is FUSE.
+/// Mounts at exactly `path` according to /proc/self/mountinfo.
 fn mounts_at(path: &Path) -> usize {
-    let info = fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
-    let want = path.to_string_lossy();
-    info.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(&*want))
+    common::watcher::mounts_under(path)
+        .iter()
+        .filter(|l| l.split(' ').nth(4) == Some(&*path.to_string_lossy()))
         .count()
-}
-
-fn is_fuse_mount(path: &Path) -> bool {
-    let info = fs::read_to_string("/proc/self/mountinfo").expect("reading mountinfo");
-    let want = path.to_string_lossy();
-    info.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.get(4) == Some(&&*want)
-            && f.iter()
-                .skip_while(|x| **x != "-")
-                .nth(1)
-                .is_some_and(|t| t.starts_with("fuse"))
-    })
-}
-
-fn lazy_unmount(path: &Path) {
-    let _ = Command::new("umount").arg("-l").arg(path).status();
-}
-
-/// One test's directories: the drop dir (watched), the root, the state file, the log.
-struct Env {
-    tmp: tempfile::TempDir,
-    drop: PathBuf,
-    root: PathBuf,
-    state: PathBuf,
-    log: PathBuf,
-}
-
-impl Env {
-    fn new() -> Env {
-        let tmp = tempfile::Builder::new()
-            .prefix("isomgr-watch-")
-            .tempdir()
-            .expect("temp dir");
-        let base = tmp.path().canonicalize().expect("canonical temp dir");
-        let drop = base.join("drop");
-        let root = base.join("root");
-        fs::create_dir(&drop).unwrap();
-        fs::create_dir(&root).unwrap();
-        Env {
-            drop,
-            root,
-            state: base.join("state.json"),
-            log: base.join("watch.log"),
-            tmp,
-        }
-    }
-
-    /// A directory in the same file system as the drop dir, not watched.
-    fn outside(&self, name: &str) -> PathBuf {
-        let p = self.tmp.path().join(name);
-        fs::create_dir_all(&p).unwrap();
-        p.canonicalize().unwrap()
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The names in the root, as a listing through the mount shows them.
-    fn names(&self) -> BTreeSet<String> {
-        fs::read_dir(&self.root)
-            .expect("listing the root")
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect()
-    }
-
-    /// Waits until the root lists exactly `want`.
-    fn wait_names(&self, want: &[&str]) {
-        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-        wait_for(&format!("root listing {want:?}"), || {
-            let got = self.names();
-            if got == want {
-                Ok(())
-            } else {
-                Err(format!("{got:?}"))
-            }
-        })
-    }
-
-    /// `isomgr status --json` for this state file.
-    fn status(&self) -> Result<Value, String> {
-        let out = common::isomgr(&["status", "--json", "--state", self.state.to_str().unwrap()]);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-    }
-
-    /// Waits until status lists exactly the names the root lists, and those are `want`;
-    /// returns the status document.
-    fn wait_status(&self, want: &[&str]) -> Value {
-        self.wait_names(want);
-        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-        wait_for(&format!("status listing {want:?}"), || {
-            let doc = self.status()?;
-            let got: BTreeSet<String> = doc["media"]
-                .as_array()
-                .ok_or("no media array")?
-                .iter()
-                .map(|m| m["name"].as_str().unwrap_or("?").to_owned())
-                .collect();
-            if got == want && self.names() == want {
-                Ok(doc)
-            } else {
-                Err(format!("status {got:?}, root {:?}", self.names()))
-            }
-        })
-    }
-
-    /// The status record for `name`.
-    fn medium(&self, name: &str) -> Value {
-        let doc = self.status().expect("status");
-        doc["media"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("{name} not in status {doc}"))
-    }
-}
-
-/// A running `isomgr watch` on an [`Env`]; dropping it stops the watcher (SIGTERM, then
-/// SIGKILL) and lazily unmounts the root if it is still mounted.
-struct Watcher {
-    child: Child,
-    root: PathBuf,
-    log: PathBuf,
-    /// Leave a mount at the root on drop (to test what a restart does with it).
-    keep_mount: bool,
-}
-
-impl Watcher {
-    fn start(env: &Env, extra: &[&str]) -> Watcher {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&env.log)
-            .expect("log file");
-        let child = Command::new(common::bin())
-            .arg("watch")
-            .arg("--dir")
-            .arg(&env.drop)
-            .arg("--root")
-            .arg(&env.root)
-            .arg("--state")
-            .arg(&env.state)
-            .args(["--driver", "fuse"])
-            .args(extra)
-            .env(
-                "ISOMGR_LOG",
-                std::env::var("WATCH_TEST_LOG").unwrap_or("isomgr=debug".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting isomgr watch");
-        let mut w = Watcher {
-            child,
-            root: env.root.clone(),
-            log: env.log.clone(),
-            keep_mount: false,
-        };
-        // Ready: the root is a FUSE mount, and the state file is this process's (it is
-        // written once the sources are running).
-        let pid = w.pid();
-        wait_for("the watcher to mount its root and write its state", || {
-            if let Ok(Some(status)) = w.child.try_wait() {
-                panic!("isomgr watch exited early ({status}):\n{}", env.log_text());
-            }
-            let state: Value = fs::read(&env.state)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or("no state file yet")?;
-            if is_fuse_mount(&env.root) && state["pid"] == pid {
-                Ok(())
-            } else {
-                Err(format!("state pid {}", state["pid"]))
-            }
-        });
-        w
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: sending a signal to our own child.
-        assert_eq!(unsafe { libc::kill(self.pid() as libc::pid_t, sig) }, 0);
-    }
-
-    /// `kill -9`: the process dies and leaves its dead FUSE mount at the root.
-    fn kill9(mut self) {
-        self.stop_with(libc::SIGKILL);
-        self.keep_mount = true;
-    }
-
-    /// Sends `sig` and waits for the process to end; its exit status.
-    fn stop_with(&mut self, sig: libc::c_int) -> std::process::ExitStatus {
-        self.signal(sig);
-        let child = &mut self.child;
-        wait_for("the watcher to exit", || {
-            child
-                .try_wait()
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "still running".to_owned())
-        })
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.signal(libc::SIGTERM);
-            let start = Instant::now();
-            while self.child.try_wait().ok().flatten().is_none() && start.elapsed() < DEADLINE {
-                std::thread::sleep(POLL);
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if !self.keep_mount && mounts_at(&self.root) > 0 {
-            lazy_unmount(&self.root);
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "--- watcher log {} ---\n{}",
-                self.log.display(),
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
 }
 
 /// Builds an image of `files` with `isomgr mkiso` and label `label`.
@@ -353,8 +91,8 @@ fn dropped_image_appears_under_its_label_and_reads_byte_exact() {
     if !can_run("drop") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let (fixture, manifest) = common::manifests()
         .into_iter()
         .find(|(p, _)| p.ends_with("rockridge.iso"))
@@ -379,8 +117,8 @@ fn image_moved_in_from_the_same_file_system_appears() {
     if !can_run("mv in") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let staged = small_image(&scratch(&env), "moved.iso", "MOVED_IN");
     fs::rename(&staged, env.drop.join("moved.iso")).unwrap();
     env.wait_names(&["MOVED_IN"]);
@@ -421,8 +159,8 @@ fn image_being_copied_is_not_served_before_it_is_complete() {
     if !can_run("slow copy") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let s = scratch(&env);
     let a = fs::read(small_image(&s, "a.iso", "SLOW_PLAIN")).unwrap();
     let b = fs::read(small_image(&s, "b.iso", "SLOW_SETLEN")).unwrap();
@@ -445,8 +183,8 @@ fn preallocated_image_written_while_the_watcher_lags_waits_for_close() {
     if !can_run("slow copy, lagging watcher") {
         return;
     }
-    let env = Env::new();
-    let w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let w = Watcher::start_with(&env, &[]);
     let data = fs::read(small_image(&scratch(&env), "lag.iso", "LAGGING")).unwrap();
     // The watcher is stopped while the file is created, preallocated and filled, so when it
     // looks the file is full size and holds a complete volume, but is still open for writing.
@@ -488,8 +226,8 @@ fn deleted_image_leaves_nothing_in_the_root() {
     if !can_run("delete") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let img = small_image(&env.drop, "gone.iso", "GONE");
     wait_for("GONE", || hello(&env, "GONE"));
     fs::remove_file(img).unwrap();
@@ -502,8 +240,8 @@ fn delete_and_rename_out_are_noticed_while_another_file_is_being_written() {
     if !can_run("delete during a long copy") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let a = small_image(&env.drop, "a.iso", "BUSY_A");
     let b = small_image(&env.drop, "b.iso", "BUSY_B");
     env.wait_status(&["BUSY_A", "BUSY_B"]);
@@ -532,8 +270,8 @@ fn rename_inside_the_tree_keeps_the_name_and_updates_the_origin() {
     if !can_run("rename inside") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     small_image(&env.drop, "first.iso", "KEPT");
     env.wait_status(&["KEPT"]);
     let renamed = env.drop.join("second.iso");
@@ -577,8 +315,8 @@ fn rename_out_of_the_tree_removes_the_medium() {
     if !can_run("rename out") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let img = small_image(&env.drop, "out.iso", "OUTBOUND");
     env.wait_status(&["OUTBOUND"]);
     fs::rename(img, env.outside("elsewhere").join("out.iso")).unwrap();
@@ -590,8 +328,8 @@ fn equal_labels_get_suffixes_and_keep_them_when_the_first_goes() {
     if !can_run("same label") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let first = small_image(&env.drop, "one.iso", "TWIN");
     env.wait_status(&["TWIN"]);
     let second = small_image(&env.drop, "two.iso", "TWIN");
@@ -609,8 +347,8 @@ fn hostile_labels_each_give_one_safe_name_inside_the_root() {
     if !can_run("hostile labels") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let punct: String = "!#$%&()*+,-.:;<=>?@[]^_{|}~'\"/\\"
         .chars()
         .cycle()
@@ -633,14 +371,14 @@ fn hostile_labels_each_give_one_safe_name_inside_the_root() {
         let hello = fs::read_to_string(env.root.join(name).join("hello.txt")).unwrap();
         assert_eq!(hello, "hello\n", "{name}");
     }
-    // Nothing was made beside the root or the drop dir.
+    // Nothing was made beside the root or the drop dir (the scratch dir is the test's).
     let base: BTreeSet<String> = fs::read_dir(env.root.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(
         base,
-        ["drop", "root", "state.json", "watch.log"]
+        ["drop", "root", "scratch", "state.json", "watch.log"]
             .map(String::from)
             .into()
     );
@@ -651,8 +389,8 @@ fn image_without_a_label_is_named_after_its_file() {
     if !can_run("no label") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     genisoimage(&env.drop.join("Unlabelled Disc.iso"), "");
     genisoimage(&env.drop.join("stars.iso"), "***");
     env.wait_status(&["Unlabelled_Disc", "stars"]);
@@ -664,8 +402,8 @@ fn image_in_a_subdirectory_made_after_start_appears() {
     if !can_run("nested") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let deep = env.drop.join("x/y");
     fs::create_dir_all(&deep).unwrap();
     small_image(&deep, "nested.iso", "NESTED");
@@ -678,8 +416,8 @@ fn two_hundred_images_at_once_are_all_served_under_unique_names() {
     if !can_run("200 images") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let one = small_image(&scratch(&env), "many.iso", "MANY");
     for i in 0..200 {
         fs::copy(&one, env.drop.join(format!("many-{i:03}.iso"))).unwrap();
@@ -704,8 +442,8 @@ fn malformed_images_beside_good_ones_are_not_served_and_the_watcher_stays_up() {
     if !can_run("malformed") {
         return;
     }
-    let env = Env::new();
-    let w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let w = Watcher::start_with(&env, &[]);
     let s = scratch(&env);
     let files: Vec<(String, Vec<u8>)> = (0..8)
         .map(|i| (format!("f{i}.txt"), vec![b'a' + i as u8; 3000]))
@@ -752,8 +490,8 @@ fn kill_9_then_restart_gives_the_same_names_and_no_dead_mount() {
     if !can_run("kill -9 restart") {
         return;
     }
-    let env = Env::new();
-    let w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let w = Watcher::start_with(&env, &[]);
     // b.iso is dropped first and holds SAME; a.iso, which a scan sees first, holds SAME-2.
     small_image(&env.drop, "b.iso", "SAME");
     env.wait_status(&["SAME"]);
@@ -766,7 +504,7 @@ fn kill_9_then_restart_gives_the_same_names_and_no_dead_mount() {
     let err = fs::read_dir(&env.root).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
 
-    let w = Watcher::start(&env, &[]);
+    let w = Watcher::start_with(&env, &[]);
     let after = env.wait_status(&["OTHER", "SAME", "SAME-2"]);
     let by_name = |doc: &Value| -> BTreeSet<(String, String)> {
         doc["media"]
@@ -787,8 +525,8 @@ fn file_open_while_its_image_is_deleted_reads_to_the_end() {
     if !can_run("open while deleted") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let big: Vec<u8> = (0..3 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
         .collect();
@@ -817,8 +555,8 @@ fn status_matches_the_root_at_every_step() {
     if !can_run("status") {
         return;
     }
-    let env = Env::new();
-    let w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let w = Watcher::start_with(&env, &[]);
     let check = |doc: &Value| {
         assert_eq!(doc["root"], env.root.to_str().unwrap());
         assert_eq!(doc["driver"], "fuse");
@@ -860,8 +598,8 @@ fn sighup_rescans_and_sigterm_stops_cleanly() {
     if !can_run("signals") {
         return;
     }
-    let env = Env::new();
-    let mut w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let mut w = Watcher::start_with(&env, &[]);
     small_image(&env.drop, "h.iso", "HUP");
     env.wait_status(&["HUP"]);
     let before = env.medium("HUP");
@@ -888,8 +626,8 @@ fn json_log_is_one_object_per_line_with_a_mounted_line() {
     if !can_run("json log") {
         return;
     }
-    let env = Env::new();
-    let mut w = Watcher::start(&env, &["--log-format", "json"]);
+    let env = Env::new("isomgr-watch-");
+    let mut w = Watcher::start_with(&env, &["--log-format", "json"]);
     small_image(&env.drop, "j.iso", "JSON_LOG");
     env.wait_status(&["JSON_LOG"]);
     wait_for("a mounted line", || {
@@ -918,8 +656,8 @@ fn a_second_watcher_on_a_live_root_refuses_and_the_first_keeps_serving() {
     if !can_run("second watcher") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     fs::copy(
         common::fixtures().join("rockridge.iso"),
         env.drop.join("r.iso"),
@@ -957,15 +695,15 @@ fn symlinks_to_images_are_taken_unless_refused() {
     if !can_run("symlinks") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let img = small_image(&scratch(&env), "linked.iso", "LINKED");
     std::os::unix::fs::symlink(&img, env.drop.join("link.iso")).unwrap();
     env.wait_names(&["LINKED"]);
     assert_eq!(hello(&env, "LINKED").unwrap(), "hello from LINKED\n");
 
-    let env2 = Env::new();
-    let _w2 = Watcher::start(&env2, &["--no-follow-symlinks"]);
+    let env2 = Env::new("isomgr-watch-");
+    let _w2 = Watcher::start_with(&env2, &["--no-follow-symlinks"]);
     let img2 = small_image(&scratch(&env2), "linked.iso", "LINKED");
     std::os::unix::fs::symlink(&img2, env2.drop.join("link.iso")).unwrap();
     // A regular image after the link: once it is served, the link has been seen and refused.
@@ -984,8 +722,8 @@ fn fifos_sockets_directories_hidden_and_partial_files_are_ignored_without_blocki
     if !can_run("ignored files") {
         return;
     }
-    let env = Env::new();
-    let w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let w = Watcher::start_with(&env, &[]);
     let img = small_image(&scratch(&env), "good.iso", "GOOD");
     let fifo = std::ffi::CString::new(env.drop.join("fifo.iso").to_str().unwrap()).unwrap();
     // SAFETY: a valid C string path.
@@ -1019,8 +757,8 @@ fn include_and_exclude_patterns_choose_the_files() {
     if !can_run("patterns") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(
         &env,
         &["--include", r"(?i)\.(iso|img)$", "--exclude", "^skip"],
     );
@@ -1040,8 +778,8 @@ fn atomic_replace_of_a_path_is_a_new_medium() {
     if !can_run("atomic replace") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let s = scratch(&env);
     fs::copy(small_image(&s, "one.iso", "ONE"), env.drop.join("disc.iso")).unwrap();
     env.wait_names(&["ONE"]);
@@ -1065,8 +803,8 @@ fn watched_directory_deleted_and_made_again_is_followed() {
     if !can_run("watched dir recreated") {
         return;
     }
-    let env = Env::new();
-    let _w = Watcher::start(&env, &[]);
+    let env = Env::new("isomgr-watch-");
+    let _w = Watcher::start_with(&env, &[]);
     let s = scratch(&env);
     fs::copy(small_image(&s, "a.iso", "BEFORE"), env.drop.join("a.iso")).unwrap();
     env.wait_names(&["BEFORE"]);
@@ -1087,13 +825,13 @@ fn inotify_queue_overflow_triggers_a_rescan_that_reconciles() {
     if !can_run("overflow") {
         return;
     }
-    let env = Env::new();
+    let env = Env::new("isomgr-watch-");
     // A tiny queue for this watcher's inotify instance only: the limit is read when the
     // instance is made, so the host setting is restored as soon as the watcher runs.
     let knob = Path::new("/proc/sys/fs/inotify/max_queued_events");
     let saved = fs::read_to_string(knob).expect("reading max_queued_events");
     fs::write(knob, "16").expect("lowering max_queued_events");
-    let w = std::panic::catch_unwind(|| Watcher::start(&env, &[]));
+    let w = std::panic::catch_unwind(|| Watcher::start_with(&env, &[]));
     fs::write(knob, saved.trim()).expect("restoring max_queued_events");
     let _w = w.unwrap_or_else(|e| std::panic::resume_unwind(e));
 

@@ -133,6 +133,55 @@ impl Env {
         }
     }
 
+    /// A directory in the same file system as the drop dir, not watched.
+    pub fn outside(&self, name: &str) -> PathBuf {
+        let p = self.base.join(name);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// `isomgr status --json` for this state file.
+    pub fn status(&self) -> Result<Value, String> {
+        let out = super::isomgr(&["status", "--json", "--state", self.state.to_str().unwrap()]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// Waits until status lists exactly the names the root lists, and those are `want`;
+    /// returns the status document.
+    pub fn wait_status(&self, want: &[&str]) -> Value {
+        self.wait_names(want);
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        wait_for(&format!("status listing {want:?}"), || {
+            let doc = self.status()?;
+            let got: BTreeSet<String> = doc["media"]
+                .as_array()
+                .ok_or("no media array")?
+                .iter()
+                .map(|m| m["name"].as_str().unwrap_or("?").to_owned())
+                .collect();
+            if got == want && self.names() == want {
+                Ok(doc)
+            } else {
+                Err(format!("status {got:?}, root {:?}", self.names()))
+            }
+        })
+    }
+
+    /// The status record for `name`.
+    pub fn medium(&self, name: &str) -> Value {
+        let doc = self.status().expect("status");
+        doc["media"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in status {doc}"))
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -165,12 +214,19 @@ pub struct Watcher {
     child: Child,
     root: PathBuf,
     log: PathBuf,
+    /// Leave a mount at the root on drop (to test what a restart does with it).
+    keep_mount: bool,
 }
 
 impl Watcher {
     /// Starts the watcher and waits until it serves: the root is a FUSE mount and the state
     /// file is this process's (written once the sources are running).
     pub fn start(env: &Env) -> Watcher {
+        Self::start_with(env, &[])
+    }
+
+    /// [`Watcher::start`] with more arguments after the test's own.
+    pub fn start_with(env: &Env, extra: &[&str]) -> Watcher {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -185,6 +241,7 @@ impl Watcher {
             .arg("--state")
             .arg(&env.state)
             .args(["--driver", "fuse"])
+            .args(extra)
             .env(
                 "ISOMGR_LOG",
                 std::env::var("WATCH_TEST_LOG").unwrap_or("isomgr=debug".into()),
@@ -198,6 +255,7 @@ impl Watcher {
             child,
             root: env.root.clone(),
             log: env.log.clone(),
+            keep_mount: false,
         };
         let pid = w.pid();
         wait_for("the watcher to mount its root and write its state", || {
@@ -219,6 +277,29 @@ impl Watcher {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: sending a signal to our own child.
+        assert_eq!(unsafe { libc::kill(self.pid() as libc::pid_t, sig) }, 0);
+    }
+
+    /// `kill -9`: the process dies and leaves its dead FUSE mount at the root.
+    pub fn kill9(mut self) {
+        self.stop_with(libc::SIGKILL);
+        self.keep_mount = true;
+    }
+
+    /// Sends `sig` and waits for the process to end; its exit status.
+    pub fn stop_with(&mut self, sig: libc::c_int) -> std::process::ExitStatus {
+        self.signal(sig);
+        let child = &mut self.child;
+        wait_for("the watcher to exit", || {
+            child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_owned())
+        })
     }
 
     /// Whether the process is still running.
@@ -260,7 +341,7 @@ impl Drop for Watcher {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if !mounts_under(&self.root).is_empty() {
+        if !self.keep_mount && !mounts_under(&self.root).is_empty() {
             let _ = Command::new("umount").arg("-l").arg(&self.root).status();
         }
         if std::thread::panicking() {
