@@ -49,16 +49,7 @@ pub fn budget_for_limit(soft: u64) -> usize {
 /// The budget and where it comes from (logged at start): [`BUDGET_ENV`] when set to a number,
 /// else from the soft RLIMIT_NOFILE.
 pub fn budget_from_env_or_limit() -> (usize, String) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct given, which is valid.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        1024
-    };
+    let soft = crate::sys::open_file_limit();
     if let Some(n) = std::env::var(BUDGET_ENV)
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())

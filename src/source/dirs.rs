@@ -386,16 +386,7 @@ fn keep_handle(file: &File) -> bool {
     use std::sync::OnceLock;
     static CEILING: OnceLock<u64> = OnceLock::new();
     let ceiling = *CEILING.get_or_init(|| {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes the struct given, which is valid.
-        let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-            lim.rlim_cur
-        } else {
-            1024
-        };
+        let soft = crate::sys::open_file_limit();
         soft.saturating_sub(128).max(soft / 2)
     });
     u64::try_from(file.as_raw_fd()).is_ok_and(|fd| fd < ceiling)

@@ -243,6 +243,21 @@ pub fn filesystems_in_module_list(text: &str) -> Vec<String> {
     out
 }
 
+/// The soft RLIMIT_NOFILE now (1024 when it cannot be read): what the descriptor budgets are
+/// sized from.
+pub fn open_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct given, which is valid.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
