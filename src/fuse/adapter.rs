@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use super::iso9660::{Entry, Image, Kind, Timestamp};
 use super::reopen::Pooled;
-use super::table::{Attr, NeedIndex, NodeData, Step, Table, ROOT_INO};
+use super::table::{Attr, MediumData, NeedIndex, NodeData, Step, Table, ROOT_INO};
 
 /// The image handle the driver serves from.
 pub type Medium = Arc<Image<Pooled>>;
@@ -37,6 +37,12 @@ const BLKSIZE: u32 = 1 << 20;
 const SECTOR: u32 = 2048;
 /// Cap on one read's buffer. The kernel asks at most max_pages (256 pages, 1 MiB) at a time.
 const MAX_READ: usize = 16 << 20;
+
+impl MediumData<Entry> for Medium {
+    fn top(&self) -> Entry {
+        self.root()
+    }
+}
 
 impl NodeData for Entry {
     fn name(&self) -> &OsStr {

@@ -298,8 +298,7 @@ impl FuseDriver {
 
     /// Shows `image` as directory `name` in the root, at once.
     pub fn add(&self, name: &str, image: Arc<Image<reopen::Pooled>>) -> Result<(), Error> {
-        let top = image.root();
-        let added = lock(&self.table).add(name, image, top, SystemTime::now());
+        let added = lock(&self.table).add(name, image, SystemTime::now());
         match added {
             Ok(id) => {
                 debug!(name, medium = id.0, "medium added");

@@ -40,6 +40,13 @@ pub trait NodeData: Clone {
     }
 }
 
+/// What the table keeps per medium (the image): it gives the entry of the medium's top
+/// directory, so the top node is made only when the kernel first looks the medium up
+/// (thousands of media served, few browsed: no node for the others).
+pub trait MediumData<E>: Clone {
+    fn top(&self) -> E;
+}
+
 /// Identity of one medium for its whole life in the table; doubles as the FUSE generation of its
 /// inodes. Never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,7 +198,7 @@ fn valid_name(name: &[u8]) -> bool {
         && !name.contains(&0)
 }
 
-impl<M: Clone, E: NodeData> Table<M, E> {
+impl<M: MediumData<E>, E: NodeData> Table<M, E> {
     pub fn new(now: SystemTime) -> Self {
         Table {
             next_ino: ROOT_INO + 1,
@@ -211,14 +218,9 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         ino
     }
 
-    /// Puts a medium in the root as directory `name`, its top directory described by `top`.
-    pub fn add(
-        &mut self,
-        name: &str,
-        image: M,
-        top: E,
-        now: SystemTime,
-    ) -> Result<MediumId, AddError> {
+    /// Puts a medium in the root as directory `name`; its top directory's node is made at the
+    /// first lookup ([`MediumData::top`]).
+    pub fn add(&mut self, name: &str, image: M, now: SystemTime) -> Result<MediumId, AddError> {
         if !valid_name(name.as_bytes()) {
             return Err(AddError::InvalidName);
         }
@@ -230,16 +232,6 @@ impl<M: Clone, E: NodeData> Table<M, E> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let top_ino = self.alloc_ino();
-        self.nodes.insert(
-            top_ino,
-            Box::new(Node {
-                medium: id,
-                parent: ROOT_INO,
-                entry: top,
-                lookups: 0,
-                children: None,
-            }),
-        );
         self.media.insert(
             id,
             Medium {
@@ -247,7 +239,7 @@ impl<M: Clone, E: NodeData> Table<M, E> {
                 seq,
                 image: Some(image),
                 top: top_ino,
-                nodes: 1,
+                nodes: 0,
                 dirs: Vec::new(),
             },
         );
@@ -433,10 +425,25 @@ impl<M: Clone, E: NodeData> Table<M, E> {
             let Some(id) = name.to_str().and_then(|n| self.names.get(n)) else {
                 return Step::Err(libc::ENOENT);
             };
-            match self.media.get(id) {
-                Some(m) => m.top,
-                None => return Step::Err(libc::ENOENT),
+            let id = *id;
+            let Some(m) = self.media.get_mut(&id) else {
+                return Step::Err(libc::ENOENT);
+            };
+            let top = m.top;
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.nodes.entry(top) {
+                let Some(entry) = m.image.as_ref().map(MediumData::top) else {
+                    return Step::Err(libc::ENOENT);
+                };
+                m.nodes += 1;
+                slot.insert(Box::new(Node {
+                    medium: id,
+                    parent: ROOT_INO,
+                    entry,
+                    lookups: 0,
+                    children: None,
+                }));
             }
+            top
         } else {
             match self.need_index(parent) {
                 Err(errno) => return Step::Err(errno),
@@ -628,7 +635,12 @@ mod tests {
             key: None,
         }
     }
-    type Img = Arc<&'static str>;
+    type Img = Arc<(&'static str, Fake)>;
+    impl MediumData<Fake> for Img {
+        fn top(&self) -> Fake {
+            self.1.clone()
+        }
+    }
     fn t(s: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(s)
     }
@@ -664,9 +676,9 @@ mod tests {
     #[test]
     fn root_lists_exactly_the_media_present_in_insertion_order() {
         let mut tb = table();
-        tb.add("b", Arc::new("B"), dir(""), t(1)).unwrap();
-        tb.add("a", Arc::new("A"), dir(""), t(2)).unwrap();
-        tb.add("c", Arc::new("C"), dir(""), t(3)).unwrap();
+        tb.add("b", Arc::new(("B", dir(""))), t(1)).unwrap();
+        tb.add("a", Arc::new(("A", dir(""))), t(2)).unwrap();
+        tb.add("c", Arc::new(("C", dir(""))), t(3)).unwrap();
         assert_eq!(tb.remove("a", t(4)).map(|r| r.id), Some(MediumId(2)));
         assert_eq!(tb.names(), ["b", "c"]);
         let listed = rows(tb.readdir(ROOT_INO, 0, 100));
@@ -688,14 +700,14 @@ mod tests {
         let mut tb = table();
         for bad in ["", ".", "..", "a/b", "a\0b", &"x".repeat(256)] {
             assert_eq!(
-                tb.add(bad, Arc::new("I"), dir(""), t(1)),
+                tb.add(bad, Arc::new(("I", dir(""))), t(1)),
                 Err(AddError::InvalidName),
                 "{bad:?}"
             );
         }
-        tb.add("x", Arc::new("I"), dir(""), t(1)).unwrap();
+        tb.add("x", Arc::new(("I", dir(""))), t(1)).unwrap();
         assert_eq!(
-            tb.add("x", Arc::new("J"), dir(""), t(1)),
+            tb.add("x", Arc::new(("J", dir(""))), t(1)),
             Err(AddError::NameTaken)
         );
         assert_eq!(tb.remove("nope", t(2)), None);
@@ -705,7 +717,7 @@ mod tests {
     fn root_readdir_offsets_stay_valid_while_media_come_and_go() {
         let mut tb = table();
         for n in ["a", "b", "c", "d"] {
-            tb.add(n, Arc::new("I"), dir(""), t(1)).unwrap();
+            tb.add(n, Arc::new(("I", dir(""))), t(1)).unwrap();
         }
         // First page: ".", "..", "a", "b".
         let first = rows(tb.readdir(ROOT_INO, 0, 4));
@@ -714,7 +726,7 @@ mod tests {
         // "a" (already listed) and "c" (not yet) go, "e" comes: the rest is "d", "e".
         tb.remove("a", t(2));
         tb.remove("c", t(2));
-        tb.add("e", Arc::new("I"), dir(""), t(2)).unwrap();
+        tb.add("e", Arc::new(("I", dir(""))), t(2)).unwrap();
         let rest = rows(tb.readdir(ROOT_INO, resume, 100));
         assert_eq!(
             rest.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
@@ -725,7 +737,7 @@ mod tests {
     #[test]
     fn directory_is_indexed_once_and_inodes_are_stable() {
         let mut tb = table();
-        tb.add("m", Arc::new("I"), dir(""), t(1)).unwrap();
+        tb.add("m", Arc::new(("I", dir(""))), t(1)).unwrap();
         let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
         let listing = [file("x"), dir("sub"), file("y")];
         let x1 = walk(&mut tb, top.ino, "x", &listing);
@@ -759,7 +771,7 @@ mod tests {
     #[test]
     fn unusable_and_duplicate_names_from_an_image_are_left_out() {
         let mut tb = table();
-        tb.add("m", Arc::new("I"), dir(""), t(1)).unwrap();
+        tb.add("m", Arc::new(("I", dir(""))), t(1)).unwrap();
         let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
         let skipped = tb.install_children(
             top.ino,
@@ -781,7 +793,7 @@ mod tests {
     #[test]
     fn a_directory_listed_twice_in_a_medium_is_left_out_the_second_time() {
         let mut tb = table();
-        tb.add("m", Arc::new("I"), dir_at("", 20), t(1)).unwrap();
+        tb.add("m", Arc::new(("I", dir_at("", 20))), t(1)).unwrap();
         let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
         let a = walk(
             &mut tb,
@@ -824,7 +836,7 @@ mod tests {
         let mut tb = table();
         let mut seen = std::collections::HashSet::new();
         for round in 0..3 {
-            tb.add("m", Arc::new("I"), dir(""), t(round)).unwrap();
+            tb.add("m", Arc::new(("I", dir(""))), t(round)).unwrap();
             let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
             let a = walk(&mut tb, top.ino, "a", &[file("a"), file("b")]);
             assert!(seen.insert(top.ino));
@@ -839,9 +851,9 @@ mod tests {
 
     #[test]
     fn removal_keeps_referenced_nodes_until_forgotten_and_drops_the_image() {
-        let image: Img = Arc::new("I");
+        let image: Img = Arc::new(("I", dir("")));
         let mut tb = table();
-        tb.add("m", image.clone(), dir(""), t(1)).unwrap();
+        tb.add("m", image.clone(), t(1)).unwrap();
         let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
         let f = walk(&mut tb, top.ino, "f", &[file("f"), file("g")]);
         let (held, _) = tb.open(f.ino).unwrap();
@@ -879,7 +891,7 @@ mod tests {
     #[test]
     fn forget_counts_every_lookup() {
         let mut tb = table();
-        tb.add("m", Arc::new("I"), dir(""), t(1)).unwrap();
+        tb.add("m", Arc::new(("I", dir(""))), t(1)).unwrap();
         let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
         let f = walk(&mut tb, top.ino, "f", &[file("f")]);
         found(tb.lookup(top.ino, OsStr::new("f")));
@@ -896,22 +908,28 @@ mod tests {
     #[test]
     fn index_for_a_removed_medium_is_not_installed() {
         let mut tb = table();
-        tb.add("m", Arc::new("I"), dir(""), t(1)).unwrap();
+        tb.add("m", Arc::new(("I", dir(""))), t(1)).unwrap();
         let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
         let need = match tb.lookup(top.ino, OsStr::new("f")) {
             Step::NeedIndex(n) => n,
             other => panic!("{other:?}"),
         };
         tb.remove("m", t(2));
-        tb.add("m", Arc::new("J"), dir(""), t(3)).unwrap();
+        tb.add("m", Arc::new(("J", dir(""))), t(3)).unwrap();
         tb.install_children(need.dir, need.medium, vec![file("f")]);
-        assert_eq!(tb.usage().nodes, 2, "old top (referenced) and new top only");
+        assert_eq!(
+            tb.usage().nodes,
+            1,
+            "the old top (referenced) only: the new one is made at its first lookup"
+        );
+        found(tb.lookup(ROOT_INO, OsStr::new("m")));
+        assert_eq!(tb.usage().nodes, 2, "old top and new top");
     }
 
     #[test]
     fn open_is_for_files_of_present_media() {
         let mut tb = table();
-        tb.add("m", Arc::new("I"), dir(""), t(1)).unwrap();
+        tb.add("m", Arc::new(("I", dir(""))), t(1)).unwrap();
         let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
         let listing = [
             file("f"),
@@ -929,7 +947,7 @@ mod tests {
         assert_eq!(tb.open(l.ino).err(), Some(libc::ELOOP));
         assert_eq!(tb.open(ROOT_INO).err(), Some(libc::EISDIR));
         assert_eq!(tb.open(12345).err(), Some(libc::ENOENT));
-        assert_eq!(tb.open(f.ino).map(|(i, _)| *i), Ok("I"));
+        assert_eq!(tb.open(f.ino).map(|(i, _)| i.0), Ok("I"));
         assert_eq!(tb.medium_of(f.ino), Some((MediumId(1), Some("m"))));
     }
 }
