@@ -117,6 +117,45 @@ struct Extent {
     len: u64,
 }
 
+/// An entry's extents: almost always one, kept inline (a FUSE table holds an entry per node
+/// the kernel knows; a heap block per entry for one 16-byte extent would double its cost).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Extents {
+    #[default]
+    None,
+    One(Extent),
+    Many(Vec<Extent>),
+}
+
+impl Extents {
+    fn as_slice(&self) -> &[Extent] {
+        match self {
+            Extents::None => &[],
+            Extents::One(e) => std::slice::from_ref(e),
+            Extents::Many(v) => v,
+        }
+    }
+
+    fn first(&self) -> Option<&Extent> {
+        self.as_slice().first()
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn push(&mut self, e: Extent) {
+        *self = match std::mem::take(self) {
+            Extents::None => Extents::One(e),
+            Extents::One(first) => Extents::Many(vec![first, e]),
+            Extents::Many(mut v) => {
+                v.push(e);
+                Extents::Many(v)
+            }
+        };
+    }
+}
+
 /// One file, directory or symlink, as shown by the chosen tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -135,7 +174,7 @@ pub struct Entry {
     pub target: Option<OsString>,
     /// Unique and stable within the image: the byte offset of the entry's directory record.
     pub id: u64,
-    extents: Vec<Extent>,
+    extents: Extents,
     interleaved: bool,
 }
 
@@ -908,7 +947,7 @@ impl<R: ReadAt> Image<R> {
         }
         let mut done = 0usize;
         let mut logical = 0u64;
-        for ext in &file.extents {
+        for ext in file.extents.as_slice() {
             if done == buf.len() {
                 break;
             }
@@ -1059,8 +1098,8 @@ fn make_entry(rec: &Record<'_>, name: OsString, rr: Option<&RockRidge>, id: u64)
         target,
         id,
         extents: match kind {
-            Kind::File | Kind::Dir => vec![ext],
-            _ => Vec::new(),
+            Kind::File | Kind::Dir => Extents::One(ext),
+            _ => Extents::None,
         },
         interleaved: rec.file_unit_size != 0,
     }
