@@ -148,18 +148,38 @@ struct Node<E> {
 }
 
 /// A directory's index. Its entries' inodes are allocated in one run (`first`, `first + 1`...
-/// in readdir order), so the index holds no inode and no name of its own: `sorted` lists the
-/// offsets into that run ordered by name, for binary-search lookups. About 4 bytes per entry
-/// beyond the nodes themselves.
+/// in readdir order), so the index holds no inode and no name of its own: lookups binary-search
+/// the run by name, through an offset list when the run is not already in name order. At most
+/// 4 bytes per entry beyond the nodes themselves, none for a directory already in order (most:
+/// ISO9660 records are sorted, and so are most Rock Ridge names).
 #[derive(Debug)]
 struct Children {
     first: u64,
-    sorted: Box<[u32]>,
+    order: Order,
+}
+
+#[derive(Debug)]
+enum Order {
+    /// The run is in name order; this many entries.
+    InRun(u32),
+    /// Offsets into the run, in name order.
+    Sorted(Box<[u32]>),
 }
 
 impl Children {
     fn len(&self) -> usize {
-        self.sorted.len()
+        match &self.order {
+            Order::InRun(n) => *n as usize,
+            Order::Sorted(s) => s.len(),
+        }
+    }
+
+    /// The offset into the run of the `i`th entry in name order.
+    fn by_name(&self, i: usize) -> u32 {
+        match &self.order {
+            Order::InRun(_) => i as u32,
+            Order::Sorted(s) => s[i],
+        }
     }
 }
 
@@ -372,11 +392,17 @@ impl<M: MediumData<E>, E: NodeData> Table<M, E> {
         // At most u32::MAX entries: a directory's records cannot describe more in an image
         // whose directory sizes are 32-bit.
         kept.truncate(u32::MAX as usize);
-        let mut sorted: Vec<u32> = (0..kept.len() as u32).collect();
-        sorted.sort_unstable_by(|&a, &b| kept[a as usize].name().cmp(kept[b as usize].name()));
+        let in_order = kept.windows(2).all(|w| w[0].name() < w[1].name());
+        let order = if in_order {
+            Order::InRun(kept.len() as u32)
+        } else {
+            let mut sorted: Vec<u32> = (0..kept.len() as u32).collect();
+            sorted.sort_unstable_by(|&a, &b| kept[a as usize].name().cmp(kept[b as usize].name()));
+            Order::Sorted(sorted.into_boxed_slice())
+        };
         let children = Children {
             first: self.next_ino,
-            sorted: sorted.into_boxed_slice(),
+            order,
         };
         let added = kept.len();
         for entry in kept {
@@ -408,15 +434,19 @@ impl<M: MediumData<E>, E: NodeData> Table<M, E> {
                 .get(&(children.first + u64::from(off)))
                 .map(|n| n.entry.name())
         };
-        children
-            .sorted
-            .binary_search_by(|&off| match name_of(off) {
-                Some(n) => n.cmp(name),
-                // Not reached: a present medium's indexed nodes are never dropped.
-                None => std::cmp::Ordering::Less,
-            })
-            .ok()
-            .map(|i| children.first + u64::from(children.sorted[i]))
+        // Binary search over name order (names in a run are unique).
+        let (mut lo, mut hi) = (0usize, children.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let off = children.by_name(mid);
+            match name_of(off).map(|n| n.cmp(name)) {
+                Some(std::cmp::Ordering::Equal) => return Some(children.first + u64::from(off)),
+                Some(std::cmp::Ordering::Greater) => hi = mid,
+                // None: not reached (a present medium's indexed nodes are never dropped).
+                Some(std::cmp::Ordering::Less) | None => lo = mid + 1,
+            }
+        }
+        None
     }
 
     /// Resolves `name` in `parent`; on success the kernel holds one more reference.
@@ -949,5 +979,33 @@ mod tests {
         assert_eq!(tb.open(12345).err(), Some(libc::ENOENT));
         assert_eq!(tb.open(f.ino).map(|(i, _)| i.0), Ok("I"));
         assert_eq!(tb.medium_of(f.ino), Some((MediumId(1), Some("m"))));
+    }
+
+    #[test]
+    fn lookups_find_every_name_whether_the_listing_is_in_name_order_or_not() {
+        for listing in [
+            ["a", "b", "c", "d", "e"],
+            ["e", "c", "a", "d", "b"],
+            ["b", "a", "c", "e", "d"],
+        ] {
+            let mut tb = table();
+            tb.add("m", Arc::new(("I", dir(""))), t(1)).unwrap();
+            let top = found(tb.lookup(ROOT_INO, OsStr::new("m")));
+            let files: Vec<Fake> = listing.iter().map(|n| file(n)).collect();
+            for (i, n) in listing.iter().enumerate() {
+                let f = walk(&mut tb, top.ino, n, &files);
+                assert_eq!(f.entry.name, OsString::from(*n), "{listing:?}");
+                // Readdir order stays the listing's; inodes follow it.
+                assert_eq!(f.ino, top.ino + 1 + i as u64, "{listing:?} {n}");
+            }
+            assert!(matches!(
+                tb.lookup(top.ino, OsStr::new("zz")),
+                Step::Err(libc::ENOENT)
+            ));
+            assert!(matches!(
+                tb.lookup(top.ino, OsStr::new("0")),
+                Step::Err(libc::ENOENT)
+            ));
+        }
     }
 }
