@@ -39,8 +39,12 @@ const SECTOR: u32 = 2048;
 const MAX_READ: usize = 16 << 20;
 
 impl MediumData<Entry> for Medium {
+    /// The image's root, nameless: the root directory shows the medium's name, never the top
+    /// node's, so the node need not keep "/" (one heap block per browsed medium).
     fn top(&self) -> Entry {
-        self.root()
+        let mut root = self.root();
+        root.name = std::ffi::OsString::new();
+        root
     }
 }
 
