@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::watcher::{wait_within, Env};
+use common::watcher::{wait_within, watch_command, Env};
 use serde_json::Value;
 
 const SYSCTL: &str = "/proc/sys/fs/inotify/max_queued_events";
@@ -84,21 +84,9 @@ fn churn_with_queue_overflows_converges_to_the_ground_truth() {
         pool_files.push(p);
     }
 
-    let log = fs::File::create(&env.log).unwrap();
     let limit = QueueLimit::set(64);
-    let mut child: Child = Command::new(common::bin())
-        .arg("watch")
-        .arg("--dir")
-        .arg(&env.drop)
-        .arg("--root")
-        .arg(&env.root)
-        .arg("--state")
-        .arg(&env.state)
-        .args(["--driver", "fuse"])
+    let mut child: Child = watch_command(&env)
         .env("ISOMGR_LOG", "isomgr=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
         .spawn()
         .expect("starting isomgr watch");
     // The limit applies to inotify instances made from now on: the watcher's is made once its

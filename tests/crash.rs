@@ -26,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::watcher::{is_fuse_mount, mounts_under, wait_within, Env};
+use common::watcher::{is_fuse_mount, mounts_under, wait_within, watch_command, Env};
 use serde_json::Value;
 
 fn full() -> bool {
@@ -59,31 +59,6 @@ impl Rng {
     }
 }
 
-/// (device, backing file) of every loop device, from `losetup -J -l`.
-fn loops() -> Vec<(String, String)> {
-    let out = Command::new("losetup")
-        .args(["-J", "-l"])
-        .output()
-        .expect("losetup");
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        return Vec::new();
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).expect("losetup JSON");
-    v["loopdevices"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|d| {
-                    (
-                        d["name"].as_str().unwrap_or("").to_owned(),
-                        d["back-file"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// (mount point, fstype, source) of each mount at or below `dir`.
 fn mounts(dir: &Path) -> Vec<(PathBuf, String, String)> {
     mounts_under(dir)
@@ -101,7 +76,7 @@ fn mounts(dir: &Path) -> Vec<(PathBuf, String, String)> {
 fn leaked_loops(base: &Path, root: &Path) -> Vec<String> {
     let used: BTreeSet<String> = mounts(root).into_iter().map(|m| m.2).collect();
     let base = base.to_string_lossy();
-    loops()
+    common::loops()
         .into_iter()
         .filter(|(dev, back)| back.starts_with(&*base) && !used.contains(dev))
         .map(|(dev, back)| format!("{dev} ({back})"))
@@ -179,25 +154,9 @@ impl Tally {
 // The FUSE watcher, killed at random points and at the state write.
 
 fn spawn_watch(env: &Env, crash_at: Option<&str>) -> Child {
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&env.log)
-        .expect("log");
-    let mut cmd = Command::new(common::bin());
-    cmd.arg("watch")
-        .arg("--dir")
-        .arg(&env.drop)
-        .arg("--root")
-        .arg(&env.root)
-        .arg("--state")
-        .arg(&env.state)
-        .args(["--driver", "fuse"])
-        .env("ISOMGR_LOG", "isomgr=info")
-        .env_remove("ISOMGR_CRASH_AT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    let mut cmd = watch_command(env);
+    cmd.env("ISOMGR_LOG", "isomgr=info")
+        .env_remove("ISOMGR_CRASH_AT");
     if let Some(step) = crash_at {
         cmd.env("ISOMGR_CRASH_AT", step);
     }

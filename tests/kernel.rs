@@ -124,38 +124,12 @@ impl Drop for World {
         for m in mounts_under(&self.root).into_iter().rev() {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
-        for (dev, back) in loops() {
+        for (dev, back) in common::loops() {
             if Path::new(&back).starts_with(self.dir.path()) {
                 let _ = Command::new("losetup").arg("-d").arg(&dev).status();
             }
         }
     }
-}
-
-/// (device, backing file) of every loop, from `losetup -J -l`.
-fn loops() -> Vec<(String, String)> {
-    let out = Command::new("losetup")
-        .args(["-J", "-l"])
-        .output()
-        .expect("losetup");
-    assert!(out.status.success());
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        return Vec::new();
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("losetup JSON");
-    v["loopdevices"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|d| {
-                    (
-                        d["name"].as_str().unwrap_or("").to_owned(),
-                        d["back-file"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The `losetup -J -l` entry of `dev`.
@@ -174,7 +148,7 @@ fn loop_info(dev: &Path) -> Option<serde_json::Value> {
 
 fn loops_backed_by(image: &Path) -> Vec<String> {
     let image = image.to_string_lossy();
-    loops()
+    common::loops()
         .into_iter()
         .filter(|(_, b)| b.trim_end_matches(" (deleted)") == image)
         .map(|(d, _)| d)

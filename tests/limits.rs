@@ -20,12 +20,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::watcher::{is_fuse_mount, wait_within, Env};
+use common::watcher::{is_fuse_mount, wait_within, watch_command, Env};
 use isomgr::event::{Event, Handle, Medium, MediumId, SourceKind};
 use isomgr::exec::kernel::KernelExecutor;
 use isomgr::manager::Action;
@@ -126,21 +126,9 @@ struct LimitedWatcher {
 
 impl LimitedWatcher {
     fn start(env: &Env, nofile: u64) -> LimitedWatcher {
-        let log = fs::File::create(&env.log).unwrap();
-        let mut cmd = Command::new(common::bin());
-        cmd.arg("watch")
-            .arg("--dir")
-            .arg(&env.drop)
-            .arg("--root")
-            .arg(&env.root)
-            .arg("--state")
-            .arg(&env.state)
-            .args(["--driver", "fuse"])
-            .env("ISOMGR_LOG", "isomgr=info")
-            .env_remove("ISOMGR_FD_BUDGET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        let mut cmd = watch_command(env);
+        cmd.env("ISOMGR_LOG", "isomgr=info")
+            .env_remove("ISOMGR_FD_BUDGET");
         // SAFETY: only async-signal-safe setrlimit runs between fork and exec.
         unsafe {
             cmd.pre_exec(move || {

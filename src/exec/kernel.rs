@@ -117,9 +117,7 @@ impl Error {
                         | libc::ENFILE
                 )
             ),
-            Error::Open { source, .. } => {
-                matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-            }
+            Error::Open { source, .. } => crate::sys::out_of_descriptors(source),
             _ => false,
         }
     }

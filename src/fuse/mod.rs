@@ -179,7 +179,8 @@ pub fn detach_dead_mount(root: &Path) -> Result<bool, Error> {
 fn prepare_root(root: &Path) -> Result<(), Error> {
     // statfs always reaches a FUSE daemon (stat may be answered from cached attributes), so it
     // tells a dead mount at once.
-    let probe = match statfs(root) {
+    detach_dead_mount(root)?;
+    let meta = match statfs(root) {
         // A live FUSE filesystem already there (another watcher on the same root): mounting on
         // top would hide it, and our unmount would later take the wrong one.
         Ok(FUSE_SUPER_MAGIC) if is_mount_point(root) => {
@@ -189,17 +190,6 @@ fn prepare_root(root: &Path) -> Result<(), Error> {
         }
         Ok(_) => std::fs::metadata(root),
         Err(e) => Err(e),
-    };
-    let meta = match probe {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            warn!(root = %root.display(), "found a dead FUSE mount (ENOTCONN); detaching it");
-            umount2(root, libc::MNT_DETACH).map_err(|source| Error::StaleUnmount {
-                path: root.to_owned(),
-                source,
-            })?;
-            std::fs::metadata(root)
-        }
-        other => other,
     }
     .map_err(|source| Error::Root {
         path: root.to_owned(),

@@ -173,7 +173,7 @@ impl FdPool {
     /// window, else shared (closing the least recently used shared descriptors beyond the
     /// budget).
     pub fn adopt(self: &Arc<Self>, file: File, path: &Path) -> io::Result<Pooled> {
-        let ident = Ident::of(&file)?;
+        let size = ReadAt::size(&file)?;
         let window = SHARED_WINDOW.min(self.budget / 4).max(1);
         let room = self.budget.saturating_sub(window);
         let took = self
@@ -184,10 +184,12 @@ impl FdPool {
         if took.is_ok() {
             return Ok(Pooled(Kind::Held {
                 file,
-                size: ident.size,
+                size,
                 pool: Arc::clone(self),
             }));
         }
+        // Only an image that may be reopened needs its identity.
+        let ident = Ident::with_size(&file, size)?;
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let src = Shared {
             pool: Arc::clone(self),
@@ -215,7 +217,7 @@ impl FdPool {
                 .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
                 .open(path);
             match opened {
-                Err(e) if is_fd_exhaustion(&e) && tries < EMFILE_EVICTIONS => {
+                Err(e) if crate::sys::out_of_descriptors(&e) && tries < EMFILE_EVICTIONS => {
                     tries += 1;
                     let evicted = lock(&self.inner).evict_one();
                     if evicted.is_none() {
@@ -256,18 +258,18 @@ struct Ident {
 impl Ident {
     /// The size is the end offset (lseek), so a block device gets its capacity, not 0.
     fn of(file: &File) -> io::Result<Ident> {
+        Self::with_size(file, ReadAt::size(file)?)
+    }
+
+    fn with_size(file: &File, size: u64) -> io::Result<Ident> {
         let m = file.metadata()?;
         Ok(Ident {
             dev: m.dev(),
             ino: m.ino(),
-            size: ReadAt::size(file)?,
+            size,
             mtime: (m.mtime(), m.mtime_nsec()),
         })
     }
-}
-
-fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// Where an image file is now, shared between its [`Pooled`] source and whoever learns of

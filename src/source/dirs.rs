@@ -392,10 +392,6 @@ fn keep_handle(file: &File) -> bool {
     u64::try_from(file.as_raw_fd()).is_ok_and(|fd| fd < ceiling)
 }
 
-fn is_fd_shortage(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-}
-
 /// A file as one poll saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Observed {
@@ -676,7 +672,7 @@ impl State {
         while let Some(d) = stack.pop() {
             let rd = match std::fs::read_dir(&d) {
                 Ok(rd) => rd,
-                Err(e) if is_fd_shortage(&e) => {
+                Err(e) if crate::sys::out_of_descriptors(&e) => {
                     self.fd_short.unlisted.push(d.clone());
                     self.fd_shortage(&d, reason, &e);
                     continue;
@@ -738,7 +734,7 @@ impl State {
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     self.left(path);
-                } else if is_fd_shortage(&e) {
+                } else if crate::sys::out_of_descriptors(&e) {
                     self.fd_shortage(path, reason, &e);
                 } else {
                     tracing::debug!(image = %path.display(), error = %e, "cannot open; ignored");
@@ -779,7 +775,7 @@ impl State {
             .open(&reopen)
         {
             Ok(f) => f,
-            Err(e) if is_fd_shortage(&e) => {
+            Err(e) if crate::sys::out_of_descriptors(&e) => {
                 self.fd_shortage(path, reason, &e);
                 return true;
             }

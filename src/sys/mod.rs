@@ -243,6 +243,11 @@ pub fn filesystems_in_module_list(text: &str) -> Vec<String> {
     out
 }
 
+/// EMFILE or ENFILE: no descriptor to be had now (worth trying again later).
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 /// The soft RLIMIT_NOFILE now (1024 when it cannot be read): what the descriptor budgets are
 /// sized from.
 pub fn open_file_limit() -> u64 {

@@ -89,3 +89,29 @@ pub fn loop_lock() -> LoopLock {
     assert_eq!(rc, 0, "taking the loop lock");
     LoopLock(f)
 }
+
+/// (device, backing file) of every loop device, from `losetup -J -l`.
+pub fn loops() -> Vec<(String, String)> {
+    let out = std::process::Command::new("losetup")
+        .args(["-J", "-l"])
+        .output()
+        .expect("losetup");
+    assert!(out.status.success(), "losetup -J -l");
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("losetup JSON");
+    v["loopdevices"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    (
+                        d["name"].as_str().unwrap_or("").to_owned(),
+                        d["back-file"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

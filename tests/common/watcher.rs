@@ -208,6 +208,34 @@ impl Env {
     }
 }
 
+/// `isomgr watch --driver fuse` on an [`Env`]'s drop dir, root and state file, its log
+/// (ISOMGR_LOG: WATCH_TEST_LOG, else isomgr=debug) appended to the env's log file; more
+/// arguments and environment can follow before it is spawned.
+pub fn watch_command(env: &Env) -> Command {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&env.log)
+        .expect("log file");
+    let mut cmd = Command::new(super::bin());
+    cmd.arg("watch")
+        .arg("--dir")
+        .arg(&env.drop)
+        .arg("--root")
+        .arg(&env.root)
+        .arg("--state")
+        .arg(&env.state)
+        .args(["--driver", "fuse"])
+        .env(
+            "ISOMGR_LOG",
+            std::env::var("WATCH_TEST_LOG").unwrap_or("isomgr=debug".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd
+}
+
 /// A running `isomgr watch --driver fuse` on an [`Env`]; dropping it stops the watcher
 /// (SIGTERM, then SIGKILL) and lazily unmounts the root if it is still mounted.
 pub struct Watcher {
@@ -227,28 +255,8 @@ impl Watcher {
 
     /// [`Watcher::start`] with more arguments after the test's own.
     pub fn start_with(env: &Env, extra: &[&str]) -> Watcher {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&env.log)
-            .expect("log file");
-        let child = Command::new(super::bin())
-            .arg("watch")
-            .arg("--dir")
-            .arg(&env.drop)
-            .arg("--root")
-            .arg(&env.root)
-            .arg("--state")
-            .arg(&env.state)
-            .args(["--driver", "fuse"])
+        let child = watch_command(env)
             .args(extra)
-            .env(
-                "ISOMGR_LOG",
-                std::env::var("WATCH_TEST_LOG").unwrap_or("isomgr=debug".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
             .spawn()
             .expect("starting isomgr watch");
         let mut w = Watcher {
