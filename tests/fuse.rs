@@ -490,6 +490,71 @@ fn media_come_and_go_while_a_reader_holds_a_file_open() {
     );
 }
 
+/// The kernel remembers names missing from the root and from a medium (negative entries), so
+/// a client polling for a medium, or a web server probing for index.html, is answered from its
+/// cache. A medium that then takes such a name must be visible at once, also to a lookup that
+/// was in flight while it was added.
+#[test]
+fn a_name_looked_up_before_its_medium_arrives_is_there_at_once() {
+    if !can_run("a_name_looked_up_before_its_medium_arrives_is_there_at_once") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).expect("mkdir");
+    write(&src.join("data.bin"), 4096, 7);
+    let iso = tmp.path().join("x.iso");
+    mkiso("genisoimage", &["-R"], &src, &iso);
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let m = Mounted::new(&mnt);
+    let d = m.driver();
+    /// Stops the polling client however the loop below ends (a panic included): the scope
+    /// waits for it before it lets a panic through.
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let stopped = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let stop = Stop(&stopped);
+        // Another client polls the names all along, so lookups are in flight during adds.
+        s.spawn(|| {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                for i in 0..50 {
+                    let _ = fs::metadata(mnt.join(format!("M{i}/data.bin")));
+                }
+            }
+        });
+        for i in 0..50 {
+            let name = format!("M{i}");
+            let err = fs::metadata(mnt.join(&name)).expect_err("not added yet");
+            assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+            d.add(&name, open_image(&iso)).expect("adding");
+            // No retry: the missing entry the kernel kept must be gone with the add.
+            let data = fs::read(mnt.join(&name).join("data.bin"))
+                .unwrap_or_else(|e| panic!("{name}/data.bin right after the add: {e}"));
+            assert_eq!(data.len(), 4096);
+            // A name missing inside a medium stays missing, asked twice.
+            for _ in 0..2 {
+                let err = fs::metadata(mnt.join(&name).join("nope.html")).expect_err("absent");
+                assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+            }
+            // Removed and added again under the same name: the new medium at once.
+            assert!(d.remove(&name));
+            assert!(fs::metadata(mnt.join(&name)).is_err());
+            d.add(&name, open_image(&iso)).expect("adding again");
+            assert!(
+                fs::metadata(mnt.join(&name).join("data.bin")).is_ok(),
+                "{name} right after adding it again"
+            );
+        }
+        drop(stop);
+    });
+}
+
 #[test]
 fn a_malformed_medium_fails_alone_while_the_others_serve() {
     if !can_run("a_malformed_medium_fails_alone_while_the_others_serve") {
