@@ -14,17 +14,26 @@ TARGET_MS=0.5
 for tool in losetup udevadm python3 stdbuf; do
   command -v "$tool" >/dev/null || { echo "drives.sh: $tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
-if [ ! -e /run/udev/control ]; then
+# The control socket outlives a udevd that is gone (a reboot keeps /run only on some hosts):
+# ask udevd itself.
+if ! udevadm control --ping --timeout=5 2>/dev/null; then
   echo "drives.sh: systemd-udevd is not running (scripts/setup.sh starts it)" >&2
   exit 1
 fi
 
-echo "building (release)..." >&2
-cargo build --release --quiet
-BIN=target/release/isomgr
+# ISOMGR=/path/to/isomgr times that binary instead of building one.
+if [ -n "${ISOMGR:-}" ]; then
+  BIN=$ISOMGR
+else
+  echo "building (release)..." >&2
+  cargo build --release --quiet
+  BIN=target/release/isomgr
+fi
 
 WORK=$(mktemp -d /tmp/isomgr-bench-drives.XXXXXX)
-mkdir -p "$WORK/root" "$WORK/drop"
+# The watched directory sits in a directory of its own, as /srv/iso-drop does: its parent
+# is watched too, and the log and state written into it would wake the watcher.
+mkdir -p "$WORK/root" "$WORK/srv/iso-drop"
 PID=""
 cleanup() {
   [ -n "$PID" ] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
@@ -39,7 +48,7 @@ trap cleanup EXIT
 exec 9>/tmp/isomgr-tests-loop.lock
 flock 9
 
-"$BIN" watch --dir "$WORK/drop" --drives-any-block --root "$WORK/root" \
+"$BIN" watch --dir "$WORK/srv/iso-drop" --drives-any-block --root "$WORK/root" \
   --state "$WORK/state.json" --log-format json 2>"$WORK/watch.log" &
 PID=$!
 for _ in $(seq 200); do
@@ -51,6 +60,8 @@ grep -q '"message":"watching"' "$WORK/watch.log" || { cat "$WORK/watch.log" >&2;
 echo "running $TRIALS trials..." >&2
 python3 benches/drives_latency.py fixtures/plain.iso "$WORK/root" ISOMGR_PLAIN DOCS/MANUAL.TXT \
   "$TRIALS" "$WORK" >"$WORK/result.json"
+# DRIVES_RESULT=FILE keeps the per-trial seconds (JSON) for a closer look.
+if [ -n "${DRIVES_RESULT:-}" ]; then cp "$WORK/result.json" "$DRIVES_RESULT"; fi
 
 python3 - "$WORK/result.json" "$TARGET_MS" "$TRIALS" <<'PY'
 import json, sys
