@@ -397,3 +397,118 @@ fn own_loop_devices_are_not_picked_up() {
     forwarder.join().unwrap();
     drop((own_dev, other_dev));
 }
+
+/// A udev rule, in /run/udev/rules.d for the length of a test, that makes loop devices whose
+/// backing file is named `*isomgr-fake-drive*` look like optical drives with a disc in
+/// (`ID_CDROM=1`, `ID_CDROM_MEDIA=1`), and turns a synthetic uevent carrying `ISOMGREJECT=1`
+/// into the eject button (`DISK_EJECT_REQUEST=1`, what the kernel's cdrom layer sends).
+struct FakeDriveRule(PathBuf);
+
+impl FakeDriveRule {
+    const RULES: &'static str = "\
+SUBSYSTEM==\"block\", KERNEL==\"loop*\", ACTION!=\"remove\", ATTR{loop/backing_file}==\"*isomgr-fake-drive*\", ENV{ID_CDROM}=\"1\", ENV{ID_CDROM_MEDIA}=\"1\"
+SUBSYSTEM==\"block\", KERNEL==\"loop*\", ACTION==\"change\", ENV{SYNTH_ARG_ISOMGREJECT}==\"1\", ENV{DISK_EJECT_REQUEST}=\"1\"
+";
+
+    fn install() -> FakeDriveRule {
+        let dir = Path::new("/run/udev/rules.d");
+        fs::create_dir_all(dir).unwrap();
+        let path = dir.join("99-isomgr-test-fake-drive.rules");
+        fs::write(&path, Self::RULES).unwrap();
+        Self::reload();
+        FakeDriveRule(path)
+    }
+
+    fn reload() {
+        let st = Command::new("udevadm")
+            .args(["control", "--reload"])
+            .status()
+            .expect("running udevadm control");
+        assert!(st.success(), "udevadm control --reload");
+    }
+}
+
+impl Drop for FakeDriveRule {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+        Self::reload();
+    }
+}
+
+/// Sends a synthetic `change` uevent for `dev` (`/sys/block/NAME/uevent`), with `args` as
+/// `SYNTH_ARG_` properties.
+fn synthetic_change(dev: &str, args: &str) {
+    let sys = Path::new("/sys/block")
+        .join(Path::new(dev).file_name().unwrap())
+        .join("uevent");
+    let uuid = fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
+    let line = format!("change {} {args}", uuid.trim());
+    fs::write(&sys, line.trim_end()).unwrap_or_else(|e| {
+        panic!("writing {}: {e}", sys.display());
+    });
+}
+
+/// The eject button on an optical drive: isomgr takes the disc's directory away at once
+/// (a file already open keeps reading), says who still holds it, and asks the drive to open
+/// its tray. The same disc back in the drive gets the same name.
+#[test]
+fn eject_button_unmounts_names_the_holders_and_reinsert_keeps_the_name() {
+    if !can_run("eject_button_unmounts_names_the_holders_and_reinsert_keeps_the_name") {
+        return;
+    }
+    let _lock = LoopLock::take();
+    let _rule = FakeDriveRule::install();
+    settle();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = copy_fixture("plain.iso", tmp.path(), "isomgr-fake-drive-1.iso");
+    let dev = Loop::attach(&image);
+    settle();
+    let props = Command::new("udevadm")
+        .args(["info", "--query=property", "--name", &dev.0])
+        .output()
+        .unwrap();
+    let props = String::from_utf8_lossy(&props.stdout);
+    assert!(
+        props.contains("ID_CDROM=1") && props.contains("ID_FS_LABEL=ISOMGR_PLAIN"),
+        "the rule makes {} an optical drive with a disc in:\n{props}",
+        dev.0
+    );
+
+    let mut w = Watcher::start(tmp.path());
+    let name = w.wait_mounted(&dev.0);
+    assert_eq!(name, "ISOMGR_PLAIN");
+    let served = w.root.join(&name);
+    assert_serves(&served, "plain.iso");
+    // A download in flight: this process holds a file of the disc open.
+    let mut held = File::open(served.join("DOCS/MANUAL.TXT")).unwrap();
+
+    synthetic_change(&dev.0, "ISOMGREJECT=1");
+    w.wait_for("the eject button to be seen", |v| {
+        v["message"] == "eject button" && v["device"] == dev.0.as_str()
+    });
+    w.wait_removed(&dev.0);
+    assert!(!w.names().contains(&name), "{name} gone after the eject");
+    let me = format!("[{}]", std::process::id());
+    let busy = w.wait_for("the holders to be named", |v| {
+        v["message"] == "still in use after unpublishing" && v["device"] == dev.0.as_str()
+    });
+    assert!(
+        busy["holders"].as_str().is_some_and(|h| h.contains(&me)),
+        "this process ({me}) holds a file: {busy}"
+    );
+    // A loop device has no tray: CDROMEJECT is refused, and said so.
+    w.wait_for("the tray to be asked to open", |v| {
+        (v["message"] == "eject failed" || v["message"] == "ejected")
+            && v["device"] == dev.0.as_str()
+    });
+    // The open file reads on, to the end, from the disc that was taken away.
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut held, &mut text).unwrap();
+    assert!(text.contains("manual"), "{text:?}");
+    drop(held);
+
+    // The same disc back in the drive: the same name, served again.
+    synthetic_change(&dev.0, "");
+    assert_eq!(w.wait_mounted(&dev.0), name);
+    assert_serves(&served, "plain.iso");
+}
