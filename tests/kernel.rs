@@ -303,6 +303,69 @@ fn squashfs_and_ext4_mount_read_only_and_go_without_a_trace() {
     }
 }
 
+/// A drive's medium is mounted straight from its device node: no loop device of isomgr's own
+/// on top, the same flags, and on removal the device is left as it was (isomgr did not attach
+/// it). The "drive" is a loop device attached here, holding an ext4 image.
+#[test]
+fn a_drive_is_mounted_from_its_device_node_and_left_attached() {
+    if !can_run("a_drive_is_mounted_from_its_device_node_and_left_attached") {
+        return;
+    }
+    let w = World::new();
+    let (image, data) = w.image("ext4", 1024 * 1024 + 5);
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(&image)
+        .output()
+        .expect("losetup");
+    assert!(out.status.success(), "losetup: {out:?}");
+    let drive = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let m = Medium {
+        id: MediumId("drive:test:1".into()),
+        source: SourceKind::Drive,
+        origin: drive.clone(),
+        label: None,
+        fallback: "drive".into(),
+        fs: Some("ext4".into()),
+        handle: Some(Handle(Arc::new(
+            File::open(&drive).expect("opening the drive"),
+        ))),
+    };
+    let mut e = KernelExecutor::new(LinuxSys, w.root.clone());
+    match publish(&mut e, "disc", &m) {
+        Event::Published {
+            loop_device: None, ..
+        } => {}
+        other => panic!("expected Published without a loop device, got {other:?}"),
+    }
+    let target = w.root.join("disc");
+    let at = mounts_at(&target);
+    assert_eq!(at.len(), 1, "one mount at {}", target.display());
+    let (_, opts, fstype, source) = &at[0];
+    for flag in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(opts.split(',').any(|o| o == flag), "{flag} in {opts}");
+    }
+    assert_eq!(fstype, "ext4");
+    assert_eq!(
+        Path::new(source),
+        drive,
+        "mounted from the device node itself"
+    );
+    assert_eq!(
+        loops_backed_by(&image),
+        [drive.to_string_lossy().into_owned()],
+        "no loop of isomgr's own"
+    );
+    assert_eq!(fs::read(target.join("file.bin")).expect("read"), data);
+
+    unpublish(&mut e, "disc", &m);
+    assert!(mounts_at(&target).is_empty(), "unmounted");
+    assert!(fs::symlink_metadata(&target).is_err(), "directory removed");
+    let info = loop_info(&drive).expect("the drive is still attached");
+    assert_eq!(info["back-file"], image.to_string_lossy().as_ref());
+    // World's guard detaches it.
+}
+
 #[test]
 fn lazy_unmount_lets_an_open_file_finish_reading() {
     if !can_run("lazy_unmount_lets_an_open_file_finish_reading") {
