@@ -398,7 +398,11 @@ impl State {
         let devices = match devices {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!(error = %e, "enumerating block devices through udev");
+                // The monitor still reports what changes from now on. The scan counts as done
+                // with what is known (nothing is taken for gone), or readiness would wait for
+                // it forever.
+                tracing::error!(error = %e, "enumerating block devices through udev; drives present now are served when udev next reports them");
+                self.scan_done();
                 return;
             }
         };
@@ -418,6 +422,11 @@ impl State {
         for node in lost {
             self.gone(&node, "no medium any more");
         }
+        self.scan_done();
+    }
+
+    /// Ends a scan: what is tracked now is what is present.
+    fn scan_done(&self) {
         let present = self.tracked.values().map(|t| t.id.clone()).collect();
         self.emit(Event::ScanDone {
             source: SourceKind::Drive,
