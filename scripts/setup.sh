@@ -8,6 +8,7 @@ packages=(
   fuse3 libfuse3-dev udev util-linux e2fsprogs squashfs-tools
   genisoimage xorriso libarchive-tools fuseiso hyperfine inotify-tools
   nginx curl  # tests/web.rs: a real web server in front of the root
+  xfsprogs  # tests/mkiso_reflink.rs: an XFS scratch file system that shares blocks
   # systemd-analyze verify of the unit, and man(1) for its Documentation= pages
   systemd man-db
 )

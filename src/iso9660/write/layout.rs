@@ -32,6 +32,11 @@ pub const MAX_LEVEL: u32 = 8;
 pub const MAX_EXTENT: u64 = 0xFFFF_F800;
 /// Path tables number directories with 16 bits (ECMA-119 9.4.5).
 const MAX_DIRS: usize = 65_535;
+/// Files the writer copies with `copy_file_range` (larger than this) start on a file-system
+/// block boundary, so the kernel can clone them (see below).
+const REFLINK_MIN: u64 = super::stream::SMALL_FILE;
+/// Sectors per 4 KiB file-system block.
+const SECTORS_PER_BLOCK: u64 = 4096 / SECTOR_SIZE;
 const SYSTEM_ID: &[u8] = b"LINUX";
 const APPLICATION_ID: &[u8] = b"ISOMGR MKISO";
 
@@ -826,6 +831,11 @@ pub fn plan(
             a.file.push(to_u32(data_start)?);
             data_offsets.push(data_start * SECTOR_SIZE);
             continue;
+        }
+        if f.size > REFLINK_MIN && lba % SECTORS_PER_BLOCK != 0 {
+            // Large files start on a 4 KiB boundary: where the output's file system shares
+            // blocks (XFS, btrfs), the kernel then clones the data instead of copying it.
+            lba += SECTORS_PER_BLOCK - lba % SECTORS_PER_BLOCK;
         }
         a.file.push(to_u32(lba)?);
         data_offsets.push(lba * SECTOR_SIZE);

@@ -17,7 +17,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Files up to this size are read whole into the batch buffer.
-const SMALL_FILE: u64 = 1 << 20;
+pub(super) const SMALL_FILE: u64 = 1 << 20;
 /// Batch buffer size: consecutive small files are written with one `pwrite`.
 const BATCH: usize = 8 << 20;
 /// Largest single copy request, so progress moves during a big file.
