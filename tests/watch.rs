@@ -866,3 +866,46 @@ fn inotify_queue_overflow_triggers_a_rescan_that_reconciles() {
         assert!(Path::new(origin).exists(), "{origin} is gone but served");
     }
 }
+
+/// The watched directory's parent is watched only for the directory coming back: a log or a
+/// state file written beside it (here the watcher's own log lives there too) wakes nothing.
+#[test]
+fn writes_beside_the_watched_directory_do_not_wake_the_watcher() {
+    if !can_run("writes beside the watched directory") {
+        return;
+    }
+    let env = Env::new("isomgr-watch-");
+    let w = Watcher::start_with(&env, &[]);
+    env.wait_status(&[]);
+    let switches = || -> u64 {
+        fs::read_dir(format!("/proc/{}/task", w.pid()))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+            .flat_map(|s| {
+                s.lines()
+                    .filter(|l| l.starts_with("voluntary_ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    let before = switches();
+    let beside = env.base.join("app.log");
+    for i in 0..1000 {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&beside)
+            .unwrap();
+        writeln!(f, "line {i}").unwrap();
+    }
+    fs::rename(&beside, env.base.join("app.log.1")).unwrap();
+    // Time for any wake-up to happen (what is counted is wake-ups, not time).
+    std::thread::sleep(Duration::from_millis(300));
+    let woke = switches() - before;
+    assert!(
+        woke < 50,
+        "1,000 writes beside the watched directory woke the watcher {woke} times"
+    );
+}

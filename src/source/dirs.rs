@@ -219,8 +219,27 @@ impl DirsSource {
             observed: HashMap::new(),
             poll_errors: HashSet::new(),
             fd_short: FdShort::default(),
+            parents: None,
         };
         state.watch_all()?;
+        // The parents too, to notice a watched directory deleted and made again (the polled
+        // ones are noticed by their next poll).
+        let watched: Vec<PathBuf> = state
+            .cfg
+            .dirs
+            .iter()
+            .zip(&state.polled)
+            .filter(|(_, polled)| !**polled)
+            .map(|(d, _)| d.path.clone())
+            .collect();
+        let back_tx = tx.clone();
+        state.parents = Some(
+            super::parents::ParentWatch::start(&watched, move |dir| {
+                let ev = notify::Event::new(EventKind::Create(CreateKind::Folder)).add_path(dir);
+                let _ = back_tx.send(Input::Notify(Ok(ev)));
+            })
+            .context("watching the watched directories' parents (inotify)")?,
+        );
         let thread = std::thread::Builder::new()
             .name("isomgr-dirs".into())
             .spawn(move || state.run(rx))
@@ -342,6 +361,8 @@ struct State {
     cfg: DirsConfig,
     out: mpsc::Sender<Event>,
     watcher: notify::RecommendedWatcher,
+    /// The watched directories' parents, for a directory made again.
+    parents: Option<super::parents::ParentWatch>,
     tracked: TrackedFiles,
     /// Files that left their path, and when; gone unless they show up elsewhere within
     /// [`MOVE_GRACE`].
@@ -422,10 +443,6 @@ impl State {
             self.watcher
                 .watch(&dir, RecursiveMode::Recursive)
                 .with_context(|| format!("watching {} (inotify)", dir.display()))?;
-            // The parent too, to notice the watched directory deleted and made again.
-            if let Some(parent) = dir.parent() {
-                let _ = self.watcher.watch(parent, RecursiveMode::NonRecursive);
-            }
         }
         Ok(())
     }
@@ -510,7 +527,7 @@ impl State {
             return;
         };
         match ev.kind {
-            // The parent of each watched directory is watched too: only files inside count.
+            // Directory creations outside come from the parents' watch: only files inside count.
             EventKind::Access(AccessKind::Close(AccessMode::Write))
                 if self.inside_watched(&path) =>
             {

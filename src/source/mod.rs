@@ -4,6 +4,7 @@
 pub mod dirs;
 pub mod drives;
 pub mod fstype;
+pub mod parents;
 
 /// A running source, as the daemon drives it.
 pub trait Source: Send {

@@ -1,0 +1,183 @@
+//! Watches the parents of the watched directories for one thing only: a watched directory made
+//! (or moved) there again after it went.
+//!
+//! A watch through `notify` takes every kind of event, so on a parent such as /srv or a home
+//! directory every write to any file beside the watched directory (a log, a state file, shell
+//! history) would wake isomgr. This inotify instance asks for directory entries appearing
+//! (`IN_CREATE`, `IN_MOVED_TO`) and nothing else.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A running parent watch; stopped on drop.
+pub struct ParentWatch {
+    fd: Arc<OwnedFd>,
+    wds: Vec<i32>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ParentWatch {
+    /// Watches the parent of each of `dirs`; `back(dir)` is called on the watch's thread when
+    /// one of `dirs` appears in its parent. Parents that cannot be watched are logged and left
+    /// out (the directory is then not noticed coming back until a rescan).
+    pub fn start(
+        dirs: &[PathBuf],
+        back: impl Fn(PathBuf) + Send + 'static,
+    ) -> std::io::Result<ParentWatch> {
+        // SAFETY: inotify_init1 takes flags only.
+        let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        let mut by_wd: HashMap<i32, (PathBuf, Vec<PathBuf>)> = HashMap::new();
+        let mut wds = Vec::new();
+        for dir in dirs {
+            let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) else {
+                continue;
+            };
+            let Ok(c) = CString::new(parent.as_os_str().as_bytes()) else {
+                continue;
+            };
+            // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+            let wd = unsafe {
+                libc::inotify_add_watch(
+                    fd.as_raw_fd(),
+                    c.as_ptr(),
+                    libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_ONLYDIR,
+                )
+            };
+            if wd < 0 {
+                let e = std::io::Error::last_os_error();
+                tracing::warn!(dir = %dir.display(), parent = %parent.display(), error = %e, "cannot watch the parent; the directory is not followed if it is made again");
+                continue;
+            }
+            let entry = by_wd
+                .entry(wd)
+                .or_insert_with(|| (parent.to_path_buf(), Vec::new()));
+            entry.1.push(dir.clone());
+            if !wds.contains(&wd) {
+                wds.push(wd);
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (fd, stop) = (Arc::clone(&fd), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("isomgr-parents".into())
+                .spawn(move || read_events(&fd, &stop, &by_wd, &back))?
+        };
+        Ok(ParentWatch {
+            fd,
+            wds,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ParentWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Removing the watches queues IN_IGNORED events, which wake the blocked read.
+        for wd in &self.wds {
+            // SAFETY: a valid inotify descriptor; a stale wd only gives EINVAL.
+            unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), *wd) };
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Size of `struct inotify_event` without its name.
+const EVENT_HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+
+fn read_events(
+    fd: &OwnedFd,
+    stop: &AtomicBool,
+    by_wd: &HashMap<i32, (PathBuf, Vec<PathBuf>)>,
+    back: &impl Fn(PathBuf),
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::SeqCst) {
+        // SAFETY: reads into a valid buffer of the given length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(error = %e, "reading the parent directories' inotify events");
+            return;
+        }
+        let data = buf.get(..n as usize).unwrap_or_default();
+        for (wd, mask, name) in events(data) {
+            if mask & libc::IN_ISDIR == 0 || mask & libc::IN_Q_OVERFLOW != 0 {
+                continue;
+            }
+            let Some((parent, dirs)) = by_wd.get(&wd) else {
+                continue;
+            };
+            let path = parent.join(name);
+            if dirs.contains(&path) {
+                back(path);
+            }
+        }
+    }
+}
+
+/// The (wd, mask, name) of each event in a buffer `read` filled.
+fn events(mut data: &[u8]) -> impl Iterator<Item = (i32, u32, &OsStr)> {
+    std::iter::from_fn(move || {
+        let head = data.get(..EVENT_HEADER)?;
+        let int = |at: usize| -> [u8; 4] {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(head.get(at..at + 4).unwrap_or(&[0; 4]));
+            b
+        };
+        let wd = i32::from_ne_bytes(int(0));
+        let mask = u32::from_ne_bytes(int(4));
+        let len = u32::from_ne_bytes(int(12)) as usize;
+        let name = data.get(EVENT_HEADER..EVENT_HEADER + len)?;
+        let name = name.split(|b| *b == 0).next().unwrap_or_default();
+        data = data.get(EVENT_HEADER + len..).unwrap_or_default();
+        Some((wd, mask, OsStr::from_bytes(name)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_watched_directory_made_again_is_reported_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("drop");
+        let (tx, rx) = mpsc::channel();
+        let w = ParentWatch::start(std::slice::from_ref(&dir), move |p| {
+            let _ = tx.send(p);
+        })
+        .unwrap();
+        // Files and other directories beside it are none of its business.
+        std::fs::write(tmp.path().join("state.json"), b"{}").unwrap();
+        std::fs::create_dir(tmp.path().join("other")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), dir);
+        // Moved away and back.
+        std::fs::rename(&dir, tmp.path().join("away")).unwrap();
+        std::fs::rename(tmp.path().join("away"), &dir).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), dir);
+        drop(w);
+        assert!(rx.try_recv().is_err(), "nothing else was reported");
+    }
+}
