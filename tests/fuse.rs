@@ -490,10 +490,9 @@ fn media_come_and_go_while_a_reader_holds_a_file_open() {
     );
 }
 
-/// The kernel remembers names missing from the root and from a medium (negative entries), so
-/// a client polling for a medium, or a web server probing for index.html, is answered from its
-/// cache. A medium that then takes such a name must be visible at once, also to a lookup that
-/// was in flight while it was added.
+/// A name looked up before a medium takes it (a client polling for it) must be visible at once
+/// after the add, also to a lookup that was in flight while it was added: nothing the kernel
+/// cached about the name may hide the new medium.
 #[test]
 fn a_name_looked_up_before_its_medium_arrives_is_there_at_once() {
     if !can_run("a_name_looked_up_before_its_medium_arrives_is_there_at_once") {

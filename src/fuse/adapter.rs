@@ -31,10 +31,6 @@ pub type SharedTable = Arc<Mutex<Table<Medium, Entry>>>;
 const CONTENT_TTL: Duration = Duration::from_secs(3600);
 /// The root's own attributes (nlink, mtime) change with every medium.
 const ROOT_TTL: Duration = Duration::from_secs(1);
-/// How long the kernel may remember that a name is not in the root. `add` invalidates the
-/// name as soon as a medium takes it (the kernel orders that after any lookup in flight: both
-/// take the root's inode lock), so this only bounds the damage should an invalidation fail.
-const ROOT_NEGATIVE_TTL: Duration = Duration::from_secs(1);
 /// Preferred I/O size reported in st_blksize: tools size their buffers from it (cp, cat).
 const BLKSIZE: u32 = 1 << 20;
 /// ISO9660 logical block size, for statfs.
@@ -243,27 +239,6 @@ pub fn entry_attr(ino: u64, e: &Entry) -> FileAttr {
     }
 }
 
-/// The attributes of a negative entry: inode 0 tells the kernel the name does not exist.
-fn negative_attr() -> FileAttr {
-    FileAttr {
-        ino: 0,
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: BLKSIZE,
-        flags: 0,
-    }
-}
-
 fn root_attr(media: usize, mtime: SystemTime, uid: u32, gid: u32) -> FileAttr {
     FileAttr {
         ino: ROOT_INO,
@@ -319,19 +294,6 @@ impl Filesystem for Adapter {
                 Step::Done(found) => {
                     let attr = entry_attr(found.ino, &found.entry);
                     return reply.entry(&CONTENT_TTL, &attr, found.generation);
-                }
-                // A missing name is remembered by the kernel (an entry with inode 0): a client
-                // polling for a medium, or a web server probing for index.html in every
-                // directory, is answered from the dentry cache instead of a request each time.
-                // Contents never change while a medium is present; the root's names change,
-                // and each new one is invalidated when it appears.
-                Step::Err(libc::ENOENT) => {
-                    let ttl = if parent == ROOT_INO {
-                        ROOT_NEGATIVE_TTL
-                    } else {
-                        CONTENT_TTL
-                    };
-                    return reply.entry(&ttl, &negative_attr(), 0);
                 }
                 Step::Err(errno) => return reply.error(errno),
                 Step::NeedIndex(need) => {
