@@ -51,6 +51,9 @@ pub struct ScanRecord {
     pub complete: bool,
 }
 
+/// Bytes of `--json` output written at a time (one buffer, reused: no fresh pages per scan).
+const OUT_CHUNK: usize = 256 * 1024;
+
 /// Files examined between progress updates are counted here.
 const PROGRESS_MIN: usize = 2000;
 
@@ -81,21 +84,25 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
                 Item::Json { pre, post, base } => {
                     let base = d.buf.get(base.clone()).unwrap_or_default();
                     let base = std::str::from_utf8(base).unwrap_or_default();
-                    let taken = |n: &str| bases.contains(n) || renamed.contains(n);
                     if images > 0 {
                         doc.push(b',');
                     }
                     doc.extend_from_slice(d.buf.get(pre.clone()).unwrap_or_default());
-                    if taken(base) {
-                        let name = names::first_free(base, taken);
+                    // Usually free: then one lookup both checks and takes it.
+                    if !renamed.contains(base) && bases.insert(base) {
+                        serde_json::to_writer(&mut doc, base)?;
+                    } else {
+                        let name =
+                            names::first_free(base, |n| bases.contains(n) || renamed.contains(n));
                         serde_json::to_writer(&mut doc, &name)?;
                         renamed.insert(name.into_boxed_str());
-                    } else {
-                        serde_json::to_writer(&mut doc, base)?;
-                        bases.insert(base);
                     }
                     doc.extend_from_slice(d.buf.get(post.clone()).unwrap_or_default());
                     images += 1;
+                    if doc.len() >= OUT_CHUNK {
+                        out.write_all(&doc)?;
+                        doc.clear();
+                    }
                 }
                 Item::Info(info) => {
                     let path = d.chunk.path(k);
@@ -160,7 +167,7 @@ fn record(path: &Path, info: VolumeInfo, name: String) -> ScanRecord {
     }
 }
 
-/// FxHash (rustc's): names are short and not chosen by an attacker who could profit from
+/// FxHash (rustc's), finalised: names are short and not chosen by an attacker who could profit from
 /// collisions, so SipHash's cost buys nothing here.
 #[derive(Default, Clone, Copy)]
 struct Fx(u64);
@@ -193,8 +200,15 @@ impl Hasher for Fx {
         self.add(u64::from(i));
     }
 
+    /// The words are mixed into the high bits only; the table indexes by the low ones, so
+    /// fold (MurmurHash3's finaliser) to spread them.
     fn finish(&self) -> u64 {
-        self.0
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
@@ -589,6 +603,23 @@ fn stat_is_file(dir: libc::c_int, name: &CStr, flags: libc::c_int) -> bool {
     fstatat_mode(dir, name, flags) == Some(libc::S_IFREG)
 }
 
+/// The directory `fd` again, as an O_PATH descriptor (enough for openat and fstatat).
+fn reopen_path(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: openat with a directory descriptor and a NUL-terminated name.
+    let new = unsafe {
+        libc::openat(
+            fd.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: new is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
 /// Opens a directory for reading its entries.
 fn open_dir(path: &[u8]) -> std::io::Result<OwnedFd> {
     let c = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -677,6 +708,13 @@ fn scan_all(paths: &[PathBuf], fragments: bool, failures: &mut usize) -> Vec<Don
                 if files.is_empty() {
                     continue;
                 }
+                // Files are opened relative to an O_PATH descriptor: closing the one that read
+                // the entries now frees the filesystem's readdir state here, while the
+                // workers probe, rather than at the end.
+                let fd = match reopen_path(&fd) {
+                    Ok(path_fd) => path_fd,
+                    Err(_) => fd,
+                };
                 let n = files.len();
                 live.fetch_add(1, Ordering::Relaxed);
                 let dir = Arc::new(Dir {
