@@ -9,13 +9,12 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::{CStr, CString, OsStr};
-use std::fs::{self, File};
+use std::fs;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{IsTerminal, Write};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -324,39 +323,105 @@ enum ProbeError {
 const OPEN_FLAGS: libc::c_int =
     libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
 
+/// A file being probed, read and closed with plain system calls: the C library's wrappers for
+/// openat, pread and close are cancellation points, whose bookkeeping costs as much as the
+/// rest of their user-space work, and nothing here is ever cancelled.
+struct RawFile(libc::c_int);
+
+impl Drop for RawFile {
+    fn drop(&mut self) {
+        // SAFETY: closes the descriptor this value owns, once.
+        unsafe { libc::syscall(libc::SYS_close, self.0) };
+    }
+}
+
+/// A system call's result as `io::Result`.
+fn sys_result(rc: libc::c_long) -> std::io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+impl crate::iso9660::ReadAt for RawFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let offset = libc::off64_t::try_from(offset)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // 64-bit targets pass the offset in one register; elsewhere the C library splits it.
+        // SAFETY: pread64 writes at most buf.len() bytes into buf.
+        #[cfg(target_pointer_width = "64")]
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_pread64,
+                self.0,
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+                buf.len(),
+                offset,
+            )
+        };
+        // SAFETY: as above.
+        #[cfg(not(target_pointer_width = "64"))]
+        let n = unsafe {
+            libc::pread64(
+                self.0,
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+                buf.len(),
+                offset,
+            ) as libc::c_long
+        };
+        Ok(sys_result(n)? as usize)
+    }
+
+    /// The end offset: the file length, or a block device's capacity.
+    fn size(&self) -> std::io::Result<u64> {
+        // SAFETY: lseek64 on a descriptor this value owns; it does not touch memory.
+        let end = unsafe { libc::lseek64(self.0, 0, libc::SEEK_END) };
+        if end < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(end as u64)
+    }
+}
+
+impl RawFile {
+    /// Shorter than the system area plus one descriptor: cannot be an image.
+    fn is_short(&self) -> bool {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat fills st on success.
+        if unsafe { libc::fstat(self.0, st.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: fstat succeeded, so st was written.
+        let st = unsafe { st.assume_init() };
+        st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size < 17 * 2048
+    }
+}
+
 /// Opens `name` relative to `dir` (or a path when `dir` is `AT_FDCWD`) for probing.
-fn open_at(dir: libc::c_int, name: &CStr) -> std::io::Result<File> {
+fn open_at(dir: libc::c_int, name: &CStr) -> std::io::Result<RawFile> {
     // O_NOATIME keeps scanning from touching the images' metadata where permitted.
     for flags in [OPEN_FLAGS | libc::O_NOATIME, OPEN_FLAGS] {
         // SAFETY: openat with a directory descriptor (or AT_FDCWD) and a NUL-terminated name.
-        let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };
-        if fd >= 0 {
-            // SAFETY: fd is a fresh descriptor that nothing else owns.
-            return Ok(unsafe { File::from_raw_fd(fd) });
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EPERM) {
-            return Err(e);
+        let rc = unsafe { libc::syscall(libc::SYS_openat, dir, name.as_ptr(), flags) };
+        match sys_result(rc) {
+            Ok(fd) => {
+                let fd = libc::c_int::try_from(fd)
+                    .map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+                return Ok(RawFile(fd));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            Err(e) => return Err(e),
         }
     }
     Err(std::io::Error::from_raw_os_error(libc::EPERM))
 }
 
-fn open_by_path(path: &Path) -> std::io::Result<File> {
-    match CString::new(path.as_os_str().as_bytes()) {
-        Ok(c) => open_at(libc::AT_FDCWD, &c),
-        Err(_) => File::options()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path),
-    }
-}
-
-fn probe_file(file: std::io::Result<File>) -> Result<VolumeInfo, ProbeError> {
+fn probe_file(file: std::io::Result<RawFile>) -> Result<VolumeInfo, ProbeError> {
     let file = file.map_err(ProbeError::Open)?;
     match probe(&file) {
         Ok(info) => Ok(info),
-        Err(IsoError::NotAnImage | IsoError::Truncated { .. }) if file_is_short(&file) => {
+        Err(IsoError::NotAnImage | IsoError::Truncated { .. }) if file.is_short() => {
             Err(ProbeError::NotAnImage)
         }
         Err(IsoError::NotAnImage) => Err(ProbeError::NotAnImage),
@@ -364,16 +429,36 @@ fn probe_file(file: std::io::Result<File>) -> Result<VolumeInfo, ProbeError> {
     }
 }
 
-/// Shorter than the system area plus one descriptor: cannot be an image.
-fn file_is_short(f: &File) -> bool {
-    f.metadata()
-        .is_ok_and(|m| m.is_file() && m.len() < 17 * 2048)
-}
-
 /// Writes a JSON string as serde_json does.
 fn json_str(buf: &mut Vec<u8>, s: &str) {
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+/// Appends `n` in decimal, as serde_json writes it.
+fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
+
+/// What [`Path::file_stem`] gives for a file name (no '/'; not "." or ".."): the name up to its
+/// last '.', unless that is its first byte.
+fn file_stem(name: &[u8]) -> &[u8] {
+    match name.iter().rposition(|&b| b == b'.') {
+        Some(0) | None => name,
+        Some(i) => name.get(..i).unwrap_or(name),
+    }
 }
 
 /// Appends the record's compact JSON, minus the name's value, and its base name to `buf`.
@@ -394,30 +479,26 @@ fn fragment(buf: &mut Vec<u8>, path: &[u8], file_name: &[u8], info: &VolumeInfo)
     }
     buf.extend_from_slice(b",\"name\":");
     let p1 = buf.len();
-    let _ = write!(
-        buf,
-        ",\"size\":{},\"volume_size\":{},\"fs\":",
-        info.image_size, info.volume_size
-    );
+    buf.extend_from_slice(b",\"size\":");
+    push_u64(buf, info.image_size);
+    buf.extend_from_slice(b",\"volume_size\":");
+    push_u64(buf, info.volume_size);
+    buf.extend_from_slice(b",\"fs\":");
     json_str(buf, info.fs.as_str());
     buf.extend_from_slice(b",\"extensions\":[");
-    for (k, e) in info.extensions().into_iter().enumerate() {
+    for (k, e) in info.extension_names().enumerate() {
         if k > 0 {
             buf.push(b',');
         }
         json_str(buf, e);
     }
-    let _ = write!(
-        buf,
-        "],\"bootable\":{},\"complete\":{}}}",
-        info.bootable,
-        info.complete()
-    );
+    buf.extend_from_slice(b"],\"bootable\":");
+    buf.extend_from_slice(if info.bootable { b"true" } else { b"false" });
+    buf.extend_from_slice(b",\"complete\":");
+    buf.extend_from_slice(if info.complete() { b"true" } else { b"false" });
+    buf.push(b'}');
     let p2 = buf.len();
-    let stem = Path::new(OsStr::from_bytes(file_name))
-        .file_stem()
-        .map(|s| s.to_string_lossy())
-        .unwrap_or_default();
+    let stem = String::from_utf8_lossy(file_stem(file_name));
     buf.extend_from_slice(names::base_name(info.label.as_deref(), &stem).as_bytes());
     Item::Json {
         pre: p0..p1,
@@ -454,7 +535,12 @@ fn work(chunk: Chunk, start: usize, fragments: bool, path: &mut Vec<u8>) -> Done
             }
         }
         Chunk::Explicit(p) => {
-            let r = probe_file(open_by_path(p));
+            let r = match CString::new(p.as_os_str().as_bytes()) {
+                Ok(c) => probe_file(open_at(libc::AT_FDCWD, &c)),
+                Err(_) => Err(ProbeError::Open(std::io::Error::from_raw_os_error(
+                    libc::EINVAL,
+                ))),
+            };
             let name = p.file_name().map(|n| n.as_bytes()).unwrap_or_default();
             items.push(finish(&mut buf, r, p.as_os_str().as_bytes(), name));
         }
