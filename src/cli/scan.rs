@@ -66,8 +66,9 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     let mut records = Vec::new();
     let mut doc: Vec<u8> = Vec::new();
     if fragments {
+        // Written and cleared every OUT_CHUNK bytes: the same pages serve the whole document.
         let est: usize = done.iter().map(|d| d.buf.len() + d.items.len() * 8).sum();
-        doc.reserve(est + 3);
+        doc.reserve(est.min(OUT_CHUNK) + 64 * 1024);
         doc.push(b'[');
     }
     let mut images = 0usize;
