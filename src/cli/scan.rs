@@ -1,12 +1,23 @@
 //! `isomgr scan [--json] PATH...`: identify images in files and directories (recursively)
 //! without mounting them. Reads only the few sectors identification needs, in parallel.
+//!
+//! The walk reads each directory once (getdents64) into one buffer of names, sorts them, and
+//! hands out runs of files relative to the directory's descriptor: no path per file. Workers
+//! (the main thread joins them once the walk is done) open, probe and, for `--json` to a
+//! program, format each record except its name; the main thread then only resolves name
+//! collisions and writes the document at once.
 
-use std::collections::HashSet;
-use std::fs::{self, File};
+use std::collections::{HashSet, VecDeque};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -39,39 +50,81 @@ pub struct ScanRecord {
     pub complete: bool,
 }
 
-/// A file to look at; `explicit` when named on the command line (then "not an image" is an
-/// error rather than a skip).
-struct Candidate {
-    path: PathBuf,
-    explicit: bool,
-}
+/// Bytes of `--json` output written at a time (one buffer, reused: no fresh pages per scan).
+const OUT_CHUNK: usize = 256 * 1024;
 
 /// Files examined between progress updates are counted here.
 const PROGRESS_MIN: usize = 2000;
 
 pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
+    // Compact JSON for a program is assembled from the workers' fragments; a person at a
+    // terminal (indented JSON) and the table take the records.
+    let fragments = args.json && !std::io::stdout().is_terminal();
     let mut failures = 0usize;
-    let scanned = scan_all(&args.paths, &mut failures);
+    let mut done = scan_all(&args.paths, fragments, &mut failures);
+    done.sort_unstable_by_key(|d| d.start);
     let mut records = Vec::new();
+    let mut doc: Vec<u8> = Vec::new();
+    if fragments {
+        // Written and cleared every OUT_CHUNK bytes: the same pages serve the whole document.
+        let est: usize = done.iter().map(|d| d.buf.len() + d.items.len() * 8).sum();
+        doc.reserve(est.min(OUT_CHUNK) + 64 * 1024);
+        doc.push(b'[');
+    }
+    let mut images = 0usize;
     let mut skipped = 0usize;
-    let mut taken: HashSet<String> = HashSet::new();
-    for (c, r) in scanned {
-        match r {
-            Ok(info) => {
-                let stem = c.path.file_stem().map(|s| s.to_string_lossy().into_owned());
-                let base = names::base_name(info.label.as_deref(), stem.as_deref().unwrap_or(""));
-                let name = names::first_free(&base, |n| taken.contains(n));
-                taken.insert(name.clone());
-                records.push(record(&c.path, info, name));
-            }
-            Err(ProbeError::NotAnImage) if !c.explicit => skipped += 1,
-            Err(e) => {
-                eprintln!("isomgr: {}: {e:#}", c.path.display());
-                failures += 1;
+    // Names are mostly their base names, borrowed from the workers' buffers; the few
+    // collision-resolved ones are owned.
+    let mut bases: HashSet<&str, FxBuild> = HashSet::default();
+    let mut renamed: HashSet<Box<str>, FxBuild> = HashSet::default();
+    bases.reserve(done.iter().map(|d| d.items.len()).sum());
+    for d in &done {
+        for (k, item) in d.items.iter().enumerate() {
+            match item {
+                Item::Json { pre, post, base } => {
+                    let base = d.buf.get(base.clone()).unwrap_or_default();
+                    let base = std::str::from_utf8(base).unwrap_or_default();
+                    if images > 0 {
+                        doc.push(b',');
+                    }
+                    doc.extend_from_slice(d.buf.get(pre.clone()).unwrap_or_default());
+                    // Usually free: then one lookup both checks and takes it.
+                    if !renamed.contains(base) && bases.insert(base) {
+                        serde_json::to_writer(&mut doc, base)?;
+                    } else {
+                        let name =
+                            names::first_free(base, |n| bases.contains(n) || renamed.contains(n));
+                        serde_json::to_writer(&mut doc, &name)?;
+                        renamed.insert(name.into_boxed_str());
+                    }
+                    doc.extend_from_slice(d.buf.get(post.clone()).unwrap_or_default());
+                    images += 1;
+                    if doc.len() >= OUT_CHUNK {
+                        out.write_all(&doc)?;
+                        doc.clear();
+                    }
+                }
+                Item::Info(info) => {
+                    let path = d.chunk.path(k);
+                    let base = names::base_name(info.label.as_deref(), &stem(&path));
+                    let taken = |n: &str| renamed.contains(n);
+                    let name = names::first_free(&base, taken);
+                    renamed.insert(name.clone().into_boxed_str());
+                    records.push(record(&path, info.clone(), name));
+                    images += 1;
+                }
+                Item::Failed(ProbeError::NotAnImage) if !d.chunk.explicit() => skipped += 1,
+                Item::Failed(e) => {
+                    eprintln!("isomgr: {}: {e:#}", d.chunk.path(k).display());
+                    failures += 1;
+                }
             }
         }
     }
-    if args.json {
+    if fragments {
+        doc.extend_from_slice(b"]\n");
+        out.write_all(&doc)?;
+    } else if args.json {
         super::write_json(out, &records)?;
     } else {
         print_table(&records, out)?;
@@ -80,8 +133,8 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     if std::io::stderr().is_terminal() || !args.json {
         eprintln!(
             "{} image{}, {skipped} other file{} skipped",
-            records.len(),
-            if records.len() == 1 { "" } else { "s" },
+            images,
+            if images == 1 { "" } else { "s" },
             if skipped == 1 { "" } else { "s" }
         );
     }
@@ -92,6 +145,12 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn record(path: &Path, info: VolumeInfo, name: String) -> ScanRecord {
@@ -108,46 +167,148 @@ fn record(path: &Path, info: VolumeInfo, name: String) -> ScanRecord {
     }
 }
 
-/// Hands the regular files (and symlinks to them) below `dir` to `found`, one directory at a
-/// time, sorted by name. Symlinks to directories are not followed, so the walk always ends.
-fn walk(dir: &Path, found: &mut impl FnMut(Vec<Candidate>), failures: &mut usize) {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = match fs::read_dir(&d) {
-            Ok(rd) => rd,
-            Err(e) => {
-                eprintln!("isomgr: {}: {e}", d.display());
-                *failures += 1;
-                continue;
-            }
-        };
-        let mut files = Vec::new();
-        let mut dirs = Vec::new();
-        for ent in rd.flatten() {
-            let Ok(ft) = ent.file_type() else { continue };
-            let path = ent.path();
-            if ft.is_dir() {
-                dirs.push(path);
-            } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
-                files.push(path);
-            }
-        }
-        // One directory: the paths share their prefix, so byte order is name order.
-        files.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
-        dirs.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
-        if !files.is_empty() {
-            found(
-                files
-                    .into_iter()
-                    .map(|path| Candidate {
-                        path,
-                        explicit: false,
-                    })
-                    .collect(),
-            );
-        }
-        stack.extend(dirs.into_iter().rev());
+/// FxHash (rustc's), finalised: names are short and not chosen by an attacker who could profit from
+/// collisions, so SipHash's cost buys nothing here.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl Fx {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
     }
+}
+
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        let mut w = [0u8; 8];
+        if let Some(dst) = w.get_mut(..rest.len()) {
+            dst.copy_from_slice(rest);
+        }
+        self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    /// The words are mixed into the high bits only; the table indexes by the low ones, so
+    /// fold (MurmurHash3's finaliser) to spread them.
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+type FxBuild = BuildHasherDefault<Fx>;
+
+/// A directory being scanned: its descriptor (files are opened relative to it) and its
+/// regular files (and symlinks to them), sorted by name.
+struct Dir {
+    fd: OwnedFd,
+    /// The directory's path as given or joined, then a separator unless it ends in one: the
+    /// prefix of each file's path.
+    prefix: Vec<u8>,
+    /// The names, each NUL-terminated.
+    names: Vec<u8>,
+    /// Start and length (without the NUL) of each file's name in `names`, in name order.
+    files: Vec<(u32, u32)>,
+    /// Directories still open, for the walk to bound.
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Dir {
+    fn name(&self, k: usize) -> &[u8] {
+        let Some(&(start, len)) = self.files.get(k) else {
+            return &[];
+        };
+        let (start, len) = (start as usize, len as usize);
+        self.names.get(start..start + len).unwrap_or_default()
+    }
+
+    fn cname(&self, k: usize) -> Option<&CStr> {
+        let &(start, len) = self.files.get(k)?;
+        let (start, len) = (start as usize, len as usize);
+        CStr::from_bytes_with_nul(self.names.get(start..=start + len)?).ok()
+    }
+}
+
+/// Files handed to a worker at a time.
+const BATCH: usize = 64;
+
+/// Directories kept open at most (their files not yet all probed) before the walk stops to
+/// probe files itself.
+const MAX_OPEN_DIRS: usize = 64;
+
+/// A run of files for one worker: `range` of a directory's files, or one file named on the
+/// command line (then "not an image" is an error rather than a skip).
+enum Chunk {
+    Dir { dir: Arc<Dir>, range: Range<usize> },
+    Explicit(PathBuf),
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Dir { range, .. } => range.len(),
+            Chunk::Explicit(_) => 1,
+        }
+    }
+
+    fn explicit(&self) -> bool {
+        matches!(self, Chunk::Explicit(_))
+    }
+
+    /// The path of the chunk's `k`th file.
+    fn path(&self, k: usize) -> PathBuf {
+        match self {
+            Chunk::Dir { dir, range } => {
+                let mut p = dir.prefix.clone();
+                p.extend_from_slice(dir.name(range.start + k));
+                PathBuf::from(OsStr::from_bytes(&p))
+            }
+            Chunk::Explicit(p) => p.clone(),
+        }
+    }
+}
+
+/// What became of one file.
+enum Item {
+    /// The record as compact JSON: `buf[pre]` up to the name's value, `buf[post]` after it,
+    /// and the name before collisions in `buf[base]`.
+    Json {
+        pre: Range<usize>,
+        post: Range<usize>,
+        base: Range<usize>,
+    },
+    Info(VolumeInfo),
+    Failed(ProbeError),
+}
+
+/// A chunk's results; `start` is the walk position of its first file.
+struct Done {
+    start: usize,
+    chunk: Chunk,
+    buf: Vec<u8>,
+    items: Vec<Item>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,72 +321,108 @@ enum ProbeError {
     Image(IsoError),
 }
 
-/// The directory the previous file was opened in, kept open so each file is opened relative
-/// to it (no path walk per file).
-#[derive(Default)]
-struct DirCache {
-    dir: Option<(PathBuf, File)>,
-}
+const OPEN_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
 
-impl DirCache {
-    fn open(&mut self, path: &Path) -> std::io::Result<File> {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        use std::os::unix::ffi::OsStrExt;
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return open_by_path(path);
-        };
-        let parent = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
-        if self
-            .dir
-            .as_ref()
-            .is_none_or(|(p, _)| p.as_os_str() != parent.as_os_str())
-        {
-            let d = File::options()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(parent)?;
-            self.dir = Some((parent.to_path_buf(), d));
-        }
-        let Some((_, dir)) = &self.dir else {
-            return open_by_path(path);
-        };
-        let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else {
-            return open_by_path(path);
-        };
-        let base = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
-        // O_NOATIME keeps scanning from touching the images' metadata where permitted.
-        for flags in [base | libc::O_NOATIME, base] {
-            // SAFETY: openat with a valid directory descriptor and a NUL-terminated name.
-            let fd = unsafe { libc::openat(dir.as_raw_fd(), cname.as_ptr(), flags) };
-            if fd >= 0 {
-                // SAFETY: fd is a fresh descriptor that nothing else owns.
-                return Ok(unsafe { File::from_raw_fd(fd) });
-            }
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EPERM) {
-                return Err(e);
-            }
-        }
-        open_by_path(path)
+/// A file being probed, read and closed with plain system calls: the C library's wrappers for
+/// openat, pread and close are cancellation points, whose bookkeeping costs as much as the
+/// rest of their user-space work, and nothing here is ever cancelled.
+struct RawFile(libc::c_int);
+
+impl Drop for RawFile {
+    fn drop(&mut self) {
+        // SAFETY: closes the descriptor this value owns, once.
+        unsafe { libc::syscall(libc::SYS_close, self.0) };
     }
 }
 
-fn open_by_path(path: &Path) -> std::io::Result<File> {
-    File::options()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
+/// A system call's result as `io::Result`.
+fn sys_result(rc: libc::c_long) -> std::io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
-fn probe_one(path: &Path, dirs: &mut DirCache) -> Result<VolumeInfo, ProbeError> {
-    let file = dirs.open(path).map_err(ProbeError::Open)?;
+impl crate::iso9660::ReadAt for RawFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let offset = libc::off64_t::try_from(offset)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // 64-bit targets pass the offset in one register; elsewhere the C library splits it.
+        // SAFETY: pread64 writes at most buf.len() bytes into buf.
+        #[cfg(target_pointer_width = "64")]
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_pread64,
+                self.0,
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+                buf.len(),
+                offset,
+            )
+        };
+        // SAFETY: as above.
+        #[cfg(not(target_pointer_width = "64"))]
+        let n = unsafe {
+            libc::pread64(
+                self.0,
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+                buf.len(),
+                offset,
+            ) as libc::c_long
+        };
+        Ok(sys_result(n)? as usize)
+    }
+
+    /// The end offset: the file length, or a block device's capacity.
+    fn size(&self) -> std::io::Result<u64> {
+        // SAFETY: lseek64 on a descriptor this value owns; it does not touch memory.
+        let end = unsafe { libc::lseek64(self.0, 0, libc::SEEK_END) };
+        if end < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(end as u64)
+    }
+}
+
+impl RawFile {
+    /// Shorter than the system area plus one descriptor: cannot be an image.
+    fn is_short(&self) -> bool {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat fills st on success.
+        if unsafe { libc::fstat(self.0, st.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: fstat succeeded, so st was written.
+        let st = unsafe { st.assume_init() };
+        st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size < 17 * 2048
+    }
+}
+
+/// Opens `name` relative to `dir` (or a path when `dir` is `AT_FDCWD`) for probing.
+fn open_at(dir: libc::c_int, name: &CStr) -> std::io::Result<RawFile> {
+    // O_NOATIME keeps scanning from touching the images' metadata where permitted.
+    for flags in [OPEN_FLAGS | libc::O_NOATIME, OPEN_FLAGS] {
+        // SAFETY: openat with a directory descriptor (or AT_FDCWD) and a NUL-terminated name.
+        let rc = unsafe { libc::syscall(libc::SYS_openat, dir, name.as_ptr(), flags) };
+        match sys_result(rc) {
+            Ok(fd) => {
+                let fd = libc::c_int::try_from(fd)
+                    .map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+                return Ok(RawFile(fd));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::EPERM))
+}
+
+fn probe_file(file: std::io::Result<RawFile>) -> Result<VolumeInfo, ProbeError> {
+    let file = file.map_err(ProbeError::Open)?;
     match probe(&file) {
         Ok(info) => Ok(info),
-        Err(IsoError::NotAnImage | IsoError::Truncated { .. }) if file_is_short(&file) => {
+        Err(IsoError::NotAnImage | IsoError::Truncated { .. }) if file.is_short() => {
             Err(ProbeError::NotAnImage)
         }
         Err(IsoError::NotAnImage) => Err(ProbeError::NotAnImage),
@@ -233,51 +430,327 @@ fn probe_one(path: &Path, dirs: &mut DirCache) -> Result<VolumeInfo, ProbeError>
     }
 }
 
-/// Shorter than the system area plus one descriptor: cannot be an image.
-fn file_is_short(f: &File) -> bool {
-    f.metadata()
-        .is_ok_and(|m| m.is_file() && m.len() < 17 * 2048)
+/// Writes a JSON string as serde_json does.
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
 }
 
-/// Files handed to a worker at a time.
-const BATCH: usize = 64;
+/// Appends `n` in decimal, as serde_json writes it.
+fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
 
-type Probed = (Candidate, Result<VolumeInfo, ProbeError>);
+/// What [`Path::file_stem`] gives for a file name (no '/'; not "." or ".."): the name up to its
+/// last '.', unless that is its first byte.
+fn file_stem(name: &[u8]) -> &[u8] {
+    match name.iter().rposition(|&b| b == b'.') {
+        Some(0) | None => name,
+        Some(i) => name.get(..i).unwrap_or(name),
+    }
+}
+
+/// Appends the record's compact JSON, minus the name's value, and its base name to `buf`.
+fn fragment(buf: &mut Vec<u8>, path: &[u8], file_name: &[u8], info: &VolumeInfo) -> Item {
+    let p0 = buf.len();
+    buf.extend_from_slice(b"{\"path\":");
+    match std::str::from_utf8(path) {
+        Ok(s) => json_str(buf, s),
+        Err(_) => json_str(
+            buf,
+            &Path::new(OsStr::from_bytes(path)).display().to_string(),
+        ),
+    }
+    buf.extend_from_slice(b",\"label\":");
+    match &info.label {
+        Some(l) => json_str(buf, l),
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"name\":");
+    let p1 = buf.len();
+    buf.extend_from_slice(b",\"size\":");
+    push_u64(buf, info.image_size);
+    buf.extend_from_slice(b",\"volume_size\":");
+    push_u64(buf, info.volume_size);
+    buf.extend_from_slice(b",\"fs\":");
+    json_str(buf, info.fs.as_str());
+    buf.extend_from_slice(b",\"extensions\":[");
+    for (k, e) in info.extension_names().enumerate() {
+        if k > 0 {
+            buf.push(b',');
+        }
+        json_str(buf, e);
+    }
+    buf.extend_from_slice(b"],\"bootable\":");
+    buf.extend_from_slice(if info.bootable { b"true" } else { b"false" });
+    buf.extend_from_slice(b",\"complete\":");
+    buf.extend_from_slice(if info.complete() { b"true" } else { b"false" });
+    buf.push(b'}');
+    let p2 = buf.len();
+    let stem = String::from_utf8_lossy(file_stem(file_name));
+    buf.extend_from_slice(names::base_name(info.label.as_deref(), &stem).as_bytes());
+    Item::Json {
+        pre: p0..p1,
+        post: p1..p2,
+        base: p2..buf.len(),
+    }
+}
+
+/// Probes every file of `chunk`.
+fn work(chunk: Chunk, start: usize, fragments: bool, path: &mut Vec<u8>) -> Done {
+    let n = chunk.len();
+    let mut buf = Vec::with_capacity(if fragments { n * 256 } else { 0 });
+    let mut items = Vec::with_capacity(n);
+    let finish =
+        |buf: &mut Vec<u8>, r: Result<VolumeInfo, ProbeError>, path: &[u8], name: &[u8]| match r {
+            Ok(info) if fragments => fragment(buf, path, name, &info),
+            Ok(info) => Item::Info(info),
+            Err(e) => Item::Failed(e),
+        };
+    match &chunk {
+        Chunk::Dir { dir, range } => {
+            for k in range.clone() {
+                let file = match dir.cname(k) {
+                    Some(name) => open_at(dir.fd.as_raw_fd(), name),
+                    None => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+                };
+                let r = probe_file(file);
+                path.clear();
+                if fragments && r.is_ok() {
+                    path.extend_from_slice(&dir.prefix);
+                    path.extend_from_slice(dir.name(k));
+                }
+                items.push(finish(&mut buf, r, path, dir.name(k)));
+            }
+        }
+        Chunk::Explicit(p) => {
+            let r = match CString::new(p.as_os_str().as_bytes()) {
+                Ok(c) => probe_file(open_at(libc::AT_FDCWD, &c)),
+                Err(_) => Err(ProbeError::Open(std::io::Error::from_raw_os_error(
+                    libc::EINVAL,
+                ))),
+            };
+            let name = p.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+            items.push(finish(&mut buf, r, p.as_os_str().as_bytes(), name));
+        }
+    }
+    Done {
+        start,
+        chunk,
+        buf,
+        items,
+    }
+}
+
+/// Chunks waiting for a worker; `closed` once the walk has queued its last.
+struct Queue {
+    state: Mutex<(VecDeque<(usize, Chunk)>, bool)>,
+    ready: Condvar,
+}
+
+impl Queue {
+    fn push(&self, chunks: impl IntoIterator<Item = (usize, Chunk)>) {
+        if let Ok(mut st) = self.state.lock() {
+            st.0.extend(chunks);
+        }
+        self.ready.notify_all();
+    }
+
+    fn close(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.1 = true;
+        }
+        self.ready.notify_all();
+    }
+
+    fn try_pop(&self) -> Option<(usize, Chunk)> {
+        self.state.lock().ok()?.0.pop_front()
+    }
+
+    /// The next chunk, waiting for the walk; `None` once all are taken.
+    fn pop(&self) -> Option<(usize, Chunk)> {
+        let mut st = self.state.lock().ok()?;
+        loop {
+            if let Some(c) = st.0.pop_front() {
+                return Some(c);
+            }
+            if st.1 {
+                return None;
+            }
+            st = self.ready.wait(st).ok()?;
+        }
+    }
+}
+
+/// A directory's entries as [`read_entries`] returns them.
+struct Entries {
+    names: Vec<u8>,
+    files: Vec<(u32, u32)>,
+    dirs: Vec<Vec<u8>>,
+}
+
+/// Reads the directory `fd`'s entries; returns its regular files (and symlinks to them) as
+/// NUL-terminated names with (start, length) spans, and its subdirectories' names, both
+/// sorted by name. Symlinks to directories are not followed, so the walk always ends.
+fn read_entries(fd: libc::c_int) -> Entries {
+    let mut names = Vec::new();
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    let mut raw = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: getdents64 writes at most raw.len() bytes into raw.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd,
+                raw.as_mut_ptr().cast::<libc::c_void>(),
+                raw.len(),
+            )
+        };
+        if n <= 0 {
+            // End of directory, or an error: like read_dir's entries, errors are skipped.
+            break;
+        }
+        let filled = raw.get(..n as usize).unwrap_or_default();
+        let mut off = 0usize;
+        // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[].
+        while let Some(ent) = filled.get(off..) {
+            let Some(&[r0, r1]) = ent.get(16..18) else {
+                break;
+            };
+            let reclen = usize::from(u16::from_ne_bytes([r0, r1]));
+            if reclen == 0 {
+                break;
+            }
+            off += reclen;
+            let d_type = ent.get(18).copied().unwrap_or(libc::DT_UNKNOWN);
+            let Some(cname) = ent
+                .get(19..reclen)
+                .and_then(|b| CStr::from_bytes_until_nul(b).ok())
+            else {
+                continue;
+            };
+            let name = cname.to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let (is_dir, is_file) = match d_type {
+                libc::DT_REG => (false, true),
+                libc::DT_DIR => (true, false),
+                libc::DT_LNK => (false, stat_is_file(fd, cname, 0)),
+                libc::DT_UNKNOWN => match fstatat_mode(fd, cname, libc::AT_SYMLINK_NOFOLLOW) {
+                    Some(libc::S_IFDIR) => (true, false),
+                    Some(libc::S_IFREG) => (false, true),
+                    Some(libc::S_IFLNK) => (false, stat_is_file(fd, cname, 0)),
+                    _ => (false, false),
+                },
+                _ => (false, false),
+            };
+            if is_dir {
+                dirs.push(name.to_vec());
+            } else if is_file {
+                let (Ok(start), Ok(len)) = (u32::try_from(names.len()), u32::try_from(name.len()))
+                else {
+                    continue;
+                };
+                names.extend_from_slice(cname.to_bytes_with_nul());
+                files.push((start, len));
+            }
+        }
+    }
+    let name_of =
+        |&(s, l): &(u32, u32)| names.get(s as usize..(s + l) as usize).unwrap_or_default();
+    files.sort_unstable_by(|a, b| name_of(a).cmp(name_of(b)));
+    dirs.sort_unstable();
+    Entries { names, files, dirs }
+}
+
+/// The file type bits of `name` in `dir`, as fstatat with `flags` reports them.
+fn fstatat_mode(dir: libc::c_int, name: &CStr, flags: libc::c_int) -> Option<libc::mode_t> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstatat fills st on success; the name is NUL-terminated.
+    let rc = unsafe { libc::fstatat(dir, name.as_ptr(), st.as_mut_ptr(), flags) };
+    // SAFETY: rc == 0 means st was written.
+    (rc == 0).then(|| unsafe { st.assume_init() }.st_mode & libc::S_IFMT)
+}
+
+fn stat_is_file(dir: libc::c_int, name: &CStr, flags: libc::c_int) -> bool {
+    fstatat_mode(dir, name, flags) == Some(libc::S_IFREG)
+}
+
+/// The directory `fd` again, as an O_PATH descriptor (enough for openat and fstatat).
+fn reopen_path(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: openat with a directory descriptor and a NUL-terminated name.
+    let new = unsafe {
+        libc::openat(
+            fd.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: new is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Opens a directory for reading its entries.
+fn open_dir(path: &[u8]) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open with a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
 /// Walks `paths` and identifies every file found, on all cores: workers start on the first
-/// directory while the walk goes on. Results in walk order.
-fn scan_all(paths: &[PathBuf], failures: &mut usize) -> Vec<Probed> {
+/// directory while the walk goes on, and the walking thread joins them at its end. Results
+/// per chunk, in any order (`start` gives the walk position).
+fn scan_all(paths: &[PathBuf], fragments: bool, failures: &mut usize) -> Vec<Done> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<Candidate>)>();
-    let rx = std::sync::Mutex::new(rx);
+    let queue = Queue {
+        state: Mutex::new((VecDeque::new(), false)),
+        ready: Condvar::new(),
+    };
     let done = AtomicUsize::new(0);
     let total = AtomicUsize::new(0);
-    let walking = std::sync::atomic::AtomicBool::new(true);
+    let live = Arc::new(AtomicUsize::new(0));
+    let walking = AtomicBool::new(true);
     let show_progress = std::io::stderr().is_terminal();
-    let mut results: Vec<(usize, Candidate, Result<VolumeInfo, ProbeError>)> = Vec::new();
+    let mut results: Vec<Done> = Vec::new();
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut local = Vec::new();
-                    let mut dirs = DirCache::default();
-                    loop {
-                        let batch = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => break,
-                        };
-                        let Ok((start, files)) = batch else { break };
-                        let n = files.len();
-                        for (k, c) in files.into_iter().enumerate() {
-                            let r = probe_one(&c.path, &mut dirs);
-                            local.push((start + k, c, r));
-                        }
-                        done.fetch_add(n, Ordering::Relaxed);
-                    }
-                    local
-                })
-            })
-            .collect();
+        let worker = || {
+            let mut local = Vec::new();
+            let mut path = Vec::new();
+            while let Some((start, chunk)) = queue.pop() {
+                let n = chunk.len();
+                local.push(work(chunk, start, fragments, &mut path));
+                done.fetch_add(n, Ordering::Relaxed);
+            }
+            local
+        };
+        let workers: Vec<_> = (1..threads).map(|_| s.spawn(worker)).collect();
         if show_progress {
             s.spawn(|| loop {
                 let (n, t) = (done.load(Ordering::Relaxed), total.load(Ordering::Relaxed));
@@ -292,41 +765,105 @@ fn scan_all(paths: &[PathBuf], failures: &mut usize) -> Vec<Probed> {
                 std::thread::sleep(Duration::from_millis(100));
             });
         }
+        let mut mine: Vec<Done> = Vec::new();
+        let mut path = Vec::new();
         let mut next = 0usize;
-        let mut send = |files: Vec<Candidate>| {
-            let mut files = files;
-            while !files.is_empty() {
-                let rest = files.split_off(files.len().min(BATCH));
+        let mut walk = |root: &Path, next: &mut usize, failures: &mut usize| {
+            let mut stack = vec![root.as_os_str().as_bytes().to_vec()];
+            while let Some(d) = stack.pop() {
+                let fd = match open_dir(&d) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        eprintln!(
+                            "isomgr: {}: {e}",
+                            Path::new(OsStr::from_bytes(&d)).display()
+                        );
+                        *failures += 1;
+                        continue;
+                    }
+                };
+                let Entries { names, files, dirs } = read_entries(fd.as_raw_fd());
+                let mut prefix = d;
+                if prefix.last() != Some(&b'/') {
+                    prefix.push(b'/');
+                }
+                for sub in dirs.into_iter().rev() {
+                    let mut p = prefix.clone();
+                    p.extend_from_slice(&sub);
+                    stack.push(p);
+                }
+                if files.is_empty() {
+                    continue;
+                }
+                // Files are opened relative to an O_PATH descriptor: closing the one that read
+                // the entries now frees the filesystem's readdir state here, while the
+                // workers probe, rather than at the end.
+                let fd = match reopen_path(&fd) {
+                    Ok(path_fd) => path_fd,
+                    Err(_) => fd,
+                };
                 let n = files.len();
+                live.fetch_add(1, Ordering::Relaxed);
+                let dir = Arc::new(Dir {
+                    fd,
+                    prefix,
+                    names,
+                    files,
+                    live: Arc::clone(&live),
+                });
+                let chunks: Vec<_> = (0..n)
+                    .step_by(BATCH)
+                    .map(|a| {
+                        let range = a..(a + BATCH).min(n);
+                        (
+                            *next + a,
+                            Chunk::Dir {
+                                dir: Arc::clone(&dir),
+                                range,
+                            },
+                        )
+                    })
+                    .collect();
+                drop(dir);
+                *next += n;
                 total.fetch_add(n, Ordering::Relaxed);
-                let _ = tx.send((next, files));
-                next += n;
-                files = rest;
+                queue.push(chunks);
+                // Too many directories open: probe here until the workers catch up.
+                while live.load(Ordering::Relaxed) > MAX_OPEN_DIRS {
+                    let Some((start, chunk)) = queue.try_pop() else {
+                        break;
+                    };
+                    let n = chunk.len();
+                    mine.push(work(chunk, start, fragments, &mut path));
+                    done.fetch_add(n, Ordering::Relaxed);
+                }
             }
         };
         for p in paths {
             match fs::metadata(p) {
-                Ok(m) if m.is_dir() => walk(p, &mut send, failures),
-                Ok(_) => send(vec![Candidate {
-                    path: p.clone(),
-                    explicit: true,
-                }]),
+                Ok(m) if m.is_dir() => walk(p, &mut next, failures),
+                Ok(_) => {
+                    total.fetch_add(1, Ordering::Relaxed);
+                    queue.push([(next, Chunk::Explicit(p.clone()))]);
+                    next += 1;
+                }
                 Err(e) => {
                     eprintln!("isomgr: {}: {e}", p.display());
                     *failures += 1;
                 }
             }
         }
-        drop(tx);
+        queue.close();
         walking.store(false, Ordering::Relaxed);
+        mine.extend(worker());
+        results = mine;
         for w in workers {
             if let Ok(local) = w.join() {
                 results.extend(local);
             }
         }
     });
-    results.sort_unstable_by_key(|r| r.0);
-    results.into_iter().map(|(_, c, r)| (c, r)).collect()
+    results
 }
 
 fn print_table(records: &[ScanRecord], out: &mut impl Write) -> anyhow::Result<()> {

@@ -282,10 +282,12 @@ pub fn iso_label(primary: &[u8; 32], joliet: Option<&[u8; 32]>) -> Option<String
     }
 }
 
-fn finish_label(s: String) -> Option<String> {
-    let s = s.split('\0').next().unwrap_or_default();
-    let s = s.trim_end_matches(|c: char| c.is_ascii_whitespace() || c == '\u{b}');
-    (!s.is_empty()).then(|| s.to_owned())
+fn finish_label(mut s: String) -> Option<String> {
+    let kept = s.split('\0').next().unwrap_or_default();
+    let kept = kept.trim_end_matches(|c: char| c.is_ascii_whitespace() || c == '\u{b}');
+    // A prefix of `s`: cut in place rather than copy.
+    s.truncate(kept.len());
+    (!s.is_empty()).then_some(s)
 }
 
 /// Joliet holds 16 characters of the label, the primary descriptor 32 in a restricted set

@@ -460,9 +460,10 @@ pub fn decode_ucs2be(b: &[u8]) -> String {
     let units = b
         .chunks_exact(2)
         .map(|c| u16::from_be_bytes(c.try_into().unwrap_or_default()));
-    char::decode_utf16(units)
-        .map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER))
-        .collect()
+    // Exact for ASCII, the usual case: one allocation rather than a few as it grows.
+    let mut out = String::with_capacity(b.len() / 2);
+    out.extend(char::decode_utf16(units).map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER)));
+    out
 }
 
 /// Encodes a string as UTF-16 big-endian (Joliet names); characters above U+FFFF become

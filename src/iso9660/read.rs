@@ -77,6 +77,11 @@ impl VolumeInfo {
 
     /// The extensions present, as `scan --json` names them.
     pub fn extensions(&self) -> Vec<&'static str> {
+        self.extension_names().collect()
+    }
+
+    /// [`VolumeInfo::extensions`] without the vector.
+    pub fn extension_names(&self) -> impl Iterator<Item = &'static str> {
         [
             (self.rock_ridge, "rockridge"),
             (self.joliet, "joliet"),
@@ -85,7 +90,6 @@ impl VolumeInfo {
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
-        .collect()
     }
 }
 
@@ -445,7 +449,7 @@ fn root_dot_rock_ridge(
     let root = parse_record(&vd.root_record).map_err(|why| Error::descriptor(vd.sector, why))?;
     let start = u64::from(root.extent) * SECTOR_SIZE;
     // The "." record comes first and is at most 255 bytes long.
-    let mut sector = vec![0u8; 256];
+    let mut sector = [0u8; 256];
     let n = read_full(src, &mut sector, start).map_err(|source| Error::Io {
         offset: start,
         len: sector.len(),
