@@ -437,17 +437,23 @@ fn squashfs(dir: &Path, name: &str) -> (PathBuf, Medium) {
     (image, m)
 }
 
-#[test]
-fn with_no_loop_device_to_be_had_media_wait_and_are_mounted_once_one_frees() {
+/// Whether the loop-device tests can run here (root, loop-control, mksquashfs, losetup); under
+/// CI=true a missing piece is a failure.
+fn can_use_loops(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root_user = unsafe { libc::geteuid() } == 0;
     if !root_user || !Path::new("/dev/loop-control").exists() {
-        let why = "loop exhaustion test: needs root and /dev/loop-control";
+        let why = format!("{test}: needs root and /dev/loop-control");
         assert!(!common::in_ci(), "{why}");
         eprintln!("SKIP {why}");
-        return;
+        return false;
     }
-    if !common::have_tool("mksquashfs") || !common::have_tool("losetup") {
+    common::have_tool("mksquashfs") && common::have_tool("losetup")
+}
+
+#[test]
+fn with_no_loop_device_to_be_had_media_wait_and_are_mounted_once_one_frees() {
+    if !can_use_loops("loop exhaustion test") {
         return;
     }
     let _lock = common::loop_lock();
@@ -536,15 +542,7 @@ fn with_no_loop_device_to_be_had_media_wait_and_are_mounted_once_one_frees() {
 /// nothing is left. Prints one figure line.
 #[test]
 fn many_media_on_loop_devices_with_the_kernel_driver() {
-    // SAFETY: geteuid has no preconditions.
-    let root_user = unsafe { libc::geteuid() } == 0;
-    if !root_user || !Path::new("/dev/loop-control").exists() {
-        let why = "kernel driver at scale: needs root and /dev/loop-control";
-        assert!(!common::in_ci(), "{why}");
-        eprintln!("SKIP {why}");
-        return;
-    }
-    if !common::have_tool("mksquashfs") || !common::have_tool("losetup") {
+    if !can_use_loops("kernel driver at scale") {
         return;
     }
     let n = if full() { 10_000 } else { 200 };
