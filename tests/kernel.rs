@@ -146,56 +146,31 @@ fn loop_info(dev: &Path) -> Option<serde_json::Value> {
     v["loopdevices"].get(0).cloned()
 }
 
-fn loops_backed_by(image: &Path) -> Vec<String> {
-    let image = image.to_string_lossy();
-    common::loops()
-        .into_iter()
-        .filter(|(_, b)| b.trim_end_matches(" (deleted)") == image)
-        .map(|(d, _)| d)
-        .collect()
-}
-
 /// Loop release after the last user goes can trail the syscall a little: wait for it.
 fn wait_no_loop(image: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !loops_backed_by(image).is_empty() {
+    while !common::loops_backed_by(image).is_empty() {
         assert!(
             Instant::now() < deadline,
             "a loop backed by {} is still attached: {:?}",
             image.display(),
-            loops_backed_by(image)
+            common::loops_backed_by(image)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// (mount point, options, fstype, source) of every mount, read from mountinfo by hand.
-fn mountinfo() -> Vec<(String, String, String, String)> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let pre: Vec<&str> = pre.split(' ').collect();
-            let post: Vec<&str> = post.split(' ').collect();
-            Some((
-                pre.get(4)?.replace("\\040", " "),
-                pre.get(5)?.to_string(),
-                post.first()?.to_string(),
-                post.get(1)?.to_string(),
-            ))
-        })
-        .collect()
-}
-
 fn mounts_at(target: &Path) -> Vec<(String, String, String, String)> {
     let t = target.to_string_lossy();
-    mountinfo().into_iter().filter(|m| m.0 == t).collect()
+    common::mountinfo()
+        .into_iter()
+        .filter(|m| m.0 == t)
+        .collect()
 }
 
 fn mounts_under(root: &Path) -> Vec<String> {
     let r = root.to_string_lossy().into_owned();
-    mountinfo()
+    common::mountinfo()
         .into_iter()
         .map(|m| m.0)
         .filter(|m| m.starts_with(&r))
@@ -352,7 +327,7 @@ fn a_drive_is_mounted_from_its_device_node_and_left_attached() {
         "mounted from the device node itself"
     );
     assert_eq!(
-        loops_backed_by(&image),
+        common::loops_backed_by(&image),
         [drive.to_string_lossy().into_owned()],
         "no loop of isomgr's own"
     );
@@ -388,7 +363,7 @@ fn lazy_unmount_lets_an_open_file_finish_reading() {
     assert!(mounts_at(&target).is_empty(), "still in the mount table");
     assert!(fs::symlink_metadata(&target).is_err(), "the dir is gone");
     // ...while the loop stays for the open file (autoclear defers it).
-    assert_eq!(loops_backed_by(&image), [dev.to_string_lossy()]);
+    assert_eq!(common::loops_backed_by(&image), [dev.to_string_lossy()]);
 
     // The read finishes, byte for byte.
     f.read_to_end(&mut got).expect("the rest");
@@ -683,9 +658,9 @@ fn a_restart_adopts_what_the_state_lists_and_clears_what_was_unmounted() {
     // B: its empty mount point is gone and its loop freed.
     assert_nothing_left(&w.root.join("B"), &img_b);
     // A: the same medium comes back and keeps its mount and loop.
-    let loops_before = loops_backed_by(&img_a);
+    let loops_before = common::loops_backed_by(&img_a);
     assert_eq!(published_loop(publish(&mut second, "A", &a)), dev_a);
-    assert_eq!(loops_backed_by(&img_a), loops_before);
+    assert_eq!(common::loops_backed_by(&img_a), loops_before);
     assert_eq!(fs::read(w.root.join("A/file.bin")).expect("read"), data_a);
     // The foreign directory is never touched; A goes cleanly.
     second.shutdown(true);
@@ -930,7 +905,7 @@ fn detach_leaves_a_loop_that_now_backs_another_file() {
         .detach_loop(&other)
         .expect("detach of a foreign loop is a no-op");
     assert_eq!(
-        loops_backed_by(&image),
+        common::loops_backed_by(&image),
         [dev.to_string_lossy()],
         "left alone"
     );
@@ -968,7 +943,7 @@ fn concurrent_attaches_each_get_their_own_loop() {
     numbers.sort_unstable();
     numbers.dedup();
     assert_eq!(numbers.len(), 8, "distinct devices: {numbers:?}");
-    assert_eq!(loops_backed_by(&image).len(), 8);
+    assert_eq!(common::loops_backed_by(&image).len(), 8);
     for d in &mut devs {
         d.release();
     }

@@ -389,25 +389,9 @@ impl Sys for Exhaustible {
     }
 }
 
-fn loop_backing(image: &Path) -> Vec<String> {
-    let out = Command::new("losetup")
-        .args(["-n", "-O", "NAME,BACK-FILE", "-l"])
-        .output()
-        .expect("losetup");
-    let image = image.to_string_lossy().into_owned();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some(image.as_str()))
-        .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
-        .collect()
-}
-
 fn mounted_at(target: &Path) -> bool {
-    let t = target.to_string_lossy().into_owned();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(t.as_str()))
+    let t = target.to_string_lossy();
+    common::mountinfo().iter().any(|m| m.0 == t)
 }
 
 fn squashfs(dir: &Path, name: &str) -> (PathBuf, Medium) {
@@ -486,7 +470,7 @@ fn with_no_loop_device_to_be_had_media_wait_and_are_mounted_once_one_frees() {
     assert_eq!(e.waiting(), 2);
     for (name, img) in [("B", &img_b), ("C", &img_c)] {
         assert!(!root.join(name).exists(), "{name}: mount point left");
-        assert!(loop_backing(img).is_empty(), "{name}: loop left");
+        assert!(common::loops_backed_by(img).is_empty(), "{name}: loop left");
     }
     // The timer fires while still exhausted: one try (not one per medium), nothing changes.
     let tries = sys.refused.load(Ordering::SeqCst);
@@ -517,7 +501,7 @@ fn with_no_loop_device_to_be_had_media_wait_and_are_mounted_once_one_frees() {
             fs::read_to_string(root.join(name).join("n.txt")).unwrap(),
             name.to_lowercase()
         );
-        assert_eq!(loop_backing(img).len(), 1, "{name}: one loop");
+        assert_eq!(common::loops_backed_by(img).len(), 1, "{name}: one loop");
     }
     println!(
         "limits: loop exhaustion (simulated ENOSPC): waited=2 refused_attaches={} published_after_free=2",
@@ -527,10 +511,11 @@ fn with_no_loop_device_to_be_had_media_wait_and_are_mounted_once_one_frees() {
     for (name, img) in [("A", &img_a), ("B", &img_b), ("C", &img_c)] {
         assert!(!mounted_at(&root.join(name)), "{name} still mounted");
         let start = Instant::now();
-        while !loop_backing(img).is_empty() && start.elapsed() < Duration::from_secs(10) {
+        while !common::loops_backed_by(img).is_empty() && start.elapsed() < Duration::from_secs(10)
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(loop_backing(img).is_empty(), "{name}: loop left");
+        assert!(common::loops_backed_by(img).is_empty(), "{name}: loop left");
     }
     let _ = io::stdout().flush();
 }
@@ -597,17 +582,13 @@ fn many_media_on_loop_devices_with_the_kernel_driver() {
         .filter(|(_, b)| Path::new(b).starts_with(dir.path()))
         .count();
     assert_eq!(ours, n, "one loop device per medium");
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let under = |l: &&str| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|p| Path::new(p).starts_with(&root))
+    let mounts_under_root = || {
+        common::mountinfo()
+            .iter()
+            .filter(|m| Path::new(&m.0).starts_with(&root))
+            .count()
     };
-    assert_eq!(
-        mountinfo.lines().filter(under).count(),
-        n,
-        "one mount per medium"
-    );
+    assert_eq!(mounts_under_root(), n, "one mount per medium");
     for i in (0..n).step_by((n / 50).max(1)) {
         assert_eq!(
             fs::read_to_string(root.join(format!("m{i:05}/n.txt"))).unwrap(),
@@ -638,8 +619,7 @@ fn many_media_on_loop_devices_with_the_kernel_driver() {
             }
         },
     );
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert_eq!(mountinfo.lines().filter(under).count(), 0, "mounts left");
+    assert_eq!(mounts_under_root(), 0, "mounts left");
     assert_eq!(fs::read_dir(&root).unwrap().count(), 0, "directories left");
     println!(
         "limits: kernel driver: media={n} publish={publish_s:.2}s ({:.2} ms each) remove={remove_s:.2}s ({:.2} ms each) loop_devices_on_host_before={loops_before} left: loops=0 mounts=0 dirs=0",

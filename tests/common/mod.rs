@@ -115,3 +115,32 @@ pub fn loops() -> Vec<(String, String)> {
         })
         .unwrap_or_default()
 }
+
+/// The loop devices whose backing file is `image` (also once the file was deleted).
+pub fn loops_backed_by(image: &Path) -> Vec<String> {
+    let image = image.to_string_lossy();
+    loops()
+        .into_iter()
+        .filter(|(_, b)| b.trim_end_matches(" (deleted)") == image)
+        .map(|(d, _)| d)
+        .collect()
+}
+
+/// (mount point, options, fstype, source) of every mount, read from mountinfo by hand.
+pub fn mountinfo() -> Vec<(String, String, String, String)> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            Some((
+                pre.get(4)?.replace("\\040", " "),
+                pre.get(5)?.to_string(),
+                post.first()?.to_string(),
+                post.get(1)?.to_string(),
+            ))
+        })
+        .collect()
+}
