@@ -24,6 +24,8 @@ use tokio::sync::mpsc;
 use crate::event::{Event, Handle, Medium, MediumId, SourceKind};
 use crate::iso9660::probe;
 
+use super::uevent::{self, Received};
+
 /// Backing files of the loop devices isomgr attached itself. A loop device backed by one of
 /// these is never taken as a medium (it would be served twice). Whoever attaches a loop device
 /// inserts the backing file here before attaching, and removes it after detaching.
@@ -60,15 +62,21 @@ impl Props {
     /// Parses `KEY=VALUE` lines (`udevadm info --query=property`, `udevadm monitor
     /// --property`); `ACTION`, `DEVNAME` and `DEVPATH` fill the fields. Other lines are ignored.
     pub fn parse(text: &str) -> Props {
+        Props::from_pairs(
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+    }
+
+    /// Properties as udev holds them; `ACTION`, `DEVNAME` (the node's path in udev's
+    /// properties) and `DEVPATH` fill the fields. Keys that are not udev keys are dropped.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Props {
         let mut p = Props::default();
-        for line in text.lines() {
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                continue;
+        for (k, v) in pairs {
+            if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                p.props.insert(k, v);
             }
-            p.props.insert(k.to_owned(), v.to_owned());
         }
         p.action = p.get("ACTION").unwrap_or_default().to_owned();
         p.devnode = p.get("DEVNAME").map(PathBuf::from);
@@ -377,10 +385,30 @@ impl State {
                 return;
             }
             if fds[0].revents != 0 {
-                for ev in monitor.iter() {
-                    let props = props_of(&ev.device(), self.own_loops_empty());
+                self.drain(monitor.as_raw_fd());
+            }
+        }
+    }
+
+    /// Acts on every message waiting on the monitor socket.
+    fn drain(&mut self, fd: std::os::fd::RawFd) {
+        loop {
+            match uevent::receive(fd) {
+                Ok(Received::Properties(pairs)) => {
+                    let props = with_sysfs(Props::from_pairs(pairs), self.own_loops_empty());
                     tracing::trace!(?props, "udev event");
                     self.on_report(&props);
+                }
+                Ok(Received::Ignored(why)) => tracing::debug!(why, "udev monitor message ignored"),
+                Ok(Received::Empty) => return,
+                Ok(Received::Overflowed) => {
+                    // Events were dropped by the kernel: what they said is asked again.
+                    tracing::warn!("udev events were lost (the monitor socket overflowed); looking at every drive again");
+                    self.enumerate();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "receiving from the udev monitor socket");
+                    return;
                 }
             }
         }
@@ -623,42 +651,46 @@ fn fingerprint(file: &File) -> std::io::Result<u64> {
     Ok(h.finish())
 }
 
-/// A udev device as plain [`Props`] (the only place a udev type is looked at).
+/// A udev device found by enumeration as plain [`Props`] (the only place a udev type is
+/// looked at; events come off the socket as properties already, see [`super::uevent`]).
 fn props_of(dev: &udev::Device, own_loops_empty: bool) -> Props {
-    let props: BTreeMap<String, String> = dev
-        .properties()
-        .map(|e| {
-            (
-                e.name().to_string_lossy().into_owned(),
-                e.value().to_string_lossy().into_owned(),
-            )
-        })
-        .collect();
-    let sysname = dev.sysname().to_string_lossy().into_owned();
-    let action = dev
-        .action()
-        .map(|a| a.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Sysfs is read only where it can change the outcome: the backing file of a loop device
-    // while isomgr has loop devices of its own; the size of what would be taken as a medium.
-    let sysfs = Path::new("/sys/class/block").join(&sysname);
-    let read = |attr: &str| std::fs::read_to_string(sysfs.join(attr)).ok();
-    let backing_file = (action != "remove" && sysname.starts_with("loop") && !own_loops_empty)
-        .then(|| read("loop/backing_file"))
-        .flatten()
-        .map(|s| PathBuf::from(s.trim_end_matches('\n')));
-    let mut p = Props {
-        action,
-        devnode: dev.devnode().map(Path::to_path_buf),
-        sysname,
-        props,
-        size: None,
-        backing_file,
+    let mut p = Props::from_pairs(dev.properties().map(|e| {
+        (
+            e.name().to_string_lossy().into_owned(),
+            e.value().to_string_lossy().into_owned(),
+        )
+    }));
+    p.sysname = dev.sysname().to_string_lossy().into_owned();
+    p.devnode = dev.devnode().map(Path::to_path_buf).or(p.devnode);
+    with_sysfs(p, own_loops_empty)
+}
+
+/// Adds what sysfs says where it can change the outcome: the backing file of a loop device
+/// while isomgr has loop devices of its own; the size of what would be taken as a medium.
+fn with_sysfs(mut p: Props, own_loops_empty: bool) -> Props {
+    // The device's own directory (`/sys` + DEVPATH) needs no symlink followed.
+    let dir = match p.get("DEVPATH") {
+        Some(d) if d.starts_with('/') && !d.contains("/../") => PathBuf::from(format!("/sys{d}")),
+        _ => Path::new("/sys/class/block").join(&p.sysname),
     };
+    if p.action != "remove" && p.sysname.starts_with("loop") && !own_loops_empty {
+        p.backing_file = read_sysfs(&dir.join("loop/backing_file")).map(PathBuf::from);
+    }
     if may_be_taken(&p) {
-        p.size = read("size").and_then(|s| s.trim().parse().ok());
+        p.size = read_sysfs(&dir.join("size")).and_then(|s| s.to_str()?.parse().ok());
     }
     p
+}
+
+/// A sysfs attribute's value without its newline (one open, one read: attributes are at most
+/// a page, and their size is not known beforehand). Bytes, as a backing file's path may be.
+fn read_sysfs(path: &Path) -> Option<std::ffi::OsString> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = [0u8; 4096];
+    let n = File::open(path).and_then(|mut f| f.read(&mut buf)).ok()?;
+    let value = buf[..n].strip_suffix(b"\n").unwrap_or(&buf[..n]);
+    Some(std::ffi::OsStr::from_bytes(value).to_owned())
 }
 
 /// Whether a report could be taken as a medium (then the device's size is worth reading).

@@ -5,6 +5,7 @@ pub mod dirs;
 pub mod drives;
 pub mod fstype;
 pub mod parents;
+pub mod uevent;
 
 /// A running source, as the daemon drives it.
 pub trait Source: Send {
