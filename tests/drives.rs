@@ -512,3 +512,124 @@ fn eject_button_unmounts_names_the_holders_and_reinsert_keeps_the_name() {
     assert_eq!(w.wait_mounted(&dev.0), name);
     assert_serves(&served, "plain.iso");
 }
+
+/// A netlink socket on udevd's multicast group, as libudev's monitor makes it (credentials
+/// passed), with the receive buffer `rcvbuf` bytes (the kernel's minimum if smaller).
+fn udev_socket(rcvbuf: libc::c_int) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain integer arguments; every result is checked; the structs outlive the calls.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_KOBJECT_UEVENT,
+        );
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let int = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        for (opt, val) in [(libc::SO_PASSCRED, &one), (libc::SO_RCVBUF, &rcvbuf)] {
+            let rc = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (val as *const libc::c_int).cast(),
+                int,
+            );
+            assert_eq!(
+                rc,
+                0,
+                "setsockopt {opt}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = 2;
+        let rc = libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        owned
+    }
+}
+
+/// udevd's broadcasts read with isomgr's own parser (the drives source reads them so, not
+/// through libudev's device objects): each carries what udev holds for the device (the node's
+/// absolute path, DEVPATH, SUBSYSTEM, ACTION, the arguments of a synthetic event), and a
+/// socket that overflowed says so (the source then looks at every drive again) instead of
+/// losing events silently.
+#[test]
+fn udev_broadcasts_parse_and_an_overflowed_socket_says_so() {
+    use isomgr::source::uevent::{receive, Received};
+    use std::os::fd::AsRawFd;
+    if !can_run("udev_broadcasts_parse_and_an_overflowed_socket_says_so") {
+        return;
+    }
+    let _lock = LoopLock::take();
+    let dev = fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("loop"))
+        .min()
+        .expect("a loop device in /sys/block");
+
+    let sock = udev_socket(1 << 20);
+    synthetic_change(&dev, "ISOMGRTEST=parse");
+    let deadline = Instant::now() + DEADLINE;
+    let props = loop {
+        assert!(Instant::now() < deadline, "no udev broadcast for {dev}");
+        match receive(sock.as_raw_fd()).expect("receiving") {
+            Received::Properties(p)
+                if p.iter()
+                    .any(|(k, v)| k == "SYNTH_ARG_ISOMGRTEST" && v == "parse") =>
+            {
+                break p
+            }
+            Received::Empty => std::thread::sleep(Duration::from_millis(5)),
+            _ => {}
+        }
+    };
+    let get = |key: &str| {
+        props
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("ACTION"), Some("change"), "{props:?}");
+    assert_eq!(get("SUBSYSTEM"), Some("block"), "{props:?}");
+    assert_eq!(
+        get("DEVNAME"),
+        Some(format!("/dev/{dev}").as_str()),
+        "{props:?}"
+    );
+    assert!(
+        get("DEVPATH").is_some_and(|p| p.ends_with(&format!("/{dev}"))),
+        "{props:?}"
+    );
+    assert!(get("SEQNUM").is_some(), "{props:?}");
+
+    // A buffer far smaller than the burst: the kernel drops what does not fit.
+    let small = udev_socket(1);
+    for i in 0..20 {
+        synthetic_change(&dev, &format!("ISOMGRTEST=burst{i}"));
+    }
+    settle();
+    let (mut overflowed, mut taken) = (false, 0);
+    loop {
+        match receive(small.as_raw_fd()).expect("receiving") {
+            Received::Overflowed => overflowed = true,
+            Received::Properties(_) => taken += 1,
+            Received::Ignored(why) => panic!("a broadcast of udevd's was ignored: {why}"),
+            Received::Empty => break,
+        }
+    }
+    assert!(
+        overflowed,
+        "20 broadcasts into a minimal buffer, {taken} taken, no overflow reported"
+    );
+    assert!(taken < 20, "all 20 broadcasts fit a minimal buffer");
+}
