@@ -9,25 +9,31 @@ pub const MAX_NAME_LEN: usize = 200;
 
 /// The label made safe for a directory name, or `None` if no letter or digit survives.
 pub fn sanitize(label: &str) -> Option<String> {
-    let mut out = String::with_capacity(label.len().min(MAX_NAME_LEN));
-    for c in label.chars() {
-        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-') {
-            c
+    // Byte by byte: only ASCII is kept, and every byte of a multi-byte character becomes '_'
+    // like the character would, collapsing into one '_' all the same.
+    let mut out = Vec::with_capacity(label.len().min(MAX_NAME_LEN));
+    for &b in label.as_bytes() {
+        let b = if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-') {
+            b
         } else {
-            '_'
+            b'_'
         };
-        if c == '_' && out.ends_with('_') {
+        if b == b'_' && out.last() == Some(&b'_') {
             continue;
         }
-        if (c == '.' || c == '-') && out.is_empty() {
+        if (b == b'.' || b == b'-') && out.is_empty() {
             continue;
         }
-        out.push(c);
+        out.push(b);
     }
     // Stripping can expose nothing new at the front: '_' is neither '.' nor '-'.
     out.truncate(MAX_NAME_LEN);
-    let has_alnum = out.bytes().any(|b| b.is_ascii_alphanumeric());
-    (has_alnum && out != "." && out != "..").then_some(out)
+    let has_alnum = out.iter().any(u8::is_ascii_alphanumeric);
+    if !has_alnum || out == b"." || out == b".." {
+        return None;
+    }
+    // Only ASCII bytes were pushed.
+    String::from_utf8(out).ok()
 }
 
 /// The name a medium gets before collisions: its label, else `fallback` (the file stem or the

@@ -457,6 +457,14 @@ pub const DEC_DATETIME_UNSET: [u8; 17] = *b"0000000000000000\0";
 /// Decodes UCS-2 / UTF-16 big-endian (Joliet names and identifiers); unpaired surrogates
 /// become U+FFFD. An odd trailing byte is ignored.
 pub fn decode_ucs2be(b: &[u8]) -> String {
+    // ASCII (a zero high byte, the usual case): the low bytes are the string.
+    if b.len() % 2 == 0
+        && b.chunks_exact(2)
+            .all(|c| matches!(c, [0, lo] if lo.is_ascii()))
+    {
+        let ascii: Vec<u8> = b.iter().skip(1).step_by(2).copied().collect();
+        return String::from_utf8(ascii).unwrap_or_default();
+    }
     let units = b
         .chunks_exact(2)
         .map(|c| u16::from_be_bytes(c.try_into().unwrap_or_default()));

@@ -202,7 +202,8 @@ struct Record<'a> {
     ext_attr_len: u8,
     extent: u32,
     data_len: u32,
-    recorded: Option<Timestamp>,
+    /// The 7-byte recording time, decoded where it is used (identification never needs it).
+    recorded: Option<&'a [u8]>,
     flags: u8,
     file_unit_size: u8,
     identifier: &'a [u8],
@@ -232,9 +233,7 @@ fn parse_record(b: &[u8]) -> std::result::Result<Record<'_>, String> {
         ext_attr_len: field(dr::EXT_ATTR_LENGTH),
         extent: both32(b, dr::EXTENT).map(|v| v.0).ok_or("too short")?,
         data_len: both32(b, dr::DATA_LENGTH).map(|v| v.0).ok_or("too short")?,
-        recorded: b
-            .get(dr::RECORDING_TIME..dr::RECORDING_TIME + 7)
-            .and_then(decode_dir_time),
+        recorded: b.get(dr::RECORDING_TIME..dr::RECORDING_TIME + 7),
         flags: field(dr::FLAGS),
         file_unit_size: field(dr::FILE_UNIT_SIZE),
         identifier,
@@ -1069,7 +1068,7 @@ fn make_entry(rec: &Record<'_>, name: OsString, rr: Option<&RockRidge>, id: u64)
             _ => Kind::File,
         }
     };
-    let recorded = rec.recorded.unwrap_or_default();
+    let recorded = rec.recorded.and_then(decode_dir_time).unwrap_or_default();
     let mtime = rr.and_then(|r| r.mtime).unwrap_or(recorded);
     let perm = rr.and_then(|r| r.mode).map(|m| m & 0o7777);
     let default_perm = match kind {
