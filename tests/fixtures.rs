@@ -260,3 +260,40 @@ fn cat_follows_symlinks_inside_the_image_only() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
 }
+
+/// Many directories, so that every scanning thread takes some (workers open each directory
+/// again in a descriptor table of their own): every image is reported once, with its path,
+/// and equal labels get `-2`, `-3`... in walk order.
+#[test]
+fn scan_of_many_directories_reports_every_image_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = fixtures().join("plain.iso");
+    let (dirs, per_dir) = (30, 100);
+    for d in 0..dirs {
+        let dir = tmp.path().join(format!("d{d:02}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..per_dir {
+            std::fs::hard_link(&image, dir.join(format!("i{f:03}.iso"))).unwrap();
+        }
+    }
+    let out = isomgr(&["scan", "--json", tmp.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), dirs * per_dir);
+    for (k, row) in rows.iter().enumerate() {
+        let (d, f) = (k / per_dir, k % per_dir);
+        let want = tmp.path().join(format!("d{d:02}/i{f:03}.iso"));
+        assert_eq!(row["path"].as_str(), want.to_str(), "row {k}");
+        assert_eq!(row["label"], "ISOMGR_PLAIN", "row {k}");
+        let name = if k == 0 {
+            "ISOMGR_PLAIN".to_owned()
+        } else {
+            format!("ISOMGR_PLAIN-{}", k + 1)
+        };
+        assert_eq!(row["name"].as_str(), Some(name.as_str()), "row {k}");
+    }
+}
