@@ -13,8 +13,6 @@ use super::source::{read_full, ReadAt};
 
 /// Volume descriptors (and UDF recognition descriptors) examined at most.
 pub const MAX_DESCRIPTORS: u64 = 64;
-/// Sectors read per request while walking the descriptor set.
-const READ_AHEAD: u64 = 4;
 /// UDF anchor volume descriptor pointer location (ECMA-167 3/8.4.2.1).
 const UDF_ANCHOR_SECTOR: u64 = 256;
 /// UDF volume descriptor sequence entries examined at most.
@@ -70,65 +68,74 @@ pub struct Descriptors {
     pub udf_nsr: bool,
 }
 
+/// Bytes of a sector that say what it is: the type and the five-character identifier.
+pub const SECTOR_HEADER: usize = 6;
+
+/// Bytes worth reading at sector 16 to identify an image: the three sectors of the usual set
+/// (primary, Joliet, terminator) and the start of the next, where a UDF bridge's recognition
+/// sequence goes on and xorriso puts the root directory (whose first record, at most 255
+/// bytes, says whether Rock Ridge is there). Reading the fourth sector whole would copy
+/// 1,792 bytes per image that nothing looks at.
+pub const HEAD_BYTES: usize = 3 * SECTOR_SIZE as usize + 256;
+
 /// Walks the descriptor set from sector 16. `head` holds the bytes from sector 16 on, as
-/// already read (the set usually fits); further sectors are read from `src`. Also notes UDF
-/// NSR descriptors, which follow the ISO9660 terminator in a UDF bridge image.
+/// already read (the set usually fits); what it lacks is read from `src`: a sector whole
+/// plus the header of the next, since of a sector that is not a volume descriptor only its
+/// header matters. Also notes UDF NSR descriptors, which follow the ISO9660 terminator in a
+/// UDF bridge image.
 pub fn read_descriptors(
     src: &(impl ReadAt + ?Sized),
     head: &[u8],
     size: u64,
 ) -> Result<Descriptors> {
     let mut out = Descriptors::default();
-    let mut extra = Vec::new();
-    let mut extra_base = 0u64;
     let mut terminated = false;
-    let sector_len = SECTOR_SIZE as usize;
+    let mut sectors = Sectors {
+        src,
+        head,
+        extra: Vec::new(),
+        extra_at: 0,
+    };
     for sector in FIRST_DESCRIPTOR_SECTOR..FIRST_DESCRIPTOR_SECTOR + MAX_DESCRIPTORS {
-        let rel = ((sector - FIRST_DESCRIPTOR_SECTOR) * SECTOR_SIZE) as usize;
-        let d: &[u8] = match head.get(rel..rel + sector_len) {
-            Some(d) => d,
-            None => {
-                let in_extra = sector >= extra_base
-                    && ((sector - extra_base) * SECTOR_SIZE) as usize + sector_len <= extra.len();
-                if !in_extra {
-                    extra = vec![0u8; (READ_AHEAD * SECTOR_SIZE) as usize];
-                    extra_base = sector;
-                    let n = read_full(src, &mut extra, sector * SECTOR_SIZE).map_err(|source| {
-                        Error::Io {
-                            offset: sector * SECTOR_SIZE,
-                            len: extra.len(),
-                            source,
-                        }
-                    })?;
-                    extra.truncate(n);
-                }
-                let at = ((sector - extra_base) * SECTOR_SIZE) as usize;
-                match extra.get(at..at + sector_len) {
-                    Some(d) => d,
-                    None => break,
-                }
-            }
-        };
-        let (Some(&ty), Some(id)) = (d.first(), d.get(1..6)) else {
+        let Some([ty, id @ ..]) = sectors
+            .get(sector, SECTOR_HEADER)?
+            .and_then(|h| <[u8; SECTOR_HEADER]>::try_from(h).ok())
+        else {
             break;
         };
-        match id {
+        match &id {
             b"NSR02" | b"NSR03" => out.udf_nsr = true,
             b"BEA01" | b"TEA01" | b"BOOT2" | b"CDW02" => {}
-            _ if id == STANDARD_ID && !terminated => match ty {
-                vd_type::PRIMARY if out.primary.is_none() => {
-                    out.primary = Some(parse_volume_descriptor(d, sector)?);
+            _ if id == *STANDARD_ID && !terminated => {
+                let wanted = match ty {
+                    vd_type::PRIMARY => out.primary.is_none(),
+                    vd_type::SUPPLEMENTARY => out.joliet.is_none(),
+                    vd_type::BOOT_RECORD => true,
+                    vd_type::TERMINATOR => {
+                        terminated = true;
+                        false
+                    }
+                    _ => false,
+                };
+                if !wanted {
+                    continue;
                 }
-                vd_type::SUPPLEMENTARY if out.joliet.is_none() && is_joliet(d) => {
-                    out.joliet = Some(parse_volume_descriptor(d, sector)?);
+                // A descriptor the image cuts short is not taken, as before the end.
+                let Some(d) = sectors.get(sector, SECTOR_SIZE as usize)? else {
+                    break;
+                };
+                match ty {
+                    vd_type::PRIMARY => out.primary = Some(parse_volume_descriptor(d, sector)?),
+                    vd_type::SUPPLEMENTARY if is_joliet(d) => {
+                        out.joliet = Some(parse_volume_descriptor(d, sector)?);
+                    }
+                    vd_type::BOOT_RECORD if is_el_torito(d) => {
+                        out.boot_catalog = le32(d, boot_record::BOOT_CATALOG_LBA);
+                    }
+                    _ => {}
                 }
-                vd_type::BOOT_RECORD if is_el_torito(d) => {
-                    out.boot_catalog = le32(d, boot_record::BOOT_CATALOG_LBA);
-                }
-                vd_type::TERMINATOR => terminated = true,
-                _ => {}
-            },
-            _ if id == STANDARD_ID => {}
+            }
+            _ if id == *STANDARD_ID => {}
             // ECMA-167 2/8.3.1: the recognition sequence ends at the first unknown sector.
             _ => break,
         }
@@ -145,6 +152,43 @@ pub fn read_descriptors(
         return Err(Error::NotAnImage);
     }
     Ok(out)
+}
+
+/// The descriptor area as [`read_descriptors`] needs it: the head already read, then what it
+/// lacks, read a sector and the next one's header at a time.
+struct Sectors<'a, S: ?Sized> {
+    src: &'a S,
+    /// Bytes from sector 16 on.
+    head: &'a [u8],
+    extra: Vec<u8>,
+    /// Byte offset of `extra` in the image.
+    extra_at: u64,
+}
+
+impl<S: ReadAt + ?Sized> Sectors<'_, S> {
+    /// `len` bytes from the start of `sector`; `None` where the image ends first.
+    fn get(&mut self, sector: u64, len: usize) -> Result<Option<&[u8]>> {
+        let at = sector * SECTOR_SIZE;
+        let rel = (at - FIRST_DESCRIPTOR_SECTOR * SECTOR_SIZE) as usize;
+        if let Some(b) = self.head.get(rel..rel + len) {
+            return Ok(Some(b));
+        }
+        let covered =
+            at >= self.extra_at && (at - self.extra_at) as usize + len <= self.extra.len();
+        if !covered {
+            let want = SECTOR_SIZE as usize + SECTOR_HEADER;
+            self.extra.resize(want, 0);
+            self.extra_at = at;
+            let n = read_full(self.src, &mut self.extra, at).map_err(|source| Error::Io {
+                offset: at,
+                len: want,
+                source,
+            })?;
+            self.extra.truncate(n);
+        }
+        let from = (at - self.extra_at) as usize;
+        Ok(self.extra.get(from..from + len))
+    }
 }
 
 fn is_el_torito(d: &[u8]) -> bool {

@@ -289,8 +289,8 @@ struct Probed {
 }
 
 fn probe_full(src: &(impl ReadAt + ?Sized)) -> Result<(VolumeInfo, Probed)> {
-    // One read covers the descriptor set and, on most images, the root directory: identifying
-    // an image costs a single pread. The buffer is reused per thread (scan probes thousands).
+    // One read covers the usual descriptor set; the root directory's first record is a second.
+    // The buffer is reused per thread (scan probes thousands).
     thread_local! {
         static HEAD: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; PREFETCH_BYTES]);
     }
@@ -385,7 +385,7 @@ fn probe_with(src: &(impl ReadAt + ?Sized), buf: &mut [u8]) -> Result<(VolumeInf
 }
 
 /// Bytes read at sector 16 when identifying an image.
-const PREFETCH_BYTES: usize = 8 * 1024;
+const PREFETCH_BYTES: usize = super::descriptor::HEAD_BYTES;
 
 /// A source with one range already in memory; reads inside it are served from there.
 struct Prefetched<'a, S: ?Sized> {
@@ -1166,6 +1166,59 @@ fn normalize(path: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// An image in memory that counts the reads made of it.
+    struct Counting {
+        data: Vec<u8>,
+        reads: std::sync::atomic::AtomicUsize,
+        bytes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ReadAt for Counting {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            let at = (offset as usize).min(self.data.len());
+            let n = buf.len().min(self.data.len() - at);
+            buf[..n].copy_from_slice(&self.data[at..at + n]);
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.bytes
+                .fetch_add(buf.len(), std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+
+        fn size(&self) -> std::io::Result<u64> {
+            Ok(self.data.len() as u64)
+        }
+    }
+
+    /// Identifying reads one run of sectors 16-18 and the start of 19, then the root's first
+    /// record where that is elsewhere; more only for a longer descriptor set.
+    #[test]
+    fn identifying_an_image_reads_little() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        // (image, reads, bytes at most, Rock Ridge)
+        let cases = [
+            // xorriso: the root directory right after the terminator, in the first read.
+            ("xorriso-rr-joliet.iso", 1, 6400, true),
+            // genisoimage: the root after the path tables.
+            ("rr-joliet.iso", 2, 6400 + 256, true),
+            // A boot record makes four descriptors: the sector after the terminator is read
+            // too (a sector and the next header), and the boot catalog.
+            ("eltorito.iso", 4, 6400 + 2054 + 256 + 2048, true),
+        ];
+        for (name, reads, bytes, rr) in cases {
+            let img = Counting {
+                data: std::fs::read(fixtures.join(name)).unwrap(),
+                reads: Default::default(),
+                bytes: Default::default(),
+            };
+            let info = probe(&img).unwrap();
+            assert_eq!(info.rock_ridge, rr, "{name}");
+            let (got_reads, got_bytes) = (img.reads.into_inner(), img.bytes.into_inner());
+            assert_eq!(got_reads, reads, "{name}: reads");
+            assert!(got_bytes <= bytes, "{name}: {got_bytes} bytes read");
+        }
+    }
 
     #[test]
     fn iso_names_lose_version_and_one_trailing_dot() {
