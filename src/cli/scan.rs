@@ -124,10 +124,15 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     if fragments {
         doc.extend_from_slice(b"]\n");
         out.write_all(&doc)?;
-    } else if args.json {
-        super::write_json(out, &records)?;
     } else {
-        print_table(&records, out)?;
+        // Standard output is line-buffered: a write per row otherwise.
+        let mut w = std::io::BufWriter::with_capacity(OUT_CHUNK, &mut *out);
+        if args.json {
+            super::write_json(&mut w, &records)?;
+        } else {
+            print_table(&records, &mut w)?;
+        }
+        w.flush()?;
     }
     out.flush()?;
     if std::io::stderr().is_terminal() || !args.json {
