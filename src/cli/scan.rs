@@ -402,14 +402,8 @@ impl crate::iso9660::ReadAt for RawFile {
 impl RawFile {
     /// Shorter than the system area plus one descriptor: cannot be an image.
     fn is_short(&self) -> bool {
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: fstat fills st on success.
-        if unsafe { libc::fstat(self.0, st.as_mut_ptr()) } != 0 {
-            return false;
-        }
-        // SAFETY: fstat succeeded, so st was written.
-        let st = unsafe { st.assume_init() };
-        st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size < 17 * 2048
+        stat_at(self.0, c"", libc::AT_EMPTY_PATH)
+            .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size < 17 * 2048)
     }
 }
 
@@ -563,19 +557,18 @@ impl Fds {
         }
     }
 
-    /// The descriptor to open `dir`'s files relative to.
-    fn dir_fd(&mut self, dir: &Dir) -> std::io::Result<libc::c_int> {
+    /// The descriptor to open `dir`'s files relative to, or why there is none.
+    fn dir_fd(&mut self, dir: &Dir) -> Result<libc::c_int, &std::io::Error> {
         if !self.private {
             return Ok(dir.fd.as_raw_fd());
         }
         if self.current.as_ref().map(|c| c.0) != Some(dir.id) {
-            self.current = Some((dir.id, reopen_same_dir(dir)));
+            self.current = None;
         }
-        match &self.current {
-            Some((_, Ok(fd))) => Ok(fd.as_raw_fd()),
-            Some((_, Err(e))) => Err(std::io::Error::new(e.kind(), e.to_string())),
-            None => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
-        }
+        let (_, fd) = self
+            .current
+            .get_or_insert_with(|| (dir.id, reopen_same_dir(dir)));
+        fd.as_ref().map(AsRawFd::as_raw_fd)
     }
 }
 
@@ -588,20 +581,10 @@ fn own_fd_table() -> bool {
 
 /// Opens `dir` again by its path (O_PATH) and checks that it is the directory the walk read.
 fn reopen_same_dir(dir: &Dir) -> std::io::Result<OwnedFd> {
-    let c = CString::new(dir.prefix.as_slice())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open with a NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = open_path(
+        &dir.prefix,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+    )?;
     if dev_ino(&fd) != dir.dev_ino || dir.dev_ino.is_none() {
         return Err(std::io::Error::other(
             "the directory was replaced during the scan",
@@ -612,14 +595,7 @@ fn reopen_same_dir(dir: &Dir) -> std::io::Result<OwnedFd> {
 
 /// Device and inode of an open file.
 fn dev_ino(fd: &OwnedFd) -> Option<(u64, u64)> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat fills st on success.
-    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: fstat succeeded, so st was written.
-    let st = unsafe { st.assume_init() };
-    Some((st.st_dev, st.st_ino))
+    stat_at(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH).map(|st| (st.st_dev, st.st_ino))
 }
 
 /// Probes every file of `chunk`.
@@ -639,6 +615,7 @@ fn work(chunk: Chunk, start: usize, fragments: bool, path: &mut Vec<u8>, fds: &m
             for k in range.clone() {
                 let file = match (&dir_fd, dir.cname(k)) {
                     (Ok(fd), Some(name)) => open_at(*fd, name),
+                    // Each file gets its own copy of the directory's error.
                     (Err(e), _) => Err(std::io::Error::new(e.kind(), e.to_string())),
                     (_, None) => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
                 };
@@ -793,13 +770,19 @@ fn read_entries(fd: libc::c_int) -> Entries {
     Entries { names, files, dirs }
 }
 
-/// The file type bits of `name` in `dir`, as fstatat with `flags` reports them.
-fn fstatat_mode(dir: libc::c_int, name: &CStr, flags: libc::c_int) -> Option<libc::mode_t> {
+/// What fstatat with `flags` reports for `name` in `dir` (`""` with AT_EMPTY_PATH: `dir`
+/// itself).
+fn stat_at(dir: libc::c_int, name: &CStr, flags: libc::c_int) -> Option<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstatat fills st on success; the name is NUL-terminated.
     let rc = unsafe { libc::fstatat(dir, name.as_ptr(), st.as_mut_ptr(), flags) };
     // SAFETY: rc == 0 means st was written.
-    (rc == 0).then(|| unsafe { st.assume_init() }.st_mode & libc::S_IFMT)
+    (rc == 0).then(|| unsafe { st.assume_init() })
+}
+
+/// The file type bits of `name` in `dir`, as fstatat with `flags` reports them.
+fn fstatat_mode(dir: libc::c_int, name: &CStr, flags: libc::c_int) -> Option<libc::mode_t> {
+    stat_at(dir, name, flags).map(|st| st.st_mode & libc::S_IFMT)
 }
 
 fn stat_is_file(dir: libc::c_int, name: &CStr, flags: libc::c_int) -> bool {
@@ -825,14 +808,17 @@ fn reopen_path(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
 
 /// Opens a directory for reading its entries.
 fn open_dir(path: &[u8]) -> std::io::Result<OwnedFd> {
+    open_path(
+        path,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+    )
+}
+
+/// Opens `path` with `flags`.
+fn open_path(path: &[u8], flags: libc::c_int) -> std::io::Result<OwnedFd> {
     let c = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open with a NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NONBLOCK,
-        )
-    };
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
