@@ -575,8 +575,26 @@ impl Fds {
 /// Gives the calling thread a copy of the descriptor table to itself; false where the kernel
 /// refuses (the thread then keeps sharing it).
 fn own_fd_table() -> bool {
+    own_credentials();
     // SAFETY: unshare takes flags only; it changes nothing but this thread's table.
     unsafe { libc::unshare(libc::CLONE_FILES) == 0 }
+}
+
+/// Gives the calling thread a copy of its credentials, equal to the one it shares.
+///
+/// Every open takes a reference on the opener's credentials and every last close drops it:
+/// threads sharing one credentials structure bounce its counter between their processors on
+/// each file. Setting the keep-capabilities flag to the value it has makes the kernel commit a
+/// fresh, equal copy for the calling thread alone (credentials belong to each thread, and
+/// prctl changes only the caller's). Nothing changes if the kernel refuses.
+fn own_credentials() {
+    // SAFETY: PR_GET_KEEPCAPS and PR_SET_KEEPCAPS take integers and touch no memory.
+    unsafe {
+        let keep = libc::prctl(libc::PR_GET_KEEPCAPS, 0, 0, 0, 0);
+        if keep >= 0 {
+            libc::prctl(libc::PR_SET_KEEPCAPS, keep, 0, 0, 0);
+        }
+    }
 }
 
 /// Opens `dir` again by its path (O_PATH) and checks that it is the directory the walk read.
