@@ -297,3 +297,37 @@ fn scan_of_many_directories_reports_every_image_once() {
         assert_eq!(row["name"].as_str(), Some(name.as_str()), "row {k}");
     }
 }
+
+/// A tree with far more directories than the process may hold descriptors: the walk closes
+/// each directory once it has read it, and the threads that probe hold one each, so every
+/// image is still reported (this failed with "Too many open files" when the results kept
+/// every directory open to the end).
+#[test]
+fn scan_of_more_directories_than_descriptors_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = fixtures().join("plain.iso");
+    let dirs = 300;
+    for d in 0..dirs {
+        let dir = tmp.path().join(format!("d{d:03}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::hard_link(&image, dir.join("a.iso")).unwrap();
+    }
+    let out = Command::new("bash")
+        .args(["-c", r#"ulimit -n 32 && exec "$0" "$@""#])
+        .arg(bin())
+        .args(["scan", "--json"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), dirs);
+    for (d, row) in rows.iter().enumerate() {
+        let want = tmp.path().join(format!("d{d:03}/a.iso"));
+        assert_eq!(row["path"].as_str(), want.to_str(), "row {d}");
+    }
+}

@@ -219,12 +219,10 @@ impl Hasher for Fx {
 
 type FxBuild = BuildHasherDefault<Fx>;
 
-/// A directory being scanned: its descriptor (files are opened relative to it) and its
-/// regular files (and symlinks to them), sorted by name.
+/// A directory being scanned: its regular files (and symlinks to them), sorted by name.
 struct Dir {
-    fd: OwnedFd,
-    /// Device and inode of `fd`: a worker with a descriptor table of its own opens the
-    /// directory again by its path and checks it is this one.
+    /// Device and inode of the directory the walk read: a thread that probes its files opens
+    /// it again by its path and checks it is this one.
     dev_ino: Option<(u64, u64)>,
     /// Unique per directory in a scan (an address could be reused once one is dropped).
     id: usize,
@@ -235,14 +233,6 @@ struct Dir {
     names: Vec<u8>,
     /// Start and length (without the NUL) of each file's name in `names`, in name order.
     files: Vec<(u32, u32)>,
-    /// Directories still open, for the walk to bound.
-    live: Arc<AtomicUsize>,
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Dir {
@@ -263,14 +253,6 @@ impl Dir {
 
 /// Files handed to a worker at a time.
 const BATCH: usize = 64;
-
-/// Directories kept open at most (their files not yet all probed) before the walk stops to
-/// probe files itself, until no more than [`RESUME_OPEN_DIRS`] are open. The gap keeps the
-/// queue from running dry: a walk that probed only back down to the limit took the last
-/// queued chunks from under the workers, which then slept until it queued the next directory
-/// (a fifth of their time, on the 10,000-image benchmark).
-const MAX_OPEN_DIRS: usize = 64;
-const RESUME_OPEN_DIRS: usize = MAX_OPEN_DIRS / 2;
 
 /// A run of files for one worker: `range` of a directory's files, or one file named on the
 /// command line (then "not an image" is an error rather than a skip).
@@ -524,44 +506,28 @@ fn fragment(buf: &mut Vec<u8>, path: &[u8], file_name: &[u8], info: &VolumeInfo)
     }
 }
 
-/// A worker's view of the directories' descriptors.
+/// A prober's descriptor for the directory whose files it opens.
 ///
-/// Workers give themselves a descriptor table of their own (`unshare(CLONE_FILES)`): with a
-/// table shared by several threads, every read, seek and close takes and drops a reference on
-/// the file and every open and close takes the table's lock, which the threads then fight
-/// over. Private tables made the same calls a quarter faster here (10,000 images, 2 threads).
-/// Such a worker does not see the walk's directory descriptors, so it opens each directory
-/// again by its path, once per directory, and checks that it is the same one (device and
-/// inode); a directory replaced in between fails its files with a clear error.
+/// The walk closes each directory as soon as it has read the entries, so a scan holds one
+/// directory descriptor per thread however large the tree. A thread that probes opens the
+/// directory again by its path (O_PATH), once per run of its files, and checks that it is the
+/// one the walk read (device and inode); a directory replaced in between fails its files with
+/// a clear error. The descriptor is the thread's own: worker threads have descriptor tables
+/// of their own (see [`own_fd_table`]), and a descriptor closed from another table would
+/// close whatever has that number there.
 struct Fds {
-    private: bool,
     /// The last directory opened again: its id and descriptor (chunks of one directory come
     /// one after another).
     current: Option<(usize, std::io::Result<OwnedFd>)>,
 }
 
 impl Fds {
-    /// For the thread that walks: the table it shares with nobody but the walk.
-    fn shared() -> Fds {
-        Fds {
-            private: false,
-            current: None,
-        }
-    }
-
-    /// For a worker thread: gives it a descriptor table of its own where the kernel allows.
-    fn private() -> Fds {
-        Fds {
-            private: own_fd_table(),
-            current: None,
-        }
+    fn new() -> Fds {
+        Fds { current: None }
     }
 
     /// The descriptor to open `dir`'s files relative to, or why there is none.
     fn dir_fd(&mut self, dir: &Dir) -> Result<libc::c_int, &std::io::Error> {
-        if !self.private {
-            return Ok(dir.fd.as_raw_fd());
-        }
         if self.current.as_ref().map(|c| c.0) != Some(dir.id) {
             self.current = None;
         }
@@ -572,8 +538,13 @@ impl Fds {
     }
 }
 
-/// Gives the calling thread a copy of the descriptor table to itself; false where the kernel
-/// refuses (the thread then keeps sharing it).
+/// Gives the calling worker thread a copy of the descriptor table to itself; false where the
+/// kernel refuses (the thread then keeps sharing it).
+///
+/// With a table shared by several threads, every read, seek and close takes and drops a
+/// reference on the file and every open and close takes the table's lock, which the threads
+/// then fight over. Private tables made the same calls a quarter faster here (10,000 images,
+/// 2 threads).
 fn own_fd_table() -> bool {
     own_credentials();
     // SAFETY: unshare takes flags only; it changes nothing but this thread's table.
@@ -684,10 +655,6 @@ impl Queue {
             st.1 = true;
         }
         self.ready.notify_all();
-    }
-
-    fn try_pop(&self) -> Option<(usize, Chunk)> {
-        self.state.lock().ok()?.0.pop_front()
     }
 
     /// The next chunk, waiting for the walk; `None` once all are taken.
@@ -807,23 +774,6 @@ fn stat_is_file(dir: libc::c_int, name: &CStr, flags: libc::c_int) -> bool {
     fstatat_mode(dir, name, flags) == Some(libc::S_IFREG)
 }
 
-/// The directory `fd` again, as an O_PATH descriptor (enough for openat and fstatat).
-fn reopen_path(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: openat with a directory descriptor and a NUL-terminated name.
-    let new = unsafe {
-        libc::openat(
-            fd.as_raw_fd(),
-            c".".as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if new < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: new is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
-}
-
 /// Opens a directory for reading its entries.
 fn open_dir(path: &[u8]) -> std::io::Result<OwnedFd> {
     open_path(
@@ -855,7 +805,6 @@ fn scan_all(paths: &[PathBuf], fragments: bool, failures: &mut usize) -> Vec<Don
     };
     let done = AtomicUsize::new(0);
     let total = AtomicUsize::new(0);
-    let live = Arc::new(AtomicUsize::new(0));
     let walking = AtomicBool::new(true);
     let show_progress = std::io::stderr().is_terminal();
     let mut results: Vec<Done> = Vec::new();
@@ -871,7 +820,12 @@ fn scan_all(paths: &[PathBuf], fragments: bool, failures: &mut usize) -> Vec<Don
             local
         };
         let workers: Vec<_> = (1..threads)
-            .map(|_| s.spawn(move || worker(Fds::private())))
+            .map(|_| {
+                s.spawn(move || {
+                    own_fd_table();
+                    worker(Fds::new())
+                })
+            })
             .collect();
         if show_progress {
             s.spawn(|| {
@@ -891,11 +845,8 @@ fn scan_all(paths: &[PathBuf], fragments: bool, failures: &mut usize) -> Vec<Don
                 }
             });
         }
-        let mut mine: Vec<Done> = Vec::new();
-        let mut path = Vec::new();
-        let mut fds = Fds::shared();
         let mut next = 0usize;
-        let mut walk = |root: &Path, next: &mut usize, failures: &mut usize| {
+        let walk = |root: &Path, next: &mut usize, failures: &mut usize| {
             let mut stack = vec![root.as_os_str().as_bytes().to_vec()];
             while let Some(d) = stack.pop() {
                 let fd = match open_dir(&d) {
@@ -922,23 +873,16 @@ fn scan_all(paths: &[PathBuf], fragments: bool, failures: &mut usize) -> Vec<Don
                 if files.is_empty() {
                     continue;
                 }
-                // Files are opened relative to an O_PATH descriptor: closing the one that read
-                // the entries now frees the filesystem's readdir state here, while the
-                // workers probe, rather than at the end.
-                let fd = match reopen_path(&fd) {
-                    Ok(path_fd) => path_fd,
-                    Err(_) => fd,
-                };
+                // Closed here: the threads that probe open it again (see Fds).
+                let dev_ino = dev_ino(&fd);
+                drop(fd);
                 let n = files.len();
-                live.fetch_add(1, Ordering::Relaxed);
                 let dir = Arc::new(Dir {
-                    dev_ino: dev_ino(&fd),
+                    dev_ino,
                     id: *next,
-                    fd,
                     prefix,
                     names,
                     files,
-                    live: Arc::clone(&live),
                 });
                 let chunks: Vec<_> = (0..n)
                     .step_by(BATCH)
@@ -957,18 +901,6 @@ fn scan_all(paths: &[PathBuf], fragments: bool, failures: &mut usize) -> Vec<Don
                 *next += n;
                 total.fetch_add(n, Ordering::Relaxed);
                 queue.push(chunks);
-                // Too many directories open: probe here until half of them are done.
-                if live.load(Ordering::Relaxed) <= MAX_OPEN_DIRS {
-                    continue;
-                }
-                while live.load(Ordering::Relaxed) > RESUME_OPEN_DIRS {
-                    let Some((start, chunk)) = queue.try_pop() else {
-                        break;
-                    };
-                    let n = chunk.len();
-                    mine.push(work(chunk, start, fragments, &mut path, &mut fds));
-                    done.fetch_add(n, Ordering::Relaxed);
-                }
             }
         };
         for p in paths {
@@ -987,8 +919,7 @@ fn scan_all(paths: &[PathBuf], fragments: bool, failures: &mut usize) -> Vec<Don
         }
         queue.close();
         walking.store(false, Ordering::Relaxed);
-        mine.extend(worker(Fds::shared()));
-        results = mine;
+        results = worker(Fds::new());
         for w in workers {
             if let Ok(local) = w.join() {
                 results.extend(local);
@@ -1053,11 +984,9 @@ mod tests {
         Dir {
             dev_ino: dev_ino(&fd),
             id: 0,
-            fd,
             prefix,
             names: b"a.iso\0".to_vec(),
             files: vec![(0, 5)],
-            live: Arc::new(AtomicUsize::new(1)),
         }
     }
 
@@ -1072,8 +1001,8 @@ mod tests {
             fs::create_dir(&path).unwrap();
             fs::write(path.join("a.iso"), b"x").unwrap();
             let dir = dir_of(&path);
-            let mut fds = Fds::private();
-            assert!(fds.private, "unshare(CLONE_FILES) was refused");
+            assert!(own_fd_table(), "unshare(CLONE_FILES) was refused");
+            let mut fds = Fds::new();
             let fd = fds.dir_fd(&dir).unwrap();
             assert!(open_at(fd, dir.cname(0).unwrap()).is_ok());
 
