@@ -462,7 +462,10 @@ pub fn decode_ucs2be(b: &[u8]) -> String {
         && b.chunks_exact(2)
             .all(|c| matches!(c, [0, lo] if lo.is_ascii()))
     {
-        let ascii: Vec<u8> = b.iter().skip(1).step_by(2).copied().collect();
+        let ascii: Vec<u8> = b
+            .chunks_exact(2)
+            .map(|c| c.get(1).copied().unwrap_or(0))
+            .collect();
         return String::from_utf8(ascii).unwrap_or_default();
     }
     let units = b
