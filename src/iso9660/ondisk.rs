@@ -107,6 +107,9 @@ pub mod sig {
     pub const RE: [u8; 2] = *b"RE";
     pub const TF: [u8; 2] = *b"TF";
     pub const SF: [u8; 2] = *b"SF";
+
+    /// The Rock Ridge entries (any of them marks a record as using RRIP).
+    pub const RRIP: [[u8; 2]; 10] = [RR, PX, PN, SL, NM, CL, PL, RE, TF, SF];
 }
 
 /// The SP entry's check bytes (SUSP 5.3).

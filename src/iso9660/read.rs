@@ -284,7 +284,8 @@ pub fn probe(src: &(impl ReadAt + ?Sized)) -> Result<VolumeInfo> {
 /// What `probe` finds, plus what opening the tree needs.
 struct Probed {
     desc: Descriptors,
-    /// The root's "." record Rock Ridge fields and the SP skip, when Rock Ridge is present.
+    /// What detection read of the root's "." record (SP, ER, whether Rock Ridge entries are
+    /// there; nothing decoded) and the SP skip, when Rock Ridge is present.
     root_rr: Option<(RockRidge, usize)>,
 }
 
@@ -428,7 +429,7 @@ fn detect_rock_ridge(
     image_size: u64,
 ) -> Result<Option<(RockRidge, usize)>> {
     for follow_ce in [false, true] {
-        let Some(rr) = root_dot_rock_ridge(src, vd, image_size, follow_ce)? else {
+        let Some(rr) = root_dot_rock_ridge(src, vd, image_size, follow_ce, false)? else {
             return Ok(None);
         };
         if let Some(skip) = rr.sp_skip.filter(|_| rr.er_rrip || rr.any_rrip) {
@@ -438,12 +439,14 @@ fn detect_rock_ridge(
     Ok(None)
 }
 
-/// The SUSP fields of the root's "." record, if its system use field starts with SP.
+/// The SUSP fields of the root's "." record, if its system use field starts with SP; with
+/// `full` false, only SP, ER and whether Rock Ridge entries are there.
 fn root_dot_rock_ridge(
     src: &(impl ReadAt + ?Sized),
     vd: &VolumeDescriptor,
     image_size: u64,
     follow_ce: bool,
+    full: bool,
 ) -> Result<Option<RockRidge>> {
     let root = parse_record(&vd.root_record).map_err(|why| Error::descriptor(vd.sector, why))?;
     let start = u64::from(root.extent) * SECTOR_SIZE;
@@ -459,13 +462,18 @@ fn root_dot_rock_ridge(
     if !dot.system_use.starts_with(b"SP") {
         return Ok(None);
     }
-    let rr = parse_system_use(dot.system_use, |ce| {
+    let fetch = |ce| {
         if follow_ce {
             fetch_ce(src, ce, image_size)
         } else {
             Ok(Vec::new())
         }
-    })
+    };
+    let rr = if full {
+        parse_system_use(dot.system_use, fetch)
+    } else {
+        super::susp::detect_rock_ridge(dot.system_use, fetch)
+    }
     .map_err(|e| susp_error(u64::from(root.extent), 0, e))?;
     Ok(Some(rr))
 }
@@ -540,7 +548,7 @@ impl<R: ReadAt> Image<R> {
         }
         let root_rr = match &probed.root_rr {
             Some((_, skip)) => {
-                root_dot_rock_ridge(&src, vd, info.image_size, true)?.map(|rr| (rr, *skip))
+                root_dot_rock_ridge(&src, vd, info.image_size, true, true)?.map(|rr| (rr, *skip))
             }
             None => None,
         };

@@ -76,6 +76,8 @@ pub enum SuspError {
 #[derive(Default)]
 struct Acc {
     rr: RockRidge,
+    /// Only whether Rock Ridge is there: SP, CE and ER read, other entries only noted.
+    detect_only: bool,
     name_done: bool,
     sl: Vec<u8>,
     sl_sep: bool,
@@ -88,9 +90,30 @@ struct Acc {
 /// `fetch(ce)` returns the bytes of a continuation area.
 pub fn parse_system_use(
     area: &[u8],
-    mut fetch: impl FnMut(ContinuationArea) -> Result<Vec<u8>, String>,
+    fetch: impl FnMut(ContinuationArea) -> Result<Vec<u8>, String>,
 ) -> Result<RockRidge, SuspError> {
-    let mut acc = Acc::default();
+    parse_areas(area, fetch, false)
+}
+
+/// What [`parse_system_use`] gives of SP, ER and whether any Rock Ridge entry is present,
+/// without decoding the entries (names, attributes, times): enough to tell whether an image
+/// uses Rock Ridge.
+pub fn detect_rock_ridge(
+    area: &[u8],
+    fetch: impl FnMut(ContinuationArea) -> Result<Vec<u8>, String>,
+) -> Result<RockRidge, SuspError> {
+    parse_areas(area, fetch, true)
+}
+
+fn parse_areas(
+    area: &[u8],
+    mut fetch: impl FnMut(ContinuationArea) -> Result<Vec<u8>, String>,
+    detect_only: bool,
+) -> Result<RockRidge, SuspError> {
+    let mut acc = Acc {
+        detect_only,
+        ..Acc::default()
+    };
     let mut next = parse_area(area, &mut acc);
     let mut seen: Vec<ContinuationArea> = Vec::new();
     let mut total: u32 = 0;
@@ -165,6 +188,12 @@ fn parse_area(area: &[u8], acc: &mut Acc) -> Option<ContinuationArea> {
 
 fn entry(signature: [u8; 2], e: &[u8], acc: &mut Acc, ce: &mut Option<ContinuationArea>) {
     let rr = &mut acc.rr;
+    if sig::RRIP.contains(&signature) {
+        rr.any_rrip = true;
+        if acc.detect_only {
+            return;
+        }
+    }
     match signature {
         sig::SP if e.get(4..6) == Some(&SP_CHECK[..]) => {
             rr.sp_skip = e.get(6).copied();
@@ -185,7 +214,6 @@ fn entry(signature: [u8; 2], e: &[u8], acc: &mut Acc, ce: &mut Option<Continuati
             }
         }
         sig::PX => {
-            rr.any_rrip = true;
             rr.mode = both32(e, 4).map(|v| v.0);
             rr.nlink = both32(e, 12).map(|v| v.0);
             rr.uid = both32(e, 20).map(|v| v.0);
@@ -195,7 +223,6 @@ fn entry(signature: [u8; 2], e: &[u8], acc: &mut Acc, ce: &mut Option<Continuati
             }
         }
         sig::NM => {
-            rr.any_rrip = true;
             let flags = e.get(4).copied().unwrap_or(0);
             if acc.name_done {
                 return;
@@ -214,7 +241,6 @@ fn entry(signature: [u8; 2], e: &[u8], acc: &mut Acc, ce: &mut Option<Continuati
             }
         }
         sig::SL => {
-            rr.any_rrip = true;
             if acc.sl_done {
                 return;
             }
@@ -233,7 +259,6 @@ fn entry(signature: [u8; 2], e: &[u8], acc: &mut Acc, ce: &mut Option<Continuati
             }
         }
         sig::TF => {
-            rr.any_rrip = true;
             let flags = e.get(4).copied().unwrap_or(0);
             let long = flags & tf_flags::LONG_FORM != 0;
             let width = if long { 17 } else { 7 };
@@ -270,18 +295,14 @@ fn entry(signature: [u8; 2], e: &[u8], acc: &mut Acc, ce: &mut Option<Continuati
             }
         }
         sig::CL => {
-            rr.any_rrip = true;
             rr.child_link = both32(e, 4).map(|v| v.0);
         }
         sig::PL => {
-            rr.any_rrip = true;
             rr.parent_link = both32(e, 4).map(|v| v.0);
         }
         sig::RE => {
-            rr.any_rrip = true;
             rr.relocated = true;
         }
-        sig::RR | sig::PN | sig::SF => rr.any_rrip = true,
         _ => {}
     }
 }
@@ -375,6 +396,36 @@ mod tests {
         let looping = area.clone();
         let err = parse_system_use(&area, move |_| Ok(looping.clone())).unwrap_err();
         assert!(matches!(err, SuspError::Continuation(m) if m.contains("loops")));
+    }
+
+    /// Detection reads SP, ER and CE as the full parse does and notes every Rock Ridge entry,
+    /// but decodes none of them.
+    #[test]
+    fn detection_finds_what_the_full_parse_finds_and_decodes_nothing() {
+        let mut sp = b"\xBE\xEF".to_vec();
+        sp.push(0);
+        let mut er = vec![10, 0, 0, 1];
+        er.extend_from_slice(b"RRIP_1991A");
+        for (extra, rrip) in [
+            (e(b"NM", b"\x00name"), true),
+            (e(b"RE", b""), true),
+            (e(b"PD", b"\x00\x00"), false),
+        ] {
+            let mut area = e(b"SP", &sp);
+            area.extend(extra);
+            let full = parse_system_use(&area, no_ce).unwrap();
+            let seen = detect_rock_ridge(&area, no_ce).unwrap();
+            assert_eq!((seen.sp_skip, seen.any_rrip), (Some(0), rrip));
+            assert_eq!((full.sp_skip, full.any_rrip), (seen.sp_skip, seen.any_rrip));
+            assert_eq!((seen.name, seen.relocated), (None, false));
+        }
+        // ER in a continuation area is found too.
+        let mut ce_body = both(20);
+        ce_body.extend(both(0));
+        ce_body.extend(both(30));
+        let area = e(b"CE", &ce_body);
+        let seen = detect_rock_ridge(&area, |_| Ok(e(b"ER", &er))).unwrap();
+        assert!(seen.er_rrip && !seen.any_rrip);
     }
 
     #[test]
