@@ -4,8 +4,9 @@
 //! The walk reads each directory once (getdents64) into one buffer of names, sorts them, and
 //! hands out runs of files relative to the directory's descriptor: no path per file. Workers
 //! (the main thread joins them once the walk is done) open, probe and, for `--json` to a
-//! program, format each record except its name; the main thread then only resolves name
-//! collisions and writes the document at once.
+//! program, format each record whole, named after its base name; the main thread then checks
+//! the names in walk order, copies each chunk's records as they are, and rewrites only a name
+//! taken before.
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::{CStr, CString, OsStr};
@@ -79,30 +80,30 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     let mut renamed: HashSet<Box<str>, FxBuild> = HashSet::default();
     bases.reserve(done.iter().map(|d| d.items.len()).sum());
     for d in &done {
+        // The chunk's records lie one after another in its buffer: whatever of them is not
+        // yet in `doc`, from here to the end of the last.
+        let mut copy_from: Option<usize> = None;
         for (k, item) in d.items.iter().enumerate() {
             match item {
-                Item::Json { pre, post, base } => {
-                    let base = d.buf.get(base.clone()).unwrap_or_default();
+                Item::Json { start, value } => {
+                    let base = d
+                        .buf
+                        .get(value.start + 1..value.end - 1)
+                        .unwrap_or_default();
                     let base = std::str::from_utf8(base).unwrap_or_default();
-                    if images > 0 {
-                        doc.push(b',');
-                    }
-                    doc.extend_from_slice(d.buf.get(pre.clone()).unwrap_or_default());
-                    // Usually free: then one lookup both checks and takes it.
-                    if !renamed.contains(base) && bases.insert(base) {
-                        json_str(&mut doc, base);
-                    } else {
+                    // The first record goes out without the comma before it.
+                    let from = copy_from.get_or_insert(start + usize::from(images == 0));
+                    // Usually free: then one lookup both checks and takes it, and the record
+                    // goes out as the worker wrote it.
+                    if renamed.contains(base) || !bases.insert(base) {
                         let name =
                             names::first_free(base, |n| bases.contains(n) || renamed.contains(n));
+                        doc.extend_from_slice(d.buf.get(*from..value.start).unwrap_or_default());
                         json_str(&mut doc, &name);
                         renamed.insert(name.into_boxed_str());
+                        *from = value.end;
                     }
-                    doc.extend_from_slice(d.buf.get(post.clone()).unwrap_or_default());
                     images += 1;
-                    if doc.len() >= OUT_CHUNK {
-                        out.write_all(&doc)?;
-                        doc.clear();
-                    }
                 }
                 Item::Info(info) => {
                     let path = d.chunk.path(k);
@@ -118,6 +119,13 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
                     eprintln!("isomgr: {}: {e:#}", d.chunk.path(k).display());
                     failures += 1;
                 }
+            }
+        }
+        if let Some(from) = copy_from {
+            doc.extend_from_slice(d.buf.get(from..).unwrap_or_default());
+            if doc.len() >= OUT_CHUNK {
+                out.write_all(&doc)?;
+                doc.clear();
             }
         }
     }
@@ -288,12 +296,12 @@ impl Chunk {
 
 /// What became of one file.
 enum Item {
-    /// The record as compact JSON: `buf[pre]` up to the name's value, `buf[post]` after it,
-    /// and the name before collisions in `buf[base]`.
+    /// The record as compact JSON, a comma before it, from `buf[start]` on, with the name
+    /// before collisions as its value at `buf[value]`, quotes included. Names hold only
+    /// `[A-Za-z0-9._+-]` (see [`names`]): nothing in them is escaped.
     Json {
-        pre: Range<usize>,
-        post: Range<usize>,
-        base: Range<usize>,
+        start: usize,
+        value: Range<usize>,
     },
     Info(VolumeInfo),
     Failed(ProbeError),
@@ -303,6 +311,7 @@ enum Item {
 struct Done {
     start: usize,
     chunk: Chunk,
+    /// The compact JSON records, one after another.
     buf: Vec<u8>,
     items: Vec<Item>,
 }
@@ -464,10 +473,10 @@ fn file_stem(name: &[u8]) -> &[u8] {
     }
 }
 
-/// Appends the record's compact JSON, minus the name's value, and its base name to `buf`.
+/// Appends a comma and the record's compact JSON to `buf`, named after its base name.
 fn fragment(buf: &mut Vec<u8>, path: &[u8], file_name: &[u8], info: &VolumeInfo) -> Item {
-    let p0 = buf.len();
-    buf.extend_from_slice(b"{\"path\":");
+    let start = buf.len();
+    buf.extend_from_slice(b",{\"path\":");
     match std::str::from_utf8(path) {
         Ok(s) => json_str(buf, s),
         Err(_) => json_str(
@@ -481,7 +490,12 @@ fn fragment(buf: &mut Vec<u8>, path: &[u8], file_name: &[u8], info: &VolumeInfo)
         None => buf.extend_from_slice(b"null"),
     }
     buf.extend_from_slice(b",\"name\":");
-    let p1 = buf.len();
+    let stem = String::from_utf8_lossy(file_stem(file_name));
+    let name = names::base_name(info.label.as_deref(), &stem);
+    let v0 = buf.len();
+    json_str(buf, &name);
+    let value = v0..buf.len();
+    debug_assert_eq!(value.len(), name.len() + 2, "a name JSON escapes: {name:?}");
     buf.extend_from_slice(b",\"size\":");
     push_u64(buf, info.image_size);
     buf.extend_from_slice(b",\"volume_size\":");
@@ -500,14 +514,7 @@ fn fragment(buf: &mut Vec<u8>, path: &[u8], file_name: &[u8], info: &VolumeInfo)
     buf.extend_from_slice(b",\"complete\":");
     buf.extend_from_slice(if info.complete() { b"true" } else { b"false" });
     buf.push(b'}');
-    let p2 = buf.len();
-    let stem = String::from_utf8_lossy(file_stem(file_name));
-    buf.extend_from_slice(names::base_name(info.label.as_deref(), &stem).as_bytes());
-    Item::Json {
-        pre: p0..p1,
-        post: p1..p2,
-        base: p2..buf.len(),
-    }
+    Item::Json { start, value }
 }
 
 /// A prober's descriptor for the directory whose files it opens.
