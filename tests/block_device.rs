@@ -30,15 +30,10 @@ fn loop_device_reads_like_the_image_file() {
     }
     let _lock = common::loop_lock();
     let image = common::fixtures().join("rr-joliet.iso");
-    let out = Command::new("losetup")
-        .args(["--find", "--show", "--read-only"])
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::output_ok(
+        Command::new("losetup")
+            .args(["--find", "--show", "--read-only"])
+            .arg(&image),
     );
     let dev = Loop(String::from_utf8(out.stdout).unwrap().trim().to_owned());
 

@@ -312,17 +312,12 @@ fn scan_of_more_directories_than_descriptors_allowed() {
         std::fs::create_dir(&dir).unwrap();
         std::fs::hard_link(&image, dir.join("a.iso")).unwrap();
     }
-    let out = Command::new("bash")
-        .args(["-c", r#"ulimit -n 32 && exec "$0" "$@""#])
-        .arg(bin())
-        .args(["scan", "--json"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new("bash")
+            .args(["-c", r#"ulimit -n 32 && exec "$0" "$@""#])
+            .arg(bin())
+            .args(["scan", "--json"])
+            .arg(tmp.path()),
     );
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.len(), dirs);

@@ -21,6 +21,19 @@ pub fn isomgr(args: &[&str]) -> Output {
         .expect("running isomgr")
 }
 
+/// Runs `cmd` and returns its output; fails the test, with its standard error, if it did not
+/// succeed.
+pub fn output_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("running a command");
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// True under CI, where a test that cannot run must fail instead of skipping.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
