@@ -51,8 +51,11 @@ pub struct ScanRecord {
     pub complete: bool,
 }
 
-/// Bytes of `--json` output written at a time (one buffer, reused: no fresh pages per scan).
+/// Bytes of table or indented JSON output written at a time.
 const OUT_CHUNK: usize = 256 * 1024;
+
+/// Compact JSON longer than this goes to the output without being copied first.
+const DIRECT_WRITE: usize = 8 * 1024;
 
 /// Files examined between progress updates are counted here.
 const PROGRESS_MIN: usize = 2000;
@@ -65,12 +68,12 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     let mut done = scan_all(&args.paths, fragments, &mut failures);
     done.sort_unstable_by_key(|d| d.start);
     let mut records = Vec::new();
-    let mut doc: Vec<u8> = Vec::new();
+    // Compact JSON: each chunk's run of records goes from the worker's buffer straight to the
+    // output (a write larger than this buffer bypasses it); the brackets, a renamed name and
+    // short runs collect here.
+    let mut doc = std::io::BufWriter::with_capacity(DIRECT_WRITE, &mut *out);
     if fragments {
-        // Written and cleared every OUT_CHUNK bytes: the same pages serve the whole document.
-        let est: usize = done.iter().map(|d| d.buf.len() + d.items.len() * 8).sum();
-        doc.reserve(est.min(OUT_CHUNK) + 64 * 1024);
-        doc.push(b'[');
+        doc.write_all(b"[")?;
     }
     let mut images = 0usize;
     let mut skipped = 0usize;
@@ -98,8 +101,10 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
                     if renamed.contains(base) || !bases.insert(base) {
                         let name =
                             names::first_free(base, |n| bases.contains(n) || renamed.contains(n));
-                        doc.extend_from_slice(d.buf.get(*from..value.start).unwrap_or_default());
-                        json_str(&mut doc, &name);
+                        doc.write_all(d.buf.get(*from..value.start).unwrap_or_default())?;
+                        let mut quoted = Vec::with_capacity(name.len() + 2);
+                        json_str(&mut quoted, &name);
+                        doc.write_all(&quoted)?;
                         renamed.insert(name.into_boxed_str());
                         *from = value.end;
                     }
@@ -122,17 +127,15 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
             }
         }
         if let Some(from) = copy_from {
-            doc.extend_from_slice(d.buf.get(from..).unwrap_or_default());
-            if doc.len() >= OUT_CHUNK {
-                out.write_all(&doc)?;
-                doc.clear();
-            }
+            doc.write_all(d.buf.get(from..).unwrap_or_default())?;
         }
     }
     if fragments {
-        doc.extend_from_slice(b"]\n");
-        out.write_all(&doc)?;
-    } else {
+        doc.write_all(b"]\n")?;
+    }
+    doc.flush()?;
+    drop(doc);
+    if !fragments {
         // Standard output is line-buffered: a write per row otherwise.
         let mut w = std::io::BufWriter::with_capacity(OUT_CHUNK, &mut *out);
         if args.json {
