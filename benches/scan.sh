@@ -15,7 +15,7 @@
 #   SCAN_CACHE          where the image sets live ($BENCH_CACHE_DIR/scan); made once, reused
 #   SCAN_SETS           set sizes to run ("100 1000 10000"; quick: "100")
 #   SCAN_CHECK_SAMPLE   images whose label is checked against blkid (20)
-#   SCAN_ROUNDS         alternating rounds of floor and scan --json (5; quick: 1)
+#   SCAN_ROUNDS         alternating rounds of floor and scan --json (11; quick: 1)
 #   BENCH_STRICT=1      exit 1 when a target is missed, too
 set -euo pipefail
 # shellcheck source=benches/lib.sh
@@ -28,7 +28,7 @@ TARGET_BLKID_SPEEDUP=5   # blkid -p one call / isomgr scan --json, at least
 SCAN_CACHE=${SCAN_CACHE:-$BENCH_CACHE_DIR/scan}
 if [[ $BENCH_QUICK == 1 ]]; then SCAN_SETS=${SCAN_SETS:-100}; else SCAN_SETS=${SCAN_SETS:-100 1000 10000}; fi
 SCAN_CHECK_SAMPLE=${SCAN_CHECK_SAMPLE:-20}
-if [[ $BENCH_QUICK == 1 ]]; then SCAN_ROUNDS=${SCAN_ROUNDS:-1}; else SCAN_ROUNDS=${SCAN_ROUNDS:-5}; fi
+if [[ $BENCH_QUICK == 1 ]]; then SCAN_ROUNDS=${SCAN_ROUNDS:-1}; else SCAN_ROUNDS=${SCAN_ROUNDS:-11}; fi
 [[ $SCAN_ROUNDS =~ ^[1-9][0-9]*$ ]] || bench_die "SCAN_ROUNDS: not a count: $SCAN_ROUNDS"
 read -r -a sets <<<"$SCAN_SETS"
 
@@ -137,18 +137,21 @@ for n in "${sets[@]}"; do
 	dir=$SCAN_CACHE/set-$n
 	list=$dir.list
 	# The pair the target compares alternates: SCAN_ROUNDS rounds of the floor then scan --json,
-	# each the median of its runs; each side reports the median of its rounds. A machine that
-	# slows down for a few seconds (a shared VM does) then weighs on both alike, not on
+	# each the median of its runs; each side reports the median of its rounds, and json/floor
+	# is the median of the rounds' ratios. A machine that slows down for a few seconds (a
+	# shared VM does, by a third and more) then weighs on both sides of a ratio alike, not on
 	# whichever happened to run then.
 	bench_log "set of $n: floor and isomgr scan --json, $SCAN_ROUNDS round(s)"
-	floors=() jsons=()
+	floors=() jsons=() ratios=()
 	for ((round = 0; round < SCAN_ROUNDS; round++)); do
 		floors+=("$(bench_time_ms "$floor" "$dir")")
 		jsons+=("$(bench_time_ms "$ISOMGR" scan --json "$dir")")
+		ratios+=("$(bench_ratio "${jsons[-1]}" "${floors[-1]}")")
 	done
 	t_floor=$(median_of "${floors[@]}")
 	t_json=$(median_of "${jsons[@]}")
-	((SCAN_ROUNDS == 1)) || notes+=("set of $n: floor rounds ${floors[*]} ms; scan --json rounds ${jsons[*]} ms")
+	r_floor=$(python3 -c 'import statistics, sys; print("%.2f" % statistics.median(map(float, sys.argv[1:])))' "${ratios[@]}")
+	((SCAN_ROUNDS == 1)) || notes+=("set of $n: floor rounds ${floors[*]} ms; scan --json rounds ${jsons[*]} ms; ratios ${ratios[*]}")
 	bench_log "set of $n: isomgr scan (text)"
 	t_text=$(bench_time_ms "$ISOMGR" scan "$dir")
 
@@ -174,7 +177,6 @@ for n in "${sets[@]}"; do
 		((runs >= BENCH_RUNS)) || notes+=("set of $n: blkid per image is the median of $runs run(s)")
 	fi
 
-	r_floor=$(bench_ratio "$t_json" "$t_floor")
 	r_text=$(bench_ratio "$t_text" "$t_floor")
 	r_blkid=$(bench_ratio "$t_blkid" "$t_json")
 	r_each=$(bench_ratio "$t_each" "$t_json")
@@ -191,7 +193,7 @@ done
 # --- report ---------------------------------------------------------------------------------
 
 echo
-echo "isomgr scan latency, warm cache: median of $BENCH_RUNS run(s) after $BENCH_WARMUP warm-up(s), timer $BENCH_TIMER; floor and scan --json: median of $SCAN_ROUNDS alternating round(s) of those"
+echo "isomgr scan latency, warm cache: median of $BENCH_RUNS run(s) after $BENCH_WARMUP warm-up(s), timer $BENCH_TIMER; floor and scan --json: median of $SCAN_ROUNDS alternating round(s) of those, json/floor the median of the rounds' ratios"
 echo "$(nproc) CPU(s), $(uname -sr), $(blkid --version | head -1), images in $SCAN_CACHE ($(stat -f -c %T "$SCAN_CACHE"))"
 echo "isomgr: $ISOMGR; load average $load_start at the start of timing, $(bench_load) at the end"
 echo
