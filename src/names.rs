@@ -48,17 +48,25 @@ pub fn base_name(label: Option<&str>, fallback: &str) -> String {
 /// The first of `base`, `base-2`, `base-3`... that `taken` does not hold, kept within
 /// [`MAX_NAME_LEN`] bytes.
 pub fn first_free(base: &str, taken: impl Fn(&str) -> bool) -> String {
+    first_free_from(base, 2, taken).0
+}
+
+/// [`first_free`] for a caller that only ever adds names: `base-2` up to `base-{from - 1}` are
+/// known to be taken, so the search starts at `base-{from}` (resuming where the last one for
+/// `base` ended, instead of trying every suffix again for each of many equal labels). Returns
+/// the name and its suffix, 0 for `base` itself.
+pub fn first_free_from(base: &str, from: u64, taken: impl Fn(&str) -> bool) -> (String, u64) {
     if !taken(base) {
-        return base.to_owned();
+        return (base.to_owned(), 0);
     }
-    (2u64..)
+    (from.max(2)..)
         .map(|n| {
             let suffix = format!("-{n}");
             let keep = MAX_NAME_LEN.saturating_sub(suffix.len()).min(base.len());
-            format!("{}{suffix}", &base[..keep])
+            (format!("{}{suffix}", &base[..keep]), n)
         })
-        .find(|candidate| !taken(candidate))
-        .unwrap_or_else(|| base.to_owned())
+        .find(|(candidate, _)| !taken(candidate))
+        .unwrap_or_else(|| (base.to_owned(), 0))
 }
 
 #[cfg(test)]
