@@ -307,18 +307,18 @@ impl Dir {
 /// Files handed to a worker at a time.
 const BATCH: usize = 64;
 
-/// A run of files for one worker: `range` of a directory's files, or one file named on the
+/// A run of files for one worker: `range` of a directory's files, or files named on the
 /// command line (then "not an image" is an error rather than a skip).
 enum Chunk {
     Dir { dir: Arc<Dir>, range: Range<usize> },
-    Explicit(PathBuf),
+    Explicit(Vec<PathBuf>),
 }
 
 impl Chunk {
     fn len(&self) -> usize {
         match self {
             Chunk::Dir { range, .. } => range.len(),
-            Chunk::Explicit(_) => 1,
+            Chunk::Explicit(paths) => paths.len(),
         }
     }
 
@@ -334,7 +334,7 @@ impl Chunk {
                 p.extend_from_slice(dir.name(range.start + k));
                 PathBuf::from(OsStr::from_bytes(&p))
             }
-            Chunk::Explicit(p) => p.clone(),
+            Chunk::Explicit(paths) => paths.get(k).cloned().unwrap_or_default(),
         }
     }
 }
@@ -673,15 +673,17 @@ fn work(chunk: Chunk, start: usize, fragments: bool, path: &mut Vec<u8>, fds: &m
                 items.push(finish(&mut buf, r, path, dir.name(k)));
             }
         }
-        Chunk::Explicit(p) => {
-            let r = match CString::new(p.as_os_str().as_bytes()) {
-                Ok(c) => probe_file(open_at(libc::AT_FDCWD, &c)),
-                Err(_) => Err(ProbeError::Open(std::io::Error::from_raw_os_error(
-                    libc::EINVAL,
-                ))),
-            };
-            let name = p.file_name().map(|n| n.as_bytes()).unwrap_or_default();
-            items.push(finish(&mut buf, r, p.as_os_str().as_bytes(), name));
+        Chunk::Explicit(paths) => {
+            for p in paths {
+                let r = match CString::new(p.as_os_str().as_bytes()) {
+                    Ok(c) => probe_file(open_at(libc::AT_FDCWD, &c)),
+                    Err(_) => Err(ProbeError::Open(std::io::Error::from_raw_os_error(
+                        libc::EINVAL,
+                    ))),
+                };
+                let name = p.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+                items.push(finish(&mut buf, r, p.as_os_str().as_bytes(), name));
+            }
         }
     }
     Done {
@@ -959,13 +961,28 @@ fn scan_all(paths: &[PathBuf], fragments: bool, failures: &mut usize) -> Vec<Don
                 queue.push(chunks);
             }
         };
+        // Files named on the command line go out BATCH at a time, in order with the
+        // directories between them.
+        let mut files: Vec<PathBuf> = Vec::new();
+        let queue_files = |files: &mut Vec<PathBuf>, next: &mut usize| {
+            if !files.is_empty() {
+                let n = files.len();
+                total.fetch_add(n, Ordering::Relaxed);
+                queue.push([(*next, Chunk::Explicit(std::mem::take(files)))]);
+                *next += n;
+            }
+        };
         for p in paths {
             match fs::metadata(p) {
-                Ok(m) if m.is_dir() => walk(p, &mut next, failures),
+                Ok(m) if m.is_dir() => {
+                    queue_files(&mut files, &mut next);
+                    walk(p, &mut next, failures);
+                }
                 Ok(_) => {
-                    total.fetch_add(1, Ordering::Relaxed);
-                    queue.push([(next, Chunk::Explicit(p.clone()))]);
-                    next += 1;
+                    files.push(p.clone());
+                    if files.len() == BATCH {
+                        queue_files(&mut files, &mut next);
+                    }
                 }
                 Err(e) => {
                     eprintln!("isomgr: {}: {e}", p.display());
@@ -973,6 +990,7 @@ fn scan_all(paths: &[PathBuf], fragments: bool, failures: &mut usize) -> Vec<Don
                 }
             }
         }
+        queue_files(&mut files, &mut next);
         queue.close();
         walking.store(false, Ordering::Relaxed);
         results = worker(Fds::new());
