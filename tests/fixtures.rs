@@ -326,3 +326,53 @@ fn scan_of_more_directories_than_descriptors_allowed() {
         assert_eq!(row["path"].as_str(), want.to_str(), "row {d}");
     }
 }
+
+/// Files and directories named on the command line come out in the order given, however the
+/// files are batched for the workers (more than one batch here), with a directory's images in
+/// its place; a named file that is not an image is an error that names it, and the others are
+/// still reported.
+#[test]
+fn scan_reports_named_files_and_directories_in_argument_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = fixtures().join("plain.iso");
+    let mut args: Vec<String> = vec!["scan".into(), "--json".into()];
+    let mut want = Vec::new();
+    for k in 0..70 {
+        let p = tmp.path().join(format!("f{k:02}.iso"));
+        std::fs::hard_link(&image, &p).unwrap();
+        args.push(p.to_str().unwrap().into());
+        want.push(p);
+    }
+    let dir = tmp.path().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    for k in 0..3 {
+        std::fs::hard_link(&image, dir.join(format!("i{k}.iso"))).unwrap();
+        want.push(dir.join(format!("i{k}.iso")));
+    }
+    args.push(dir.to_str().unwrap().into());
+    let not_image = fixtures().join("make-fixtures.sh");
+    args.push(not_image.to_str().unwrap().into());
+    let last = tmp.path().join("z.iso");
+    std::fs::hard_link(&image, &last).unwrap();
+    args.push(last.to_str().unwrap().into());
+    want.push(last);
+
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = isomgr(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(not_image.to_str().unwrap()) && err.contains("not an ISO9660 or UDF image"),
+        "{err}"
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), want.len());
+    for (k, (row, path)) in rows.iter().zip(&want).enumerate() {
+        assert_eq!(row["path"].as_str(), path.to_str(), "row {k}");
+        let name = match k {
+            0 => "ISOMGR_PLAIN".to_owned(),
+            _ => format!("ISOMGR_PLAIN-{}", k + 1),
+        };
+        assert_eq!(row["name"].as_str(), Some(name.as_str()), "row {k}");
+    }
+}
