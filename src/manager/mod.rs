@@ -66,6 +66,10 @@ pub struct Manager {
     reserved_names: HashSet<String>,
     /// Root entries isomgr did not make.
     foreign: HashSet<String>,
+    /// Per base name that collided: every `base-N` below this suffix (from -2) was taken when
+    /// last looked at, and none of them was freed since. The next search starts there, so many
+    /// media with one label cost a lookup or two each rather than one per medium before.
+    hints: HashMap<String, u64>,
 }
 
 impl Manager {
@@ -96,6 +100,8 @@ impl Manager {
             Event::Failed { id, name, error } => self.failed(&id, &name, error),
             Event::ForeignEntries(entries) => {
                 self.foreign = entries.into_iter().collect();
+                // Any name may have come free.
+                self.hints.clear();
                 Vec::new()
             }
             Event::EjectRequested { id, device } => {
@@ -127,13 +133,19 @@ impl Manager {
         }
         let reserved = self.reserved.remove(&medium.id).map(|(name, _)| {
             self.reserved_names.remove(&name);
+            self.freed(&name);
             name
         });
         let name = match reserved {
             Some(name) if !self.is_taken(&name) => name,
             _ => {
                 let base = names::base_name(medium.label.as_deref(), &medium.fallback);
-                names::first_free(&base, |n| self.is_taken(n))
+                let from = self.hints.get(&base).copied().unwrap_or(2);
+                let (name, n) = names::first_free_from(&base, from, |c| self.is_taken(c));
+                if n >= 2 {
+                    self.hints.insert(base, n + 1);
+                }
+                name
             }
         };
         self.names.insert(name.clone(), medium.id.clone());
@@ -161,6 +173,27 @@ impl Manager {
             || self.reserved_names.contains(name)
     }
 
+    /// `name` is no longer taken: a search for the base it is a suffixed form of must look at
+    /// it again. A name of the longest length may be a longer base's cut form: those bases
+    /// search from -2 again.
+    fn freed(&mut self, name: &str) {
+        if self.hints.is_empty() {
+            return;
+        }
+        let Some((prefix, digits)) = name.rsplit_once('-') else {
+            return;
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return;
+        }
+        if let (Some(hint), Ok(n)) = (self.hints.get_mut(prefix), digits.parse::<u64>()) {
+            *hint = (*hint).min(n);
+        }
+        if name.len() >= names::MAX_NAME_LEN {
+            self.hints.retain(|base, _| !base.starts_with(prefix));
+        }
+    }
+
     fn moved(&mut self, id: &MediumId, origin: PathBuf) -> Vec<Action> {
         match self.media.get_mut(id) {
             Some(k) if k.medium.origin != origin => {
@@ -178,6 +211,7 @@ impl Manager {
         match k.name {
             Some(name) => {
                 self.names.remove(&name);
+                self.freed(&name);
                 vec![
                     Action::Unpublish {
                         name,
@@ -213,6 +247,7 @@ impl Manager {
         for id in stale {
             if let Some((name, _)) = self.reserved.remove(&id) {
                 self.reserved_names.remove(&name);
+                self.freed(&name);
                 actions.push(Action::Unpublish { name, id });
             }
         }
@@ -251,6 +286,7 @@ impl Manager {
                 k.name = None;
                 k.phase = Phase::Failed { error };
                 self.names.remove(name);
+                self.freed(name);
                 vec![Action::SaveState]
             }
             _ => Vec::new(),

@@ -48,6 +48,28 @@ fn run(m: &mut Manager, events: Vec<Event>) -> Vec<Action> {
     all
 }
 
+/// [`run`] on `m`, and on `plain` with its suffix hints dropped before every event (so every
+/// search starts at -2, as without them); both must give the same names.
+fn run_both(m: &mut Manager, plain: &mut Manager, events: Vec<Event>) {
+    run(m, events.clone());
+    for ev in events {
+        let mut queue = vec![ev];
+        while let Some(ev) = queue.pop() {
+            plain.hints.clear();
+            for a in plain.apply(100, ev) {
+                if let Action::Publish { name, medium } = &a {
+                    queue.push(Event::Published {
+                        id: medium.id.clone(),
+                        name: name.clone(),
+                        loop_device: None,
+                    });
+                }
+            }
+        }
+    }
+    assert_eq!(names(m), names(plain), "the hints changed a name");
+}
+
 fn names(m: &Manager) -> BTreeMap<String, String> {
     m.records()
         .into_iter()
@@ -259,6 +281,7 @@ proptest! {
     #[test]
     fn names_stay_unique_stable_and_survive_restarts(ops in proptest::collection::vec(op(), 1..60)) {
         let mut m = Manager::default();
+        let mut plain = Manager::default();
         // Ground truth: id -> (label index, origin), for present media.
         let mut present: BTreeMap<usize, (usize, String)> = BTreeMap::new();
         let mut failed: std::collections::BTreeSet<usize> = Default::default();
@@ -273,7 +296,7 @@ proptest! {
                 Op::Add(i) => {
                     let (l, origin) = present.get(&i).cloned().unwrap_or((i % LABELS.len(), format!("/d/{i}.iso")));
                     present.insert(i, (l, origin.clone()));
-                    run(&mut m, vec![Event::Appeared(mk(i, l, &origin))]);
+                    run_both(&mut m, &mut plain, vec![Event::Appeared(mk(i, l, &origin))]);
                     // Seen again (a rescan, a rewrite): a failed medium is tried once more.
                     failed.remove(&i);
                 }
@@ -281,12 +304,12 @@ proptest! {
                     present.remove(&i);
                     failed.remove(&i);
                     expect.remove(&i);
-                    run(&mut m, vec![Event::Vanished(id(&format!("m{i}")))]);
+                    run_both(&mut m, &mut plain, vec![Event::Vanished(id(&format!("m{i}")))]);
                 }
                 Op::Rename(i, n) => {
                     if let Some(p) = present.get_mut(&i) {
                         p.1 = format!("/d/sub{n}/{i}.iso");
-                        run(&mut m, vec![Event::Moved { id: id(&format!("m{i}")), origin: p.1.clone().into() }]);
+                        run_both(&mut m, &mut plain, vec![Event::Moved { id: id(&format!("m{i}")), origin: p.1.clone().into() }]);
                     }
                 }
                 Op::Relabel(i, l) => {
@@ -297,13 +320,13 @@ proptest! {
                         }
                         failed.remove(&i);
                         let (l, origin) = p.clone();
-                        run(&mut m, vec![Event::Appeared(mk(i, l, &origin))]);
+                        run_both(&mut m, &mut plain, vec![Event::Appeared(mk(i, l, &origin))]);
                     }
                 }
                 Op::Fail(i) => {
                     let mid = id(&format!("m{i}"));
                     if let Some(name) = m.name_of(&mid).map(str::to_owned) {
-                        run(&mut m, vec![Event::Failed { id: mid, name, error: "bad".into() }]);
+                        run_both(&mut m, &mut plain, vec![Event::Failed { id: mid, name, error: "bad".into() }]);
                         failed.insert(i);
                         expect.remove(&i);
                     }
@@ -311,6 +334,7 @@ proptest! {
                 Op::Restart => {
                     let saved = m.records();
                     m = Manager::new(&saved);
+                    plain = Manager::new(&plain.records());
                     let mut evs: Vec<Event> = present
                         .iter()
                         .filter(|(i, _)| !failed.contains(i))
@@ -321,11 +345,11 @@ proptest! {
                         source: SourceKind::Dir,
                         present: present.keys().filter(|i| !failed.contains(i)).map(|i| id(&format!("m{i}"))).collect(),
                     });
-                    run(&mut m, evs);
+                    run_both(&mut m, &mut plain, evs);
                     // Failed media are not in the state file; they come back as new.
                     for i in failed.clone() {
                         let (l, o) = present[&i].clone();
-                        run(&mut m, vec![Event::Appeared(mk(i, l, &o))]);
+                        run_both(&mut m, &mut plain, vec![Event::Appeared(mk(i, l, &o))]);
                         failed.remove(&i);
                     }
                 }
@@ -574,4 +598,43 @@ fn the_borrowed_state_document_is_the_owned_one_byte_for_byte() {
         serde_json::to_string_pretty(&owned).unwrap(),
         serde_json::to_string_pretty(&borrowed).unwrap()
     );
+}
+
+/// Many media with one label: each search for a free suffix starts where the last ended (the
+/// hint), and a freed suffix brings it back down, so the lowest free one is still given.
+#[test]
+fn many_media_with_one_label_resume_the_suffix_search() {
+    let mut m = Manager::default();
+    let n = 3000;
+    let events = (0..n)
+        .map(|k| Event::Appeared(medium(&format!("{k}"), Some("X"), &format!("/d/{k}.iso"))))
+        .collect();
+    run(&mut m, events);
+    assert_eq!(m.name_of(&id("0")), Some("X"));
+    assert_eq!(m.name_of(&id("2999")), Some("X-3000"));
+    assert_eq!(m.hints.get("X"), Some(&3001));
+    run(&mut m, vec![Event::Vanished(id("1499"))]);
+    assert_eq!(m.hints.get("X"), Some(&1500));
+    run(
+        &mut m,
+        vec![
+            Event::Appeared(medium("new", Some("X"), "/d/new.iso")),
+            Event::Appeared(medium("newer", Some("X"), "/d/newer.iso")),
+        ],
+    );
+    assert_eq!(m.name_of(&id("new")), Some("X-1500"));
+    assert_eq!(m.name_of(&id("newer")), Some("X-3001"));
+    // A foreign entry that goes away frees its name too.
+    run(&mut m, vec![Event::ForeignEntries(vec!["X-3002".into()])]);
+    run(
+        &mut m,
+        vec![Event::Appeared(medium("a", Some("X"), "/d/a.iso"))],
+    );
+    assert_eq!(m.name_of(&id("a")), Some("X-3003"));
+    run(&mut m, vec![Event::ForeignEntries(Vec::new())]);
+    run(
+        &mut m,
+        vec![Event::Appeared(medium("b", Some("X"), "/d/b.iso"))],
+    );
+    assert_eq!(m.name_of(&id("b")), Some("X-3002"));
 }
