@@ -29,10 +29,20 @@ fn id(s: &str) -> MediumId {
 /// Runs events through the manager with an executor that always succeeds; returns every
 /// action taken.
 fn run(m: &mut Manager, events: Vec<Event>) -> Vec<Action> {
+    run_with(m, events, |_| {})
+}
+
+/// [`run`], calling `before` on the manager before each event it applies.
+fn run_with(
+    m: &mut Manager,
+    events: Vec<Event>,
+    mut before: impl FnMut(&mut Manager),
+) -> Vec<Action> {
     let mut all = Vec::new();
     for ev in events {
         let mut queue = vec![ev];
         while let Some(ev) = queue.pop() {
+            before(m);
             for a in m.apply(100, ev) {
                 if let Action::Publish { name, medium } = &a {
                     queue.push(Event::Published {
@@ -52,21 +62,7 @@ fn run(m: &mut Manager, events: Vec<Event>) -> Vec<Action> {
 /// search starts at -2, as without them); both must give the same names.
 fn run_both(m: &mut Manager, plain: &mut Manager, events: Vec<Event>) {
     run(m, events.clone());
-    for ev in events {
-        let mut queue = vec![ev];
-        while let Some(ev) = queue.pop() {
-            plain.hints.clear();
-            for a in plain.apply(100, ev) {
-                if let Action::Publish { name, medium } = &a {
-                    queue.push(Event::Published {
-                        id: medium.id.clone(),
-                        name: name.clone(),
-                        loop_device: None,
-                    });
-                }
-            }
-        }
-    }
+    run_with(plain, events, |p| p.hints.clear());
     assert_eq!(names(m), names(plain), "the hints changed a name");
 }
 
