@@ -1,8 +1,10 @@
 //! Directory names for media: a volume label made safe, and collisions resolved.
 //!
-//! Pure functions. The rules (DESIGN.md, "Names"): keep `[A-Za-z0-9._+-]`, anything else
+//! Pure functions (and [`Suffixes`], where searches for a free name resume). The rules (DESIGN.md, "Names"): keep `[A-Za-z0-9._+-]`, anything else
 //! becomes `_`, runs of `_` collapse, leading `.` and `-` go, at most 200 bytes; a name with no
 //! letter or digit falls back to the file stem or device name; equal names get `-2`, `-3`...
+
+use std::collections::HashMap;
 
 /// Longest name produced, in bytes.
 pub const MAX_NAME_LEN: usize = 200;
@@ -51,11 +53,9 @@ pub fn first_free(base: &str, taken: impl Fn(&str) -> bool) -> String {
     first_free_from(base, 2, taken).0
 }
 
-/// [`first_free`] for a caller that only ever adds names: `base-2` up to `base-{from - 1}` are
-/// known to be taken, so the search starts at `base-{from}` (resuming where the last one for
-/// `base` ended, instead of trying every suffix again for each of many equal labels). Returns
-/// the name and its suffix, 0 for `base` itself.
-pub fn first_free_from(base: &str, from: u64, taken: impl Fn(&str) -> bool) -> (String, u64) {
+/// [`first_free`] with `base-2` up to `base-{from - 1}` known to be taken: the search starts at
+/// `base-{from}`. Returns the name and its suffix, 0 for `base` itself.
+fn first_free_from(base: &str, from: u64, taken: impl Fn(&str) -> bool) -> (String, u64) {
     if !taken(base) {
         return (base.to_owned(), 0);
     }
@@ -67,6 +67,55 @@ pub fn first_free_from(base: &str, from: u64, taken: impl Fn(&str) -> bool) -> (
         })
         .find(|(candidate, _)| !taken(candidate))
         .unwrap_or_else(|| (base.to_owned(), 0))
+}
+
+/// Where each base's search for a free `base-N` starts: every suffix below it was taken when
+/// last looked at, and none of those names was freed since. With many media of one label, a
+/// name then costs a lookup or two rather than one per name given before (quadratic).
+#[derive(Clone, Debug, Default)]
+pub struct Suffixes(HashMap<String, u64>);
+
+impl Suffixes {
+    /// [`first_free`], starting at `base`'s hint, which then moves past the name given.
+    pub fn first_free(&mut self, base: &str, taken: impl Fn(&str) -> bool) -> String {
+        let from = self.0.get(base).copied().unwrap_or(2);
+        let (name, n) = first_free_from(base, from, taken);
+        if n >= 2 {
+            self.0.insert(base.to_owned(), n + 1);
+        }
+        name
+    }
+
+    /// `name` is no longer taken: a search for the base it is a suffixed form of must look at
+    /// it again. A name of the longest length may be a longer base's cut form: those bases
+    /// search from -2 again.
+    pub fn freed(&mut self, name: &str) {
+        if self.0.is_empty() {
+            return;
+        }
+        let Some((prefix, digits)) = name.rsplit_once('-') else {
+            return;
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return;
+        }
+        if let (Some(hint), Ok(n)) = (self.0.get_mut(prefix), digits.parse::<u64>()) {
+            *hint = (*hint).min(n);
+        }
+        if name.len() >= MAX_NAME_LEN {
+            self.0.retain(|base, _| !base.starts_with(prefix));
+        }
+    }
+
+    /// Any name may have come free: every search starts at -2 again.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// The suffix `base`'s next search starts at, if it has one.
+    pub fn get(&self, base: &str) -> Option<&u64> {
+        self.0.get(base)
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! the names in walk order, copies each chunk's records as they are, and rewrites only a name
 //! taken before.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -157,16 +157,15 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
 }
 
 /// The names a scan gives, in walk order: a base name while it is free, else the first free
-/// `base-N`. A scan only ever adds names, so the search for a base resumes where its last one
-/// ended: a thousand equal labels cost a lookup or two each, not one per name given before.
+/// `base-N`, each base's search resuming where its last one ended ([`names::Suffixes`]).
 #[derive(Default)]
 struct Namer<'a> {
     /// Base names given as they are, borrowed from the workers' buffers.
     bases: HashSet<&'a str, FxBuild>,
     /// The other names given (suffixed, or base names owned by nobody else).
     owned: HashSet<Box<str>, FxBuild>,
-    /// Per base that collided, the suffix to try next.
-    next: HashMap<Box<str>, u64, FxBuild>,
+    /// Where the search for a free `base-N` starts (a scan frees no name).
+    next: names::Suffixes,
     /// Names looked up, for the tests to count.
     lookups: std::cell::Cell<u64>,
 }
@@ -197,9 +196,9 @@ impl<'a> Namer<'a> {
 
     /// The first free `base-N`, taken (`base` itself is taken).
     fn suffixed(&mut self, base: &str) -> String {
-        let from = self.next.get(base).copied().unwrap_or(2);
-        let (name, n) = names::first_free_from(base, from, |c| self.taken(c));
-        self.next.insert(base.into(), n + 1);
+        let mut next = std::mem::take(&mut self.next);
+        let name = next.first_free(base, |c| self.taken(c));
+        self.next = next;
         self.owned.insert(name.as_str().into());
         name
     }

@@ -66,10 +66,8 @@ pub struct Manager {
     reserved_names: HashSet<String>,
     /// Root entries isomgr did not make.
     foreign: HashSet<String>,
-    /// Per base name that collided: every `base-N` below this suffix (from -2) was taken when
-    /// last looked at, and none of them was freed since. The next search starts there, so many
-    /// media with one label cost a lookup or two each rather than one per medium before.
-    hints: HashMap<String, u64>,
+    /// Where the search for a free `base-N` starts; told of every name that comes free.
+    hints: names::Suffixes,
 }
 
 impl Manager {
@@ -133,18 +131,16 @@ impl Manager {
         }
         let reserved = self.reserved.remove(&medium.id).map(|(name, _)| {
             self.reserved_names.remove(&name);
-            self.freed(&name);
+            self.hints.freed(&name);
             name
         });
         let name = match reserved {
             Some(name) if !self.is_taken(&name) => name,
             _ => {
                 let base = names::base_name(medium.label.as_deref(), &medium.fallback);
-                let from = self.hints.get(&base).copied().unwrap_or(2);
-                let (name, n) = names::first_free_from(&base, from, |c| self.is_taken(c));
-                if n >= 2 {
-                    self.hints.insert(base, n + 1);
-                }
+                let mut hints = std::mem::take(&mut self.hints);
+                let name = hints.first_free(&base, |c| self.is_taken(c));
+                self.hints = hints;
                 name
             }
         };
@@ -173,27 +169,6 @@ impl Manager {
             || self.reserved_names.contains(name)
     }
 
-    /// `name` is no longer taken: a search for the base it is a suffixed form of must look at
-    /// it again. A name of the longest length may be a longer base's cut form: those bases
-    /// search from -2 again.
-    fn freed(&mut self, name: &str) {
-        if self.hints.is_empty() {
-            return;
-        }
-        let Some((prefix, digits)) = name.rsplit_once('-') else {
-            return;
-        };
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return;
-        }
-        if let (Some(hint), Ok(n)) = (self.hints.get_mut(prefix), digits.parse::<u64>()) {
-            *hint = (*hint).min(n);
-        }
-        if name.len() >= names::MAX_NAME_LEN {
-            self.hints.retain(|base, _| !base.starts_with(prefix));
-        }
-    }
-
     fn moved(&mut self, id: &MediumId, origin: PathBuf) -> Vec<Action> {
         match self.media.get_mut(id) {
             Some(k) if k.medium.origin != origin => {
@@ -211,7 +186,7 @@ impl Manager {
         match k.name {
             Some(name) => {
                 self.names.remove(&name);
-                self.freed(&name);
+                self.hints.freed(&name);
                 vec![
                     Action::Unpublish {
                         name,
@@ -247,7 +222,7 @@ impl Manager {
         for id in stale {
             if let Some((name, _)) = self.reserved.remove(&id) {
                 self.reserved_names.remove(&name);
-                self.freed(&name);
+                self.hints.freed(&name);
                 actions.push(Action::Unpublish { name, id });
             }
         }
@@ -286,7 +261,7 @@ impl Manager {
                 k.name = None;
                 k.phase = Phase::Failed { error };
                 self.names.remove(name);
-                self.freed(name);
+                self.hints.freed(name);
                 vec![Action::SaveState]
             }
             _ => Vec::new(),
