@@ -70,8 +70,10 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     let mut records = Vec::new();
     // Compact JSON: each chunk's run of records goes from the worker's buffer straight to the
     // output (a write larger than this buffer bypasses it); the brackets, a renamed name and
-    // short runs collect here.
-    let mut doc = std::io::BufWriter::with_capacity(DIRECT_WRITE, &mut *out);
+    // short runs collect here. The table and indented JSON are written a row at a time
+    // (standard output is line-buffered: a write per row otherwise).
+    let capacity = if fragments { DIRECT_WRITE } else { OUT_CHUNK };
+    let mut doc = std::io::BufWriter::with_capacity(capacity, &mut *out);
     if fragments {
         doc.write_all(b"[")?;
     }
@@ -125,19 +127,13 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     }
     if fragments {
         doc.write_all(b"]\n")?;
+    } else if args.json {
+        super::write_json(&mut doc, &records)?;
+    } else {
+        print_table(&records, &mut doc)?;
     }
     doc.flush()?;
     drop(doc);
-    if !fragments {
-        // Standard output is line-buffered: a write per row otherwise.
-        let mut w = std::io::BufWriter::with_capacity(OUT_CHUNK, &mut *out);
-        if args.json {
-            super::write_json(&mut w, &records)?;
-        } else {
-            print_table(&records, &mut w)?;
-        }
-        w.flush()?;
-    }
     out.flush()?;
     if std::io::stderr().is_terminal() || !args.json {
         eprintln!(
