@@ -385,3 +385,91 @@ fn cli_parses_the_documented_flags() {
         assert!(help.contains(flag), "{flag} missing from help:\n{help}");
     }
 }
+
+/// Runs `isomgr mkiso SRC -o OUT` with stderr on a new pseudo-terminal; returns what the
+/// terminal showed and whether the build succeeded.
+fn mkiso_on_a_terminal(src: &Path, out: &Path, delay: &str) -> (String, bool) {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: two valid out-pointers; name, termios and window size may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty just returned both descriptors, owned by nobody else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = std::process::Command::new(bin())
+        .arg("mkiso")
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .env("ISOMGR_PROGRESS_DELAY", delay)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    // The parent's copy of the slave went with the Command: the read ends (EIO) once the
+    // child has closed its own.
+    let mut shown = Vec::new();
+    let mut master = fs::File::from(master);
+    let mut buf = [0u8; 4096];
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => shown.extend_from_slice(&buf[..n]),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+            Err(e) => panic!("reading the terminal: {e}"),
+        }
+    }
+    let ok = child.wait().unwrap().success();
+    (String::from_utf8_lossy(&shown).into_owned(), ok)
+}
+
+#[test]
+fn progress_shows_on_a_terminal_and_nowhere_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("small.txt"), b"small").unwrap();
+    fs::write(src.join("big.bin"), vec![0x5a; 24 << 20]).unwrap();
+    let iso = tmp.path().join("out.iso");
+
+    let (shown, ok) = mkiso_on_a_terminal(&src, &iso, "0");
+    assert!(ok, "{shown}");
+    // The total is known before the first byte is copied; the line is rewritten in place and
+    // ends at 100% with a newline.
+    assert!(shown.starts_with("\rmkiso: 0 / 24 MiB (0%)"), "{shown:?}");
+    assert!(
+        shown
+            .trim_end_matches(['\r', '\n'])
+            .ends_with("24 / 24 MiB (100%)   "),
+        "{shown:?}"
+    );
+    assert!(shown.ends_with('\n'), "{shown:?}");
+    assert!(!shown.contains("warning"), "{shown:?}");
+    fs::remove_file(&iso).unwrap();
+
+    // Not a terminal: nothing at all, whatever the delay.
+    let mut c = std::process::Command::new(bin());
+    c.arg("mkiso").arg(&src).arg("-o").arg(&iso);
+    let o = c.env("ISOMGR_PROGRESS_DELAY", "0").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

@@ -42,6 +42,55 @@ fn default_label(src: &Path) -> String {
         .unwrap_or_else(|| "CDROM".to_string())
 }
 
+/// How long a build runs before progress shows: `ISOMGR_PROGRESS_DELAY` (seconds, as
+/// `GIT_PROGRESS_DELAY` is for git), else half a second, so that quick builds print nothing.
+fn progress_delay() -> Duration {
+    std::env::var("ISOMGR_PROGRESS_DELAY")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(Duration::from_millis(500))
+}
+
+/// The progress line on a terminal: nothing before `delay`, then at most ten updates a second,
+/// each rewriting the line (`\r`), and always the last one once something was shown.
+struct ProgressLine {
+    started: Instant,
+    delay: Duration,
+    last: Option<Instant>,
+}
+
+impl ProgressLine {
+    const INTERVAL: Duration = Duration::from_millis(100);
+
+    fn new(delay: Duration, started: Instant) -> Self {
+        Self {
+            started,
+            delay,
+            last: None,
+        }
+    }
+
+    /// The text to print for `p` at `now`, if any.
+    fn update(&mut self, p: Progress, now: Instant) -> Option<String> {
+        let finished = p.done >= p.total;
+        let due = match self.last {
+            None => now.duration_since(self.started) >= self.delay,
+            Some(last) => finished || now.duration_since(last) >= Self::INTERVAL,
+        };
+        if !due {
+            return None;
+        }
+        self.last = Some(now);
+        let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
+        Some(format!(
+            "\rmkiso: {} / {} MiB ({pct}%)   ",
+            p.done >> 20,
+            p.total >> 20
+        ))
+    }
+}
+
 fn source_date_epoch() -> anyhow::Result<Option<i64>> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.trim().is_empty() => {
@@ -66,30 +115,15 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
         strict: args.strict,
         source_date_epoch: source_date_epoch()?,
     };
-    let tty = std::io::stderr().is_terminal();
-    let started = Instant::now();
-    let mut last = started;
+    let mut line = std::io::stderr()
+        .is_terminal()
+        .then(|| ProgressLine::new(progress_delay(), Instant::now()));
     let mut shown = false;
     let mut progress = |p: Progress| {
-        if !tty {
-            return;
+        if let Some(text) = line.as_mut().and_then(|l| l.update(p, Instant::now())) {
+            shown = true;
+            eprint!("{text}");
         }
-        let now = Instant::now();
-        let finished = p.done >= p.total;
-        if now.duration_since(started) < Duration::from_millis(500) && !(finished && shown) {
-            return;
-        }
-        if !finished && now.duration_since(last) < Duration::from_millis(100) {
-            return;
-        }
-        last = now;
-        shown = true;
-        let pct = (p.done * 100).checked_div(p.total).unwrap_or(100);
-        eprint!(
-            "\rmkiso: {} / {} MiB ({pct}%)   ",
-            p.done >> 20,
-            p.total >> 20
-        );
     };
     let result = write::build(&args.src_dir, &args.output, &opts, &mut progress);
     if shown {
@@ -100,4 +134,54 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
         eprintln!("isomgr: warning: {w}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn at(line: &mut ProgressLine, t0: Instant, ms: u64, done: u64) -> Option<String> {
+        line.update(
+            Progress {
+                done: done * MIB,
+                total: 100 * MIB,
+            },
+            t0 + Duration::from_millis(ms),
+        )
+    }
+
+    #[test]
+    fn quick_builds_show_nothing() {
+        let t0 = Instant::now();
+        let mut line = ProgressLine::new(Duration::from_millis(500), t0);
+        for (ms, done) in [(0, 0), (100, 50), (499, 100)] {
+            assert_eq!(at(&mut line, t0, ms, done), None, "at {ms} ms");
+        }
+    }
+
+    #[test]
+    fn long_builds_update_ten_times_a_second_and_always_show_the_end() {
+        let t0 = Instant::now();
+        let mut line = ProgressLine::new(Duration::from_millis(500), t0);
+        assert_eq!(at(&mut line, t0, 0, 0), None);
+        assert_eq!(at(&mut line, t0, 400, 10), None);
+        let first = at(&mut line, t0, 500, 20).unwrap();
+        assert!(first.starts_with('\r'), "{first:?}");
+        assert!(first.contains("20 / 100 MiB (20%)"), "{first:?}");
+        assert_eq!(at(&mut line, t0, 550, 25), None);
+        assert!(at(&mut line, t0, 600, 30).unwrap().contains("(30%)"));
+        assert!(at(&mut line, t0, 610, 100)
+            .unwrap()
+            .contains("100 / 100 MiB (100%)"));
+    }
+
+    #[test]
+    fn an_empty_build_is_complete() {
+        let t0 = Instant::now();
+        let mut line = ProgressLine::new(Duration::ZERO, t0);
+        let p = Progress { done: 0, total: 0 };
+        assert!(line.update(p, t0).unwrap().contains("0 / 0 MiB (100%)"));
+    }
 }

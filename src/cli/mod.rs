@@ -40,7 +40,11 @@ pub enum Command {
     Status(status::Args),
     /// Build an ISO image from a directory tree (what `genisoimage -J -r` does).
     // -V is the volume label here, as in genisoimage; `isomgr --version` still works.
-    #[command(disable_version_flag = true)]
+    #[command(
+        disable_version_flag = true,
+        after_help = "Environment:\n  SOURCE_DATE_EPOCH      fixed times: the same tree gives the same bytes\n  \
+                      ISOMGR_PROGRESS_DELAY  seconds before progress shows on a terminal (0.5)"
+    )]
     Mkiso(mkiso::Args),
     /// Place the binary, the systemd unit, the tmpfiles entry, the example configuration, the
     /// manual pages and the shell completions; make the root and the drop directory.

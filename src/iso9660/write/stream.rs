@@ -218,6 +218,8 @@ impl DataWriter<'_> {
     fn file(&mut self, path: &Path, size: u64, offset: u64) -> Result<(), Error> {
         let src = open_source(path)?;
         check_size(&src, path, size)?;
+        // `large` moves `done` along as it copies; the file counts once, whatever it reported.
+        let start = self.done;
         if size <= SMALL_FILE {
             self.small(&src, path, size as usize, offset)?;
         } else {
@@ -225,7 +227,7 @@ impl DataWriter<'_> {
             self.large(&src, path, size, offset)?;
         }
         check_size(&src, path, size)?;
-        self.done += size;
+        self.done = start + size;
         self.report();
         Ok(())
     }
