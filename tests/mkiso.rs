@@ -250,12 +250,32 @@ fn fifos_and_sockets_are_skipped_with_a_warning_or_refused_when_strict() {
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     let _sock = std::os::unix::net::UnixListener::bind(src.join("a-socket")).unwrap();
+    // Device nodes need root (CAP_MKNOD): /dev/null's numbers, and a block device's.
+    let devices = is_root();
+    if devices {
+        for (name, kind, dev) in [
+            ("a-chardev", libc::S_IFCHR, libc::makedev(1, 3)),
+            ("a-blockdev", libc::S_IFBLK, libc::makedev(7, 200)),
+        ] {
+            let p = std::ffi::CString::new(src.join(name).to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            let rc = unsafe { libc::mknod(p.as_ptr(), kind | 0o600, dev) };
+            assert_eq!(rc, 0, "mknod {name}: {}", std::io::Error::last_os_error());
+        }
+    } else {
+        assert!(!common::in_ci(), "device nodes need root under CI");
+        eprintln!("SKIP (part): device nodes need root");
+    }
     let iso = tmp.path().join("out.iso");
     let o = mkiso(&src, &iso, &[], None);
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("a-fifo") && err.contains("FIFO"), "{err}");
     assert!(err.contains("a-socket") && err.contains("socket"), "{err}");
+    if devices {
+        assert!(err.contains("a-chardev: a character device"), "{err}");
+        assert!(err.contains("a-blockdev: a block device"), "{err}");
+    }
     let got = describe_image(&iso);
     assert_eq!(got.keys().collect::<Vec<_>>(), ["/keep.txt"]);
 
@@ -263,7 +283,12 @@ fn fifos_and_sockets_are_skipped_with_a_warning_or_refused_when_strict() {
     let o = mkiso(&src, &iso, &["--strict"], None);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("a-fifo") || err.contains("a-socket"), "{err}");
+    assert!(
+        ["a-fifo", "a-socket", "a-chardev", "a-blockdev"]
+            .iter()
+            .any(|n| err.contains(n)),
+        "{err}"
+    );
     no_leftovers(tmp.path());
 }
 
