@@ -38,11 +38,26 @@ fn d_string(s: &str) -> Vec<u8> {
     s.chars().map(d_char).collect()
 }
 
-/// The d-character form of a volume label (ECMA-119 8.4.6), at most 32 characters.
+/// The primary volume identifier: the label's printable ASCII as given, anything else '_' (one
+/// per character), at most 32 bytes.
+///
+/// ECMA-119 (8.4.6) asks for d-characters (upper case, digits, '_'), but Joliet holds only 16
+/// characters of a label and blkid takes the rest from here, as it is: a d-character form would
+/// make `-V Rocky-9.2-x86_64-dvd` read back as `Rocky-9.2-x86_64_DVD`. genisoimage and xorriso
+/// write the label as given too, and readers (the kernel, blkid, isoinfo) take any ASCII.
+/// One '_' per character keeps the positions blkid lines up with Joliet's characters.
 pub fn volume_id(label: &str) -> Vec<u8> {
-    let mut v = d_string(label);
-    v.truncate(32);
-    v
+    label
+        .chars()
+        .map(|c| {
+            if matches!(c, ' '..='~') {
+                c as u8
+            } else {
+                b'_'
+            }
+        })
+        .take(32)
+        .collect()
 }
 
 /// The Joliet volume identifier: the label in UTF-16BE, at most 16 units, no split pair.
@@ -287,8 +302,10 @@ mod tests {
 
     #[test]
     fn volume_ids_follow_the_label() {
-        assert_eq!(volume_id("My Disk-1"), b"MY_DISK_1");
+        assert_eq!(volume_id("Rocky-9.2-x86_64-dvd"), b"Rocky-9.2-x86_64-dvd");
+        assert_eq!(volume_id("Donn\u{e9}es\tv\u{1f4bf}2"), b"Donn_es_v_2");
         assert_eq!(volume_id(&"x".repeat(40)).len(), 32);
+        assert_eq!(volume_id(&"\u{e9}".repeat(40)), [b'_'; 32]);
         assert_eq!(joliet_volume_id("My Disk"), encode("My Disk"));
     }
 
