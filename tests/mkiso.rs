@@ -590,7 +590,8 @@ fn memory_does_not_grow_with_the_data() {
         let base = mkiso_peak_kib(&little, &out);
         fs::remove_file(&out).unwrap();
         let peak = mkiso_peak_kib(&big, &out);
-        assert_eq!(fs::metadata(&out).unwrap().len() >> 20, 256, "{how}");
+        let len = fs::metadata(&out).unwrap().len() >> 20;
+        assert!((256..=258).contains(&len), "{how}: a {len} MiB image");
         fs::remove_file(&out).unwrap();
         // 255 MiB more data may cost no more than a few MiB (buffers are at most 8 MiB, and
         // both builds have them).

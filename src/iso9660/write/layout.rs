@@ -37,6 +37,14 @@ const MAX_DIRS: usize = 65_535;
 const REFLINK_MIN: u64 = super::stream::SMALL_FILE;
 /// Sectors per 4 KiB file-system block.
 const SECTORS_PER_BLOCK: u64 = 4096 / SECTOR_SIZE;
+/// Files at least this large start on a 2 MiB boundary. The page cache holds a large file in
+/// folios of up to 2 MiB; where a copy's source and target offsets agree modulo that size, the
+/// kernel copies whole folios (on ext4 here, 1 GiB in 0.30 s instead of 0.35 s, as fast as
+/// `cp`, which copies to offset 0). The padding is a hole, so it takes no space, and adds at
+/// most 2 MiB, 3%, to the image's length.
+const FOLIO_ALIGN_MIN: u64 = 64 << 20;
+/// Sectors per 2 MiB.
+const SECTORS_PER_FOLIO: u64 = (2 << 20) / SECTOR_SIZE;
 const SYSTEM_ID: &[u8] = b"LINUX";
 const APPLICATION_ID: &[u8] = b"ISOMGR MKISO";
 
@@ -832,10 +840,13 @@ pub fn plan(
             data_offsets.push(data_start * SECTOR_SIZE);
             continue;
         }
-        if f.size > REFLINK_MIN && lba % SECTORS_PER_BLOCK != 0 {
-            // Large files start on a 4 KiB boundary: where the output's file system shares
-            // blocks (XFS, btrfs), the kernel then clones the data instead of copying it.
-            lba += SECTORS_PER_BLOCK - lba % SECTORS_PER_BLOCK;
+        // Large files start on a 4 KiB boundary: where the output's file system shares blocks
+        // (XFS, btrfs), the kernel then clones the data instead of copying it. The largest
+        // start on a 2 MiB one, where the kernel copies them faster.
+        if f.size >= FOLIO_ALIGN_MIN {
+            lba = lba.next_multiple_of(SECTORS_PER_FOLIO);
+        } else if f.size > REFLINK_MIN {
+            lba = lba.next_multiple_of(SECTORS_PER_BLOCK);
         }
         a.file.push(to_u32(lba)?);
         data_offsets.push(lba * SECTOR_SIZE);
@@ -926,4 +937,65 @@ pub fn plan(
         data_offsets,
         total_sectors: total,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::iso9660::write::tree;
+    use std::fs;
+
+    #[test]
+    fn large_files_start_on_block_or_folio_boundaries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        // Sparse files: only their sizes matter here. Names sort in this order.
+        let sizes: [(&str, u64); 6] = [
+            ("a-odd.txt", 3),
+            ("b-small.bin", 1 << 20),
+            ("c-block.bin", (1 << 20) + 1),
+            ("d-below.bin", (64 << 20) - 1),
+            ("e-folio.bin", 64 << 20),
+            ("f-folio.bin", (300 << 20) + 7),
+        ];
+        for (name, size) in sizes {
+            fs::File::create(src.join(name))
+                .unwrap()
+                .set_len(size)
+                .unwrap();
+        }
+        let opts = Options {
+            label: "T".into(),
+            joliet: true,
+            rock_ridge: true,
+            rational: false,
+            strict: false,
+            source_date_epoch: Some(0),
+        };
+        let mut w = Vec::new();
+        let t = tree::walk(&src, false, &mut w).unwrap();
+        let plan = plan(&t, &opts, 0, &mut w, &src).unwrap();
+        let mut placed: Vec<_> = t
+            .data
+            .iter()
+            .zip(&plan.data_offsets)
+            .map(|(f, &off)| (f.path.file_name().unwrap().to_str().unwrap(), f.size, off))
+            .collect();
+        placed.sort_by_key(|&(_, _, off)| off);
+        let names: Vec<_> = placed.iter().map(|p| p.0).collect();
+        assert_eq!(names, sizes.map(|s| s.0));
+        // Each file starts at the first boundary its size asks for after the one before.
+        for pair in placed.windows(2) {
+            let ((_, size, off), (name, next_size, next)) = (pair[0], pair[1]);
+            let end = off + size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
+            let align = match next_size {
+                s if s >= 64 << 20 => 2 << 20,
+                s if s > 1 << 20 => 4096,
+                _ => SECTOR_SIZE,
+            };
+            assert_eq!(next, end.next_multiple_of(align), "{name}");
+        }
+    }
 }
