@@ -966,17 +966,9 @@ mod tests {
                 .set_len(size)
                 .unwrap();
         }
-        let opts = Options {
-            label: "T".into(),
-            joliet: true,
-            rock_ridge: true,
-            rational: false,
-            strict: false,
-            source_date_epoch: Some(0),
-        };
         let mut w = Vec::new();
         let t = tree::walk(&src, false, &mut w).unwrap();
-        let plan = plan(&t, &opts, 0, &mut w, &src).unwrap();
+        let plan = plan(&t, &Options::for_tests(), 0, &mut w, &src).unwrap();
         let mut placed: Vec<_> = t
             .data
             .iter()

@@ -38,6 +38,21 @@ pub struct Options {
     pub source_date_epoch: Option<i64>,
 }
 
+#[cfg(test)]
+impl Options {
+    /// Label "T", Rock Ridge and Joliet, times fixed at 0: what this module's tests build.
+    pub(crate) fn for_tests() -> Self {
+        Options {
+            label: "T".into(),
+            joliet: true,
+            rock_ridge: true,
+            rational: false,
+            strict: false,
+            source_date_epoch: Some(0),
+        }
+    }
+}
+
 /// A recovered anomaly the caller should show.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Warning {

@@ -407,17 +407,6 @@ mod tests {
     use super::*;
     use crate::iso9660::write::{layout, tree, Options};
 
-    fn opts() -> Options {
-        Options {
-            label: "T".into(),
-            joliet: true,
-            rock_ridge: true,
-            rational: false,
-            strict: false,
-            source_date_epoch: Some(0),
-        }
-    }
-
     fn build_after(change: impl Fn(&Path)) -> Result<(), Error> {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
@@ -426,7 +415,7 @@ mod tests {
         fs::write(src.join("big.bin"), vec![1u8; 3 << 20]).unwrap();
         let mut w = Vec::new();
         let t = tree::walk(&src, false, &mut w).unwrap();
-        let plan = layout::plan(&t, &opts(), 0, &mut w, &src).unwrap();
+        let plan = layout::plan(&t, &Options::for_tests(), 0, &mut w, &src).unwrap();
         change(&src);
         let out = tmp.path().join("out.iso");
         let target = Target::prepare(&src, &out)?;
