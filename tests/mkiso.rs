@@ -427,10 +427,9 @@ fn cli_parses_the_documented_flags() {
     }
 }
 
-/// Runs `isomgr mkiso SRC -o OUT` with stderr on a new pseudo-terminal; returns what the
-/// terminal showed and whether the build succeeded.
-fn mkiso_on_a_terminal(src: &Path, out: &Path, delay: &str) -> (String, bool) {
-    use std::io::Read;
+/// Starts `isomgr mkiso SRC -o OUT` with stderr on a new pseudo-terminal; returns the child
+/// and the terminal's other end, from which what it shows is read.
+fn mkiso_on_a_terminal(src: &Path, out: &Path, delay: &str) -> (std::process::Child, fs::File) {
     use std::os::fd::{FromRawFd, OwnedFd};
     let (mut master, mut slave) = (-1, -1);
     // SAFETY: two valid out-pointers; name, termios and window size may be null.
@@ -446,7 +445,7 @@ fn mkiso_on_a_terminal(src: &Path, out: &Path, delay: &str) -> (String, bool) {
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
     // SAFETY: openpty just returned both descriptors, owned by nobody else.
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    let mut child = std::process::Command::new(bin())
+    let child = std::process::Command::new(bin())
         .arg("mkiso")
         .arg(src)
         .arg("-o")
@@ -457,12 +456,16 @@ fn mkiso_on_a_terminal(src: &Path, out: &Path, delay: &str) -> (String, bool) {
         .stderr(std::process::Stdio::from(slave))
         .spawn()
         .unwrap();
-    // The parent's copy of the slave went with the Command: the read ends (EIO) once the
-    // child has closed its own.
-    let mut shown = Vec::new();
-    let mut master = fs::File::from(master);
+    // The parent's copy of the slave went with the Command: reads end (EIO) once the child
+    // has closed its own.
+    (child, fs::File::from(master))
+}
+
+/// Reads what the terminal shows until `stop` holds for it, or until it closes.
+fn read_terminal(master: &mut fs::File, shown: &mut Vec<u8>, stop: impl Fn(&str) -> bool) {
+    use std::io::Read;
     let mut buf = [0u8; 4096];
-    loop {
+    while !stop(&String::from_utf8_lossy(shown)) {
         match master.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => shown.extend_from_slice(&buf[..n]),
@@ -470,8 +473,6 @@ fn mkiso_on_a_terminal(src: &Path, out: &Path, delay: &str) -> (String, bool) {
             Err(e) => panic!("reading the terminal: {e}"),
         }
     }
-    let ok = child.wait().unwrap().success();
-    (String::from_utf8_lossy(&shown).into_owned(), ok)
 }
 
 #[test]
@@ -483,8 +484,11 @@ fn progress_shows_on_a_terminal_and_nowhere_else() {
     fs::write(src.join("big.bin"), vec![0x5a; 24 << 20]).unwrap();
     let iso = tmp.path().join("out.iso");
 
-    let (shown, ok) = mkiso_on_a_terminal(&src, &iso, "0");
-    assert!(ok, "{shown}");
+    let (mut child, mut master) = mkiso_on_a_terminal(&src, &iso, "0");
+    let mut shown = Vec::new();
+    read_terminal(&mut master, &mut shown, |_| false);
+    let shown = String::from_utf8_lossy(&shown).into_owned();
+    assert!(child.wait().unwrap().success(), "{shown}");
     // The total is known before the first byte is copied; the line is rewritten in place and
     // ends at 100% with a newline.
     assert!(shown.starts_with("\rmkiso: 0 / 24 MiB (0%)"), "{shown:?}");
@@ -600,5 +604,57 @@ fn memory_does_not_grow_with_the_data() {
             "{how}: peak {peak} KiB for 256 MiB of data, {base} KiB for 1 MiB"
         );
         eprintln!("{how}: peak {peak} KiB for 256 MiB of data, {base} KiB for 1 MiB");
+    }
+}
+
+#[test]
+fn an_interrupted_or_killed_build_leaves_nothing_behind() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("small.txt"), b"small").unwrap();
+    // Real data (holes are not copied): long enough to stop the build in the middle.
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    let mut f = fs::File::create(src.join("data.bin")).unwrap();
+    for _ in 0..384 {
+        std::io::Write::write_all(&mut f, &chunk).unwrap();
+    }
+    drop(f);
+    let out_dir = tmp.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let iso = out_dir.join("out.iso");
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+        let mut stopped = false;
+        for _attempt in 0..5 {
+            let (mut child, mut master) = mkiso_on_a_terminal(&src, &iso, "0");
+            // The first progress line comes once the image file is open and its metadata
+            // written, before the first byte of file data.
+            let mut shown = Vec::new();
+            read_terminal(&mut master, &mut shown, |s| s.contains("(0%)"));
+            // SAFETY: signals our own child, which has not been waited for.
+            assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+            read_terminal(&mut master, &mut shown, |_| false);
+            let status = child.wait().unwrap();
+            let shown = String::from_utf8_lossy(&shown);
+            if status.success() {
+                // finished before the signal came: try again
+                assert!(shown.contains("(100%)"), "{shown:?}");
+                fs::remove_file(&iso).unwrap();
+                continue;
+            }
+            assert_eq!(status.signal(), Some(sig), "{status:?} {shown:?}");
+            let left: Vec<_> = fs::read_dir(&out_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(left.is_empty(), "signal {sig} left {left:?}");
+            stopped = true;
+            break;
+        }
+        assert!(
+            stopped,
+            "five builds all finished before signal {sig} reached them"
+        );
     }
 }

@@ -1,6 +1,13 @@
 //! Writes a [`Plan`] to disk: a temporary file beside the output, metadata first, then each
 //! file's data streamed in walk order, then a rename. The imperative shell of the writer.
 //!
+//! The temporary file has no name while it is written (`O_TMPFILE`): a build that is
+//! interrupted, killed (even with SIGKILL) or crashes leaves nothing behind, as the kernel frees
+//! the unnamed file with its last descriptor. Only once complete is it linked in as
+//! `OUT.tmp-PID` and renamed over OUT. Where the file system has no `O_TMPFILE` (NFS, most FUSE
+//! file systems), the file is `OUT.tmp-PID` from the start, removed on any error; a killed
+//! build leaves it there.
+//!
 //! Memory stays bounded whatever the data size: small files are gathered in one reused batch
 //! buffer, large ones copied with `copy_file_range` (read/write where the kernel cannot),
 //! only their data segments (`SEEK_DATA`/`SEEK_HOLE`), so holes stay holes in the image. Each
@@ -87,18 +94,37 @@ impl Target {
         plan: &Plan,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), Error> {
-        let out = OpenOptions::new()
+        let dir = self.tmp.parent().unwrap_or(Path::new("."));
+        let unnamed = OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .custom_flags(libc::O_TMPFILE)
             .mode(0o644)
-            .open(&self.tmp)
-            .map_err(|source| Error::Create {
-                path: self.tmp.clone(),
-                source,
-            })?;
+            .open(dir);
+        let (out, named) = match unnamed {
+            Ok(f) => (f, false),
+            // No O_TMPFILE here: EOPNOTSUPP, or EISDIR from a kernel that predates it.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(&self.tmp)
+                    .map_err(|source| Error::Create {
+                        path: self.tmp.clone(),
+                        source,
+                    })?;
+                (f, true)
+            }
+            Err(source) => {
+                return Err(Error::Create {
+                    path: self.tmp.clone(),
+                    source,
+                })
+            }
+        };
         let mut guard = TmpGuard {
             path: &self.tmp,
-            armed: true,
+            armed: named,
         };
         let werr = |source: io::Error| Error::Write {
             path: self.output.clone(),
@@ -127,6 +153,13 @@ impl Target {
         out.set_len(plan.image_bytes()).map_err(werr)?;
         // No fsync, like genisoimage, xorriso and cp: the rename still means the image is
         // never seen half-written, and syncing 1 GiB costs seconds the caller may not want.
+        if !named {
+            link_unnamed(&out, &self.tmp).map_err(|source| Error::Create {
+                path: self.tmp.clone(),
+                source,
+            })?;
+            guard.armed = true;
+        }
         drop(out);
         fs::rename(&self.tmp, &self.output).map_err(|source| Error::Rename {
             from: self.tmp.clone(),
@@ -135,6 +168,35 @@ impl Target {
         })?;
         guard.armed = false;
         Ok(())
+    }
+}
+
+/// Gives the unnamed (`O_TMPFILE`) file `file` the name `path`: by `AT_EMPTY_PATH`, which
+/// kernels before 6.10 allow only with CAP_DAC_READ_SEARCH, else by its /proc/self/fd link.
+fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
+    match link_at(file.as_raw_fd(), Path::new(""), path, libc::AT_EMPTY_PATH) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {
+            link_via_proc(file, path)
+        }
+        r => r,
+    }
+}
+
+fn link_via_proc(file: &File, path: &Path) -> io::Result<()> {
+    let proc = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    link_at(libc::AT_FDCWD, &proc, path, libc::AT_SYMLINK_FOLLOW)
+}
+
+fn link_at(dirfd: i32, from: &Path, to: &Path, flags: i32) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+    let to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; `dirfd` is AT_FDCWD or a descriptor we own.
+    let r = unsafe { libc::linkat(dirfd, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), flags) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -406,6 +468,36 @@ fn seek(fd: i32, pos: u64, whence: i32) -> io::Result<u64> {
 mod tests {
     use super::*;
     use crate::iso9660::write::{layout, tree, Options};
+
+    #[test]
+    fn unnamed_files_are_linked_either_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (linked, (name, link)) in [
+            (
+                "empty-path",
+                link_unnamed as fn(&File, &Path) -> io::Result<()>,
+            ),
+            ("proc", link_via_proc),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_TMPFILE)
+                .mode(0o644)
+                .open(tmp.path())
+                .unwrap();
+            f.write_all_at(name.as_bytes(), 0).unwrap();
+            // nothing new in the directory until it is linked
+            assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), linked, "{name}");
+            let to = tmp.path().join(name);
+            link(&f, &to).unwrap();
+            assert_eq!(fs::read(&to).unwrap(), name.as_bytes());
+            let e = link(&f, &to).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{name}");
+        }
+    }
 
     fn build_after(change: impl Fn(&Path)) -> Result<(), Error> {
         let tmp = tempfile::tempdir().unwrap();
