@@ -429,8 +429,14 @@ fn cli_parses_the_documented_flags() {
 
 /// Starts `isomgr mkiso SRC -o OUT` with stderr on a new pseudo-terminal; returns the child
 /// and the terminal's other end, from which what it shows is read.
-fn mkiso_on_a_terminal(src: &Path, out: &Path, delay: &str) -> (std::process::Child, fs::File) {
+fn mkiso_on_a_terminal(
+    src: &Path,
+    out: &Path,
+    env: &[(&str, &str)],
+    ignore_sigint: bool,
+) -> (std::process::Child, fs::File) {
     use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
     let (mut master, mut slave) = (-1, -1);
     // SAFETY: two valid out-pointers; name, termios and window size may be null.
     let rc = unsafe {
@@ -445,12 +451,22 @@ fn mkiso_on_a_terminal(src: &Path, out: &Path, delay: &str) -> (std::process::Ch
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
     // SAFETY: openpty just returned both descriptors, owned by nobody else.
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    let child = std::process::Command::new(bin())
+    let mut cmd = std::process::Command::new(bin());
+    if ignore_sigint {
+        // SAFETY: only signal(2), async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+    let child = cmd
         .arg("mkiso")
         .arg(src)
         .arg("-o")
         .arg(out)
-        .env("ISOMGR_PROGRESS_DELAY", delay)
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::from(slave))
@@ -484,7 +500,8 @@ fn progress_shows_on_a_terminal_and_nowhere_else() {
     fs::write(src.join("big.bin"), vec![0x5a; 24 << 20]).unwrap();
     let iso = tmp.path().join("out.iso");
 
-    let (mut child, mut master) = mkiso_on_a_terminal(&src, &iso, "0");
+    let (mut child, mut master) =
+        mkiso_on_a_terminal(&src, &iso, &[("ISOMGR_PROGRESS_DELAY", "0")], false);
     let mut shown = Vec::new();
     read_terminal(&mut master, &mut shown, |_| false);
     let shown = String::from_utf8_lossy(&shown).into_owned();
@@ -624,14 +641,33 @@ fn an_interrupted_or_killed_build_leaves_nothing_behind() {
     let out_dir = tmp.path().join("out");
     fs::create_dir(&out_dir).unwrap();
     let iso = out_dir.join("out.iso");
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+    let listing = || -> Vec<String> {
+        fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // With O_TMPFILE the image has no name until it is complete; without (as on NFS, forced
+    // here by a testing aid) it is OUT.tmp-PID, removed on the signals a handler can catch.
+    let unnamed = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGKILL];
+    let named = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    let cases = unnamed
+        .iter()
+        .map(|&s| (s, false))
+        .chain(named.iter().map(|&s| (s, true)));
+    for (sig, force_named) in cases {
+        let mut env = vec![("ISOMGR_PROGRESS_DELAY", "0")];
+        if force_named {
+            env.push(("ISOMGR_NO_TMPFILE", "1"));
+        }
         let mut stopped = false;
         for _attempt in 0..5 {
-            let (mut child, mut master) = mkiso_on_a_terminal(&src, &iso, "0");
+            let (mut child, mut master) = mkiso_on_a_terminal(&src, &iso, &env, false);
             // The first progress line comes once the image file is open and its metadata
             // written, before the first byte of file data.
             let mut shown = Vec::new();
             read_terminal(&mut master, &mut shown, |s| s.contains("(0%)"));
+            let during = listing();
             // SAFETY: signals our own child, which has not been waited for.
             assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
             read_terminal(&mut master, &mut shown, |_| false);
@@ -643,12 +679,18 @@ fn an_interrupted_or_killed_build_leaves_nothing_behind() {
                 fs::remove_file(&iso).unwrap();
                 continue;
             }
+            let tmp_name = format!("out.iso.tmp-{}", child.id());
+            if force_named {
+                assert_eq!(during, [tmp_name], "signal {sig}");
+            } else {
+                assert!(during.is_empty(), "signal {sig}: {during:?} while building");
+            }
             assert_eq!(status.signal(), Some(sig), "{status:?} {shown:?}");
-            let left: Vec<_> = fs::read_dir(&out_dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            assert!(left.is_empty(), "signal {sig} left {left:?}");
+            let left = listing();
+            assert!(
+                left.is_empty(),
+                "signal {sig} (named: {force_named}) left {left:?}"
+            );
             stopped = true;
             break;
         }
@@ -657,4 +699,23 @@ fn an_interrupted_or_killed_build_leaves_nothing_behind() {
             "five builds all finished before signal {sig} reached them"
         );
     }
+
+    // Started with SIGINT ignored (nohup, `&` in a script), it stays ignored.
+    let (mut child, mut master) =
+        mkiso_on_a_terminal(&src, &iso, &[("ISOMGR_PROGRESS_DELAY", "0")], true);
+    let mut shown = Vec::new();
+    read_terminal(&mut master, &mut shown, |s| s.contains("(0%)"));
+    // SAFETY: signals our own child, which has not been waited for.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    read_terminal(&mut master, &mut shown, |_| false);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{status:?} {:?}",
+        String::from_utf8_lossy(&shown)
+    );
+    assert_eq!(listing(), ["out.iso"]);
 }

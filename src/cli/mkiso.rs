@@ -102,6 +102,33 @@ fn source_date_epoch() -> anyhow::Result<Option<i64>> {
     }
 }
 
+/// On SIGINT, SIGTERM and SIGHUP, removes the image's temporary file where it has a name (see
+/// [`write::stream`]), then lets the signal end the process as it would have.
+fn remove_the_unfinished_image_on_signals() {
+    extern "C" fn on_signal(sig: libc::c_int) {
+        write::stream::remove_pending_tmp();
+        // SA_RESETHAND put the default action back, and SA_NODEFER lets it act at once.
+        // SAFETY: raise is async-signal-safe.
+        unsafe { libc::raise(sig) };
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction is valid; the handler makes only async-signal-safe calls.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut old);
+            if old.sa_sigaction == libc::SIG_IGN {
+                // nohup, or `&` in a script: a signal that was ignored stays ignored
+                continue;
+            }
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESETHAND | libc::SA_NODEFER;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
 /// Runs `mkiso`; `_out` gets nothing (the image is the output).
 pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
     let opts = Options {
@@ -115,6 +142,7 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
         strict: args.strict,
         source_date_epoch: source_date_epoch()?,
     };
+    remove_the_unfinished_image_on_signals();
     let mut line = std::io::stderr()
         .is_terminal()
         .then(|| ProgressLine::new(progress_delay(), Instant::now()));

@@ -5,8 +5,9 @@
 //! interrupted, killed (even with SIGKILL) or crashes leaves nothing behind, as the kernel frees
 //! the unnamed file with its last descriptor. Only once complete is it linked in as
 //! `OUT.tmp-PID` and renamed over OUT. Where the file system has no `O_TMPFILE` (NFS, most FUSE
-//! file systems), the file is `OUT.tmp-PID` from the start, removed on any error; a killed
-//! build leaves it there.
+//! file systems), the file is `OUT.tmp-PID` from the start, removed on any error and by
+//! [`remove_pending_tmp`] (the command line calls it on SIGINT, SIGTERM and SIGHUP); only
+//! SIGKILL leaves it there.
 //!
 //! Memory stays bounded whatever the data size: small files are gathered in one reused batch
 //! buffer, large ones copied with `copy_file_range` (read/write where the kernel cannot),
@@ -19,9 +20,12 @@ use super::tree::Tree;
 use super::{Error, Progress};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// Files up to this size are read whole into the batch buffer.
 pub(super) const SMALL_FILE: u64 = 1 << 20;
@@ -45,11 +49,44 @@ struct TmpGuard<'a> {
     armed: bool,
 }
 
+impl TmpGuard<'_> {
+    /// From now on the named file is removed on drop, or by [`remove_pending_tmp`].
+    fn arm(&mut self) {
+        self.armed = true;
+        if let Ok(c) = std::ffi::CString::new(self.path.as_os_str().as_bytes()) {
+            // Leaked: a signal handler may read it at any moment, so it is never freed.
+            PENDING.store(c.into_raw(), Ordering::SeqCst);
+        }
+    }
+
+    /// The file is the image now (renamed into place): keep it.
+    fn disarm(&mut self) {
+        self.armed = false;
+        PENDING.store(ptr::null_mut(), Ordering::SeqCst);
+    }
+}
+
 impl Drop for TmpGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
             let _ = fs::remove_file(self.path);
+            PENDING.store(ptr::null_mut(), Ordering::SeqCst);
         }
+    }
+}
+
+/// The named temporary file of the build in progress, a NUL-terminated path, or null.
+static PENDING: AtomicPtr<libc::c_char> = AtomicPtr::new(ptr::null_mut());
+
+/// Removes the named temporary file of the build in progress, if there is one. Makes only
+/// async-signal-safe calls: it is meant for a handler of SIGINT, SIGTERM or SIGHUP that then
+/// lets the signal end the process. (An unnamed `O_TMPFILE` file needs nothing: the kernel
+/// frees it with the process.)
+pub fn remove_pending_tmp() {
+    let p = PENDING.swap(ptr::null_mut(), Ordering::SeqCst);
+    if !p.is_null() {
+        // SAFETY: `p` came from CString::into_raw and is never freed.
+        unsafe { libc::unlink(p) };
     }
 }
 
@@ -95,11 +132,16 @@ impl Target {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), Error> {
         let dir = self.tmp.parent().unwrap_or(Path::new("."));
-        let unnamed = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_TMPFILE)
-            .mode(0o644)
-            .open(dir);
+        // ISOMGR_NO_TMPFILE: a testing aid, to behave as on a file system without O_TMPFILE.
+        let unnamed = if std::env::var_os("ISOMGR_NO_TMPFILE").is_some() {
+            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        } else {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_TMPFILE)
+                .mode(0o644)
+                .open(dir)
+        };
         let (out, named) = match unnamed {
             Ok(f) => (f, false),
             // No O_TMPFILE here: EOPNOTSUPP, or EISDIR from a kernel that predates it.
@@ -124,8 +166,11 @@ impl Target {
         };
         let mut guard = TmpGuard {
             path: &self.tmp,
-            armed: named,
+            armed: false,
         };
+        if named {
+            guard.arm();
+        }
         let werr = |source: io::Error| Error::Write {
             path: self.output.clone(),
             source,
@@ -158,7 +203,7 @@ impl Target {
                 path: self.tmp.clone(),
                 source,
             })?;
-            guard.armed = true;
+            guard.arm();
         }
         drop(out);
         fs::rename(&self.tmp, &self.output).map_err(|source| Error::Rename {
@@ -166,7 +211,7 @@ impl Target {
             to: self.output.clone(),
             source,
         })?;
-        guard.armed = false;
+        guard.disarm();
         Ok(())
     }
 }
@@ -188,7 +233,6 @@ fn link_via_proc(file: &File, path: &Path) -> io::Result<()> {
 }
 
 fn link_at(dirfd: i32, from: &Path, to: &Path, flags: i32) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     let from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
     let to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
     // SAFETY: two valid NUL-terminated paths; `dirfd` is AT_FDCWD or a descriptor we own.
