@@ -244,6 +244,24 @@ fn no_leftovers(dir: &Path) {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// A new directory `dir` holding `files` (name, contents).
+fn dir_with(dir: &Path, files: &[(&str, &[u8])]) -> std::path::PathBuf {
+    fs::create_dir(dir).unwrap();
+    for (name, data) in files {
+        fs::write(dir.join(name), data).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+/// Writes `mib` MiB of data to a new file `path`: real blocks, as holes are never copied.
+fn write_data(path: &Path, mib: usize) {
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut f = fs::File::create(path).unwrap();
+    for _ in 0..mib {
+        std::io::Write::write_all(&mut f, &chunk).unwrap();
+    }
+}
+
 #[test]
 fn output_inside_the_source_tree_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -259,9 +277,7 @@ fn output_inside_the_source_tree_is_refused() {
 #[test]
 fn fifos_and_sockets_are_skipped_with_a_warning_or_refused_when_strict() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
-    fs::write(src.join("keep.txt"), b"kept").unwrap();
+    let src = dir_with(&tmp.path().join("src"), &[("keep.txt", b"kept")]);
     let fifo = std::ffi::CString::new(src.join("a-fifo").to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
@@ -311,10 +327,10 @@ fn fifos_and_sockets_are_skipped_with_a_warning_or_refused_when_strict() {
 #[test]
 fn unreadable_file_is_an_error_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
-    fs::write(src.join("ok.txt"), b"ok").unwrap();
-    fs::write(src.join("locked.txt"), b"no").unwrap();
+    let src = dir_with(
+        &tmp.path().join("src"),
+        &[("ok.txt", b"ok"), ("locked.txt", b"no")],
+    );
     fs::set_permissions(src.join("locked.txt"), fs::Permissions::from_mode(0o000)).unwrap();
     let out_dir = tmp.path().join("out");
     fs::create_dir(&out_dir).unwrap();
@@ -372,9 +388,7 @@ fn full_disk_is_an_error_and_leaves_nothing() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
-    fs::write(src.join("big.bin"), vec![0x5a; 4 << 20]).unwrap();
+    let src = dir_with(&tmp.path().join("src"), &[("big.bin", &[0x5a; 4 << 20])]);
     let small = tmp.path().join("small");
     fs::create_dir(&small).unwrap();
     let st = std::process::Command::new("mount")
@@ -494,9 +508,7 @@ fn read_terminal(master: &mut fs::File, shown: &mut Vec<u8>, stop: impl Fn(&str)
 #[test]
 fn progress_shows_on_a_terminal_and_nowhere_else() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
-    fs::write(src.join("small.txt"), b"small").unwrap();
+    let src = dir_with(&tmp.path().join("src"), &[("small.txt", b"small")]);
     fs::write(src.join("big.bin"), vec![0x5a; 24 << 20]).unwrap();
     let iso = tmp.path().join("out.iso");
 
@@ -568,14 +580,8 @@ fn mkiso_peak_kib(src: &Path, out: &Path) -> i64 {
 fn memory_does_not_grow_with_the_data() {
     let tmp = tempfile::tempdir().unwrap();
     let tree = |name: &str, mib: usize| {
-        let dir = tmp.path().join(name);
-        fs::create_dir(&dir).unwrap();
-        fs::write(dir.join("small.txt"), b"small").unwrap();
-        let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
-        let mut f = fs::File::create(dir.join("data.bin")).unwrap();
-        for _ in 0..mib {
-            std::io::Write::write_all(&mut f, &chunk).unwrap();
-        }
+        let dir = dir_with(&tmp.path().join(name), &[("small.txt", b"small")]);
+        write_data(&dir.join("data.bin"), mib);
         dir
     };
     let (little, big) = (tree("little", 1), tree("big", 256));
@@ -628,16 +634,9 @@ fn memory_does_not_grow_with_the_data() {
 fn an_interrupted_or_killed_build_leaves_nothing_behind() {
     use std::os::unix::process::ExitStatusExt;
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir(&src).unwrap();
-    fs::write(src.join("small.txt"), b"small").unwrap();
-    // Real data (holes are not copied): long enough to stop the build in the middle.
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
-    let mut f = fs::File::create(src.join("data.bin")).unwrap();
-    for _ in 0..384 {
-        std::io::Write::write_all(&mut f, &chunk).unwrap();
-    }
-    drop(f);
+    let src = dir_with(&tmp.path().join("src"), &[("small.txt", b"small")]);
+    // long enough to stop the build in the middle
+    write_data(&src.join("data.bin"), 384);
     let out_dir = tmp.path().join("out");
     fs::create_dir(&out_dir).unwrap();
     let iso = out_dir.join("out.iso");
