@@ -44,12 +44,12 @@ pub struct Target {
 }
 
 /// Removes the temporary file unless the image was renamed into place.
-struct TmpGuard<'a> {
-    path: &'a Path,
+struct TmpGuard {
+    path: PathBuf,
     armed: bool,
 }
 
-impl TmpGuard<'_> {
+impl TmpGuard {
     /// From now on the named file is removed on drop, or by [`remove_pending_tmp`].
     fn arm(&mut self) {
         self.armed = true;
@@ -66,10 +66,10 @@ impl TmpGuard<'_> {
     }
 }
 
-impl Drop for TmpGuard<'_> {
+impl Drop for TmpGuard {
     fn drop(&mut self) {
         if self.armed {
-            let _ = fs::remove_file(self.path);
+            let _ = fs::remove_file(&self.path);
             PENDING.store(ptr::null_mut(), Ordering::SeqCst);
         }
     }
@@ -165,7 +165,7 @@ impl Target {
             }
         };
         let mut guard = TmpGuard {
-            path: &self.tmp,
+            path: self.tmp.clone(),
             armed: false,
         };
         if named {
@@ -199,20 +199,40 @@ impl Target {
         // No fsync, like genisoimage, xorriso and cp: the rename still means the image is
         // never seen half-written, and syncing 1 GiB costs seconds the caller may not want.
         if !named {
-            link_unnamed(&out, &self.tmp).map_err(|source| Error::Create {
-                path: self.tmp.clone(),
-                source,
-            })?;
+            guard.path = self.link_to_a_free_name(&out)?;
             guard.arm();
         }
         drop(out);
-        fs::rename(&self.tmp, &self.output).map_err(|source| Error::Rename {
-            from: self.tmp.clone(),
+        fs::rename(&guard.path, &self.output).map_err(|source| Error::Rename {
+            from: guard.path.clone(),
             to: self.output.clone(),
             source,
         })?;
         guard.disarm();
         Ok(())
+    }
+}
+
+impl Target {
+    /// Links the finished unnamed file in as `OUT.tmp-PID`, or, where a file of that name is
+    /// left over (a killed build of a process with the same PID), `OUT.tmp-PID.1` and so on:
+    /// never over a file isomgr did not make now.
+    fn link_to_a_free_name(&self, file: &File) -> Result<PathBuf, Error> {
+        let mut n = 0u32;
+        loop {
+            let name = if n == 0 {
+                self.tmp.clone()
+            } else {
+                let mut s = self.tmp.clone().into_os_string();
+                s.push(format!(".{n}"));
+                PathBuf::from(s)
+            };
+            match link_unnamed(file, &name) {
+                Ok(()) => return Ok(name),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && n < 99 => n += 1,
+                Err(source) => return Err(Error::Create { path: name, source }),
+            }
+        }
     }
 }
 
@@ -541,6 +561,29 @@ mod tests {
             let e = link(&f, &to).unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{name}");
         }
+    }
+
+    #[test]
+    fn a_left_over_temporary_name_is_kept_and_another_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("a.txt"), b"aaaa").unwrap();
+        let out = tmp.path().join("out.iso");
+        let target = Target::prepare(&src, &out).unwrap();
+        // what a killed build of a process with this PID would have left
+        fs::write(&target.tmp, b"not ours").unwrap();
+        let mut w = Vec::new();
+        let t = tree::walk(&src, false, &mut w).unwrap();
+        let plan = layout::plan(&t, &Options::for_tests(), 0, &mut w, &src).unwrap();
+        target.write(&t, &plan, &mut |_| {}).unwrap();
+        assert_eq!(fs::read(&target.tmp).unwrap(), b"not ours");
+        assert_eq!(fs::metadata(&out).unwrap().len(), plan.image_bytes());
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            3,
+            "src, out.iso, the old one"
+        );
     }
 
     fn build_after(change: impl Fn(&Path)) -> Result<(), Error> {
