@@ -276,3 +276,21 @@ pub fn make_tree(root: &Path) {
         set_mtime(p, 1_500_000_000 + i as i64 * 60);
     }
 }
+
+/// A new directory `dir` holding `files` (name, contents).
+pub fn dir_with(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
+    fs::create_dir(dir).unwrap();
+    for (name, data) in files {
+        fs::write(dir.join(name), data).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+/// Writes `mib` MiB of data to a new file `path`: real blocks, as holes are never copied.
+pub fn write_data(path: &Path, mib: usize) {
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut f = fs::File::create(path).unwrap();
+    for _ in 0..mib {
+        std::io::Write::write_all(&mut f, &chunk).unwrap();
+    }
+}
