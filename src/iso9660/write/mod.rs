@@ -125,6 +125,8 @@ pub enum Error {
         expected: u64,
         actual: u64,
     },
+    #[error("{path} was replaced while the image was built: it is no longer a regular file")]
+    NotRegular { path: PathBuf },
     #[error("creating {path}")]
     Create { path: PathBuf, source: io::Error },
     #[error("writing {path}")]

@@ -276,18 +276,20 @@ struct DataWriter<'a> {
 
 fn open_source(path: &Path) -> Result<File, Error> {
     // O_NOATIME keeps atimes as they were; only the owner (or root) may ask for it.
-    let first = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME)
-        .open(path);
-    match first {
+    // O_NONBLOCK: a FIFO put in the file's place since the listing must not hang the build
+    // (it is refused as not a regular file); regular files ignore it.
+    let open = |flags| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | libc::O_NONBLOCK)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
         Ok(f) => Ok(f),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            File::open(path).map_err(|source| Error::Open {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0).map_err(|source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        }),
         Err(source) => Err(Error::Open {
             path: path.to_path_buf(),
             source,
@@ -295,14 +297,18 @@ fn open_source(path: &Path) -> Result<File, Error> {
     }
 }
 
+/// Checks that `file` (opened from `path`) is still a regular file of the size listed.
 fn check_size(file: &File, path: &Path, expected: u64) -> Result<(), Error> {
-    let actual = file
-        .metadata()
-        .map_err(|source| Error::Stat {
+    let md = file.metadata().map_err(|source| Error::Stat {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !md.is_file() {
+        return Err(Error::NotRegular {
             path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+        });
+    }
+    let actual = md.len();
     if actual != expected {
         return Err(Error::SizeChanged {
             path: path.to_path_buf(),
@@ -347,20 +353,38 @@ impl DataWriter<'_> {
         // `large` moves `done` along as it copies; the file counts once, whatever it reported.
         let start = self.done;
         if size <= SMALL_FILE {
+            // Reads one byte past the size, so it also finds a file that grew.
             self.small(&src, path, size as usize, offset)?;
         } else {
             self.flush()?;
             self.large(&src, path, size, offset)?;
+            check_size(&src, path, size)?;
         }
-        check_size(&src, path, size)?;
         self.done = start + size;
         self.report();
         Ok(())
     }
 
+    /// Reads a small file whole into the batch, and one byte more: end of file must come
+    /// exactly at `size`, so a file that grew or shrank since it was checked is an error.
     fn small(&mut self, src: &File, path: &Path, size: usize, offset: u64) -> Result<(), Error> {
         if size == 0 {
-            return Ok(());
+            // Empty files have no place in the batch (they all point at the first data
+            // sector); one byte read must find the end.
+            let mut one = [0u8; 1];
+            let mut reader = src;
+            return match reader.read(&mut one) {
+                Ok(0) => Ok(()),
+                Ok(_) => Err(Error::SizeChanged {
+                    path: path.to_path_buf(),
+                    expected: 0,
+                    actual: src.metadata().map_or(1, |m| m.len()),
+                }),
+                Err(source) => Err(Error::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }),
+            };
         }
         let fits = offset >= self.batch_start
             && (offset - self.batch_start) as usize + size <= BATCH.max(size);
@@ -371,20 +395,19 @@ impl DataWriter<'_> {
             self.batch_start = offset;
         }
         let at = (offset - self.batch_start) as usize;
-        self.batch.resize(at + size, 0);
+        self.batch.resize(at + size + 1, 0);
         let buf = self.batch.get_mut(at..).unwrap_or_default();
         let mut got = 0;
         let mut reader = src;
+        let changed = |actual: u64| Error::SizeChanged {
+            path: path.to_path_buf(),
+            expected: size as u64,
+            actual,
+        };
         while got < buf.len() {
             match reader.read(buf.get_mut(got..).unwrap_or_default()) {
-                Ok(0) => {
-                    let actual = got as u64;
-                    return Err(Error::SizeChanged {
-                        path: path.to_path_buf(),
-                        expected: size as u64,
-                        actual,
-                    });
-                }
+                Ok(0) if got == size => break,
+                Ok(0) => return Err(changed(got as u64)),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
@@ -395,6 +418,10 @@ impl DataWriter<'_> {
                 }
             }
         }
+        if got > size {
+            return Err(changed(src.metadata().map_or(got as u64, |m| m.len())));
+        }
+        self.batch.truncate(at + size);
         Ok(())
     }
 
@@ -617,6 +644,55 @@ mod tests {
             if path.ends_with("a.txt")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_fifo_in_a_files_place_is_refused_without_hanging() {
+        let e = build_after(|s| {
+            fs::remove_file(s.join("a.txt")).unwrap();
+            let p = std::ffi::CString::new(s.join("a.txt").as_os_str().as_bytes()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o644) }, 0);
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::NotRegular { path } if path.ends_with("a.txt")),
+            "{e}"
+        );
+    }
+
+    /// Reads `data` as a small file listed with `listed` bytes.
+    fn read_small(data: &[u8], listed: usize) -> Result<Vec<u8>, Error> {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        fs::write(&path, data).unwrap();
+        let out = File::create(tmp.path().join("out")).unwrap();
+        let mut progress = |_| {};
+        let mut w = DataWriter {
+            out: &out,
+            output: Path::new("out"),
+            batch: Vec::new(),
+            batch_start: 0,
+            done: 0,
+            total: 0,
+            progress: &mut progress,
+        };
+        w.small(&File::open(&path).unwrap(), &path, listed, 2048)?;
+        Ok(w.batch)
+    }
+
+    #[test]
+    fn a_small_file_must_end_where_it_was_listed_to() {
+        assert_eq!(read_small(b"abcd", 4).unwrap(), b"abcd");
+        assert_eq!(read_small(b"", 0).unwrap(), b"");
+        for (data, listed, actual) in [(&b"abcdefgh"[..], 4, 8), (b"ab", 4, 2), (b"x", 0, 1)] {
+            let e = read_small(data, listed).unwrap_err();
+            assert!(
+                matches!(e, Error::SizeChanged { expected, actual: a, .. }
+                    if expected == listed as u64 && a == actual),
+                "{data:?} listed {listed}: {e}"
+            );
+        }
     }
 
     #[test]
