@@ -71,6 +71,11 @@ impl ProgressLine {
         }
     }
 
+    /// Whether a line has been printed (and so needs ending).
+    fn shown(&self) -> bool {
+        self.last.is_some()
+    }
+
     /// The text to print for `p` at `now`, if any.
     fn update(&mut self, p: Progress, now: Instant) -> Option<String> {
         let finished = p.done >= p.total;
@@ -146,15 +151,13 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
     let mut line = std::io::stderr()
         .is_terminal()
         .then(|| ProgressLine::new(progress_delay(), Instant::now()));
-    let mut shown = false;
     let mut progress = |p: Progress| {
         if let Some(text) = line.as_mut().and_then(|l| l.update(p, Instant::now())) {
-            shown = true;
             eprint!("{text}");
         }
     };
     let result = write::build(&args.src_dir, &args.output, &opts, &mut progress);
-    if shown {
+    if line.as_ref().is_some_and(ProgressLine::shown) {
         eprintln!();
     }
     let report = result.with_context(|| format!("building {}", args.output.display()))?;

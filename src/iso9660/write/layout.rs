@@ -943,7 +943,6 @@ pub fn plan(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::iso9660::write::tree;
     use std::fs;
 
     #[test]
@@ -966,9 +965,7 @@ mod tests {
                 .set_len(size)
                 .unwrap();
         }
-        let mut w = Vec::new();
-        let t = tree::walk(&src, false, &mut w).unwrap();
-        let plan = plan(&t, &Options::for_tests(), 0, &mut w, &src).unwrap();
+        let (t, plan) = crate::iso9660::write::plan_for_tests(&src);
         let mut placed: Vec<_> = t
             .data
             .iter()

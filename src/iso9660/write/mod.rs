@@ -53,6 +53,16 @@ impl Options {
     }
 }
 
+/// The tree at `src` and its layout with [`Options::for_tests`]: what a build writes.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn plan_for_tests(src: &Path) -> (tree::Tree, layout::Plan) {
+    let mut w = Vec::new();
+    let t = tree::walk(src, false, &mut w).unwrap();
+    let plan = layout::plan(&t, &Options::for_tests(), 0, &mut w, src).unwrap();
+    (t, plan)
+}
+
 /// A recovered anomaly the caller should show.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Warning {

@@ -211,9 +211,7 @@ impl Target {
         guard.disarm();
         Ok(())
     }
-}
 
-impl Target {
     /// Links the finished unnamed file in as `OUT.tmp-PID`, or, where a file of that name is
     /// left over (a killed build of a process with the same PID), `OUT.tmp-PID.1` and so on:
     /// never over a file isomgr did not make now.
@@ -365,26 +363,11 @@ impl DataWriter<'_> {
         Ok(())
     }
 
-    /// Reads a small file whole into the batch, and one byte more: end of file must come
-    /// exactly at `size`, so a file that grew or shrank since it was checked is an error.
+    /// Reads a small file whole into the batch. Empty files take no place there (they all
+    /// point at the first data sector), only the check that they are still empty.
     fn small(&mut self, src: &File, path: &Path, size: usize, offset: u64) -> Result<(), Error> {
         if size == 0 {
-            // Empty files have no place in the batch (they all point at the first data
-            // sector); one byte read must find the end.
-            let mut one = [0u8; 1];
-            let mut reader = src;
-            return match reader.read(&mut one) {
-                Ok(0) => Ok(()),
-                Ok(_) => Err(Error::SizeChanged {
-                    path: path.to_path_buf(),
-                    expected: 0,
-                    actual: src.metadata().map_or(1, |m| m.len()),
-                }),
-                Err(source) => Err(Error::Read {
-                    path: path.to_path_buf(),
-                    source,
-                }),
-            };
+            return read_whole(src, path, &mut [0u8; 1]);
         }
         let fits = offset >= self.batch_start
             && (offset - self.batch_start) as usize + size <= BATCH.max(size);
@@ -396,31 +379,7 @@ impl DataWriter<'_> {
         }
         let at = (offset - self.batch_start) as usize;
         self.batch.resize(at + size + 1, 0);
-        let buf = self.batch.get_mut(at..).unwrap_or_default();
-        let mut got = 0;
-        let mut reader = src;
-        let changed = |actual: u64| Error::SizeChanged {
-            path: path.to_path_buf(),
-            expected: size as u64,
-            actual,
-        };
-        while got < buf.len() {
-            match reader.read(buf.get_mut(got..).unwrap_or_default()) {
-                Ok(0) if got == size => break,
-                Ok(0) => return Err(changed(got as u64)),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(Error::Read {
-                        path: path.to_path_buf(),
-                        source,
-                    })
-                }
-            }
-        }
-        if got > size {
-            return Err(changed(src.metadata().map_or(got as u64, |m| m.len())));
-        }
+        read_whole(src, path, self.batch.get_mut(at..).unwrap_or_default())?;
         self.batch.truncate(at + size);
         Ok(())
     }
@@ -544,6 +503,34 @@ impl DataWriter<'_> {
     }
 }
 
+/// Reads `src` into `buf`, one byte longer than the file was listed: end of file must come
+/// exactly there, so a file that grew or shrank since it was checked is an error.
+fn read_whole(src: &File, path: &Path, buf: &mut [u8]) -> Result<(), Error> {
+    let size = buf.len().saturating_sub(1);
+    let changed = |actual: u64| Error::SizeChanged {
+        path: path.to_path_buf(),
+        expected: size as u64,
+        actual,
+    };
+    let mut got = 0;
+    let mut reader = src;
+    while got < buf.len() {
+        match reader.read(buf.get_mut(got..).unwrap_or_default()) {
+            Ok(0) if got == size => return Ok(()),
+            Ok(0) => return Err(changed(got as u64)),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(Error::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    Err(changed(src.metadata().map_or(got as u64, |m| m.len())))
+}
+
 fn seek(fd: i32, pos: u64, whence: i32) -> io::Result<u64> {
     // SAFETY: lseek on a descriptor we own; no memory is passed.
     let r = unsafe { libc::lseek(fd, pos as libc::off_t, whence) };
@@ -558,7 +545,7 @@ fn seek(fd: i32, pos: u64, whence: i32) -> io::Result<u64> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::iso9660::write::{layout, tree, Options};
+    use crate::iso9660::write::plan_for_tests;
 
     #[test]
     fn unnamed_files_are_linked_either_way() {
@@ -600,9 +587,7 @@ mod tests {
         let target = Target::prepare(&src, &out).unwrap();
         // what a killed build of a process with this PID would have left
         fs::write(&target.tmp, b"not ours").unwrap();
-        let mut w = Vec::new();
-        let t = tree::walk(&src, false, &mut w).unwrap();
-        let plan = layout::plan(&t, &Options::for_tests(), 0, &mut w, &src).unwrap();
+        let (t, plan) = plan_for_tests(&src);
         target.write(&t, &plan, &mut |_| {}).unwrap();
         assert_eq!(fs::read(&target.tmp).unwrap(), b"not ours");
         assert_eq!(fs::metadata(&out).unwrap().len(), plan.image_bytes());
@@ -619,9 +604,7 @@ mod tests {
         fs::create_dir(&src).unwrap();
         fs::write(src.join("a.txt"), b"aaaa").unwrap();
         fs::write(src.join("big.bin"), vec![1u8; 3 << 20]).unwrap();
-        let mut w = Vec::new();
-        let t = tree::walk(&src, false, &mut w).unwrap();
-        let plan = layout::plan(&t, &Options::for_tests(), 0, &mut w, &src).unwrap();
+        let (t, plan) = plan_for_tests(&src);
         change(&src);
         let out = tmp.path().join("out.iso");
         let target = Target::prepare(&src, &out)?;
