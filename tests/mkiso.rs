@@ -118,7 +118,14 @@ fn blkid_reports_the_label_given() {
         ),
     ] {
         let iso = tmp.path().join("l.iso");
-        mkiso_ok(&src, &iso, &args, None);
+        let o = mkiso(&src, &iso, &args, None);
+        assert!(o.status.success(), "{args:?}");
+        // warned exactly when blkid reads something else than was asked for
+        let given = args.get(1).copied().unwrap_or("My Source");
+        let warning = format!("warning: label {given:?} reads back as {label:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.contains(&warning), given != label, "{args:?}: {err}");
+        assert_eq!(err.is_empty(), given == label, "{args:?}: {err}");
         let out = run(
             "blkid",
             &["-o", "value", "-s", "LABEL", iso.to_str().unwrap()],
@@ -127,6 +134,22 @@ fn blkid_reports_the_label_given() {
         let img = isomgr::iso9660::Image::open(fs::File::open(&iso).unwrap()).unwrap();
         assert_eq!(img.info().label.as_deref(), Some(label));
     }
+}
+
+#[test]
+fn labels_longer_than_the_primary_descriptor_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = dir_with(&tmp.path().join("src"), &[("a", b"a")]);
+    let iso = tmp.path().join("l.iso");
+    let o = mkiso(&src, &iso, &["-V", &"x".repeat(33)], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("33 characters; an ISO 9660 volume label holds at most 32"),
+        "{err}"
+    );
+    assert!(!iso.exists());
+    mkiso_ok(&src, &iso, &["-V", &"\u{e9}".repeat(32)], None);
 }
 
 #[test]
@@ -431,22 +454,8 @@ fn mkiso_on_a_terminal(
     env: &[(&str, &str)],
     ignore_sigint: bool,
 ) -> (std::process::Child, fs::File) {
-    use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: two valid out-pointers; name, termios and window size may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: openpty just returned both descriptors, owned by nobody else.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let (master, slave) = openpty();
     let mut cmd = std::process::Command::new(bin());
     if ignore_sigint {
         // SAFETY: only signal(2), async-signal-safe, between fork and exec.

@@ -1,7 +1,7 @@
 //! `isomgr mkiso`: builds an ISO9660 image (Rock Ridge, Joliet) from a directory tree.
 //!
 //! The shell around [`crate::iso9660::write`]: reads `SOURCE_DATE_EPOCH`, shows progress on a
-//! terminal, prints warnings to stderr. Nothing goes to stdout.
+//! terminal, prints warnings to stderr. Nothing goes to stdout but the image, with `-o -`.
 
 use crate::iso9660::write::{self, Options, Progress};
 use anyhow::Context;
@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 pub struct Args {
     /// Directory whose contents become the image's root.
     pub src_dir: PathBuf,
-    /// Image to write (written to a temporary name beside it, then renamed).
+    /// Image to write: a file (written under a temporary name beside it, then renamed over
+    /// it), or `-` (standard output), a pipe or a device (written in place).
     #[arg(short = 'o', long = "output", value_name = "OUT.iso")]
     pub output: PathBuf,
-    /// Volume label (default: the source directory's name).
-    #[arg(short = 'V', long = "volume-label", value_name = "LABEL")]
+    /// Volume label, at most 32 characters (default: the source directory's name).
+    #[arg(short = 'V', long = "volume-label", value_name = "LABEL", value_parser = parse_label)]
     pub label: Option<String>,
     /// Leave out the Joliet tree.
     #[arg(long)]
@@ -32,6 +33,18 @@ pub struct Args {
     /// Fail on FIFOs, sockets and devices instead of skipping them.
     #[arg(long)]
     pub strict: bool,
+}
+
+/// A label as `-V` takes it: what fits the primary volume descriptor, one byte a character.
+fn parse_label(label: &str) -> Result<String, String> {
+    let n = label.chars().count();
+    if n > write::names::MAX_LABEL {
+        return Err(format!(
+            "{n} characters; an ISO 9660 volume label holds at most {}",
+            write::names::MAX_LABEL
+        ));
+    }
+    Ok(label.to_string())
 }
 
 fn default_label(src: &Path) -> String {
@@ -108,10 +121,10 @@ fn source_date_epoch() -> anyhow::Result<Option<i64>> {
 }
 
 /// On SIGINT, SIGTERM and SIGHUP, removes the image's temporary file where it has a name (see
-/// [`write::stream`]), then lets the signal end the process as it would have.
+/// [`write::target`]), then lets the signal end the process as it would have.
 fn remove_the_unfinished_image_on_signals() {
     extern "C" fn on_signal(sig: libc::c_int) {
-        write::stream::remove_pending_tmp();
+        write::target::remove_pending_tmp();
         // SA_RESETHAND put the default action back, and SA_NODEFER lets it act at once.
         // SAFETY: raise is async-signal-safe.
         unsafe { libc::raise(sig) };
@@ -160,7 +173,10 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
     if line.as_ref().is_some_and(ProgressLine::shown) {
         eprintln!();
     }
-    let report = result.with_context(|| format!("building {}", args.output.display()))?;
+    let report = result.with_context(|| match args.output.as_os_str() {
+        o if o == "-" => "building the image on standard output".to_string(),
+        _ => format!("building {}", args.output.display()),
+    })?;
     for w in &report.warnings {
         eprintln!("isomgr: warning: {w}");
     }

@@ -114,12 +114,13 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
     }
 }
 
-/// A write to a closed pipe (`isomgr ls x.iso | head`) is not a failure.
+/// A write to a closed pipe (`isomgr ls x.iso | head`) is not a failure, except for an image
+/// (`mkiso -o - | ...`): one cut short is.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    })
+    }) && !e.chain().any(|c| c.is::<crate::iso9660::write::Error>())
 }
 
 /// Writes one JSON document and a newline. Serialised first, so a closed pipe shows up

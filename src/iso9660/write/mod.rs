@@ -7,7 +7,9 @@
 //! - [`susp`]: SUSP/RRIP entries and their packing into records and continuation areas (pure);
 //! - [`layout`]: the whole image plan: hierarchy with deep directories relocated, every LBA,
 //!   and the metadata bytes (pure; memory bounded by the tree's metadata);
-//! - [`stream`]: writes the plan to a temporary file, copies file data sparse-aware, renames.
+//! - [`target`]: where the image goes: a file (written unnamed, then renamed over it), or
+//!   standard output, a pipe or a device (written in place, in order);
+//! - [`stream`]: writes the plan there, copying file data sparse-aware.
 //!
 //! Nothing here prints: warnings come back in the [`Report`], progress through a callback.
 
@@ -15,6 +17,7 @@ pub mod layout;
 pub mod names;
 pub mod stream;
 pub mod susp;
+pub mod target;
 pub mod tree;
 
 use std::fmt;
@@ -70,6 +73,11 @@ pub enum Warning {
     SkippedSpecial { path: PathBuf, kind: &'static str },
     /// A symlink without Rock Ridge has nowhere to go, so it was left out.
     SkippedSymlink { path: PathBuf },
+    /// The label cannot be stored as given; blkid and the watcher will read `read_back`.
+    LabelChanged {
+        label: String,
+        read_back: Option<String>,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -86,6 +94,14 @@ impl fmt::Display for Warning {
                 f,
                 "skipped symlink {}: symlinks need Rock Ridge",
                 path.display()
+            ),
+            Warning::LabelChanged { label, read_back } => write!(
+                f,
+                "label {label:?} reads back as {}: past Joliet's 16 characters (or without \
+                 Joliet) a label holds printable ASCII only, and no trailing spaces",
+                read_back
+                    .as_ref()
+                    .map_or_else(|| "none".to_string(), |l| format!("{l:?}"))
             ),
         }
     }
@@ -127,6 +143,20 @@ pub enum Error {
     },
     #[error("opening {path}")]
     Open { path: PathBuf, source: io::Error },
+    #[error("output {path} is a {kind}; an image can go to a file, a pipe or a device")]
+    OutputUnusable { path: PathBuf, kind: &'static str },
+    #[error("{path} is a terminal; send the image to a file or a pipe")]
+    OutputTerminal { path: PathBuf },
+    #[error(
+        "output {path} is a symlink to {target}, which does not exist; not writing through it"
+    )]
+    OutputDangling { path: PathBuf, target: PathBuf },
+    #[error("{path} holds {size} bytes; the image needs {needed}")]
+    DeviceTooSmall {
+        path: PathBuf,
+        size: u64,
+        needed: u64,
+    },
     #[error("reading {path}")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path} changed size while being written: {expected} bytes when listed, {actual} now")]
@@ -155,17 +185,24 @@ pub enum Error {
     Layout(&'static str),
 }
 
-/// Builds `output` from the tree at `src`: walks it, plans the image, streams it to a
-/// temporary file beside `output` and renames it into place. On error nothing is left at
-/// `output` or beside it.
+/// Builds `output` from the tree at `src`: walks it, plans the image and streams it to where
+/// [`target::Target`] says: a file (then on error nothing is left at `output` or beside it),
+/// or standard output, a pipe or a device.
 pub fn build(
     src: &Path,
     output: &Path,
     opts: &Options,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Report, Error> {
-    let target = stream::Target::prepare(src, output)?;
+    let target = target::Target::prepare(src, output)?;
     let mut warnings = Vec::new();
+    let read_back = names::label_read_back(&opts.label, opts.joliet);
+    if read_back.as_deref().unwrap_or("") != opts.label {
+        warnings.push(Warning::LabelChanged {
+            label: opts.label.clone(),
+            read_back,
+        });
+    }
     let tree = tree::walk(src, opts.strict, &mut warnings)?;
     let now = opts.source_date_epoch.unwrap_or_else(unix_now);
     let plan = layout::plan(&tree, opts, now, &mut warnings, src)?;

@@ -18,6 +18,10 @@ const MAX_ISO_EXT: usize = 8;
 pub const MAX_JOLIET_UNITS: usize = 64;
 /// Longest extension kept when shortening a Joliet name.
 const MAX_JOLIET_EXT: usize = 16;
+/// Longest volume label: the primary volume identifier's 32 bytes, one a character.
+pub const MAX_LABEL: usize = 32;
+/// Joliet's volume identifier: 16 UTF-16 units.
+const JOLIET_LABEL_UNITS: usize = 16;
 
 /// One name to place: its raw bytes and whether it names a directory.
 #[derive(Clone, Copy, Debug)]
@@ -56,14 +60,31 @@ pub fn volume_id(label: &str) -> Vec<u8> {
                 b'_'
             }
         })
-        .take(32)
+        .take(MAX_LABEL)
         .collect()
 }
 
 /// The Joliet volume identifier: the label in UTF-16BE, at most 16 units, no split pair.
 pub fn joliet_volume_id(label: &str) -> Vec<u8> {
-    let units = truncate_units(label.encode_utf16().collect(), 16);
+    let units = truncate_units(label.encode_utf16().collect(), JOLIET_LABEL_UNITS);
     units.iter().flat_map(|u| u.to_be_bytes()).collect()
+}
+
+/// The label blkid and `isomgr scan` will read from an image labelled `label` (with a Joliet
+/// tree or without): where it differs from `label`, the command line warns.
+pub fn label_read_back(label: &str, joliet: bool) -> Option<String> {
+    let mut primary = [b' '; 32];
+    for (d, s) in primary.iter_mut().zip(volume_id(label)) {
+        *d = s;
+    }
+    let mut jid = [0u8; 32];
+    for (i, d) in jid.iter_mut().enumerate() {
+        *d = if i % 2 == 0 { 0 } else { b' ' };
+    }
+    for (d, s) in jid.iter_mut().zip(joliet_volume_id(label)) {
+        *d = s;
+    }
+    crate::iso9660::descriptor::iso_label(&primary, joliet.then_some(&jid))
 }
 
 /// Base and extension in d-characters (extension `None` for directories).
@@ -298,6 +319,33 @@ mod tests {
         let ids = joliet_identifiers(&[d(&name)]);
         assert!(String::from_utf16(&ids[0]).is_ok());
         assert!(ids[0].len() <= MAX_JOLIET_UNITS);
+    }
+
+    #[test]
+    fn labels_read_back_as_given_where_the_format_can_hold_them() {
+        for label in [
+            "Rocky-9.2-x86_64-dvd",
+            "Ubuntu 24.04.1 LTS amd64",
+            "Données 2024",
+        ] {
+            assert_eq!(label_read_back(label, true).as_deref(), Some(label));
+        }
+        assert_eq!(
+            label_read_back(&"x".repeat(32), false),
+            Some("x".repeat(32))
+        );
+        for (label, joliet, back) in [
+            ("Données 2024", false, Some("Donn_es 2024")),
+            (
+                "Données d'été 2024 – archive",
+                true,
+                Some("Données d'été 2024 _ archive"),
+            ),
+            ("trailing  ", true, Some("trailing")),
+            ("", true, None),
+        ] {
+            assert_eq!(label_read_back(label, joliet).as_deref(), back, "{label:?}");
+        }
     }
 
     #[test]

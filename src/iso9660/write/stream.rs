@@ -1,31 +1,19 @@
-//! Writes a [`Plan`] to disk: a temporary file beside the output, metadata first, then each
-//! file's data streamed in walk order, then a rename. The imperative shell of the writer.
-//!
-//! The temporary file has no name while it is written (`O_TMPFILE`): a build that is
-//! interrupted, killed (even with SIGKILL) or crashes leaves nothing behind, as the kernel frees
-//! the unnamed file with its last descriptor. Only once complete is it linked in as
-//! `OUT.tmp-PID` and renamed over OUT. Where the file system has no `O_TMPFILE` (NFS, most FUSE
-//! file systems), the file is `OUT.tmp-PID` from the start, removed on any error and by
-//! [`remove_pending_tmp`] (the command line calls it on SIGINT, SIGTERM and SIGHUP); only
-//! SIGKILL leaves it there.
+//! Writes a [`Plan`] to a [`Sink`]: metadata first, then each file's data streamed in walk
+//! order. The imperative shell of the writer; where the image goes is [`super::target`]'s.
 //!
 //! Memory stays bounded whatever the data size: small files are gathered in one reused batch
 //! buffer, large ones copied with `copy_file_range` (read/write where the kernel cannot),
-//! only their data segments (`SEEK_DATA`/`SEEK_HOLE`), so holes stay holes in the image. Each
-//! file must still have the size it had when listed. On any error the temporary file is
-//! removed and nothing appears at the output path.
+//! only their data segments (`SEEK_DATA`/`SEEK_HOLE`), so holes stay holes in an image file.
+//! Each file must still have the size it had when listed.
 
 use super::layout::Plan;
 use super::tree::Tree;
 use super::{Error, Progress};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::path::Path;
 
 /// Files up to this size are read whole into the batch buffer.
 pub(super) const SMALL_FILE: u64 = 1 << 20;
@@ -36,234 +24,113 @@ const COPY_CHUNK: u64 = 64 << 20;
 /// Buffer of the read/write fallback copy.
 const FALLBACK_BUF: usize = 1 << 20;
 
-/// Where an image goes: the output path and the temporary file written first.
-#[derive(Debug)]
-pub struct Target {
-    output: PathBuf,
-    tmp: PathBuf,
+/// Where the image's bytes go.
+pub(super) enum Sink<'a> {
+    /// A new regular file: written at any offset; what is never written reads as zeros and
+    /// takes no space.
+    Random(&'a File),
+    /// A pipe or device, written in order from its current position (`pos` bytes of the image
+    /// so far); what the plan leaves unwritten is written as zeros.
+    InOrder { file: &'a File, pos: u64 },
 }
 
-/// Removes the temporary file unless the image was renamed into place.
-struct TmpGuard {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TmpGuard {
-    /// From now on the named file is removed on drop, or by [`remove_pending_tmp`].
-    fn arm(&mut self) {
-        self.armed = true;
-        if let Ok(c) = std::ffi::CString::new(self.path.as_os_str().as_bytes()) {
-            // Leaked: a signal handler may read it at any moment, so it is never freed.
-            PENDING.store(c.into_raw(), Ordering::SeqCst);
-        }
-    }
-
-    /// The file is the image now (renamed into place): keep it.
-    fn disarm(&mut self) {
-        self.armed = false;
-        PENDING.store(ptr::null_mut(), Ordering::SeqCst);
-    }
-}
-
-impl Drop for TmpGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_file(&self.path);
-            PENDING.store(ptr::null_mut(), Ordering::SeqCst);
-        }
-    }
-}
-
-/// The named temporary file of the build in progress, a NUL-terminated path, or null.
-static PENDING: AtomicPtr<libc::c_char> = AtomicPtr::new(ptr::null_mut());
-
-/// Removes the named temporary file of the build in progress, if there is one. Makes only
-/// async-signal-safe calls: it is meant for a handler of SIGINT, SIGTERM or SIGHUP that then
-/// lets the signal end the process. (An unnamed `O_TMPFILE` file needs nothing: the kernel
-/// frees it with the process.)
-pub fn remove_pending_tmp() {
-    let p = PENDING.swap(ptr::null_mut(), Ordering::SeqCst);
-    if !p.is_null() {
-        // SAFETY: `p` came from CString::into_raw and is never freed.
-        unsafe { libc::unlink(p) };
-    }
-}
-
-impl Target {
-    /// Checks that `output` can be written and is not inside the tree at `src`, and names the
-    /// temporary file (`OUT.tmp-PID` in the output's directory).
-    pub fn prepare(src: &Path, output: &Path) -> Result<Target, Error> {
-        let src_canon = fs::canonicalize(src).map_err(|source| Error::Stat {
-            path: src.to_path_buf(),
-            source,
-        })?;
-        let file_name = output.file_name().ok_or_else(|| Error::Create {
-            path: output.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "output has no file name"),
-        })?;
-        let parent = match output.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let parent_canon = fs::canonicalize(&parent).map_err(|source| Error::Create {
-            path: output.to_path_buf(),
-            source,
-        })?;
-        if parent_canon.starts_with(&src_canon) {
-            return Err(Error::OutputInsideSource {
-                output: output.to_path_buf(),
-                source_dir: src.to_path_buf(),
-            });
-        }
-        let mut tmp_name = file_name.to_os_string();
-        tmp_name.push(format!(".tmp-{}", std::process::id()));
-        Ok(Target {
-            output: output.to_path_buf(),
-            tmp: parent_canon.join(tmp_name),
-        })
-    }
-
-    /// Writes the image of `tree` as planned and renames it into place.
-    pub fn write(
-        &self,
-        tree: &Tree,
-        plan: &Plan,
-        progress: &mut dyn FnMut(Progress),
-    ) -> Result<(), Error> {
-        let dir = self.tmp.parent().unwrap_or(Path::new("."));
-        // ISOMGR_NO_TMPFILE: a testing aid, to behave as on a file system without O_TMPFILE.
-        let unnamed = if std::env::var_os("ISOMGR_NO_TMPFILE").is_some() {
-            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
-        } else {
-            OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_TMPFILE)
-                .mode(0o644)
-                .open(dir)
-        };
-        let (out, named) = match unnamed {
-            Ok(f) => (f, false),
-            // No O_TMPFILE here: EOPNOTSUPP, or EISDIR from a kernel that predates it.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o644)
-                    .open(&self.tmp)
-                    .map_err(|source| Error::Create {
-                        path: self.tmp.clone(),
-                        source,
-                    })?;
-                (f, true)
+impl Sink<'_> {
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match self {
+            Sink::Random(f) => f.write_all_at(buf, offset),
+            Sink::InOrder { .. } => {
+                self.zeros_to(offset)?;
+                self.append(buf)
             }
-            Err(source) => {
-                return Err(Error::Create {
-                    path: self.tmp.clone(),
-                    source,
-                })
-            }
-        };
-        let mut guard = TmpGuard {
-            path: self.tmp.clone(),
-            armed: false,
-        };
-        if named {
-            guard.arm();
         }
-        let werr = |source: io::Error| Error::Write {
-            path: self.output.clone(),
-            source,
-        };
-        out.write_all_at(&plan.metadata, 0).map_err(werr)?;
-        let mut w = DataWriter {
-            out: &out,
-            output: &self.output,
-            batch: Vec::new(),
-            batch_start: 0,
-            done: 0,
-            total: tree.data_bytes(),
-            progress,
-        };
-        (w.progress)(Progress {
-            done: 0,
-            total: w.total,
-        });
-        for (f, &off) in tree.data.iter().zip(&plan.data_offsets) {
-            w.file(&f.path, f.size, off)?;
+    }
+
+    /// The image file, where the kernel can copy into it at any offset.
+    fn random(&self) -> Option<&File> {
+        match self {
+            Sink::Random(f) => Some(f),
+            Sink::InOrder { .. } => None,
         }
-        w.flush()?;
-        // Holes left between and after data segments read as zeros and stay unallocated;
-        // extending last (rather than first) keeps the data writes appending, which is faster.
-        out.set_len(plan.image_bytes()).map_err(werr)?;
-        // No fsync, like genisoimage, xorriso and cp: the rename still means the image is
-        // never seen half-written, and syncing 1 GiB costs seconds the caller may not want.
-        if !named {
-            guard.path = self.link_to_a_free_name(&out)?;
-            guard.arm();
+    }
+
+    /// Writes `buf` at the current position of an in-order sink.
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        if let Sink::InOrder { file, pos } = self {
+            let mut f: &File = file;
+            f.write_all(buf)?;
+            *pos += buf.len() as u64;
         }
-        drop(out);
-        fs::rename(&guard.path, &self.output).map_err(|source| Error::Rename {
-            from: guard.path.clone(),
-            to: self.output.clone(),
-            source,
-        })?;
-        guard.disarm();
         Ok(())
     }
 
-    /// Links the finished unnamed file in as `OUT.tmp-PID`, or, where a file of that name is
-    /// left over (a killed build of a process with the same PID), `OUT.tmp-PID.1` and so on:
-    /// never over a file isomgr did not make now.
-    fn link_to_a_free_name(&self, file: &File) -> Result<PathBuf, Error> {
-        let mut n = 0u32;
-        loop {
-            let name = if n == 0 {
-                self.tmp.clone()
-            } else {
-                let mut s = self.tmp.clone().into_os_string();
-                s.push(format!(".{n}"));
-                PathBuf::from(s)
-            };
-            match link_unnamed(file, &name) {
-                Ok(()) => return Ok(name),
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && n < 99 => n += 1,
-                Err(source) => return Err(Error::Create { path: name, source }),
-            }
+    /// Writes zeros up to `offset` (in order; nothing for a random-access file).
+    fn zeros_to(&mut self, offset: u64) -> io::Result<()> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let Sink::InOrder { pos, .. } = self else {
+            return Ok(());
+        };
+        let pos = *pos;
+        if offset < pos {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("image bytes out of order: {offset} after {pos}"),
+            ));
         }
-    }
-}
-
-/// Gives the unnamed (`O_TMPFILE`) file `file` the name `path`: by `AT_EMPTY_PATH`, which
-/// kernels before 6.10 allow only with CAP_DAC_READ_SEARCH, else by its /proc/self/fd link.
-fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
-    match link_at(file.as_raw_fd(), Path::new(""), path, libc::AT_EMPTY_PATH) {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {
-            link_via_proc(file, path)
+        let mut at = pos;
+        while at < offset {
+            let n = (offset - at).min(ZEROS.len() as u64) as usize;
+            self.append(ZEROS.get(..n).unwrap_or_default())?;
+            at += n as u64;
         }
-        r => r,
-    }
-}
-
-fn link_via_proc(file: &File, path: &Path) -> io::Result<()> {
-    let proc = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    link_at(libc::AT_FDCWD, &proc, path, libc::AT_SYMLINK_FOLLOW)
-}
-
-fn link_at(dirfd: i32, from: &Path, to: &Path, flags: i32) -> io::Result<()> {
-    let from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
-    let to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
-    // SAFETY: two valid NUL-terminated paths; `dirfd` is AT_FDCWD or a descriptor we own.
-    let r = unsafe { libc::linkat(dirfd, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), flags) };
-    if r == 0 {
         Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    }
+
+    /// Makes the image `len` bytes long: holes at the end read as zeros.
+    fn end(&mut self, len: u64) -> io::Result<()> {
+        match self {
+            // Extending last (rather than first) keeps the data writes appending, which is
+            // faster.
+            Sink::Random(f) => f.set_len(len),
+            Sink::InOrder { .. } => self.zeros_to(len),
+        }
     }
 }
 
-struct DataWriter<'a> {
-    out: &'a File,
+/// Writes the image of `tree` as planned to `sink`; `output` names it in errors.
+pub(super) fn write_image(
+    sink: &mut Sink<'_>,
+    output: &Path,
+    tree: &Tree,
+    plan: &Plan,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), Error> {
+    let werr = |source: io::Error| Error::Write {
+        path: output.to_path_buf(),
+        source,
+    };
+    sink.write_at(&plan.metadata, 0).map_err(werr)?;
+    let mut w = DataWriter {
+        out: sink,
+        output,
+        batch: Vec::new(),
+        batch_start: 0,
+        done: 0,
+        total: tree.data_bytes(),
+        progress,
+    };
+    (w.progress)(Progress {
+        done: 0,
+        total: w.total,
+    });
+    for (f, &off) in tree.data.iter().zip(&plan.data_offsets) {
+        w.file(&f.path, f.size, off)?;
+    }
+    w.flush()?;
+    w.out.end(plan.image_bytes()).map_err(werr)
+}
+
+struct DataWriter<'a, 's> {
+    out: &'a mut Sink<'s>,
     output: &'a Path,
     batch: Vec<u8>,
     batch_start: u64,
@@ -324,7 +191,7 @@ fn is_write_errno(e: &io::Error) -> bool {
     )
 }
 
-impl DataWriter<'_> {
+impl DataWriter<'_, '_> {
     fn report(&mut self) {
         (self.progress)(Progress {
             done: self.done,
@@ -335,7 +202,7 @@ impl DataWriter<'_> {
     fn flush(&mut self) -> Result<(), Error> {
         if !self.batch.is_empty() {
             self.out
-                .write_all_at(&self.batch, self.batch_start)
+                .write_at(&self.batch, self.batch_start)
                 .map_err(|source| Error::Write {
                     path: self.output.to_path_buf(),
                     source,
@@ -418,11 +285,11 @@ impl DataWriter<'_> {
         file_size: u64,
     ) -> Result<(), Error> {
         let end = from + len;
-        let mut use_cfr = true;
+        let mut cfr_to = self.out.random().map(AsRawFd::as_raw_fd);
         let mut buf = Vec::new();
         while from < end {
             let want = (end - from).min(COPY_CHUNK);
-            let n = if use_cfr {
+            let n = if let Some(out_fd) = cfr_to {
                 let mut off_in = from as libc::loff_t;
                 let mut off_out = to as libc::loff_t;
                 // SAFETY: both descriptors are open for the duration of the call and the
@@ -431,7 +298,7 @@ impl DataWriter<'_> {
                     libc::copy_file_range(
                         src.as_raw_fd(),
                         &mut off_in,
-                        self.out.as_raw_fd(),
+                        out_fd,
                         &mut off_out,
                         want as usize,
                         0,
@@ -442,7 +309,7 @@ impl DataWriter<'_> {
                     match e.raw_os_error() {
                         Some(libc::EINTR) => continue,
                         Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
-                            use_cfr = false;
+                            cfr_to = None;
                             continue;
                         }
                         _ if is_write_errno(&e) => {
@@ -478,7 +345,7 @@ impl DataWriter<'_> {
                     }
                 };
                 self.out
-                    .write_all_at(chunk.get(..r).unwrap_or_default(), to)
+                    .write_at(chunk.get(..r).unwrap_or_default(), to)
                     .map_err(|source| Error::Write {
                         path: self.output.to_path_buf(),
                         source,
@@ -546,57 +413,9 @@ fn seek(fd: i32, pos: u64, whence: i32) -> io::Result<u64> {
 mod tests {
     use super::*;
     use crate::iso9660::write::plan_for_tests;
-
-    #[test]
-    fn unnamed_files_are_linked_either_way() {
-        let tmp = tempfile::tempdir().unwrap();
-        for (linked, (name, link)) in [
-            (
-                "empty-path",
-                link_unnamed as fn(&File, &Path) -> io::Result<()>,
-            ),
-            ("proc", link_via_proc),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let f = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_TMPFILE)
-                .mode(0o644)
-                .open(tmp.path())
-                .unwrap();
-            f.write_all_at(name.as_bytes(), 0).unwrap();
-            // nothing new in the directory until it is linked
-            assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), linked, "{name}");
-            let to = tmp.path().join(name);
-            link(&f, &to).unwrap();
-            assert_eq!(fs::read(&to).unwrap(), name.as_bytes());
-            let e = link(&f, &to).unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{name}");
-        }
-    }
-
-    #[test]
-    fn a_left_over_temporary_name_is_kept_and_another_taken() {
-        let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("src");
-        fs::create_dir(&src).unwrap();
-        fs::write(src.join("a.txt"), b"aaaa").unwrap();
-        let out = tmp.path().join("out.iso");
-        let target = Target::prepare(&src, &out).unwrap();
-        // what a killed build of a process with this PID would have left
-        fs::write(&target.tmp, b"not ours").unwrap();
-        let (t, plan) = plan_for_tests(&src);
-        target.write(&t, &plan, &mut |_| {}).unwrap();
-        assert_eq!(fs::read(&target.tmp).unwrap(), b"not ours");
-        assert_eq!(fs::metadata(&out).unwrap().len(), plan.image_bytes());
-        assert_eq!(
-            fs::read_dir(tmp.path()).unwrap().count(),
-            3,
-            "src, out.iso, the old one"
-        );
-    }
+    use crate::iso9660::write::target::Target;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
 
     fn build_after(change: impl Fn(&Path)) -> Result<(), Error> {
         let tmp = tempfile::tempdir().unwrap();
@@ -652,7 +471,7 @@ mod tests {
         let out = File::create(tmp.path().join("out")).unwrap();
         let mut progress = |_| {};
         let mut w = DataWriter {
-            out: &out,
+            out: &mut Sink::Random(&out),
             output: Path::new("out"),
             batch: Vec::new(),
             batch_start: 0,
@@ -693,6 +512,29 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("changed size"));
+    }
+
+    #[test]
+    fn in_order_sinks_fill_gaps_with_zeros_and_refuse_going_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("out");
+        let file = File::create(&path).unwrap();
+        let mut sink = Sink::InOrder {
+            file: &file,
+            pos: 0,
+        };
+        sink.write_at(b"ab", 1).unwrap();
+        sink.write_at(b"c", 100_000).unwrap();
+        let e = sink.write_at(b"d", 3).unwrap_err();
+        assert!(
+            e.to_string().contains("out of order: 3 after 100001"),
+            "{e}"
+        );
+        sink.end(100_003).unwrap();
+        let mut want = vec![0u8; 100_003];
+        want[1..3].copy_from_slice(b"ab");
+        want[100_000] = b'c';
+        assert!(fs::read(&path).unwrap() == want);
     }
 
     #[test]
