@@ -77,7 +77,7 @@ pub fn manifests() -> Vec<(PathBuf, serde_json::Value)> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     assert!(
-        out.len() >= 12,
+        out.len() >= 13,
         "expected the fixture images, found {}",
         out.len()
     );
