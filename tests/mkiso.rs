@@ -395,26 +395,7 @@ fn full_disk_is_an_error_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let src = dir_with(&tmp.path().join("src"), &[("big.bin", &[0x5a; 4 << 20])]);
     let small = tmp.path().join("small");
-    fs::create_dir(&small).unwrap();
-    let st = std::process::Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=1m",
-            "tmpfs",
-            small.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success(), "mounting a tmpfs");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _guard = Unmount(&small);
+    let _small = Tmpfs::mount(&small, "size=1m");
     let o = mkiso(&src, &small.join("out.iso"), &[], None);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);

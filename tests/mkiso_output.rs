@@ -330,3 +330,22 @@ fn set_nonblocking(f: &fs::File) {
         libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
     }
 }
+
+#[test]
+fn a_read_only_directory_is_an_error_naming_the_output() {
+    if !is_root() {
+        assert!(!common::in_ci(), "read-only mount test needs root under CI");
+        eprintln!("SKIP: mounting a read-only tmpfs needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = dir_with(&tmp.path().join("src"), &[("a.txt", b"a")]);
+    let ro = tmp.path().join("ro");
+    let _ro = Tmpfs::mount(&ro, "ro,size=1m");
+    let out = ro.join("x.iso");
+    let o = mkiso(&src, &out, &[], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let want = format!("creating {}: Read-only file system", out.display());
+    assert!(err.contains(&want), "{err}");
+}

@@ -318,3 +318,29 @@ pub fn openpty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
         )
     }
 }
+
+/// A tmpfs mounted (as root) at the new directory `dir` with `options`; unmounted on drop.
+pub struct Tmpfs<'a>(&'a Path);
+
+impl<'a> Tmpfs<'a> {
+    pub fn mount(dir: &'a Path, options: &str) -> Tmpfs<'a> {
+        fs::create_dir(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a tmpfs ({options}) at {}",
+            dir.display()
+        );
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+    }
+}

@@ -272,9 +272,10 @@ impl Target {
                     })?;
                 (f, true)
             }
+            // The unnamed file has no name to show: the output's is the one the user knows.
             Err(source) => {
                 return Err(Error::Create {
-                    path: tmp.to_path_buf(),
+                    path: self.output.clone(),
                     source,
                 })
             }
