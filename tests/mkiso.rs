@@ -384,12 +384,7 @@ use std::os::unix::fs::PermissionsExt;
 
 #[test]
 fn full_disk_is_an_error_and_leaves_nothing() {
-    if !is_root() {
-        assert!(
-            !common::in_ci(),
-            "ENOSPC test needs root (tmpfs mount) under CI"
-        );
-        eprintln!("SKIP: ENOSPC test needs root to mount a small tmpfs");
+    if !common::root_for("the ENOSPC test (a small tmpfs)") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

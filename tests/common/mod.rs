@@ -39,6 +39,18 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// Whether the test runs as root. If not, a test that needs root for `what` says why it
+/// skips (false); under CI that is a failure.
+pub fn root_for(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(!in_ci(), "{what} needs root under CI");
+    eprintln!("SKIP: {what} needs root");
+    false
+}
+
 /// Whether an external tool is on PATH. Missing under CI is a failure; elsewhere the test says
 /// why it skips and returns false.
 pub fn have_tool(tool: &str) -> bool {
