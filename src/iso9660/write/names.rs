@@ -6,7 +6,7 @@
 //! forbids. Names that do not fit or collide get a `~N` suffix before the extension; names that
 //! fit as they are keep priority over mangled ones.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Longest directory identifier (ECMA-119 7.6.3, level 2).
 pub const MAX_ISO_DIR_ID: usize = 31;
@@ -22,6 +22,18 @@ const MAX_JOLIET_EXT: usize = 16;
 pub const MAX_LABEL: usize = 32;
 /// Joliet's volume identifier: 16 UTF-16 units.
 const JOLIET_LABEL_UNITS: usize = 16;
+
+#[cfg(test)]
+thread_local! {
+    /// Mangled ids tried on this thread, so tests can see the work is linear.
+    static TRIES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one mangled id tried (tests only).
+fn tried() {
+    #[cfg(test)]
+    TRIES.with(|t| t.set(t.get() + 1));
+}
 
 /// One name to place: its raw bytes and whether it names a directory.
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +129,7 @@ fn iso_join(base: &[u8], ext: Option<&[u8]>) -> Vec<u8> {
 pub fn iso_identifiers(entries: &[Source<'_>]) -> Vec<Vec<u8>> {
     let parts: Vec<_> = entries.iter().map(iso_parts).collect();
     let mut taken: HashSet<Vec<u8>> = HashSet::new();
+    let mut next_n: HashMap<(Vec<u8>, Option<Vec<u8>>), u64> = HashMap::new();
     let mut out: Vec<Option<Vec<u8>>> = vec![None; entries.len()];
     for (slot, (base, ext)) in out.iter_mut().zip(&parts) {
         let limit = match ext {
@@ -138,9 +151,18 @@ pub fn iso_identifiers(entries: &[Source<'_>]) -> Vec<Vec<u8>> {
             None => MAX_ISO_DIR_ID,
             Some(e) => MAX_ISO_FILE_ID - e.len(),
         };
-        let mut n = 1u64;
+        // Names whose first `limit - 2` characters agree try the same ids (`~N` keeps at most
+        // that many), so a family starts where its last member stopped: linear, not
+        // quadratic, in a directory of many long names alike.
+        let family = (
+            base.get(..limit.saturating_sub(2)).unwrap_or(base).to_vec(),
+            ext.clone(),
+        );
+        let next = next_n.entry(family).or_insert(1);
         loop {
-            let suffix = format!("~{n}");
+            let suffix = format!("~{next}");
+            *next += 1;
+            tried();
             let keep = limit.saturating_sub(suffix.len()).min(base.len());
             let mut b = base.get(..keep).unwrap_or_default().to_vec();
             b.extend_from_slice(suffix.as_bytes());
@@ -149,7 +171,6 @@ pub fn iso_identifiers(entries: &[Source<'_>]) -> Vec<Vec<u8>> {
                 *slot = Some(id);
                 break;
             }
-            n += 1;
         }
     }
     out.into_iter()
@@ -210,6 +231,7 @@ pub fn joliet_identifiers(entries: &[Source<'_>]) -> Vec<Vec<u16>> {
         })
         .collect();
     let mut taken: HashSet<Vec<u16>> = HashSet::new();
+    let mut next_n: HashMap<(Vec<u16>, Vec<u16>), u64> = HashMap::new();
     let mut out: Vec<Option<Vec<u16>>> = vec![None; entries.len()];
     for (slot, s) in out.iter_mut().zip(&natural) {
         let u: Vec<u16> = s.encode_utf16().collect();
@@ -232,9 +254,14 @@ pub fn joliet_identifiers(entries: &[Source<'_>]) -> Vec<Vec<u16>> {
             }
             _ => (s.encode_utf16().collect(), Vec::new()),
         };
-        let mut n = 1u64;
+        // As for ISO9660 names: a family of names alike continues where it stopped.
+        let widest = MAX_JOLIET_UNITS.saturating_sub(2 + ext.len());
+        let family = (base.get(..widest).unwrap_or(&base).to_vec(), ext.clone());
+        let next = next_n.entry(family).or_insert(1);
         loop {
-            let suffix: Vec<u16> = format!("~{n}").encode_utf16().collect();
+            let suffix: Vec<u16> = format!("~{next}").encode_utf16().collect();
+            *next += 1;
+            tried();
             let room = MAX_JOLIET_UNITS.saturating_sub(suffix.len() + ext.len());
             let mut id = truncate_units(base.clone(), room);
             id.extend_from_slice(&suffix);
@@ -243,7 +270,6 @@ pub fn joliet_identifiers(entries: &[Source<'_>]) -> Vec<Vec<u16>> {
                 *slot = Some(id);
                 break;
             }
-            n += 1;
         }
     }
     out.into_iter().map(Option::unwrap_or_default).collect()
@@ -319,6 +345,63 @@ mod tests {
         let ids = joliet_identifiers(&[d(&name)]);
         assert!(String::from_utf16(&ids[0]).is_ok());
         assert!(ids[0].len() <= MAX_JOLIET_UNITS);
+    }
+
+    #[test]
+    fn many_long_names_alike_get_consecutive_suffixes() {
+        // What a directory of 1,000 files named alike gets; each family continues where it
+        // stopped (a regression here was quadratic: 27 s for 200,000 such files).
+        let names: Vec<String> = (0..1000)
+            .map(|i| format!("file-with-a-longer-name-{i:05}.txt"))
+            .collect();
+        let src: Vec<_> = names.iter().map(|n| f(n)).collect();
+        TRIES.with(|t| t.set(0));
+        let ids = iso_identifiers(&src);
+        let jids = joliet_identifiers(&src);
+        // one try each: starting every name at ~1 made it 500,500
+        assert_eq!(TRIES.with(|t| t.get()), 1000);
+        for (i, id) in ids.iter().enumerate() {
+            // 30 characters at most: the base shrinks as the suffix grows
+            let suffix = format!("~{}", i + 1);
+            let base = &"FILE_WITH_A_LONGER_NAME_00"[..27 - suffix.len()];
+            assert_eq!(s(id), format!("{base}{suffix}.TXT;1"));
+        }
+        // Joliet holds these names whole
+        assert!(jids
+            .iter()
+            .zip(&names)
+            .all(|(j, n)| *j == n.encode_utf16().collect::<Vec<_>>()));
+        // Two families that differ only in the 25th character meet from ~10 on (the base is
+        // cut to 24): the second skips the ids the first took.
+        let two: Vec<String> = ["a", "b"]
+            .iter()
+            .flat_map(|c| (0..12).map(move |i| format!("file-with-a-longer-name-{c}{i:03}.txt")))
+            .collect();
+        let src: Vec<_> = two.iter().map(|n| f(n)).collect();
+        let ids = iso_identifiers(&src);
+        let suffixes: Vec<String> = ids
+            .iter()
+            .map(|id| s(id).trim_end_matches(".TXT;1").to_string())
+            .collect();
+        let mut want: Vec<String> = (1..=12)
+            .map(|n| match n {
+                1..=9 => format!("FILE_WITH_A_LONGER_NAME_A~{n}"),
+                _ => format!("FILE_WITH_A_LONGER_NAME_~{n}"),
+            })
+            .collect();
+        want.extend((1..=9).map(|n| format!("FILE_WITH_A_LONGER_NAME_B~{n}")));
+        want.extend((13..=15).map(|n| format!("FILE_WITH_A_LONGER_NAME_~{n}")));
+        assert_eq!(suffixes, want);
+        // long Joliet names alike
+        let long: Vec<String> = (0..200)
+            .map(|i| format!("{}{i:03}.iso", "j".repeat(70)))
+            .collect();
+        let src: Vec<_> = long.iter().map(|n| f(n)).collect();
+        let jids = joliet_identifiers(&src);
+        let unique: HashSet<_> = jids.iter().collect();
+        assert_eq!(unique.len(), 200);
+        let last = String::from_utf16(&jids[199]).unwrap();
+        assert_eq!(last, format!("{}~200.iso", "j".repeat(56)));
     }
 
     #[test]
