@@ -416,11 +416,18 @@ fn su_room(id_len: usize) -> usize {
     MAX_RECORD_LEN.saturating_sub(ondisk::record_len(id_len, 0))
 }
 
-struct Emitted {
-    /// Each primary directory's extent and the continuation areas that follow it; libarchive
+/// One directory's bytes as [`emit`] makes them, handed on at once so that the metadata is
+/// held once (in the plan), not also per directory.
+enum Emitted<'a> {
+    /// Primary directory `i`: its extent and the continuation areas that follow it; libarchive
     /// reads a continuation area only when it directly follows the directory being read.
-    dirs: Vec<(Vec<u8>, Vec<u8>)>,
-    jdirs: Vec<Vec<u8>>,
+    Primary {
+        i: usize,
+        records: &'a [u8],
+        ce: &'a [u8],
+    },
+    /// Joliet directory `i`'s extent.
+    Joliet { i: usize, records: &'a [u8] },
 }
 
 fn file_extents(size: u64, lba: u32) -> Vec<(u32, u32, bool)> {
@@ -454,7 +461,14 @@ fn file_records(tree: &Tree, a: &Addrs, node: NodeId) -> Vec<(u32, u32, u8)> {
         .collect()
 }
 
-fn emit(tree: &Tree, opts: &Options, dirs: &[Dir], jdirs: &[JDir], a: &Addrs) -> Emitted {
+fn emit(
+    tree: &Tree,
+    opts: &Options,
+    dirs: &[Dir],
+    jdirs: &[JDir],
+    a: &Addrs,
+    out: &mut dyn FnMut(Emitted<'_>),
+) {
     let rr = opts.rock_ridge;
     let dir_addr = |i: usize| a.dir.get(i).copied().unwrap_or((0, 0));
     let time_of = |id: Option<NodeId>| {
@@ -485,7 +499,6 @@ fn emit(tree: &Tree, opts: &Options, dirs: &[Dir], jdirs: &[JDir], a: &Addrs) ->
             }
         }
     };
-    let mut out_dirs = Vec::with_capacity(dirs.len());
     for (i, d) in dirs.iter().enumerate() {
         let mut buf = Vec::new();
         let mut ce = CeArea {
@@ -599,10 +612,13 @@ fn emit(tree: &Tree, opts: &Options, dirs: &[Dir], jdirs: &[JDir], a: &Addrs) ->
             }
         }
         pad_sector(&mut buf);
-        out_dirs.push((buf, ce.finish()));
+        out(Emitted::Primary {
+            i,
+            records: &buf,
+            ce: &ce.finish(),
+        });
     }
     let jaddr = |i: usize| a.jdir.get(i).copied().unwrap_or((0, 0));
-    let mut out_j = Vec::with_capacity(jdirs.len());
     for (i, d) in jdirs.iter().enumerate() {
         let mut buf = Vec::new();
         let (lba, size) = jaddr(i);
@@ -647,11 +663,7 @@ fn emit(tree: &Tree, opts: &Options, dirs: &[Dir], jdirs: &[JDir], a: &Addrs) ->
             }
         }
         pad_sector(&mut buf);
-        out_j.push(buf);
-    }
-    Emitted {
-        dirs: out_dirs,
-        jdirs: out_j,
+        out(Emitted::Joliet { i, records: &buf });
     }
 }
 
@@ -793,7 +805,21 @@ pub fn plan(
         jdir: vec![(0, 0); jdirs.len()],
         file: vec![0; tree.data.len()],
     };
-    let sized = emit(tree, opts, &dirs, &jdirs, &zero);
+    // Sizes first (addresses zero: a record's size does not depend on them), then the bytes.
+    let mut sizes = vec![(0, 0); dirs.len()];
+    let mut jsizes = vec![0; jdirs.len()];
+    emit(tree, opts, &dirs, &jdirs, &zero, &mut |e| match e {
+        Emitted::Primary { i, records, ce } => {
+            if let Some(s) = sizes.get_mut(i) {
+                *s = (records.len(), ce.len());
+            }
+        }
+        Emitted::Joliet { i, records } => {
+            if let Some(s) = jsizes.get_mut(i) {
+                *s = records.len();
+            }
+        }
+    });
     let pt_entries = |dirs: &[(Vec<u8>, usize)]| -> Vec<(Vec<u8>, u32, u16)> {
         dirs.iter()
             .map(|(id, p)| (id.clone(), 0, (*p + 1) as u16))
@@ -820,15 +846,15 @@ pub fn plan(
         (0, 0)
     };
     let mut a = Addrs::default();
-    for (d, ce) in &sized.dirs {
-        a.dir.push((to_u32(lba)?, d.len() as u32));
-        lba += sectors(d.len());
+    for &(d, ce) in &sizes {
+        a.dir.push((to_u32(lba)?, d as u32));
+        lba += sectors(d);
         a.dir_ce.push(to_u32(lba)?);
-        lba += sectors(ce.len());
+        lba += sectors(ce);
     }
-    for d in &sized.jdirs {
-        a.jdir.push((to_u32(lba)?, d.len() as u32));
-        lba += sectors(d.len());
+    for &d in &jsizes {
+        a.jdir.push((to_u32(lba)?, d as u32));
+        lba += sectors(d);
     }
     let data_start = lba;
     let mut data_offsets = Vec::with_capacity(tree.data.len());
@@ -858,19 +884,26 @@ pub fn plan(
     }
     let total = to_u32(lba)?;
 
-    let real = emit(tree, opts, &dirs, &jdirs, &a);
-    let lens = |x: &[(Vec<u8>, Vec<u8>)]| {
-        x.iter()
-            .map(|(d, c)| (d.len(), c.len()))
-            .collect::<Vec<_>>()
-    };
-    let jlens = |x: &[Vec<u8>]| x.iter().map(Vec::len).collect::<Vec<_>>();
-    if lens(&real.dirs) != lens(&sized.dirs) || jlens(&real.jdirs) != jlens(&sized.jdirs) {
-        return Err(Error::Layout("directory sizes differ between passes"));
-    }
-
     let mut meta = vec![0u8; (data_start * SECTOR_SIZE) as usize];
     let at = |l: u64| (l * SECTOR_SIZE) as usize;
+    let mut same_sizes = true;
+    emit(tree, opts, &dirs, &jdirs, &a, &mut |e| match e {
+        Emitted::Primary { i, records, ce } => {
+            same_sizes &= sizes.get(i) == Some(&(records.len(), ce.len()));
+            let (l, _) = a.dir.get(i).copied().unwrap_or_default();
+            let cl = a.dir_ce.get(i).copied().unwrap_or_default();
+            put_bytes(&mut meta, at(u64::from(l)), records);
+            put_bytes(&mut meta, at(u64::from(cl)), ce);
+        }
+        Emitted::Joliet { i, records } => {
+            same_sizes &= jsizes.get(i) == Some(&records.len());
+            let (l, _) = a.jdir.get(i).copied().unwrap_or_default();
+            put_bytes(&mut meta, at(u64::from(l)), records);
+        }
+    });
+    if !same_sizes {
+        return Err(Error::Layout("directory sizes differ between passes"));
+    }
     let mut put = |l: u64, b: &[u8]| put_bytes(&mut meta, at(l), b);
     let root_time = encode_dir_time(tree.nodes.first().map_or(0, |n| n.meta.mtime));
     let (rl, rs) = a.dir.first().copied().unwrap_or((0, 0));
@@ -924,13 +957,6 @@ pub fn plan(
         let j_pt = with_lbas(&j_ids, &a.jdir);
         put(j_l, &path_table(&j_pt, false));
         put(j_m, &path_table(&j_pt, true));
-    }
-    for ((d, ce), ((l, _), cl)) in real.dirs.iter().zip(a.dir.iter().zip(&a.dir_ce)) {
-        put(u64::from(*l), d);
-        put(u64::from(*cl), ce);
-    }
-    for (d, (l, _)) in real.jdirs.iter().zip(&a.jdir) {
-        put(u64::from(*l), d);
     }
     Ok(Plan {
         metadata: meta,
