@@ -90,6 +90,40 @@ fn isoinfo_isovfy_and_xorriso_accept_the_image() {
 }
 
 #[test]
+fn symlink_targets_xorriso_would_refuse_are_kept_with_a_warning() {
+    if !tools(&["xorriso"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // 1023 and 1024 bytes, in 200-byte components, and one 4000-byte component
+    let path_of = |n: usize| vec!["c".repeat(200); 6].join("/")[..n].to_string();
+    for (name, target, warned) in [
+        ("short", path_of(1023), false),
+        ("long", path_of(1024), true),
+        ("one-component", "x".repeat(4000), true),
+    ] {
+        let src = tmp.path().join(name);
+        fs::create_dir(&src).unwrap();
+        std::os::unix::fs::symlink(&target, src.join("link")).unwrap();
+        let iso = tmp.path().join(format!("{name}.iso"));
+        let o = mkiso(&src, &iso, &[], None);
+        assert!(o.status.success(), "{name}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        let warning = format!("has a target of {} bytes", target.len());
+        assert_eq!(err.contains(&warning), warned, "{name}: {err}");
+        // stored as it is
+        let img = isomgr::iso9660::Image::open(fs::File::open(&iso).unwrap()).unwrap();
+        let link = img.lookup("/link").unwrap();
+        assert_eq!(link.target.as_deref(), Some(target.as_ref()), "{name}");
+        if !warned {
+            // what was not warned about, xorriso reads
+            let out = run("xorriso", &["-indev", iso.to_str().unwrap(), "-find", "/"]);
+            assert!(out.contains("'/link'"), "{name}: {out}");
+        }
+    }
+}
+
+#[test]
 fn blkid_reports_the_label_given() {
     if !tools(&["blkid"]) {
         return;

@@ -32,6 +32,11 @@ pub const MAX_LEVEL: u32 = 8;
 pub const MAX_EXTENT: u64 = 0xFFFF_F800;
 /// Path tables number directories with 16 bits (ECMA-119 9.4.5).
 const MAX_DIRS: usize = 65_535;
+/// Symlink targets this long or longer are written (Rock Ridge has no limit, and the kernel,
+/// bsdtar and isomgr read them), but libisofs (xorriso 1.5.4) refuses the whole image over one:
+/// "Rock Ridge path too long". So they are warned about.
+const LIBISOFS_MAX_TARGET: usize = 1024;
+
 /// Files the writer copies with `copy_file_range` (larger than this) start on a file-system
 /// block boundary, so the kernel can clone them (see below).
 const REFLINK_MIN: u64 = super::stream::SMALL_FILE;
@@ -193,12 +198,18 @@ fn primary(
             };
             let rec = match &cn.kind {
                 Kind::File { .. } => (Rec::File(c), false),
-                Kind::Symlink { .. } => {
+                Kind::Symlink { target } => {
                     if !opts.rock_ridge {
                         warnings.push(Warning::SkippedSymlink {
                             path: super::tree::node_path(tree, root, c),
                         });
                         continue;
+                    }
+                    if target.len() >= LIBISOFS_MAX_TARGET {
+                        warnings.push(Warning::LongSymlinkTarget {
+                            path: super::tree::node_path(tree, root, c),
+                            len: target.len(),
+                        });
                     }
                     (Rec::Symlink(c), false)
                 }

@@ -73,6 +73,8 @@ pub enum Warning {
     SkippedSpecial { path: PathBuf, kind: &'static str },
     /// A symlink without Rock Ridge has nowhere to go, so it was left out.
     SkippedSymlink { path: PathBuf },
+    /// A symlink whose target libisofs-based readers (xorriso) refuse; written all the same.
+    LongSymlinkTarget { path: PathBuf, len: usize },
     /// The label cannot be stored as given; blkid and the watcher will read `read_back`.
     LabelChanged {
         label: String,
@@ -93,6 +95,13 @@ impl fmt::Display for Warning {
             Warning::SkippedSymlink { path } => write!(
                 f,
                 "skipped symlink {}: symlinks need Rock Ridge",
+                path.display()
+            ),
+            Warning::LongSymlinkTarget { path, len } => write!(
+                f,
+                "symlink {} has a target of {len} bytes: stored as it is (the kernel and bsdtar \
+                 read it), but xorriso and other libisofs readers refuse an image with a \
+                 target of 1024 bytes or more",
                 path.display()
             ),
             Warning::LabelChanged { label, read_back } => write!(
