@@ -317,9 +317,7 @@ fn output_inside_the_source_tree_is_refused() {
 fn fifos_and_sockets_are_skipped_with_a_warning_or_refused_when_strict() {
     let tmp = tempfile::tempdir().unwrap();
     let src = dir_with(&tmp.path().join("src"), &[("keep.txt", b"kept")]);
-    let fifo = std::ffi::CString::new(src.join("a-fifo").to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    mkfifo(&src.join("a-fifo"));
     let _sock = std::os::unix::net::UnixListener::bind(src.join("a-socket")).unwrap();
     // Device nodes need root (CAP_MKNOD): /dev/null's numbers, and a block device's.
     let devices = is_root();

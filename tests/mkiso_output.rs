@@ -87,9 +87,7 @@ fn standard_output_and_pipes_get_the_bytes_a_file_gets() {
 
     // a named pipe, read as it is written
     let fifo = tmp.path().join("fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     let reader = {
         let fifo = fifo.clone();
         std::thread::spawn(move || fs::read(fifo).unwrap())
@@ -162,12 +160,7 @@ impl Loop {
         let lock = common::loop_lock();
         let backing = dir.join(name);
         fs::write(&backing, vec![0xff; len]).unwrap();
-        let o = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(&backing)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = common::output_ok(Command::new("losetup").args(["-f", "--show"]).arg(&backing));
         let dev = PathBuf::from(String::from_utf8(o.stdout).unwrap().trim());
         Loop {
             dev,

@@ -719,9 +719,10 @@ fn root_record(lba: u32, size: u32, recorded: [u8; 7]) -> Vec<u8> {
     r
 }
 
-struct Descriptor<'a> {
+struct Descriptor {
     ty: u8,
-    volume_id: &'a [u8],
+    /// The whole field, as [`names::volume_id_field`] gives it.
+    volume_id: [u8; 32],
     volume_sectors: u32,
     pt_size: u32,
     l_pt: u32,
@@ -732,7 +733,7 @@ struct Descriptor<'a> {
 }
 
 /// A primary (ECMA-119 8.4) or Joliet supplementary (8.5) volume descriptor.
-fn descriptor(d: &Descriptor<'_>) -> Vec<u8> {
+fn descriptor(d: &Descriptor) -> Vec<u8> {
     let mut v = vec![0u8; SECTOR];
     put_bytes(&mut v, 0, &[d.ty]);
     put_bytes(&mut v, 1, STANDARD_ID);
@@ -757,7 +758,7 @@ fn descriptor(d: &Descriptor<'_>) -> Vec<u8> {
         }
     };
     fill(&mut v, pvd::SYSTEM_ID, &text(SYSTEM_ID));
-    fill(&mut v, pvd::VOLUME_ID, d.volume_id);
+    put_bytes(&mut v, pvd::VOLUME_ID.start, &d.volume_id);
     put_both32(&mut v, pvd::VOLUME_SPACE_SIZE, d.volume_sectors);
     if d.joliet {
         if let Some(esc) = JOLIET_ESCAPES.get(2) {
@@ -922,7 +923,7 @@ pub fn plan(
         FIRST_DESCRIPTOR_SECTOR,
         &descriptor(&Descriptor {
             ty: vd_type::PRIMARY,
-            volume_id: &names::volume_id(&opts.label),
+            volume_id: names::volume_id_field(&opts.label, false),
             volume_sectors: total,
             pt_size: p_pt_size as u32,
             l_pt: p_l as u32,
@@ -939,7 +940,7 @@ pub fn plan(
             next,
             &descriptor(&Descriptor {
                 ty: vd_type::SUPPLEMENTARY,
-                volume_id: &names::joliet_volume_id(&opts.label),
+                volume_id: names::volume_id_field(&opts.label, true),
                 volume_sectors: total,
                 pt_size: j_pt_size as u32,
                 l_pt: j_l as u32,

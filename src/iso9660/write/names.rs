@@ -82,21 +82,32 @@ pub fn joliet_volume_id(label: &str) -> Vec<u8> {
     units.iter().flat_map(|u| u.to_be_bytes()).collect()
 }
 
+/// The volume identifier field (32 bytes) of the primary descriptor, or with `joliet` of the
+/// Joliet one: the label in that descriptor's form, padded with spaces.
+pub fn volume_id_field(label: &str, joliet: bool) -> [u8; 32] {
+    // UCS-2 spaces (0x0020) in Joliet, so the high byte of each unit is 0
+    let (id, even_pad) = if joliet {
+        (joliet_volume_id(label), 0)
+    } else {
+        (volume_id(label), b' ')
+    };
+    let mut field = [b' '; 32];
+    for (i, b) in field.iter_mut().enumerate() {
+        *b = id
+            .get(i)
+            .copied()
+            .unwrap_or(if i % 2 == 0 { even_pad } else { b' ' });
+    }
+    field
+}
+
 /// The label blkid and `isomgr scan` will read from an image labelled `label` (with a Joliet
 /// tree or without): where it differs from `label`, the command line warns.
 pub fn label_read_back(label: &str, joliet: bool) -> Option<String> {
-    let mut primary = [b' '; 32];
-    for (d, s) in primary.iter_mut().zip(volume_id(label)) {
-        *d = s;
-    }
-    let mut jid = [0u8; 32];
-    for (i, d) in jid.iter_mut().enumerate() {
-        *d = if i % 2 == 0 { 0 } else { b' ' };
-    }
-    for (d, s) in jid.iter_mut().zip(joliet_volume_id(label)) {
-        *d = s;
-    }
-    crate::iso9660::descriptor::iso_label(&primary, joliet.then_some(&jid))
+    crate::iso9660::descriptor::iso_label(
+        &volume_id_field(label, false),
+        joliet.then(|| volume_id_field(label, true)).as_ref(),
+    )
 }
 
 /// Base and extension in d-characters (extension `None` for directories).

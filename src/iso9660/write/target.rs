@@ -16,8 +16,9 @@ use super::layout::Plan;
 use super::stream::{self, Sink};
 use super::tree::Tree;
 use super::{Error, Progress};
+use crate::iso9660::source::ReadAt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Seek};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -305,16 +306,12 @@ impl Target {
     }
 }
 
-/// The size of the device open as `file`, in bytes.
+/// The size of the device open as `file`, in bytes (its end offset), with the position put
+/// back at the start, where the in-order writes begin.
 fn device_size(file: &File) -> io::Result<u64> {
-    let fd = file.as_raw_fd();
-    let seek = |whence| {
-        // SAFETY: lseek on a descriptor we own; no memory is passed.
-        let r = unsafe { libc::lseek(fd, 0, whence) };
-        u64::try_from(r).map_err(|_| io::Error::last_os_error())
-    };
-    let size = seek(libc::SEEK_END)?;
-    seek(libc::SEEK_SET)?;
+    let size = ReadAt::size(file)?;
+    let mut at: &File = file;
+    at.rewind()?;
     Ok(size)
 }
 
