@@ -9,7 +9,8 @@
 //!
 //! The primary tree keeps at most 8 levels (ECMA-119 6.8.2.1): a directory deeper than that
 //! moves to `/rr_moved` and leaves a placeholder with RRIP CL; it carries RE, and its `..` a
-//! PL. The Joliet tree keeps the real hierarchy; it has no symlinks (it cannot express them).
+//! PL. `rr_moved`'s own record carries RE too, so that Rock Ridge readers hide it. The Joliet
+//! tree keeps the real hierarchy; it has no symlinks (it cannot express them).
 //!
 //! Directory records are encoded twice: once with every LBA zero to learn the sizes, once with
 //! the real LBAs. Field widths never depend on values, so the sizes agree (checked).
@@ -571,8 +572,11 @@ fn emit(
             if rr {
                 match (*rec, node) {
                     (Rec::Dir(c), None) => {
+                        // `rr_moved` itself carries RE, as libisofs marks it: Linux's isofs
+                        // and libisofs then hide it (without, the kernel shows it empty).
                         entries = dir_rr(c);
                         entries.extend(susp::nm(dirs.get(c).map_or(&[][..], |x| &x.name)));
+                        entries.push(susp::re());
                     }
                     (_, Some(n)) => {
                         entries = rr_base(tree, n, opts, None);
