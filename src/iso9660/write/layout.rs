@@ -197,6 +197,14 @@ fn primary(
             let Some(cn) = tree.nodes.get(c) else {
                 continue;
             };
+            let name = name_of(tree, c);
+            if opts.rock_ridge && name.len() > susp::LINUX_NAME_MAX {
+                warnings.push(Warning::NameCutByLinux {
+                    path: super::tree::node_path(tree, root, c),
+                    len: name.len(),
+                    shown: susp::linux_shown_len(name),
+                });
+            }
             let rec = match &cn.kind {
                 Kind::File { .. } => (Rec::File(c), false),
                 Kind::Symlink { target } => {

@@ -75,6 +75,12 @@ pub enum Warning {
     SkippedSymlink { path: PathBuf },
     /// A symlink whose target libisofs-based readers (xorriso) refuse; written all the same.
     LongSymlinkTarget { path: PathBuf, len: usize },
+    /// A Rock Ridge name Linux's isofs shows cut to `shown` bytes; written whole all the same.
+    NameCutByLinux {
+        path: PathBuf,
+        len: usize,
+        shown: usize,
+    },
     /// The label cannot be stored as given; blkid and the watcher will read `read_back`.
     LabelChanged {
         label: String,
@@ -102,6 +108,13 @@ impl fmt::Display for Warning {
                 "symlink {} has a target of {len} bytes: stored as it is (the kernel and bsdtar \
                  read it), but xorriso and other libisofs readers refuse an image with a \
                  target of 1024 bytes or more",
+                path.display()
+            ),
+            Warning::NameCutByLinux { path, len, shown } => write!(
+                f,
+                "{} has a name of {len} bytes: stored whole (bsdtar, xorriso and isomgr's FUSE \
+                 driver read it), but Linux's isofs shows names of 254 bytes or more cut to \
+                 their first {shown} bytes",
                 path.display()
             ),
             Warning::LabelChanged { label, read_back } => write!(

@@ -78,13 +78,48 @@ pub fn tf(mtime: i64, atime: i64, ctime: i64) -> Vec<u8> {
     e
 }
 
+/// Longest Rock Ridge name Linux's isofs shows whole: it stops adding NM entries once a name
+/// would reach 254 bytes, and shows what it has (fs/isofs/rock.c, `get_rock_ridge_filename`).
+pub const LINUX_NAME_MAX: usize = 253;
+
+/// Where `name` splits between NM entries: at most 250 bytes per entry, and never inside a
+/// UTF-8 sequence, so that a reader which keeps only the first entry (Linux, for names over
+/// [`LINUX_NAME_MAX`]) shows whole characters.
+fn nm_chunks(name: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = name;
+    while rest.len() > MAX_PAYLOAD {
+        let mut cut = MAX_PAYLOAD;
+        // A continuation byte (10xxxxxx) at the cut: move back to its character's lead byte
+        // (at most 3 back). Bytes that are not UTF-8 split where they fall.
+        let continuation = |i: usize| rest.get(i).is_some_and(|b| b & 0xC0 == 0x80);
+        if continuation(cut) {
+            let lead = (1..=3).map(|b| cut - b).find(|&i| !continuation(i));
+            if let Some(i) = lead.filter(|&i| rest.get(i).is_some_and(|&b| b >= 0xC0)) {
+                cut = i;
+            }
+        }
+        let (head, tail) = rest.split_at(cut);
+        out.push(head);
+        rest = tail;
+    }
+    out.push(rest);
+    out
+}
+
+/// How much of `name` Linux's isofs shows: all of it up to [`LINUX_NAME_MAX`] bytes, else the
+/// first NM entry.
+pub fn linux_shown_len(name: &[u8]) -> usize {
+    if name.len() <= LINUX_NAME_MAX {
+        name.len()
+    } else {
+        nm_chunks(name).first().map_or(0, |c| c.len())
+    }
+}
+
 /// NM entries holding `name`, split with the CONTINUE flag past 250 bytes (RRIP 4.1.4).
 pub fn nm(name: &[u8]) -> Vec<Vec<u8>> {
-    let chunks: Vec<&[u8]> = if name.is_empty() {
-        vec![name]
-    } else {
-        name.chunks(MAX_PAYLOAD).collect()
-    };
+    let chunks = nm_chunks(name);
     let last = chunks.len().saturating_sub(1);
     chunks
         .iter()
@@ -327,6 +362,29 @@ mod tests {
                 None => return out,
             }
         }
+    }
+
+    #[test]
+    fn long_names_split_between_characters() {
+        let payload = |e: &[Vec<u8>]| e.iter().map(|x| x[5..].to_vec()).collect::<Vec<_>>();
+        // ASCII: 250 then the rest.
+        let n = nm(&[b'n'; 255]);
+        assert_eq!(payload(&n), vec![vec![b'n'; 250], vec![b'n'; 5]]);
+        assert_eq!((n[0][4], n[1][4]), (1, 0), "CONTINUE on all but the last");
+        assert_eq!(linux_shown_len(&[b'n'; 255]), 250);
+        assert_eq!(linux_shown_len(&[b'n'; 253]), 253);
+        // "xx" then 3-byte characters: byte 250 is inside the one at 248, so the first entry
+        // ends before it.
+        let name = format!("xx{}", "語".repeat(83)); // 251 bytes
+        let parts = payload(&nm(name.as_bytes()));
+        assert_eq!(parts[0].len(), 248);
+        assert!(std::str::from_utf8(&parts[0]).is_ok());
+        assert_eq!(parts.concat(), name.as_bytes());
+        let long = format!("xx{}", "語".repeat(84)); // 254 bytes: Linux shows the first entry
+        assert_eq!(linux_shown_len(long.as_bytes()), 248);
+        // Not UTF-8: split at 250 as before.
+        let raw = [0x80u8; 300];
+        assert_eq!(payload(&nm(&raw))[0].len(), 250);
     }
 
     #[test]
