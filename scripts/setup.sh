@@ -11,6 +11,8 @@ packages=(
   xfsprogs  # tests/mkiso_reflink.rs: an XFS scratch file system that shares blocks
   # systemd-analyze verify of the unit, and man(1) for its Documentation= pages
   systemd man-db
+  # scripts/kernel-vm.sh: a guest with Debian's kernel, for hosts without iso9660
+  qemu-system-x86 busybox-static
 )
 
 if [ "$(id -u)" -ne 0 ]; then

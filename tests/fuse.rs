@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -17,6 +17,10 @@ use isomgr::fuse::reopen::{FdPool, Pooled};
 use isomgr::fuse::FuseDriver;
 use isomgr::iso9660::Image;
 use sha2::{Digest, Sha256};
+
+#[path = "common/tree.rs"]
+mod tree;
+use tree::{sha256, snapshot, Node};
 
 /// Whether this host can run FUSE tests; under CI=true a missing piece is a failure.
 fn can_run(test: &str) -> bool {
@@ -206,76 +210,6 @@ fn joliet_tree(src: &Path) {
     write(&src.join("Dir One/file.with.dots.dat"), 70_000, 2);
     write(&src.join("Dir One/Sub/ünï.txt"), 3, 3);
     write(&src.join("zero"), 0, 4);
-}
-
-#[derive(Debug, PartialEq)]
-struct Node {
-    kind: &'static str,
-    size: Option<u64>,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: Option<i64>,
-    sha256: Option<String>,
-    target: Option<PathBuf>,
-}
-
-fn sha256(path: &Path) -> String {
-    let mut f = File::open(path).expect("opening for hashing");
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).expect("reading for hashing");
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    format!("{:x}", h.finalize())
-}
-
-/// Everything below `root` as lstat and content hashes, keyed by relative path.
-fn snapshot(root: &Path) -> BTreeMap<String, Node> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).expect("listing") {
-            let path = entry.expect("dir entry").path();
-            let meta = fs::symlink_metadata(&path).expect("lstat");
-            let ft = meta.file_type();
-            let rel = path
-                .strip_prefix(root)
-                .expect("below root")
-                .to_string_lossy()
-                .into_owned();
-            let (kind, size, sha, target) = if ft.is_dir() {
-                stack.push(path.clone());
-                ("dir", None, None, None)
-            } else if ft.is_symlink() {
-                let t = fs::read_link(&path).expect("readlink");
-                ("symlink", Some(meta.len()), None, Some(t))
-            } else if ft.is_file() {
-                ("file", Some(meta.len()), Some(sha256(&path)), None)
-            } else {
-                assert!(ft.is_fifo() || ft.is_block_device() || ft.is_char_device());
-                ("special", None, None, None)
-            };
-            out.insert(
-                rel,
-                Node {
-                    kind,
-                    size,
-                    mode: meta.mode() & 0o7777,
-                    uid: meta.uid(),
-                    gid: meta.gid(),
-                    mtime: Some(meta.mtime()),
-                    sha256: sha,
-                    target,
-                },
-            );
-        }
-    }
-    out
 }
 
 /// What the mount must show for a source entry under Rock Ridge: the same, except that
@@ -845,57 +779,6 @@ fn serves_the_fixture_images_as_their_manifests_say() {
             .expect("adding a fixture");
     }
     for (name, manifest) in &fixtures {
-        let base = mnt.join(name);
-        let got = snapshot(&base);
-        let entries = manifest["entries"].as_array().expect("entries");
-        let want: Vec<String> = entries
-            .iter()
-            .map(|e| {
-                e["path"]
-                    .as_str()
-                    .expect("path")
-                    .trim_start_matches('/')
-                    .to_owned()
-            })
-            .collect();
-        let mut have: Vec<&String> = got.keys().collect();
-        let mut want_sorted: Vec<&String> = want.iter().collect();
-        have.sort();
-        want_sorted.sort();
-        assert_eq!(have, want_sorted, "{name}: paths");
-        for (e, path) in entries.iter().zip(&want) {
-            let g = &got[path];
-            let kind = e["type"].as_str().expect("type");
-            assert_eq!(g.kind, kind, "{name}: {path}");
-            if kind != "dir" {
-                assert_eq!(g.size, e["size"].as_u64(), "{name}: {path} size");
-            }
-            let mode = match (e["mode"].as_str(), kind) {
-                (_, "symlink") => 0o777,
-                (Some(m), _) => u32::from_str_radix(m, 8).expect("octal mode") & 0o1777,
-                (None, "dir") => 0o555,
-                (None, _) => 0o444,
-            };
-            assert_eq!(g.mode, mode, "{name}: {path} mode");
-            if let Some(uid) = e["uid"].as_u64() {
-                assert_eq!(u64::from(g.uid), uid, "{name}: {path} uid");
-            }
-            if let Some(gid) = e["gid"].as_u64() {
-                assert_eq!(u64::from(g.gid), gid, "{name}: {path} gid");
-            }
-            if let Some(mtime) = e["mtime"].as_i64() {
-                assert_eq!(g.mtime, Some(mtime), "{name}: {path} mtime");
-            }
-            if let Some(sha) = e["sha256"].as_str() {
-                assert_eq!(g.sha256.as_deref(), Some(sha), "{name}: {path} content");
-            }
-            if let Some(target) = e["target"].as_str() {
-                assert_eq!(
-                    g.target.as_deref(),
-                    Some(Path::new(target)),
-                    "{name}: {path} target"
-                );
-            }
-        }
+        tree::assert_matches_manifest(&mnt.join(name), name, manifest, tree::View::Fuse);
     }
 }

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Runs one command under a kernel that has iso9660, in a throw-away KVM guest, as root.
+#
+#   scripts/kernel-vm.sh [--] COMMAND [ARG...]
+#
+# For hosts whose kernel has no iso9660 (such as the CI machines): the kernel driver and the
+# kernel's reading of mkiso's images can then still be tested for real. The guest boots
+# Debian's stock kernel (linux-image-amd64, downloaded once with apt into $ISOMGR_VM_CACHE,
+# default /var/cache/isomgr-vm) with this machine's root file system shared read-only over
+# virtio-9p under an overlay that keeps writes in memory, fresh tmpfs on /tmp, /run and
+# /var/tmp, and no network. COMMAND runs in the current directory with CI=true; its output is
+# printed and its exit status is returned.
+#
+# As on a stock Debian system, isofs, udf and nls_utf8 are not loaded at boot: the first iso9660
+# mount(2) loads them through the kernel's module loader (busybox modprobe in the initramfs).
+# Needs root, qemu-system-x86_64 and busybox (static); uses KVM where the CPU offers it.
+set -euo pipefail
+
+[ "${1:-}" = "--" ] && shift
+if [ $# -eq 0 ]; then
+  echo "usage: $0 [--] COMMAND [ARG...]" >&2
+  exit 2
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "kernel-vm: must run as root (it shares / with the guest)" >&2
+  exit 1
+fi
+for tool in qemu-system-x86_64 apt-get dpkg-deb; do
+  command -v "$tool" >/dev/null || { echo "kernel-vm: $tool not found (scripts/setup.sh)" >&2; exit 1; }
+done
+busybox=/bin/busybox
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" ||
+  { echo "kernel-vm: no static busybox for the initramfs (apt-get install busybox-static)" >&2; exit 1; }
+
+cache=${ISOMGR_VM_CACHE:-/var/cache/isomgr-vm}
+mkdir -p "$cache"
+
+# The kernel: the version linux-image-amd64 depends on, fetched and unpacked once.
+pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
+  awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+if [ -z "$pkg" ]; then
+  echo "kernel-vm: apt knows no linux-image-amd64 (a Debian archive is needed for the guest kernel)" >&2
+  exit 1
+fi
+release=${pkg#linux-image-}
+kdir=$cache/$pkg
+if [ ! -e "$kdir/.unpacked" ]; then
+  echo "kernel-vm: fetching $pkg"
+  rm -rf "$kdir" && mkdir -p "$kdir/deb"
+  # apt's download sandbox user must be able to write there.
+  chown _apt "$kdir/deb" 2>/dev/null || true
+  (cd "$kdir/deb" && apt-get download -q "$pkg" >/dev/null)
+  dpkg-deb -x "$kdir"/deb/*.deb "$kdir/root"
+  rm -rf "$kdir/deb"
+  touch "$kdir/.unpacked"
+fi
+vmlinuz=$kdir/root/boot/vmlinuz-$release
+moddir=$kdir/root/lib/modules/$release
+
+# The initramfs: busybox, the modules the guest needs with their dependencies, and /init.
+work=$(mktemp -d /tmp/isomgr-vm.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+ird=$work/initramfs
+mkdir -p "$ird"/{bin,sbin,dev,proc,sys,lower,rw,host,lib/modules/"$release"}
+cp "$busybox" "$ird/bin/busybox"
+ln -s busybox "$ird/bin/sh"
+ln -s ../bin/busybox "$ird/sbin/modprobe"
+[ -e "$moddir/modules.dep" ] || "$busybox" depmod -b "$kdir/root" "$release"
+wanted=(virtio_pci 9pnet_virtio 9p overlay loop crc32c_generic squashfs ext4 fuse isofs udf nls_utf8)
+declare -A need=()
+add() {  # a module and, through modules.dep, everything it needs
+  local line rel dep
+  line=$(grep -E "(^|/)$1\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | head -1)
+  [ -n "$line" ] || { echo "kernel-vm: $1 is not a module of $release" >&2; exit 1; }
+  rel=${line%%:*}
+  [ -n "${need[$rel]:-}" ] && return
+  need[$rel]=1
+  for dep in ${line#*:}; do
+    dep=${dep##*/}
+    add "${dep%%.ko*}"
+  done
+}
+for m in "${wanted[@]}"; do add "$m"; done
+for rel in "${!need[@]}"; do
+  mkdir -p "$ird/lib/modules/$release/$(dirname "$rel")"
+  cp "$moddir/$rel" "$ird/lib/modules/$release/$rel"
+done
+"$busybox" depmod -b "$ird" "$release"
+
+# The command, quoted for the guest's shell, and where it runs.
+cmd=$(printf '%q ' "$@")
+printf 'cd %q && exec env CI=true ISOMGR_EXPECT_ISO9660=1 %s\n' "$PWD" "$cmd" >"$ird/command"
+cat >"$ird/init" <<'EOF'
+#!/bin/sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+fail() { echo "kernel-vm-guest: $*"; echo "isomgr-vm-status=125"; poweroff -f; }
+# What boot needs; isofs, udf and nls_utf8 are left to the kernel's module loader, as on Debian.
+for m in virtio_pci 9pnet_virtio 9p overlay loop crc32c_generic squashfs ext4 fuse; do
+  modprobe "$m" || fail "modprobe $m"
+done
+echo /sbin/modprobe >/proc/sys/kernel/modprobe
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose host /lower ||
+  fail "mounting the host's root"
+# Writes land in memory: an overlay over the host's root, tmpfs on the usual scratch places.
+mount -t tmpfs tmpfs /rw && mkdir /rw/upper /rw/work &&
+  mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /host ||
+  fail "the overlay over the host's root"
+mount -t proc proc /host/proc
+mount -t sysfs sysfs /host/sys
+mount -t devtmpfs devtmpfs /host/dev
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts devpts /host/dev/pts
+for d in /tmp /run /var/tmp /dev/shm; do
+  mount -t tmpfs -o mode=1777 tmpfs "/host$d" || fail "tmpfs on $d"
+done
+# The guest kernel's modules where tools look for them (isomgr reads modules.dep there).
+mkdir -p /host/lib/modules/$(uname -r)
+mount --bind /lib/modules/$(uname -r) /host/lib/modules/$(uname -r)
+echo "kernel-vm-guest: $(uname -r), $(grep -c . /proc/filesystems) file systems, isofs not loaded yet"
+chroot /host /bin/sh -c "$(cat /command)" </dev/null
+echo "isomgr-vm-status=$?"
+sync
+poweroff -f
+EOF
+chmod +x "$ird/init"
+(cd "$ird" && find . | "$busybox" cpio -o -H newc 2>/dev/null) >"$work/initramfs.cpio"
+
+# KVM only where the CPU shows virtualisation: a nested /dev/kvm without vmx/svm hangs the guest.
+accel=tcg
+if [ -w /dev/kvm ] && grep -qw -e vmx -e svm /proc/cpuinfo; then
+  accel=kvm
+fi
+echo "kernel-vm: booting $release ($accel) to run: $cmd"
+log=$work/console.log
+timeout "${ISOMGR_VM_TIMEOUT:-1800}" qemu-system-x86_64 \
+  -accel "$accel" -cpu max -smp "$(nproc)" -m "${ISOMGR_VM_MEMORY:-3072}" \
+  -kernel "$vmlinuz" -initrd "$work/initramfs.cpio" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" \
+  -virtfs "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap" \
+  -nic none -display none -serial stdio -monitor none -no-reboot </dev/null | tee "$log" ||
+  true
+status=$(sed -n 's/^isomgr-vm-status=\([0-9]*\).*/\1/p' "$log" | tail -1)
+if [ -z "$status" ]; then
+  echo "kernel-vm: the guest stopped without reporting a status" >&2
+  exit 124
+fi
+exit "$status"
