@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs one command under a kernel that has iso9660, in a throw-away KVM guest, as root.
+# Runs one command under a kernel that has iso9660, in a throw-away QEMU guest, as root.
 #
 #   scripts/kernel-vm.sh [--] COMMAND [ARG...]
 #
@@ -8,12 +8,14 @@
 # Debian's stock kernel (linux-image-amd64, downloaded once with apt into $ISOMGR_VM_CACHE,
 # default /var/cache/isomgr-vm) with this machine's root file system shared read-only over
 # virtio-9p under an overlay that keeps writes in memory, fresh tmpfs on /tmp, /run and
-# /var/tmp, and no network. COMMAND runs in the current directory with CI=true; its output is
-# printed and its exit status is returned.
+# /var/tmp, and no network. COMMAND runs in the current directory with CI=true and
+# ISOMGR_EXPECT_ISO9660=1 (tests/kernel.rs then fails rather than skips its ISO tests); its
+# output is printed and its exit status is returned.
 #
 # As on a stock Debian system, isofs, udf and nls_utf8 are not loaded at boot: the first iso9660
 # mount(2) loads them through the kernel's module loader (busybox modprobe in the initramfs).
-# Needs root, qemu-system-x86_64 and busybox (static); uses KVM where the CPU offers it.
+# Needs root, qemu-system-x86_64 and busybox (static); uses KVM where the CPU offers it (vmx or
+# svm), else TCG (a /dev/kvm without them, as in nested VMs, hangs the guest).
 set -euo pipefail
 
 [ "${1:-}" = "--" ] && shift
@@ -90,6 +92,11 @@ done
 # The command, quoted for the guest's shell, and where it runs.
 cmd=$(printf '%q ' "$@")
 printf 'cd %q && exec env CI=true ISOMGR_EXPECT_ISO9660=1 %s\n' "$PWD" "$cmd" >"$ird/command"
+{
+  printf '%s\n' "$PWD"
+  exe=$(command -v "$1" || true)
+  case "$exe" in /*) dirname "$(realpath "$exe")" ;; esac
+} >"$ird/through"
 cat >"$ird/init" <<'EOF'
 #!/bin/sh
 /bin/busybox --install -s /bin
@@ -116,6 +123,15 @@ mount -t devpts devpts /host/dev/pts
 for d in /tmp /run /var/tmp /dev/shm; do
   mount -t tmpfs -o mode=1777 tmpfs "/host$d" || fail "tmpfs on $d"
 done
+# The working directory and the command's own (a checkout or a target directory may live in
+# /tmp) show through those, read-only.
+while read -r dir; do
+  case "$dir/" in
+  /tmp/?* | /run/?* | /var/tmp/?* | /dev/shm/?*)
+    mkdir -p "/host$dir" && mount --bind "/lower$dir" "/host$dir" || fail "binding $dir"
+    ;;
+  esac
+done </through
 # The guest kernel's modules where tools look for them (isomgr reads modules.dep there).
 mkdir -p /host/lib/modules/$(uname -r)
 mount --bind /lib/modules/$(uname -r) /host/lib/modules/$(uname -r)

@@ -240,6 +240,24 @@ fn published_loop(ev: Event) -> PathBuf {
     }
 }
 
+/// `isomgr watch ARGS --dir DROP --root ROOT --state STATE` with info logs on a piped stderr.
+fn watcher(w: &World, args: &[&str], drop_dir: &Path, state: &Path) -> std::process::Child {
+    Command::new(common::bin())
+        .arg("watch")
+        .args(args)
+        .arg("--dir")
+        .arg(drop_dir)
+        .arg("--root")
+        .arg(&w.root)
+        .arg("--state")
+        .arg(state)
+        .env("ISOMGR_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the watcher")
+}
+
 /// Nothing of a medium is left: no mount, no directory, no loop backed by its image.
 fn assert_nothing_left(target: &Path, image: &Path) {
     assert!(
@@ -864,24 +882,12 @@ fn the_watcher_serves_isos_through_the_kernel_where_it_has_iso9660() {
     assert!(out.stderr.is_empty(), "{out:?}");
 
     let state = w.path("state.json");
-    let mut child = Command::new(common::bin())
-        .args([
-            "watch",
-            "--driver",
-            "auto",
-            "--no-drives",
-            "--cleanup-on-exit",
-            "--dir",
-        ])
-        .arg(&drop_dir)
-        .arg("--root")
-        .arg(&w.root)
-        .arg("--state")
-        .arg(&state)
-        .env("ISOMGR_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting the watcher");
+    let mut child = watcher(
+        &w,
+        &["--driver", "auto", "--no-drives", "--cleanup-on-exit"],
+        &drop_dir,
+        &state,
+    );
     let mut stderr = child.stderr.take().expect("stderr");
     let log = std::thread::spawn(move || {
         let mut log = String::new();
@@ -972,18 +978,7 @@ fn the_watcher_picks_fuse_here_and_says_why() {
     let drop_dir = w.path("drop");
     fs::create_dir(&drop_dir).expect("mkdir");
     let state = w.path("state.json");
-    let child = Command::new(common::bin())
-        .args(["watch", "--driver", "auto", "--dir"])
-        .arg(&drop_dir)
-        .arg("--root")
-        .arg(&w.root)
-        .arg("--state")
-        .arg(&state)
-        .env("ISOMGR_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting the watcher");
+    let child = watcher(&w, &["--driver", "auto"], &drop_dir, &state);
     let deadline = Instant::now() + Duration::from_secs(20);
     let doc = loop {
         if let Ok(Some(doc)) = StateFile::load(&state) {
@@ -1019,17 +1014,7 @@ fn the_watcher_with_the_kernel_driver_reports_an_iso_it_cannot_mount() {
     let (made, _) = w.image("iso9660", 5_000);
     let image = drop_dir.join("disc.iso");
     let state = w.path("state.json");
-    let mut child = Command::new(common::bin())
-        .args(["watch", "--driver", "kernel", "--dir"])
-        .arg(&drop_dir)
-        .arg("--root")
-        .arg(&w.root)
-        .arg("--state")
-        .arg(&state)
-        .env("ISOMGR_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting the watcher");
+    let mut child = watcher(&w, &["--driver", "kernel"], &drop_dir, &state);
     let mut stderr = child.stderr.take().expect("stderr");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !matches!(StateFile::load(&state), Ok(Some(_))) {
