@@ -100,7 +100,7 @@ pub enum View {
 /// and per entry the type, size, mode, owner, mtime, content and symlink target.
 ///
 /// Under Linux's isofs, a Rock Ridge name of 254 bytes or more shows cut short (it stops
-/// adding NM entries there), and times past 2038 wrap before Linux 6.6.
+/// adding NM entries there), and Linux 6.1 wraps times past 2038.
 pub fn assert_matches_manifest(base: &Path, name: &str, manifest: &serde_json::Value, view: View) {
     let mut got = snapshot(base);
     let entries = manifest["entries"].as_array().expect("entries");
@@ -184,7 +184,7 @@ pub fn assert_matches_manifest(base: &Path, name: &str, manifest: &serde_json::V
             }
         }
         if let Some(mtime) = e["mtime"].as_i64() {
-            // Linux's isofs before 6.6 (iso_date returned an int) wraps times past 2038.
+            // Linux 6.1's isofs (iso_date returns an int) wraps times past 2038.
             let wrapped = i64::from(mtime as i32);
             let ok = g.mtime == Some(mtime) || (view == View::Kernel && g.mtime == Some(wrapped));
             assert!(ok, "{name}: {path} mtime {:?}, want {mtime}", g.mtime);
