@@ -68,7 +68,10 @@ cp "$busybox" "$ird/bin/busybox"
 ln -s busybox "$ird/bin/sh"
 ln -s ../bin/busybox "$ird/sbin/modprobe"
 [ -e "$moddir/modules.dep" ] || "$busybox" depmod -b "$kdir/root" "$release"
-wanted=(virtio_pci 9pnet_virtio 9p overlay loop crc32c_generic squashfs ext4 fuse isofs udf nls_utf8)
+# Loaded at boot; isofs, udf and nls_utf8 are left to the kernel's module loader, as on Debian.
+boot_modules=(virtio_pci 9pnet_virtio 9p overlay loop crc32c_generic squashfs ext4 fuse)
+printf '%s\n' "${boot_modules[@]}" >"$ird/boot-modules"
+wanted=("${boot_modules[@]}" isofs udf nls_utf8)
 declare -A need=()
 add() {  # a module and, through modules.dep, everything it needs
   local line rel dep
@@ -104,10 +107,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 fail() { echo "kernel-vm-guest: $*"; echo "isomgr-vm-status=125"; poweroff -f; }
-# What boot needs; isofs, udf and nls_utf8 are left to the kernel's module loader, as on Debian.
-for m in virtio_pci 9pnet_virtio 9p overlay loop crc32c_generic squashfs ext4 fuse; do
+while read -r m; do
   modprobe "$m" || fail "modprobe $m"
-done
+done </boot-modules
 echo /sbin/modprobe >/proc/sys/kernel/modprobe
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose host /lower ||
   fail "mounting the host's root"

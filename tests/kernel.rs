@@ -258,6 +258,26 @@ fn watcher(w: &World, args: &[&str], drop_dir: &Path, state: &Path) -> std::proc
         .expect("starting the watcher")
 }
 
+/// `target` is one mount of `fstype` from `source`, `ro,nosuid,nodev,noexec`, in mountinfo.
+fn assert_served_mount(target: &Path, fstype: &str, source: &Path) {
+    let at = mounts_at(target);
+    assert_eq!(at.len(), 1, "one mount at {}: {at:?}", target.display());
+    let (_, opts, got_type, got_source) = &at[0];
+    for flag in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            opts.split(',').any(|o| o == flag),
+            "{}: {flag} in {opts}",
+            target.display()
+        );
+    }
+    assert_eq!(
+        (got_type.as_str(), Path::new(got_source)),
+        (fstype, source),
+        "{}",
+        target.display()
+    );
+}
+
 /// Nothing of a medium is left: no mount, no directory, no loop backed by its image.
 fn assert_nothing_left(target: &Path, image: &Path) {
     assert!(
@@ -297,17 +317,7 @@ fn squashfs_and_ext4_mount_read_only_and_go_without_a_trace() {
         assert_eq!(info["autoclear"], true, "{kind}: autoclear");
 
         // mountinfo sees the loop mounted ro,nosuid,nodev,noexec with the right type.
-        let at = mounts_at(&target);
-        assert_eq!(at.len(), 1, "{kind}: one mount at {}", target.display());
-        let (_, opts, fstype, source) = &at[0];
-        for flag in ["ro", "nosuid", "nodev", "noexec"] {
-            assert!(
-                opts.split(',').any(|o| o == flag),
-                "{kind}: {flag} in {opts}"
-            );
-        }
-        assert_eq!(fstype, kind);
-        assert_eq!(Path::new(source), dev);
+        assert_served_mount(&target, kind, &dev);
 
         // The content reads back; nothing can be written.
         assert_eq!(fs::read(target.join("file.bin")).expect("read"), data);
@@ -355,18 +365,8 @@ fn a_drive_is_mounted_from_its_device_node_and_left_attached() {
         other => panic!("expected Published without a loop device, got {other:?}"),
     }
     let target = w.root.join("disc");
-    let at = mounts_at(&target);
-    assert_eq!(at.len(), 1, "one mount at {}", target.display());
-    let (_, opts, fstype, source) = &at[0];
-    for flag in ["ro", "nosuid", "nodev", "noexec"] {
-        assert!(opts.split(',').any(|o| o == flag), "{flag} in {opts}");
-    }
-    assert_eq!(fstype, "ext4");
-    assert_eq!(
-        Path::new(source),
-        drive,
-        "mounted from the device node itself"
-    );
+    // Mounted from the device node itself.
+    assert_served_mount(&target, "ext4", &drive);
     assert_eq!(
         common::loops_backed_by(&image),
         [drive.to_string_lossy().into_owned()],
@@ -773,20 +773,7 @@ fn mounts_real_isos_where_the_kernel_has_iso9660() {
         let fs_type = manifest["fs"].as_str().expect("fs");
         let m = medium(&iso, fs_type);
         let dev = published_loop(publish(&mut e, &name, &m));
-        let mounted = mounts_at(&w.root.join(&name));
-        assert_eq!(mounted.len(), 1, "{name}: {mounted:?}");
-        let (_, opts, fstype, source) = &mounted[0];
-        for flag in ["ro", "nosuid", "nodev", "noexec"] {
-            assert!(
-                opts.split(',').any(|o| o == flag),
-                "{name}: {flag} in {opts}"
-            );
-        }
-        assert_eq!(
-            (fstype.as_str(), Path::new(source)),
-            (fs_type, dev.as_path()),
-            "{name}"
-        );
+        assert_served_mount(&w.root.join(&name), fs_type, &dev);
         tree::assert_matches_manifest(&w.root.join(&name), &name, &manifest, tree::View::Kernel);
         unpublish(&mut e, &name, &m);
         drop(m);
@@ -934,16 +921,7 @@ fn the_watcher_serves_isos_through_the_kernel_where_it_has_iso9660() {
             .unwrap_or_else(|| panic!("{} in the state: {doc:?}", image.display()));
         let dev = rec.loop_device.clone().expect("a loop device");
         assert_eq!(common::loops_backed_by(image), vec![dev.clone()]);
-        let at = mounts_at(target);
-        assert_eq!(at.len(), 1, "{}: {at:?}", target.display());
-        let (_, opts, fstype, source) = &at[0];
-        for flag in ["ro", "nosuid", "nodev", "noexec"] {
-            assert!(opts.split(',').any(|o| o == flag), "{flag} in {opts}");
-        }
-        assert_eq!(
-            (fstype.as_str(), source.as_str()),
-            ("iso9660", dev.as_str())
-        );
+        assert_served_mount(target, "iso9660", Path::new(&dev));
     }
 
     // A deleted image goes: mount, directory and loop.

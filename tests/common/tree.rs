@@ -133,17 +133,17 @@ pub fn assert_matches_manifest(base: &Path, name: &str, manifest: &serde_json::V
     let keys: Vec<String> = want
         .iter()
         .map(|path| {
-            let cut = path.rsplit('/').next().expect("a name").len() >= 254;
-            if view != View::Kernel || !cut || got.contains_key(path) {
+            let leaf = path.rsplit('/').next().expect("a name");
+            if view != View::Kernel || leaf.len() < 254 || got.contains_key(path) {
                 return path.clone();
             }
+            let dir_len = path.len() - leaf.len();
             let found: Vec<&String> = got
                 .keys()
                 .filter(|k| !want.contains(k))
                 .filter(|k| {
                     let shown = k.trim_end_matches('\u{FFFD}');
-                    shown.len() >= path.len() - path.rsplit('/').next().expect("name").len() + 100
-                        && path.starts_with(shown)
+                    shown.len() >= dir_len + 100 && path.starts_with(shown)
                 })
                 .collect();
             assert_eq!(
