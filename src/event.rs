@@ -97,6 +97,6 @@ pub enum Event {
     /// Names in the root that isomgr did not make (they count as taken).
     ForeignEntries(Vec<String>),
     /// The eject button of the drive at `device` was pressed while it held this medium: stop
-    /// serving it, then open the tray.
+    /// serving it, then open the tray (readers still holding files of it lose the disc).
     EjectRequested { id: MediumId, device: PathBuf },
 }

@@ -234,16 +234,28 @@ impl FuseExecutor {
     }
 }
 
-/// CDROMEJECT from `<linux/cdrom.h>`.
+/// From `<linux/cdrom.h>`: open the tray, lock or unlock the door, and the drive's state.
 const CDROMEJECT: libc::c_ulong = 0x5309;
+const CDROM_LOCKDOOR: libc::c_ulong = 0x5329;
+const CDROM_DRIVE_STATUS: libc::c_ulong = 0x5326;
+/// CDROM_DRIVE_STATUS's slot argument for "the current one".
+const CDSL_CURRENT: libc::c_ulong = i32::MAX as libc::c_ulong;
+const CDS_NO_DISC: libc::c_int = 1;
+const CDS_TRAY_OPEN: libc::c_int = 2;
 
-/// Opens the tray of the drive at `device`. The medium is already unpublished: files still
-/// open under `served_at` keep reading (isomgr then still holds the disc, and the drive
-/// refuses with EBUSY until they close; pressing the button again retries).
+/// Opens the tray of the drive at `device`, as the eject button asked. The medium is already
+/// unpublished; processes still reading from it are named, since their reads fail once the
+/// tray is open.
+///
+/// udev locks the door of every drive with a disc in (`cdrom_id --lock-media`), so that the
+/// button reports an eject request instead of opening the tray; a bare CDROMEJECT is then
+/// refused by the drive while the ioctl still returns 0. So the door is unlocked first, and
+/// the drive's own state says whether the tray opened. (udev's rules eject on the request
+/// too; whichever comes first, the tray opens once.)
 fn eject(device: &Path, served_at: Option<&Path>) {
     let holders = holders(device, served_at);
     if !holders.is_empty() {
-        tracing::info!(device = %device.display(), holders = %holders.join(", "), "still in use after unpublishing");
+        tracing::warn!(device = %device.display(), holders = %holders.join(", "), "still in use after unpublishing");
     }
     let file = match std::fs::File::options()
         .read(true)
@@ -256,32 +268,58 @@ fn eject(device: &Path, served_at: Option<&Path>) {
             return;
         }
     };
-    // SAFETY: CDROMEJECT takes no argument; the descriptor is valid for the call.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), CDROMEJECT, 0) };
-    if rc == 0 {
-        tracing::info!(device = %device.display(), "ejected");
+    let fd = file.as_raw_fd();
+    // SAFETY: these ioctls take an integer argument; the descriptor is valid for the calls.
+    let unlocked = unsafe { libc::ioctl(fd, CDROM_LOCKDOOR, 0) };
+    if unlocked != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::debug!(device = %device.display(), error = %e, "CDROM_LOCKDOOR 0");
+    }
+    // SAFETY: as above.
+    if unsafe { libc::ioctl(fd, CDROMEJECT, 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            tracing::warn!(device = %device.display(), holders = %holders.join(", "), "the drive is busy; the tray stays closed until these close (press eject again)");
+        } else {
+            tracing::warn!(device = %device.display(), error = %e, "eject failed (CDROMEJECT)");
+        }
         return;
     }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EBUSY) {
-        tracing::warn!(device = %device.display(), holders = %holders.join(", "), "the drive is busy; the tray stays closed until these close (press eject again)");
-    } else {
-        tracing::warn!(device = %device.display(), error = %e, "eject failed");
+    // SAFETY: as above.
+    match unsafe { libc::ioctl(fd, CDROM_DRIVE_STATUS, CDSL_CURRENT) } {
+        CDS_TRAY_OPEN | CDS_NO_DISC => tracing::info!(device = %device.display(), "ejected"),
+        status => {
+            let status = if status < 0 {
+                std::io::Error::last_os_error().to_string()
+            } else {
+                format!("drive status {status}")
+            };
+            tracing::warn!(device = %device.display(), %status, "the drive kept its tray closed (another program may hold its door locked)");
+        }
     }
 }
 
-/// Processes (`comm[pid]`) with the device open or a file open under `served_at`, from
-/// /proc/*/fd; best effort (processes that come and go, or hide their fds, are missed).
+/// Processes (`comm[pid]`) other than isomgr reading from the medium in `device`: with a file
+/// open on it (under `served_at`, or on the device itself, as a kernel mount's files still
+/// are once it is detached) or the device open for reading data (not a status probe opened
+/// with O_NONBLOCK, as udev's cdrom_id is). From /proc/*/fd; best effort (processes that come
+/// and go, or hide their descriptors, are missed).
 fn holders(device: &Path, served_at: Option<&Path>) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut out = Vec::new();
+    let rdev = std::fs::metadata(device)
+        .ok()
+        .filter(|m| m.file_type().is_block_device())
+        .map(|m| m.rdev());
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return out;
     };
+    let me = std::process::id().to_string();
     for p in procs.flatten() {
         let pid = p.file_name();
         let Some(pid) = pid
             .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|s| *s != me && s.bytes().all(|b| b.is_ascii_digit()))
         else {
             continue;
         };
@@ -289,8 +327,14 @@ fn holders(device: &Path, served_at: Option<&Path>) -> Vec<String> {
             continue;
         };
         let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|t| t == device || served_at.is_some_and(|s| t.starts_with(s)))
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                return false;
+            };
+            if target == device {
+                return !opened_nonblocking(&p.path(), &fd.file_name());
+            }
+            served_at.is_some_and(|s| target.starts_with(s))
+                || rdev.is_some_and(|r| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == r))
         });
         if holds {
             let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
@@ -298,4 +342,16 @@ fn holders(device: &Path, served_at: Option<&Path>) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether descriptor `fd` of the process at `proc_dir` was opened with O_NONBLOCK
+/// (`flags:` in /proc/PID/fdinfo/FD, octal).
+fn opened_nonblocking(proc_dir: &Path, fd: &std::ffi::OsStr) -> bool {
+    std::fs::read_to_string(proc_dir.join("fdinfo").join(fd))
+        .ok()
+        .and_then(|info| {
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+            i64::from_str_radix(flags.trim(), 8).ok()
+        })
+        .is_some_and(|f| f & i64::from(libc::O_NONBLOCK) != 0)
 }

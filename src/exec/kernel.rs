@@ -482,7 +482,9 @@ impl<S: Sys> KernelExecutor<S> {
             }
         };
         let dev = served.loop_dev.as_ref().map(|l| l.path.clone());
-        tracing::info!(name = %name, origin = %medium.origin.display(), label = medium.label.as_deref().unwrap_or(""), device = ?dev, "mounted");
+        // The block device mounted: the loop device attached to an image, else the drive.
+        let device = dev.as_deref().unwrap_or(&medium.origin).display();
+        tracing::info!(name = %name, origin = %medium.origin.display(), label = medium.label.as_deref().unwrap_or(""), device = %device, "mounted");
         self.served.insert(name.to_owned(), served);
         Ok(dev)
     }

@@ -22,8 +22,9 @@ pub enum Action {
     Unpublish { name: String, id: MediumId },
     /// The persisted state changed: write it (atomically) and the index file.
     SaveState,
-    /// Open the tray of the drive at `device` (CDROMEJECT); `name` is what the medium was
-    /// served under, if it was, so the executor can name processes still reading from it.
+    /// Open the tray of the drive at `device` (door unlocked, CDROMEJECT); `name` is what the
+    /// medium was served under, if it was, so the executor can name processes still reading
+    /// from it.
     Eject {
         device: PathBuf,
         name: Option<String>,
