@@ -321,13 +321,29 @@ impl super::Source for DrivesSource {
 }
 
 /// The medium a device node holds, as emitted.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Tracked {
     id: MediumId,
     diskseq: Option<u64>,
     /// Hash of the primary volume descriptor sector as read from the device.
     fingerprint: u64,
+    /// An optical drive's node, opened without waiting for a medium (no door lock), to ask
+    /// the drive whether the disc is still in (see [`TRAY_CHECK`]).
+    drive: Option<File>,
 }
+
+/// How often a drive serving a disc is asked whether the disc is still in. The kernel reports
+/// no media change while the disc is mounted or held open (Linux 6.1, sr): a disc taken out
+/// by force, as a hypervisor detaching the image does, would stay served, every read failing,
+/// until then. The question is CDROM_DRIVE_STATUS: one TEST UNIT READY, answered by the drive
+/// without spinning the disc.
+const TRAY_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// From `<linux/cdrom.h>`.
+const CDROM_DRIVE_STATUS: libc::c_ulong = 0x5326;
+const CDSL_CURRENT: libc::c_ulong = i32::MAX as libc::c_ulong;
+const CDS_NO_DISC: libc::c_int = 1;
+const CDS_TRAY_OPEN: libc::c_int = 2;
 
 struct State {
     cfg: DrivesConfig,
@@ -346,7 +362,14 @@ impl State {
         rx: &std_mpsc::Receiver<Input>,
     ) {
         self.enumerate();
+        let mut next_check = std::time::Instant::now() + TRAY_CHECK;
         loop {
+            let timeout = if self.tracked.values().any(|t| t.drive.is_some()) {
+                let left = next_check.saturating_duration_since(std::time::Instant::now());
+                libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX)
+            } else {
+                -1
+            };
             let mut fds = [
                 libc::pollfd {
                     fd: monitor.as_raw_fd(),
@@ -360,7 +383,7 @@ impl State {
                 },
             ];
             // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
             if rc < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -368,6 +391,10 @@ impl State {
                 }
                 tracing::error!(error = %e, "polling the udev monitor; drives are no longer watched");
                 return;
+            }
+            if std::time::Instant::now() >= next_check {
+                self.check_trays();
+                next_check = std::time::Instant::now() + TRAY_CHECK;
             }
             if fds[1].revents != 0 {
                 let mut buf = [0u8; 8];
@@ -511,6 +538,28 @@ impl State {
         Some(change)
     }
 
+    /// Asks each optical drive serving a disc whether the disc is still in; one that says its
+    /// tray is open or empty has lost its disc.
+    fn check_trays(&mut self) {
+        let empty: Vec<PathBuf> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| {
+                t.drive.as_ref().is_some_and(|f| {
+                    // SAFETY: CDROM_DRIVE_STATUS takes an integer; the descriptor is valid.
+                    let status =
+                        unsafe { libc::ioctl(f.as_raw_fd(), CDROM_DRIVE_STATUS, CDSL_CURRENT) };
+                    status == CDS_NO_DISC || status == CDS_TRAY_OPEN
+                })
+            })
+            .map(|(node, _)| node.clone())
+            .collect();
+        for node in empty {
+            tracing::info!(device = %node.display(), "the drive's tray is empty although the kernel reported no change; the disc is gone");
+            self.gone(&node, "tray empty");
+        }
+    }
+
     fn gone(&mut self, devnode: &Path, why: &str) {
         if let Some(t) = self.tracked.remove(devnode) {
             tracing::debug!(device = %devnode.display(), medium = %t.id, "{why}");
@@ -558,6 +607,7 @@ impl State {
                 id: id.clone(),
                 diskseq: m.diskseq,
                 fingerprint,
+                drive: m.optical.then(|| open_device(node).ok()).flatten(),
             },
         );
         self.emit(Event::Appeared(Medium {
