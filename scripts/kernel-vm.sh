@@ -4,13 +4,21 @@
 #   scripts/kernel-vm.sh [--] COMMAND [ARG...]
 #
 # For hosts whose kernel has no iso9660 (such as the CI machines): the kernel driver and the
-# kernel's reading of mkiso's images can then still be tested for real. The guest boots
-# Debian's stock kernel (linux-image-amd64, downloaded once with apt into $ISOMGR_VM_CACHE,
-# default /var/cache/isomgr-vm) with this machine's root file system shared read-only over
-# virtio-9p under an overlay that keeps writes in memory, fresh tmpfs on /tmp, /run and
-# /var/tmp, and no network. COMMAND runs in the current directory with CI=true and
-# ISOMGR_EXPECT_ISO9660=1 (tests/kernel.rs then fails rather than skips its ISO tests); its
-# output is printed and its exit status is returned.
+# kernel's reading of mkiso's images can then still be tested for real; and, on any host, a
+# real optical drive. The guest boots Debian's stock kernel (linux-image-amd64, downloaded once
+# with apt into $ISOMGR_VM_CACHE, default /var/cache/isomgr-vm) with this machine's root file
+# system shared read-only over virtio-9p under an overlay that keeps writes in memory, fresh
+# tmpfs on /tmp, /run and /var/tmp, and no network. systemd-udevd runs in it as on a booted
+# system (every device replayed at start). COMMAND runs in the current directory with CI=true
+# and ISOMGR_EXPECT_ISO9660=1 (tests/kernel.rs then fails rather than skips its ISO tests);
+# its output is printed and its exit status is returned. The current directory and those of
+# COMMAND and of its arguments that are absolute paths show through the guest's tmpfs.
+#
+# The drive: an empty SCSI CD-ROM drive (QEMU's scsi-cd, id $ISOMGR_VM_DRIVE = cd0, /dev/sr0
+# in the guest). The guest changes its disc and presses its eject button through QEMU's
+# monitor: each line written to the control port $ISOMGR_VM_CONTROL
+# (/dev/virtio-ports/isomgr.control) is one QMP command, and its reply comes back as one line
+# ({"return": ...} or {"error": ...}). The images put in must be paths the host can read.
 #
 # As on a stock Debian system, isofs, udf and nls_utf8 are not loaded at boot: the first iso9660
 # mount(2) loads them through the kernel's module loader (busybox modprobe in the initramfs).
@@ -69,7 +77,8 @@ ln -s busybox "$ird/bin/sh"
 ln -s ../bin/busybox "$ird/sbin/modprobe"
 [ -e "$moddir/modules.dep" ] || "$busybox" depmod -b "$kdir/root" "$release"
 # Loaded at boot; isofs, udf and nls_utf8 are left to the kernel's module loader, as on Debian.
-boot_modules=(virtio_pci 9pnet_virtio 9p overlay loop crc32c_generic squashfs ext4 fuse)
+boot_modules=(virtio_pci 9pnet_virtio 9p overlay loop crc32c_generic squashfs ext4 fuse
+  virtio_scsi sr_mod virtio_console)
 printf '%s\n' "${boot_modules[@]}" >"$ird/boot-modules"
 wanted=("${boot_modules[@]}" isofs udf nls_utf8)
 declare -A need=()
@@ -92,13 +101,18 @@ for rel in "${!need[@]}"; do
 done
 "$busybox" depmod -b "$ird" "$release"
 
-# The command, quoted for the guest's shell, and where it runs.
+# The command, quoted for bash (printf %q), and where it runs.
 cmd=$(printf '%q ' "$@")
-printf 'cd %q && exec env CI=true ISOMGR_EXPECT_ISO9660=1 %s\n' "$PWD" "$cmd" >"$ird/command"
+guest_env="CI=true ISOMGR_EXPECT_ISO9660=1"
+guest_env+=" ISOMGR_VM_CONTROL=/dev/virtio-ports/isomgr.control ISOMGR_VM_DRIVE=cd0"
+printf 'cd %q && exec env %s %s\n' "$PWD" "$guest_env" "$cmd" >"$ird/command"
 {
   printf '%s\n' "$PWD"
   exe=$(command -v "$1" || true)
   case "$exe" in /*) dirname "$(realpath "$exe")" ;; esac
+  for arg in "$@"; do
+    case "$arg" in /*) [ -e "$arg" ] && dirname "$(realpath "$arg")" ;; esac
+  done
 } >"$ird/through"
 cat >"$ird/init" <<'EOF'
 #!/bin/sh
@@ -138,7 +152,11 @@ done </through
 mkdir -p /host/lib/modules/$(uname -r)
 mount --bind /lib/modules/$(uname -r) /host/lib/modules/$(uname -r)
 echo "kernel-vm-guest: $(uname -r), $(grep -c . /proc/filesystems) file systems, isofs not loaded yet"
-chroot /host /bin/sh -c "$(cat /command)" </dev/null
+# udev, started as a booting system starts it: the daemon, then every device present replayed.
+SYSTEMD_IGNORE_CHROOT=1 chroot /host /bin/sh -c '/lib/systemd/systemd-udevd --daemon &&
+  udevadm trigger --type=subsystems --action=add && udevadm trigger --type=devices --action=add &&
+  udevadm settle' || fail "starting udev"
+chroot /host /bin/bash -c "$(cat /command)" </dev/null
 echo "isomgr-vm-status=$?"
 sync
 poweroff -f
@@ -153,11 +171,42 @@ if [ -w /dev/kvm ] && grep -qw -e vmx -e svm /proc/cpuinfo; then
 fi
 echo "kernel-vm: booting $release ($accel) to run: $cmd"
 log=$work/console.log
+# The host's side of the guest's control port: each line the guest writes there is a QMP
+# command, run by QEMU's monitor; its reply (the line with "return" or "error") goes back.
+for f in ctl qmp; do mkfifo "$work/$f.in" "$work/$f.out"; done
+relay() {
+  local line reply
+  exec 3>"$work/qmp.in" 4<"$work/qmp.out" 5>"$work/ctl.in" 6<"$work/ctl.out"
+  qmp_reply() {
+    while IFS= read -r reply <&4; do
+      reply=${reply%$'\r'}
+      case $reply in '{"return"'* | '{"error"'*) printf '%s\n' "$reply"; return ;; esac
+    done
+  }
+  IFS= read -r line <&4
+  echo '{"execute": "qmp_capabilities"}' >&3
+  qmp_reply >/dev/null
+  while IFS= read -r line <&6; do
+    line=${line%$'\r'}
+    printf '%s\n' "$line" >&3
+    qmp_reply >&5
+    echo "kernel-vm: qmp: $line -> $reply" >&2
+  done
+}
+relay &
+relay_pid=$!
+trap 'kill "$relay_pid" 2>/dev/null; rm -rf "$work"' EXIT
 timeout "${ISOMGR_VM_TIMEOUT:-1800}" qemu-system-x86_64 \
   -accel "$accel" -cpu max -smp "$(nproc)" -m "${ISOMGR_VM_MEMORY:-3072}" \
   -kernel "$vmlinuz" -initrd "$work/initramfs.cpio" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" \
   -virtfs "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap" \
+  -device virtio-scsi-pci,id=scsi0 \
+  -drive if=none,id=cd0drive,media=cdrom,readonly=on \
+  -device scsi-cd,bus=scsi0.0,drive=cd0drive,id=cd0 \
+  -device virtio-serial-pci -chardev pipe,id=ctl,path="$work/ctl" \
+  -device virtserialport,chardev=ctl,name=isomgr.control \
+  -chardev pipe,id=qmp,path="$work/qmp" -mon chardev=qmp,mode=control \
   -nic none -display none -serial stdio -monitor none -no-reboot </dev/null | tee "$log" ||
   true
 status=$(sed -n 's/^isomgr-vm-status=\([0-9]*\).*/\1/p' "$log" | tail -1)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite as CI does: set-up, then every unit and integration test, then
-# (on a kernel without iso9660) the kernel-driver tests again in a guest whose kernel has it.
+# in a QEMU guest the real optical drive tests and (on a kernel without iso9660) the
+# kernel-driver tests again.
 # Tests that need root, a loop device, FUSE or udev fail under CI=true when they cannot run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,20 +10,32 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --all-targets
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
 
-# The kernel driver and the kernel's reading of mkiso's images need a kernel with iso9660.
-# Where this one has none (in /proc/filesystems or as a module), tests/kernel.rs runs again
-# under Debian's stock kernel in a throw-away guest (scripts/kernel-vm.sh), where its ISO
-# tests must run rather than skip.
+# A throw-away guest (scripts/kernel-vm.sh) runs what this host cannot:
+# - where this kernel has no iso9660 (in /proc/filesystems or as a module), tests/kernel.rs
+#   again under Debian's stock kernel, where its ISO tests must run rather than skip;
+# - always, the tests of a real optical drive in tests/drives.rs (`#[ignore]`d on the host):
+#   the guest has a SCSI CD-ROM drive whose disc and eject button the tests work through
+#   QEMU's monitor.
 has_iso9660() {
   grep -qw iso9660 /proc/filesystems && return 0
   local m=/lib/modules/$(uname -r)
   grep -qs '/isofs\.ko' "$m/modules.builtin" "$m/modules.dep"
 }
+test_executable() {
+  local exe
+  exe=$(cargo test --test "$1" --no-run --message-format=json |
+    sed -n "s/.*\"executable\":\"\([^\"]*\/$1-[0-9a-f]*\)\".*/\1/p" | tail -1)
+  [ -x "$exe" ] || { echo "test: no tests/$1.rs executable" >&2; exit 1; }
+  echo "$exe"
+}
+kernel_tests=$(test_executable kernel)
+drive_tests=$(test_executable drives)
 if has_iso9660; then
   echo "test: this kernel has iso9660; tests/kernel.rs mounted ISOs here"
-else
-  kernel_tests=$(cargo test --test kernel --no-run --message-format=json |
-    sed -n 's/.*"executable":"\([^"]*\/kernel-[0-9a-f]*\)".*/\1/p' | tail -1)
-  [ -x "$kernel_tests" ] || { echo "test: no tests/kernel.rs executable" >&2; exit 1; }
-  bash scripts/kernel-vm.sh "$kernel_tests" --test-threads=1
+  kernel_tests=
 fi
+bash scripts/kernel-vm.sh sh -c '
+  status=0
+  if [ -n "$1" ]; then "$1" --test-threads=1 || status=1; fi
+  "$2" --ignored --test-threads=1 || status=1
+  exit $status' guest "$kernel_tests" "$drive_tests"

@@ -124,18 +124,18 @@ struct Watcher {
 
 impl Watcher {
     fn start(dir: &Path) -> Watcher {
+        Watcher::start_with(dir, &["--drives-any-block"])
+    }
+
+    /// [`Watcher::start`] with `args` instead of `--drives-any-block`.
+    fn start_with(dir: &Path, args: &[&str]) -> Watcher {
         let root = dir.join("root");
         let drop = dir.join("drop");
         fs::create_dir_all(&root).unwrap();
         fs::create_dir_all(&drop).unwrap();
         let mut child = Command::new(common::bin())
-            .args([
-                "watch",
-                "--drives",
-                "--drives-any-block",
-                "--log-format",
-                "json",
-            ])
+            .args(["watch", "--drives", "--log-format", "json"])
+            .args(args)
             .arg("--dir")
             .arg(&drop)
             .arg("--root")
@@ -403,29 +403,22 @@ fn own_loop_devices_are_not_picked_up() {
     drop((own_dev, other_dev));
 }
 
-/// A udev rule, in /run/udev/rules.d for the length of a test, that makes loop devices whose
-/// backing file is named `*isomgr-fake-drive*` look like optical drives with a disc in
-/// (`ID_CDROM=1`, `ID_CDROM_MEDIA=1`), and turns a synthetic uevent carrying `ISOMGREJECT=1`
-/// into the eject button (`DISK_EJECT_REQUEST=1`, what the kernel's cdrom layer sends).
-struct FakeDriveRule(PathBuf);
+/// A udev rules file in /run/udev/rules.d for the length of a test (one there of the same name
+/// as one in /lib/udev/rules.d replaces it).
+struct RunRules(PathBuf);
 
-impl FakeDriveRule {
-    const RULES: &'static str = "\
-SUBSYSTEM==\"block\", KERNEL==\"loop*\", ACTION!=\"remove\", ATTR{loop/backing_file}==\"*isomgr-fake-drive*\", ENV{ID_CDROM}=\"1\", ENV{ID_CDROM_MEDIA}=\"1\"
-SUBSYSTEM==\"block\", KERNEL==\"loop*\", ACTION==\"change\", ENV{SYNTH_ARG_ISOMGREJECT}==\"1\", ENV{DISK_EJECT_REQUEST}=\"1\"
-";
-
-    fn install() -> FakeDriveRule {
+impl RunRules {
+    fn install(name: &str, rules: &str) -> RunRules {
         let dir = Path::new("/run/udev/rules.d");
         fs::create_dir_all(dir).unwrap();
-        let path = dir.join("99-isomgr-test-fake-drive.rules");
-        fs::write(&path, Self::RULES).unwrap();
+        let path = dir.join(name);
+        fs::write(&path, rules).unwrap();
         udevadm(&["control", "--reload"]);
-        FakeDriveRule(path)
+        RunRules(path)
     }
 }
 
-impl Drop for FakeDriveRule {
+impl Drop for RunRules {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
         // No assertion here: a panic while a failed test unwinds would abort the run.
@@ -434,6 +427,15 @@ impl Drop for FakeDriveRule {
             .status();
     }
 }
+
+/// Rules that make loop devices whose backing file is named `*isomgr-fake-drive*` look like
+/// optical drives with a disc in (`ID_CDROM=1`, `ID_CDROM_MEDIA=1`), and turn a synthetic
+/// uevent carrying `ISOMGREJECT=1` into the eject button (`DISK_EJECT_REQUEST=1`, what the
+/// kernel's cdrom layer sends).
+const FAKE_DRIVE_RULES: &str = "\
+SUBSYSTEM==\"block\", KERNEL==\"loop*\", ACTION!=\"remove\", ATTR{loop/backing_file}==\"*isomgr-fake-drive*\", ENV{ID_CDROM}=\"1\", ENV{ID_CDROM_MEDIA}=\"1\"
+SUBSYSTEM==\"block\", KERNEL==\"loop*\", ACTION==\"change\", ENV{SYNTH_ARG_ISOMGREJECT}==\"1\", ENV{DISK_EJECT_REQUEST}=\"1\"
+";
 
 /// Sends a synthetic `change` uevent for `dev` (`/sys/block/NAME/uevent`), with `args` as
 /// `SYNTH_ARG_` properties.
@@ -457,7 +459,7 @@ fn eject_button_unmounts_names_the_holders_and_reinsert_keeps_the_name() {
         return;
     }
     let _lock = LoopLock::take();
-    let _rule = FakeDriveRule::install();
+    let _rule = RunRules::install("99-isomgr-test-fake-drive.rules", FAKE_DRIVE_RULES);
     settle();
     let tmp = tempfile::tempdir().unwrap();
     let image = copy_fixture("plain.iso", tmp.path(), "isomgr-fake-drive-1.iso");
@@ -498,7 +500,9 @@ fn eject_button_unmounts_names_the_holders_and_reinsert_keeps_the_name() {
     );
     // A loop device has no tray: CDROMEJECT is refused, and said so.
     w.wait_for("the tray to be asked to open", |v| {
-        (v["message"] == "eject failed" || v["message"] == "ejected")
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("eject failed"))
             && v["device"] == dev.0.as_str()
     });
     // The open file reads on, to the end, from the disc that was taken away.
@@ -632,4 +636,322 @@ fn udev_broadcasts_parse_and_an_overflowed_socket_says_so() {
         "20 broadcasts into a minimal buffer, {taken} taken, no overflow reported"
     );
     assert!(taken < 20, "all 20 broadcasts fit a minimal buffer");
+}
+
+/// A real optical drive: the SCSI CD-ROM drive of the QEMU guest scripts/kernel-vm.sh boots
+/// (the kernel's sr driver, udev's cdrom_id and blkid, the drive's tray and door lock), its
+/// disc changed and its eject button pressed from outside the guest through QEMU's monitor,
+/// which the guest reaches over a control port (`ISOMGR_VM_CONTROL`, one QMP command per
+/// line, its reply back).
+struct RealDrive {
+    /// The drive's node (`/dev/sr0`).
+    dev: String,
+    /// The drive's id in QEMU (`ISOMGR_VM_DRIVE`).
+    qdev: String,
+    port: File,
+    replies: BufReader<File>,
+}
+
+impl RealDrive {
+    /// The guest's drive, emptied; fails outside the guest (the tests that take it are
+    /// `#[ignore]`d there, and scripts/test.sh runs them in the guest).
+    fn take() -> RealDrive {
+        let (Ok(control), Ok(qdev)) = (
+            std::env::var("ISOMGR_VM_CONTROL"),
+            std::env::var("ISOMGR_VM_DRIVE"),
+        ) else {
+            panic!(
+                "a real optical drive is needed: run this in the guest of scripts/kernel-vm.sh \
+                 (bash scripts/kernel-vm.sh target/debug/deps/drives-HASH --ignored), as \
+                 scripts/test.sh does"
+            );
+        };
+        let dev = fs::read_dir("/sys/block")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("sr"))
+            .map(|n| format!("/dev/{n}"))
+            .expect("an sr device in /sys/block");
+        let port = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&control)
+            .unwrap_or_else(|e| panic!("opening the control port {control}: {e}"));
+        let replies = BufReader::new(port.try_clone().unwrap());
+        let mut d = RealDrive {
+            dev,
+            qdev,
+            port,
+            replies,
+        };
+        assert!(
+            d.udev().contains("ID_CDROM=1"),
+            "udev's cdrom_id takes {} for an optical drive:\n{}",
+            d.dev,
+            d.udev()
+        );
+        d.yank();
+        d
+    }
+
+    /// Runs one QMP command; its reply (`{"return": ...}` or `{"error": ...}`).
+    fn qmp(&mut self, execute: &str, arguments: serde_json::Value) -> serde_json::Value {
+        use std::io::Write;
+        let cmd = serde_json::json!({ "execute": execute, "arguments": arguments });
+        writeln!(self.port, "{cmd}").expect("writing to the control port");
+        let mut line = String::new();
+        self.replies
+            .read_line(&mut line)
+            .expect("reading the control port");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{cmd}: reply {line:?}: {e}"))
+    }
+
+    /// QEMU's view of the drive (an entry of `query-block`).
+    fn state(&mut self) -> serde_json::Value {
+        let all = self.qmp("query-block", serde_json::json!({}));
+        let qdev = self.qdev.clone();
+        all["return"]
+            .as_array()
+            .and_then(|a| a.iter().find(|b| b["qdev"] == qdev.as_str()))
+            .cloned()
+            .unwrap_or_else(|| panic!("{qdev} in query-block: {all}"))
+    }
+
+    /// A disc with `image`'s bytes put in (the tray opened if need be, then closed).
+    fn insert(&mut self, image: &Path) {
+        let qdev = self.qdev.clone();
+        let r = self.qmp(
+            "blockdev-change-medium",
+            serde_json::json!({
+                "id": qdev,
+                "filename": image.to_str().unwrap(),
+                "format": "raw",
+                "read-only-mode": "read-only",
+            }),
+        );
+        assert!(
+            r.get("return").is_some(),
+            "inserting {}: {r}",
+            image.display()
+        );
+    }
+
+    /// The eject button: the drive opens its tray when its door is not locked, else asks the
+    /// host to (the kernel reports DISK_EJECT_REQUEST). Whether the tray opened at once.
+    fn press_eject(&mut self) -> bool {
+        let qdev = self.qdev.clone();
+        let r = self.qmp("eject", serde_json::json!({ "id": qdev, "force": false }));
+        match r.get("error") {
+            None => true,
+            Some(e) if e["desc"].as_str().is_some_and(|d| d.contains("locked")) => false,
+            Some(e) => panic!("eject button: {e}"),
+        }
+    }
+
+    /// The disc taken out whatever the guest holds (a hypervisor detaching the image).
+    fn yank(&mut self) {
+        let qdev = self.qdev.clone();
+        let r = self.qmp("eject", serde_json::json!({ "id": qdev, "force": true }));
+        assert!(r.get("return").is_some(), "forced eject: {r}");
+    }
+
+    /// What udev holds for the drive.
+    fn udev(&self) -> String {
+        let out = Command::new("udevadm")
+            .args(["info", "--query=property", "--name", &self.dev])
+            .output()
+            .expect("running udevadm info");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until udev has read the disc now in the drive (`label`) or seen the drive empty
+    /// (`None`): the kernel notices a change by polling the drive every two seconds.
+    fn wait_udev(&self, label: Option<&str>) {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let props = self.udev();
+            let seen = props
+                .lines()
+                .find_map(|l| l.strip_prefix("ID_FS_LABEL_ENC="))
+                .map(isomgr::source::drives::decode_udev_string)
+                .filter(|_| props.contains("ID_CDROM_MEDIA=1"));
+            if seen.as_deref() == label {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "udev on {} after a disc change: want {label:?}, have:\n{props}",
+                self.dev
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls QEMU until `pred` holds for the drive's state.
+    fn wait_state(&mut self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let s = self.state();
+            if pred(&s) {
+                return;
+            }
+            assert!(Instant::now() < end, "waiting for {what}: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A disc in a real drive, through `driver`: served under its label when present at start,
+/// taken away by the eject button (a reader still holding a file is named, and the tray
+/// opens), the next disc served, a forced removal (the image detached by the hypervisor)
+/// cleaned up, the first disc back under its old name, and no mount of the drive left once
+/// the watcher stops.
+///
+/// udev's own eject rule is taken out for the test (udev would open the tray on the button
+/// too, whatever isomgr does), so that the tray opens only if isomgr opens it; udev still
+/// locks the door of a drive with a disc in, as it does everywhere.
+fn real_drive(driver: &str) {
+    let _rules = without_udevs_eject();
+    let mut drive = RealDrive::take();
+    let dev = drive.dev.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let first = common::fixtures().join("rr-joliet.iso");
+    let second = common::fixtures().join("xorriso-rr-joliet.iso");
+
+    drive.insert(&first);
+    drive.wait_udev(Some("RR and Joliet long label"));
+    let mut w = Watcher::start_with(
+        tmp.path(),
+        &[
+            "--driver",
+            driver,
+            "--cleanup-on-exit",
+            "--no-follow-symlinks",
+        ],
+    );
+    let name = w.wait_mounted(&dev);
+    assert_eq!(name, "RR_and_Joliet_long_label");
+    let served = w.root.join(&name);
+    assert_serves(&served, "rr-joliet.iso");
+    if driver == "kernel" {
+        let m: Vec<_> = common::mountinfo()
+            .into_iter()
+            .filter(|m| Path::new(&m.0) == served)
+            .collect();
+        assert_eq!(m.len(), 1, "one mount at {}: {m:?}", served.display());
+        assert_eq!(
+            (m[0].2.as_str(), m[0].3.as_str()),
+            ("iso9660", dev.as_str())
+        );
+        assert!(m[0].1.split(',').any(|o| o == "ro"), "{m:?}");
+    }
+    // udev locks the door of a drive with a disc in (`cdrom_id --lock-media`), so that the
+    // button asks instead of opening the tray.
+    drive.wait_state("the door to be locked", |s| s["locked"] == true);
+
+    // The eject button with a file open: unpublished at once, the reader named (its reads
+    // fail from now on), and the tray opened although udev keeps the door locked.
+    let held = File::open(served.join("README")).unwrap();
+    assert!(
+        !drive.press_eject(),
+        "udev keeps the door locked while a disc is in"
+    );
+    w.wait_for("the eject button to be seen", |v| {
+        v["message"] == "eject button" && v["device"] == dev.as_str()
+    });
+    w.wait_removed(&dev);
+    assert!(
+        !w.names().contains(&name),
+        "{name} gone after the eject button"
+    );
+    let me = format!("[{}]", std::process::id());
+    let busy = w.wait_for("the holders to be named", |v| {
+        v["message"] == "still in use after unpublishing" && v["device"] == dev.as_str()
+    });
+    assert!(
+        busy["holders"].as_str().is_some_and(|h| h.contains(&me)),
+        "this process ({me}) holds a file: {busy}"
+    );
+    w.wait_for("the tray to be opened", |v| {
+        v["message"] == "ejected" && v["device"] == dev.as_str()
+    });
+    drive.wait_state("the tray to be open", |s| s["tray_open"] == true);
+    drop(held);
+
+    // The next disc.
+    drive.insert(&second);
+    let other = w.wait_mounted(&dev);
+    assert_eq!(other, "xorriso_rr_joliet");
+    assert_serves(&w.root.join(&other), "xorriso-rr-joliet.iso");
+
+    // Taken out by force while served and read from: unserved, nothing left behind.
+    let other_at = w.root.join(&other);
+    let held = File::open(other_at.join("README")).unwrap();
+    drive.yank();
+    w.wait_removed(&dev);
+    assert!(!w.names().contains(&other), "{other} gone after the yank");
+    let at: Vec<_> = common::mountinfo()
+        .into_iter()
+        .filter(|m| Path::new(&m.0) == other_at)
+        .collect();
+    assert!(
+        at.is_empty(),
+        "{} still mounted: {at:?}",
+        other_at.display()
+    );
+    drop(held);
+
+    // The first disc back: its old name.
+    drive.insert(&first);
+    assert_eq!(w.wait_mounted(&dev), name);
+    assert_serves(&served, "rr-joliet.iso");
+
+    drop(w);
+    let root = tmp.path().join("root");
+    let left: Vec<_> = common::mountinfo()
+        .into_iter()
+        .filter(|m| Path::new(&m.0).starts_with(&root) || m.3 == dev)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "mounts left of the root or the drive: {left:?}"
+    );
+    drive.yank();
+}
+
+/// udev's 60-cdrom_id.rules without its eject on the eject button (`cdrom_id --eject-media`):
+/// the rest, locking the door of a drive with a disc in included, stays.
+fn without_udevs_eject() -> RunRules {
+    let name = "60-cdrom_id.rules";
+    let stock = ["/usr/lib/udev/rules.d", "/lib/udev/rules.d"]
+        .iter()
+        .find_map(|d| fs::read_to_string(Path::new(d).join(name)).ok())
+        .unwrap_or_else(|| panic!("udev's {name}"));
+    let eject = "RUN+=\"cdrom_id --eject-media $devnode\", ";
+    assert!(
+        stock.contains(eject),
+        "{name} ejects on the button:\n{stock}"
+    );
+    assert!(
+        stock.contains("--lock-media"),
+        "{name} locks the door:\n{stock}"
+    );
+    RunRules::install(name, &stock.replace(eject, ""))
+}
+
+#[test]
+#[ignore = "needs a real optical drive: scripts/test.sh runs it in scripts/kernel-vm.sh's guest"]
+fn real_drive_through_the_kernel_driver() {
+    if can_run("real_drive_through_the_kernel_driver") {
+        real_drive("kernel");
+    }
+}
+
+#[test]
+#[ignore = "needs a real optical drive: scripts/test.sh runs it in scripts/kernel-vm.sh's guest"]
+fn real_drive_through_the_fuse_driver() {
+    if can_run("real_drive_through_the_fuse_driver") {
+        real_drive("fuse");
+    }
 }
