@@ -105,6 +105,8 @@ done
 cmd=$(printf '%q ' "$@")
 guest_env="CI=true ISOMGR_EXPECT_ISO9660=1"
 guest_env+=" ISOMGR_VM_CONTROL=/dev/virtio-ports/isomgr.control ISOMGR_VM_DRIVE=cd0"
+# systemd's tools (udevadm control, settle, trigger) refuse to act in a chroot unless told.
+guest_env+=" SYSTEMD_IGNORE_CHROOT=1"
 printf 'cd %q && exec env %s %s\n' "$PWD" "$guest_env" "$cmd" >"$ird/command"
 {
   printf '%s\n' "$PWD"
@@ -195,7 +197,7 @@ relay() {
 }
 relay &
 relay_pid=$!
-trap 'kill "$relay_pid" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill "$relay_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 timeout "${ISOMGR_VM_TIMEOUT:-1800}" qemu-system-x86_64 \
   -accel "$accel" -cpu max -smp "$(nproc)" -m "${ISOMGR_VM_MEMORY:-3072}" \
   -kernel "$vmlinuz" -initrd "$work/initramfs.cpio" \
