@@ -805,8 +805,8 @@ impl RealDrive {
 /// A disc in a real drive, through `driver`: served under its label when present at start,
 /// taken away by the eject button (a reader still holding a file is named, and the tray
 /// opens), the next disc served, a forced removal (the image detached by the hypervisor)
-/// cleaned up, the first disc back under its old name, and no mount of the drive left once
-/// the watcher stops.
+/// cleaned up, the first disc back under its old name, swapped by force for the second, and no
+/// mount of the drive left once the watcher stops.
 ///
 /// udev's own eject rule is taken out for the test (udev would open the tray on the button
 /// too, whatever isomgr does), so that the tray opens only if isomgr opens it; udev still
@@ -906,6 +906,15 @@ fn real_drive(driver: &str) {
     drive.insert(&first);
     assert_eq!(w.wait_mounted(&dev), name);
     assert_serves(&served, "rr-joliet.iso");
+
+    // Swapped by force while served (a hypervisor changing the image, faster than isomgr
+    // looks at the tray): the old disc goes, the new one is served.
+    drive.yank();
+    drive.insert(&second);
+    w.wait_removed(&dev);
+    assert_eq!(w.wait_mounted(&dev), other);
+    assert!(!w.names().contains(&name), "{name} gone after the swap");
+    assert_serves(&w.root.join(&other), "xorriso-rr-joliet.iso");
 
     drop(w);
     let root = tmp.path().join("root");
