@@ -666,13 +666,7 @@ impl RealDrive {
                  scripts/test.sh does"
             );
         };
-        let dev = fs::read_dir("/sys/block")
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .find(|n| n.starts_with("sr"))
-            .map(|n| format!("/dev/{n}"))
-            .expect("an sr device in /sys/block");
+        let dev = sr_device().expect("an sr device in /sys/block");
         let port = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -709,13 +703,58 @@ impl RealDrive {
 
     /// QEMU's view of the drive (an entry of `query-block`).
     fn state(&mut self) -> serde_json::Value {
+        let qdev = self.qdev.clone();
+        self.find_state()
+            .unwrap_or_else(|| panic!("{qdev} is not in query-block"))
+    }
+
+    /// QEMU's view of the drive, if QEMU has it.
+    fn find_state(&mut self) -> Option<serde_json::Value> {
         let all = self.qmp("query-block", serde_json::json!({}));
         let qdev = self.qdev.clone();
         all["return"]
             .as_array()
             .and_then(|a| a.iter().find(|b| b["qdev"] == qdev.as_str()))
             .cloned()
-            .unwrap_or_else(|| panic!("{qdev} in query-block: {all}"))
+    }
+
+    /// The drive unplugged (QMP `device_del`): waits until QEMU and the guest's kernel both
+    /// have let it go.
+    fn unplug(&mut self) {
+        let qdev = self.qdev.clone();
+        let r = self.qmp("device_del", serde_json::json!({ "id": qdev }));
+        assert!(r.get("return").is_some(), "unplugging the drive: {r}");
+        let end = Instant::now() + DEADLINE;
+        while self.find_state().is_some() || Path::new(&self.dev).exists() {
+            assert!(
+                Instant::now() < end,
+                "{} still there after device_del",
+                self.dev
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A new, empty drive plugged in (QMP `device_add` of a `scsi-cd` under the same id): waits
+    /// until udev has taken it for an optical drive; its node may differ from the old one's.
+    fn plug(&mut self) {
+        let qdev = self.qdev.clone();
+        let r = self.qmp(
+            "device_add",
+            serde_json::json!({ "driver": "scsi-cd", "bus": "scsi0.0", "id": qdev }),
+        );
+        assert!(r.get("return").is_some(), "plugging a drive in: {r}");
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(dev) = sr_device() {
+                self.dev = dev;
+                if self.udev().contains("ID_CDROM=1") {
+                    return;
+                }
+            }
+            assert!(Instant::now() < end, "no optical drive after device_add");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// A disc with `image`'s bytes put in (the tray opened if need be, then closed).
@@ -800,6 +839,16 @@ impl RealDrive {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The guest's optical drive node (`/dev/srN`), if it has one.
+fn sr_device() -> Option<String> {
+    fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("sr"))
+        .map(|n| format!("/dev/{n}"))
 }
 
 /// A disc in a real drive, through `driver`: served under its label when present at start,
@@ -962,5 +1011,55 @@ fn real_drive_through_the_kernel_driver() {
 fn real_drive_through_the_fuse_driver() {
     if can_run("real_drive_through_the_fuse_driver") {
         real_drive("fuse");
+    }
+}
+
+/// A real drive unplugged while it serves a disc that a process reads from (a USB drive pulled,
+/// a VM's drive removed): the disc is unserved, its mount gone; a drive plugged in afterwards
+/// serves the disc put in it.
+fn real_drive_unplugged(driver: &str) {
+    let mut drive = RealDrive::take();
+    let dev = drive.dev.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    drive.insert(&common::fixtures().join("rr-joliet.iso"));
+    drive.wait_udev(Some("RR and Joliet long label"));
+    let mut w = Watcher::start_with(tmp.path(), &["--driver", driver, "--cleanup-on-exit"]);
+    let name = w.wait_mounted(&dev);
+    let served = w.root.join(&name);
+    let held = File::open(served.join("README")).unwrap();
+
+    drive.unplug();
+    w.wait_removed(&dev);
+    assert!(!w.names().contains(&name), "{name} gone with its drive");
+    let at: Vec<_> = common::mountinfo()
+        .into_iter()
+        .filter(|m| Path::new(&m.0) == served || m.3 == dev)
+        .collect();
+    assert!(at.is_empty(), "mounts left of the unplugged drive: {at:?}");
+    drop(held);
+
+    drive.plug();
+    let new_dev = drive.dev.clone();
+    drive.insert(&common::fixtures().join("xorriso-rr-joliet.iso"));
+    let other = w.wait_mounted(&new_dev);
+    assert_eq!(other, "xorriso_rr_joliet");
+    assert_serves(&w.root.join(&other), "xorriso-rr-joliet.iso");
+    drop(w);
+    drive.yank();
+}
+
+#[test]
+#[ignore = "needs a real optical drive: scripts/test.sh runs it in scripts/kernel-vm.sh's guest"]
+fn real_drive_unplugged_through_the_kernel_driver() {
+    if can_run("real_drive_unplugged_through_the_kernel_driver") {
+        real_drive_unplugged("kernel");
+    }
+}
+
+#[test]
+#[ignore = "needs a real optical drive: scripts/test.sh runs it in scripts/kernel-vm.sh's guest"]
+fn real_drive_unplugged_through_the_fuse_driver() {
+    if can_run("real_drive_unplugged_through_the_fuse_driver") {
+        real_drive_unplugged("fuse");
     }
 }
