@@ -355,6 +355,46 @@ fn output_inside_the_source_tree_is_refused() {
     no_leftovers(&src.join("docs"));
 }
 
+/// `mkiso SRC -o - > SRC/out.iso`: the shell made the file, mkiso would read it while writing
+/// it. Refused before anything is written, naming the file; the file stays (mkiso did not make
+/// it), empty.
+#[test]
+fn standard_output_redirected_into_the_source_tree_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let out = src.join("docs/out.iso");
+    let o = std::process::Command::new(common::bin())
+        .arg("mkiso")
+        .arg(&src)
+        .args(["-o", "-"])
+        .stdout(fs::File::create(&out).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "output standard output ({}) is inside the source tree",
+            out.canonicalize().unwrap().display()
+        )),
+        "{err}"
+    );
+    assert_eq!(fs::metadata(&out).unwrap().len(), 0, "nothing written");
+
+    // Outside the tree, the same redirection gets the image.
+    let outside = tmp.path().join("out.iso");
+    let o = std::process::Command::new(common::bin())
+        .arg("mkiso")
+        .arg(&src)
+        .args(["-o", "-"])
+        .stdout(fs::File::create(&outside).unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(fs::metadata(&outside).unwrap().len() > 0);
+}
+
 #[test]
 fn fifos_and_sockets_are_skipped_with_a_warning_or_refused_when_strict() {
     let tmp = tempfile::tempdir().unwrap();

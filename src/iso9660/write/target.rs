@@ -27,6 +27,15 @@ use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
+/// Whether `path` (canonical) is the directory at `src` or inside it.
+fn is_inside(src: &Path, path: &Path) -> Result<bool, Error> {
+    let src_canon = fs::canonicalize(src).map_err(|source| Error::Stat {
+        path: src.to_path_buf(),
+        source,
+    })?;
+    Ok(path.starts_with(src_canon))
+}
+
 /// Where an image goes; see the module documentation.
 #[derive(Debug)]
 pub struct Target {
@@ -115,7 +124,20 @@ impl Target {
                     path: output.to_path_buf(),
                     source,
                 })?;
-            return in_place(output, File::from(stdout), false);
+            let file = File::from(stdout);
+            // `mkiso SRC -o - > SRC/x.iso`: the shell made the file before mkiso ran; it would
+            // be read while it is being written.
+            if file.metadata().is_ok_and(|m| m.is_file()) {
+                if let Ok(path) = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+                    if is_inside(src, &path)? {
+                        return Err(Error::OutputInsideSource {
+                            output: PathBuf::from(format!("standard output ({})", path.display())),
+                            source_dir: src.to_path_buf(),
+                        });
+                    }
+                }
+            }
+            return in_place(output, file, false);
         }
         let md = match fs::metadata(output) {
             Ok(md) => md,
@@ -171,10 +193,6 @@ impl Target {
     /// A regular file at `path` (`output` as given), replaced: checks that it is not inside
     /// the tree at `src` and names the temporary file (`OUT.tmp-PID` in its directory).
     fn replace(src: &Path, output: &Path, path: &Path) -> Result<Target, Error> {
-        let src_canon = fs::canonicalize(src).map_err(|source| Error::Stat {
-            path: src.to_path_buf(),
-            source,
-        })?;
         let file_name = path.file_name().ok_or_else(|| Error::Create {
             path: output.to_path_buf(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "output has no file name"),
@@ -187,7 +205,7 @@ impl Target {
             path: output.to_path_buf(),
             source,
         })?;
-        if parent_canon.starts_with(&src_canon) {
+        if is_inside(src, &parent_canon)? {
             return Err(Error::OutputInsideSource {
                 output: output.to_path_buf(),
                 source_dir: src.to_path_buf(),
