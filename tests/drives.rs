@@ -1063,3 +1063,85 @@ fn real_drive_unplugged_through_the_fuse_driver() {
         real_drive_unplugged("fuse");
     }
 }
+
+/// The mount ids (mountinfo's first field) at `target`.
+fn mount_ids_at(target: &Path) -> Vec<String> {
+    let t = target.to_string_lossy();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(&*t))
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+/// The kernel driver's mounts outlive a normal stop so that downloads go on; the next start
+/// adopts the mount of a disc still in the drive as it is, tears down that of a disc swapped
+/// while isomgr was stopped (the new disc is served under its own name), and that of a disc
+/// taken out meanwhile.
+#[test]
+#[ignore = "needs a real optical drive: scripts/test.sh runs it in scripts/kernel-vm.sh's guest"]
+fn real_drive_changed_while_the_watcher_was_stopped() {
+    if !can_run("real_drive_changed_while_the_watcher_was_stopped") {
+        return;
+    }
+    let mut drive = RealDrive::take();
+    let dev = drive.dev.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    drive.insert(&common::fixtures().join("rr-joliet.iso"));
+    drive.wait_udev(Some("RR and Joliet long label"));
+    let args = ["--driver", "kernel"];
+    let mut w = Watcher::start_with(tmp.path(), &args);
+    let name = w.wait_mounted(&dev);
+    let served = w.root.join(&name);
+    let ids = mount_ids_at(&served);
+    assert_eq!(ids.len(), 1, "one mount at {}", served.display());
+    drop(w);
+    assert_eq!(
+        mount_ids_at(&served),
+        ids,
+        "the mount outlives a normal stop"
+    );
+
+    // The same disc at the next start: that very mount is adopted.
+    let mut w = Watcher::start_with(tmp.path(), &args);
+    w.wait_for("the mount to be adopted", |v| {
+        v["message"] == "adopted the mount of the previous run" && v["name"] == name.as_str()
+    });
+    assert_eq!(mount_ids_at(&served), ids, "adopted, not mounted again");
+    assert_serves(&served, "rr-joliet.iso");
+    drop(w);
+
+    // Another disc put in while isomgr is stopped: the old mount goes, the new disc is served.
+    drive.yank();
+    drive.insert(&common::fixtures().join("xorriso-rr-joliet.iso"));
+    let mut w = Watcher::start_with(tmp.path(), &args);
+    let other = w.wait_mounted(&dev);
+    assert_eq!(other, "xorriso_rr_joliet");
+    assert_serves(&w.root.join(&other), "xorriso-rr-joliet.iso");
+    assert!(
+        mount_ids_at(&served).is_empty(),
+        "the stale mount at {name} is gone"
+    );
+    assert!(!served.exists(), "{} removed", served.display());
+    drop(w);
+
+    // The disc taken out while isomgr is stopped: its mount goes at the next start.
+    let other_at = tmp.path().join("root").join(&other);
+    assert_eq!(
+        mount_ids_at(&other_at).len(),
+        1,
+        "the mount outlives a normal stop"
+    );
+    drive.yank();
+    let mut w = Watcher::start_with(tmp.path(), &["--driver", "kernel", "--cleanup-on-exit"]);
+    w.wait_for("the stale mount to be removed", |v| {
+        v["message"] == "removed" && v["name"] == other.as_str()
+    });
+    assert!(
+        mount_ids_at(&other_at).is_empty(),
+        "the stale mount at {other} is gone"
+    );
+    assert!(!other_at.exists(), "{} removed", other_at.display());
+    assert!(w.names().is_empty(), "nothing served: {:?}", w.names());
+}
