@@ -701,6 +701,16 @@ impl RealDrive {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{cmd}: reply {line:?}: {e}"))
     }
 
+    /// rr-joliet.iso put in, then `isomgr watch ARGS` started on `dir` (see
+    /// [`Watcher::start_with`]); the watcher and the name it serves the disc under.
+    fn serve_first(&mut self, dir: &Path, args: &[&str]) -> (Watcher, String) {
+        self.insert(&common::fixtures().join("rr-joliet.iso"));
+        self.wait_udev(Some("RR and Joliet long label"));
+        let mut w = Watcher::start_with(dir, args);
+        let name = w.wait_mounted(&self.dev);
+        (w, name)
+    }
+
     /// QEMU's view of the drive (an entry of `query-block`).
     fn state(&mut self) -> serde_json::Value {
         let qdev = self.qdev.clone();
@@ -841,6 +851,13 @@ impl RealDrive {
     }
 }
 
+/// The mounts (as [`common::mountinfo`] gives them) that `pred` takes.
+fn mounts_where(
+    pred: impl Fn(&(String, String, String, String)) -> bool,
+) -> Vec<(String, String, String, String)> {
+    common::mountinfo().into_iter().filter(pred).collect()
+}
+
 /// The guest's optical drive node (`/dev/srN`), if it has one.
 fn sr_device() -> Option<String> {
     fs::read_dir("/sys/block")
@@ -868,26 +885,12 @@ fn real_drive(driver: &str) {
     let first = common::fixtures().join("rr-joliet.iso");
     let second = common::fixtures().join("xorriso-rr-joliet.iso");
 
-    drive.insert(&first);
-    drive.wait_udev(Some("RR and Joliet long label"));
-    let mut w = Watcher::start_with(
-        tmp.path(),
-        &[
-            "--driver",
-            driver,
-            "--cleanup-on-exit",
-            "--no-follow-symlinks",
-        ],
-    );
-    let name = w.wait_mounted(&dev);
+    let (mut w, name) = drive.serve_first(tmp.path(), &["--driver", driver, "--cleanup-on-exit"]);
     assert_eq!(name, "RR_and_Joliet_long_label");
     let served = w.root.join(&name);
     assert_serves(&served, "rr-joliet.iso");
     if driver == "kernel" {
-        let m: Vec<_> = common::mountinfo()
-            .into_iter()
-            .filter(|m| Path::new(&m.0) == served)
-            .collect();
+        let m = mounts_where(|m| Path::new(&m.0) == served);
         assert_eq!(m.len(), 1, "one mount at {}: {m:?}", served.display());
         assert_eq!(
             (m[0].2.as_str(), m[0].3.as_str()),
@@ -940,10 +943,7 @@ fn real_drive(driver: &str) {
     drive.yank();
     w.wait_removed(&dev);
     assert!(!w.names().contains(&other), "{other} gone after the yank");
-    let at: Vec<_> = common::mountinfo()
-        .into_iter()
-        .filter(|m| Path::new(&m.0) == other_at)
-        .collect();
+    let at = mounts_where(|m| Path::new(&m.0) == other_at);
     assert!(
         at.is_empty(),
         "{} still mounted: {at:?}",
@@ -967,10 +967,7 @@ fn real_drive(driver: &str) {
 
     drop(w);
     let root = tmp.path().join("root");
-    let left: Vec<_> = common::mountinfo()
-        .into_iter()
-        .filter(|m| Path::new(&m.0).starts_with(&root) || m.3 == dev)
-        .collect();
+    let left = mounts_where(|m| Path::new(&m.0).starts_with(&root) || m.3 == dev);
     assert!(
         left.is_empty(),
         "mounts left of the root or the drive: {left:?}"
@@ -1021,20 +1018,14 @@ fn real_drive_unplugged(driver: &str) {
     let mut drive = RealDrive::take();
     let dev = drive.dev.clone();
     let tmp = tempfile::tempdir().unwrap();
-    drive.insert(&common::fixtures().join("rr-joliet.iso"));
-    drive.wait_udev(Some("RR and Joliet long label"));
-    let mut w = Watcher::start_with(tmp.path(), &["--driver", driver, "--cleanup-on-exit"]);
-    let name = w.wait_mounted(&dev);
+    let (mut w, name) = drive.serve_first(tmp.path(), &["--driver", driver, "--cleanup-on-exit"]);
     let served = w.root.join(&name);
     let held = File::open(served.join("README")).unwrap();
 
     drive.unplug();
     w.wait_removed(&dev);
     assert!(!w.names().contains(&name), "{name} gone with its drive");
-    let at: Vec<_> = common::mountinfo()
-        .into_iter()
-        .filter(|m| Path::new(&m.0) == served || m.3 == dev)
-        .collect();
+    let at = mounts_where(|m| Path::new(&m.0) == served || m.3 == dev);
     assert!(at.is_empty(), "mounts left of the unplugged drive: {at:?}");
     drop(held);
 
@@ -1088,11 +1079,8 @@ fn real_drive_changed_while_the_watcher_was_stopped() {
     let mut drive = RealDrive::take();
     let dev = drive.dev.clone();
     let tmp = tempfile::tempdir().unwrap();
-    drive.insert(&common::fixtures().join("rr-joliet.iso"));
-    drive.wait_udev(Some("RR and Joliet long label"));
     let args = ["--driver", "kernel"];
-    let mut w = Watcher::start_with(tmp.path(), &args);
-    let name = w.wait_mounted(&dev);
+    let (w, name) = drive.serve_first(tmp.path(), &args);
     let served = w.root.join(&name);
     let ids = mount_ids_at(&served);
     assert_eq!(ids.len(), 1, "one mount at {}", served.display());

@@ -363,14 +363,18 @@ fn standard_output_redirected_into_the_source_tree_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     make_tree(&src);
+    // `mkiso SRC -o - > out`
+    let to_stdout_as = |out: &Path| {
+        std::process::Command::new(common::bin())
+            .arg("mkiso")
+            .arg(&src)
+            .args(["-o", "-"])
+            .stdout(fs::File::create(out).unwrap())
+            .output()
+            .unwrap()
+    };
     let out = src.join("docs/out.iso");
-    let o = std::process::Command::new(common::bin())
-        .arg("mkiso")
-        .arg(&src)
-        .args(["-o", "-"])
-        .stdout(fs::File::create(&out).unwrap())
-        .output()
-        .unwrap();
+    let o = to_stdout_as(&out);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -384,13 +388,7 @@ fn standard_output_redirected_into_the_source_tree_is_refused() {
 
     // Outside the tree, the same redirection gets the image.
     let outside = tmp.path().join("out.iso");
-    let o = std::process::Command::new(common::bin())
-        .arg("mkiso")
-        .arg(&src)
-        .args(["-o", "-"])
-        .stdout(fs::File::create(&outside).unwrap())
-        .output()
-        .unwrap();
+    let o = to_stdout_as(&outside);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(fs::metadata(&outside).unwrap().len() > 0);
 }
