@@ -14,11 +14,12 @@
 # its output is printed and its exit status is returned. The current directory and those of
 # COMMAND and of its arguments that are absolute paths show through the guest's tmpfs.
 #
-# The drive: an empty SCSI CD-ROM drive (QEMU's scsi-cd, id $ISOMGR_VM_DRIVE = cd0, /dev/sr0
-# in the guest). The guest changes its disc and presses its eject button through QEMU's
-# monitor: each line written to the control port $ISOMGR_VM_CONTROL
-# (/dev/virtio-ports/isomgr.control) is one QMP command, and its reply comes back as one line
-# ({"return": ...} or {"error": ...}). The images put in must be paths the host can read.
+# The drives: two empty SCSI CD-ROM drives (QEMU's scsi-cd), ids cd0 and cd1 at SCSI targets
+# 0 and 1 ($ISOMGR_VM_DRIVES lists them in that order). The guest changes their discs, presses
+# their eject buttons and unplugs them through QEMU's monitor: each line written to the
+# control port $ISOMGR_VM_CONTROL (/dev/virtio-ports/isomgr.control) is one QMP command, and
+# its reply comes back as one line ({"return": ...} or {"error": ...}). The images put in must
+# be paths the host can read.
 #
 # As on a stock Debian system, isofs, udf and nls_utf8 are not loaded at boot: the first iso9660
 # mount(2) loads them through the kernel's module loader (busybox modprobe in the initramfs).
@@ -104,7 +105,7 @@ done
 # The command, quoted for bash (printf %q), and where it runs.
 cmd=$(printf '%q ' "$@")
 guest_env="CI=true ISOMGR_EXPECT_ISO9660=1"
-guest_env+=" ISOMGR_VM_CONTROL=/dev/virtio-ports/isomgr.control ISOMGR_VM_DRIVE=cd0"
+guest_env+=" ISOMGR_VM_CONTROL=/dev/virtio-ports/isomgr.control ISOMGR_VM_DRIVES='cd0 cd1'"
 # systemd's tools (udevadm control, settle, trigger) refuse to act in a chroot unless told.
 guest_env+=" SYSTEMD_IGNORE_CHROOT=1"
 printf 'cd %q && exec env %s %s\n' "$PWD" "$guest_env" "$cmd" >"$ird/command"
@@ -205,7 +206,9 @@ timeout "${ISOMGR_VM_TIMEOUT:-1800}" qemu-system-x86_64 \
   -virtfs "local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap" \
   -device virtio-scsi-pci,id=scsi0 \
   -drive if=none,id=cd0drive,media=cdrom,readonly=on \
-  -device scsi-cd,bus=scsi0.0,drive=cd0drive,id=cd0 \
+  -device scsi-cd,bus=scsi0.0,scsi-id=0,drive=cd0drive,id=cd0 \
+  -drive if=none,id=cd1drive,media=cdrom,readonly=on \
+  -device scsi-cd,bus=scsi0.0,scsi-id=1,drive=cd1drive,id=cd1 \
   -device virtio-serial-pci -chardev pipe,id=ctl,path="$work/ctl" \
   -device virtserialport,chardev=ctl,name=isomgr.control \
   -chardev pipe,id=qmp,path="$work/qmp" -mon chardev=qmp,mode=control \

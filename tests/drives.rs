@@ -638,57 +638,14 @@ fn udev_broadcasts_parse_and_an_overflowed_socket_says_so() {
     assert!(taken < 20, "all 20 broadcasts fit a minimal buffer");
 }
 
-/// A real optical drive: the SCSI CD-ROM drive of the QEMU guest scripts/kernel-vm.sh boots
-/// (the kernel's sr driver, udev's cdrom_id and blkid, the drive's tray and door lock), its
-/// disc changed and its eject button pressed from outside the guest through QEMU's monitor,
-/// which the guest reaches over a control port (`ISOMGR_VM_CONTROL`, one QMP command per
-/// line, its reply back).
-struct RealDrive {
-    /// The drive's node (`/dev/sr0`).
-    dev: String,
-    /// The drive's id in QEMU (`ISOMGR_VM_DRIVE`).
-    qdev: String,
+/// QEMU's monitor, reached from the guest of scripts/kernel-vm.sh over its control port
+/// (`ISOMGR_VM_CONTROL`: one QMP command per line, its reply back).
+struct Qemu {
     port: File,
     replies: BufReader<File>,
 }
 
-impl RealDrive {
-    /// The guest's drive, emptied; fails outside the guest (the tests that take it are
-    /// `#[ignore]`d there, and scripts/test.sh runs them in the guest).
-    fn take() -> RealDrive {
-        let (Ok(control), Ok(qdev)) = (
-            std::env::var("ISOMGR_VM_CONTROL"),
-            std::env::var("ISOMGR_VM_DRIVE"),
-        ) else {
-            panic!(
-                "a real optical drive is needed: run this in the guest of scripts/kernel-vm.sh \
-                 (bash scripts/kernel-vm.sh target/debug/deps/drives-HASH --ignored), as \
-                 scripts/test.sh does"
-            );
-        };
-        let dev = sr_device().expect("an sr device in /sys/block");
-        let port = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&control)
-            .unwrap_or_else(|e| panic!("opening the control port {control}: {e}"));
-        let replies = BufReader::new(port.try_clone().unwrap());
-        let mut d = RealDrive {
-            dev,
-            qdev,
-            port,
-            replies,
-        };
-        assert!(
-            d.udev().contains("ID_CDROM=1"),
-            "udev's cdrom_id takes {} for an optical drive:\n{}",
-            d.dev,
-            d.udev()
-        );
-        d.yank();
-        d
-    }
-
+impl Qemu {
     /// Runs one QMP command; its reply (`{"return": ...}` or `{"error": ...}`).
     fn qmp(&mut self, execute: &str, arguments: serde_json::Value) -> serde_json::Value {
         use std::io::Write;
@@ -700,10 +657,79 @@ impl RealDrive {
             .expect("reading the control port");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{cmd}: reply {line:?}: {e}"))
     }
+}
+
+/// A real optical drive: one of the SCSI CD-ROM drives of the QEMU guest scripts/kernel-vm.sh
+/// boots (the kernel's sr driver, udev's cdrom_id and blkid, the drive's tray and door lock),
+/// its disc changed, its eject button pressed and the drive itself unplugged from outside the
+/// guest through QEMU's monitor.
+struct RealDrive {
+    /// The drive's node (`/dev/srN`).
+    dev: String,
+    /// The drive's id in QEMU (from `ISOMGR_VM_DRIVES`).
+    qdev: String,
+    /// Its SCSI target number: the N-th drive of `ISOMGR_VM_DRIVES` is at target N.
+    target: usize,
+    qemu: std::rc::Rc<std::cell::RefCell<Qemu>>,
+}
+
+impl RealDrive {
+    /// The guest's first drive, emptied (the others too); see [`RealDrive::take_all`].
+    fn take() -> RealDrive {
+        RealDrive::take_all().swap_remove(0)
+    }
+
+    /// The guest's drives, emptied; fails outside the guest (the tests that take them are
+    /// `#[ignore]`d there, and scripts/test.sh runs them in the guest).
+    fn take_all() -> Vec<RealDrive> {
+        let (Ok(control), Ok(drives)) = (
+            std::env::var("ISOMGR_VM_CONTROL"),
+            std::env::var("ISOMGR_VM_DRIVES"),
+        ) else {
+            panic!(
+                "a real optical drive is needed: run this in the guest of scripts/kernel-vm.sh \
+                 (bash scripts/kernel-vm.sh target/debug/deps/drives-HASH --ignored), as \
+                 scripts/test.sh does"
+            );
+        };
+        let port = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&control)
+            .unwrap_or_else(|e| panic!("opening the control port {control}: {e}"));
+        let replies = BufReader::new(port.try_clone().unwrap());
+        let qemu = std::rc::Rc::new(std::cell::RefCell::new(Qemu { port, replies }));
+        drives
+            .split_whitespace()
+            .enumerate()
+            .map(|(target, qdev)| {
+                let dev = sr_device(target)
+                    .unwrap_or_else(|| panic!("an sr device at SCSI target {target} ({qdev})"));
+                let d = RealDrive {
+                    dev,
+                    qdev: qdev.to_owned(),
+                    target,
+                    qemu: qemu.clone(),
+                };
+                assert!(
+                    d.udev().contains("ID_CDROM=1"),
+                    "udev's cdrom_id takes {} for an optical drive:\n{}",
+                    d.dev,
+                    d.udev()
+                );
+                d.yank();
+                d
+            })
+            .collect()
+    }
+
+    fn qmp(&self, execute: &str, arguments: serde_json::Value) -> serde_json::Value {
+        self.qemu.borrow_mut().qmp(execute, arguments)
+    }
 
     /// rr-joliet.iso put in, then `isomgr watch ARGS` started on `dir` (see
     /// [`Watcher::start_with`]); the watcher and the name it serves the disc under.
-    fn serve_first(&mut self, dir: &Path, args: &[&str]) -> (Watcher, String) {
+    fn serve_first(&self, dir: &Path, args: &[&str]) -> (Watcher, String) {
         self.insert(&common::fixtures().join("rr-joliet.iso"));
         self.wait_udev(Some("RR and Joliet long label"));
         let mut w = Watcher::start_with(dir, args);
@@ -712,16 +738,16 @@ impl RealDrive {
     }
 
     /// QEMU's view of the drive (an entry of `query-block`).
-    fn state(&mut self) -> serde_json::Value {
-        let qdev = self.qdev.clone();
+    fn state(&self) -> serde_json::Value {
+        let qdev = &self.qdev;
         self.find_state()
             .unwrap_or_else(|| panic!("{qdev} is not in query-block"))
     }
 
     /// QEMU's view of the drive, if QEMU has it.
-    fn find_state(&mut self) -> Option<serde_json::Value> {
+    fn find_state(&self) -> Option<serde_json::Value> {
         let all = self.qmp("query-block", serde_json::json!({}));
-        let qdev = self.qdev.clone();
+        let qdev = &self.qdev;
         all["return"]
             .as_array()
             .and_then(|a| a.iter().find(|b| b["qdev"] == qdev.as_str()))
@@ -730,8 +756,8 @@ impl RealDrive {
 
     /// The drive unplugged (QMP `device_del`): waits until QEMU and the guest's kernel both
     /// have let it go.
-    fn unplug(&mut self) {
-        let qdev = self.qdev.clone();
+    fn unplug(&self) {
+        let qdev = &self.qdev;
         let r = self.qmp("device_del", serde_json::json!({ "id": qdev }));
         assert!(r.get("return").is_some(), "unplugging the drive: {r}");
         let end = Instant::now() + DEADLINE;
@@ -748,15 +774,17 @@ impl RealDrive {
     /// A new, empty drive plugged in (QMP `device_add` of a `scsi-cd` under the same id): waits
     /// until udev has taken it for an optical drive; its node may differ from the old one's.
     fn plug(&mut self) {
-        let qdev = self.qdev.clone();
+        let qdev = &self.qdev;
         let r = self.qmp(
             "device_add",
-            serde_json::json!({ "driver": "scsi-cd", "bus": "scsi0.0", "id": qdev }),
+            serde_json::json!({
+                "driver": "scsi-cd", "bus": "scsi0.0", "id": qdev, "scsi-id": self.target,
+            }),
         );
         assert!(r.get("return").is_some(), "plugging a drive in: {r}");
         let end = Instant::now() + DEADLINE;
         loop {
-            if let Some(dev) = sr_device() {
+            if let Some(dev) = sr_device(self.target) {
                 self.dev = dev;
                 if self.udev().contains("ID_CDROM=1") {
                     return;
@@ -768,8 +796,8 @@ impl RealDrive {
     }
 
     /// A disc with `image`'s bytes put in (the tray opened if need be, then closed).
-    fn insert(&mut self, image: &Path) {
-        let qdev = self.qdev.clone();
+    fn insert(&self, image: &Path) {
+        let qdev = &self.qdev;
         let r = self.qmp(
             "blockdev-change-medium",
             serde_json::json!({
@@ -788,8 +816,8 @@ impl RealDrive {
 
     /// The eject button: the drive opens its tray when its door is not locked, else asks the
     /// host to (the kernel reports DISK_EJECT_REQUEST). Whether the tray opened at once.
-    fn press_eject(&mut self) -> bool {
-        let qdev = self.qdev.clone();
+    fn press_eject(&self) -> bool {
+        let qdev = &self.qdev;
         let r = self.qmp("eject", serde_json::json!({ "id": qdev, "force": false }));
         match r.get("error") {
             None => true,
@@ -799,8 +827,8 @@ impl RealDrive {
     }
 
     /// The disc taken out whatever the guest holds (a hypervisor detaching the image).
-    fn yank(&mut self) {
-        let qdev = self.qdev.clone();
+    fn yank(&self) {
+        let qdev = &self.qdev;
         let r = self.qmp("eject", serde_json::json!({ "id": qdev, "force": true }));
         assert!(r.get("return").is_some(), "forced eject: {r}");
     }
@@ -838,7 +866,7 @@ impl RealDrive {
     }
 
     /// Polls QEMU until `pred` holds for the drive's state.
-    fn wait_state(&mut self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    fn wait_state(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
         let end = Instant::now() + DEADLINE;
         loop {
             let s = self.state();
@@ -858,13 +886,24 @@ fn mounts_where(
     common::mountinfo().into_iter().filter(pred).collect()
 }
 
-/// The guest's optical drive node (`/dev/srN`), if it has one.
-fn sr_device() -> Option<String> {
+/// The node (`/dev/srN`) of the guest's optical drive at SCSI target `target`, if there is one
+/// (its sysfs `device` names it `HOST:CHANNEL:TARGET:LUN`).
+fn sr_device(target: usize) -> Option<String> {
     fs::read_dir("/sys/block")
         .ok()?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("sr"))
+        .filter(|n| n.starts_with("sr"))
+        .find(|n| {
+            fs::read_link(format!("/sys/block/{n}/device")).is_ok_and(|l| {
+                let hctl = l
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                hctl.split(':').nth(2) == Some(&*target.to_string())
+            })
+        })
         .map(|n| format!("/dev/{n}"))
 }
 
@@ -879,7 +918,7 @@ fn sr_device() -> Option<String> {
 /// locks the door of a drive with a disc in, as it does everywhere.
 fn real_drive(driver: &str) {
     let _rules = without_udevs_eject();
-    let mut drive = RealDrive::take();
+    let drive = RealDrive::take();
     let dev = drive.dev.clone();
     let tmp = tempfile::tempdir().unwrap();
     let first = common::fixtures().join("rr-joliet.iso");
@@ -1076,7 +1115,7 @@ fn real_drive_changed_while_the_watcher_was_stopped() {
     if !can_run("real_drive_changed_while_the_watcher_was_stopped") {
         return;
     }
-    let mut drive = RealDrive::take();
+    let drive = RealDrive::take();
     let dev = drive.dev.clone();
     let tmp = tempfile::tempdir().unwrap();
     let args = ["--driver", "kernel"];
@@ -1132,4 +1171,51 @@ fn real_drive_changed_while_the_watcher_was_stopped() {
     );
     assert!(!other_at.exists(), "{} removed", other_at.display());
     assert!(w.names().is_empty(), "nothing served: {:?}", w.names());
+}
+
+/// Two real drives with the same disc: the first served keeps the label's name, the other gets
+/// `NAME-2`; the eject button on the first takes only its disc away, and that disc back in
+/// gets the label's name again.
+#[test]
+#[ignore = "needs a real optical drive: scripts/test.sh runs it in scripts/kernel-vm.sh's guest"]
+fn two_real_drives_with_the_same_disc() {
+    if !can_run("two_real_drives_with_the_same_disc") {
+        return;
+    }
+    let drives = RealDrive::take_all();
+    let [a, b] = &drives[..] else {
+        panic!("two drives in ISOMGR_VM_DRIVES, not {}", drives.len());
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut w, first) = a.serve_first(tmp.path(), &["--cleanup-on-exit"]);
+    assert_eq!(first, "RR_and_Joliet_long_label");
+    b.insert(&common::fixtures().join("rr-joliet.iso"));
+    let second = w.wait_mounted(&b.dev);
+    assert_eq!(second, "RR_and_Joliet_long_label-2");
+    for name in [&first, &second] {
+        assert_serves(&w.root.join(name), "rr-joliet.iso");
+    }
+
+    a.wait_state("the door to be locked", |s| s["locked"] == true);
+    assert!(
+        !a.press_eject(),
+        "udev keeps the door locked while a disc is in"
+    );
+    w.wait_removed(&a.dev);
+    a.wait_state("the tray to be open", |s| s["tray_open"] == true);
+    assert_eq!(w.names(), HashSet::from([second.clone()]));
+    assert_serves(&w.root.join(&second), "rr-joliet.iso");
+    assert_eq!(
+        b.state()["tray_open"],
+        false,
+        "the other drive's tray stays shut"
+    );
+
+    a.insert(&common::fixtures().join("rr-joliet.iso"));
+    assert_eq!(w.wait_mounted(&a.dev), first);
+    assert_eq!(w.names(), HashSet::from([first, second]));
+    drop(w);
+    for d in &drives {
+        d.yank();
+    }
 }
