@@ -5,7 +5,6 @@
 pub mod kernel;
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -234,15 +233,6 @@ impl FuseExecutor {
     }
 }
 
-/// From `<linux/cdrom.h>`: open the tray, lock or unlock the door, and the drive's state.
-const CDROMEJECT: libc::c_ulong = 0x5309;
-const CDROM_LOCKDOOR: libc::c_ulong = 0x5329;
-const CDROM_DRIVE_STATUS: libc::c_ulong = 0x5326;
-/// CDROM_DRIVE_STATUS's slot argument for "the current one".
-const CDSL_CURRENT: libc::c_ulong = i32::MAX as libc::c_ulong;
-const CDS_NO_DISC: libc::c_int = 1;
-const CDS_TRAY_OPEN: libc::c_int = 2;
-
 /// Opens the tray of the drive at `device`, as the eject button asked. The medium is already
 /// unpublished; processes still reading from it are named, since their reads fail once the
 /// tray is open.
@@ -268,16 +258,10 @@ fn eject(device: &Path, served_at: Option<&Path>) {
             return;
         }
     };
-    let fd = file.as_raw_fd();
-    // SAFETY: these ioctls take an integer argument; the descriptor is valid for the calls.
-    let unlocked = unsafe { libc::ioctl(fd, CDROM_LOCKDOOR, 0) };
-    if unlocked != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = crate::cdrom::unlock_door(&file) {
         tracing::debug!(device = %device.display(), error = %e, "CDROM_LOCKDOOR 0");
     }
-    // SAFETY: as above.
-    if unsafe { libc::ioctl(fd, CDROMEJECT, 0) } != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = crate::cdrom::eject(&file) {
         if e.raw_os_error() == Some(libc::EBUSY) {
             tracing::warn!(device = %device.display(), holders = %holders.join(", "), "the drive is busy; the tray stays closed until these close (press eject again)");
         } else {
@@ -285,16 +269,13 @@ fn eject(device: &Path, served_at: Option<&Path>) {
         }
         return;
     }
-    // SAFETY: as above.
-    match unsafe { libc::ioctl(fd, CDROM_DRIVE_STATUS, CDSL_CURRENT) } {
-        CDS_TRAY_OPEN | CDS_NO_DISC => tracing::info!(device = %device.display(), "ejected"),
-        status => {
-            let status = if status < 0 {
-                std::io::Error::last_os_error().to_string()
-            } else {
-                format!("drive status {status}")
-            };
-            tracing::warn!(device = %device.display(), %status, "the drive kept its tray closed (another program may hold its door locked)");
+    match crate::cdrom::tray_empty(&file) {
+        Ok(true) => tracing::info!(device = %device.display(), "ejected"),
+        Ok(false) => {
+            tracing::warn!(device = %device.display(), "the drive kept its tray closed (another program may hold its door locked)")
+        }
+        Err(e) => {
+            tracing::warn!(device = %device.display(), error = %e, "ejected, but the drive does not say whether its tray opened")
         }
     }
 }

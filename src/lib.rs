@@ -12,6 +12,7 @@
 //!   signals, state file).
 //! - [`notify`]: systemd readiness notification (sd_notify) and when the watcher is ready.
 //! - [`sys`]: every effect of the kernel driver behind one trait (Linux, recording fake).
+//! - [`cdrom`]: the requests made of an optical drive (tray state, door, eject).
 //! - [`cli`]: one module per subcommand; the only layer that prints.
 //! - [`config`]: the watcher's configuration file (TOML), parsed and validated (pure).
 //! - [`hooks`]: the operator's commands run on each medium mounted or removed.
@@ -19,6 +20,7 @@
 //! - [`fuse`]: the FUSE mount driver (one read-only FUSE filesystem at the root) and its pure
 //!   inode table.
 
+pub mod cdrom;
 pub mod cli;
 pub mod config;
 pub mod crashpoint;

@@ -332,18 +332,12 @@ struct Tracked {
     drive: Option<File>,
 }
 
-/// How often a drive serving a disc is asked whether the disc is still in. While the disc is
-/// mounted or held open, the kernel reports a new disc but not a removal (Linux 6.1, sr, QEMU's
-/// SCSI CD-ROM): a disc taken out by force, as a hypervisor detaching the image does, would
-/// stay served, every read failing, until it is unmounted. The question is
-/// CDROM_DRIVE_STATUS: a TEST UNIT READY the drive answers without spinning the disc.
+/// How often a drive serving a disc is asked whether the disc is still in
+/// ([`crate::cdrom::tray_empty`]). While the disc is mounted or held open, the kernel reports
+/// a new disc but not a removal (Linux 6.1, sr, QEMU's SCSI CD-ROM): a disc taken out by
+/// force, as a hypervisor detaching the image does, would stay served, every read failing,
+/// until it is unmounted.
 const TRAY_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// From `<linux/cdrom.h>`.
-const CDROM_DRIVE_STATUS: libc::c_ulong = 0x5326;
-const CDSL_CURRENT: libc::c_ulong = i32::MAX as libc::c_ulong;
-const CDS_NO_DISC: libc::c_int = 1;
-const CDS_TRAY_OPEN: libc::c_int = 2;
 
 struct State {
     cfg: DrivesConfig,
@@ -541,14 +535,19 @@ impl State {
     /// Asks each optical drive serving a disc whether that disc is still in; one whose tray is
     /// empty has lost it.
     fn check_trays(&mut self) {
-        let lost: Vec<(PathBuf, &str)> = self
+        let empty: Vec<PathBuf> = self
             .tracked
             .iter()
-            .filter_map(|(node, t)| Some((node.clone(), lost_disc(t)?)))
+            .filter(|(_, t)| {
+                t.drive
+                    .as_ref()
+                    .is_some_and(|f| crate::cdrom::tray_empty(f).unwrap_or(false))
+            })
+            .map(|(node, _)| node.clone())
             .collect();
-        for (node, why) in lost {
-            tracing::info!(device = %node.display(), "the drive says {why} (the kernel reported no change); the disc is gone");
-            self.gone(&node, why);
+        for node in empty {
+            tracing::info!(device = %node.display(), "the drive says its tray is empty (the kernel reported no change); the disc is gone");
+            self.gone(&node, "tray empty");
         }
     }
 
@@ -640,16 +639,6 @@ impl State {
     fn emit(&self, ev: Event) {
         let _ = self.out.blocking_send(ev);
     }
-}
-
-/// Whether the optical drive `t` was identified in has lost that disc: its tray is empty.
-/// `None` while a disc is in (a disc swapped in is reported by the kernel), or for a device
-/// that is not an optical drive.
-fn lost_disc(t: &Tracked) -> Option<&'static str> {
-    let f = t.drive.as_ref()?;
-    // SAFETY: CDROM_DRIVE_STATUS takes an integer; the descriptor is valid for the call.
-    let status = unsafe { libc::ioctl(f.as_raw_fd(), CDROM_DRIVE_STATUS, CDSL_CURRENT) };
-    (status == CDS_NO_DISC || status == CDS_TRAY_OPEN).then_some("its tray is empty")
 }
 
 /// Opens a device node the way it is served: read-only, without waiting for a medium.
