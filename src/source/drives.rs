@@ -118,6 +118,8 @@ pub struct MediumProps {
     pub sysname: String,
     /// `ID_FS_LABEL_ENC` decoded (what blkid reports), else `ID_FS_LABEL`.
     pub label: Option<String>,
+    /// `ID_FS_TYPE`; empty for a disk udev saw only a partition table on (see
+    /// [`maybe_hybrid`]), which the device itself then says.
     pub fs: String,
     /// `ID_FS_UUID`: for ISO9660 the volume creation time.
     pub uuid: Option<String>,
@@ -161,7 +163,7 @@ pub fn classify(p: &Props, any_block: bool, own_loops: &HashSet<PathBuf>) -> Opt
         return no_medium;
     }
     let fs = p.get("ID_FS_TYPE").unwrap_or_default();
-    if !SERVABLE_FS.contains(&fs) {
+    if !(SERVABLE_FS.contains(&fs) || any_block && maybe_hybrid(p)) {
         return no_medium;
     }
     let label = p
@@ -179,6 +181,15 @@ pub fn classify(p: &Props, any_block: bool, own_loops: &HashSet<PathBuf>) -> Opt
         size: p.size,
         optical,
     }))
+}
+
+/// A whole disk for which udev reports a partition table and no filesystem. udev's blkid stops
+/// at the table when a partition starts past the volume descriptors (an image made with
+/// xorriso's `-partition_offset 16`, written to a stick; seen with systemd 252), although the
+/// disk holds the volume from sector 0: such a disk is probed by isomgr itself
+/// ([`MediumProps::fs`] empty until then).
+fn maybe_hybrid(p: &Props) -> bool {
+    p.get("ID_FS_TYPE").is_none_or(str::is_empty) && p.get("ID_PART_TABLE_TYPE").is_some()
 }
 
 /// Undoes udev's `\xNN` escaping (`ID_FS_LABEL_ENC`); invalid UTF-8 is replaced.
@@ -572,12 +583,19 @@ impl State {
                 return;
             }
         };
-        prefetch(&file);
+        if !m.fs.is_empty() {
+            prefetch(&file);
+        }
         let identified = probe(&file)
             .map_err(|e| std::io::Error::other(e.to_string()))
             .and_then(|info| Ok((fingerprint(&file)?, info)));
         let (fingerprint, info) = match identified {
             Ok(x) => x,
+            // A disk udev saw only a partition table on: most are just that.
+            Err(e) if m.fs.is_empty() => {
+                tracing::debug!(device = %node.display(), error = %e, "a partitioned disk without iso9660 or udf from sector 0");
+                return;
+            }
             Err(e) => {
                 tracing::error!(device = %node.display(), fs = %m.fs, error = %e, "cannot identify the medium; not served");
                 return;
@@ -587,7 +605,7 @@ impl State {
             tracing::warn!(device = %node.display(), volume_size = info.volume_size, device_size = info.image_size, "the device holds less than the volume declares; not served");
             return;
         }
-        if info.label != m.label {
+        if info.label != m.label && !m.fs.is_empty() {
             tracing::warn!(device = %node.display(), udev = ?m.label, device_label = ?info.label, "udev's label differs from the device's; using the device's");
         }
         let id = self.next_id(m);
@@ -737,7 +755,8 @@ fn read_sysfs(path: &Path) -> Option<std::ffi::OsString> {
 /// Whether a report could be taken as a medium (then the device's size is worth reading).
 fn may_be_taken(p: &Props) -> bool {
     p.action != "remove"
-        && matches!(p.props.get("ID_FS_TYPE"), Some(fs) if SERVABLE_FS.contains(&fs.as_str()))
+        && (matches!(p.props.get("ID_FS_TYPE"), Some(fs) if SERVABLE_FS.contains(&fs.as_str()))
+            || maybe_hybrid(p))
 }
 
 #[cfg(test)]
@@ -815,6 +834,9 @@ mod tests {
             ),
             ("usb-isohybrid-partition", "-", Some("-")),
             ("ext4-disk", "-", Some("no medium")),
+            // Recorded in scripts/kernel-vm.sh's guest: fixtures/stick-partitioned.iso on a
+            // SCSI disk; the device is probed to tell.
+            ("stick-partition-offset", "-", Some("medium  (none) seq 13")),
         ];
         let none = HashSet::new();
         for (name, optical_only, any) in table {
