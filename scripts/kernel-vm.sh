@@ -79,7 +79,7 @@ ln -s ../bin/busybox "$ird/sbin/modprobe"
 [ -e "$moddir/modules.dep" ] || "$busybox" depmod -b "$kdir/root" "$release"
 # Loaded at boot; isofs, udf and nls_utf8 are left to the kernel's module loader, as on Debian.
 boot_modules=(virtio_pci 9pnet_virtio 9p overlay loop crc32c_generic squashfs ext4 fuse
-  virtio_scsi sr_mod virtio_console)
+  virtio_scsi sr_mod sd_mod virtio_console)
 printf '%s\n' "${boot_modules[@]}" >"$ird/boot-modules"
 wanted=("${boot_modules[@]}" isofs udf nls_utf8)
 declare -A need=()
