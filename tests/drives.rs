@@ -1328,3 +1328,34 @@ fn a_stick_with_a_hybrid_image_is_served_once() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The eject button under udev's stock rules, which eject on the button too: the disc is
+/// unpublished, its mount goes and the tray opens, whoever of udev and isomgr opens it first.
+#[test]
+#[ignore = "needs a real optical drive: scripts/test.sh runs it in scripts/kernel-vm.sh's guest"]
+fn real_drive_eject_button_with_udevs_stock_rules() {
+    if !can_run("real_drive_eject_button_with_udevs_stock_rules") {
+        return;
+    }
+    let drive = RealDrive::take();
+    let dev = drive.dev.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut w, name) = drive.serve_first(tmp.path(), &["--driver", "kernel"]);
+    let served = w.root.join(&name);
+    drive.wait_state("the door to be locked", |s| s["locked"] == true);
+    assert!(
+        !drive.press_eject(),
+        "udev keeps the door locked while a disc is in"
+    );
+    w.wait_removed(&dev);
+    drive.wait_state("the tray to be open", |s| s["tray_open"] == true);
+    w.wait_for("isomgr to find the tray open", |v| {
+        v["message"] == "ejected" && v["device"] == dev.as_str()
+    });
+    assert!(!served.exists(), "{} removed", served.display());
+    let left = mounts_where(|m| m.3 == dev);
+    assert!(left.is_empty(), "mounts of {dev} left: {left:?}");
+    drop(w);
+    // udev's eject may still be on its way: let it finish before the next test's disc.
+    settle();
+}
