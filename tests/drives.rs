@@ -108,6 +108,21 @@ fn udevadm(args: &[&str]) {
     assert!(st.success(), "udevadm {}", args.join(" "));
 }
 
+/// What udev holds for the device node `dev` (`udevadm info --query=property`).
+fn udev_props(dev: &str) -> String {
+    let out = Command::new("udevadm")
+        .args(["info", "--query=property", "--name", dev])
+        .output()
+        .expect("running udevadm info");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` every 100 ms (a QMP round trip or a udevadm run per look) until it gives `Ok`,
+/// for at most [`DEADLINE`]; see [`common::watcher::wait_every`].
+fn poll<T>(what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    common::watcher::wait_every(what, DEADLINE, Duration::from_millis(100), f)
+}
+
 /// Waits until udev has processed every queued event (udev's own wait, not a sleep).
 fn settle() {
     udevadm(&["settle", "--timeout=20"]);
@@ -471,11 +486,7 @@ fn eject_button_unmounts_names_the_holders_and_reinsert_keeps_the_name() {
     let image = copy_fixture("plain.iso", tmp.path(), "isomgr-fake-drive-1.iso");
     let dev = Loop::attach(&image);
     settle();
-    let props = Command::new("udevadm")
-        .args(["info", "--query=property", "--name", &dev.0])
-        .output()
-        .unwrap();
-    let props = String::from_utf8_lossy(&props.stdout);
+    let props = udev_props(&dev.0);
     assert!(
         props.contains("ID_CDROM=1") && props.contains("ID_FS_LABEL=ISOMGR_PLAIN"),
         "the rule makes {} an optical drive with a disc in:\n{props}",
@@ -745,69 +756,60 @@ impl RealDrive {
 
     /// QEMU's view of the drive (an entry of `query-block`).
     fn state(&self) -> serde_json::Value {
-        let qdev = &self.qdev;
         self.find_state()
-            .unwrap_or_else(|| panic!("{qdev} is not in query-block"))
+            .unwrap_or_else(|| panic!("{} is not in query-block", self.qdev))
     }
 
     /// QEMU's view of the drive, if QEMU has it.
     fn find_state(&self) -> Option<serde_json::Value> {
         let all = self.qmp("query-block", serde_json::json!({}));
-        let qdev = &self.qdev;
         all["return"]
             .as_array()
-            .and_then(|a| a.iter().find(|b| b["qdev"] == qdev.as_str()))
+            .and_then(|a| a.iter().find(|b| b["qdev"] == self.qdev.as_str()))
             .cloned()
     }
 
     /// The drive unplugged (QMP `device_del`): waits until QEMU and the guest's kernel both
     /// have let it go.
     fn unplug(&self) {
-        let qdev = &self.qdev;
-        let r = self.qmp("device_del", serde_json::json!({ "id": qdev }));
+        let r = self.qmp("device_del", serde_json::json!({ "id": self.qdev }));
         assert!(r.get("return").is_some(), "unplugging the drive: {r}");
-        let end = Instant::now() + DEADLINE;
-        while self.find_state().is_some() || Path::new(&self.dev).exists() {
-            assert!(
-                Instant::now() < end,
-                "{} still there after device_del",
-                self.dev
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll(
+            &format!("{} to go after device_del", self.dev),
+            || match self.find_state() {
+                Some(s) => Err(format!("QEMU still has it: {s}")),
+                None if Path::new(&self.dev).exists() => Err("the node is still there".into()),
+                None => Ok(()),
+            },
+        );
     }
 
     /// A new, empty drive plugged in (QMP `device_add` of a `scsi-cd` under the same id): waits
     /// until udev has taken it for an optical drive; its node may differ from the old one's.
     fn plug(&mut self) {
-        let qdev = &self.qdev;
         let r = self.qmp(
             "device_add",
             serde_json::json!({
-                "driver": "scsi-cd", "bus": "scsi0.0", "id": qdev, "scsi-id": self.target,
+                "driver": "scsi-cd", "bus": "scsi0.0", "id": self.qdev, "scsi-id": self.target,
             }),
         );
         assert!(r.get("return").is_some(), "plugging a drive in: {r}");
-        let end = Instant::now() + DEADLINE;
-        loop {
-            if let Some(dev) = sr_device(self.target) {
-                self.dev = dev;
-                if self.udev().contains("ID_CDROM=1") {
-                    return;
-                }
+        self.dev = poll("an optical drive after device_add", || {
+            let dev = sr_device(self.target).ok_or("no sr device at its target")?;
+            if udev_props(&dev).contains("ID_CDROM=1") {
+                Ok(dev)
+            } else {
+                Err(format!("udev has not taken {dev} for an optical drive yet"))
             }
-            assert!(Instant::now() < end, "no optical drive after device_add");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        });
     }
 
     /// A disc with `image`'s bytes put in (the tray opened if need be, then closed).
     fn insert(&self, image: &Path) {
-        let qdev = &self.qdev;
         let r = self.qmp(
             "blockdev-change-medium",
             serde_json::json!({
-                "id": qdev,
+                "id": self.qdev,
                 "filename": image.to_str().unwrap(),
                 "format": "raw",
                 "read-only-mode": "read-only",
@@ -823,8 +825,10 @@ impl RealDrive {
     /// The eject button: the drive opens its tray when its door is not locked, else asks the
     /// host to (the kernel reports DISK_EJECT_REQUEST). Whether the tray opened at once.
     fn press_eject(&self) -> bool {
-        let qdev = &self.qdev;
-        let r = self.qmp("eject", serde_json::json!({ "id": qdev, "force": false }));
+        let r = self.qmp(
+            "eject",
+            serde_json::json!({ "id": self.qdev, "force": false }),
+        );
         match r.get("error") {
             None => true,
             Some(e) if e["desc"].as_str().is_some_and(|d| d.contains("locked")) => false,
@@ -834,25 +838,22 @@ impl RealDrive {
 
     /// The disc taken out whatever the guest holds (a hypervisor detaching the image).
     fn yank(&self) {
-        let qdev = &self.qdev;
-        let r = self.qmp("eject", serde_json::json!({ "id": qdev, "force": true }));
+        let r = self.qmp(
+            "eject",
+            serde_json::json!({ "id": self.qdev, "force": true }),
+        );
         assert!(r.get("return").is_some(), "forced eject: {r}");
     }
 
     /// What udev holds for the drive.
     fn udev(&self) -> String {
-        let out = Command::new("udevadm")
-            .args(["info", "--query=property", "--name", &self.dev])
-            .output()
-            .expect("running udevadm info");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        udev_props(&self.dev)
     }
 
     /// Waits until udev has read the disc now in the drive (`label`) or seen the drive empty
     /// (`None`): the kernel notices a change by polling the drive every two seconds.
     fn wait_udev(&self, label: Option<&str>) {
-        let end = Instant::now() + DEADLINE;
-        loop {
+        poll(&format!("udev on {} to see {label:?}", self.dev), || {
             let props = self.udev();
             let seen = props
                 .lines()
@@ -860,28 +861,23 @@ impl RealDrive {
                 .map(isomgr::source::drives::decode_udev_string)
                 .filter(|_| props.contains("ID_CDROM_MEDIA=1"));
             if seen.as_deref() == label {
-                return;
+                Ok(())
+            } else {
+                Err(props)
             }
-            assert!(
-                Instant::now() < end,
-                "udev on {} after a disc change: want {label:?}, have:\n{props}",
-                self.dev
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
     }
 
     /// Polls QEMU until `pred` holds for the drive's state.
     fn wait_state(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
-        let end = Instant::now() + DEADLINE;
-        loop {
+        poll(what, || {
             let s = self.state();
             if pred(&s) {
-                return;
+                Ok(())
+            } else {
+                Err(s.to_string())
             }
-            assert!(Instant::now() < end, "waiting for {what}: {s}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
     }
 }
 
@@ -1265,32 +1261,24 @@ fn a_stick_with_a_hybrid_image_is_served_once() {
         }),
     );
     assert!(r.get("return").is_some(), "plugging the stick in: {r}");
-    let end = Instant::now() + DEADLINE;
-    let disk = loop {
-        let found = scsi_node("sd", target).filter(|d| {
-            let name = Path::new(d)
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            Path::new(&format!("/sys/block/{name}/{name}1")).exists()
-        });
-        if let Some(d) = found {
-            break d;
-        }
-        assert!(
-            Instant::now() < end,
-            "no disk with a partition at SCSI target {target}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let disk = poll(
+        &format!("a disk with a partition at SCSI target {target}"),
+        || {
+            scsi_node("sd", target)
+                .filter(|d| {
+                    let name = Path::new(d)
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                    Path::new(&format!("/sys/block/{name}/{name}1")).exists()
+                })
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    );
     settle();
     let partition = format!("{disk}1");
-    let props = Command::new("udevadm")
-        .args(["info", "--query=property", "--name", &partition])
-        .output()
-        .unwrap();
-    let props = String::from_utf8_lossy(&props.stdout);
+    let props = udev_props(&partition);
     assert!(
         props.contains("ID_FS_TYPE=iso9660"),
         "{partition} holds the filesystem too:\n{props}"
@@ -1318,15 +1306,10 @@ fn a_stick_with_a_hybrid_image_is_served_once() {
     w.wait_removed(&disk);
     assert!(w.names().is_empty(), "{:?}", w.names());
     drop(w);
-    let end = Instant::now() + DEADLINE;
-    loop {
+    poll("blockdev-del of the stick's image", || {
         let r = drive.qmp("blockdev-del", serde_json::json!({ "node-name": "stick" }));
-        if r.get("return").is_some() {
-            break;
-        }
-        assert!(Instant::now() < end, "blockdev-del: {r}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        r.get("return").map(drop).ok_or_else(|| r.to_string())
+    });
 }
 
 /// The eject button under udev's stock rules, which eject on the button too: the disc is

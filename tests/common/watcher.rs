@@ -32,9 +32,15 @@ pub fn can_run(test: &str) -> bool {
 }
 
 /// Polls `f` until it gives `Ok`; panics at `deadline` with the last `Err` (what was seen).
-pub fn wait_within<T>(
+pub fn wait_within<T>(what: &str, deadline: Duration, f: impl FnMut() -> Result<T, String>) -> T {
+    wait_every(what, deadline, POLL, f)
+}
+
+/// [`wait_within`], looking every `every` (for looks that cost more than a file read).
+pub fn wait_every<T>(
     what: &str,
     deadline: Duration,
+    every: Duration,
     mut f: impl FnMut() -> Result<T, String>,
 ) -> T {
     let start = Instant::now();
@@ -44,7 +50,7 @@ pub fn wait_within<T>(
             Err(seen) if start.elapsed() > deadline => {
                 panic!("timed out after {deadline:?} waiting for {what}; last seen: {seen}")
             }
-            Err(_) => std::thread::sleep(POLL),
+            Err(_) => std::thread::sleep(every),
         }
     }
 }
