@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::consts::{FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE, FUSE_CACHE_SYMLINKS, FUSE_PARALLEL_DIROPS};
@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use super::iso9660::{Entry, Image, Kind, Timestamp};
 use super::reopen::Pooled;
 use super::table::{Attr, MediumData, NeedIndex, NodeData, Step, Table, ROOT_INO};
+use super::workers::{Job, Workers};
 
 /// The image handle the driver serves from.
 pub type Medium = Arc<Image<Pooled>>;
@@ -69,17 +70,13 @@ struct OpenFile {
     entry: Entry,
 }
 
-/// One read request handed to a reader thread, which replies to it.
+/// One read request, answered by a worker thread.
 struct ReadJob {
     file: Arc<OpenFile>,
     offset: u64,
     size: u32,
     reply: ReplyData,
 }
-
-/// Threads that serve reads, so the session thread goes on taking requests (the kernel keeps
-/// several read-ahead requests in flight) while the bytes are copied.
-const READERS: usize = 2;
 
 /// Serves one read: a positioned read from the image into `buf`, then the reply.
 fn serve_read(job: ReadJob, buf: &mut Vec<u8>) {
@@ -114,38 +111,96 @@ fn serve_read(job: ReadJob, buf: &mut Vec<u8>) {
     }
 }
 
-fn spawn_readers() -> Option<mpsc::Sender<ReadJob>> {
-    let (tx, rx) = mpsc::channel::<ReadJob>();
-    let rx = Arc::new(Mutex::new(rx));
-    let mut spawned = 0;
-    for i in 0..READERS {
-        let rx = rx.clone();
-        let started = std::thread::Builder::new()
-            .name(format!("isomgr-read-{i}"))
-            .spawn(move || {
-                let mut buf = Vec::new();
-                loop {
-                    let job = lock(&rx).recv();
-                    match job {
-                        Ok(job) => serve_read(job, &mut buf),
-                        Err(_) => break,
-                    }
-                }
-            });
-        match started {
-            Ok(_) => spawned += 1,
-            Err(e) => warn!(error = %e, "could not start a reader thread"),
+/// Which worker queue a medium's I/O goes to.
+fn queue_of(image: &Medium) -> usize {
+    Arc::as_ptr(image) as usize
+}
+
+/// Reads directory `need.dir` from its image and indexes it in the table. The table lock is
+/// not held while reading.
+fn index(table: &SharedTable, need: NeedIndex<Medium, Entry>) -> Result<(), i32> {
+    match need.image.read_dir(&need.entry) {
+        Ok(entries) => {
+            let mut table = lock(table);
+            let skipped = table.install_children(need.dir, need.medium, entries);
+            if skipped > 0 {
+                let medium = table
+                    .medium_of(need.dir)
+                    .and_then(|(_, n)| n.map(str::to_owned));
+                warn!(medium = ?medium, dir = ?need.entry.name, skipped, "left out entries with unusable or duplicate names, or directories listed elsewhere");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let medium = lock(table)
+                .medium_of(need.dir)
+                .and_then(|(_, n)| n.map(str::to_owned));
+            warn!(medium = ?medium, dir = ?need.entry.name, error = %e, "reading a directory failed");
+            Err(e.errno())
         }
     }
-    (spawned > 0).then_some(tx)
+}
+
+/// Answers a lookup from the table; what must be indexed first is given back.
+fn answer_lookup(
+    table: &SharedTable,
+    parent: u64,
+    name: &OsStr,
+    reply: ReplyEntry,
+) -> Option<(NeedIndex<Medium, Entry>, ReplyEntry)> {
+    let step = lock(table).lookup(parent, name);
+    match step {
+        Step::Done(found) => {
+            let attr = entry_attr(found.ino, &found.entry);
+            reply.entry(&CONTENT_TTL, &attr, found.generation);
+        }
+        Step::Err(errno) => reply.error(errno),
+        Step::NeedIndex(need) => return Some((need, reply)),
+    }
+    None
+}
+
+/// Fills a readdir reply from the table, from `offset` on; what must be indexed first is given
+/// back with where to resume.
+fn answer_readdir(
+    table: &SharedTable,
+    ino: u64,
+    mut offset: u64,
+    mut reply: ReplyDirectory,
+) -> Option<(NeedIndex<Medium, Entry>, u64, ReplyDirectory)> {
+    loop {
+        let step = lock(table).readdir(ino, offset, READDIR_BATCH);
+        match step {
+            Step::Done(rows) => {
+                if rows.is_empty() {
+                    reply.ok();
+                    return None;
+                }
+                for row in rows {
+                    let cookie = i64::try_from(row.cookie).unwrap_or(i64::MAX);
+                    if reply.add(row.ino, cookie, file_type(row.kind), &row.name) {
+                        reply.ok();
+                        return None;
+                    }
+                    offset = row.cookie;
+                }
+            }
+            Step::Err(errno) => {
+                reply.error(errno);
+                return None;
+            }
+            Step::NeedIndex(need) => return Some((need, offset, reply)),
+        }
+    }
 }
 
 pub struct Adapter {
     table: SharedTable,
     handles: HashMap<u64, Arc<OpenFile>>,
     next_fh: u64,
-    /// Reader threads; `None` if none could start, then reads are served inline.
-    readers: Option<mpsc::Sender<ReadJob>>,
+    /// Where reads and directory listings run, per medium.
+    workers: Workers,
+    /// For work run here when no worker thread could start.
     buf: Vec<u8>,
     uid: u32,
     gid: u32,
@@ -157,35 +212,18 @@ impl Adapter {
             table,
             handles: HashMap::new(),
             next_fh: 1,
-            readers: spawn_readers(),
+            workers: Workers::default(),
             buf: Vec::new(),
             uid,
             gid,
         }
     }
 
-    /// Reads directory `need.dir` from its image and indexes it in the table. The table lock is
-    /// not held while reading.
-    fn index(&self, need: NeedIndex<Medium, Entry>) -> Result<(), i32> {
-        match need.image.read_dir(&need.entry) {
-            Ok(entries) => {
-                let mut table = lock(&self.table);
-                let skipped = table.install_children(need.dir, need.medium, entries);
-                if skipped > 0 {
-                    let medium = table
-                        .medium_of(need.dir)
-                        .and_then(|(_, n)| n.map(str::to_owned));
-                    warn!(medium = ?medium, dir = ?need.entry.name, skipped, "left out entries with unusable or duplicate names, or directories listed elsewhere");
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let medium = lock(&self.table)
-                    .medium_of(need.dir)
-                    .and_then(|(_, n)| n.map(str::to_owned));
-                warn!(medium = ?medium, dir = ?need.entry.name, error = %e, "reading a directory failed");
-                Err(e.errno())
-            }
+    /// Runs `job`, which does I/O on `image`, on that medium's worker threads; here if none
+    /// could start.
+    fn off_session(&mut self, image: &Medium, job: Job) {
+        if let Err(job) = self.workers.submit(queue_of(image), job) {
+            job(&mut self.buf);
         }
     }
 }
@@ -287,23 +325,24 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        // At most two rounds: the second one finds the index the first one built.
-        for _ in 0..2 {
-            let step = lock(&self.table).lookup(parent, name);
-            match step {
-                Step::Done(found) => {
-                    let attr = entry_attr(found.ino, &found.entry);
-                    return reply.entry(&CONTENT_TTL, &attr, found.generation);
+        let Some((need, reply)) = answer_lookup(&self.table, parent, name, reply) else {
+            return;
+        };
+        let table = self.table.clone();
+        let name = name.to_owned();
+        let image = need.image.clone();
+        self.off_session(
+            &image,
+            Box::new(move |_| {
+                if let Err(errno) = index(&table, need) {
+                    return reply.error(errno);
                 }
-                Step::Err(errno) => return reply.error(errno),
-                Step::NeedIndex(need) => {
-                    if let Err(errno) = self.index(need) {
-                        return reply.error(errno);
-                    }
+                // The second round finds the index just built.
+                if let Some((_, reply)) = answer_lookup(&table, parent, &name, reply) {
+                    reply.error(libc::EIO);
                 }
-            }
-        }
-        reply.error(libc::EIO);
+            }),
+        );
     }
 
     fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
@@ -397,21 +436,14 @@ impl Filesystem for Adapter {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
+        let image = file.image.clone();
         let job = ReadJob {
             file,
             offset,
             size,
             reply,
         };
-        let job = match &self.readers {
-            Some(readers) => match readers.send(job) {
-                Ok(()) => return,
-                // The readers are gone: serve it here.
-                Err(mpsc::SendError(job)) => job,
-            },
-            None => job,
-        };
-        serve_read(job, &mut self.buf);
+        self.off_session(&image, Box::new(move |buf| serve_read(job, buf)));
     }
 
     fn release(
@@ -454,37 +486,27 @@ impl Filesystem for Adapter {
         ino: u64,
         _fh: u64,
         offset: i64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let Ok(mut offset) = u64::try_from(offset) else {
+        let Ok(offset) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
-        let mut indexed = false;
-        loop {
-            let step = lock(&self.table).readdir(ino, offset, READDIR_BATCH);
-            match step {
-                Step::Done(rows) => {
-                    if rows.is_empty() {
-                        return reply.ok();
-                    }
-                    for row in rows {
-                        let cookie = i64::try_from(row.cookie).unwrap_or(i64::MAX);
-                        if reply.add(row.ino, cookie, file_type(row.kind), &row.name) {
-                            return reply.ok();
-                        }
-                        offset = row.cookie;
-                    }
+        let Some((need, offset, reply)) = answer_readdir(&self.table, ino, offset, reply) else {
+            return;
+        };
+        let table = self.table.clone();
+        let image = need.image.clone();
+        self.off_session(
+            &image,
+            Box::new(move |_| {
+                if let Err(errno) = index(&table, need) {
+                    return reply.error(errno);
                 }
-                Step::Err(errno) => return reply.error(errno),
-                Step::NeedIndex(_) if indexed => return reply.error(libc::EIO),
-                Step::NeedIndex(need) => {
-                    indexed = true;
-                    if let Err(errno) = self.index(need) {
-                        return reply.error(errno);
-                    }
+                if let Some((_, _, reply)) = answer_readdir(&table, ino, offset, reply) {
+                    reply.error(libc::EIO);
                 }
-            }
-        }
+            }),
+        );
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {

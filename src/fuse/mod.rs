@@ -13,6 +13,7 @@ mod adapter;
 
 pub mod reopen;
 pub mod table;
+mod workers;
 
 use crate::iso9660;
 

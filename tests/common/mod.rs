@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod stallfs;
 pub mod watcher;
 
 pub fn bin() -> PathBuf {

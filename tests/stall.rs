@@ -1,0 +1,282 @@
+//! A medium whose reads hang (a scratched disc the drive retries on for minutes, an image on a
+//! stalled NFS server) holds up only itself: with one served by `isomgr watch --driver fuse`
+//! and its reads held, the other media still list, read and come and go, and the root still
+//! lists. Once its reads go on again, it serves the right bytes.
+//!
+//! The hanging medium's image lives on a FUSE file system this test serves itself
+//! ([`common::stallfs`]), which holds its reads until released. Needs root and /dev/fuse;
+//! without them it says so and skips, or fails under CI=true.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::stallfs::StallFs;
+use common::watcher::{self, noise, wait_for, Env, Watcher};
+
+/// Longer than anything here takes when it is not held up: reaching it means a hang.
+const HANG: Duration = Duration::from_secs(20);
+
+/// Runs `f` on a thread of its own and gives its result, or fails the test if it has not
+/// finished within [`HANG`] (the thread is left blocked).
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(HANG).unwrap_or_else(|_| {
+        panic!("{what}: not done after {HANG:?}, held up by the hanging medium")
+    })
+}
+
+/// A tree of `files` files of `size` bytes in `dir/`, plus `other/small`.
+fn tree(src: &Path, seed: u64, files: usize, size: usize) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    fs::create_dir_all(src.join("data")).unwrap();
+    fs::create_dir_all(src.join("other")).unwrap();
+    for i in 0..files {
+        let rel = PathBuf::from(format!("data/f{i}"));
+        let bytes = noise(size, seed + i as u64);
+        fs::write(src.join(&rel), &bytes).unwrap();
+        out.push((rel, bytes));
+    }
+    let rel = PathBuf::from("other/small");
+    fs::write(src.join(&rel), b"small\n").unwrap();
+    out.push((rel, b"small\n".to_vec()));
+    out
+}
+
+fn read_all(root: &Path, files: &[(PathBuf, Vec<u8>)]) {
+    for (rel, want) in files {
+        let got = fs::read(root.join(rel)).unwrap_or_else(|e| panic!("reading {rel:?}: {e}"));
+        assert!(got == *want, "{rel:?}: wrong bytes");
+    }
+}
+
+#[test]
+fn a_medium_whose_reads_hang_holds_up_no_other() {
+    if !watcher::can_run("a_medium_whose_reads_hang_holds_up_no_other") {
+        return;
+    }
+    let env = Env::new("isomgr-stall-");
+    let backing = env.outside("backing");
+    let slow_dir = env.outside("slow");
+    let slow_files = tree(&env.scratch.join("slow-src"), 1, 24, 1 << 20);
+    watcher::mkiso(
+        &env.scratch.join("slow-src"),
+        &backing.join("slow.iso"),
+        "SLOW",
+    );
+    let good_files = tree(&env.scratch.join("good-src"), 100, 3, 3 << 20);
+    watcher::mkiso(
+        &env.scratch.join("good-src"),
+        &env.drop.join("good.iso"),
+        "GOOD",
+    );
+    let stall = StallFs::mount(&backing, &slow_dir);
+    let _watcher = Watcher::start_with(&env, &["--dir", slow_dir.to_str().unwrap()]);
+    let _release = stall.release_on_drop();
+    env.wait_names(&["GOOD", "SLOW"]);
+    let slow = env.root.join("SLOW");
+    let good = env.root.join("GOOD");
+    // Its files are looked up before its reads hang, so that reading them reaches the image.
+    for (rel, _) in &slow_files {
+        fs::metadata(slow.join(rel)).unwrap();
+    }
+
+    stall.hold("slow.iso");
+    // Readers of the hanging medium's files, more than isomgr has reader threads, and a
+    // listing of a directory of it that was never read.
+    let mut stuck = Vec::new();
+    for (rel, want) in slow_files.iter().filter(|(r, _)| r.starts_with("data")) {
+        let (path, want) = (slow.join(rel), want.clone());
+        stuck.push(std::thread::spawn(move || {
+            fs::read(&path).is_ok_and(|got| got == want)
+        }));
+    }
+    let other = slow.join("other");
+    let listing = std::thread::spawn(move || fs::read_dir(&other).map(|d| d.count()));
+    wait_for(
+        "the hanging medium's reads to reach its image",
+        || match stall.waiting() {
+            n if n >= 2 => Ok(()),
+            n => Err(format!("{n} held")),
+        },
+    );
+
+    // Everything else goes on.
+    let root = env.root.clone();
+    let names = within("listing the root", move || {
+        let mut n: Vec<String> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        n.sort();
+        n
+    });
+    assert_eq!(names, ["GOOD", "SLOW"]);
+    let g = good.clone();
+    let listed = within("listing a directory of another medium", move || {
+        fs::read_dir(g.join("other")).unwrap().count()
+    });
+    assert_eq!(listed, 1);
+    let (g, files) = (good.clone(), good_files.clone());
+    within("reading another medium's files", move || {
+        read_all(&g, &files)
+    });
+    fs::metadata(slow.join("data/f0")).expect("the hanging medium still shows");
+
+    let new_src = env.scratch.join("new-src");
+    let new_files = tree(&new_src, 200, 2, 1 << 20);
+    watcher::mkiso(&new_src, &env.scratch.join("new.iso"), "NEW");
+    fs::rename(env.scratch.join("new.iso"), env.drop.join("new.iso")).unwrap();
+    env.wait_names(&["GOOD", "NEW", "SLOW"]);
+    let (n, files) = (env.root.join("NEW"), new_files.clone());
+    within("reading a medium added meanwhile", move || {
+        read_all(&n, &files)
+    });
+    fs::remove_file(env.drop.join("good.iso")).unwrap();
+    env.wait_names(&["NEW", "SLOW"]);
+
+    // Its reads go on: every reader gets the right bytes, the listing its entry.
+    stall.release();
+    for t in stuck {
+        assert!(
+            t.join().unwrap(),
+            "a held reader of the hanging medium got wrong bytes"
+        );
+    }
+    assert_eq!(listing.join().unwrap().expect("listing after release"), 1);
+    let s = slow.clone();
+    within("reading the medium whose reads went on", move || {
+        read_all(&s, &slow_files)
+    });
+}
+
+/// Where an image's root directory is: (byte offset, length), from its primary volume
+/// descriptor.
+fn root_extent(image: &Path) -> (u64, u64) {
+    let bytes = fs::read(image).unwrap();
+    let record = 16 * 2048 + 156;
+    let le = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as u64;
+    (le(record + 2) * 2048, le(record + 10))
+}
+
+/// A source tree whose root directory takes more than one sector.
+fn wide_tree(src: &Path, seed: u64) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = tree(src, seed, 2, 1 << 20);
+    for i in 0..60 {
+        let rel = PathBuf::from(format!("an-entry-with-a-longer-name-{i:02}.txt"));
+        let bytes = format!("entry {i}\n").into_bytes();
+        fs::write(src.join(&rel), &bytes).unwrap();
+        files.push((rel, bytes));
+    }
+    files
+}
+
+#[test]
+fn a_medium_whose_image_hangs_while_being_published_holds_up_no_other() {
+    if !watcher::can_run("a_medium_whose_image_hangs_while_being_published_holds_up_no_other") {
+        return;
+    }
+    let env = Env::new("isomgr-stall-publish-");
+    let backing = env.outside("backing");
+    let slow_dir = env.outside("slow");
+    let good_files = tree(&env.scratch.join("good-src"), 100, 2, 1 << 20);
+    watcher::mkiso(
+        &env.scratch.join("good-src"),
+        &env.drop.join("good.iso"),
+        "GOOD",
+    );
+    let slow_files = wide_tree(&env.scratch.join("slow-src"), 1);
+    watcher::mkiso(
+        &env.scratch.join("slow-src"),
+        &env.scratch.join("slow.iso"),
+        "SLOW",
+    );
+    wide_tree(&env.scratch.join("gone-src"), 50);
+    watcher::mkiso(
+        &env.scratch.join("gone-src"),
+        &env.scratch.join("gone.iso"),
+        "GONE",
+    );
+    let stall = StallFs::mount(&backing, &slow_dir);
+    let _watcher = Watcher::start_with(
+        &env,
+        &[
+            "--dir",
+            slow_dir.to_str().unwrap(),
+            "--poll-interval",
+            "0.2",
+        ],
+    );
+    let _release = stall.release_on_drop();
+    env.wait_names(&["GOOD"]);
+
+    // Its descriptors and the first sector of its root directory read (the watched directory
+    // identifies it from those), the rest of its root directory hangs: publishing hangs.
+    for image in ["slow.iso", "gone.iso"] {
+        let (root, len) = root_extent(&env.scratch.join(image));
+        assert!(
+            len > 2048,
+            "{image}: root directory of {len} bytes, one sector"
+        );
+        stall.hold_from(image, root + 2048);
+        fs::rename(env.scratch.join(image), backing.join(image)).unwrap();
+    }
+    // Both are being published at once: the first one's hanging reads did not hold up the
+    // second's.
+    wait_for("both images' reads to hang", || match stall.waiting() {
+        2 => Ok(()),
+        n => Err(format!("{n} held")),
+    });
+    wait_for("both publishes to go on in the background", || {
+        let log = env.log_text();
+        match log.matches("its image has not answered yet").count() {
+            2 => Ok(()),
+            n => Err(format!("{n} so far; log:\n{log}")),
+        }
+    });
+
+    // Meanwhile the others come, serve and go.
+    let new_src = env.scratch.join("new-src");
+    let new_files = tree(&new_src, 200, 2, 1 << 20);
+    watcher::mkiso(&new_src, &env.scratch.join("new.iso"), "NEW");
+    fs::rename(env.scratch.join("new.iso"), env.drop.join("new.iso")).unwrap();
+    env.wait_names(&["GOOD", "NEW"]);
+    let (n, files) = (env.root.join("NEW"), new_files.clone());
+    within("reading a medium added meanwhile", move || {
+        read_all(&n, &files)
+    });
+    let (g, files) = (env.root.join("GOOD"), good_files.clone());
+    within("reading a medium served before", move || {
+        read_all(&g, &files)
+    });
+    fs::remove_file(env.drop.join("new.iso")).unwrap();
+    env.wait_names(&["GOOD"]);
+
+    // One of the hanging images goes before it answers: it is never served.
+    fs::remove_file(backing.join("gone.iso")).unwrap();
+    wait_for("the medium gone while being read to be dropped", || {
+        let log = env.log_text();
+        if log.contains("gone while its image was still being read") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+
+    // The other answers: served, with the right bytes.
+    stall.release();
+    env.wait_status(&["GOOD", "SLOW"]);
+    let s = env.root.join("SLOW");
+    within("reading the medium that answered late", move || {
+        read_all(&s, &slow_files)
+    });
+    let log = env.log_text();
+    let served = |l: &&str| l.contains(" mounted ") && l.contains("name=GONE");
+    assert!(!log.lines().any(|l| served(&l)), "GONE was served:\n{log}");
+}
