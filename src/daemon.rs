@@ -243,6 +243,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
     // nothing changing no timer is armed.
     let mut dirty = false;
     let mut last_save = Instant::now();
+    let late_done = exec.late_done();
     loop {
         let save_at = dirty.then(|| last_save + SAVE_INTERVAL);
         // Media waiting for a resource (the kernel driver's loop devices) are tried again then.
@@ -275,6 +276,11 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => {
                 for ev in exec.retry_due(Instant::now()) {
+                    dirty |= process(&mut manager, &mut exec, &mut hooks, ev);
+                }
+            }
+            _ = async { late_done.as_ref().unwrap().notified().await }, if late_done.is_some() => {
+                for ev in exec.finish_late() {
                     dirty |= process(&mut manager, &mut exec, &mut hooks, ev);
                 }
             }

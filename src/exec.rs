@@ -6,12 +6,14 @@ pub mod kernel;
 
 use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::event::{Event, Medium, MediumId};
-use crate::fuse::reopen::{budget_from_env_or_limit, FdPool, PathSlot, PoolStats};
+use crate::event::{Event, Handle, Medium, MediumId};
+use crate::fuse::reopen::{budget_from_env_or_limit, FdPool, PathSlot, PoolStats, Pooled};
 use crate::fuse::FuseDriver;
 use crate::iso9660::Image;
 use crate::manager::Action;
@@ -67,6 +69,23 @@ impl Executor {
         }
     }
 
+    /// Woken when a publish that went on in the background (see [`OPEN_WAIT`]) has an outcome
+    /// for [`Executor::finish_late`]; `None` for a driver that publishes in one go.
+    pub fn late_done(&self) -> Option<Arc<tokio::sync::Notify>> {
+        match self {
+            Executor::Fuse(e) => Some(e.late_done()),
+            Executor::Kernel(_) => None,
+        }
+    }
+
+    /// The outcomes of background publishes that have finished.
+    pub fn finish_late(&mut self) -> Vec<Event> {
+        match self {
+            Executor::Fuse(e) => e.finish_late(),
+            Executor::Kernel(_) => Vec::new(),
+        }
+    }
+
     /// A normal stop. FUSE always unmounts (it cannot outlive the process); kernel mounts stay
     /// for the next start to adopt unless `cleanup_on_exit`.
     pub fn shutdown(self, cleanup_on_exit: bool) {
@@ -87,6 +106,33 @@ pub struct FuseExecutor {
     paths: HashMap<MediumId, Arc<PathSlot>>,
     /// The budget was hit (logged once).
     over_budget_logged: bool,
+    /// The thread that opens images for publishing, while it answers.
+    opener: Option<std_mpsc::Sender<OpenJob>>,
+    /// Media still being opened after [`OPEN_WAIT`]: served once their image answers.
+    late: HashMap<MediumId, Late>,
+    /// Woken when a late opening has finished.
+    late_done: Arc<tokio::sync::Notify>,
+}
+
+/// How long publishing waits for a medium's image to be read (its descriptors and root
+/// directory) before it goes on with other work and serves the medium once the reads finish.
+/// Opening an image takes a millisecond or so; a disc with unreadable sectors (the drive
+/// retrying) or an image on a stalled NFS server can take minutes, and must not hold up
+/// the other media meanwhile.
+pub const OPEN_WAIT: Duration = Duration::from_millis(500);
+
+/// An image opened for publishing, and where to reopen it from.
+type Opened = Result<(Arc<Image<Pooled>>, Option<Arc<PathSlot>>), String>;
+/// Work for the opener thread.
+type OpenJob = Box<dyn FnOnce() + Send>;
+
+/// A publish whose image has not answered within [`OPEN_WAIT`].
+struct Late {
+    name: String,
+    /// Where the image file is now (it may be renamed meanwhile).
+    origin: PathBuf,
+    label: Option<String>,
+    opened: std_mpsc::Receiver<Opened>,
 }
 
 impl FuseExecutor {
@@ -104,6 +150,9 @@ impl FuseExecutor {
             pool: FdPool::new(budget),
             paths: HashMap::new(),
             over_budget_logged: false,
+            opener: None,
+            late: HashMap::new(),
+            late_done: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -116,26 +165,12 @@ impl FuseExecutor {
     /// thing that happens to a medium.
     pub fn run(&mut self, action: Action) -> Option<Event> {
         match action {
-            Action::Publish { name, mut medium } => Some(match self.publish(&name, &mut medium) {
-                Ok(()) => {
-                    tracing::info!(name = %name, origin = %medium.origin.display(), label = medium.label.as_deref().unwrap_or(""), "mounted");
-                    Event::Published {
-                        id: medium.id,
-                        name,
-                        loop_device: None,
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(origin = %medium.origin.display(), %error, "not served");
-                    Event::Failed {
-                        id: medium.id,
-                        name,
-                        error,
-                    }
-                }
-            }),
+            Action::Publish { name, medium } => self.publish(name, medium),
             Action::Unpublish { name, id } => {
                 self.paths.remove(&id);
+                if self.late.remove(&id).is_some() {
+                    tracing::info!(name = %name, medium = %id, "gone while its image was still being read; not served");
+                }
                 if self.driver.remove(&name) {
                     tracing::info!(name = %name, medium = %id, "removed");
                 }
@@ -150,69 +185,173 @@ impl FuseExecutor {
         }
     }
 
-    fn publish(&mut self, name: &str, medium: &mut Medium) -> Result<(), String> {
-        let file = match medium.handle.take() {
-            // The action holds the only reference: serve that very descriptor (one per medium).
-            Some(h) => match Arc::try_unwrap(h.0) {
-                Ok(file) => file,
-                Err(shared) => shared
-                    .try_clone()
-                    .map_err(|e| format!("duplicating the descriptor: {e}"))?,
-            },
-            // The source closed it (descriptors were short): the file at the path must still
-            // be the one it identified.
-            None => {
-                let file = self
-                    .pool
-                    .open(&medium.origin)
-                    .map_err(|e| format!("opening {}: {e}", medium.origin.display()))?;
-                if let Some(want) = medium.id.as_str().strip_prefix("file:") {
-                    use std::os::unix::fs::MetadataExt;
-                    let meta = file
-                        .metadata()
-                        .map_err(|e| format!("inspecting {}: {e}", medium.origin.display()))?;
-                    if want != format!("{}:{}", meta.dev(), meta.ino()) {
-                        return Err(format!(
-                            "{} is no longer the file that was identified (replaced since)",
-                            medium.origin.display()
-                        ));
+    /// Reads the medium's image on the opener thread, waiting for it at most [`OPEN_WAIT`];
+    /// the outcome, or `None` if the image has not answered yet (see [`FuseExecutor::late_done`]).
+    fn publish(&mut self, name: String, mut medium: Medium) -> Option<Event> {
+        let (tx, opened) = std_mpsc::channel();
+        let late = Arc::new(AtomicBool::new(false));
+        let job: OpenJob = {
+            let (pool, late, wake) = (self.pool.clone(), late.clone(), self.late_done.clone());
+            let (handle, origin, id) = (
+                medium.handle.take(),
+                medium.origin.clone(),
+                medium.id.clone(),
+            );
+            Box::new(move || {
+                let _ = tx.send(open_image(&pool, handle, &origin, &id));
+                // Sent first: a publish marked late after this finds the outcome waiting.
+                if late.load(Ordering::SeqCst) {
+                    wake.notify_one();
+                }
+            })
+        };
+        if let Err(error) = self.start_opening(job) {
+            return Some(self.outcome(
+                name,
+                medium.id,
+                &medium.origin,
+                medium.label.as_deref(),
+                Err(error),
+            ));
+        }
+        let result = match opened.recv_timeout(OPEN_WAIT) {
+            Ok(r) => r,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                late.store(true, Ordering::SeqCst);
+                match opened.try_recv() {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // The opener is busy with this image: the next publish starts another.
+                        self.opener = None;
+                        tracing::warn!(name = %name, origin = %medium.origin.display(), waited_ms = OPEN_WAIT.as_millis() as u64, "its image has not answered yet; served once it does, the other media meanwhile");
+                        self.late.insert(
+                            medium.id.clone(),
+                            Late {
+                                name,
+                                origin: medium.origin.clone(),
+                                label: medium.label.clone(),
+                                opened,
+                            },
+                        );
+                        return None;
                     }
                 }
-                file
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                self.opener = None;
+                Err("the thread reading the image ended without an answer".to_owned())
             }
         };
-        let src = self
-            .pool
-            .adopt(file, &medium.origin)
-            .map_err(|e| format!("inspecting {}: {e}", medium.origin.display()))?;
-        let path = src.path().cloned();
-        let image = Image::open(src).map_err(|e| e.to_string())?;
-        // Opening reads only the descriptors. A root directory that cannot be read would be
-        // served as a directory that fails every listing: refuse it here, once, instead.
-        image
-            .read_dir(&image.root())
-            .map_err(|e| format!("reading the root directory: {e}"))?;
-        self.driver
-            .add(name, Arc::new(image))
-            .map_err(|e| e.to_string())?;
-        if let Some(path) = path {
-            self.paths.insert(medium.id.clone(), path);
-        }
-        let stats = self.pool.stats();
-        if stats.evictions > 0 && !self.over_budget_logged {
-            self.over_budget_logged = true;
-            tracing::info!(
-                budget = self.pool.budget(),
-                "more images than the descriptor budget: the least recently read are closed and reopened on demand"
-            );
-        }
+        Some(self.outcome(
+            name,
+            medium.id,
+            &medium.origin,
+            medium.label.as_deref(),
+            result,
+        ))
+    }
+
+    /// Hands `job` to the opener thread, starting one if there is none.
+    fn start_opening(&mut self, job: OpenJob) -> Result<(), String> {
+        let job = match &self.opener {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return Ok(()),
+                Err(std_mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = std_mpsc::channel::<OpenJob>();
+        std::thread::Builder::new()
+            .name("isomgr-open".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })
+            .map_err(|e| format!("starting a thread to read the image: {e}"))?;
+        tx.send(job)
+            .map_err(|_| "the thread reading the image ended".to_owned())?;
+        self.opener = Some(tx);
         Ok(())
+    }
+
+    /// Serves an opened image under `name`, or reports why not; one log line either way.
+    fn outcome(
+        &mut self,
+        name: String,
+        id: MediumId,
+        origin: &Path,
+        label: Option<&str>,
+        opened: Opened,
+    ) -> Event {
+        let served = opened.and_then(|(image, path)| {
+            self.driver.add(&name, image).map_err(|e| e.to_string())?;
+            if let Some(path) = path {
+                path.set(origin);
+                self.paths.insert(id.clone(), path);
+            }
+            Ok(())
+        });
+        match served {
+            Ok(()) => {
+                let stats = self.pool.stats();
+                if stats.evictions > 0 && !self.over_budget_logged {
+                    self.over_budget_logged = true;
+                    tracing::info!(
+                        budget = self.pool.budget(),
+                        "more images than the descriptor budget: the least recently read are closed and reopened on demand"
+                    );
+                }
+                tracing::info!(name = %name, origin = %origin.display(), label = label.unwrap_or(""), "mounted");
+                Event::Published {
+                    id,
+                    name,
+                    loop_device: None,
+                }
+            }
+            Err(error) => {
+                tracing::error!(origin = %origin.display(), %error, "not served");
+                Event::Failed { id, name, error }
+            }
+        }
+    }
+
+    /// Woken (a permit is kept) when an image that had not answered within [`OPEN_WAIT`] has.
+    pub fn late_done(&self) -> Arc<tokio::sync::Notify> {
+        self.late_done.clone()
+    }
+
+    /// The outcomes of the late publishes whose images have answered.
+    pub fn finish_late(&mut self) -> Vec<Event> {
+        let answered: Vec<(MediumId, Opened)> = self
+            .late
+            .iter()
+            .filter_map(|(id, l)| match l.opened.try_recv() {
+                Ok(r) => Some((id.clone(), r)),
+                Err(std_mpsc::TryRecvError::Empty) => None,
+                Err(std_mpsc::TryRecvError::Disconnected) => Some((
+                    id.clone(),
+                    Err("the thread reading the image ended without an answer".to_owned()),
+                )),
+            })
+            .collect();
+        let mut events = Vec::with_capacity(answered.len());
+        for (id, opened) in answered {
+            let Some(late) = self.late.remove(&id) else {
+                continue;
+            };
+            events.push(self.outcome(late.name, id, &late.origin, late.label.as_deref(), opened));
+        }
+        events
     }
 
     /// The image file of a served medium is now at `origin` (renamed): it reopens from there.
     pub fn moved(&mut self, id: &MediumId, origin: &Path) {
         if let Some(p) = self.paths.get(id) {
             p.set(origin);
+        }
+        if let Some(l) = self.late.get_mut(id) {
+            l.origin = origin.to_owned();
         }
     }
 
@@ -231,6 +370,52 @@ impl FuseExecutor {
             tracing::error!(root = %root.display(), error = %e, "unmounting");
         }
     }
+}
+
+/// What publishing reads of a medium, on the opener thread: the image's descriptors and root
+/// directory, from the descriptor the source identified (`handle`) or from the file at
+/// `origin`, which must still be the one identified as `id`.
+fn open_image(pool: &Arc<FdPool>, handle: Option<Handle>, origin: &Path, id: &MediumId) -> Opened {
+    let file = match handle {
+        // The action held the only reference: serve that very descriptor (one per medium).
+        Some(h) => match Arc::try_unwrap(h.0) {
+            Ok(file) => file,
+            Err(shared) => shared
+                .try_clone()
+                .map_err(|e| format!("duplicating the descriptor: {e}"))?,
+        },
+        // The source closed it (descriptors were short): the file at the path must still be
+        // the one it identified.
+        None => {
+            let file = pool
+                .open(origin)
+                .map_err(|e| format!("opening {}: {e}", origin.display()))?;
+            if let Some(want) = id.as_str().strip_prefix("file:") {
+                use std::os::unix::fs::MetadataExt;
+                let meta = file
+                    .metadata()
+                    .map_err(|e| format!("inspecting {}: {e}", origin.display()))?;
+                if want != format!("{}:{}", meta.dev(), meta.ino()) {
+                    return Err(format!(
+                        "{} is no longer the file that was identified (replaced since)",
+                        origin.display()
+                    ));
+                }
+            }
+            file
+        }
+    };
+    let src = pool
+        .adopt(file, origin)
+        .map_err(|e| format!("inspecting {}: {e}", origin.display()))?;
+    let path = src.path().cloned();
+    let image = Image::open(src).map_err(|e| e.to_string())?;
+    // Opening reads only the descriptors. A root directory that cannot be read would be
+    // served as a directory that fails every listing: refuse it here, once, instead.
+    image
+        .read_dir(&image.root())
+        .map_err(|e| format!("reading the root directory: {e}"))?;
+    Ok((Arc::new(image), path))
 }
 
 /// Opens the tray of the drive at `device`, as the eject button asked. The medium is already
