@@ -141,6 +141,23 @@ fn index(table: &SharedTable, need: NeedIndex<Medium, Entry>) -> Result<(), i32>
     }
 }
 
+/// A reply that can be an errno.
+trait ErrorReply {
+    fn error(self, errno: i32);
+}
+
+impl ErrorReply for ReplyEntry {
+    fn error(self, errno: i32) {
+        ReplyEntry::error(self, errno);
+    }
+}
+
+impl ErrorReply for ReplyDirectory {
+    fn error(self, errno: i32) {
+        ReplyDirectory::error(self, errno);
+    }
+}
+
 /// Answers a lookup from the table; what must be indexed first is given back.
 fn answer_lookup(
     table: &SharedTable,
@@ -217,6 +234,25 @@ impl Adapter {
             uid,
             gid,
         }
+    }
+
+    /// Off the session thread: indexes `need.dir`, then answers `reply` with `then` (or with
+    /// the errno if the directory cannot be read).
+    fn index_then<R: ErrorReply + Send + 'static>(
+        &mut self,
+        need: NeedIndex<Medium, Entry>,
+        reply: R,
+        then: impl FnOnce(&SharedTable, R) + Send + 'static,
+    ) {
+        let table = self.table.clone();
+        let image = need.image.clone();
+        self.off_session(
+            &image,
+            Box::new(move |_| match index(&table, need) {
+                Ok(()) => then(&table, reply),
+                Err(errno) => reply.error(errno),
+            }),
+        );
     }
 
     /// Runs `job`, which does I/O on `image`, on that medium's worker threads; here if none
@@ -328,21 +364,13 @@ impl Filesystem for Adapter {
         let Some((need, reply)) = answer_lookup(&self.table, parent, name, reply) else {
             return;
         };
-        let table = self.table.clone();
         let name = name.to_owned();
-        let image = need.image.clone();
-        self.off_session(
-            &image,
-            Box::new(move |_| {
-                if let Err(errno) = index(&table, need) {
-                    return reply.error(errno);
-                }
-                // The second round finds the index just built.
-                if let Some((_, reply)) = answer_lookup(&table, parent, &name, reply) {
-                    reply.error(libc::EIO);
-                }
-            }),
-        );
+        self.index_then(need, reply, move |table, reply| {
+            // The second round finds the index just built.
+            if let Some((_, reply)) = answer_lookup(table, parent, &name, reply) {
+                reply.error(libc::EIO);
+            }
+        });
     }
 
     fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
@@ -494,19 +522,11 @@ impl Filesystem for Adapter {
         let Some((need, offset, reply)) = answer_readdir(&self.table, ino, offset, reply) else {
             return;
         };
-        let table = self.table.clone();
-        let image = need.image.clone();
-        self.off_session(
-            &image,
-            Box::new(move |_| {
-                if let Err(errno) = index(&table, need) {
-                    return reply.error(errno);
-                }
-                if let Some((_, _, reply)) = answer_readdir(&table, ino, offset, reply) {
-                    reply.error(libc::EIO);
-                }
-            }),
-        );
+        self.index_then(need, reply, move |table, reply| {
+            if let Some((_, _, reply)) = answer_readdir(table, ino, offset, reply) {
+                reply.error(libc::EIO);
+            }
+        });
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
