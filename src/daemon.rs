@@ -279,7 +279,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
                     dirty |= process(&mut manager, &mut exec, &mut hooks, ev);
                 }
             }
-            _ = async { late_done.as_ref().unwrap().notified().await }, if late_done.is_some() => {
+            _ = late_done.notified() => {
                 for ev in exec.finish_late() {
                     dirty |= process(&mut manager, &mut exec, &mut hooks, ev);
                 }

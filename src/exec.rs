@@ -2,15 +2,14 @@
 //! outcome back as an event. It decides nothing about media or names; the only rollback here
 //! is undoing the steps of one action that failed half-way (see [`kernel`]).
 
+pub mod helper;
 pub mod kernel;
 
 use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::event::{Event, Handle, Medium, MediumId};
 use crate::fuse::reopen::{budget_from_env_or_limit, FdPool, PathSlot, PoolStats, Pooled};
@@ -19,6 +18,7 @@ use crate::iso9660::Image;
 use crate::manager::Action;
 use crate::sys::linux::LinuxSys;
 
+use helper::{Helper, Late, Ran};
 pub use kernel::KernelExecutor;
 
 /// The mount driver the daemon runs.
@@ -69,12 +69,12 @@ impl Executor {
         }
     }
 
-    /// Woken when a publish that went on in the background (see [`OPEN_WAIT`]) has an outcome
-    /// for [`Executor::finish_late`]; `None` for a driver that publishes in one go.
-    pub fn late_done(&self) -> Option<Arc<tokio::sync::Notify>> {
+    /// Woken when a publish that went on in the background (see [`helper`]) has an outcome
+    /// for [`Executor::finish_late`].
+    pub fn late_done(&self) -> Arc<tokio::sync::Notify> {
         match self {
-            Executor::Fuse(e) => Some(e.late_done()),
-            Executor::Kernel(_) => None,
+            Executor::Fuse(e) => e.helper.wake(),
+            Executor::Kernel(e) => e.late_done(),
         }
     }
 
@@ -82,7 +82,7 @@ impl Executor {
     pub fn finish_late(&mut self) -> Vec<Event> {
         match self {
             Executor::Fuse(e) => e.finish_late(),
-            Executor::Kernel(_) => Vec::new(),
+            Executor::Kernel(e) => e.finish_late(),
         }
     }
 
@@ -106,33 +106,22 @@ pub struct FuseExecutor {
     paths: HashMap<MediumId, Arc<PathSlot>>,
     /// The budget was hit (logged once).
     over_budget_logged: bool,
-    /// The thread that opens images for publishing, while it answers.
-    opener: Option<std_mpsc::Sender<OpenJob>>,
-    /// Media still being opened after [`OPEN_WAIT`]: served once their image answers.
-    late: HashMap<MediumId, Late>,
-    /// Woken when a late opening has finished.
-    late_done: Arc<tokio::sync::Notify>,
+    /// Reads each image being published off the daemon thread (see [`helper`]).
+    helper: Helper,
+    /// Media whose image had not answered within [`helper::WAIT`]: served once it does.
+    late: HashMap<MediumId, LateOpen>,
 }
-
-/// How long publishing waits for a medium's image to be read (its descriptors and root
-/// directory) before it goes on with other work and serves the medium once the reads finish.
-/// Opening an image takes a millisecond or so; a disc with unreadable sectors (the drive
-/// retrying) or an image on a stalled NFS server can take minutes, and must not hold up
-/// the other media meanwhile.
-pub const OPEN_WAIT: Duration = Duration::from_millis(500);
 
 /// An image opened for publishing, and where to reopen it from.
 type Opened = Result<(Arc<Image<Pooled>>, Option<Arc<PathSlot>>), String>;
-/// Work for the opener thread.
-type OpenJob = Box<dyn FnOnce() + Send>;
 
-/// A publish whose image has not answered within [`OPEN_WAIT`].
-struct Late {
+/// A publish whose image had not answered within [`helper::WAIT`].
+struct LateOpen {
     name: String,
     /// Where the image file is now (it may be renamed meanwhile).
     origin: PathBuf,
     label: Option<String>,
-    opened: std_mpsc::Receiver<Opened>,
+    opened: Late<Opened>,
 }
 
 impl FuseExecutor {
@@ -150,9 +139,8 @@ impl FuseExecutor {
             pool: FdPool::new(budget),
             paths: HashMap::new(),
             over_budget_logged: false,
-            opener: None,
+            helper: Helper::default(),
             late: HashMap::new(),
-            late_done: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -185,94 +173,42 @@ impl FuseExecutor {
         }
     }
 
-    /// Reads the medium's image on the opener thread, waiting for it at most [`OPEN_WAIT`];
-    /// the outcome, or `None` if the image has not answered yet (see [`FuseExecutor::late_done`]).
+    /// Reads the medium's image off the daemon thread, waiting for it at most [`helper::WAIT`];
+    /// the outcome, or `None` if the image has not answered yet (see [`Executor::late_done`]).
     fn publish(&mut self, name: String, mut medium: Medium) -> Option<Event> {
-        let (tx, opened) = std_mpsc::channel();
-        let late = Arc::new(AtomicBool::new(false));
-        let job: OpenJob = {
-            let (pool, late, wake) = (self.pool.clone(), late.clone(), self.late_done.clone());
-            let (handle, origin, id) = (
-                medium.handle.take(),
-                medium.origin.clone(),
-                medium.id.clone(),
-            );
-            Box::new(move || {
-                let _ = tx.send(open_image(&pool, handle, &origin, &id));
-                // Sent first: a publish marked late after this finds the outcome waiting.
-                if late.load(Ordering::SeqCst) {
-                    wake.notify_one();
-                }
-            })
-        };
-        if let Err(error) = self.start_opening(job) {
-            return Some(self.outcome(
-                name,
-                medium.id,
-                &medium.origin,
-                medium.label.as_deref(),
-                Err(error),
-            ));
-        }
-        let result = match opened.recv_timeout(OPEN_WAIT) {
-            Ok(r) => r,
-            Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                late.store(true, Ordering::SeqCst);
-                match opened.try_recv() {
-                    Ok(r) => r,
-                    Err(_) => {
-                        // The opener is busy with this image: the next publish starts another.
-                        self.opener = None;
-                        tracing::warn!(name = %name, origin = %medium.origin.display(), waited_ms = OPEN_WAIT.as_millis() as u64, "its image has not answered yet; served once it does, the other media meanwhile");
-                        self.late.insert(
-                            medium.id.clone(),
-                            Late {
-                                name,
-                                origin: medium.origin.clone(),
-                                label: medium.label.clone(),
-                                opened,
-                            },
-                        );
-                        return None;
-                    }
-                }
+        let (pool, handle, origin, id) = (
+            self.pool.clone(),
+            medium.handle.take(),
+            medium.origin.clone(),
+            medium.id.clone(),
+        );
+        let ran = self
+            .helper
+            .run(move || open_image(&pool, handle, &origin, &id));
+        let opened = match ran {
+            Ok(Ran::Done(opened)) => opened,
+            Ok(Ran::Late(opened)) => {
+                tracing::warn!(name = %name, origin = %medium.origin.display(), waited_ms = helper::WAIT.as_millis() as u64, "its image has not answered yet; served once it does, the other media meanwhile");
+                self.late.insert(
+                    medium.id,
+                    LateOpen {
+                        name,
+                        origin: medium.origin,
+                        label: medium.label,
+                        opened,
+                    },
+                );
+                return None;
             }
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                self.opener = None;
-                Err("the thread reading the image ended without an answer".to_owned())
-            }
+            Err(e) => Err(format!("reading the image: {e}")),
         };
         Some(self.outcome(
             name,
             medium.id,
             &medium.origin,
             medium.label.as_deref(),
-            result,
+            opened,
         ))
-    }
-
-    /// Hands `job` to the opener thread, starting one if there is none.
-    fn start_opening(&mut self, job: OpenJob) -> Result<(), String> {
-        let job = match &self.opener {
-            Some(tx) => match tx.send(job) {
-                Ok(()) => return Ok(()),
-                Err(std_mpsc::SendError(job)) => job,
-            },
-            None => job,
-        };
-        let (tx, rx) = std_mpsc::channel::<OpenJob>();
-        std::thread::Builder::new()
-            .name("isomgr-open".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            })
-            .map_err(|e| format!("starting a thread to read the image: {e}"))?;
-        tx.send(job)
-            .map_err(|_| "the thread reading the image ended".to_owned())?;
-        self.opener = Some(tx);
-        Ok(())
     }
 
     /// Serves an opened image under `name`, or reports why not; one log line either way.
@@ -316,24 +252,12 @@ impl FuseExecutor {
         }
     }
 
-    /// Woken (a permit is kept) when an image that had not answered within [`OPEN_WAIT`] has.
-    pub fn late_done(&self) -> Arc<tokio::sync::Notify> {
-        self.late_done.clone()
-    }
-
     /// The outcomes of the late publishes whose images have answered.
     pub fn finish_late(&mut self) -> Vec<Event> {
         let answered: Vec<(MediumId, Opened)> = self
             .late
             .iter()
-            .filter_map(|(id, l)| match l.opened.try_recv() {
-                Ok(r) => Some((id.clone(), r)),
-                Err(std_mpsc::TryRecvError::Empty) => None,
-                Err(std_mpsc::TryRecvError::Disconnected) => Some((
-                    id.clone(),
-                    Err("the thread reading the image ended without an answer".to_owned()),
-                )),
-            })
+            .filter_map(|(id, l)| Some((id.clone(), l.opened.answer()?.and_then(|o| o))))
             .collect();
         let mut events = Vec::with_capacity(answered.len());
         for (id, opened) in answered {

@@ -419,7 +419,7 @@ fn lazy_unmount_lets_an_open_file_finish_reading() {
 struct Failing {
     kind: CallKind,
     errno: i32,
-    tripped: std::cell::Cell<bool>,
+    tripped: std::sync::atomic::AtomicBool,
 }
 
 impl Failing {
@@ -427,12 +427,12 @@ impl Failing {
         Failing {
             kind,
             errno,
-            tripped: std::cell::Cell::new(false),
+            tripped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     fn trip(&self, kind: CallKind) -> io::Result<()> {
-        if kind == self.kind && !self.tripped.replace(true) {
+        if kind == self.kind && !self.tripped.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(self.errno));
         }
         Ok(())
@@ -574,7 +574,7 @@ fn ls_as_nobody(dir: &Path) -> Result<String, String> {
 /// Looks at the mount point as a web server would, just before the mount covers it and just
 /// before it is removed after the lazy unmount.
 struct Spy {
-    seen: std::cell::RefCell<Vec<(&'static str, Result<String, String>)>>,
+    seen: std::sync::Mutex<Vec<(&'static str, Result<String, String>)>>,
 }
 
 impl Sys for Spy {
@@ -586,11 +586,13 @@ impl Sys for Spy {
     }
     fn mount(&self, s: &Path, t: &Path, fs: &str, f: MountFlags) -> io::Result<()> {
         self.seen
-            .borrow_mut()
+            .lock()
+            .unwrap()
             .push(("before mount", ls_as_nobody(t)));
         LinuxSys.mount(s, t, fs, f)?;
         self.seen
-            .borrow_mut()
+            .lock()
+            .unwrap()
             .push(("after mount", ls_as_nobody(t)));
         Ok(())
     }
@@ -602,7 +604,8 @@ impl Sys for Spy {
     }
     fn remove_dir(&self, p: &Path) -> io::Result<()> {
         self.seen
-            .borrow_mut()
+            .lock()
+            .unwrap()
             .push(("after unmount", ls_as_nobody(p)));
         LinuxSys.remove_dir(p)
     }
@@ -641,7 +644,7 @@ fn a_reader_that_is_not_root_never_sees_an_empty_directory() {
     drop(m);
     assert_nothing_left(&w.root.join("W"), &image);
     // The executor is consumed by nothing here; read what the spy saw through a new borrow.
-    let seen = std::mem::take(&mut *spy_of(&e).seen.borrow_mut());
+    let seen = std::mem::take(&mut *spy_of(&e).seen.lock().unwrap());
     assert_eq!(seen.len(), 3, "{seen:?}");
     for (when, listing) in &seen {
         match (*when, listing) {
@@ -1122,4 +1125,92 @@ fn concurrent_attaches_each_get_their_own_loop() {
         d.release();
     }
     wait_no_loop(&image);
+}
+
+/// A medium whose reads hang (a scratched disc, an image on a stalled NFS server): its mount(2)
+/// does not return, and must hold up no other medium. Its image is served from a FUSE file
+/// system this test serves itself and holds the reads of ([`common::stallfs`]).
+#[test]
+fn a_mount_that_hangs_holds_up_no_other_and_is_undone_if_its_medium_goes() {
+    let test = "a_mount_that_hangs_holds_up_no_other_and_is_undone_if_its_medium_goes";
+    if !can_run(test) || !common::watcher::can_run(test) {
+        return;
+    }
+    /// Far longer than a publish that is not held up takes.
+    const HANG: Duration = Duration::from_secs(20);
+    let w = World::new();
+    let (image, data) = w.image("squashfs", 100_000);
+    let (backing, at) = (w.path("backing"), w.path("stalled"));
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&at).unwrap();
+    for name in ["slow.squashfs", "gone.squashfs"] {
+        fs::copy(&image, backing.join(name)).unwrap();
+    }
+    let stall = common::stallfs::StallFs::mount(&backing, &at);
+    // Whatever happens, the held reads go on in the end: a thread in mount(2) waiting for
+    // them would keep this process from exiting.
+    let watchdog = stall.release_on_drop();
+    std::thread::spawn(move || {
+        std::thread::sleep(HANG);
+        drop(watchdog);
+    });
+    let _release = stall.release_on_drop();
+    let slow = medium(&at.join("slow.squashfs"), "squashfs");
+    let gone = medium(&at.join("gone.squashfs"), "squashfs");
+    let fast = medium(&image, "squashfs");
+    stall.hold("slow.squashfs");
+    stall.hold("gone.squashfs");
+
+    let mut e = KernelExecutor::new(LinuxSys, w.root.clone());
+    let start = Instant::now();
+    let ev = e.run(&Action::Publish {
+        name: "SLOW".into(),
+        medium: slow.clone(),
+    });
+    assert_eq!(ev, None, "no outcome while the mount has not returned");
+    assert!(
+        start.elapsed() < HANG / 2,
+        "the publish waited for the mount"
+    );
+    assert!(stall.waiting() > 0, "the mount reads from the held image");
+    assert!(
+        !common::loops_backed_by(&at.join("slow.squashfs")).is_empty(),
+        "its loop device stays while the mount has not returned"
+    );
+
+    // Another medium is served meanwhile.
+    published_loop(publish(&mut e, "FAST", &fast));
+    assert_eq!(fs::read(w.root.join("FAST/file.bin")).unwrap(), data);
+
+    // One whose medium goes while its mount hangs: undone when the mount returns.
+    let ev = e.run(&Action::Publish {
+        name: "GONE".into(),
+        medium: gone.clone(),
+    });
+    assert_eq!(ev, None);
+    unpublish(&mut e, "GONE", &gone);
+    assert_eq!(e.mounting(), 2);
+    assert!(start.elapsed() < HANG / 2, "held up by a hanging mount");
+
+    stall.release();
+    let mut outcomes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.mounting() > 0 {
+        assert!(Instant::now() < deadline, "the mounts did not return");
+        outcomes.extend(e.finish_late());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        matches!(&outcomes[..], [Event::Published { name, loop_device: Some(_), .. }] if name == "SLOW"),
+        "{outcomes:?}"
+    );
+    assert_eq!(fs::read(w.root.join("SLOW/file.bin")).unwrap(), data);
+    drop(gone);
+    assert_nothing_left(&w.root.join("GONE"), &at.join("gone.squashfs"));
+
+    unpublish(&mut e, "SLOW", &slow);
+    unpublish(&mut e, "FAST", &fast);
+    drop((slow, fast));
+    assert_nothing_left(&w.root.join("SLOW"), &at.join("slow.squashfs"));
+    assert_nothing_left(&w.root.join("FAST"), &image);
 }

@@ -30,10 +30,12 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod journal;
 
+use super::helper::{self, Helper, Late, Ran};
 use crate::crashpoint;
 use crate::event::{Event, Medium, MediumId, SourceKind};
 use crate::manager::{Action, MediumRecord, StateFile};
@@ -158,7 +160,7 @@ impl Served {
 
 /// Runs actions with loop devices and mount(2). See the module documentation.
 pub struct KernelExecutor<S: Sys> {
-    sys: S,
+    sys: Arc<S>,
     root: PathBuf,
     served: BTreeMap<String, Served>,
     /// What the previous run left mounted, vouched for by its state file and confirmed by the
@@ -178,6 +180,35 @@ pub struct KernelExecutor<S: Sys> {
     retry_at: Option<Instant>,
     /// The wait after the next failed try.
     backoff: Duration,
+    /// Runs mount(2) off the daemon thread (see [`helper`]).
+    helper: Helper,
+    /// Media whose mount(2) had not returned within [`helper::WAIT`], by name: served once it
+    /// returns (or undone then, if unpublished meanwhile).
+    mounting: BTreeMap<String, Mounting>,
+}
+
+/// A publish whose mount(2) has not returned yet: what it made so far.
+struct Mounting {
+    medium: Medium,
+    served: Served,
+    mounted: Late<Result<(), Error>>,
+    /// Unpublished meanwhile: undone once the mount returns.
+    cancelled: bool,
+}
+
+/// What a publish came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Publish {
+    /// Served, through this loop device (none for a drive).
+    Served(Option<PathBuf>),
+    /// Its mount(2) goes on in the background (see [`helper`]).
+    Mounting,
+}
+
+/// What mount_new came to.
+enum Mount {
+    Done(Served),
+    Late(Served, Late<Result<(), Error>>),
 }
 
 /// A medium waiting for a loop device: what to publish it as.
@@ -255,7 +286,7 @@ fn errno(e: &io::Error) -> Option<i32> {
 impl<S: Sys> KernelExecutor<S> {
     pub fn new(sys: S, root: PathBuf) -> Self {
         KernelExecutor {
-            sys,
+            sys: Arc::new(sys),
             root,
             served: BTreeMap::new(),
             previous: BTreeMap::new(),
@@ -265,6 +296,8 @@ impl<S: Sys> KernelExecutor<S> {
             backoff: LOOP_RETRY_FIRST,
             journal: None,
             previous_records: Vec::new(),
+            helper: Helper::default(),
+            mounting: BTreeMap::new(),
         }
     }
 
@@ -328,11 +361,12 @@ impl<S: Sys> KernelExecutor<S> {
     pub fn run(&mut self, action: &Action) -> Option<Event> {
         match action {
             Action::Publish { name, medium } => match self.publish(name, medium) {
-                Ok(loop_device) => Some(Event::Published {
+                Ok(Publish::Served(loop_device)) => Some(Event::Published {
                     id: medium.id.clone(),
                     name: name.clone(),
                     loop_device,
                 }),
+                Ok(Publish::Mounting) => None,
                 Err(e) if e.waits_for_resources() && medium.source == SourceKind::Dir => {
                     self.wait(name, medium, &e);
                     None
@@ -340,6 +374,11 @@ impl<S: Sys> KernelExecutor<S> {
                 Err(e) => Some(failed(name, medium, &e)),
             },
             Action::Unpublish { name, id } => {
+                if let Some(m) = self.mounting.get_mut(name) {
+                    m.cancelled = true;
+                    tracing::info!(name = %name, medium = %id, "gone while its mount(2) had not returned; undone when it does");
+                    return None;
+                }
                 if let Some(i) = self.waiting.iter().position(|w| &w.name == name) {
                     self.waiting.remove(i);
                     tracing::info!(name = %name, medium = %id, "removed while waiting for a loop device");
@@ -421,7 +460,7 @@ impl<S: Sys> KernelExecutor<S> {
         }
         while let Some(w) = self.waiting.pop_front() {
             match self.publish(&w.name, &w.medium) {
-                Ok(loop_device) => {
+                Ok(Publish::Served(loop_device)) => {
                     self.backoff = LOOP_RETRY_FIRST;
                     out.push(Event::Published {
                         id: w.medium.id.clone(),
@@ -429,6 +468,7 @@ impl<S: Sys> KernelExecutor<S> {
                         loop_device,
                     });
                 }
+                Ok(Publish::Mounting) => self.backoff = LOOP_RETRY_FIRST,
                 Err(e) if e.waits_for_resources() => {
                     tracing::debug!(image = %w.medium.origin.display(), error = %describe(&e), waiting = self.waiting.len() + 1, "still no loop device");
                     self.waiting.push_front(w);
@@ -443,8 +483,8 @@ impl<S: Sys> KernelExecutor<S> {
         out
     }
 
-    /// Serves `medium` at `ROOT/name`; the loop device used, if any.
-    pub fn publish(&mut self, name: &str, medium: &Medium) -> Result<Option<PathBuf>, Error> {
+    /// Serves `medium` at `ROOT/name`.
+    pub fn publish(&mut self, name: &str, medium: &Medium) -> Result<Publish, Error> {
         if !valid_name(name) {
             return Err(Error::InvalidName {
                 name: name.to_owned(),
@@ -456,14 +496,14 @@ impl<S: Sys> KernelExecutor<S> {
                 let dev = prev.loop_dev.as_ref().map(|l| l.path.clone());
                 tracing::info!(name = %name, origin = %medium.origin.display(), device = ?dev, "adopted the mount of the previous run");
                 self.served.insert(name.to_owned(), prev);
-                return Ok(dev);
+                return Ok(Publish::Served(dev));
             }
             // Another medium now: what the previous run made goes first.
             if let Err(e) = self.teardown(name, &prev) {
                 tracing::error!(name = %name, error = %describe(&e), "removing the previous run's mount");
             }
         }
-        if self.served.contains_key(name) {
+        if self.served.contains_key(name) || self.mounting.contains_key(name) {
             return Err(Error::AlreadyServed { target });
         }
         if let Some(j) = &mut self.journal {
@@ -474,23 +514,120 @@ impl<S: Sys> KernelExecutor<S> {
                 origin: medium.origin.clone(),
             });
         }
-        let served = match self.mount_new(&target, medium) {
-            Ok(s) => s,
+        match self.mount_new(&target, medium) {
+            Ok(Mount::Done(served)) => Ok(Publish::Served(self.mounted(name, medium, served))),
+            Ok(Mount::Late(served, mounted)) => {
+                tracing::warn!(name = %name, origin = %medium.origin.display(), waited_ms = helper::WAIT.as_millis() as u64, "mount(2) has not returned yet; served once it does, the other media meanwhile");
+                self.mounting.insert(
+                    name.to_owned(),
+                    Mounting {
+                        medium: Medium {
+                            handle: None,
+                            ..medium.clone()
+                        },
+                        served,
+                        mounted,
+                        cancelled: false,
+                    },
+                );
+                Ok(Publish::Mounting)
+            }
             Err(e) => {
                 self.journal_gone(name);
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// Records a medium whose mount returned: one log line; the loop device, if any.
+    fn mounted(&mut self, name: &str, medium: &Medium, mut served: Served) -> Option<PathBuf> {
+        crashpoint::reached("after-mount");
+        // The mount holds the device now; with autoclear it frees itself when unmounted.
+        if let Some(l) = served.loop_dev.as_mut() {
+            l.release();
+        }
         let dev = served.loop_dev.as_ref().map(|l| l.path.clone());
         // The block device mounted: the loop device attached to an image, else the drive.
         let device = dev.as_deref().unwrap_or(&medium.origin).display();
         tracing::info!(name = %name, origin = %medium.origin.display(), label = medium.label.as_deref().unwrap_or(""), device = %device, "mounted");
         self.served.insert(name.to_owned(), served);
-        Ok(dev)
+        dev
     }
 
-    /// mkdir, attach, mount; each failure undoes the steps before it.
-    fn mount_new(&self, target: &Path, medium: &Medium) -> Result<Served, Error> {
+    /// Undoes what a publish made before its mount failed: the loop and the mount point.
+    fn undo_unmounted(&self, served: &mut Served) {
+        self.undo(&served.target, served.loop_dev.as_mut());
+        if served.loop_dev.is_some() {
+            self.own_loop(&served.origin, false);
+        }
+    }
+
+    /// Woken when a mount that had not returned within [`helper::WAIT`] has.
+    pub fn late_done(&self) -> Arc<tokio::sync::Notify> {
+        self.helper.wake()
+    }
+
+    /// Media whose mount(2) has not returned yet.
+    pub fn mounting(&self) -> usize {
+        self.mounting.len()
+    }
+
+    /// The outcomes of the mounts that returned after [`helper::WAIT`]: served, or failed and
+    /// undone; one unpublished meanwhile is undone either way, with no outcome.
+    pub fn finish_late(&mut self) -> Vec<Event> {
+        let returned: Vec<(String, Result<(), String>)> = self
+            .mounting
+            .iter()
+            .filter_map(|(name, m)| {
+                let r = m.mounted.answer()?;
+                Some((name.clone(), r.and_then(|r| r.map_err(|e| describe(&e)))))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (name, result) in returned {
+            let Some(mut m) = self.mounting.remove(&name) else {
+                continue;
+            };
+            match (result, m.cancelled) {
+                (Ok(()), false) => {
+                    let loop_device = self.mounted(&name, &m.medium, m.served);
+                    out.push(Event::Published {
+                        id: m.medium.id,
+                        name,
+                        loop_device,
+                    });
+                }
+                (Ok(()), true) => {
+                    if let Some(l) = m.served.loop_dev.as_mut() {
+                        l.release();
+                    }
+                    match self.teardown(&name, &m.served) {
+                        Ok(()) => tracing::info!(name = %name, medium = %m.medium.id, "removed"),
+                        Err(e) => {
+                            tracing::error!(name = %name, error = %describe(&e), "removing")
+                        }
+                    }
+                }
+                (Err(error), cancelled) => {
+                    self.undo_unmounted(&mut m.served);
+                    self.journal_gone(&name);
+                    if !cancelled {
+                        tracing::error!(origin = %m.medium.origin.display(), %error, "not served");
+                        out.push(Event::Failed {
+                            id: m.medium.id,
+                            name,
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// mkdir, attach, mount; each failure undoes the steps before it. A mount that has not
+    /// returned within [`helper::WAIT`] goes on in the background.
+    fn mount_new(&mut self, target: &Path, medium: &Medium) -> Result<Mount, Error> {
         let image = &medium.origin;
         // Open before making anything: nothing to undo if the image is gone.
         let opened;
@@ -529,7 +666,7 @@ impl<S: Sys> KernelExecutor<S> {
                 source,
             })?;
         crashpoint::reached("after-mkdir");
-        let mut loop_dev = match file {
+        let loop_dev = match file {
             None => None,
             Some(f) => {
                 // Before attaching: udev announces the new loop device at once.
@@ -554,47 +691,58 @@ impl<S: Sys> KernelExecutor<S> {
         let device = loop_dev
             .as_ref()
             .map_or_else(|| image.clone(), |l| l.path.clone());
-        let candidates: Vec<&str> = match &medium.fs {
-            Some(fs) => vec![fs.as_str()],
-            None => FALLBACK_FS.to_vec(),
+        let candidates: Vec<String> = match &medium.fs {
+            Some(fs) => vec![fs.clone()],
+            None => FALLBACK_FS.iter().map(|f| (*f).to_owned()).collect(),
         };
-        let mut failure = None;
-        for fstype in candidates {
-            match self.sys.mount(&device, target, fstype, MountFlags::SERVED) {
-                Ok(()) => {
-                    crashpoint::reached("after-mount");
-                    failure = None;
-                    break;
-                }
-                Err(source) => {
-                    failure = Some(Error::Mount {
-                        image: image.clone(),
-                        device: device.clone(),
-                        target: target.to_owned(),
-                        fstype: fstype.to_owned(),
-                        source,
-                    });
-                }
-            }
-        }
-        if let Some(e) = failure {
-            self.undo(target, loop_dev.as_mut());
-            if loop_dev.is_some() {
-                self.own_loop(image, false);
-            }
-            return Err(e);
-        }
-        // The mount holds the device now; with autoclear it frees itself when unmounted.
-        if let Some(l) = loop_dev.as_mut() {
-            l.release();
-        }
-        Ok(Served {
+        let served = Served {
             id: medium.id.clone(),
             source: medium.source,
             origin: image.clone(),
             target: target.to_owned(),
             loop_dev,
-        })
+        };
+        let (sys, target, image) = (self.sys.clone(), target.to_owned(), image.clone());
+        let ran = self.helper.run(move || {
+            let mut failure = None;
+            for fstype in candidates {
+                match sys.mount(&device, &target, &fstype, MountFlags::SERVED) {
+                    Ok(()) => return Ok(()),
+                    Err(source) => {
+                        failure = Some(Error::Mount {
+                            image: image.clone(),
+                            device: device.clone(),
+                            target: target.clone(),
+                            fstype,
+                            source,
+                        })
+                    }
+                }
+            }
+            Err(failure.unwrap_or(Error::AlreadyServed { target }))
+        });
+        let mut served = served;
+        let mounted = match ran {
+            Ok(Ran::Done(r)) => r,
+            Ok(Ran::Late(late)) => return Ok(Mount::Late(served, late)),
+            Err(e) => Err(Error::Mount {
+                image: served.origin.clone(),
+                device: served
+                    .loop_dev
+                    .as_ref()
+                    .map_or_else(|| served.origin.clone(), |l| l.path.clone()),
+                target: served.target.clone(),
+                fstype: String::new(),
+                source: io::Error::other(e),
+            }),
+        };
+        match mounted {
+            Ok(()) => Ok(Mount::Done(served)),
+            Err(e) => {
+                self.undo_unmounted(&mut served);
+                Err(e)
+            }
+        }
     }
 
     /// Undoes a publish that got as far as the mount point (and the loop): detach, rmdir.
@@ -791,6 +939,10 @@ impl<S: Sys> KernelExecutor<S> {
     /// A normal stop. By default kernel mounts stay (the next start adopts them, downloads go
     /// on); with `cleanup` everything isomgr made is torn down.
     pub fn shutdown(mut self, cleanup: bool) {
+        if !self.mounting.is_empty() {
+            let names: Vec<&String> = self.mounting.keys().collect();
+            tracing::warn!(?names, "stopping while their mount(2) has not returned; the next start adopts or clears what they leave");
+        }
         if !self.waiting.is_empty() {
             tracing::info!(
                 waiting = self.waiting.len(),

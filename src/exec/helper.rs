@@ -1,0 +1,170 @@
+//! Runs the blocking step of a publish (reading an image's descriptors, mount(2)) on a helper
+//! thread and waits for it a moment ([`WAIT`]). Almost always it answers within that; a
+//! medium whose reads hang (a scratched disc the drive retries on for minutes, an image on a
+//! stalled NFS server) does not, and must not hold up every other medium meanwhile. Then the
+//! step goes on in the background: the caller keeps the [`Late`] receiver, this helper leaves
+//! that thread to it and starts another for the next step, and [`Helper::wake`] fires once the
+//! late step has answered.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// How long a publish waits for its blocking step before going on with other work. Opening an
+/// image or mounting one takes a millisecond or so.
+pub const WAIT: Duration = Duration::from_millis(500);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// See the module documentation.
+pub struct Helper {
+    /// The thread that takes the next step, while it is not held by a late one.
+    thread: Option<Sender<Job>>,
+    wake: Arc<Notify>,
+}
+
+/// The outcome of a step.
+pub enum Ran<T> {
+    /// It answered within [`WAIT`].
+    Done(T),
+    /// It goes on in the background; its outcome comes here (see [`Late::answer`]).
+    Late(Late<T>),
+}
+
+/// A step still running in the background.
+pub struct Late<T>(Receiver<T>);
+
+impl<T> Late<T> {
+    /// Its outcome, once there is one: `Some(Err)` if its thread ended without one.
+    pub fn answer(&self) -> Option<Result<T, String>> {
+        match self.0.try_recv() {
+            Ok(v) => Some(Ok(v)),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(ENDED.to_owned())),
+        }
+    }
+}
+
+const ENDED: &str = "the thread running it ended without an answer";
+
+impl Default for Helper {
+    fn default() -> Self {
+        Helper {
+            thread: None,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
+impl Helper {
+    /// Fires (a permit is kept) when a late step has answered.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs `step` on the helper thread and waits for it at most [`WAIT`]. `Err` when no
+    /// thread could run it or its thread ended without an answer.
+    pub fn run<T: Send + 'static>(
+        &mut self,
+        step: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<Ran<T>, String> {
+        let (tx, rx) = mpsc::channel();
+        let late = Arc::new(AtomicBool::new(false));
+        let job: Job = {
+            let (late, wake) = (late.clone(), self.wake.clone());
+            Box::new(move || {
+                let _ = tx.send(step());
+                // Sent first: a step marked late after this finds its outcome waiting.
+                if late.load(Ordering::SeqCst) {
+                    wake.notify_one();
+                }
+            })
+        };
+        self.start(job)?;
+        match rx.recv_timeout(WAIT) {
+            Ok(v) => Ok(Ran::Done(v)),
+            Err(RecvTimeoutError::Timeout) => {
+                late.store(true, Ordering::SeqCst);
+                match rx.try_recv() {
+                    Ok(v) => Ok(Ran::Done(v)),
+                    Err(_) => {
+                        // That thread is the late step's now: the next step starts another.
+                        self.thread = None;
+                        Ok(Ran::Late(Late(rx)))
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                self.thread = None;
+                Err(ENDED.to_owned())
+            }
+        }
+    }
+
+    /// Hands `job` to the helper thread, starting one if there is none.
+    fn start(&mut self, job: Job) -> Result<(), String> {
+        let job = match &self.thread {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("isomgr-publish".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })
+            .map_err(|e| format!("starting a thread to run it: {e}"))?;
+        tx.send(job).map_err(|_| ENDED.to_owned())?;
+        self.thread = Some(tx);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quick_step_answers_in_line_and_a_slow_one_later_without_holding_up_the_next() {
+        let mut h = Helper::default();
+        assert!(matches!(h.run(|| 1), Ok(Ran::Done(1))));
+        let (go, gate) = mpsc::channel::<()>();
+        let Ok(Ran::Late(late)) = h.run(move || {
+            let _ = gate.recv();
+            2
+        }) else {
+            panic!("a step that waits is late");
+        };
+        assert!(late.answer().is_none());
+        // The next step runs on another thread, at once.
+        assert!(matches!(h.run(|| 3), Ok(Ran::Done(3))));
+        let wake = h.wake();
+        go.send(()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), wake.notified())
+                .await
+                .expect("woken once the late step answered");
+        });
+        assert_eq!(late.answer(), Some(Ok(2)));
+    }
+
+    #[test]
+    fn a_step_that_panics_is_an_error_not_a_hang() {
+        let mut h = Helper::default();
+        let r: Result<Ran<u8>, String> = h.run(|| panic!("boom"));
+        assert_eq!(r.err().as_deref(), Some(ENDED));
+        assert!(matches!(h.run(|| 4), Ok(Ran::Done(4))));
+    }
+}
