@@ -2,7 +2,6 @@
 //! outcome back as an event. It decides nothing about media or names; the only rollback here
 //! is undoing the steps of one action that failed half-way (see [`kernel`]).
 
-pub mod helper;
 pub mod kernel;
 
 use std::collections::HashMap;
@@ -18,7 +17,7 @@ use crate::iso9660::Image;
 use crate::manager::Action;
 use crate::sys::linux::LinuxSys;
 
-use helper::{Helper, Late, Ran};
+use crate::offload::{self, Helper, Late, Ran};
 pub use kernel::KernelExecutor;
 
 /// The mount driver the daemon runs.
@@ -69,7 +68,7 @@ impl Executor {
         }
     }
 
-    /// Woken when a publish that went on in the background (see [`helper`]) has an outcome
+    /// Woken when a publish that went on in the background (see [`offload`]) has an outcome
     /// for [`Executor::finish_late`].
     pub fn late_done(&self) -> Arc<tokio::sync::Notify> {
         match self {
@@ -106,16 +105,16 @@ pub struct FuseExecutor {
     paths: HashMap<MediumId, Arc<PathSlot>>,
     /// The budget was hit (logged once).
     over_budget_logged: bool,
-    /// Reads each image being published off the daemon thread (see [`helper`]).
+    /// Reads each image being published off the daemon thread (see [`offload`]).
     helper: Helper,
-    /// Media whose image had not answered within [`helper::WAIT`]: served once it does.
+    /// Media whose image had not answered within [`offload::WAIT`]: served once it does.
     late: HashMap<MediumId, LateOpen>,
 }
 
 /// An image opened for publishing, and where to reopen it from.
 type Opened = Result<(Arc<Image<Pooled>>, Option<Arc<PathSlot>>), String>;
 
-/// A publish whose image had not answered within [`helper::WAIT`].
+/// A publish whose image had not answered within [`offload::WAIT`].
 struct LateOpen {
     name: String,
     /// Where the image file is now (it may be renamed meanwhile).
@@ -173,7 +172,7 @@ impl FuseExecutor {
         }
     }
 
-    /// Reads the medium's image off the daemon thread, waiting for it at most [`helper::WAIT`];
+    /// Reads the medium's image off the daemon thread, waiting for it at most [`offload::WAIT`];
     /// the outcome, or `None` if the image has not answered yet (see [`Executor::late_done`]).
     fn publish(&mut self, name: String, mut medium: Medium) -> Option<Event> {
         let (pool, handle, origin, id) = (
@@ -188,7 +187,7 @@ impl FuseExecutor {
         let opened = match ran {
             Ok(Ran::Done(opened)) => opened,
             Ok(Ran::Late(opened)) => {
-                tracing::warn!(name = %name, origin = %medium.origin.display(), waited_ms = helper::WAIT.as_millis() as u64, "its image has not answered yet; served once it does, the other media meanwhile");
+                tracing::warn!(name = %name, origin = %medium.origin.display(), waited_ms = offload::WAIT.as_millis() as u64, "its image has not answered yet; served once it does, the other media meanwhile");
                 self.late.insert(
                     medium.id,
                     LateOpen {

@@ -33,5 +33,6 @@ pub mod iso9660;
 pub mod manager;
 pub mod names;
 pub mod notify;
+pub mod offload;
 pub mod source;
 pub mod sys;

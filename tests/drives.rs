@@ -363,6 +363,54 @@ fn loop_device_present_before_start_is_served() {
     assert_serves(&w.root.join(&name), "rockridge.iso");
 }
 
+/// A medium whose reads hang (a scratched disc the drive retries on for minutes) holds up no
+/// other device: its identification goes on in the background while another device's medium
+/// is served, and it is served once its reads answer. Its image lives on a FUSE file system
+/// this test serves itself and holds the reads of ([`common::stallfs`]).
+#[test]
+fn a_device_whose_reads_hang_holds_up_no_other() {
+    let test = "a_device_whose_reads_hang_holds_up_no_other";
+    if !can_run(test) || !common::watcher::can_run(test) {
+        return;
+    }
+    let _lock = LoopLock::take();
+    settle();
+    let tmp = tempfile::tempdir().unwrap();
+    let (backing, at) = (tmp.path().join("backing"), tmp.path().join("stalled"));
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&at).unwrap();
+    copy_fixture("rockridge.iso", &backing, "slow.iso");
+    let stall = common::stallfs::StallFs::mount(&backing, &at);
+    let slow = Loop::attach(&at.join("slow.iso"));
+    // udev (blkid) has read it; from now on nothing of it can be read.
+    settle();
+    stall.hold("slow.iso");
+    let mut w = Watcher::start(tmp.path());
+    let _release = stall.release_on_drop();
+    poll("isomgr's reads of the held device", || {
+        match stall.waiting() {
+            0 => Err("none held yet".into()),
+            _ => Ok(()),
+        }
+    });
+
+    let image = copy_fixture("plain.iso", tmp.path(), "fast.iso");
+    let fast = Loop::attach(&image);
+    let name = w.wait_mounted(&fast.0);
+    assert_serves(&w.root.join(&name), "plain.iso");
+
+    stall.release();
+    let name = w.wait_mounted(&slow.0);
+    assert_serves(&w.root.join(&name), "rockridge.iso");
+    assert!(
+        w.seen
+            .iter()
+            .any(|l| l.contains("the medium has not answered yet")),
+        "{}",
+        w.seen.join("\n")
+    );
+}
+
 /// The drives source itself, in process: loop devices backed by files isomgr attached are
 /// never taken, while another loop device attached after it is.
 #[test]

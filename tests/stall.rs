@@ -280,3 +280,72 @@ fn a_medium_whose_image_hangs_while_being_published_holds_up_no_other() {
     let served = |l: &&str| l.contains(" mounted ") && l.contains("name=GONE");
     assert!(!log.lines().any(|l| served(&l)), "GONE was served:\n{log}");
 }
+
+#[test]
+fn an_image_whose_descriptors_hang_holds_up_no_other_image() {
+    if !watcher::can_run("an_image_whose_descriptors_hang_holds_up_no_other_image") {
+        return;
+    }
+    let env = Env::new("isomgr-stall-probe-");
+    let backing = env.outside("backing");
+    let slow_dir = env.outside("slow");
+    let slow_files = tree(&env.scratch.join("slow-src"), 1, 2, 1 << 20);
+    watcher::mkiso(
+        &env.scratch.join("slow-src"),
+        &env.scratch.join("slow.iso"),
+        "SLOW",
+    );
+    fs::copy(env.scratch.join("slow.iso"), env.scratch.join("gone.iso")).unwrap();
+    let stall = StallFs::mount(&backing, &slow_dir);
+    let _watcher = Watcher::start_with(
+        &env,
+        &[
+            "--dir",
+            slow_dir.to_str().unwrap(),
+            "--poll-interval",
+            "0.2",
+        ],
+    );
+    let _release = stall.release_on_drop();
+
+    // Not one byte of them can be read: the watched directory cannot even tell what they are.
+    for image in ["slow.iso", "gone.iso"] {
+        stall.hold(image);
+        fs::rename(env.scratch.join(image), backing.join(image)).unwrap();
+    }
+    wait_for("both images' reads to hang", || match stall.waiting() {
+        2 => Ok(()),
+        n => Err(format!("{n} held")),
+    });
+
+    // Meanwhile the other directory's images come and are served.
+    let new_src = env.scratch.join("new-src");
+    let new_files = tree(&new_src, 200, 2, 1 << 20);
+    watcher::mkiso(&new_src, &env.scratch.join("new.iso"), "NEW");
+    fs::rename(env.scratch.join("new.iso"), env.drop.join("new.iso")).unwrap();
+    env.wait_names(&["NEW"]);
+    let (n, files) = (env.root.join("NEW"), new_files);
+    within("reading a medium added meanwhile", move || {
+        read_all(&n, &files)
+    });
+
+    // One goes before it answers; the other answers and is served.
+    fs::remove_file(backing.join("gone.iso")).unwrap();
+    stall.release();
+    env.wait_status(&["NEW", "SLOW"]);
+    let s = env.root.join("SLOW");
+    within("reading the image that answered late", move || {
+        read_all(&s, &slow_files)
+    });
+    let log = env.log_text();
+    assert_eq!(
+        log.matches("its volume descriptors have not answered yet")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        !log.contains("gone.iso label"),
+        "the image gone meanwhile was identified:\n{log}"
+    );
+}

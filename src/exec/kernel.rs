@@ -35,10 +35,10 @@ use std::time::{Duration, Instant};
 
 pub mod journal;
 
-use super::helper::{self, Helper, Late, Ran};
 use crate::crashpoint;
 use crate::event::{Event, Medium, MediumId, SourceKind};
 use crate::manager::{Action, MediumRecord, StateFile};
+use crate::offload::{self, Helper, Late, Ran};
 use crate::source::drives::OwnLoops;
 use crate::sys::{FileId, LoopDev, LoopEntry, MountEntry, MountFlags, Sys};
 use journal::{Journal, Made};
@@ -180,9 +180,9 @@ pub struct KernelExecutor<S: Sys> {
     retry_at: Option<Instant>,
     /// The wait after the next failed try.
     backoff: Duration,
-    /// Runs mount(2) off the daemon thread (see [`helper`]).
+    /// Runs mount(2) off the daemon thread (see [`offload`]).
     helper: Helper,
-    /// Media whose mount(2) had not returned within [`helper::WAIT`], by name: served once it
+    /// Media whose mount(2) had not returned within [`offload::WAIT`], by name: served once it
     /// returns (or undone then, if unpublished meanwhile).
     mounting: BTreeMap<String, Mounting>,
 }
@@ -201,7 +201,7 @@ struct Mounting {
 pub enum Publish {
     /// Served, through this loop device (none for a drive).
     Served(Option<PathBuf>),
-    /// Its mount(2) goes on in the background (see [`helper`]).
+    /// Its mount(2) goes on in the background (see [`offload`]).
     Mounting,
 }
 
@@ -517,7 +517,7 @@ impl<S: Sys> KernelExecutor<S> {
         match self.mount_new(&target, medium) {
             Ok(Mount::Done(served)) => Ok(Publish::Served(self.mounted(name, medium, served))),
             Ok(Mount::Late(served, mounted)) => {
-                tracing::warn!(name = %name, origin = %medium.origin.display(), waited_ms = helper::WAIT.as_millis() as u64, "mount(2) has not returned yet; served once it does, the other media meanwhile");
+                tracing::warn!(name = %name, origin = %medium.origin.display(), waited_ms = offload::WAIT.as_millis() as u64, "mount(2) has not returned yet; served once it does, the other media meanwhile");
                 self.mounting.insert(
                     name.to_owned(),
                     Mounting {
@@ -562,7 +562,7 @@ impl<S: Sys> KernelExecutor<S> {
         }
     }
 
-    /// Woken when a mount that had not returned within [`helper::WAIT`] has.
+    /// Woken when a mount that had not returned within [`offload::WAIT`] has.
     pub fn late_done(&self) -> Arc<tokio::sync::Notify> {
         self.helper.wake()
     }
@@ -572,7 +572,7 @@ impl<S: Sys> KernelExecutor<S> {
         self.mounting.len()
     }
 
-    /// The outcomes of the mounts that returned after [`helper::WAIT`]: served, or failed and
+    /// The outcomes of the mounts that returned after [`offload::WAIT`]: served, or failed and
     /// undone; one unpublished meanwhile is undone either way, with no outcome.
     pub fn finish_late(&mut self) -> Vec<Event> {
         let returned: Vec<(String, Result<(), String>)> = self
@@ -626,7 +626,7 @@ impl<S: Sys> KernelExecutor<S> {
     }
 
     /// mkdir, attach, mount; each failure undoes the steps before it. A mount that has not
-    /// returned within [`helper::WAIT`] goes on in the background.
+    /// returned within [`offload::WAIT`] goes on in the background.
     fn mount_new(&mut self, target: &Path, medium: &Medium) -> Result<Mount, Error> {
         let image = &medium.origin;
         // Open before making anything: nothing to undo if the image is gone.

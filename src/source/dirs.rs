@@ -28,7 +28,8 @@ use regex::Regex;
 use tokio::sync::mpsc;
 
 use crate::event::{Event, Handle, Medium, MediumId, SourceKind};
-use crate::iso9660::{probe, Error as IsoError};
+use crate::iso9660::{probe, Error as IsoError, VolumeInfo};
+use crate::offload::{self, Helper, Late, Ran};
 
 /// How long a file that left its place may take to show up elsewhere in the trees before it
 /// counts as gone (the two halves of a rename arrive together; this is slack).
@@ -186,6 +187,8 @@ enum Input {
     Notify(notify::Result<notify::Event>),
     Rescan,
     Stop,
+    /// A probe that had not answered within [`offload::WAIT`] has.
+    Probed,
 }
 
 /// A running dirs source.
@@ -220,6 +223,14 @@ impl DirsSource {
             poll_errors: HashSet::new(),
             fd_short: FdShort::default(),
             parents: None,
+            helper: Helper::calling({
+                let tx = tx.clone();
+                move || {
+                    let _ = tx.send(Input::Probed);
+                }
+            }),
+            probing: HashMap::new(),
+            answered: HashMap::new(),
         };
         state.watch_all()?;
         // The parents too, to notice a watched directory deleted and made again (the polled
@@ -357,7 +368,21 @@ enum Reason {
     Arrived,
 }
 
+/// An image whose volume descriptors had not answered within [`offload::WAIT`].
+struct Probing {
+    id: MediumId,
+    reason: Reason,
+    answer: Late<Result<VolumeInfo, IsoError>>,
+}
+
 struct State {
+    /// Reads each image's volume descriptors off this thread, so that one whose reads hang
+    /// (a stalled NFS server, a network file system fetching it) holds up no other.
+    helper: Helper,
+    /// Images whose descriptors have not answered yet, by path.
+    probing: HashMap<PathBuf, Probing>,
+    /// A late probe's answer, for the look at its path it triggers.
+    answered: HashMap<PathBuf, (MediumId, Result<VolumeInfo, IsoError>)>,
     cfg: DirsConfig,
     out: mpsc::Sender<Event>,
     watcher: notify::RecommendedWatcher,
@@ -512,8 +537,78 @@ impl State {
                 self.full_scan();
             }
             Input::Notify(Ok(ev)) => self.on_notify(ev),
+            Input::Probed => self.probes_answered(),
         }
         true
+    }
+
+    /// Looks again at each path whose late probe has answered, with that answer if the path
+    /// still holds the same file.
+    fn probes_answered(&mut self) {
+        let answered: Vec<(PathBuf, Result<_, String>)> = self
+            .probing
+            .iter()
+            .filter_map(|(path, p)| Some((path.clone(), p.answer.answer()?)))
+            .collect();
+        for (path, answer) in answered {
+            let Some(p) = self.probing.remove(&path) else {
+                continue;
+            };
+            let info = answer.unwrap_or_else(|e| {
+                Err(IsoError::Io {
+                    offset: 0,
+                    len: 0,
+                    source: std::io::Error::other(e),
+                })
+            });
+            tracing::debug!(image = %path.display(), "its volume descriptors answered");
+            self.answered.insert(path.clone(), (p.id, info));
+            self.check(&path, p.reason);
+            self.answered.remove(&path);
+        }
+    }
+
+    /// The volume of the image `file` at `path` (identified as `id`): probed off this thread,
+    /// waiting at most [`offload::WAIT`]; `None` while it has not answered (the path is looked
+    /// at again when it does).
+    fn probe(
+        &mut self,
+        path: &Path,
+        id: &MediumId,
+        reason: Reason,
+        file: &Arc<File>,
+    ) -> Option<Result<VolumeInfo, IsoError>> {
+        if let Some((was, info)) = self.answered.remove(path) {
+            if was == *id {
+                return Some(info);
+            }
+        }
+        match self.probing.get(path) {
+            Some(p) if p.id == *id => return None,
+            // Another file holds the path now: the old one's answer is of no use.
+            Some(_) => {
+                self.probing.remove(path);
+            }
+            None => {}
+        }
+        let f = file.clone();
+        match self.helper.run(move || probe(&*f)) {
+            Ok(Ran::Done(info)) => Some(info),
+            Ok(Ran::Late(answer)) => {
+                tracing::warn!(image = %path.display(), waited_ms = offload::WAIT.as_millis() as u64, "its volume descriptors have not answered yet; looked at again once they do, the other images meanwhile");
+                self.probing.insert(
+                    path.to_path_buf(),
+                    Probing {
+                        id: id.clone(),
+                        reason,
+                        answer,
+                    },
+                );
+                None
+            }
+            // No thread to run it on: here, then.
+            Err(_) => Some(probe(&**file)),
+        }
     }
 
     fn on_notify(&mut self, ev: notify::Event) {
@@ -869,7 +964,11 @@ impl State {
             );
             return false;
         }
-        let info = match probe(&file) {
+        let file = Arc::new(file);
+        let Some(info) = self.probe(path, &id, reason, &file) else {
+            return true;
+        };
+        let info = match info {
             Ok(info) => info,
             Err(IsoError::NotAnImage | IsoError::Truncated { .. }) => {
                 // Still being written (or not an image at all): wait for the next write.
@@ -922,7 +1021,7 @@ impl State {
             label: info.label,
             fallback,
             fs: Some(info.fs.as_str().to_owned()),
-            handle: keep_handle(&file).then(|| Handle(Arc::new(file))),
+            handle: keep_handle(&file).then(|| Handle(file)),
         }));
         true
     }

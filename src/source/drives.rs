@@ -10,6 +10,8 @@
 //!
 //! A thread rather than a task on the daemon's runtime: identifying a disc reads from the
 //! drive, which can block for seconds while it spins up, and must not stall other sources.
+//! That read itself runs on a helper thread ([`crate::offload`]) and is waited for at most
+//! half a second, so a disc whose reads hang holds up no other drive either.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -22,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::event::{Event, Handle, Medium, MediumId, SourceKind};
-use crate::iso9660::probe;
+use crate::iso9660::{probe, VolumeInfo};
+use crate::offload::{self, Helper, Late, Ran};
 
 use super::uevent::{self, Received};
 
@@ -219,6 +222,8 @@ pub fn decode_udev_string(s: &str) -> String {
 enum Input {
     Rescan,
     Stop,
+    /// A medium whose identification had not answered within [`offload::WAIT`] has.
+    Identified,
 }
 
 /// A running drives source.
@@ -261,11 +266,20 @@ impl DrivesSource {
         // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
         let (tx, rx) = std_mpsc::channel();
+        let helper = Helper::calling({
+            let (tx, wake) = (tx.clone(), wake.clone());
+            move || {
+                let _ = tx.send(Input::Identified);
+                poke(&wake);
+            }
+        });
         let mut state = State {
             cfg,
             out,
             tracked: HashMap::new(),
             generations: HashMap::new(),
+            helper,
+            identifying: HashMap::new(),
         };
         let thread_wake = wake.clone();
         // The monitor cannot move between threads: the thread makes it and says how it went.
@@ -305,15 +319,7 @@ impl DrivesSource {
 
     fn send(&self, input: Input) {
         if self.input.send(input).is_ok() {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own.
-            unsafe {
-                libc::write(
-                    self.wake.as_raw_fd(),
-                    (&one as *const u64).cast(),
-                    std::mem::size_of::<u64>(),
-                )
-            };
+            poke(&self.wake);
         }
     }
 }
@@ -357,6 +363,21 @@ struct State {
     /// Per device node: the last disk sequence seen and how many media it has held under it
     /// (a loop device given new contents by `losetup -c` keeps its sequence number).
     generations: HashMap<PathBuf, (Option<u64>, u32)>,
+    /// Reads each new medium off this thread, so that a disc whose reads hang (scratched, the
+    /// drive retrying for minutes) holds up no other drive.
+    helper: Helper,
+    /// Media whose identification has not answered yet, by device node.
+    identifying: HashMap<PathBuf, Identifying>,
+}
+
+/// What identifying a medium reads of it: its volume and the fingerprint of its first sectors.
+type Identity = std::io::Result<(u64, VolumeInfo)>;
+
+/// A medium whose identification had not answered within [`offload::WAIT`].
+struct Identifying {
+    props: MediumProps,
+    file: Arc<File>,
+    answer: Late<Identity>,
 }
 
 impl State {
@@ -409,6 +430,7 @@ impl State {
                     match input {
                         Input::Stop => return,
                         Input::Rescan => self.enumerate(),
+                        Input::Identified => self.identities_answered(),
                     }
                 }
             }
@@ -563,15 +585,27 @@ impl State {
     }
 
     fn gone(&mut self, devnode: &Path, why: &str) {
+        if self.identifying.remove(devnode).is_some() {
+            tracing::debug!(device = %devnode.display(), "{why} before it was identified");
+        }
         if let Some(t) = self.tracked.remove(devnode) {
             tracing::debug!(device = %devnode.display(), medium = %t.id, "{why}");
             self.emit(Event::Vanished(t.id));
         }
     }
 
-    /// Opens and identifies a medium udev reported, and emits it.
+    /// Opens and identifies a medium udev reported (off this thread, waiting for it at most
+    /// [`offload::WAIT`]), and emits it.
     fn identify(&mut self, m: &MediumProps) {
         let node = &m.devnode;
+        match self.identifying.get(node) {
+            // Reported again while its reads hang: still the same medium.
+            Some(i) if i.props == *m => return,
+            Some(_) => {
+                self.identifying.remove(node);
+            }
+            None => {}
+        }
         let file = match open_device(node) {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::ENOMEDIUM) => {
@@ -583,12 +617,54 @@ impl State {
                 return;
             }
         };
-        if !m.fs.is_empty() {
-            prefetch(&file);
+        let file = Arc::new(file);
+        let (f, prefetching) = (file.clone(), !m.fs.is_empty());
+        let ran = self.helper.run(move || -> Identity {
+            if prefetching {
+                prefetch(&f);
+            }
+            let info = probe(&*f).map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok((fingerprint(&f)?, info))
+        });
+        match ran {
+            Ok(Ran::Done(identity)) => self.identified(m, file, identity),
+            Ok(Ran::Late(answer)) => {
+                tracing::warn!(device = %node.display(), waited_ms = offload::WAIT.as_millis() as u64, "the medium has not answered yet; identified once it does, the other drives meanwhile");
+                self.identifying.insert(
+                    node.clone(),
+                    Identifying {
+                        props: m.clone(),
+                        file,
+                        answer,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::error!(device = %node.display(), error = %e, "cannot identify the medium; not served")
+            }
         }
-        let identified = probe(&file)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|info| Ok((fingerprint(&file)?, info)));
+    }
+
+    /// Goes on with each medium whose late identification has answered.
+    fn identities_answered(&mut self) {
+        let answered: Vec<(PathBuf, Result<Identity, String>)> = self
+            .identifying
+            .iter()
+            .filter_map(|(node, i)| Some((node.clone(), i.answer.answer()?)))
+            .collect();
+        for (node, answer) in answered {
+            let Some(i) = self.identifying.remove(&node) else {
+                continue;
+            };
+            let identity = answer.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            self.identified(&i.props, i.file, identity);
+        }
+    }
+
+    /// Emits a medium identified as `identity`, or says why it is not served.
+    fn identified(&mut self, m: &MediumProps, file: Arc<File>, identity: Identity) {
+        let node = &m.devnode;
+        let identified = identity;
         let (fingerprint, info) = match identified {
             Ok(x) => x,
             // A disk udev saw only a partition table on: most are just that.
@@ -626,7 +702,7 @@ impl State {
             fs: Some(info.fs.as_str().to_owned()),
             label: info.label,
             fallback: m.sysname.clone(),
-            handle: Some(Handle(Arc::new(file))),
+            handle: Some(Handle(file)),
         }));
     }
 
@@ -673,6 +749,19 @@ const PREFETCH: i64 = 2 << 20;
 
 /// Starts reading the head of the medium into the page cache in the background, so the probe
 /// and the first lookups through the FUSE driver wait for one batch of I/O, not one each.
+/// Wakes the source thread from poll(2).
+fn poke(wake: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64 to an eventfd.
+    unsafe {
+        libc::write(
+            wake.as_raw_fd(),
+            (&one as *const u64).cast(),
+            std::mem::size_of::<u64>(),
+        )
+    };
+}
+
 fn prefetch(file: &File) {
     // SAFETY: plain integer arguments; the descriptor is valid for the call.
     let rc =

@@ -116,7 +116,7 @@ pub enum CallKind {
 /// Every effect of the kernel driver. Methods take `&self`: the Linux implementation holds no
 /// state and the fake records through shared interior state.
 /// Send and Sync: the kernel driver runs mount(2) off the daemon thread (see
-/// [`crate::exec::helper`]).
+/// [`crate::offload`]).
 pub trait Sys: Send + Sync + 'static {
     /// Attaches `image` (already open; `path` names it for errors and `lo_file_name`) to a free
     /// loop device with autoclear set atomically (`LOOP_CONFIGURE`).

@@ -1,4 +1,4 @@
-//! Runs the blocking step of a publish (reading an image's descriptors, mount(2)) on a helper
+//! Runs a blocking step (reading an image's descriptors, mount(2)) on a helper
 //! thread and waits for it a moment ([`WAIT`]). Almost always it answers within that; a
 //! medium whose reads hang (a scratched disc the drive retries on for minutes, an image on a
 //! stalled NFS server) does not, and must not hold up every other medium meanwhile. Then the
@@ -24,6 +24,8 @@ pub struct Helper {
     /// The thread that takes the next step, while it is not held by a late one.
     thread: Option<Sender<Job>>,
     wake: Arc<Notify>,
+    /// Called when a late step has answered.
+    on_late: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// The outcome of a step.
@@ -48,18 +50,31 @@ impl<T> Late<T> {
     }
 }
 
-const ENDED: &str = "the thread running it ended without an answer";
+/// Why a step has no outcome.
+pub const ENDED: &str = "the thread running it ended without an answer";
 
 impl Default for Helper {
+    /// Late steps wake [`Helper::wake`].
     fn default() -> Self {
+        let wake = Arc::new(Notify::new());
+        let notify = wake.clone();
         Helper {
             thread: None,
-            wake: Arc::new(Notify::new()),
+            wake,
+            on_late: Arc::new(move || notify.notify_one()),
         }
     }
 }
 
 impl Helper {
+    /// Late steps call `on_late` once they have answered (from the step's thread).
+    pub fn calling(on_late: impl Fn() + Send + Sync + 'static) -> Helper {
+        Helper {
+            on_late: Arc::new(on_late),
+            ..Helper::default()
+        }
+    }
+
     /// Fires (a permit is kept) when a late step has answered.
     pub fn wake(&self) -> Arc<Notify> {
         self.wake.clone()
@@ -74,12 +89,12 @@ impl Helper {
         let (tx, rx) = mpsc::channel();
         let late = Arc::new(AtomicBool::new(false));
         let job: Job = {
-            let (late, wake) = (late.clone(), self.wake.clone());
+            let (late, on_late) = (late.clone(), self.on_late.clone());
             Box::new(move || {
                 let _ = tx.send(step());
                 // Sent first: a step marked late after this finds its outcome waiting.
                 if late.load(Ordering::SeqCst) {
-                    wake.notify_one();
+                    on_late();
                 }
             })
         };
