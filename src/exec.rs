@@ -187,7 +187,7 @@ impl FuseExecutor {
         let opened = match ran {
             Ok(Ran::Done(opened)) => opened,
             Ok(Ran::Late(opened)) => {
-                tracing::warn!(name = %name, origin = %medium.origin.display(), waited_ms = offload::WAIT.as_millis() as u64, "its image has not answered yet; served once it does, the other media meanwhile");
+                tracing::info!(name = %name, origin = %medium.origin.display(), waited_ms = offload::WAIT.as_millis() as u64, "its image has not answered yet; served once it does, the other media meanwhile");
                 self.late.insert(
                     medium.id,
                     LateOpen {

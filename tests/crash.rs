@@ -384,7 +384,7 @@ fn kernel_child() {
         while let Some(ev) = queue.pop_front() {
             for a in m.apply(0, ev) {
                 if a != Action::SaveState {
-                    queue.extend(k.run(&a));
+                    queue.extend(common::run_kernel(&mut k, &a));
                 }
             }
         }

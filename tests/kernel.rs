@@ -216,10 +216,13 @@ fn medium(image: &Path, fs: &str) -> Medium {
 }
 
 fn publish<S: Sys>(e: &mut KernelExecutor<S>, name: &str, m: &Medium) -> Event {
-    e.run(&Action::Publish {
-        name: name.into(),
-        medium: m.clone(),
-    })
+    common::run_kernel(
+        e,
+        &Action::Publish {
+            name: name.into(),
+            medium: m.clone(),
+        },
+    )
     .expect("an outcome")
 }
 

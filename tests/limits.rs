@@ -453,10 +453,13 @@ fn with_no_loop_device_to_be_had_media_wait_and_are_mounted_once_one_frees() {
     };
     let mut e = KernelExecutor::new(sys.clone(), root.clone());
     let publish = |e: &mut KernelExecutor<Exhaustible>, name: &str, m: &Medium| {
-        e.run(&Action::Publish {
-            name: name.into(),
-            medium: m.clone(),
-        })
+        common::run_kernel(
+            e,
+            &Action::Publish {
+                name: name.into(),
+                medium: m.clone(),
+            },
+        )
     };
     // A is served; then the loop devices run out.
     assert!(matches!(
@@ -559,10 +562,13 @@ fn many_media_on_loop_devices_with_the_kernel_driver() {
     let mut e = KernelExecutor::new(LinuxSys, root.clone());
     let start = Instant::now();
     for (i, m) in media.iter_mut().enumerate() {
-        let ev = e.run(&Action::Publish {
-            name: format!("m{i:05}"),
-            medium: m.clone(),
-        });
+        let ev = common::run_kernel(
+            &mut e,
+            &Action::Publish {
+                name: format!("m{i:05}"),
+                medium: m.clone(),
+            },
+        );
         assert!(
             matches!(
                 ev,

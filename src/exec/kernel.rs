@@ -517,7 +517,7 @@ impl<S: Sys> KernelExecutor<S> {
         match self.mount_new(&target, medium) {
             Ok(Mount::Done(served)) => Ok(Publish::Served(self.mounted(name, medium, served))),
             Ok(Mount::Late(served, mounted)) => {
-                tracing::warn!(name = %name, origin = %medium.origin.display(), waited_ms = offload::WAIT.as_millis() as u64, "mount(2) has not returned yet; served once it does, the other media meanwhile");
+                tracing::info!(name = %name, origin = %medium.origin.display(), waited_ms = offload::WAIT.as_millis() as u64, "mount(2) has not returned yet; served once it does, the other media meanwhile");
                 self.mounting.insert(
                     name.to_owned(),
                     Mounting {

@@ -595,7 +595,7 @@ impl State {
         match self.helper.run(move || probe(&*f)) {
             Ok(Ran::Done(info)) => Some(info),
             Ok(Ran::Late(answer)) => {
-                tracing::warn!(image = %path.display(), waited_ms = offload::WAIT.as_millis() as u64, "its volume descriptors have not answered yet; looked at again once they do, the other images meanwhile");
+                tracing::info!(image = %path.display(), waited_ms = offload::WAIT.as_millis() as u64, "its volume descriptors have not answered yet; looked at again once they do, the other images meanwhile");
                 self.probing.insert(
                     path.to_path_buf(),
                     Probing {

@@ -629,7 +629,7 @@ impl State {
         match ran {
             Ok(Ran::Done(identity)) => self.identified(m, file, identity),
             Ok(Ran::Late(answer)) => {
-                tracing::warn!(device = %node.display(), waited_ms = offload::WAIT.as_millis() as u64, "the medium has not answered yet; identified once it does, the other drives meanwhile");
+                tracing::info!(device = %node.display(), waited_ms = offload::WAIT.as_millis() as u64, "the medium has not answered yet; identified once it does, the other drives meanwhile");
                 self.identifying.insert(
                     node.clone(),
                     Identifying {

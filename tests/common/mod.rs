@@ -7,6 +7,32 @@ use std::process::{Command, Output};
 pub mod stallfs;
 pub mod watcher;
 
+/// `e.run(a)`; if its mount goes on in the background (slower than `offload::WAIT`, as in a
+/// slow guest or on a loaded machine), the outcome once it has returned.
+pub fn run_kernel<S: isomgr::sys::Sys>(
+    e: &mut isomgr::exec::KernelExecutor<S>,
+    a: &isomgr::manager::Action,
+) -> Option<isomgr::event::Event> {
+    let before = e.mounting();
+    if let Some(ev) = e.run(a) {
+        return Some(ev);
+    }
+    if e.mounting() <= before {
+        return None;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(ev) = e.finish_late().pop() {
+            return Some(ev);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a mount has not returned in 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_isomgr"))
 }
