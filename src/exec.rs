@@ -181,9 +181,13 @@ impl FuseExecutor {
             medium.origin.clone(),
             medium.id.clone(),
         );
+        // The source has just read the descriptors: usually still in the page cache.
+        let at_once = handle
+            .as_ref()
+            .is_some_and(|h| offload::cached(&h.0, 16 * 2048, offload::HEAD));
         let ran = self
             .helper
-            .run(move || open_image(&pool, handle, &origin, &id));
+            .run_unless(at_once, move || open_image(&pool, handle, &origin, &id));
         let opened = match ran {
             Ok(Ran::Done(opened)) => opened,
             Ok(Ran::Late(opened)) => {

@@ -80,6 +80,19 @@ impl Helper {
         self.wake.clone()
     }
 
+    /// [`Helper::run`], or `step` here and now when `at_once` (it reads only what is in the
+    /// page cache already, see [`cached`]: no thread hop for the usual case).
+    pub fn run_unless<T: Send + 'static>(
+        &mut self,
+        at_once: bool,
+        step: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<Ran<T>, String> {
+        if at_once {
+            return Ok(Ran::Done(step()));
+        }
+        self.run(step)
+    }
+
     /// Runs `step` on the helper thread and waits for it at most [`WAIT`]. `Err` when no
     /// thread could run it or its thread ended without an answer.
     pub fn run<T: Send + 'static>(
@@ -143,6 +156,47 @@ impl Helper {
     }
 }
 
+/// How much of an image from its first volume descriptor a first look reads, about: the
+/// descriptors and, in most images, the root directory.
+pub const HEAD: usize = 64 << 10;
+
+/// Whether the bytes of `file` from `offset` (at most `len`, not past its end) are all in the
+/// page cache, so that reading them cannot wait for a disc or a server: one read with
+/// `RWF_NOWAIT`. False where the file system cannot tell (FUSE, most network file systems).
+pub fn cached(file: &std::fs::File, offset: u64, len: usize) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(size) = file.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    let want = usize::try_from(size.saturating_sub(offset))
+        .unwrap_or(usize::MAX)
+        .min(len);
+    if want == 0 {
+        return true;
+    }
+    let Ok(at) = libc::off_t::try_from(offset) else {
+        return false;
+    };
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let Ok(mut buf) = scratch.try_borrow_mut() else {
+            return false;
+        };
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: want,
+        };
+        // SAFETY: one iovec over `want` bytes of a buffer we own, for the duration of the call.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        usize::try_from(n).is_ok_and(|n| n == want)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +227,17 @@ mod tests {
                 .expect("woken once the late step answered");
         });
         assert_eq!(late.answer(), Some(Ok(2)));
+    }
+
+    #[test]
+    fn a_file_just_written_is_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 200_000]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        assert!(cached(&f, 32768, HEAD));
+        // Past the end: nothing to read.
+        assert!(cached(&f, 1 << 30, HEAD));
     }
 
     #[test]

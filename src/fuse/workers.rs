@@ -1,11 +1,12 @@
 //! Threads that do the image I/O of the FUSE driver (file reads, directory listings), so the
 //! session thread only looks things up in the table and goes on taking requests.
 //!
-//! Work is queued per medium, and each medium's queue is worked by threads of its own, at most
-//! [`PER_MEDIUM`] at a time. A medium whose reads hang (a scratched disc the drive retries on
-//! for minutes, an image on a stalled NFS server) so ties up only its own threads: the other
-//! media keep being read and listed. A thread started for a medium lingers a moment once its
-//! queue is empty (the kernel sends a file's read-ahead as a run of requests), then ends.
+//! Work is queued per medium, and one medium's work runs on at most [`PER_MEDIUM`] threads at
+//! a time. A medium whose reads hang (a scratched disc the drive retries on for minutes, an
+//! image on a stalled NFS server) so ties up at most that many threads; while every thread is
+//! busy and other media have work, another thread starts (up to [`MAX_THREADS`]), so the other
+//! media keep being read and listed. [`KEPT`] threads stay for good, waiting without a timer
+//! (an idle daemon wakes for nothing); the others end after [`LINGER`] without work.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
@@ -15,11 +16,15 @@ use tracing::warn;
 
 use super::adapter::lock;
 
-/// Threads working one medium's queue at most: the kernel keeps several read-ahead requests of
+/// Threads one medium's work runs on at most: the kernel keeps several read-ahead requests of
 /// a file in flight, and two threads keep one stream of reads busy (measured by the FUSE read
 /// benchmark).
 pub const PER_MEDIUM: usize = 2;
-/// How long a thread waits for more of its medium's work before it ends.
+/// Threads that never end: enough for one stream of reads.
+const KEPT: usize = 2;
+/// Threads at most: as many media whose reads hang as half of this leave none for the others.
+const MAX_THREADS: usize = 64;
+/// How long a thread beyond [`KEPT`] waits for work before it ends.
 const LINGER: Duration = Duration::from_secs(2);
 
 /// One piece of work; it gets the thread's reusable buffer.
@@ -28,19 +33,74 @@ pub type Job = Box<dyn FnOnce(&mut Vec<u8>) + Send>;
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
-    /// Threads working this queue.
+    /// Threads running this medium's work.
     running: usize,
-    /// Of those, how many wait for work.
+    /// Listed in [`State::ready`].
+    ready: bool,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<usize, Queue>,
+    /// Media with work and fewer than [`PER_MEDIUM`] threads on it, in turn.
+    ready: VecDeque<usize>,
+    threads: usize,
+    /// Threads started that have not looked for work yet.
+    starting: usize,
+    /// Threads waiting for work, and how many of those were woken already.
     idle: usize,
-    more: Arc<Condvar>,
+    woken: usize,
+}
+
+impl State {
+    /// Lists medium `key` as ready if it has work and room for another thread.
+    fn offer(&mut self, key: usize) {
+        if let Some(q) = self.queues.get_mut(&key) {
+            if !q.ready && !q.jobs.is_empty() && q.running < PER_MEDIUM {
+                q.ready = true;
+                self.ready.push_back(key);
+            }
+        }
+    }
+
+    /// The next job to run and its medium, counted as running.
+    fn take(&mut self) -> Option<(usize, Job)> {
+        while let Some(key) = self.ready.pop_front() {
+            let Some(q) = self.queues.get_mut(&key) else {
+                continue;
+            };
+            q.ready = false;
+            let Some(job) = q.jobs.pop_front() else {
+                continue;
+            };
+            q.running += 1;
+            self.offer(key);
+            return Some((key, job));
+        }
+        None
+    }
+
+    /// A job of medium `key` has ended.
+    fn done(&mut self, key: usize) {
+        let Some(q) = self.queues.get_mut(&key) else {
+            return;
+        };
+        q.running -= 1;
+        if q.jobs.is_empty() && q.running == 0 {
+            self.queues.remove(&key);
+        } else {
+            self.offer(key);
+        }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    queues: Mutex<HashMap<usize, Queue>>,
+    state: Mutex<State>,
+    more: Condvar,
 }
 
-/// The per-medium queues. Cloning shares them.
+/// The queues and their threads. Cloning shares them.
 #[derive(Clone, Default)]
 pub struct Workers {
     inner: Arc<Inner>,
@@ -51,77 +111,94 @@ impl Workers {
     /// of its image). Gives the job back if no thread could be started for it: the caller then
     /// runs it itself.
     pub fn submit(&self, key: usize, job: Job) -> Result<(), Job> {
-        let mut queues = lock(&self.inner.queues);
-        let q = queues.entry(key).or_default();
-        q.jobs.push_back(job);
-        if q.idle > 0 {
-            q.more.notify_one();
-            if q.jobs.len() <= q.idle {
-                return Ok(());
-            }
-        }
-        if q.running >= PER_MEDIUM {
-            return Ok(());
-        }
-        let inner = self.inner.clone();
-        let more = q.more.clone();
-        let started = std::thread::Builder::new()
-            .name("isomgr-read".into())
-            .spawn(move || work(&inner, key, &more));
-        match started {
-            Ok(_) => {
-                q.running += 1;
-                Ok(())
-            }
-            Err(e) if q.running == 0 => {
+        let mut st = lock(&self.inner.state);
+        st.queues.entry(key).or_default().jobs.push_back(job);
+        st.offer(key);
+        match staff(&mut st, &self.inner) {
+            Ok(()) => Ok(()),
+            Err(e) if st.threads == 0 => {
                 warn!(error = %e, "could not start a thread to read an image; reading on the session thread");
-                let job = q.jobs.pop_back();
-                if q.jobs.is_empty() {
-                    queues.remove(&key);
+                let job = st.queues.get_mut(&key).and_then(|q| q.jobs.pop_back());
+                if st.queues.get(&key).is_some_and(|q| q.jobs.is_empty()) {
+                    st.queues.remove(&key);
+                    st.ready.retain(|k| *k != key);
                 }
                 // The job pushed above is the last one.
                 job.map_or(Ok(()), Err)
             }
-            // A thread of this medium's is working its queue already.
+            // The threads there are take it in turn.
             Err(_) => Ok(()),
         }
     }
 
-    /// Threads working media's queues now.
+    /// Threads now.
     #[cfg(test)]
     fn threads(&self) -> usize {
-        lock(&self.inner.queues).values().map(|q| q.running).sum()
+        lock(&self.inner.state).threads
     }
 }
 
-/// Works the queue of medium `key` until it has stayed empty for [`LINGER`].
-fn work(inner: &Inner, key: usize, more: &Condvar) {
-    let mut buf = Vec::new();
-    let mut queues = lock(&inner.queues);
+/// Sees that each medium listed as ready has a thread coming for it: an idle one woken, or a
+/// new one started (up to [`MAX_THREADS`]).
+fn staff(st: &mut State, inner: &Arc<Inner>) -> std::io::Result<()> {
     loop {
-        let Some(q) = queues.get_mut(&key) else {
-            return;
-        };
-        if let Some(job) = q.jobs.pop_front() {
-            drop(queues);
-            job(&mut buf);
-            queues = lock(&inner.queues);
+        // Threads already on their way to look for work.
+        let coming = st.woken + st.starting;
+        if st.ready.len() <= coming {
+            return Ok(());
+        }
+        if st.idle > st.woken {
+            st.woken += 1;
+            inner.more.notify_one();
             continue;
         }
-        q.idle += 1;
-        let (guard, waited) = more
-            .wait_timeout(queues, LINGER)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        queues = guard;
-        let Some(q) = queues.get_mut(&key) else {
-            return;
+        if st.threads >= MAX_THREADS {
+            return Ok(());
+        }
+        let for_thread = inner.clone();
+        std::thread::Builder::new()
+            .name("isomgr-read".into())
+            .spawn(move || work(&for_thread))?;
+        st.threads += 1;
+        st.starting += 1;
+    }
+}
+
+/// Runs ready work; a thread beyond [`KEPT`] ends after [`LINGER`] without any.
+fn work(inner: &Arc<Inner>) {
+    let mut buf = Vec::new();
+    let mut st = lock(&inner.state);
+    st.starting -= 1;
+    loop {
+        if let Some((key, job)) = st.take() {
+            // What is left ready (this medium's second slot, others) gets its own thread.
+            let _ = staff(&mut st, inner);
+            drop(st);
+            job(&mut buf);
+            st = lock(&inner.state);
+            st.done(key);
+            continue;
+        }
+        st.idle += 1;
+        let kept = st.threads <= KEPT;
+        let timed_out = if kept {
+            st = inner
+                .more
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            false
+        } else {
+            let (guard, waited) = inner
+                .more
+                .wait_timeout(st, LINGER)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st = guard;
+            waited.timed_out()
         };
-        q.idle -= 1;
-        if waited.timed_out() && q.jobs.is_empty() {
-            q.running -= 1;
-            if q.running == 0 {
-                queues.remove(&key);
-            }
+        st.idle -= 1;
+        st.woken = st.woken.saturating_sub(1);
+        if timed_out && st.ready.is_empty() && st.threads > KEPT {
+            st.threads -= 1;
             return;
         }
     }
@@ -137,16 +214,17 @@ mod tests {
         let workers = Workers::default();
         let (release, held) = mpsc::channel::<()>();
         let held = Arc::new(Mutex::new(held));
-        // Medium 1: more hanging jobs than it has threads.
-        for _ in 0..PER_MEDIUM + 2 {
-            let held = held.clone();
-            let job: Job = Box::new(move |_| {
-                let _ = lock(&held).recv();
-            });
-            assert!(workers.submit(1, job).is_ok());
+        // Two media, each with more hanging jobs than it may have threads.
+        for key in [1, 3] {
+            for _ in 0..PER_MEDIUM + 2 {
+                let held = held.clone();
+                let job: Job = Box::new(move |_| {
+                    let _ = lock(&held).recv();
+                });
+                assert!(workers.submit(key, job).is_ok());
+            }
         }
-        assert_eq!(workers.threads(), PER_MEDIUM);
-        // Medium 2 is worked at once, by threads of its own.
+        // Medium 2 is worked at once, by threads started for it.
         let (done, finished) = mpsc::channel();
         for i in 0..10 {
             let done = done.clone();
@@ -161,24 +239,62 @@ mod tests {
             .collect();
         got.sort_unstable();
         assert_eq!(got, (0..10).collect::<Vec<_>>());
-        assert!(workers.threads() <= 2 * PER_MEDIUM);
-        for _ in 0..PER_MEDIUM + 2 {
+        // The hanging media hold two threads each, no more.
+        assert!(workers.threads() <= 3 * PER_MEDIUM, "{}", workers.threads());
+        for _ in 0..2 * (PER_MEDIUM + 2) {
             release.send(()).unwrap();
         }
     }
 
     #[test]
-    fn threads_end_once_their_queue_stays_empty() {
+    fn an_idle_thread_is_woken_for_new_work() {
         let workers = Workers::default();
         let (done, finished) = mpsc::channel();
-        let job: Job = Box::new(move |_| done.send(()).unwrap());
-        assert!(workers.submit(7, job).is_ok());
-        finished.recv_timeout(Duration::from_secs(10)).unwrap();
+        for round in 0..20 {
+            let done = done.clone();
+            let job: Job = Box::new(move |_| done.send(round).unwrap());
+            assert!(workers.submit(round % 3, job).is_ok());
+            assert_eq!(finished.recv_timeout(Duration::from_secs(10)), Ok(round));
+            // Let the thread go idle before the next job comes.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(workers.threads() <= KEPT);
+    }
+
+    #[test]
+    fn threads_beyond_the_kept_ones_end_once_idle() {
+        let workers = Workers::default();
+        let (release, held) = mpsc::channel::<()>();
+        let held = Arc::new(Mutex::new(held));
+        let (done, finished) = mpsc::channel();
+        for key in 0..4 {
+            let (held, done) = (held.clone(), done.clone());
+            let job: Job = Box::new(move |_| {
+                let _ = lock(&held).recv();
+                done.send(()).unwrap();
+            });
+            assert!(workers.submit(key, job).is_ok());
+        }
+        // One thread per medium while all are busy.
         let start = std::time::Instant::now();
-        while workers.threads() > 0 {
-            assert!(start.elapsed() < LINGER * 5, "a thread outlived its queue");
+        while workers.threads() < 4 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "threads did not start"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for _ in 0..4 {
+            release.send(()).unwrap();
+            finished.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        while workers.threads() > KEPT {
+            assert!(
+                start.elapsed() < LINGER * 5,
+                "threads beyond the kept ones outlived their work"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(lock(&workers.inner.queues).is_empty());
+        assert!(lock(&workers.inner.state).queues.is_empty());
     }
 }

@@ -222,8 +222,9 @@ pub fn decode_udev_string(s: &str) -> String {
 enum Input {
     Rescan,
     Stop,
-    /// A medium whose identification had not answered within [`offload::WAIT`] has.
-    Identified,
+    /// A medium's identification, or a drive's tray check, that had not answered within
+    /// [`offload::WAIT`] has.
+    Answered,
 }
 
 /// A running drives source.
@@ -269,7 +270,7 @@ impl DrivesSource {
         let helper = Helper::calling({
             let (tx, wake) = (tx.clone(), wake.clone());
             move || {
-                let _ = tx.send(Input::Identified);
+                let _ = tx.send(Input::Answered);
                 poke(&wake);
             }
         });
@@ -280,6 +281,7 @@ impl DrivesSource {
             generations: HashMap::new(),
             helper,
             identifying: HashMap::new(),
+            tray_checks: HashMap::new(),
         };
         let thread_wake = wake.clone();
         // The monitor cannot move between threads: the thread makes it and says how it went.
@@ -346,7 +348,7 @@ struct Tracked {
     fingerprint: u64,
     /// An optical drive's node, opened without waiting for a medium (no door lock), to ask
     /// the drive whether the disc is still in (see [`TRAY_CHECK`]).
-    drive: Option<File>,
+    drive: Option<Arc<File>>,
 }
 
 /// How often a drive serving a disc is asked whether the disc is still in
@@ -368,6 +370,8 @@ struct State {
     helper: Helper,
     /// Media whose identification has not answered yet, by device node.
     identifying: HashMap<PathBuf, Identifying>,
+    /// Drives that have not answered yet whether their tray is empty.
+    tray_checks: HashMap<PathBuf, Late<std::io::Result<bool>>>,
 }
 
 /// What identifying a medium reads of it: its volume and the fingerprint of its first sectors.
@@ -430,7 +434,7 @@ impl State {
                     match input {
                         Input::Stop => return,
                         Input::Rescan => self.enumerate(),
-                        Input::Identified => self.identities_answered(),
+                        Input::Answered => self.late_answers(),
                     }
                 }
             }
@@ -567,20 +571,32 @@ impl State {
 
     /// Asks each optical drive serving a disc whether that disc is still in; one whose tray is
     /// empty has lost it.
+    /// Asks each drive serving a disc whether its tray is empty (off this thread, waiting at
+    /// most [`offload::WAIT`]: a drive that stops answering holds up no other); a disc whose
+    /// tray is empty is gone.
     fn check_trays(&mut self) {
-        let empty: Vec<PathBuf> = self
+        let drives: Vec<(PathBuf, Arc<File>)> = self
             .tracked
             .iter()
-            .filter(|(_, t)| {
-                t.drive
-                    .as_ref()
-                    .is_some_and(|f| crate::cdrom::tray_empty(f).unwrap_or(false))
-            })
-            .map(|(node, _)| node.clone())
+            .filter(|(node, _)| !self.tray_checks.contains_key(*node))
+            .filter_map(|(node, t)| Some((node.clone(), t.drive.clone()?)))
             .collect();
-        for node in empty {
+        for (node, drive) in drives {
+            match self.helper.run(move || crate::cdrom::tray_empty(&drive)) {
+                Ok(Ran::Done(empty)) => self.tray_answered(&node, empty),
+                Ok(Ran::Late(answer)) => {
+                    tracing::info!(device = %node.display(), waited_ms = offload::WAIT.as_millis() as u64, "the drive has not said yet whether its tray is empty; the other drives meanwhile");
+                    self.tray_checks.insert(node, answer);
+                }
+                Err(e) => tracing::debug!(device = %node.display(), error = %e, "tray check"),
+            }
+        }
+    }
+
+    fn tray_answered(&mut self, node: &Path, empty: std::io::Result<bool>) {
+        if empty.unwrap_or(false) && self.tracked.contains_key(node) {
             tracing::info!(device = %node.display(), "the drive says its tray is empty (the kernel reported no change); the disc is gone");
-            self.gone(&node, "tray empty");
+            self.gone(node, "tray empty");
         }
     }
 
@@ -645,8 +661,24 @@ impl State {
         }
     }
 
-    /// Goes on with each medium whose late identification has answered.
-    fn identities_answered(&mut self) {
+    /// Goes on with each medium whose late identification, and each drive whose late tray
+    /// check, has answered.
+    fn late_answers(&mut self) {
+        let trays: Vec<(PathBuf, std::io::Result<bool>)> = self
+            .tray_checks
+            .iter()
+            .filter_map(|(node, late)| {
+                let answer = late.answer()?;
+                Some((
+                    node.clone(),
+                    answer.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                ))
+            })
+            .collect();
+        for (node, empty) in trays {
+            self.tray_checks.remove(&node);
+            self.tray_answered(&node, empty);
+        }
         let answered: Vec<(PathBuf, Result<Identity, String>)> = self
             .identifying
             .iter()
@@ -692,7 +724,10 @@ impl State {
                 id: id.clone(),
                 diskseq: m.diskseq,
                 fingerprint,
-                drive: m.optical.then(|| open_device(node).ok()).flatten(),
+                drive: m
+                    .optical
+                    .then(|| open_device(node).ok().map(Arc::new))
+                    .flatten(),
             },
         );
         self.emit(Event::Appeared(Medium {
