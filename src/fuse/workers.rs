@@ -5,12 +5,12 @@
 //! a time. A medium whose reads hang (a scratched disc the drive retries on for minutes, an
 //! image on a stalled NFS server) so ties up at most that many threads; while every thread is
 //! busy and other media have work, another thread starts (up to [`MAX_THREADS`]), so the other
-//! media keep being read and listed. [`KEPT`] threads stay for good, waiting without a timer
-//! (an idle daemon wakes for nothing); the others end after [`LINGER`] without work.
+//! media keep being read and listed. Threads stay once started, waiting without a timer (an
+//! idle daemon wakes for nothing); those beyond the first [`KEPT`] give their read buffer back
+//! while they wait.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
 use tracing::warn;
 
@@ -20,12 +20,10 @@ use super::adapter::lock;
 /// a file in flight, and two threads keep one stream of reads busy (measured by the FUSE read
 /// benchmark).
 pub const PER_MEDIUM: usize = 2;
-/// Threads that never end: enough for one stream of reads.
+/// Threads that keep their read buffer between jobs: enough for one stream of reads.
 const KEPT: usize = 2;
 /// Threads at most: as many media whose reads hang as half of this leave none for the others.
 const MAX_THREADS: usize = 64;
-/// How long a thread beyond [`KEPT`] waits for work before it ends.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// One piece of work; it gets the thread's reusable buffer.
 pub type Job = Box<dyn FnOnce(&mut Vec<u8>) + Send>;
@@ -164,11 +162,13 @@ fn staff(st: &mut State, inner: &Arc<Inner>) -> std::io::Result<()> {
     }
 }
 
-/// Runs ready work; a thread beyond [`KEPT`] ends after [`LINGER`] without any.
+/// Runs ready work; between jobs it waits without a timer (an idle daemon wakes for nothing).
+/// A thread beyond the first [`KEPT`] gives its buffer back whenever it waits.
 fn work(inner: &Arc<Inner>) {
     let mut buf = Vec::new();
     let mut st = lock(&inner.state);
     st.starting -= 1;
+    let extra = st.threads > KEPT;
     loop {
         if let Some((key, job)) = st.take() {
             // What is left ready (this medium's second slot, others) gets its own thread.
@@ -179,28 +179,16 @@ fn work(inner: &Arc<Inner>) {
             st.done(key);
             continue;
         }
+        if extra {
+            buf = Vec::new();
+        }
         st.idle += 1;
-        let kept = st.threads <= KEPT;
-        let timed_out = if kept {
-            st = inner
-                .more
-                .wait(st)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            false
-        } else {
-            let (guard, waited) = inner
-                .more
-                .wait_timeout(st, LINGER)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            st = guard;
-            waited.timed_out()
-        };
+        st = inner
+            .more
+            .wait(st)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.idle -= 1;
         st.woken = st.woken.saturating_sub(1);
-        if timed_out && st.ready.is_empty() && st.threads > KEPT {
-            st.threads -= 1;
-            return;
-        }
     }
 }
 
@@ -208,6 +196,7 @@ fn work(inner: &Arc<Inner>) {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+    use std::time::Duration;
 
     #[test]
     fn a_medium_whose_work_hangs_holds_up_no_other() {
@@ -262,7 +251,7 @@ mod tests {
     }
 
     #[test]
-    fn threads_beyond_the_kept_ones_end_once_idle() {
+    fn threads_started_while_all_were_busy_take_later_work() {
         let workers = Workers::default();
         let (release, held) = mpsc::channel::<()>();
         let held = Arc::new(Mutex::new(held));
@@ -276,25 +265,23 @@ mod tests {
             assert!(workers.submit(key, job).is_ok());
         }
         // One thread per medium while all are busy.
-        let start = std::time::Instant::now();
-        while workers.threads() < 4 {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "threads did not start"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        assert_eq!(workers.threads(), 4);
         for _ in 0..4 {
             release.send(()).unwrap();
             finished.recv_timeout(Duration::from_secs(10)).unwrap();
         }
-        while workers.threads() > KEPT {
-            assert!(
-                start.elapsed() < LINGER * 5,
-                "threads beyond the kept ones outlived their work"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        // Later work runs on the threads there are.
+        for key in 0..8 {
+            let done = done.clone();
+            let job: Job = Box::new(move |_| done.send(()).unwrap());
+            assert!(workers.submit(key, job).is_ok());
+            finished.recv_timeout(Duration::from_secs(10)).unwrap();
         }
-        assert!(lock(&workers.inner.state).queues.is_empty());
+        assert_eq!(workers.threads(), 4);
+        let start = std::time::Instant::now();
+        while !lock(&workers.inner.state).queues.is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(10), "queues left");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
