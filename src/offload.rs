@@ -156,9 +156,10 @@ impl Helper {
     }
 }
 
-/// How much of an image from its first volume descriptor a first look reads, about: the
-/// descriptors and, in most images, the root directory.
-pub const HEAD: usize = 64 << 10;
+/// How much of an image from its first volume descriptor is checked before a first look runs
+/// in place: the usual descriptor set (a primary, a Joliet, a boot record, the terminator).
+/// The root directory that follows is read from the page cache too where the descriptors are.
+pub const HEAD: usize = 8 << 10;
 
 /// Whether the bytes of `file` from `offset` (at most `len`, not past its end) are all in the
 /// page cache, so that reading them cannot wait for a disc or a server: one read with
