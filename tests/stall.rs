@@ -56,27 +56,64 @@ fn read_all(root: &Path, files: &[(PathBuf, Vec<u8>)]) {
     }
 }
 
+/// Builds `NAME.iso` labelled `label` in `into` from a tree `make` writes in the scratch dir;
+/// the tree's files.
+fn image(
+    env: &Env,
+    name: &str,
+    label: &str,
+    into: &Path,
+    make: impl FnOnce(&Path) -> Vec<(PathBuf, Vec<u8>)>,
+) -> Vec<(PathBuf, Vec<u8>)> {
+    let src = env.scratch.join(format!("{name}-src"));
+    let files = make(&src);
+    watcher::mkiso(&src, &into.join(format!("{name}.iso")), label);
+    files
+}
+
+/// The watcher on the drop dir and on `slow_dir`, which it polls (a FUSE file system) five
+/// times a second.
+fn watch_polled(env: &Env, slow_dir: &Path) -> Watcher {
+    let dir = slow_dir.to_str().unwrap();
+    Watcher::start_with(env, &["--dir", dir, "--poll-interval", "0.2"])
+}
+
+/// A new image moved into the drop dir meanwhile: served (the root then lists `names`) and
+/// read back whole.
+fn a_new_image_is_served(env: &Env, names: &[&str]) {
+    let files = image(env, "new", "NEW", &env.scratch, |src| {
+        tree(src, 200, 2, 1 << 20)
+    });
+    fs::rename(env.scratch.join("new.iso"), env.drop.join("new.iso")).unwrap();
+    env.wait_names(names);
+    let n = env.root.join("NEW");
+    within("reading a medium added meanwhile", move || {
+        read_all(&n, &files)
+    });
+}
+
+/// A test's dirs, with a FUSE file system of the test's own at `slow` showing the files of
+/// `backing` (see [`common::stallfs`]).
+fn stalled_env(prefix: &str) -> (Env, PathBuf, PathBuf, StallFs) {
+    let env = Env::new(prefix);
+    let backing = env.outside("backing");
+    let slow_dir = env.outside("slow");
+    let stall = StallFs::mount(&backing, &slow_dir);
+    (env, backing, slow_dir, stall)
+}
+
 #[test]
 fn a_medium_whose_reads_hang_holds_up_no_other() {
     if !watcher::can_run("a_medium_whose_reads_hang_holds_up_no_other") {
         return;
     }
-    let env = Env::new("isomgr-stall-");
-    let backing = env.outside("backing");
-    let slow_dir = env.outside("slow");
-    let slow_files = tree(&env.scratch.join("slow-src"), 1, 24, 1 << 20);
-    watcher::mkiso(
-        &env.scratch.join("slow-src"),
-        &backing.join("slow.iso"),
-        "SLOW",
-    );
-    let good_files = tree(&env.scratch.join("good-src"), 100, 3, 3 << 20);
-    watcher::mkiso(
-        &env.scratch.join("good-src"),
-        &env.drop.join("good.iso"),
-        "GOOD",
-    );
-    let stall = StallFs::mount(&backing, &slow_dir);
+    let (env, backing, slow_dir, stall) = stalled_env("isomgr-stall-");
+    let slow_files = image(&env, "slow", "SLOW", &backing, |src| {
+        tree(src, 1, 24, 1 << 20)
+    });
+    let good_files = image(&env, "good", "GOOD", &env.drop, |src| {
+        tree(src, 100, 3, 3 << 20)
+    });
     let _watcher = Watcher::start_with(&env, &["--dir", slow_dir.to_str().unwrap()]);
     let _release = stall.release_on_drop();
     env.wait_names(&["GOOD", "SLOW"]);
@@ -129,15 +166,7 @@ fn a_medium_whose_reads_hang_holds_up_no_other() {
     });
     fs::metadata(slow.join("data/f0")).expect("the hanging medium still shows");
 
-    let new_src = env.scratch.join("new-src");
-    let new_files = tree(&new_src, 200, 2, 1 << 20);
-    watcher::mkiso(&new_src, &env.scratch.join("new.iso"), "NEW");
-    fs::rename(env.scratch.join("new.iso"), env.drop.join("new.iso")).unwrap();
-    env.wait_names(&["GOOD", "NEW", "SLOW"]);
-    let (n, files) = (env.root.join("NEW"), new_files.clone());
-    within("reading a medium added meanwhile", move || {
-        read_all(&n, &files)
-    });
+    a_new_image_is_served(&env, &["GOOD", "NEW", "SLOW"]);
     fs::remove_file(env.drop.join("good.iso")).unwrap();
     env.wait_names(&["NEW", "SLOW"]);
 
@@ -182,37 +211,13 @@ fn a_medium_whose_image_hangs_while_being_published_holds_up_no_other() {
     if !watcher::can_run("a_medium_whose_image_hangs_while_being_published_holds_up_no_other") {
         return;
     }
-    let env = Env::new("isomgr-stall-publish-");
-    let backing = env.outside("backing");
-    let slow_dir = env.outside("slow");
-    let good_files = tree(&env.scratch.join("good-src"), 100, 2, 1 << 20);
-    watcher::mkiso(
-        &env.scratch.join("good-src"),
-        &env.drop.join("good.iso"),
-        "GOOD",
-    );
-    let slow_files = wide_tree(&env.scratch.join("slow-src"), 1);
-    watcher::mkiso(
-        &env.scratch.join("slow-src"),
-        &env.scratch.join("slow.iso"),
-        "SLOW",
-    );
-    wide_tree(&env.scratch.join("gone-src"), 50);
-    watcher::mkiso(
-        &env.scratch.join("gone-src"),
-        &env.scratch.join("gone.iso"),
-        "GONE",
-    );
-    let stall = StallFs::mount(&backing, &slow_dir);
-    let _watcher = Watcher::start_with(
-        &env,
-        &[
-            "--dir",
-            slow_dir.to_str().unwrap(),
-            "--poll-interval",
-            "0.2",
-        ],
-    );
+    let (env, backing, slow_dir, stall) = stalled_env("isomgr-stall-publish-");
+    let good_files = image(&env, "good", "GOOD", &env.drop, |src| {
+        tree(src, 100, 2, 1 << 20)
+    });
+    let slow_files = image(&env, "slow", "SLOW", &env.scratch, |src| wide_tree(src, 1));
+    image(&env, "gone", "GONE", &env.scratch, |src| wide_tree(src, 50));
+    let _watcher = watch_polled(&env, &slow_dir);
     let _release = stall.release_on_drop();
     env.wait_names(&["GOOD"]);
 
@@ -242,15 +247,7 @@ fn a_medium_whose_image_hangs_while_being_published_holds_up_no_other() {
     });
 
     // Meanwhile the others come, serve and go.
-    let new_src = env.scratch.join("new-src");
-    let new_files = tree(&new_src, 200, 2, 1 << 20);
-    watcher::mkiso(&new_src, &env.scratch.join("new.iso"), "NEW");
-    fs::rename(env.scratch.join("new.iso"), env.drop.join("new.iso")).unwrap();
-    env.wait_names(&["GOOD", "NEW"]);
-    let (n, files) = (env.root.join("NEW"), new_files.clone());
-    within("reading a medium added meanwhile", move || {
-        read_all(&n, &files)
-    });
+    a_new_image_is_served(&env, &["GOOD", "NEW"]);
     let (g, files) = (env.root.join("GOOD"), good_files.clone());
     within("reading a medium served before", move || {
         read_all(&g, &files)
@@ -286,26 +283,12 @@ fn an_image_whose_descriptors_hang_holds_up_no_other_image() {
     if !watcher::can_run("an_image_whose_descriptors_hang_holds_up_no_other_image") {
         return;
     }
-    let env = Env::new("isomgr-stall-probe-");
-    let backing = env.outside("backing");
-    let slow_dir = env.outside("slow");
-    let slow_files = tree(&env.scratch.join("slow-src"), 1, 2, 1 << 20);
-    watcher::mkiso(
-        &env.scratch.join("slow-src"),
-        &env.scratch.join("slow.iso"),
-        "SLOW",
-    );
+    let (env, backing, slow_dir, stall) = stalled_env("isomgr-stall-probe-");
+    let slow_files = image(&env, "slow", "SLOW", &env.scratch, |src| {
+        tree(src, 1, 2, 1 << 20)
+    });
     fs::copy(env.scratch.join("slow.iso"), env.scratch.join("gone.iso")).unwrap();
-    let stall = StallFs::mount(&backing, &slow_dir);
-    let _watcher = Watcher::start_with(
-        &env,
-        &[
-            "--dir",
-            slow_dir.to_str().unwrap(),
-            "--poll-interval",
-            "0.2",
-        ],
-    );
+    let _watcher = watch_polled(&env, &slow_dir);
     let _release = stall.release_on_drop();
 
     // Not one byte of them can be read: the watched directory cannot even tell what they are.
@@ -319,15 +302,7 @@ fn an_image_whose_descriptors_hang_holds_up_no_other_image() {
     });
 
     // Meanwhile the other directory's images come and are served.
-    let new_src = env.scratch.join("new-src");
-    let new_files = tree(&new_src, 200, 2, 1 << 20);
-    watcher::mkiso(&new_src, &env.scratch.join("new.iso"), "NEW");
-    fs::rename(env.scratch.join("new.iso"), env.drop.join("new.iso")).unwrap();
-    env.wait_names(&["NEW"]);
-    let (n, files) = (env.root.join("NEW"), new_files);
-    within("reading a medium added meanwhile", move || {
-        read_all(&n, &files)
-    });
+    a_new_image_is_served(&env, &["NEW"]);
 
     // One goes before it answers; the other answers and is served.
     fs::remove_file(backing.join("gone.iso")).unwrap();
