@@ -257,19 +257,13 @@ impl FuseExecutor {
 
     /// The outcomes of the late publishes whose images have answered.
     pub fn finish_late(&mut self) -> Vec<Event> {
-        let answered: Vec<(MediumId, Opened)> = self
-            .late
-            .iter()
-            .filter_map(|(id, l)| Some((id.clone(), l.opened.answer()?.and_then(|o| o))))
-            .collect();
-        let mut events = Vec::with_capacity(answered.len());
-        for (id, opened) in answered {
-            let Some(late) = self.late.remove(&id) else {
-                continue;
-            };
-            events.push(self.outcome(late.name, id, &late.origin, late.label.as_deref(), opened));
-        }
-        events
+        offload::take_answered(&mut self.late, |l| &l.opened)
+            .into_iter()
+            .map(|(id, late, opened)| {
+                let opened = opened.and_then(|o| o);
+                self.outcome(late.name, id, &late.origin, late.label.as_deref(), opened)
+            })
+            .collect()
     }
 
     /// The image file of a served medium is now at `origin` (renamed): it reopens from there.

@@ -50,6 +50,25 @@ impl<T> Late<T> {
     }
 }
 
+/// Takes out of `pending` the entries whose late step (`late` of the entry) has answered,
+/// each with its answer.
+pub fn take_answered<K: Clone + Eq + std::hash::Hash, V, T>(
+    pending: &mut std::collections::HashMap<K, V>,
+    late: impl Fn(&V) -> &Late<T>,
+) -> Vec<(K, V, Result<T, String>)> {
+    let answered: Vec<(K, Result<T, String>)> = pending
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), late(v).answer()?)))
+        .collect();
+    answered
+        .into_iter()
+        .filter_map(|(k, answer)| {
+            let v = pending.remove(&k)?;
+            Some((k, v, answer))
+        })
+        .collect()
+}
+
 /// Why a step has no outcome.
 pub const ENDED: &str = "the thread running it ended without an answer";
 

@@ -25,7 +25,7 @@
 //! the [`journal`] list and the mount table and loop devices confirm. The journal covers a
 //! crash between a mount and the next state write.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -184,7 +184,7 @@ pub struct KernelExecutor<S: Sys> {
     helper: Helper,
     /// Media whose mount(2) had not returned within [`offload::WAIT`], by name: served once it
     /// returns (or undone then, if unpublished meanwhile).
-    mounting: BTreeMap<String, Mounting>,
+    mounting: HashMap<String, Mounting>,
 }
 
 /// A publish whose mount(2) has not returned yet: what it made so far.
@@ -297,7 +297,7 @@ impl<S: Sys> KernelExecutor<S> {
             journal: None,
             previous_records: Vec::new(),
             helper: Helper::default(),
-            mounting: BTreeMap::new(),
+            mounting: HashMap::new(),
         }
     }
 
@@ -575,19 +575,9 @@ impl<S: Sys> KernelExecutor<S> {
     /// The outcomes of the mounts that returned after [`offload::WAIT`]: served, or failed and
     /// undone; one unpublished meanwhile is undone either way, with no outcome.
     pub fn finish_late(&mut self) -> Vec<Event> {
-        let returned: Vec<(String, Result<(), String>)> = self
-            .mounting
-            .iter()
-            .filter_map(|(name, m)| {
-                let r = m.mounted.answer()?;
-                Some((name.clone(), r.and_then(|r| r.map_err(|e| describe(&e)))))
-            })
-            .collect();
         let mut out = Vec::new();
-        for (name, result) in returned {
-            let Some(mut m) = self.mounting.remove(&name) else {
-                continue;
-            };
+        for (name, mut m, answer) in offload::take_answered(&mut self.mounting, |m| &m.mounted) {
+            let result = answer.and_then(|r| r.map_err(|e| describe(&e)));
             match (result, m.cancelled) {
                 (Ok(()), false) => {
                     let loop_device = self.mounted(&name, &m.medium, m.served);

@@ -545,15 +545,7 @@ impl State {
     /// Looks again at each path whose late probe has answered, with that answer if the path
     /// still holds the same file.
     fn probes_answered(&mut self) {
-        let answered: Vec<(PathBuf, Result<_, String>)> = self
-            .probing
-            .iter()
-            .filter_map(|(path, p)| Some((path.clone(), p.answer.answer()?)))
-            .collect();
-        for (path, answer) in answered {
-            let Some(p) = self.probing.remove(&path) else {
-                continue;
-            };
+        for (path, p, answer) in offload::take_answered(&mut self.probing, |p| &p.answer) {
             let info = answer.unwrap_or_else(|e| {
                 Err(IsoError::Io {
                     offset: 0,

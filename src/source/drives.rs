@@ -664,30 +664,11 @@ impl State {
     /// Goes on with each medium whose late identification, and each drive whose late tray
     /// check, has answered.
     fn late_answers(&mut self) {
-        let trays: Vec<(PathBuf, std::io::Result<bool>)> = self
-            .tray_checks
-            .iter()
-            .filter_map(|(node, late)| {
-                let answer = late.answer()?;
-                Some((
-                    node.clone(),
-                    answer.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-                ))
-            })
-            .collect();
-        for (node, empty) in trays {
-            self.tray_checks.remove(&node);
+        for (node, _, answer) in offload::take_answered(&mut self.tray_checks, |late| late) {
+            let empty = answer.unwrap_or_else(|e| Err(std::io::Error::other(e)));
             self.tray_answered(&node, empty);
         }
-        let answered: Vec<(PathBuf, Result<Identity, String>)> = self
-            .identifying
-            .iter()
-            .filter_map(|(node, i)| Some((node.clone(), i.answer.answer()?)))
-            .collect();
-        for (node, answer) in answered {
-            let Some(i) = self.identifying.remove(&node) else {
-                continue;
-            };
+        for (_, i, answer) in offload::take_answered(&mut self.identifying, |i| &i.answer) {
             let identity = answer.unwrap_or_else(|e| Err(std::io::Error::other(e)));
             self.identified(&i.props, i.file, identity);
         }
@@ -696,8 +677,7 @@ impl State {
     /// Emits a medium identified as `identity`, or says why it is not served.
     fn identified(&mut self, m: &MediumProps, file: Arc<File>, identity: Identity) {
         let node = &m.devnode;
-        let identified = identity;
-        let (fingerprint, info) = match identified {
+        let (fingerprint, info) = match identity {
             Ok(x) => x,
             // A disk udev saw only a partition table on: most are just that.
             Err(e) if m.fs.is_empty() => {
