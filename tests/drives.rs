@@ -376,14 +376,8 @@ fn a_device_whose_reads_hang_holds_up_no_other() {
     let _lock = LoopLock::take();
     settle();
     let tmp = tempfile::tempdir().unwrap();
-    let (backing, at) = (tmp.path().join("backing"), tmp.path().join("stalled"));
-    fs::create_dir(&backing).unwrap();
-    fs::create_dir(&at).unwrap();
-    copy_fixture("rockridge.iso", &backing, "slow.iso");
-    let stall = common::stallfs::StallFs::mount(&backing, &at);
-    let slow = Loop::attach(&at.join("slow.iso"));
+    let (stall, slow) = stallable_device(tmp.path());
     // udev (blkid) has read it; from now on nothing of it can be read.
-    settle();
     stall.hold("slow.iso");
     let mut w = Watcher::start(tmp.path());
     let _release = stall.release_on_drop();
@@ -393,11 +387,7 @@ fn a_device_whose_reads_hang_holds_up_no_other() {
             _ => Ok(()),
         }
     });
-
-    let image = copy_fixture("plain.iso", tmp.path(), "fast.iso");
-    let fast = Loop::attach(&image);
-    let name = w.wait_mounted(&fast.0);
-    assert_serves(&w.root.join(&name), "plain.iso");
+    let _fast = serve_another(&mut w, tmp.path());
 
     stall.release();
     let name = w.wait_mounted(&slow.0);
@@ -409,6 +399,77 @@ fn a_device_whose_reads_hang_holds_up_no_other() {
         "{}",
         w.seen.join("\n")
     );
+}
+
+/// A device already served whose reads start to hang holds up no other either. udev reports a
+/// change on it (its blkid answers from the page cache); isomgr then asks the device itself
+/// whether the medium is still the one it serves, and that question waits in the background
+/// while another device's medium is served. Once the device answers, the same medium stays
+/// served under the same name.
+#[test]
+fn a_change_on_a_served_device_whose_reads_hang_holds_up_no_other() {
+    let test = "a_change_on_a_served_device_whose_reads_hang_holds_up_no_other";
+    if !can_run(test) || !common::watcher::can_run(test) {
+        return;
+    }
+    let _lock = LoopLock::take();
+    settle();
+    let tmp = tempfile::tempdir().unwrap();
+    let (stall, slow) = stallable_device(tmp.path());
+    let mut w = Watcher::start(tmp.path());
+    let _release = stall.release_on_drop();
+    let name = w.wait_mounted(&slow.0);
+    assert_serves(&w.root.join(&name), "rockridge.iso");
+
+    stall.hold("slow.iso");
+    udevadm(&["trigger", "--action=change", &slow.0]);
+    w.wait_for(
+        "the served device's answer to be awaited in the background",
+        |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("the medium has not answered yet"))
+                && v["device"] == slow.0.as_str()
+        },
+    );
+    let _fast = serve_another(&mut w, tmp.path());
+
+    stall.release();
+    w.wait_for("the served device's answer", |v| {
+        v["message"] == "the device has answered: still the medium it serves"
+            && v["device"] == slow.0.as_str()
+    });
+    assert_serves(&w.root.join(&name), "rockridge.iso");
+    let prefix = format!("drive:{}:", slow.0);
+    assert!(
+        !w.seen
+            .iter()
+            .any(|l| l.contains("\"removed\"") && l.contains(&prefix)),
+        "{}",
+        w.seen.join("\n")
+    );
+}
+
+/// A loop device over `rockridge.iso` on a [`common::stallfs`] file system under `dir`, whose
+/// reads the test holds and releases (file `slow.iso`). udev has read it when this returns.
+fn stallable_device(dir: &Path) -> (common::stallfs::StallFs, Loop) {
+    let (backing, at) = (dir.join("backing"), dir.join("stalled"));
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&at).unwrap();
+    copy_fixture("rockridge.iso", &backing, "slow.iso");
+    let stall = common::stallfs::StallFs::mount(&backing, &at);
+    let slow = Loop::attach(&at.join("slow.iso"));
+    settle();
+    (stall, slow)
+}
+
+/// Attaches another device, `plain.iso`, and waits until `w` serves it.
+fn serve_another(w: &mut Watcher, dir: &Path) -> Loop {
+    let image = copy_fixture("plain.iso", dir, "fast.iso");
+    let fast = Loop::attach(&image);
+    let name = w.wait_mounted(&fast.0);
+    assert_serves(&w.root.join(&name), "plain.iso");
+    fast
 }
 
 /// The drives source itself, in process: loop devices backed by files isomgr attached are

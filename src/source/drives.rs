@@ -374,8 +374,16 @@ struct State {
     tray_checks: HashMap<PathBuf, Late<std::io::Result<bool>>>,
 }
 
-/// What identifying a medium reads of it: its volume and the fingerprint of its first sectors.
-type Identity = std::io::Result<(u64, VolumeInfo)>;
+/// What identifying a medium reads of it.
+type Identity = std::io::Result<Seen>;
+
+/// What a device holds, as read from it.
+enum Seen {
+    /// The medium it is already serving (udev reported a change, nothing changed).
+    Same,
+    /// A medium: the fingerprint of its first sectors, and its volume.
+    New(u64, VolumeInfo),
+}
 
 /// A medium whose identification had not answered within [`offload::WAIT`].
 struct Identifying {
@@ -533,17 +541,7 @@ impl State {
         tracing::debug!(?change, action = %props.action, "udev");
         match &change {
             DriveChange::Medium(m) => {
-                if let Some(t) = self.tracked.get(&m.devnode) {
-                    // udev's properties can be stale (blkid read the old medium's cached
-                    // sectors): the device itself says whether the medium changed.
-                    let now = open_device(&m.devnode).ok().and_then(|f| {
-                        drop_page_cache(&f);
-                        fingerprint(&f).ok()
-                    });
-                    if t.diskseq == m.diskseq && now == Some(t.fingerprint) {
-                        return Some(change);
-                    }
-                    // Same node, another medium (swapped fast, or new contents).
+                if (self.tracked.get(&m.devnode)).is_some_and(|t| t.diskseq != m.diskseq) {
                     self.gone(&m.devnode.clone(), "another medium is in the device");
                 }
                 self.identify(m);
@@ -569,8 +567,6 @@ impl State {
         Some(change)
     }
 
-    /// Asks each optical drive serving a disc whether that disc is still in; one whose tray is
-    /// empty has lost it.
     /// Asks each drive serving a disc whether its tray is empty (off this thread, waiting at
     /// most [`offload::WAIT`]: a drive that stops answering holds up no other); a disc whose
     /// tray is empty is gone.
@@ -611,7 +607,8 @@ impl State {
     }
 
     /// Opens and identifies a medium udev reported (off this thread, waiting for it at most
-    /// [`offload::WAIT`]), and emits it.
+    /// [`offload::WAIT`]), and emits it. For a device already serving a medium, it first asks
+    /// the device whether that medium is still the one in it.
     fn identify(&mut self, m: &MediumProps) {
         let node = &m.devnode;
         match self.identifying.get(node) {
@@ -626,21 +623,31 @@ impl State {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::ENOMEDIUM) => {
                 tracing::debug!(device = %node.display(), "no medium after all");
+                self.gone(node, "no medium after all");
                 return;
             }
             Err(e) => {
                 tracing::error!(device = %node.display(), error = %e, "cannot open the device; not served");
+                self.gone(node, "the device cannot be opened");
                 return;
             }
         };
         let file = Arc::new(file);
         let (f, prefetching) = (file.clone(), !m.fs.is_empty());
+        let serving = self.tracked.get(node).map(|t| t.fingerprint);
         let ran = self.helper.run(move || -> Identity {
-            if prefetching {
+            if let Some(served) = serving {
+                // udev's properties can be stale (blkid read the old medium's cached
+                // sectors): the device itself says whether the medium changed.
+                drop_page_cache(&f);
+                if fingerprint(&f)? == served {
+                    return Ok(Seen::Same);
+                }
+            } else if prefetching {
                 prefetch(&f);
             }
             let info = probe(&*f).map_err(|e| std::io::Error::other(e.to_string()))?;
-            Ok((fingerprint(&f)?, info))
+            Ok(Seen::New(fingerprint(&f)?, info))
         });
         match ran {
             Ok(Ran::Done(identity)) => self.identified(m, file, identity),
@@ -668,8 +675,11 @@ impl State {
             let empty = answer.unwrap_or_else(|e| Err(std::io::Error::other(e)));
             self.tray_answered(&node, empty);
         }
-        for (_, i, answer) in offload::take_answered(&mut self.identifying, |i| &i.answer) {
+        for (node, i, answer) in offload::take_answered(&mut self.identifying, |i| &i.answer) {
             let identity = answer.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Ok(Seen::Same) = identity {
+                tracing::info!(device = %node.display(), "the device has answered: still the medium it serves");
+            }
             self.identified(&i.props, i.file, identity);
         }
     }
@@ -677,7 +687,18 @@ impl State {
     /// Emits a medium identified as `identity`, or says why it is not served.
     fn identified(&mut self, m: &MediumProps, file: Arc<File>, identity: Identity) {
         let node = &m.devnode;
-        let (fingerprint, info) = match identity {
+        let found = match identity {
+            Ok(Seen::Same) => {
+                tracing::debug!(device = %node.display(), "reported again, the same medium");
+                return;
+            }
+            Ok(Seen::New(fingerprint, info)) => Ok((fingerprint, info)),
+            Err(e) => Err(e),
+        };
+        // Same node, another medium (swapped fast, or new contents), or one that cannot be
+        // read any more.
+        self.gone(node, "another medium is in the device");
+        let (fingerprint, info) = match found {
             Ok(x) => x,
             // A disk udev saw only a partition table on: most are just that.
             Err(e) if m.fs.is_empty() => {
