@@ -374,21 +374,38 @@ struct State {
     tray_checks: HashMap<PathBuf, Late<std::io::Result<bool>>>,
 }
 
-/// What identifying a medium reads of it.
-type Identity = std::io::Result<Seen>;
+/// What identifying a medium finds, or why it could not.
+type Identity = Result<Seen, Unread>;
 
 /// What a device holds, as read from it.
 enum Seen {
     /// The medium it is already serving (udev reported a change, nothing changed).
     Same,
-    /// A medium: the fingerprint of its first sectors, and its volume.
-    New(u64, VolumeInfo),
+    /// A medium.
+    New(Found),
+}
+
+/// A medium read from its device.
+struct Found {
+    /// The descriptor it was read through: the one that is served.
+    file: Arc<File>,
+    /// An optical drive's node opened again, for the tray checks ([`Tracked::drive`]).
+    drive: Option<Arc<File>>,
+    fingerprint: u64,
+    info: VolumeInfo,
+}
+
+/// Why a device could not be identified.
+enum Unread {
+    /// open(2) of the node failed (ENOMEDIUM: there is no medium after all).
+    Open(std::io::Error),
+    /// Reading the medium failed.
+    Read(std::io::Error),
 }
 
 /// A medium whose identification had not answered within [`offload::WAIT`].
 struct Identifying {
     props: MediumProps,
-    file: Arc<File>,
     answer: Late<Identity>,
 }
 
@@ -606,9 +623,10 @@ impl State {
         }
     }
 
-    /// Opens and identifies a medium udev reported (off this thread, waiting for it at most
-    /// [`offload::WAIT`]), and emits it. For a device already serving a medium, it first asks
-    /// the device whether that medium is still the one in it.
+    /// Opens and identifies a medium udev reported, and emits it. Both are done off this
+    /// thread, waiting for them at most [`offload::WAIT`]: opening a drive's node asks the
+    /// drive whether a disc is in, and reading a disc can take minutes. For a device already
+    /// serving a medium, it first asks the device whether that medium is still the one in it.
     fn identify(&mut self, m: &MediumProps) {
         let node = &m.devnode;
         match self.identifying.get(node) {
@@ -619,45 +637,39 @@ impl State {
             }
             None => {}
         }
-        let file = match open_device(node) {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::ENOMEDIUM) => {
-                tracing::debug!(device = %node.display(), "no medium after all");
-                self.gone(node, "no medium after all");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(device = %node.display(), error = %e, "cannot open the device; not served");
-                self.gone(node, "the device cannot be opened");
-                return;
-            }
-        };
-        let file = Arc::new(file);
-        let (f, prefetching) = (file.clone(), !m.fs.is_empty());
+        let (at, prefetching, optical) = (node.clone(), !m.fs.is_empty(), m.optical);
         let serving = self.tracked.get(node).map(|t| t.fingerprint);
         let ran = self.helper.run(move || -> Identity {
+            let file = open_device(&at).map_err(Unread::Open)?;
             if let Some(served) = serving {
                 // udev's properties can be stale (blkid read the old medium's cached
                 // sectors): the device itself says whether the medium changed.
-                drop_page_cache(&f);
-                if fingerprint(&f)? == served {
+                drop_page_cache(&file);
+                if fingerprint(&file).map_err(Unread::Read)? == served {
                     return Ok(Seen::Same);
                 }
             } else if prefetching {
-                prefetch(&f);
+                prefetch(&file);
             }
-            let info = probe(&*f).map_err(|e| std::io::Error::other(e.to_string()))?;
-            Ok(Seen::New(fingerprint(&f)?, info))
+            let info =
+                probe(&file).map_err(|e| Unread::Read(std::io::Error::other(e.to_string())))?;
+            Ok(Seen::New(Found {
+                fingerprint: fingerprint(&file).map_err(Unread::Read)?,
+                info,
+                file: Arc::new(file),
+                drive: optical
+                    .then(|| open_device(&at).ok().map(Arc::new))
+                    .flatten(),
+            }))
         });
         match ran {
-            Ok(Ran::Done(identity)) => self.identified(m, file, identity),
+            Ok(Ran::Done(identity)) => self.identified(m, identity),
             Ok(Ran::Late(answer)) => {
                 tracing::info!(device = %node.display(), waited_ms = offload::WAIT.as_millis() as u64, "the medium has not answered yet; identified once it does, the other drives meanwhile");
                 self.identifying.insert(
                     node.clone(),
                     Identifying {
                         props: m.clone(),
-                        file,
                         answer,
                     },
                 );
@@ -676,36 +688,49 @@ impl State {
             self.tray_answered(&node, empty);
         }
         for (node, i, answer) in offload::take_answered(&mut self.identifying, |i| &i.answer) {
-            let identity = answer.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let identity = answer.unwrap_or_else(|e| Err(Unread::Read(std::io::Error::other(e))));
             if let Ok(Seen::Same) = identity {
                 tracing::info!(device = %node.display(), "the device has answered: still the medium it serves");
             }
-            self.identified(&i.props, i.file, identity);
+            self.identified(&i.props, identity);
         }
     }
 
     /// Emits a medium identified as `identity`, or says why it is not served.
-    fn identified(&mut self, m: &MediumProps, file: Arc<File>, identity: Identity) {
+    fn identified(&mut self, m: &MediumProps, identity: Identity) {
         let node = &m.devnode;
         let found = match identity {
             Ok(Seen::Same) => {
                 tracing::debug!(device = %node.display(), "reported again, the same medium");
                 return;
             }
-            Ok(Seen::New(fingerprint, info)) => Ok((fingerprint, info)),
+            Ok(Seen::New(found)) => Ok(found),
             Err(e) => Err(e),
         };
-        // Same node, another medium (swapped fast, or new contents), or one that cannot be
-        // read any more.
-        self.gone(node, "another medium is in the device");
-        let (fingerprint, info) = match found {
-            Ok(x) => x,
+        // Same node, another medium (swapped fast, or new contents), or none that can be read
+        // any more.
+        self.gone(node, "the medium changed or cannot be read any more");
+        let Found {
+            file,
+            drive,
+            fingerprint,
+            info,
+        } = match found {
+            Ok(found) => found,
+            Err(Unread::Open(e)) if e.raw_os_error() == Some(libc::ENOMEDIUM) => {
+                tracing::debug!(device = %node.display(), "no medium after all");
+                return;
+            }
+            Err(Unread::Open(e)) => {
+                tracing::error!(device = %node.display(), error = %e, "cannot open the device; not served");
+                return;
+            }
             // A disk udev saw only a partition table on: most are just that.
-            Err(e) if m.fs.is_empty() => {
+            Err(Unread::Read(e)) if m.fs.is_empty() => {
                 tracing::debug!(device = %node.display(), error = %e, "a partitioned disk without iso9660 or udf from sector 0");
                 return;
             }
-            Err(e) => {
+            Err(Unread::Read(e)) => {
                 tracing::error!(device = %node.display(), fs = %m.fs, error = %e, "cannot identify the medium; not served");
                 return;
             }
@@ -725,10 +750,7 @@ impl State {
                 id: id.clone(),
                 diskseq: m.diskseq,
                 fingerprint,
-                drive: m
-                    .optical
-                    .then(|| open_device(node).ok().map(Arc::new))
-                    .flatten(),
+                drive,
             },
         );
         self.emit(Event::Appeared(Medium {
