@@ -324,3 +324,47 @@ fn an_image_whose_descriptors_hang_holds_up_no_other_image() {
         "the image gone meanwhile was identified:\n{log}"
     );
 }
+
+/// A polled directory (a network file system) whose listings hang, as on an NFS server that
+/// stops answering, holds up no other directory: the poll waits in the background while an
+/// image moved into the drop dir is served, and polling goes on once the listing answers.
+#[test]
+fn a_polled_directory_whose_listing_hangs_holds_up_no_other() {
+    if !watcher::can_run("a_polled_directory_whose_listing_hangs_holds_up_no_other") {
+        return;
+    }
+    let (env, backing, slow_dir, stall) = stalled_env("isomgr-stall-list-");
+    let slow_files = image(&env, "slow", "SLOW", &backing, |src| {
+        tree(src, 1, 2, 1 << 16)
+    });
+    let _watcher = watch_polled(&env, &slow_dir);
+    let _release = stall.release_on_drop();
+    env.wait_names(&["SLOW"]);
+
+    stall.hold_listing();
+    wait_for("a poll's listing to hang", || match stall.waiting() {
+        0 => Err("none held yet".into()),
+        _ => Ok(()),
+    });
+    wait_for("the watcher to go on without the listing", || {
+        let log = env.log_text();
+        match log.contains("the polled directory has not answered yet") {
+            true => Ok(()),
+            false => Err(log),
+        }
+    });
+    a_new_image_is_served(&env, &["NEW", "SLOW"]);
+
+    // Once it answers, polling goes on: an image added there is served.
+    stall.release();
+    image(&env, "later", "LATER", &env.scratch, |src| {
+        tree(src, 300, 1, 1 << 16)
+    });
+    fs::rename(env.scratch.join("later.iso"), backing.join("later.iso")).unwrap();
+    env.wait_names(&["LATER", "NEW", "SLOW"]);
+    let s = env.root.join("SLOW");
+    within("reading the polled directory's image", move || {
+        read_all(&s, &slow_files)
+    });
+    assert!(env.log_text().contains("the polled directory has answered"));
+}

@@ -230,6 +230,7 @@ impl DirsSource {
                 }
             }),
             probing: HashMap::new(),
+            listing: HashMap::new(),
             answered: HashMap::new(),
         };
         state.watch_all()?;
@@ -381,6 +382,8 @@ struct State {
     helper: Helper,
     /// Images whose descriptors have not answered yet, by path.
     probing: HashMap<PathBuf, Probing>,
+    /// Polled directories (indexes into `cfg.dirs`) whose listing has not answered yet.
+    listing: HashMap<usize, Late<Listing>>,
     /// A late probe's answer, for the look at its path it triggers.
     answered: HashMap<PathBuf, (MediumId, Result<VolumeInfo, IsoError>)>,
     cfg: DirsConfig,
@@ -542,9 +545,21 @@ impl State {
         true
     }
 
-    /// Looks again at each path whose late probe has answered, with that answer if the path
-    /// still holds the same file.
+    /// Goes on with each polled directory whose late listing has answered, and looks again at
+    /// each path whose late probe has answered, with that answer if the path still holds the
+    /// same file.
     fn probes_answered(&mut self) {
+        for (index, _, answer) in offload::take_answered(&mut self.listing, |late| late) {
+            match answer {
+                Ok(listing) => {
+                    tracing::info!(dir = %self.cfg.dirs[index].path.display(), "the polled directory has answered");
+                    self.apply_listing(index, listing);
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %self.cfg.dirs[index].path.display(), error = %e, "listing a polled directory failed; keeping what is known")
+                }
+            }
+        }
         for (path, p, answer) in offload::take_answered(&mut self.probing, |p| &p.answer) {
             let info = answer.unwrap_or_else(|e| {
                 Err(IsoError::Io {
@@ -666,18 +681,12 @@ impl State {
 
     /// The innermost watched directory holding `path` (an index into `cfg.dirs`).
     fn spec_index(&self, path: &Path) -> Option<usize> {
-        self.cfg
-            .dirs
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| path.starts_with(&d.path))
-            .max_by_key(|(_, d)| d.path.as_os_str().len())
-            .map(|(i, _)| i)
+        spec_index(&self.cfg.dirs, path)
     }
 
     /// Whether `dir` is a watched directory other than `from` (scanned on its own).
     fn is_other_root(&self, dir: &Path, from: &Path) -> bool {
-        dir != from && self.cfg.dirs.iter().any(|d| d.path == dir)
+        is_other_root(&self.cfg.dirs, dir, from)
     }
 
     /// A path (file or directory) left: everything tracked at or below it may be gone.
@@ -1028,51 +1037,50 @@ impl State {
         }
     }
 
-    /// Rescans one polled directory and emits what changed since the last poll: files gone,
-    /// files that are new or changed and have stayed the same since the previous poll, files
-    /// renamed (same device and inode at another path).
+    /// Rescans one polled directory: lists it off this thread (waiting at most
+    /// [`offload::WAIT`], so that a network file system that stops answering holds up no
+    /// other directory), then goes on with what it lists. A directory whose listing has not
+    /// answered yet is not listed again until it does.
     fn poll_dir(&mut self, index: usize) {
-        let spec = self.cfg.dirs[index].clone();
-        let root = spec.path.as_path();
-        // Every wanted file below the root, with its metadata; directories that could not be
-        // listed (other than gone) keep what is known below them.
-        let mut found: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
-        let mut unsure: Vec<PathBuf> = Vec::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let rd = match std::fs::read_dir(&d) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    if self.poll_errors.insert(d.clone()) {
-                        tracing::warn!(dir = %d.display(), error = %e, "cannot list a polled directory; keeping what is known");
-                    }
-                    unsure.push(d);
-                    continue;
-                }
-            };
-            self.poll_errors.remove(&d);
-            for ent in rd.flatten() {
-                let path = ent.path();
-                let Ok(ft) = ent.file_type() else { continue };
-                if ft.is_dir() {
-                    if !self.is_other_root(&path, root) {
-                        stack.push(path);
-                    }
-                    continue;
-                }
-                if self.spec_index(&path) != Some(index) || !wanted(&ent.file_name(), &spec) {
-                    continue;
-                }
-                let meta = if ft.is_symlink() && spec.follow_symlinks {
-                    std::fs::metadata(&path)
-                } else {
-                    ent.metadata()
-                };
-                if let Some(meta) = meta.ok().filter(|m| m.file_type().is_file()) {
-                    found.push((path, meta));
-                }
+        if self.listing.contains_key(&index) {
+            return;
+        }
+        let dirs = self.cfg.dirs.clone();
+        match self.helper.run(move || list_polled(&dirs, index)) {
+            Ok(Ran::Done(listing)) => self.apply_listing(index, listing),
+            Ok(Ran::Late(answer)) => {
+                tracing::info!(dir = %self.cfg.dirs[index].path.display(), waited_ms = offload::WAIT.as_millis() as u64, "the polled directory has not answered yet; looked at once it does, the other directories meanwhile");
+                self.listing.insert(index, answer);
             }
+            // No thread to run it on: here, then.
+            Err(_) => {
+                let listing = list_polled(&self.cfg.dirs, index);
+                self.apply_listing(index, listing);
+            }
+        }
+    }
+
+    /// Emits what changed in polled directory `index` since the last poll, as `listing` shows
+    /// it: files gone, files that are new or changed and have stayed the same since the
+    /// previous poll, files renamed (same device and inode at another path).
+    fn apply_listing(&mut self, index: usize, listing: Listing) {
+        let root = self.cfg.dirs[index].path.clone();
+        let root = root.as_path();
+        let Listing {
+            mut found,
+            unlisted,
+            listed,
+        } = listing;
+        for d in listed {
+            self.poll_errors.remove(&d);
+        }
+        let mut unsure = Vec::with_capacity(unlisted.len());
+        for (d, e) in unlisted {
+            if !self.poll_errors.contains(&d) {
+                tracing::warn!(dir = %d.display(), error = %e, "cannot list a polled directory; keeping what is known");
+                self.poll_errors.insert(d.clone());
+            }
+            unsure.push(d);
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
         let seen: HashSet<&Path> = found.iter().map(|(p, _)| p.as_path()).collect();
@@ -1229,6 +1237,78 @@ impl State {
 /// whoever put it in the watched directory could read it. A hard link (more than one link) may
 /// have been made by anyone to anyone's file (as far as fs.protected_hardlinks allows), a
 /// symlink by its owner to anything; a file readable by all gives nothing away.
+/// The innermost of the watched directories `dirs` holding `path` (an index into `dirs`).
+fn spec_index(dirs: &[DirSpec], path: &Path) -> Option<usize> {
+    dirs.iter()
+        .enumerate()
+        .filter(|(_, d)| path.starts_with(&d.path))
+        .max_by_key(|(_, d)| d.path.as_os_str().len())
+        .map(|(i, _)| i)
+}
+
+/// Whether `dir` is one of the watched directories `dirs` other than `from` (scanned on its
+/// own).
+fn is_other_root(dirs: &[DirSpec], dir: &Path, from: &Path) -> bool {
+    dir != from && dirs.iter().any(|d| d.path == dir)
+}
+
+/// What one poll of a polled directory lists.
+struct Listing {
+    /// Every wanted file below the directory, with its metadata.
+    found: Vec<(PathBuf, std::fs::Metadata)>,
+    /// Directories that could not be listed (other than gone): what is known below them is
+    /// kept.
+    unlisted: Vec<(PathBuf, std::io::Error)>,
+    /// Directories that were listed.
+    listed: Vec<PathBuf>,
+}
+
+/// Lists polled directory `index` of `dirs` and the directories below it (not those watched
+/// on their own).
+fn list_polled(dirs: &[DirSpec], index: usize) -> Listing {
+    let spec = &dirs[index];
+    let root = spec.path.as_path();
+    let mut out = Listing {
+        found: Vec::new(),
+        unlisted: Vec::new(),
+        listed: Vec::new(),
+    };
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                out.unlisted.push((d, e));
+                continue;
+            }
+        };
+        out.listed.push(d);
+        for ent in rd.flatten() {
+            let path = ent.path();
+            let Ok(ft) = ent.file_type() else { continue };
+            if ft.is_dir() {
+                if !is_other_root(dirs, &path, root) {
+                    stack.push(path);
+                }
+                continue;
+            }
+            if spec_index(dirs, &path) != Some(index) || !wanted(&ent.file_name(), spec) {
+                continue;
+            }
+            let meta = if ft.is_symlink() && spec.follow_symlinks {
+                std::fs::metadata(&path)
+            } else {
+                ent.metadata()
+            };
+            if let Some(meta) = meta.ok().filter(|m| m.file_type().is_file()) {
+                out.found.push((path, meta));
+            }
+        }
+    }
+    out
+}
+
 fn exposes(link: &std::fs::Metadata, file: &std::fs::Metadata) -> Option<&'static str> {
     if file.mode() & 0o004 != 0 {
         return None;

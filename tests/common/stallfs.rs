@@ -1,6 +1,6 @@
 //! A FUSE file system served by the test process itself: the files of a backing directory,
-//! read-only, whose reads can be held until released, as a disc with unreadable sectors (the
-//! drive retrying for minutes) or a stalled NFS server hold them. Reads bypass the page cache
+//! read-only, whose reads (and listings) can be held until released, as a disc with unreadable
+//! sectors (the drive retrying for minutes) or a stalled NFS server hold them. Reads bypass the page cache
 //! (direct I/O), so each one reaches it; each is answered from a thread of its own, so a held
 //! read holds up nothing else here.
 #![allow(dead_code)]
@@ -24,6 +24,8 @@ use fuser::{
 
 const TTL: Duration = Duration::from_secs(0);
 const ROOT: u64 = 1;
+/// The name under which listings of the root are held (no file can have it).
+const LISTING: &str = "/";
 
 /// Which files' reads are held (those that reach past the byte offset given), and how many
 /// reads wait.
@@ -180,12 +182,16 @@ impl Filesystem for Fs {
         for n in names {
             rows.push((self.ino(&n), FileType::RegularFile, n));
         }
-        for (i, (ino, kind, name)) in rows.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(ino, i as i64 + 1, kind, &name) {
-                break;
+        let gate = self.gate.clone();
+        std::thread::spawn(move || {
+            gate.pass(OsStr::new(LISTING), 1);
+            for (i, (ino, kind, name)) in rows.into_iter().enumerate().skip(offset as usize) {
+                if reply.add(ino, i as i64 + 1, kind, &name) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 }
 
@@ -251,6 +257,11 @@ impl StallFs {
     /// [`StallFs::release`], as if the sectors from there on were unreadable.
     pub fn hold_from(&self, name: &str, from: u64) {
         self.gate.held.lock().unwrap().insert(name.into(), from);
+    }
+
+    /// Holds every listing of the root from now on, as a stalled NFS server does.
+    pub fn hold_listing(&self) {
+        self.hold_from(LISTING, 0);
     }
 
     /// Lets every held read go on.
