@@ -383,7 +383,7 @@ struct State {
     /// Images whose descriptors have not answered yet, by path.
     probing: HashMap<PathBuf, Probing>,
     /// Polled directories (indexes into `cfg.dirs`) whose listing has not answered yet.
-    listing: HashMap<usize, Late<Listing>>,
+    listing: HashMap<usize, PendingListing>,
     /// A late probe's answer, for the look at its path it triggers.
     answered: HashMap<PathBuf, (MediumId, Result<VolumeInfo, IsoError>)>,
     cfg: DirsConfig,
@@ -549,10 +549,18 @@ impl State {
     /// each path whose late probe has answered, with that answer if the path still holds the
     /// same file.
     fn probes_answered(&mut self) {
-        for (index, _, answer) in offload::take_answered(&mut self.listing, |late| late) {
+        for (index, p, answer) in offload::take_answered(&mut self.listing, |p| &p.answer) {
             match answer {
                 Ok(listing) => {
-                    tracing::info!(dir = %self.cfg.dirs[index].path.display(), "the polled directory has answered");
+                    let (dir, waited_ms) = (
+                        &self.cfg.dirs[index].path,
+                        p.since.elapsed().as_millis() as u64,
+                    );
+                    if p.logged {
+                        tracing::info!(dir = %dir.display(), waited_ms, "the polled directory has answered");
+                    } else {
+                        tracing::debug!(dir = %dir.display(), waited_ms, "the polled directory has answered");
+                    }
                     self.apply_listing(index, listing);
                 }
                 Err(e) => {
@@ -1042,15 +1050,29 @@ impl State {
     /// other directory), then goes on with what it lists. A directory whose listing has not
     /// answered yet is not listed again until it does.
     fn poll_dir(&mut self, index: usize) {
-        if self.listing.contains_key(&index) {
+        let dir = &self.cfg.dirs[index].path;
+        if let Some(p) = self.listing.get_mut(&index) {
+            // Logged once the next poll is due, not at once: a large directory on a slow
+            // share can take longer than the wait and still answer in time.
+            if !p.logged {
+                p.logged = true;
+                tracing::info!(dir = %dir.display(), waited_ms = p.since.elapsed().as_millis() as u64, "the polled directory has not answered yet; looked at once it does, the other directories meanwhile");
+            }
             return;
         }
-        let dirs = self.cfg.dirs.clone();
+        let (dirs, since) = (self.cfg.dirs.clone(), Instant::now());
         match self.helper.run(move || list_polled(&dirs, index)) {
             Ok(Ran::Done(listing)) => self.apply_listing(index, listing),
             Ok(Ran::Late(answer)) => {
-                tracing::info!(dir = %self.cfg.dirs[index].path.display(), waited_ms = offload::WAIT.as_millis() as u64, "the polled directory has not answered yet; looked at once it does, the other directories meanwhile");
-                self.listing.insert(index, answer);
+                tracing::debug!(dir = %dir.display(), "listing the polled directory goes on in the background");
+                self.listing.insert(
+                    index,
+                    PendingListing {
+                        answer,
+                        since,
+                        logged: false,
+                    },
+                );
             }
             // No thread to run it on: here, then.
             Err(_) => {
@@ -1261,6 +1283,15 @@ struct Listing {
     unlisted: Vec<(PathBuf, std::io::Error)>,
     /// Directories that were listed.
     listed: Vec<PathBuf>,
+}
+
+/// A polled directory's listing that had not answered within [`offload::WAIT`].
+struct PendingListing {
+    answer: Late<Listing>,
+    /// When the listing started.
+    since: Instant,
+    /// That it has not answered yet was logged (once the next poll was due).
+    logged: bool,
 }
 
 /// Lists polled directory `index` of `dirs` and the directories below it (not those watched
