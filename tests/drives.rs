@@ -450,6 +450,79 @@ fn a_change_on_a_served_device_whose_reads_hang_holds_up_no_other() {
     );
 }
 
+/// `losetup -d` of a loop device isomgr serves: the kernel defers the detach to the last close
+/// and sends no event, it only sets the device's autoclear flag. isomgr notices that, lets go
+/// of the device (its directory goes), and the kernel then detaches it.
+#[test]
+fn losetup_d_of_a_served_loop_device_lets_it_go() {
+    if !can_run("losetup_d_of_a_served_loop_device_lets_it_go") {
+        return;
+    }
+    let _lock = LoopLock::take();
+    settle();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = copy_fixture("plain.iso", tmp.path(), "plain.iso");
+    let mut w = Watcher::start(tmp.path());
+    let dev = Loop::attach(&image);
+    let name = w.wait_mounted(&dev.0);
+    assert_serves(&w.root.join(&name), "plain.iso");
+
+    let st = Command::new("losetup")
+        .args(["-d", &dev.0])
+        .status()
+        .unwrap();
+    assert!(st.success(), "losetup -d {}", dev.0);
+    w.wait_removed(&dev.0);
+    assert!(!w.names().contains(&name));
+    let sysname = dev.0.trim_start_matches("/dev/");
+    let backing = PathBuf::from(format!("/sys/class/block/{sysname}/loop/backing_file"));
+    poll("the kernel to detach the device", || {
+        match backing.exists() {
+            true => Err(format!("{} still attached", dev.0)),
+            false => Ok(()),
+        }
+    });
+    // Attached again meanwhile (another disc in the same node): served.
+    let again = Loop::attach(&image);
+    assert_eq!(w.wait_mounted(&again.0), name);
+}
+
+/// A loop device attached with autoclear on (as `mount -o loop` and isomgr's kernel driver
+/// attach theirs) goes away with its user's last close; serving it would keep it attached, so
+/// it is not taken.
+#[test]
+fn a_loop_device_with_autoclear_on_is_not_taken() {
+    use isomgr::sys::{linux::LinuxSys, Sys};
+    if !can_run("a_loop_device_with_autoclear_on_is_not_taken") {
+        return;
+    }
+    let _lock = LoopLock::take();
+    settle();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = Watcher::start(tmp.path());
+    let held = copy_fixture("rockridge.iso", tmp.path(), "held.iso");
+    // Attached through a descriptor this test holds: freed by the kernel when it closes.
+    let dev = LinuxSys
+        .attach_loop(&File::open(&held).unwrap(), &held, true)
+        .expect("attaching a loop device with autoclear");
+    let node = dev.path.to_str().unwrap().to_owned();
+    w.wait_for(&format!("{node} to be passed over"), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("a loop device with autoclear on"))
+            && v["device"] == node.as_str()
+    });
+    let _other = serve_another(&mut w, tmp.path());
+    assert!(
+        !w.seen
+            .iter()
+            .any(|l| l.contains("\"mounted\"") && l.contains(&format!("\"{node}\""))),
+        "{}",
+        w.seen.join("\n")
+    );
+    drop(dev);
+}
+
 /// A loop device over `rockridge.iso` on a [`common::stallfs`] file system under `dir`, whose
 /// reads the test holds and releases (file `slow.iso`). udev has read it when this returns.
 fn stallable_device(dir: &Path) -> (common::stallfs::StallFs, Loop) {

@@ -349,6 +349,10 @@ struct Tracked {
     /// An optical drive's node, opened without waiting for a medium (no door lock), to ask
     /// the drive whether the disc is still in (see [`TRAY_CHECK`]).
     drive: Option<Arc<File>>,
+    /// A loop device's `loop/autoclear` attribute (off when taken), looked at with the tray
+    /// checks. `losetup -d` of a device isomgr holds open turns it on and does nothing else:
+    /// the kernel defers the detach to the last close and sends no event.
+    autoclear: Option<PathBuf>,
 }
 
 /// How often a drive serving a disc is asked whether the disc is still in
@@ -419,12 +423,13 @@ impl State {
         self.enumerate();
         let mut next_check = std::time::Instant::now() + TRAY_CHECK;
         loop {
-            let timeout = if self.tracked.values().any(|t| t.drive.is_some()) {
-                let left = next_check.saturating_duration_since(std::time::Instant::now());
-                libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX)
-            } else {
-                -1
-            };
+            let timeout =
+                if (self.tracked.values()).any(|t| t.drive.is_some() || t.autoclear.is_some()) {
+                    let left = next_check.saturating_duration_since(std::time::Instant::now());
+                    libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX)
+                } else {
+                    -1
+                };
             let mut fds = [
                 libc::pollfd {
                     fd: monitor.as_raw_fd(),
@@ -449,6 +454,7 @@ impl State {
             }
             if std::time::Instant::now() >= next_check {
                 self.check_trays();
+                self.check_detached();
                 next_check = std::time::Instant::now() + TRAY_CHECK;
             }
             if fds[1].revents != 0 {
@@ -558,6 +564,16 @@ impl State {
         tracing::debug!(?change, action = %props.action, "udev");
         match &change {
             DriveChange::Medium(m) => {
+                // Its detach asked (`losetup -d`: the kernel detaches it at the last close), or
+                // set up to go with its user (`mount -o loop`): holding it open would keep it.
+                if loop_autoclear(&m.sysname).is_some_and(|(_, on)| on) {
+                    if self.tracked.contains_key(&m.devnode) {
+                        self.let_go(&m.devnode);
+                    } else {
+                        tracing::info!(device = %m.devnode.display(), "a loop device with autoclear on (being detached, or set up by mount -o loop): not taken");
+                    }
+                    return Some(change);
+                }
                 if (self.tracked.get(&m.devnode)).is_some_and(|t| t.diskseq != m.diskseq) {
                     self.gone(&m.devnode.clone(), "another medium is in the device");
                 }
@@ -604,6 +620,29 @@ impl State {
                 Err(e) => tracing::debug!(device = %node.display(), error = %e, "tray check"),
             }
         }
+    }
+
+    /// Lets go of each loop device served whose detach was asked (`losetup -d`): the kernel
+    /// detaches it once the last reader closes.
+    fn check_detached(&mut self) {
+        let asked: Vec<PathBuf> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| {
+                let on = t.autoclear.as_deref().and_then(read_sysfs);
+                on.is_some_and(|v| v == "1")
+            })
+            .map(|(node, _)| node.clone())
+            .collect();
+        for node in asked {
+            self.let_go(&node);
+        }
+    }
+
+    /// Lets go of a loop device served whose detach was asked.
+    fn let_go(&mut self, node: &Path) {
+        tracing::info!(device = %node.display(), "losetup -d: letting go of the loop device (the kernel detaches it once the last reader closes)");
+        self.gone(node, "detach asked");
     }
 
     fn tray_answered(&mut self, node: &Path, empty: std::io::Result<bool>) {
@@ -751,6 +790,7 @@ impl State {
                 diskseq: m.diskseq,
                 fingerprint,
                 drive,
+                autoclear: loop_autoclear(&m.sysname).map(|(path, _)| path),
             },
         );
         self.emit(Event::Appeared(Medium {
@@ -886,6 +926,18 @@ fn with_sysfs(mut p: Props, own_loops_empty: bool) -> Props {
         p.size = read_sysfs(&dir.join("size")).and_then(|s| s.to_str()?.parse().ok());
     }
     p
+}
+
+/// For an attached loop device, its `loop/autoclear` attribute and whether it is on.
+fn loop_autoclear(sysname: &str) -> Option<(PathBuf, bool)> {
+    if !sysname.starts_with("loop") {
+        return None;
+    }
+    let path = Path::new("/sys/class/block")
+        .join(sysname)
+        .join("loop/autoclear");
+    let on = read_sysfs(&path)? == "1";
+    Some((path, on))
 }
 
 /// A sysfs attribute's value without its newline (one open, one read: attributes are at most
