@@ -43,6 +43,17 @@ fn can_run(test: &str) -> bool {
     false
 }
 
+/// The start of most tests here: `None` (skipped, or failed under CI) when `test` cannot run;
+/// else the loop-device lock, taken once udev has settled, and a scratch directory.
+fn begin(test: &str) -> Option<(LoopLock, tempfile::TempDir)> {
+    if !can_run(test) {
+        return None;
+    }
+    let lock = LoopLock::take();
+    settle();
+    Some((lock, tempfile::tempdir().unwrap()))
+}
+
 /// The host-wide lock around loop-device work, held for a whole test.
 struct LoopLock(#[allow(dead_code)] File);
 
@@ -303,12 +314,11 @@ fn assert_serves(dir: &Path, fixture: &str) {
 
 #[test]
 fn loop_device_attached_outside_is_served_emptied_refilled_and_swapped() {
-    if !can_run("loop_device_attached_outside_is_served_emptied_refilled_and_swapped") {
+    let Some((_lock, tmp)) =
+        begin("loop_device_attached_outside_is_served_emptied_refilled_and_swapped")
+    else {
         return;
-    }
-    let _lock = LoopLock::take();
-    settle();
-    let tmp = tempfile::tempdir().unwrap();
+    };
     let mut w = Watcher::start(tmp.path());
     let image = copy_fixture("plain.iso", tmp.path(), "disc.iso");
 
@@ -348,12 +358,9 @@ fn loop_device_attached_outside_is_served_emptied_refilled_and_swapped() {
 
 #[test]
 fn loop_device_present_before_start_is_served() {
-    if !can_run("loop_device_present_before_start_is_served") {
+    let Some((_lock, tmp)) = begin("loop_device_present_before_start_is_served") else {
         return;
-    }
-    let _lock = LoopLock::take();
-    settle();
-    let tmp = tempfile::tempdir().unwrap();
+    };
     let image = copy_fixture("rockridge.iso", tmp.path(), "before.iso");
     let dev = Loop::attach(&image);
     // udev has seen the device (and blkid its label) before the watcher starts.
@@ -370,12 +377,12 @@ fn loop_device_present_before_start_is_served() {
 #[test]
 fn a_device_whose_reads_hang_holds_up_no_other() {
     let test = "a_device_whose_reads_hang_holds_up_no_other";
-    if !can_run(test) || !common::watcher::can_run(test) {
+    if !common::watcher::can_run(test) {
         return;
     }
-    let _lock = LoopLock::take();
-    settle();
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((_lock, tmp)) = begin(test) else {
+        return;
+    };
     let (stall, slow) = stallable_device(tmp.path());
     // udev (blkid) has read it; from now on nothing of it can be read.
     stall.hold("slow.iso");
@@ -409,12 +416,12 @@ fn a_device_whose_reads_hang_holds_up_no_other() {
 #[test]
 fn a_change_on_a_served_device_whose_reads_hang_holds_up_no_other() {
     let test = "a_change_on_a_served_device_whose_reads_hang_holds_up_no_other";
-    if !can_run(test) || !common::watcher::can_run(test) {
+    if !common::watcher::can_run(test) {
         return;
     }
-    let _lock = LoopLock::take();
-    settle();
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((_lock, tmp)) = begin(test) else {
+        return;
+    };
     let (stall, slow) = stallable_device(tmp.path());
     let mut w = Watcher::start(tmp.path());
     let _release = stall.release_on_drop();
@@ -455,12 +462,9 @@ fn a_change_on_a_served_device_whose_reads_hang_holds_up_no_other() {
 /// of the device (its directory goes), and the kernel then detaches it.
 #[test]
 fn losetup_d_of_a_served_loop_device_lets_it_go() {
-    if !can_run("losetup_d_of_a_served_loop_device_lets_it_go") {
+    let Some((_lock, tmp)) = begin("losetup_d_of_a_served_loop_device_lets_it_go") else {
         return;
-    }
-    let _lock = LoopLock::take();
-    settle();
-    let tmp = tempfile::tempdir().unwrap();
+    };
     let image = copy_fixture("plain.iso", tmp.path(), "plain.iso");
     let mut w = Watcher::start(tmp.path());
     let dev = Loop::attach(&image);
@@ -493,12 +497,9 @@ fn losetup_d_of_a_served_loop_device_lets_it_go() {
 #[test]
 fn a_loop_device_with_autoclear_on_is_not_taken() {
     use isomgr::sys::{linux::LinuxSys, Sys};
-    if !can_run("a_loop_device_with_autoclear_on_is_not_taken") {
+    let Some((_lock, tmp)) = begin("a_loop_device_with_autoclear_on_is_not_taken") else {
         return;
-    }
-    let _lock = LoopLock::take();
-    settle();
-    let tmp = tempfile::tempdir().unwrap();
+    };
     let mut w = Watcher::start(tmp.path());
     let held = copy_fixture("rockridge.iso", tmp.path(), "held.iso");
     // Attached through a descriptor this test holds: freed by the kernel when it closes.
@@ -549,12 +550,9 @@ fn serve_another(w: &mut Watcher, dir: &Path) -> Loop {
 /// never taken, while another loop device attached after it is.
 #[test]
 fn own_loop_devices_are_not_picked_up() {
-    if !can_run("own_loop_devices_are_not_picked_up") {
+    let Some((_lock, tmp)) = begin("own_loop_devices_are_not_picked_up") else {
         return;
-    }
-    let _lock = LoopLock::take();
-    settle();
-    let tmp = tempfile::tempdir().unwrap();
+    };
     let own = copy_fixture("plain.iso", tmp.path(), "own.iso");
     let other = copy_fixture("joliet.iso", tmp.path(), "other.iso");
     let cfg = DrivesConfig {
