@@ -1254,11 +1254,6 @@ impl State {
     }
 }
 
-/// Why a regular file must not be served although it is an image, if so. The watcher runs as
-/// root and what it serves is readable by all: a file not readable by all is served only when
-/// whoever put it in the watched directory could read it. A hard link (more than one link) may
-/// have been made by anyone to anyone's file (as far as fs.protected_hardlinks allows), a
-/// symlink by its owner to anything; a file readable by all gives nothing away.
 /// The innermost of the watched directories `dirs` holding `path` (an index into `dirs`).
 fn spec_index(dirs: &[DirSpec], path: &Path) -> Option<usize> {
     dirs.iter()
@@ -1340,6 +1335,11 @@ fn list_polled(dirs: &[DirSpec], index: usize) -> Listing {
     out
 }
 
+/// Why a regular file must not be served although it is an image, if so. The watcher runs as
+/// root and what it serves is readable by all: a file not readable by all is served only when
+/// whoever put it in the watched directory could read it. A hard link (more than one link) may
+/// have been made by anyone to anyone's file (as far as fs.protected_hardlinks allows), a
+/// symlink by its owner to anything; a file readable by all gives nothing away.
 fn exposes(link: &std::fs::Metadata, file: &std::fs::Metadata) -> Option<&'static str> {
     if file.mode() & 0o004 != 0 {
         return None;

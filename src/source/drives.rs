@@ -423,13 +423,17 @@ impl State {
         self.enumerate();
         let mut next_check = std::time::Instant::now() + TRAY_CHECK;
         loop {
-            let timeout =
-                if (self.tracked.values()).any(|t| t.drive.is_some() || t.autoclear.is_some()) {
-                    let left = next_check.saturating_duration_since(std::time::Instant::now());
-                    libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX)
-                } else {
-                    -1
-                };
+            // Tray checks for optical drives, autoclear checks for loop devices.
+            let checking = self
+                .tracked
+                .values()
+                .any(|t| t.drive.is_some() || t.autoclear.is_some());
+            let timeout = if checking {
+                let left = next_check.saturating_duration_since(std::time::Instant::now());
+                libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX)
+            } else {
+                -1
+            };
             let mut fds = [
                 libc::pollfd {
                     fd: monitor.as_raw_fd(),
@@ -574,7 +578,11 @@ impl State {
                     }
                     return Some(change);
                 }
-                if (self.tracked.get(&m.devnode)).is_some_and(|t| t.diskseq != m.diskseq) {
+                if self
+                    .tracked
+                    .get(&m.devnode)
+                    .is_some_and(|t| t.diskseq != m.diskseq)
+                {
                     self.gone(&m.devnode.clone(), "another medium is in the device");
                 }
                 self.identify(m);
