@@ -368,3 +368,95 @@ fn a_polled_directory_whose_listing_hangs_holds_up_no_other() {
     });
     assert!(env.log_text().contains("the polled directory has answered"));
 }
+
+/// A polled directory whose server stops answering between a listing and an open (NFS) holds
+/// up nothing: the open of an image a poll found waits in the background while an image moved
+/// into the drop dir is served, and another image in the same polled directory too; the first
+/// is served once its open answers.
+#[test]
+fn a_polled_image_whose_open_hangs_holds_up_no_other() {
+    if !watcher::can_run("a_polled_image_whose_open_hangs_holds_up_no_other") {
+        return;
+    }
+    let (env, backing, slow_dir, stall) = stalled_env("isomgr-stall-open-");
+    let _watcher = watch_polled(&env, &slow_dir);
+    let _release = stall.release_on_drop();
+
+    stall.hold_open("held.iso");
+    let held_files = image(&env, "held", "HELD", &env.scratch, |src| {
+        tree(src, 1, 2, 1 << 16)
+    });
+    fs::rename(env.scratch.join("held.iso"), backing.join("held.iso")).unwrap();
+    wait_for("an open of the polled image to hang", || {
+        match stall.waiting() {
+            0 => Err("none held yet".into()),
+            _ => Ok(()),
+        }
+    });
+    wait_for("the watcher to go on without the open", || {
+        let log = env.log_text();
+        match log.contains("opening it has not answered yet") {
+            true => Ok(()),
+            false => Err(log),
+        }
+    });
+    a_new_image_is_served(&env, &["NEW"]);
+    // The polled directory itself is still looked at.
+    image(&env, "other", "OTHER", &env.scratch, |src| {
+        tree(src, 300, 1, 1 << 16)
+    });
+    fs::rename(env.scratch.join("other.iso"), backing.join("other.iso")).unwrap();
+    env.wait_names(&["NEW", "OTHER"]);
+
+    // Once the open answers, the image is served.
+    stall.release();
+    env.wait_names(&["HELD", "NEW", "OTHER"]);
+    let h = env.root.join("HELD");
+    within("reading the image whose open had hung", move || {
+        read_all(&h, &held_files)
+    });
+}
+
+/// A polled directory that does not answer when the watcher starts (an NFS server down) holds
+/// up neither the start nor the other directories: what they hold is served, and what it holds
+/// follows once its listing answers.
+#[test]
+fn a_polled_directory_that_hangs_at_start_holds_up_no_other() {
+    if !watcher::can_run("a_polled_directory_that_hangs_at_start_holds_up_no_other") {
+        return;
+    }
+    let (env, backing, slow_dir, stall) = stalled_env("isomgr-stall-start-");
+    let slow_files = image(&env, "slow", "SLOW", &backing, |src| {
+        tree(src, 1, 2, 1 << 16)
+    });
+    let good_files = image(&env, "good", "GOOD", &env.drop, |src| {
+        tree(src, 100, 2, 1 << 16)
+    });
+    stall.hold_listing();
+    let _watcher = watch_polled(&env, &slow_dir);
+    let _release = stall.release_on_drop();
+    env.wait_names(&["GOOD"]);
+    assert!(stall.waiting() > 0, "the listing was not held");
+    wait_for("the scan to go on without the polled directory", || {
+        let log = env.log_text();
+        match log.contains("the polled directory has not answered yet") {
+            true => Ok(()),
+            false => Err(log),
+        }
+    });
+    let g = env.root.join("GOOD");
+    within(
+        "reading an image of the directory that answered",
+        move || read_all(&g, &good_files),
+    );
+    a_new_image_is_served(&env, &["GOOD", "NEW"]);
+
+    stall.release();
+    env.wait_names(&["GOOD", "NEW", "SLOW"]);
+    let s = env.root.join("SLOW");
+    within(
+        "reading the image of the directory that answered late",
+        move || read_all(&s, &slow_files),
+    );
+    assert!(env.log_text().contains("the polled directory has answered"));
+}

@@ -232,6 +232,8 @@ impl DirsSource {
             probing: HashMap::new(),
             listing: HashMap::new(),
             answered: HashMap::new(),
+            opening: HashMap::new(),
+            opened: HashMap::new(),
         };
         state.watch_all()?;
         // The parents too, to notice a watched directory deleted and made again (the polled
@@ -369,6 +371,12 @@ enum Reason {
     Arrived,
 }
 
+/// A path in a polled directory whose opening had not answered within [`offload::WAIT`].
+struct Opening {
+    reason: Reason,
+    answer: Late<Opened>,
+}
+
 /// An image whose volume descriptors had not answered within [`offload::WAIT`].
 struct Probing {
     id: MediumId,
@@ -384,6 +392,10 @@ struct State {
     probing: HashMap<PathBuf, Probing>,
     /// Polled directories (indexes into `cfg.dirs`) whose listing has not answered yet.
     listing: HashMap<usize, PendingListing>,
+    /// Paths in polled directories whose opening has not answered yet.
+    opening: HashMap<PathBuf, Opening>,
+    /// A late opening's answer, for the look at its path it triggers.
+    opened: HashMap<PathBuf, Opened>,
     /// A late probe's answer, for the look at its path it triggers.
     answered: HashMap<PathBuf, (MediumId, Result<VolumeInfo, IsoError>)>,
     cfg: DirsConfig,
@@ -568,6 +580,18 @@ impl State {
                 }
             }
         }
+        for (path, p, answer) in offload::take_answered(&mut self.opening, |p| &p.answer) {
+            let opened = answer.unwrap_or_else(|e| Opened::Unopenable(std::io::Error::other(e)));
+            tracing::debug!(image = %path.display(), "opening it answered");
+            self.opened.insert(path.clone(), opened);
+            if !self.check(&path, p.reason) {
+                // Still open for writing, or moving: looked at again at the next poll.
+                if let Some(o) = self.observed.get_mut(&path) {
+                    o.checked = false;
+                }
+            }
+            self.opened.remove(&path);
+        }
         for (path, p, answer) in offload::take_answered(&mut self.probing, |p| &p.answer) {
             let info = answer.unwrap_or_else(|e| {
                 Err(IsoError::Io {
@@ -580,6 +604,40 @@ impl State {
             self.answered.insert(path.clone(), (p.id, info));
             self.check(&path, p.reason);
             self.answered.remove(&path);
+        }
+    }
+
+    /// What is at `path` in a watched directory, opened (see [`open_image`]). In a polled
+    /// directory (a network or FUSE file system, whose server may stop answering) that runs
+    /// off this thread, waited for at most [`offload::WAIT`]; `None` while it has not answered
+    /// (the path is looked at again when it does).
+    fn open(
+        &mut self,
+        path: &Path,
+        reason: Reason,
+        follow_symlinks: bool,
+        polled: bool,
+    ) -> Option<Opened> {
+        if let Some(opened) = self.opened.remove(path) {
+            return Some(opened);
+        }
+        if !polled {
+            return Some(open_image(path, follow_symlinks));
+        }
+        if self.opening.contains_key(path) {
+            return None;
+        }
+        let p = path.to_path_buf();
+        match self.helper.run(move || open_image(&p, follow_symlinks)) {
+            Ok(Ran::Done(opened)) => Some(opened),
+            Ok(Ran::Late(answer)) => {
+                tracing::info!(image = %path.display(), waited_ms = offload::WAIT.as_millis() as u64, "opening it has not answered yet; looked at again once it does, the other images meanwhile");
+                self.opening
+                    .insert(path.to_path_buf(), Opening { reason, answer });
+                None
+            }
+            // No thread to run it on: here, then.
+            Err(_) => Some(open_image(path, follow_symlinks)),
         }
     }
 
@@ -760,12 +818,16 @@ impl State {
     /// Scans every watched tree; whatever is tracked but no longer found is gone. Ends with
     /// `ScanDone` listing every medium present.
     fn full_scan(&mut self) {
-        let mut seen = HashSet::new();
+        let (mut seen, mut unlisted) = (HashSet::new(), Vec::new());
         self.fd_short.unlisted.clear();
-        for spec in self.cfg.dirs.clone() {
-            self.scan_dir(&spec.path, Reason::Scan, &mut seen);
+        for (index, spec) in self.cfg.dirs.clone().into_iter().enumerate() {
+            if self.polled[index] {
+                self.scan_polled(index, &mut seen, &mut unlisted);
+            } else {
+                self.scan_dir(&spec.path, Reason::Scan, &mut seen);
+            }
         }
-        let unlisted = std::mem::take(&mut self.fd_short.unlisted);
+        unlisted.append(&mut self.fd_short.unlisted);
         let lost: Vec<PathBuf> = self
             .tracked
             .keys()
@@ -786,6 +848,51 @@ impl State {
             source: SourceKind::Dir,
             present,
         });
+    }
+
+    /// Scans polled directory `index`: listed off this thread as a poll lists it (see
+    /// [`State::poll_dir`]), so that a network file system that does not answer holds up no
+    /// other directory; what it lists is taken at once. Directories not listed go to
+    /// `unlisted` (what is known below them is kept). A listing that has not answered within
+    /// [`offload::WAIT`] is gone on with as a poll's once it answers.
+    fn scan_polled(
+        &mut self,
+        index: usize,
+        seen: &mut HashSet<PathBuf>,
+        unlisted: &mut Vec<PathBuf>,
+    ) {
+        let root = self.cfg.dirs[index].path.clone();
+        if self.listing.contains_key(&index) {
+            unlisted.push(root);
+            return;
+        }
+        let (dirs, since) = (self.cfg.dirs.clone(), Instant::now());
+        let listing = match self.helper.run(move || list_polled(&dirs, index)) {
+            Ok(Ran::Done(listing)) => listing,
+            Ok(Ran::Late(answer)) => {
+                tracing::info!(dir = %root.display(), waited_ms = offload::WAIT.as_millis() as u64, "the polled directory has not answered yet; what is known below it is kept, the other directories are scanned meanwhile");
+                let pending = PendingListing {
+                    answer,
+                    since,
+                    logged: true,
+                };
+                self.listing.insert(index, pending);
+                unlisted.push(root);
+                return;
+            }
+            // No thread to run it on: here, then.
+            Err(_) => list_polled(&self.cfg.dirs, index),
+        };
+        for (d, e) in listing.unlisted {
+            tracing::warn!(dir = %d.display(), error = %e, "cannot list a polled directory; keeping what is known");
+            unlisted.push(d);
+        }
+        let mut found = listing.found;
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        for (path, _) in found {
+            seen.insert(path.clone());
+            self.check(&path, Reason::Scan);
+        }
     }
 
     /// Looks at every file below `dir` (not following symlinked directories).
@@ -825,15 +932,18 @@ impl State {
     }
 
     /// Opens and identifies one file, and emits what changed. False when it waits for a
-    /// writer to close it (a polled directory looks at it again at the next poll).
+    /// writer to close it (a polled directory looks at it again at the next poll). Where
+    /// opening it or reading its descriptors has not answered in time, it is looked at again
+    /// once they do.
     fn check(&mut self, path: &Path, reason: Reason) -> bool {
         let Some(name) = path.file_name() else {
             return true;
         };
-        let Some(spec) = self.spec_index(path).map(|i| &self.cfg.dirs[i]) else {
+        let Some(index) = self.spec_index(path) else {
             return true;
         };
-        let follow_symlinks = spec.follow_symlinks;
+        let spec = &self.cfg.dirs[index];
+        let (follow_symlinks, polled) = (spec.follow_symlinks, self.polled[index]);
         if !wanted(name, spec) {
             // Renamed to a name that is not taken (e.g. x.iso -> x.iso.bak): it left.
             if self.tracked.contains_key(path) {
@@ -841,67 +951,42 @@ impl State {
             }
             return true;
         }
-        // Looked at through O_PATH first: opening a device node or a FIFO reaches its driver
-        // (a watchdog starts, a tape rewinds, a FIFO's waiting writer is let go), which a root
-        // daemon must not do for whoever can write into a watched directory. Only a regular
-        // file is then opened, through /proc/self/fd: the same inode, even if the name has
-        // been swapped meanwhile.
-        let link = std::fs::symlink_metadata(path);
-        let mut flags = libc::O_PATH;
-        if !follow_symlinks {
-            flags |= libc::O_NOFOLLOW;
-        }
-        let file = match File::options().read(true).custom_flags(flags).open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    self.left(path);
-                } else if crate::sys::out_of_descriptors(&e) {
-                    self.fd_shortage(path, reason, &e);
-                } else {
-                    tracing::debug!(image = %path.display(), error = %e, "cannot open; ignored");
-                    self.replaced(path);
-                }
+        let Some(opened) = self.open(path, reason, follow_symlinks, polled) else {
+            return true;
+        };
+        let (file, meta, writing) = match opened {
+            Opened::File {
+                file,
+                meta,
+                writing,
+            } => (file, meta, writing),
+            Opened::Gone => {
+                self.left(path);
                 return true;
             }
-        };
-        let Ok(meta) = file.metadata() else {
-            return true;
-        };
-        if !meta.file_type().is_file() {
-            tracing::debug!(path = %path.display(), "not a regular file; ignored");
-            self.replaced(path);
-            return true;
-        }
-        // The name changed between the two looks: its own event follows.
-        let same = |l: &std::fs::Metadata| {
-            l.file_type().is_symlink() || (l.dev(), l.ino()) == (meta.dev(), meta.ino())
-        };
-        let Ok(link) = link.and_then(|l| {
-            let after = std::fs::symlink_metadata(path)?;
-            Ok(((l.dev(), l.ino()) == (after.dev(), after.ino()) && same(&l)).then_some(l))
-        }) else {
-            return false;
-        };
-        // (false: a polled directory looks again at its next poll.)
-        let Some(link) = link else { return false };
-        if let Some(why) = exposes(&link, &meta) {
-            tracing::warn!(image = %path.display(), "{why}; not served (make it readable by all to serve it)");
-            self.replaced(path);
-            return true;
-        }
-        let reopen = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-        let file = match File::options()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(&reopen)
-        {
-            Ok(f) => f,
-            Err(e) if crate::sys::out_of_descriptors(&e) => {
+            Opened::NoDescriptor(e) => {
                 self.fd_shortage(path, reason, &e);
                 return true;
             }
-            Err(e) => {
+            Opened::Unopenable(e) => {
+                tracing::debug!(image = %path.display(), error = %e, "cannot open; ignored");
+                self.replaced(path);
+                return true;
+            }
+            Opened::NoMetadata => return true,
+            Opened::NotRegular => {
+                tracing::debug!(path = %path.display(), "not a regular file; ignored");
+                self.replaced(path);
+                return true;
+            }
+            // (false: a polled directory looks again at its next poll.)
+            Opened::Moving => return false,
+            Opened::Exposes(why) => {
+                tracing::warn!(image = %path.display(), "{why}; not served (make it readable by all to serve it)");
+                self.replaced(path);
+                return true;
+            }
+            Opened::Unreopenable(e) => {
                 tracing::warn!(image = %path.display(), error = %e, "cannot open through /proc/self/fd; ignored");
                 return true;
             }
@@ -962,7 +1047,7 @@ impl State {
         }
         // A writer may still have it open: a lagging watcher handling the creation late, a
         // scan during a copy, a preallocated file already full size. Its close comes later.
-        if open_for_writing(&file) {
+        if writing {
             tracing::debug!(image = %path.display(), "still open for writing; waiting for close");
             self.tracked.insert(
                 path.to_path_buf(),
@@ -1333,6 +1418,84 @@ fn list_polled(dirs: &[DirSpec], index: usize) -> Listing {
         }
     }
     out
+}
+
+/// What opening a path in a watched directory found.
+enum Opened {
+    /// An open regular file, and whether some process has it open for writing.
+    File {
+        file: File,
+        meta: std::fs::Metadata,
+        writing: bool,
+    },
+    /// Nothing is at the path.
+    Gone,
+    /// No descriptor to open it with (EMFILE, ENFILE).
+    NoDescriptor(std::io::Error),
+    /// It cannot be looked at (O_PATH open failed: permissions, a loop of symlinks...).
+    Unopenable(std::io::Error),
+    /// fstat of what was opened failed.
+    NoMetadata,
+    /// Something other than a regular file (a directory, a device, a FIFO...).
+    NotRegular,
+    /// The name changed between two looks: its own event follows.
+    Moving,
+    /// An image not to be served (see [`exposes`]).
+    Exposes(&'static str),
+    /// Opening it for reading through /proc/self/fd failed.
+    Unreopenable(std::io::Error),
+}
+
+/// Opens what is at `path` for reading, if it is a regular file that may be served.
+///
+/// Looked at through O_PATH first: opening a device node or a FIFO reaches its driver (a
+/// watchdog starts, a tape rewinds, a FIFO's waiting writer is let go), which a root daemon
+/// must not do for whoever can write into a watched directory. Only a regular file is then
+/// opened, through /proc/self/fd: the same inode, even if the name has been swapped meanwhile.
+fn open_image(path: &Path, follow_symlinks: bool) -> Opened {
+    let link = std::fs::symlink_metadata(path);
+    let mut flags = libc::O_PATH;
+    if !follow_symlinks {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = match File::options().read(true).custom_flags(flags).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Opened::Gone,
+        Err(e) if crate::sys::out_of_descriptors(&e) => return Opened::NoDescriptor(e),
+        Err(e) => return Opened::Unopenable(e),
+    };
+    let Ok(meta) = file.metadata() else {
+        return Opened::NoMetadata;
+    };
+    if !meta.file_type().is_file() {
+        return Opened::NotRegular;
+    }
+    let same = |l: &std::fs::Metadata| {
+        l.file_type().is_symlink() || (l.dev(), l.ino()) == (meta.dev(), meta.ino())
+    };
+    let Ok(Some(link)) = link.and_then(|l| {
+        let after = std::fs::symlink_metadata(path)?;
+        Ok(((l.dev(), l.ino()) == (after.dev(), after.ino()) && same(&l)).then_some(l))
+    }) else {
+        return Opened::Moving;
+    };
+    if let Some(why) = exposes(&link, &meta) {
+        return Opened::Exposes(why);
+    }
+    let reopen = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    match File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&reopen)
+    {
+        Ok(file) => Opened::File {
+            writing: open_for_writing(&file),
+            file,
+            meta,
+        },
+        Err(e) if crate::sys::out_of_descriptors(&e) => Opened::NoDescriptor(e),
+        Err(e) => Opened::Unreopenable(e),
+    }
 }
 
 /// Why a regular file must not be served although it is an image, if so. The watcher runs as

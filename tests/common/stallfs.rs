@@ -1,5 +1,5 @@
 //! A FUSE file system served by the test process itself: the files of a backing directory,
-//! read-only, whose reads (and listings) can be held until released, as a disc with unreadable
+//! read-only, whose reads (and listings, and opens) can be held until released, as a disc with unreadable
 //! sectors (the drive retrying for minutes) or a stalled NFS server hold them. Reads bypass the page cache
 //! (direct I/O), so each one reaches it; each is answered from a thread of its own, so a held
 //! read holds up nothing else here.
@@ -26,6 +26,8 @@ const TTL: Duration = Duration::from_secs(0);
 const ROOT: u64 = 1;
 /// The name under which listings of the root are held (no file can have it).
 const LISTING: &str = "/";
+/// What opens of a file are held under: this, then its name (no file can have it).
+const OPENS: &str = "open/";
 
 /// Which files' reads are held (those that reach past the byte offset given), and how many
 /// reads wait.
@@ -127,10 +129,16 @@ impl Filesystem for Fs {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(libc::EROFS);
         }
-        match self.names.get(&ino) {
-            Some(_) => reply.opened(0, FOPEN_DIRECT_IO),
-            None => reply.error(libc::ENOENT),
-        }
+        let Some(name) = self.names.get(&ino) else {
+            return reply.error(libc::ENOENT);
+        };
+        let mut key = OsString::from(OPENS);
+        key.push(name);
+        let gate = self.gate.clone();
+        std::thread::spawn(move || {
+            gate.pass(&key, 1);
+            reply.opened(0, FOPEN_DIRECT_IO);
+        });
     }
 
     fn read(
@@ -262,6 +270,12 @@ impl StallFs {
     /// Holds every listing of the root from now on, as a stalled NFS server does.
     pub fn hold_listing(&self) {
         self.hold_from(LISTING, 0);
+    }
+
+    /// Holds every open(2) of `name` from now on (a stat still answers), as an NFS server
+    /// that stops answering between a listing and an open does.
+    pub fn hold_open(&self, name: &str) {
+        self.hold_from(&format!("{OPENS}{name}"), 0);
     }
 
     /// Lets every held read go on.
