@@ -119,7 +119,17 @@ fn queue_of(image: &Medium) -> usize {
 /// Reads directory `need.dir` from its image and indexes it in the table. The table lock is
 /// not held while reading.
 fn index(table: &SharedTable, need: NeedIndex<Medium, Entry>) -> Result<(), i32> {
-    match need.image.read_dir(&need.entry) {
+    let entries = need.image.read_dir(&need.entry);
+    install(table, &need, entries)
+}
+
+/// Indexes directory `need.dir` in the table with `entries`, as read from its image.
+fn install(
+    table: &SharedTable,
+    need: &NeedIndex<Medium, Entry>,
+    entries: crate::iso9660::error::Result<Vec<Entry>>,
+) -> Result<(), i32> {
+    match entries {
         Ok(entries) => {
             let mut table = lock(table);
             let skipped = table.install_children(need.dir, need.medium, entries);
@@ -244,6 +254,18 @@ impl Adapter {
         reply: R,
         then: impl FnOnce(&SharedTable, R) + Send + 'static,
     ) {
+        // A small directory whose bytes are all in the page cache is read here: no hop to a
+        // worker thread and back for the usual case, and no wait either.
+        let here = (need.entry.size <= INDEX_HERE_MAX)
+            .then(|| super::reopen::from_cache(|| need.image.read_dir(&need.entry)))
+            .flatten();
+        if let Some(entries) = here {
+            match install(&self.table, &need, entries) {
+                Ok(()) => then(&self.table, reply),
+                Err(errno) => reply.error(errno),
+            }
+            return;
+        }
         let table = self.table.clone();
         let image = need.image.clone();
         self.off_session(
@@ -342,6 +364,11 @@ fn file_type(kind: Kind) -> FileType {
         Kind::File | Kind::Other => FileType::RegularFile,
     }
 }
+
+/// Directories up to this size are indexed on the session thread when their bytes are in the
+/// page cache (a few hundred entries: microseconds); larger ones always on a worker thread, so
+/// that indexing one holds up no other request.
+const INDEX_HERE_MAX: u64 = 64 << 10;
 
 /// Directory rows fetched per table visit while filling one readdir reply.
 const READDIR_BATCH: usize = 256;

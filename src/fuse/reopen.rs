@@ -391,10 +391,77 @@ impl Drop for Pooled {
     }
 }
 
+thread_local! {
+    /// Set while [`from_cache`] runs on this thread: reads take only what is in the page cache.
+    static CACHE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// A read under [`from_cache`] would have had to wait.
+    static WOULD_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `step` with every [`Pooled`] read on this thread taking only what is in the page cache
+/// already (`RWF_NOWAIT`; an image whose descriptor the pool had closed is not reopened): such
+/// a step cannot wait for a disc or a server. `None` when some read would have had to wait
+/// (or the file system cannot tell): then nothing of `step`'s outcome is of use.
+pub fn from_cache<T>(step: impl FnOnce() -> T) -> Option<T> {
+    /// Ends the cache-only mode however `step` ends.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CACHE_ONLY.set(false);
+        }
+    }
+    CACHE_ONLY.set(true);
+    WOULD_WAIT.set(false);
+    let reset = Reset;
+    let out = step();
+    drop(reset);
+    (!WOULD_WAIT.replace(false)).then_some(out)
+}
+
+/// One read of `file` from the page cache only; a read that would wait fails with EAGAIN and
+/// marks [`WOULD_WAIT`].
+fn read_cached(file: &File, buf: &mut [u8], offset: u64, size: u64) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let would_wait = || {
+        WOULD_WAIT.set(true);
+        Err(io::Error::from_raw_os_error(libc::EAGAIN))
+    };
+    let want = usize::try_from(size.saturating_sub(offset))
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    if want == 0 {
+        return Ok(0);
+    }
+    let Ok(at) = libc::off_t::try_from(offset) else {
+        return would_wait();
+    };
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: want,
+    };
+    // SAFETY: one iovec over `want` bytes of `buf`, for the duration of the call.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+    match usize::try_from(n) {
+        Ok(n) if n == want => Ok(n),
+        // Part of it is not cached, RWF_NOWAIT is refused here, or the read failed: the
+        // step is run again where it may wait, and that read tells.
+        _ => would_wait(),
+    }
+}
+
 impl ReadAt for Pooled {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let cache_only = CACHE_ONLY.get();
         match &self.0 {
+            Kind::Held { file, size, .. } if cache_only => read_cached(file, buf, offset, *size),
             Kind::Held { file, .. } => ReadAt::read_at(file, buf, offset),
+            Kind::Shared(s) if cache_only => match lock(&s.pool.inner).touch(s.key) {
+                Some(file) => read_cached(&file, buf, offset, s.ident.size),
+                None => {
+                    WOULD_WAIT.set(true);
+                    Err(io::Error::from_raw_os_error(libc::EAGAIN))
+                }
+            },
             Kind::Shared(s) => {
                 let file = s.file()?;
                 ReadAt::read_at(&*file, buf, offset)
@@ -437,6 +504,47 @@ mod tests {
         assert_eq!(budget_for_limit(100), MIN_BUDGET);
         assert_eq!(budget_for_limit(24), 6);
         assert_eq!(budget_for_limit(0), 1);
+    }
+
+    #[test]
+    fn from_cache_takes_only_what_the_page_cache_holds_and_never_reopens() {
+        use std::os::fd::AsRawFd;
+        // On disk, not tmpfs, whose pages cannot be dropped.
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        let data = vec![7u8; 1 << 20];
+        let p = file_with(dir.path(), "held.iso", &data);
+        let pool = FdPool::new(100);
+        let held = pool.adopt(File::open(&p).unwrap(), &p).unwrap();
+        assert!(matches!(held.0, Kind::Held { .. }));
+        // Just written: in the page cache.
+        let got = from_cache(|| read(&held, data.len())).expect("cached");
+        assert_eq!(got.unwrap(), data);
+        // Written back and dropped from the cache: a read would wait.
+        let f = File::open(&p).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: advice on a descriptor we own.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        assert!(from_cache(|| read(&held, data.len())).is_none());
+        // Outside, reads wait again as they must.
+        assert_eq!(read(&held, data.len()).unwrap(), data);
+
+        // A shared image whose descriptor the pool closed is not reopened.
+        let small = FdPool::new(2);
+        let srcs: Vec<Pooled> = (0..4)
+            .map(|i| {
+                let p = file_with(dir.path(), &format!("{i}.iso"), b"image");
+                small.adopt(File::open(&p).unwrap(), &p).unwrap()
+            })
+            .collect();
+        // The first is held; of the other three the oldest were closed.
+        let closed = &srcs[1];
+        assert!(matches!(closed.0, Kind::Shared(_)));
+        let reopens = small.stats().reopens;
+        assert!(from_cache(|| read(closed, 5)).is_none());
+        assert_eq!(small.stats().reopens, reopens);
+        assert_eq!(read(closed, 5).unwrap(), b"image");
+        assert_eq!(small.stats().reopens, reopens + 1);
     }
 
     #[test]
