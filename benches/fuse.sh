@@ -124,16 +124,30 @@ start_fuseiso "$BIG_ISO"
 FUSEISO_READ=$(EVICT=1 best_read "$FUSEISO_MNT/big.bin")
 stop_fuseiso
 
-# Listing: first listing after a fresh mount (nothing cached in the kernel), then warm.
+# Listing: first listing after a fresh mount (nothing cached in the kernel; best of $RUNS
+# mounts, like every other figure), then warm. On a small VM the first listing is bimodal:
+# each FUSE request wakes the server and then the lister, which costs far more when the
+# scheduler has put them on different CPUs than on the same one.
+best_cold() { # START STOP DIR
+  local best=999999 s
+  for _ in $(seq "$RUNS"); do
+    $1; s=$(time_list find "$3"); $2
+    best=$(awk -v a="$best" -v b="$s" 'BEGIN { print (b < a) ? b : a }')
+  done
+  echo "$best"
+}
+start_many_isomgr() { start_isomgr many="$MANY_ISO"; }
+start_many_fuseiso() { start_fuseiso "$MANY_ISO"; }
+ISOMGR_FIND_COLD=$(best_cold start_many_isomgr stop_isomgr "$ISOMGR_MNT/many")
+FUSEISO_FIND_COLD=$(best_cold start_many_fuseiso stop_fuseiso "$FUSEISO_MNT")
+
 start_isomgr many="$MANY_ISO"
-ISOMGR_FIND_COLD=$(time_list find "$ISOMGR_MNT/many")
 ISOMGR_FIND_WARM=$(best_list find "$ISOMGR_MNT/many")
 ISOMGR_LSLR=$(best_list ls -lR "$ISOMGR_MNT/many")
 COUNT=$(find "$ISOMGR_MNT/many" -type f | wc -l)
 stop_isomgr
 
 start_fuseiso "$MANY_ISO"
-FUSEISO_FIND_COLD=$(time_list find "$FUSEISO_MNT")
 FUSEISO_FIND_WARM=$(best_list find "$FUSEISO_MNT")
 FUSEISO_LSLR=$(best_list ls -lR "$FUSEISO_MNT")
 FCOUNT=$(find "$FUSEISO_MNT" -type f | wc -l)
