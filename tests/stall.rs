@@ -439,7 +439,7 @@ fn a_polled_directory_that_hangs_at_start_holds_up_no_other() {
     assert!(stall.waiting() > 0, "the listing was not held");
     wait_for("the scan to go on without the polled directory", || {
         let log = env.log_text();
-        match log.contains("the polled directory has not answered yet") {
+        match log.contains("the watched directory has not answered yet") {
             true => Ok(()),
             false => Err(log),
         }
@@ -458,5 +458,52 @@ fn a_polled_directory_that_hangs_at_start_holds_up_no_other() {
         "reading the image of the directory that answered late",
         move || read_all(&s, &slow_files),
     );
-    assert!(env.log_text().contains("the polled directory has answered"));
+    assert!(env
+        .log_text()
+        .contains("the watched directory has answered"));
+}
+
+/// A watched directory whose file system does not answer at all when the watcher starts (stat
+/// and statfs of it hang, as on an NFS mount whose server is down) holds up neither the start
+/// nor the other directories: it is polled, and what it holds is served once it answers.
+#[test]
+fn a_watched_directory_that_does_not_answer_at_start_holds_up_no_other() {
+    if !watcher::can_run("a_watched_directory_that_does_not_answer_at_start_holds_up_no_other") {
+        return;
+    }
+    let (env, backing, slow_dir, stall) = stalled_env("isomgr-stall-dead-");
+    let slow_files = image(&env, "slow", "SLOW", &backing, |src| {
+        tree(src, 1, 2, 1 << 16)
+    });
+    image(&env, "good", "GOOD", &env.drop, |src| {
+        tree(src, 100, 2, 1 << 16)
+    });
+    stall.hold_root_attr();
+    let _watcher = Watcher::start_with(
+        &env,
+        &[
+            "--dir",
+            slow_dir.to_str().unwrap(),
+            "--poll-interval",
+            "0.2",
+        ],
+    );
+    let _release = stall.release_on_drop();
+    env.wait_names(&["GOOD"]);
+    wait_for("the watcher to go on without the directory", || {
+        let log = env.log_text();
+        match log.contains("the watched directory does not answer") {
+            true => Ok(()),
+            false => Err(log),
+        }
+    });
+    a_new_image_is_served(&env, &["GOOD", "NEW"]);
+
+    stall.release();
+    env.wait_names(&["GOOD", "NEW", "SLOW"]);
+    let s = env.root.join("SLOW");
+    within(
+        "reading the image of the directory that answered late",
+        move || read_all(&s, &slow_files),
+    );
 }

@@ -156,6 +156,33 @@ pub fn poll_decision(spec: &DirSpec, interval: Duration) -> PollDecision {
     }
 }
 
+/// A watched directory as looked at when the watcher starts.
+struct DirLook {
+    /// It did not exist and was made.
+    created: bool,
+    decision: PollDecision,
+    /// On a network or FUSE file system.
+    remote: bool,
+}
+
+/// Makes the watched directory `spec` if it does not exist, and decides how it is watched.
+fn look_at_dir(spec: &DirSpec, interval: Duration) -> anyhow::Result<DirLook> {
+    use anyhow::Context;
+    let dir = &spec.path;
+    let created = !dir.exists();
+    if created {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the watched directory {}", dir.display()))?;
+    }
+    let remote =
+        super::fstype::statfs_type(dir).is_ok_and(|t| super::fstype::remote_fs(t).is_some());
+    Ok(DirLook {
+        created,
+        decision: poll_decision(spec, interval),
+        remote,
+    })
+}
+
 /// Seconds as a person writes them: `10`, `0.2`.
 pub fn secs(d: Duration) -> String {
     let s = format!("{:.3}", d.as_secs_f64());
@@ -217,6 +244,7 @@ impl DirsSource {
             pending_gone: Vec::new(),
             fresh_dirs: Vec::new(),
             waiting_logged: HashSet::new(),
+            may_hang: polled.clone(),
             polled,
             next_poll: None,
             observed: HashMap::new(),
@@ -414,6 +442,10 @@ struct State {
     waiting_logged: HashSet<PathBuf>,
     /// Per entry of `cfg.dirs`: rescanned on a timer instead of watched with inotify.
     polled: Vec<bool>,
+    /// Per entry of `cfg.dirs`: polled, or on a network or FUSE file system (whose server may
+    /// stop answering): its listing by a scan and the opening of its images run off this
+    /// thread.
+    may_hang: Vec<bool>,
     /// When polled directories are rescanned next; `None` when none is polled (no timer).
     next_poll: Option<Instant>,
     /// Files in polled directories that are new or changed since they were last taken, as the
@@ -468,16 +500,27 @@ impl State {
     fn watch_all(&mut self) -> anyhow::Result<()> {
         use anyhow::Context;
         for (i, spec) in self.cfg.dirs.clone().into_iter().enumerate() {
-            let dir = spec.path;
-            if !dir.exists() {
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating the watched directory {}", dir.display()))?;
+            let dir = spec.path.clone();
+            let interval = self.cfg.poll_interval;
+            // Off this thread: a network file system whose server is down at start must hold
+            // up neither the start nor the other directories.
+            let look = match self.helper.run(move || look_at_dir(&spec, interval)) {
+                Ok(Ran::Done(look)) => look?,
+                Ok(Ran::Late(_)) => {
+                    tracing::warn!(dir = %dir.display(), waited_ms = offload::WAIT.as_millis() as u64, "the watched directory does not answer (a network file system whose server is down?): polled until it does, whatever its poll mode");
+                    self.polled[i] = true;
+                    self.may_hang[i] = true;
+                    continue;
+                }
+                Err(_) => look_at_dir(&self.cfg.dirs[i], interval)?,
+            };
+            if look.created {
                 tracing::info!(dir = %dir.display(), "created the watched directory");
             }
-            let decision = poll_decision(&self.cfg.dirs[i], self.cfg.poll_interval);
-            tracing::info!("{}: {}", dir.display(), decision.why);
-            self.polled[i] = decision.poll;
-            if decision.poll {
+            tracing::info!("{}: {}", dir.display(), look.decision.why);
+            self.polled[i] = look.decision.poll;
+            self.may_hang[i] = look.decision.poll || look.remote;
+            if look.decision.poll {
                 continue;
             }
             self.watcher
@@ -557,7 +600,7 @@ impl State {
         true
     }
 
-    /// Goes on with each polled directory whose late listing has answered, and looks again at
+    /// Goes on with each directory whose late listing has answered, and looks again at
     /// each path whose late probe has answered, with that answer if the path still holds the
     /// same file.
     fn probes_answered(&mut self) {
@@ -568,12 +611,19 @@ impl State {
                         &self.cfg.dirs[index].path,
                         p.since.elapsed().as_millis() as u64,
                     );
+                    let what = match p.scan {
+                        true => "the watched directory has answered",
+                        false => "the polled directory has answered",
+                    };
                     if p.logged {
-                        tracing::info!(dir = %dir.display(), waited_ms, "the polled directory has answered");
+                        tracing::info!(dir = %dir.display(), waited_ms, "{what}");
                     } else {
-                        tracing::debug!(dir = %dir.display(), waited_ms, "the polled directory has answered");
+                        tracing::debug!(dir = %dir.display(), waited_ms, "{what}");
                     }
-                    self.apply_listing(index, listing);
+                    match p.scan {
+                        true => self.apply_scan(index, listing),
+                        false => self.apply_listing(index, listing),
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(dir = %self.cfg.dirs[index].path.display(), error = %e, "listing a polled directory failed; keeping what is known")
@@ -607,21 +657,21 @@ impl State {
         }
     }
 
-    /// What is at `path` in a watched directory, opened (see [`open_image`]). In a polled
-    /// directory (a network or FUSE file system, whose server may stop answering) that runs
-    /// off this thread, waited for at most [`offload::WAIT`]; `None` while it has not answered
-    /// (the path is looked at again when it does).
+    /// What is at `path` in a watched directory, opened (see [`open_image`]). Where that may
+    /// hang (see `State::may_hang`) it runs off this thread, waited for at most
+    /// [`offload::WAIT`]; `None` while it has not answered (the path is looked at again when
+    /// it does).
     fn open(
         &mut self,
         path: &Path,
         reason: Reason,
         follow_symlinks: bool,
-        polled: bool,
+        may_hang: bool,
     ) -> Option<Opened> {
         if let Some(opened) = self.opened.remove(path) {
             return Some(opened);
         }
-        if !polled {
+        if !may_hang {
             return Some(open_image(path, follow_symlinks));
         }
         if self.opening.contains_key(path) {
@@ -821,8 +871,8 @@ impl State {
         let (mut seen, mut unlisted) = (HashSet::new(), Vec::new());
         self.fd_short.unlisted.clear();
         for (index, spec) in self.cfg.dirs.clone().into_iter().enumerate() {
-            if self.polled[index] {
-                self.scan_polled(index, &mut seen, &mut unlisted);
+            if self.may_hang[index] {
+                self.scan_off_thread(index, &mut seen, &mut unlisted);
             } else {
                 self.scan_dir(&spec.path, Reason::Scan, &mut seen);
             }
@@ -850,12 +900,12 @@ impl State {
         });
     }
 
-    /// Scans polled directory `index`: listed off this thread as a poll lists it (see
-    /// [`State::poll_dir`]), so that a network file system that does not answer holds up no
-    /// other directory; what it lists is taken at once. Directories not listed go to
+    /// Scans directory `index` (one that may hang): listed off this thread as a poll lists it
+    /// (see [`State::poll_dir`]), so that a network file system that does not answer holds up
+    /// no other directory; what it lists is taken at once. Directories not listed go to
     /// `unlisted` (what is known below them is kept). A listing that has not answered within
-    /// [`offload::WAIT`] is gone on with as a poll's once it answers.
-    fn scan_polled(
+    /// [`offload::WAIT`] is gone on with once it answers ([`State::apply_scan`]).
+    fn scan_off_thread(
         &mut self,
         index: usize,
         seen: &mut HashSet<PathBuf>,
@@ -870,11 +920,12 @@ impl State {
         let listing = match self.helper.run(move || list_polled(&dirs, index)) {
             Ok(Ran::Done(listing)) => listing,
             Ok(Ran::Late(answer)) => {
-                tracing::info!(dir = %root.display(), waited_ms = offload::WAIT.as_millis() as u64, "the polled directory has not answered yet; what is known below it is kept, the other directories are scanned meanwhile");
+                tracing::info!(dir = %root.display(), waited_ms = offload::WAIT.as_millis() as u64, "the watched directory has not answered yet; what is known below it is kept, the other directories are scanned meanwhile");
                 let pending = PendingListing {
                     answer,
                     since,
                     logged: true,
+                    scan: true,
                 };
                 self.listing.insert(index, pending);
                 unlisted.push(root);
@@ -883,8 +934,19 @@ impl State {
             // No thread to run it on: here, then.
             Err(_) => list_polled(&self.cfg.dirs, index),
         };
+        self.take_listed(listing, seen, unlisted);
+    }
+
+    /// Looks at every file a scan's `listing` found (into `seen`); the directories it could
+    /// not list go to `unlisted`.
+    fn take_listed(
+        &mut self,
+        listing: Listing,
+        seen: &mut HashSet<PathBuf>,
+        unlisted: &mut Vec<PathBuf>,
+    ) {
         for (d, e) in listing.unlisted {
-            tracing::warn!(dir = %d.display(), error = %e, "cannot list a polled directory; keeping what is known");
+            tracing::warn!(dir = %d.display(), error = %e, "cannot list a watched directory; keeping what is known");
             unlisted.push(d);
         }
         let mut found = listing.found;
@@ -892,6 +954,23 @@ impl State {
         for (path, _) in found {
             seen.insert(path.clone());
             self.check(&path, Reason::Scan);
+        }
+    }
+
+    /// Goes on with a scan of directory `index` whose listing answered late: what it found is
+    /// taken, what is known below the directory and was not found is gone.
+    fn apply_scan(&mut self, index: usize, listing: Listing) {
+        let (mut seen, mut unlisted) = (HashSet::new(), Vec::new());
+        self.take_listed(listing, &mut seen, &mut unlisted);
+        let lost: Vec<PathBuf> = self
+            .tracked
+            .keys()
+            .filter(|p| self.spec_index(p) == Some(index))
+            .filter(|p| !seen.contains(*p) && !unlisted.iter().any(|d| p.starts_with(d)))
+            .map(Path::to_path_buf)
+            .collect();
+        for p in lost {
+            self.left(&p);
         }
     }
 
@@ -943,7 +1022,7 @@ impl State {
             return true;
         };
         let spec = &self.cfg.dirs[index];
-        let (follow_symlinks, polled) = (spec.follow_symlinks, self.polled[index]);
+        let (follow_symlinks, may_hang) = (spec.follow_symlinks, self.may_hang[index]);
         if !wanted(name, spec) {
             // Renamed to a name that is not taken (e.g. x.iso -> x.iso.bak): it left.
             if self.tracked.contains_key(path) {
@@ -951,7 +1030,7 @@ impl State {
             }
             return true;
         }
-        let Some(opened) = self.open(path, reason, follow_symlinks, polled) else {
+        let Some(opened) = self.open(path, reason, follow_symlinks, may_hang) else {
             return true;
         };
         let (file, meta, writing) = match opened {
@@ -1156,6 +1235,7 @@ impl State {
                         answer,
                         since,
                         logged: false,
+                        scan: false,
                     },
                 );
             }
@@ -1372,6 +1452,8 @@ struct PendingListing {
     since: Instant,
     /// That it has not answered yet was logged (once the next poll was due).
     logged: bool,
+    /// A scan's listing (at start or on SIGHUP), not a poll's.
+    scan: bool,
 }
 
 /// Lists polled directory `index` of `dirs` and the directories below it (not those watched

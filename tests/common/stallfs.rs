@@ -1,5 +1,5 @@
 //! A FUSE file system served by the test process itself: the files of a backing directory,
-//! read-only, whose reads (and listings, and opens) can be held until released, as a disc with unreadable
+//! read-only, whose reads (and listings, opens and stats of its root) can be held until released, as a disc with unreadable
 //! sectors (the drive retrying for minutes) or a stalled NFS server hold them. Reads bypass the page cache
 //! (direct I/O), so each one reaches it; each is answered from a thread of its own, so a held
 //! read holds up nothing else here.
@@ -28,6 +28,8 @@ const ROOT: u64 = 1;
 const LISTING: &str = "/";
 /// What opens of a file are held under: this, then its name (no file can have it).
 const OPENS: &str = "open/";
+/// What the root's attributes (stat of the mount point) are held under (no file can have it).
+const ROOT_ATTR: &str = "attr/";
 
 /// Which files' reads are held (those that reach past the byte offset given), and how many
 /// reads wait.
@@ -119,9 +121,20 @@ impl Filesystem for Fs {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match self.attr(ino) {
+        let attr = self.attr(ino);
+        let gate = (ino == ROOT).then(|| self.gate.clone());
+        let answer = move || match attr {
             Some(attr) => reply.attr(&TTL, &attr),
             None => reply.error(libc::ENOENT),
+        };
+        match gate {
+            Some(gate) => {
+                std::thread::spawn(move || {
+                    gate.pass(OsStr::new(ROOT_ATTR), 1);
+                    answer();
+                });
+            }
+            None => answer(),
         }
     }
 
@@ -276,6 +289,12 @@ impl StallFs {
     /// that stops answering between a listing and an open does.
     pub fn hold_open(&self, name: &str) {
         self.hold_from(&format!("{OPENS}{name}"), 0);
+    }
+
+    /// Holds every stat of the root (the mount point) from now on, as an NFS server that is
+    /// down holds a stat of its mount.
+    pub fn hold_root_attr(&self) {
+        self.hold_from(ROOT_ATTR, 0);
     }
 
     /// Lets every held read go on.
