@@ -92,6 +92,17 @@ fn a_new_image_is_served(env: &Env, names: &[&str]) {
     });
 }
 
+/// Waits until the watcher's log says `line` (`what` names the wait).
+fn wait_logged(env: &Env, what: &str, line: &str) {
+    wait_for(what, || {
+        let log = env.log_text();
+        match log.contains(line) {
+            true => Ok(()),
+            false => Err(log),
+        }
+    });
+}
+
 /// A test's dirs, with a FUSE file system of the test's own at `slow` showing the files of
 /// `backing` (see [`common::stallfs`]).
 fn stalled_env(prefix: &str) -> (Env, PathBuf, PathBuf, StallFs) {
@@ -257,14 +268,11 @@ fn a_medium_whose_image_hangs_while_being_published_holds_up_no_other() {
 
     // One of the hanging images goes before it answers: it is never served.
     fs::remove_file(backing.join("gone.iso")).unwrap();
-    wait_for("the medium gone while being read to be dropped", || {
-        let log = env.log_text();
-        if log.contains("gone while its image was still being read") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    });
+    wait_logged(
+        &env,
+        "the medium gone while being read to be dropped",
+        "gone while its image was still being read",
+    );
 
     // The other answers: served, with the right bytes.
     stall.release();
@@ -346,13 +354,11 @@ fn a_polled_directory_whose_listing_hangs_holds_up_no_other() {
         0 => Err("none held yet".into()),
         _ => Ok(()),
     });
-    wait_for("the watcher to go on without the listing", || {
-        let log = env.log_text();
-        match log.contains("the polled directory has not answered yet") {
-            true => Ok(()),
-            false => Err(log),
-        }
-    });
+    wait_logged(
+        &env,
+        "the watcher to go on without the listing",
+        "the polled directory has not answered yet",
+    );
     a_new_image_is_served(&env, &["NEW", "SLOW"]);
 
     // Once it answers, polling goes on: an image added there is served.
@@ -393,13 +399,11 @@ fn a_polled_image_whose_open_hangs_holds_up_no_other() {
             _ => Ok(()),
         }
     });
-    wait_for("the watcher to go on without the open", || {
-        let log = env.log_text();
-        match log.contains("opening it has not answered yet") {
-            true => Ok(()),
-            false => Err(log),
-        }
-    });
+    wait_logged(
+        &env,
+        "the watcher to go on without the open",
+        "opening it has not answered yet",
+    );
     a_new_image_is_served(&env, &["NEW"]);
     // The polled directory itself is still looked at.
     image(&env, "other", "OTHER", &env.scratch, |src| {
@@ -437,13 +441,11 @@ fn a_polled_directory_that_hangs_at_start_holds_up_no_other() {
     let _release = stall.release_on_drop();
     env.wait_names(&["GOOD"]);
     assert!(stall.waiting() > 0, "the listing was not held");
-    wait_for("the scan to go on without the polled directory", || {
-        let log = env.log_text();
-        match log.contains("the watched directory has not answered yet") {
-            true => Ok(()),
-            false => Err(log),
-        }
-    });
+    wait_logged(
+        &env,
+        "the scan to go on without the polled directory",
+        "the watched directory has not answered yet",
+    );
     let g = env.root.join("GOOD");
     within(
         "reading an image of the directory that answered",
@@ -490,13 +492,11 @@ fn a_watched_directory_that_does_not_answer_at_start_holds_up_no_other() {
     );
     let _release = stall.release_on_drop();
     env.wait_names(&["GOOD"]);
-    wait_for("the watcher to go on without the directory", || {
-        let log = env.log_text();
-        match log.contains("the watched directory does not answer") {
-            true => Ok(()),
-            false => Err(log),
-        }
-    });
+    wait_logged(
+        &env,
+        "the watcher to go on without the directory",
+        "the watched directory does not answer",
+    );
     a_new_image_is_served(&env, &["GOOD", "NEW"]);
 
     stall.release();
