@@ -440,7 +440,10 @@ fn a_polled_directory_that_hangs_at_start_holds_up_no_other() {
     let _watcher = watch_polled(&env, &slow_dir);
     let _release = stall.release_on_drop();
     env.wait_names(&["GOOD"]);
-    assert!(stall.waiting() > 0, "the listing was not held");
+    wait_for("the scan's listing to hang", || match stall.waiting() {
+        0 => Err("none held yet".into()),
+        _ => Ok(()),
+    });
     wait_logged(
         &env,
         "the scan to go on without the polled directory",

@@ -1,8 +1,8 @@
 //! A FUSE file system served by the test process itself: the files of a backing directory,
-//! read-only, whose reads (and listings, opens and stats of its root) can be held until released, as a disc with unreadable
-//! sectors (the drive retrying for minutes) or a stalled NFS server hold them. Reads bypass the page cache
-//! (direct I/O), so each one reaches it; each is answered from a thread of its own, so a held
-//! read holds up nothing else here.
+//! read-only, whose reads (and listings, opens, and stats of its root) can be held until
+//! released, as a disc with unreadable sectors (the drive retrying for minutes) or a stalled
+//! NFS server hold them. Reads bypass the page cache (direct I/O), so each one reaches it; each
+//! is answered from a thread of its own, so a held read holds up nothing else here.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -122,7 +122,14 @@ impl Filesystem for Fs {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         let attr = self.attr(ino);
-        let gate = (ino == ROOT).then(|| self.gate.clone());
+        let held = ino == ROOT
+            && self
+                .gate
+                .held
+                .lock()
+                .unwrap()
+                .contains_key(OsStr::new(ROOT_ATTR));
+        let gate = held.then(|| self.gate.clone());
         let answer = move || match attr {
             Some(attr) => reply.attr(&TTL, &attr),
             None => reply.error(libc::ENOENT),
