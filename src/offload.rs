@@ -184,7 +184,6 @@ pub const HEAD: usize = 8 << 10;
 /// page cache, so that reading them cannot wait for a disc or a server: one read with
 /// `RWF_NOWAIT`. False where the file system cannot tell (FUSE, most network file systems).
 pub fn cached(file: &std::fs::File, offset: u64, len: usize) -> bool {
-    use std::os::fd::AsRawFd;
     let Ok(size) = file.metadata().map(|m| m.len()) else {
         return false;
     };
@@ -207,14 +206,23 @@ pub fn cached(file: &std::fs::File, offset: u64, len: usize) -> bool {
         if buf.len() < want {
             buf.resize(want, 0);
         }
-        let iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: want,
-        };
-        // SAFETY: one iovec over `want` bytes of a buffer we own, for the duration of the call.
-        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
-        usize::try_from(n).is_ok_and(|n| n == want)
+        buf.get_mut(..want)
+            .is_some_and(|buf| read_cached(file, buf, at))
     })
+}
+
+/// Fills `buf` from `file` at `at` if those bytes are all in the page cache (one read with
+/// `RWF_NOWAIT`, which cannot wait for a disc or a server). False where they are not, where
+/// the file system cannot tell (FUSE, most network file systems), or where the read fails.
+pub fn read_cached(file: &std::fs::File, buf: &mut [u8], at: libc::off_t) -> bool {
+    use std::os::fd::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over the whole of `buf`, for the duration of the call.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+    usize::try_from(n).is_ok_and(|n| n == buf.len())
 }
 
 #[cfg(test)]

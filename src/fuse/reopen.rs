@@ -418,35 +418,31 @@ pub fn from_cache<T>(step: impl FnOnce() -> T) -> Option<T> {
     (!WOULD_WAIT.replace(false)).then_some(out)
 }
 
-/// One read of `file` from the page cache only; a read that would wait fails with EAGAIN and
-/// marks [`WOULD_WAIT`].
+/// One read of `file` from the page cache only (see [`crate::offload::read_cached`]).
 fn read_cached(file: &File, buf: &mut [u8], offset: u64, size: u64) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let would_wait = || {
-        WOULD_WAIT.set(true);
-        Err(io::Error::from_raw_os_error(libc::EAGAIN))
-    };
     let want = usize::try_from(size.saturating_sub(offset))
         .unwrap_or(usize::MAX)
         .min(buf.len());
     if want == 0 {
         return Ok(0);
     }
-    let Ok(at) = libc::off_t::try_from(offset) else {
-        return would_wait();
+    let read = match (libc::off_t::try_from(offset), buf.get_mut(..want)) {
+        (Ok(at), Some(buf)) => crate::offload::read_cached(file, buf, at),
+        _ => false,
     };
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: want,
-    };
-    // SAFETY: one iovec over `want` bytes of `buf`, for the duration of the call.
-    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
-    match usize::try_from(n) {
-        Ok(n) if n == want => Ok(n),
-        // Part of it is not cached, RWF_NOWAIT is refused here, or the read failed: the
-        // step is run again where it may wait, and that read tells.
-        _ => would_wait(),
+    // Not read: part of it is not cached, RWF_NOWAIT is refused here, or the read failed; the
+    // step is run again where it may wait, and that read tells.
+    if read {
+        Ok(want)
+    } else {
+        would_wait()
     }
+}
+
+/// A read under [`from_cache`] that would have had to wait: marked, and failed with EAGAIN.
+fn would_wait() -> io::Result<usize> {
+    WOULD_WAIT.set(true);
+    Err(io::Error::from_raw_os_error(libc::EAGAIN))
 }
 
 impl ReadAt for Pooled {
@@ -457,10 +453,7 @@ impl ReadAt for Pooled {
             Kind::Held { file, .. } => ReadAt::read_at(file, buf, offset),
             Kind::Shared(s) if cache_only => match lock(&s.pool.inner).touch(s.key) {
                 Some(file) => read_cached(&file, buf, offset, s.ident.size),
-                None => {
-                    WOULD_WAIT.set(true);
-                    Err(io::Error::from_raw_os_error(libc::EAGAIN))
-                }
+                None => would_wait(),
             },
             Kind::Shared(s) => {
                 let file = s.file()?;

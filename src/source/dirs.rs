@@ -174,11 +174,14 @@ fn look_at_dir(spec: &DirSpec, interval: Duration) -> anyhow::Result<DirLook> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the watched directory {}", dir.display()))?;
     }
-    let remote =
-        super::fstype::statfs_type(dir).is_ok_and(|t| super::fstype::remote_fs(t).is_some());
+    let decision = poll_decision(spec, interval);
+    // (A polled one is treated as remote anyway; auto mode asked statfs already.)
+    let remote = !decision.poll
+        && spec.poll != PollMode::Auto
+        && super::fstype::statfs_type(dir).is_ok_and(|t| super::fstype::remote_fs(t).is_some());
     Ok(DirLook {
         created,
-        decision: poll_decision(spec, interval),
+        decision,
         remote,
     })
 }
@@ -878,15 +881,7 @@ impl State {
             }
         }
         unlisted.append(&mut self.fd_short.unlisted);
-        let lost: Vec<PathBuf> = self
-            .tracked
-            .keys()
-            .filter(|p| !seen.contains(*p) && !unlisted.iter().any(|d| p.starts_with(d)))
-            .map(Path::to_path_buf)
-            .collect();
-        for p in lost {
-            self.left(&p);
-        }
+        self.left_unseen(None, |p| seen.contains(p), &unlisted);
         self.finalize_gone(Duration::ZERO);
         let present = self
             .tracked
@@ -916,25 +911,39 @@ impl State {
             unlisted.push(root);
             return;
         }
+        match self.list_off_thread(index, true) {
+            Some(listing) => self.take_listed(listing, seen, unlisted),
+            None => unlisted.push(root),
+        }
+    }
+
+    /// Lists directory `index` (see [`list_polled`]) off this thread, waiting at most
+    /// [`offload::WAIT`]. `None` when it has not answered by then: it goes on in the background
+    /// and is gone on with once it answers, as a scan's listing or a poll's (`scan`).
+    fn list_off_thread(&mut self, index: usize, scan: bool) -> Option<Listing> {
         let (dirs, since) = (self.cfg.dirs.clone(), Instant::now());
-        let listing = match self.helper.run(move || list_polled(&dirs, index)) {
-            Ok(Ran::Done(listing)) => listing,
+        match self.helper.run(move || list_polled(&dirs, index)) {
+            Ok(Ran::Done(listing)) => Some(listing),
             Ok(Ran::Late(answer)) => {
-                tracing::info!(dir = %root.display(), waited_ms = offload::WAIT.as_millis() as u64, "the watched directory has not answered yet; what is known below it is kept, the other directories are scanned meanwhile");
+                let dir = self.cfg.dirs[index].path.display();
+                // A scan's is logged at once; a poll's once the next poll is due.
+                if scan {
+                    tracing::info!(%dir, waited_ms = offload::WAIT.as_millis() as u64, "the watched directory has not answered yet; what is known below it is kept, the other directories are scanned meanwhile");
+                } else {
+                    tracing::debug!(%dir, "listing the polled directory goes on in the background");
+                }
                 let pending = PendingListing {
                     answer,
                     since,
-                    logged: true,
-                    scan: true,
+                    logged: scan,
+                    scan,
                 };
                 self.listing.insert(index, pending);
-                unlisted.push(root);
-                return;
+                None
             }
             // No thread to run it on: here, then.
-            Err(_) => list_polled(&self.cfg.dirs, index),
-        };
-        self.take_listed(listing, seen, unlisted);
+            Err(_) => Some(list_polled(&self.cfg.dirs, index)),
+        }
     }
 
     /// Looks at every file a scan's `listing` found (into `seen`); the directories it could
@@ -962,11 +971,22 @@ impl State {
     fn apply_scan(&mut self, index: usize, listing: Listing) {
         let (mut seen, mut unlisted) = (HashSet::new(), Vec::new());
         self.take_listed(listing, &mut seen, &mut unlisted);
+        self.left_unseen(Some(index), |p| seen.contains(p), &unlisted);
+    }
+
+    /// Everything tracked (below watched directory `index`, or anywhere) that `seen` does not
+    /// hold and that is not below one of the directories `unlisted` has left.
+    fn left_unseen(
+        &mut self,
+        index: Option<usize>,
+        seen: impl Fn(&Path) -> bool,
+        unlisted: &[PathBuf],
+    ) {
         let lost: Vec<PathBuf> = self
             .tracked
             .keys()
-            .filter(|p| self.spec_index(p) == Some(index))
-            .filter(|p| !seen.contains(*p) && !unlisted.iter().any(|d| p.starts_with(d)))
+            .filter(|p| index.is_none() || self.spec_index(p) == index)
+            .filter(|p| !seen(p) && !unlisted.iter().any(|d| p.starts_with(d)))
             .map(Path::to_path_buf)
             .collect();
         for p in lost {
@@ -1224,26 +1244,8 @@ impl State {
             }
             return;
         }
-        let (dirs, since) = (self.cfg.dirs.clone(), Instant::now());
-        match self.helper.run(move || list_polled(&dirs, index)) {
-            Ok(Ran::Done(listing)) => self.apply_listing(index, listing),
-            Ok(Ran::Late(answer)) => {
-                tracing::debug!(dir = %dir.display(), "listing the polled directory goes on in the background");
-                self.listing.insert(
-                    index,
-                    PendingListing {
-                        answer,
-                        since,
-                        logged: false,
-                        scan: false,
-                    },
-                );
-            }
-            // No thread to run it on: here, then.
-            Err(_) => {
-                let listing = list_polled(&self.cfg.dirs, index);
-                self.apply_listing(index, listing);
-            }
+        if let Some(listing) = self.list_off_thread(index, false) {
+            self.apply_listing(index, listing);
         }
     }
 
@@ -1271,17 +1273,8 @@ impl State {
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
         let seen: HashSet<&Path> = found.iter().map(|(p, _)| p.as_path()).collect();
-        let lost: Vec<PathBuf> = self
-            .tracked
-            .keys()
-            .filter(|p| self.spec_index(p) == Some(index))
-            .filter(|p| !seen.contains(*p) && !unsure.iter().any(|u| p.starts_with(u)))
-            .map(Path::to_path_buf)
-            .collect();
         // What left first, so that a file found at a new path is matched as a rename.
-        for p in lost {
-            self.left(&p);
-        }
+        self.left_unseen(Some(index), |p| seen.contains(p), &unsure);
         self.observed
             .retain(|p, _| seen.contains(p.as_path()) || !p.starts_with(root));
         for (path, meta) in found {
