@@ -9,6 +9,8 @@ packages=(
   genisoimage xorriso libarchive-tools fuseiso hyperfine inotify-tools
   nginx curl  # tests/web.rs: a real web server in front of the root
   xfsprogs  # tests/mkiso_reflink.rs: an XFS scratch file system that shares blocks
+  # tests/udf.rs: UDF images made by other tools, and 7-Zip as an independent UDF reader
+  udftools python3-pycdlib p7zip-full
   # systemd-analyze verify of the unit, and man(1) for its Documentation= pages
   systemd man-db
   # scripts/kernel-vm.sh: a guest with Debian's kernel, for hosts without iso9660

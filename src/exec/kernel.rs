@@ -247,7 +247,7 @@ pub fn kernel_usable(sys: &impl Sys) -> Result<String, String> {
     let udf = if fs.iter().any(|f| f == "udf") {
         ""
     } else {
-        " (no udf: UDF-only discs will fail to mount)"
+        " (no udf: UDF-only discs will fail to mount; --driver fuse serves them)"
     };
     Ok(format!(
         "the kernel has iso9660 and loop devices attach{udf}"

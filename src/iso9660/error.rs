@@ -50,12 +50,21 @@ pub enum Error {
     NotADirectory { path: String },
     #[error("{path}: is a directory")]
     IsADirectory { path: String },
-    #[error(
-        "the image has no ISO9660 directory tree (UDF only), which this reader does not serve"
-    )]
+    #[error("the image has neither an ISO9660 directory tree nor a UDF one")]
     NoIsoTree,
+    /// `offset` 0: not known (no UDF structure is at byte 0).
+    #[error("UDF structure{}: {why}", at_offset(*.offset))]
+    Udf { offset: u64, why: String },
     #[error("{path}: interleaved files are not supported")]
     Interleaved { path: String },
+}
+
+fn at_offset(offset: u64) -> String {
+    if offset == 0 {
+        String::new()
+    } else {
+        format!(" at byte offset {offset}")
+    }
 }
 
 impl Error {

@@ -20,6 +20,7 @@ use super::ondisk::{
 };
 use super::source::{read_full, ReadAt};
 use super::susp::{parse_system_use, RockRidge, SuspError};
+use super::udf::{Udf, HOLE};
 
 /// Largest directory accepted (a directory of 100,000 entries with long Rock Ridge names is
 /// about 20 MiB).
@@ -46,6 +47,8 @@ pub const MAX_FOLLOW_COMPONENTS: usize = MAX_DIR_DEPTH;
 #[serde(rename_all = "lowercase")]
 pub enum Names {
     RockRidge,
+    /// The UDF tree: a UDF-only image, or a UDF bridge without Rock Ridge.
+    Udf,
     Joliet,
     Iso9660,
 }
@@ -94,8 +97,9 @@ impl VolumeInfo {
 }
 
 /// What an entry is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Kind {
+    #[default]
     File,
     Dir,
     Symlink,
@@ -116,15 +120,16 @@ impl Kind {
 
 /// A contiguous run of an entry's bytes in the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Extent {
-    start: u64,
-    len: u64,
+pub(super) struct Extent {
+    /// Byte offset in the image, or [`super::udf::HOLE`]: bytes never recorded, read as zeros.
+    pub(super) start: u64,
+    pub(super) len: u64,
 }
 
 /// An entry's extents: almost always one, kept inline (a FUSE table holds an entry per node
 /// the kernel knows; a heap block per entry for one 16-byte extent would double its cost).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-enum Extents {
+pub(super) enum Extents {
     #[default]
     None,
     One(Extent),
@@ -132,7 +137,7 @@ enum Extents {
 }
 
 impl Extents {
-    fn as_slice(&self) -> &[Extent] {
+    pub(super) fn as_slice(&self) -> &[Extent] {
         match self {
             Extents::None => &[],
             Extents::One(e) => std::slice::from_ref(e),
@@ -144,11 +149,11 @@ impl Extents {
         self.as_slice().first()
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.as_slice().len()
     }
 
-    fn push(&mut self, e: Extent) {
+    pub(super) fn push(&mut self, e: Extent) {
         *self = match std::mem::take(self) {
             Extents::None => Extents::One(e),
             Extents::One(first) => Extents::Many(vec![first, e]),
@@ -161,7 +166,7 @@ impl Extents {
 }
 
 /// One file, directory or symlink, as shown by the chosen tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entry {
     pub name: OsString,
     pub kind: Kind,
@@ -178,8 +183,8 @@ pub struct Entry {
     pub target: Option<OsString>,
     /// Unique and stable within the image: the byte offset of the entry's directory record.
     pub id: u64,
-    extents: Extents,
-    interleaved: bool,
+    pub(super) extents: Extents,
+    pub(super) interleaved: bool,
 }
 
 impl Entry {
@@ -509,21 +514,46 @@ fn susp_error(sector: u64, offset: usize, e: SuspError) -> Error {
 }
 
 /// An opened image: its identity and the directory tree chosen for names (Rock Ridge, else
-/// Joliet, else plain ISO9660).
+/// UDF, else Joliet, else plain ISO9660).
 pub struct Image<R> {
     src: R,
     info: VolumeInfo,
     names: Names,
     /// SP skip of the Rock Ridge tree; `None` when Rock Ridge is not used.
     rr_skip: Option<usize>,
+    /// The UDF tree, when it is the one shown.
+    udf: Option<Udf>,
     root: Entry,
 }
 
 impl<R: ReadAt> Image<R> {
-    /// Identifies the image and prepares its tree. Fails on a UDF-only image (no ISO9660 tree)
-    /// and on a logical block size other than 2048.
+    /// Identifies the image and prepares its tree: Rock Ridge where the ISO9660 tree has it
+    /// (the fullest POSIX view), else the UDF tree (what the kernel mounts for a bridge:
+    /// Windows media hold only a README in their ISO9660 tree), else Joliet, else ISO9660. A
+    /// UDF tree that cannot be read gives way to the ISO9660 one, with a warning. Fails on a
+    /// logical block size other than 2048.
     pub fn open(src: R) -> Result<Self> {
-        let (info, probed) = probe_full(&src)?;
+        let (mut info, probed) = probe_full(&src)?;
+        if probed.root_rr.is_none() && info.udf {
+            match Udf::open(&src, info.image_size) {
+                Ok(udf) => {
+                    let root = udf.root().clone();
+                    return Ok(Image {
+                        src,
+                        info,
+                        names: Names::Udf,
+                        rr_skip: None,
+                        udf: Some(udf),
+                        root,
+                    });
+                }
+                Err(e) if probed.desc.primary.is_some() => {
+                    info.warnings
+                        .push(format!("UDF tree: {e}; showing the ISO9660 tree instead"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let (names, vd) = match (&probed.root_rr, &probed.desc.joliet, &probed.desc.primary) {
             (Some(_), _, Some(p)) => (Names::RockRidge, p),
             (None, Some(j), _) => (Names::Joliet, j),
@@ -565,6 +595,7 @@ impl<R: ReadAt> Image<R> {
             info,
             names,
             rr_skip: rr.map(|r| r.1),
+            udf: None,
             root,
         })
     }
@@ -598,6 +629,9 @@ impl<R: ReadAt> Image<R> {
             return Err(Error::NotADirectory {
                 path: dir.name_lossy(),
             });
+        }
+        if let Some(udf) = &self.udf {
+            return udf.read_dir(&self.src, dir);
         }
         let mut entries = self.read_dir_raw(dir)?;
         if self.rr_skip.is_some() && dir.id == self.root.id {
@@ -969,6 +1003,12 @@ impl<R: ReadAt> Image<R> {
                 let Some(dst) = buf.get_mut(done..done + n) else {
                     break;
                 };
+                if ext.start == HOLE {
+                    dst.fill(0);
+                    done += n;
+                    logical += ext.len;
+                    continue;
+                }
                 let at = ext.start + within;
                 let got = read_full(&self.src, dst, at).map_err(|source| Error::Io {
                     offset: at,
