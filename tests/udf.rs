@@ -1,0 +1,763 @@
+//! The UDF tree: images made at run time by pycdlib (a Windows-style bridge whose ISO9660 tree
+//! holds only README.TXT), genisoimage (`-udf`, `-udf -J`) and mkudffs (every partition and
+//! descriptor layout it writes), read through `isomgr ls`, `cat` and `scan`, the library and
+//! the FUSE driver, and checked against their source trees, blkid and 7-Zip's extraction.
+//!
+//! Needs genisoimage, mkudffs, 7z, blkid and pycdlib for /usr/bin/python3 (scripts/setup.sh
+//! installs them); the FUSE test also needs root and /dev/fuse. Without them each test says so
+//! and skips, or fails under CI=true.
+
+mod common;
+
+#[path = "common/tree.rs"]
+mod tree;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use isomgr::iso9660::{Image, Kind, Names};
+use serde_json::Value;
+
+use common::watcher::{self, noise, Env, Watcher};
+use common::{isomgr, output_ok, sha256_hex};
+use tree::{snapshot, Node};
+
+/// The UDF label the pycdlib bridge carries (its ISO9660 label is `WINLIKE`).
+const BRIDGE_LABEL: &str = "Win Bridge";
+/// The same as a directory name under the watcher's root.
+const BRIDGE_NAME: &str = "Win_Bridge";
+/// What README.TXT, the one file of the bridge's ISO9660 tree, holds.
+const README: &[u8] = b"This disc holds a UDF file system.\n";
+
+/// A bridge as Windows media are made: pycdlib puts README.TXT in both trees and everything
+/// else, symlinks included, only in the UDF tree. `isomgr ls -R --json` shows exactly the
+/// source tree (paths, types, sizes, symlink targets), `cat` gives every file's bytes, also
+/// through symlinks (relative, with `..`, absolute), and `scan` reports the UDF label and file
+/// system as blkid does. Without UDF support the listing would be README.TXT alone.
+#[test]
+fn a_windows_style_bridge_shows_its_udf_tree() {
+    if !have_pycdlib() || !common::have_tool("blkid") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    bridge_tree(&src);
+    let iso = tmp.path().join("bridge.iso");
+    let iso9660_root = pycdlib_bridge(&src, &iso, BRIDGE_LABEL);
+    assert_eq!(
+        iso9660_root,
+        ["README.TXT;1"],
+        "the ISO9660 tree holds README.TXT alone"
+    );
+    let img = iso.to_str().unwrap();
+
+    let got = ls_json(&iso);
+    let mut want = snapshot(&src);
+    want.insert("README.TXT".into(), file_node(README));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "the listed paths are the source tree's"
+    );
+    for (path, w) in &want {
+        let g = &got[path];
+        assert_eq!(g["type"], w.kind, "{path}: type");
+        match w.kind {
+            "file" => {
+                assert_eq!(g["size"].as_u64(), w.size, "{path}: size");
+                let out = isomgr(&["cat", img, &format!("/{path}")]);
+                assert!(
+                    out.status.success(),
+                    "cat {path}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert_eq!(Some(sha256_hex(&out.stdout)), w.sha256, "{path}: content");
+            }
+            "symlink" => {
+                let target = w.target.as_ref().unwrap().to_str().unwrap();
+                assert_eq!(g["target"], target, "{path}: target");
+                assert_eq!(g["size"].as_u64(), w.size, "{path}: size is the target's");
+            }
+            _ => assert!(g.get("target").is_none(), "{path}: no target"),
+        }
+    }
+    assert!(
+        ls_json_at(&iso, "/emptydir").is_empty(),
+        "the empty directory lists nothing"
+    );
+
+    // cat follows symlinks inside the image, wherever they lead.
+    let random = fs::read(src.join("a/b/c/random.bin")).unwrap();
+    for (path, want) in [
+        ("/bootlink/c/random.bin", random.as_slice()),
+        ("/abslink", random.as_slice()),
+        ("/a/b/c/up", b"spaced out\n".as_slice()),
+    ] {
+        let out = isomgr(&["cat", img, path]);
+        assert!(
+            out.status.success(),
+            "cat {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == want, "cat {path}: the target's bytes");
+    }
+
+    let row = scan_json(&iso);
+    assert_eq!(row["label"], BRIDGE_LABEL, "scan: label");
+    assert_eq!(row["fs"], "udf", "scan: fs");
+    assert!(
+        row["extensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "udf"),
+        "scan: extensions {}",
+        row["extensions"]
+    );
+    assert_eq!(row["complete"], true, "scan: complete");
+    assert_eq!(blkid(&iso, "TYPE").as_deref(), Some("udf"));
+    assert_eq!(blkid(&iso, "LABEL").as_deref(), Some(BRIDGE_LABEL));
+
+    let image = Image::open(fs::File::open(&iso).unwrap()).unwrap();
+    assert_eq!(image.names(), Names::Udf, "the tree shown is the UDF one");
+}
+
+/// `genisoimage -udf -J` writes both trees from the same names (its UDF names are its Joliet
+/// names: a 100-character name is cut to 64 characters in both), so what tells them apart is
+/// the directories: UDF directories are as long as their identifiers, Joliet ones whole
+/// sectors. isomgr shows the UDF tree: every path, file, byte and time equal to what 7-Zip
+/// extracts as UDF, the times equal to the source's (made in a time zone 5:30 east of UTC), and
+/// each directory as long as its UDF identifiers.
+#[test]
+fn a_genisoimage_udf_joliet_image_shows_its_udf_tree() {
+    if !common::have_tool("genisoimage") || !common::have_tool("7z") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let long = format!("{}-long.name", "N".repeat(90));
+    genisoimage_tree(&src, &long);
+    let iso = tmp.path().join("gj.iso");
+    genisoimage(&["-udf", "-J", "-V", "UDFJ"], &src, &iso);
+
+    let got = ls_json(&iso);
+    let mut want = snapshot(&src);
+    let node = want.remove(&long).unwrap();
+    let cut: String = long.chars().take(64).collect();
+    want.insert(cut.clone(), node);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "the paths are the source's, the long name cut to 64 characters"
+    );
+    assert_same_as_source(&iso, &got, &want, &src, &[(&cut, &long)]);
+    for (path, g) in got.iter().filter(|(_, g)| g["type"] == "dir") {
+        assert_eq!(
+            g["size"].as_u64(),
+            Some(udf_dir_size(&src.join(path), &[(&long, &cut)])),
+            "{path}: the size of its UDF identifiers, not Joliet's whole sector"
+        );
+    }
+    assert_same_as_7z(&iso, &got, &tmp.path().join("7z"));
+
+    let row = scan_json(&iso);
+    assert_eq!(row["label"], "UDFJ");
+    assert_eq!(row["fs"], "udf");
+    let ext: BTreeSet<&str> = row["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ext, BTreeSet::from(["joliet", "udf"]));
+}
+
+/// `genisoimage -udf` without Joliet: the UDF tree holds whole names (100 characters, spaces,
+/// mixed case, Latin-1 and other Unicode) where the ISO9660 tree holds 8.3 upper-case names.
+/// isomgr lists the source's names, bytes and times, the same as 7-Zip extracts.
+#[test]
+fn a_genisoimage_udf_image_shows_names_iso9660_cannot_hold() {
+    if !common::have_tool("genisoimage") || !common::have_tool("7z") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let long = format!("{}-long.name", "N".repeat(90));
+    genisoimage_tree(&src, &long);
+    let iso = tmp.path().join("g.iso");
+    genisoimage(&["-udf", "-V", "UDFONLYNAMES"], &src, &iso);
+
+    let got = ls_json(&iso);
+    let want = snapshot(&src);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "the source's whole names"
+    );
+    assert!(got.contains_key(&long), "the 100-character name is whole");
+    assert_same_as_source(&iso, &got, &want, &src, &[]);
+    for (path, g) in got.iter().filter(|(_, g)| g["type"] == "dir") {
+        assert_eq!(
+            g["size"].as_u64(),
+            Some(udf_dir_size(&src.join(path), &[])),
+            "{path}: the size of its UDF identifiers"
+        );
+    }
+    assert_same_as_7z(&iso, &got, &tmp.path().join("7z"));
+}
+
+/// Every layout mkudffs writes on a 2048-byte-block image opens: UDF 1.02 to 2.01, short,
+/// long and embedded allocation descriptors, file entries with and without the extended form,
+/// both allocation strategies, sparable partitions (CD-RW), DVD-RW/DVD-RAM layouts, free space
+/// tables, an MBR in front. Each lists an empty root with exit 0, `scan` and blkid report its
+/// label and file system, and the root directory has the owner, mode and time mkudffs gave it
+/// (made in a time zone 5:30 east of UTC).
+#[test]
+fn udf_images_from_mkudffs_open_in_every_layout() {
+    if !common::have_tool("mkudffs") || !common::have_tool("blkid") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let variants: &[(&str, &[&str])] = &[
+        ("default", &[]),
+        ("rev102", &["--udfrev=1.02"]),
+        ("rev150", &["--udfrev=1.50"]),
+        ("rev201", &["--udfrev=2.01"]),
+        ("ad-short", &["--ad=short"]),
+        ("ad-long", &["--ad=long"]),
+        ("ad-inicb", &["--ad=inicb"]),
+        ("noefe", &["--noefe"]),
+        ("noefe-short", &["--noefe", "--ad=short"]),
+        ("strategy4096", &["--strategy=4096"]),
+        ("cdrw", &["--media-type=cdrw"]),
+        ("cdrw-rev150", &["--media-type=cdrw", "--udfrev=1.50"]),
+        (
+            "cdrw-4tables",
+            &["--media-type=cdrw", "--spartable=4", "--sparspace=16"],
+        ),
+        ("dvdrw", &["--media-type=dvdrw"]),
+        ("dvdram", &["--media-type=dvdram"]),
+        ("unalloctable", &["--space=unalloctable"]),
+        ("mbr", &["--bootarea=mbr"]),
+    ];
+    for (label, opts) in variants {
+        let img = tmp.path().join(format!("{label}.img"));
+        let before = now();
+        mkudffs(
+            &img,
+            10 << 20,
+            label,
+            opts,
+            &["--uid=1234", "--gid=5678", "--mode=0750"],
+        );
+        let after = now();
+
+        let out = isomgr(&["ls", "--json", img.to_str().unwrap(), "/"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{label}: ls: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(rows.is_empty(), "{label}: the root is empty: {rows:?}");
+        let out = isomgr(&["ls", "-R", "-l", img.to_str().unwrap()]);
+        assert!(
+            out.status.success() && out.stdout.is_empty(),
+            "{label}: ls -R -l"
+        );
+        let out = isomgr(&["cat", img.to_str().unwrap(), "/missing"]);
+        assert_eq!(out.status.code(), Some(1), "{label}: cat of a missing file");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no such file"),
+            "{label}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let row = scan_json(&img);
+        assert_eq!(row["label"], *label, "{label}: scan label");
+        assert_eq!(row["fs"], "udf", "{label}: scan fs");
+        assert_eq!(row["complete"], true, "{label}: complete");
+        assert_eq!(
+            blkid(&img, "LABEL").as_deref(),
+            Some(*label),
+            "{label}: blkid"
+        );
+        assert_eq!(
+            blkid(&img, "TYPE").as_deref(),
+            Some("udf"),
+            "{label}: blkid"
+        );
+
+        let image = Image::open(fs::File::open(&img).unwrap())
+            .unwrap_or_else(|e| panic!("{label}: opening: {e}"));
+        assert_eq!(image.names(), Names::Udf, "{label}");
+        let root = image.root();
+        assert_eq!(root.kind, Kind::Dir, "{label}: root");
+        assert_eq!(root.mode, 0o750, "{label}: root mode {:o}", root.mode);
+        assert_eq!((root.uid, root.gid), (1234, 5678), "{label}: root owner");
+        assert!(
+            (before - 1..=after + 1).contains(&root.mtime.secs),
+            "{label}: root mtime {} not within [{before}, {after}]",
+            root.mtime.secs
+        );
+        assert!(image.read_dir(&root).unwrap().is_empty(), "{label}");
+    }
+}
+
+/// Discs written incrementally (CD-R, BD-R) map their files through a virtual allocation table,
+/// which the reader does not support: `ls` and `cat` fail with exit 1 and a message naming the
+/// image and "virtual (VAT)", while `scan`, which needs no tree, still identifies them.
+#[test]
+fn a_vat_image_is_refused_with_a_clear_error() {
+    if !common::have_tool("mkudffs") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let variants: &[(&str, u64, &[&str])] = &[
+        ("bdr", 30 << 20, &["--media-type=bdr", "--udfrev=2.50"]),
+        ("cdr", 10 << 20, &["--media-type=cdr"]),
+        ("hd-vat", 10 << 20, &["--vat"]),
+    ];
+    for (label, size, opts) in variants {
+        let img = tmp.path().join(format!("{label}.img"));
+        mkudffs(&img, *size, label, opts, &[]);
+        let path = img.to_str().unwrap();
+        for args in [vec!["ls", path, "/"], vec!["cat", path, "/x"]] {
+            let out = isomgr(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{label}: {args:?}: {err}");
+            assert!(
+                err.contains(path) && err.contains("virtual (VAT)"),
+                "{label}: {args:?}: {err}"
+            );
+            assert!(out.stdout.is_empty(), "{label}: {args:?} printed nothing");
+        }
+        let row = scan_json(&img);
+        assert_eq!(row["label"], *label, "{label}: scan label");
+        assert_eq!(row["fs"], "udf", "{label}: scan fs");
+        let err = Image::open(fs::File::open(&img).unwrap())
+            .err()
+            .unwrap_or_else(|| panic!("{label}: opened"));
+        assert!(err.to_string().contains("virtual (VAT)"), "{label}: {err}");
+    }
+}
+
+/// `isomgr watch --driver fuse` serves the pycdlib bridge under its UDF label: every file's
+/// bytes through the mount equal the source's, readlink gives each symlink's target, a
+/// relative symlink resolves inside the mount, and the empty directory lists empty.
+#[test]
+fn the_fuse_driver_serves_a_udf_only_bridge() {
+    if !watcher::can_run("the_fuse_driver_serves_a_udf_only_bridge") || !have_pycdlib() {
+        return;
+    }
+    let env = Env::new("isomgr-udf-");
+    let src = env.scratch.join("src");
+    bridge_tree(&src);
+    let built = env.scratch.join("bridge.iso");
+    pycdlib_bridge(&src, &built, BRIDGE_LABEL);
+    let _w = Watcher::start_with(&env, &["--no-drives"]);
+    fs::rename(&built, env.drop.join("bridge.iso")).unwrap();
+    let status = env.wait_status(&[BRIDGE_NAME]);
+    assert_eq!(
+        status["media"][0]["label"], BRIDGE_LABEL,
+        "served under its UDF label"
+    );
+
+    let served = env.root.join(BRIDGE_NAME);
+    let got = snapshot(&served);
+    let mut want = snapshot(&src);
+    want.insert("README.TXT".into(), file_node(README));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "the served paths are the source tree's"
+    );
+    for (path, w) in &want {
+        let g = &got[path];
+        assert_eq!(g.kind, w.kind, "{path}: type");
+        if w.kind != "dir" {
+            assert_eq!(g.size, w.size, "{path}: size");
+        }
+        assert_eq!(g.sha256, w.sha256, "{path}: content");
+        assert_eq!(g.target, w.target, "{path}: readlink");
+    }
+    assert_eq!(
+        fs::read_link(served.join("bootlink")).unwrap(),
+        Path::new("a/b")
+    );
+    assert_eq!(
+        fs::read(served.join("bootlink/c/random.bin")).unwrap(),
+        fs::read(src.join("a/b/c/random.bin")).unwrap(),
+        "a relative symlink resolves inside the mount"
+    );
+    assert_eq!(
+        fs::read(served.join("a/b/c/up")).unwrap(),
+        b"spaced out\n",
+        "a symlink with .. resolves inside the mount"
+    );
+    assert_eq!(
+        fs::read_dir(served.join("emptydir")).unwrap().count(),
+        0,
+        "the empty directory lists empty"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A 200-plus-character name with non-ASCII characters, all in Latin-1 so UDF stores it with
+/// 8-bit characters (up to 254); 222 bytes in UTF-8, under Linux's 255.
+fn long_latin1_name() -> String {
+    format!("Ünïcödé {} ñame.txt", "x".repeat(200))
+}
+
+/// The bridge's source tree: directories three deep, a 300 KB random file, sizes around the
+/// 2048-byte block, an empty file, an empty directory, a name with spaces, a 217-character
+/// Latin-1 name, a name UDF stores with 16-bit characters, and symlinks (to a directory, with
+/// `..`, absolute).
+fn bridge_tree(src: &Path) {
+    fs::create_dir_all(src.join("a/b/c")).unwrap();
+    fs::create_dir(src.join("emptydir")).unwrap();
+    fs::write(src.join("a/b/c/random.bin"), noise(300_000, 1)).unwrap();
+    fs::write(src.join("a/b/two.txt"), b"two levels down\n").unwrap();
+    fs::write(src.join("a/one.bin"), noise(2048, 2)).unwrap();
+    fs::write(src.join("a/b/block+1.bin"), noise(2049, 3)).unwrap();
+    fs::write(src.join("empty"), b"").unwrap();
+    fs::write(src.join("with spaces in name.txt"), b"spaced out\n").unwrap();
+    let long = long_latin1_name();
+    assert!(long.chars().count() > 200 && long.len() <= 255);
+    fs::write(src.join(&long), b"a long name\n").unwrap();
+    fs::write(src.join("日本語のファイル名.txt"), "16-bit name\n").unwrap();
+    symlink("a/b", src.join("bootlink")).unwrap();
+    symlink("../../../with spaces in name.txt", src.join("a/b/c/up")).unwrap();
+    symlink("/a/b/c/random.bin", src.join("abslink")).unwrap();
+}
+
+/// Builds `out` from `src` with pycdlib as a Windows-style bridge: README.TXT in the ISO9660
+/// and UDF trees, everything else (directories, files, symlinks) in the UDF tree only, and
+/// `label` as the UDF volume label. Returns the names in the ISO9660 root as pycdlib reads them
+/// back.
+fn pycdlib_bridge(src: &Path, out: &Path, label: &str) -> Vec<String> {
+    const SCRIPT: &str = r#"
+import io, json, os, sys
+import pycdlib
+
+src, out, label, readme = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].encode()
+
+def dstring(s, n):
+    # An OSTA CS0 d-string of n bytes: compression id, characters, zeros, length last.
+    try:
+        b = b'\x08' + s.encode('latin-1')
+    except UnicodeEncodeError:
+        b = b'\x10' + s.encode('utf-16-be')
+    return b + b'\x00' * (n - 1 - len(b)) + bytes([len(b)])
+
+iso = pycdlib.PyCdlib()
+iso.new(udf='2.60', interchange_level=3, vol_ident='WINLIKE')
+iso.add_fp(io.BytesIO(readme), len(readme), iso_path='/README.TXT;1', udf_path='/README.TXT')
+links = []
+for dirpath, dirs, files in os.walk(src):
+    rel = os.path.relpath(dirpath, src)
+    base = '' if rel == '.' else '/' + rel
+    for name in sorted(dirs + files):
+        path = os.path.join(dirpath, name)
+        udf = base + '/' + name
+        if os.path.islink(path):
+            links.append((udf, os.readlink(path)))
+        elif os.path.isdir(path):
+            iso.add_directory(udf_path=udf)
+        else:
+            iso.add_file(path, udf_path=udf)
+for udf, target in links:
+    iso.add_symlink(udf_symlink_path=udf, udf_target=target)
+for seq in (iso.udf_main_descs, iso.udf_reserve_descs):
+    for lv in seq.logical_volumes:
+        lv.logical_vol_ident = dstring(label, 128)
+    for pvd in seq.pvds:
+        pvd.vol_ident = dstring(label, 32)
+iso.write(out)
+iso.close()
+
+check = pycdlib.PyCdlib()
+check.open(out)
+names = [c.file_identifier().decode() for c in check.list_children(iso_path='/')
+         if not (c.is_dot() or c.is_dotdot())]
+print(json.dumps(sorted(names)))
+"#;
+    let script = out.with_extension("py");
+    fs::write(&script, SCRIPT).unwrap();
+    let made = output_ok(
+        Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(src)
+            .arg(out)
+            .arg(label)
+            .arg(std::str::from_utf8(README).unwrap())
+            .env("LC_ALL", "C.UTF-8"),
+    );
+    serde_json::from_slice(&made.stdout).expect("the script prints the ISO9660 root as JSON")
+}
+
+/// Whether /usr/bin/python3 can import pycdlib (apt's python3-pycdlib; a pyenv python3 first
+/// on PATH may not have it). Missing under CI is a failure; elsewhere the test skips.
+fn have_pycdlib() -> bool {
+    let found = Command::new("/usr/bin/python3")
+        .args(["-c", "import pycdlib"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            !common::in_ci(),
+            "pycdlib for /usr/bin/python3 is required under CI=true"
+        );
+        eprintln!("SKIP: /usr/bin/python3 has no pycdlib (apt install python3-pycdlib)");
+    }
+    found
+}
+
+/// The genisoimage tests' source tree, every entry with its own time: `long` (100 characters),
+/// a name with spaces and mixed case, a Latin-1 name, a name outside Latin-1, directories two
+/// deep, an empty file, a file of a few sectors.
+fn genisoimage_tree(src: &Path, long: &str) {
+    fs::create_dir_all(src.join("dir/sub")).unwrap();
+    let files: [(&str, Vec<u8>); 6] = [
+        (long, noise(5000, 4)),
+        ("Mixed Case Name.txt", b"mixed\n".to_vec()),
+        ("Ünïcödé.txt", b"latin-1\n".to_vec()),
+        ("dir/日本語.txt", "nihongo\n".as_bytes().to_vec()),
+        ("dir/sub/data.bin", noise(123_456, 5)),
+        ("dir/zero", Vec::new()),
+    ];
+    let mut t = 1_500_000_000;
+    for (name, data) in &files {
+        let p = src.join(name);
+        fs::write(&p, data).unwrap();
+        set_mtime(&p, t);
+        t += 86_400 + 3_661;
+    }
+    for dir in ["dir/sub", "dir"] {
+        set_mtime(&src.join(dir), t);
+        t += 1_000_003;
+    }
+}
+
+/// genisoimage with `args`, run in a time zone 5:30 east of UTC (so a reader that ignores the
+/// recorded offset is off by 19800 seconds).
+fn genisoimage(args: &[&str], src: &Path, out: &Path) {
+    output_ok(
+        Command::new("genisoimage")
+            .args(["-quiet", "-input-charset", "utf-8"])
+            .args(args)
+            .arg("-o")
+            .arg(out)
+            .arg(src)
+            .env("TZ", "Asia/Kolkata")
+            .env("LC_ALL", "C.UTF-8"),
+    );
+}
+
+/// A file of 10 MiB or `size` bytes made into a UDF volume by mkudffs (2048-byte blocks) with
+/// `label`, `opts` and `more`, run in a time zone 5:30 east of UTC.
+fn mkudffs(img: &Path, size: u64, label: &str, opts: &[&str], more: &[&str]) {
+    fs::File::create(img).unwrap().set_len(size).unwrap();
+    output_ok(
+        Command::new("mkudffs")
+            .args(["-b", "2048", &format!("--label={label}")])
+            .args(opts)
+            .args(more)
+            .arg(img)
+            .env("TZ", "Asia/Kolkata")
+            .stdout(Stdio::null()),
+    );
+}
+
+/// Every file's and directory's bytes and times as isomgr shows them (`got`, from `ls --json`)
+/// equal the source's (`want`, keyed as shown); `renamed` maps shown paths to source paths.
+fn assert_same_as_source(
+    iso: &Path,
+    got: &BTreeMap<String, Value>,
+    want: &BTreeMap<String, Node>,
+    src: &Path,
+    renamed: &[(&str, &str)],
+) {
+    for (path, w) in want {
+        let g = &got[path];
+        assert_eq!(g["type"], w.kind, "{path}: type");
+        let source = renamed
+            .iter()
+            .find(|(shown, _)| shown == path)
+            .map_or(path.as_str(), |(_, s)| s);
+        let mtime = fs::symlink_metadata(src.join(source))
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(g["mtime"].as_u64(), Some(mtime), "{path}: mtime");
+        if w.kind == "file" {
+            assert_eq!(g["size"].as_u64(), w.size, "{path}: size");
+            let bytes = cat(iso, path);
+            assert_eq!(Some(sha256_hex(&bytes)), w.sha256, "{path}: content");
+        }
+    }
+}
+
+/// What 7-Zip extracts from `iso` as UDF is what isomgr shows (`got`): the same paths and
+/// types, each file byte for byte, each entry's mtime.
+fn assert_same_as_7z(iso: &Path, got: &BTreeMap<String, Value>, dir: &Path) {
+    output_ok(
+        Command::new("7z")
+            .args(["x", "-tudf", "-y"])
+            .arg(format!("-o{}", dir.display()))
+            .arg(iso)
+            .stdout(Stdio::null()),
+    );
+    let extracted = snapshot(dir);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        extracted.keys().collect::<Vec<_>>(),
+        "isomgr lists what 7z extracts"
+    );
+    for (path, e) in &extracted {
+        let g = &got[path];
+        assert_eq!(g["type"], e.kind, "{path}: type as 7z has it");
+        assert_eq!(g["mtime"].as_i64(), e.mtime, "{path}: mtime as 7z has it");
+        if e.kind == "file" {
+            assert!(
+                cat(iso, path) == fs::read(dir.join(path)).unwrap(),
+                "{path}: isomgr's bytes are 7z's"
+            );
+        }
+    }
+}
+
+/// The byte length of the UDF directory genisoimage makes for source directory `dir`: the
+/// parent's identifier descriptor (40 bytes) and one per entry, 38 bytes plus the name (a
+/// compression byte, then 8-bit characters if all fit in Latin-1, else 16-bit ones), each
+/// padded to 4 bytes. `renamed` maps source names to the names the image holds.
+fn udf_dir_size(dir: &Path, renamed: &[(&str, &str)]) -> u64 {
+    let mut size = 40;
+    for entry in fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let name = renamed
+            .iter()
+            .find(|(from, _)| *from == name)
+            .map_or(name.as_str(), |(_, to)| to);
+        let chars = name.chars().count() as u64;
+        let bytes = if name.chars().all(|c| u32::from(c) < 256) {
+            1 + chars
+        } else {
+            1 + 2 * name.encode_utf16().count() as u64
+        };
+        size += (38 + bytes).next_multiple_of(4);
+    }
+    size
+}
+
+/// `isomgr ls -R --json IMAGE /`, keyed by path without the leading `/`.
+fn ls_json(iso: &Path) -> BTreeMap<String, Value> {
+    let out = isomgr(&["ls", "-R", "--json", iso.to_str().unwrap(), "/"]);
+    assert!(
+        out.status.success(),
+        "ls -R {}: {}",
+        iso.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("ls --json is JSON");
+    let mut map = BTreeMap::new();
+    for row in rows {
+        let path = row["path"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches('/')
+            .to_owned();
+        assert!(
+            map.insert(path.clone(), row).is_none(),
+            "{path} listed twice"
+        );
+    }
+    map
+}
+
+/// `isomgr ls --json IMAGE PATH` (one directory, not recursive).
+fn ls_json_at(iso: &Path, path: &str) -> Vec<Value> {
+    let out = isomgr(&["ls", "--json", iso.to_str().unwrap(), path]);
+    assert!(
+        out.status.success(),
+        "ls {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `isomgr cat IMAGE /PATH`; fails the test if it fails.
+fn cat(iso: &Path, path: &str) -> Vec<u8> {
+    let out = isomgr(&["cat", iso.to_str().unwrap(), &format!("/{path}")]);
+    assert!(
+        out.status.success(),
+        "cat {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The one row of `isomgr scan --json IMAGE`.
+fn scan_json(img: &Path) -> Value {
+    let out = isomgr(&["scan", "--json", img.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "scan {}: {}",
+        img.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "scan of one image");
+    rows.remove(0)
+}
+
+/// The value blkid reports for `tag`, probing the file itself (`-p`, no cache).
+fn blkid(img: &Path, tag: &str) -> Option<String> {
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", tag])
+        .arg(img)
+        .output()
+        .unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    let s = s.trim_end_matches('\n');
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// What [`snapshot`] says of a file holding `data` (only kind, size and hash are compared).
+fn file_node(data: &[u8]) -> Node {
+    Node {
+        kind: "file",
+        size: Some(data.len() as u64),
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        mtime: None,
+        sha256: Some(sha256_hex(data)),
+        target: None,
+    }
+}
+
+fn set_mtime(path: &Path, secs: i64) {
+    let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+    fs::File::open(path).unwrap().set_modified(t).unwrap();
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
