@@ -53,22 +53,31 @@ fn can_run(test: &str) -> bool {
 /// has it as a module that mount(2) loads on demand, as stock Debian and Ubuntu kernels do.
 /// `ISOMGR_EXPECT_ISO9660=1` (set by scripts/kernel-vm.sh) makes its absence a failure.
 fn kernel_has_iso9660() -> bool {
+    kernel_has("iso9660", "/isofs.ko")
+}
+
+/// As [`kernel_has_iso9660`], for udf (a stock kernel with one has the other).
+fn kernel_has_udf() -> bool {
+    kernel_has("udf", "/udf.ko")
+}
+
+fn kernel_has(fs_name: &str, module_file: &str) -> bool {
     let listed = fs::read_to_string("/proc/filesystems")
         .expect("reading /proc/filesystems")
         .lines()
-        .any(|l| l.split('\t').nth(1) == Some("iso9660"));
+        .any(|l| l.split('\t').nth(1) == Some(fs_name));
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("reading osrelease");
     let modules = Path::new("/lib/modules").join(release.trim());
     let module = ["modules.builtin", "modules.dep"].iter().any(|list| {
         fs::read_to_string(modules.join(list)).is_ok_and(|text| {
             text.lines()
-                .any(|l| l.split(':').next().is_some_and(|m| m.contains("/isofs.ko")))
+                .any(|l| l.split(':').next().is_some_and(|m| m.contains(module_file)))
         })
     });
     let has = listed || module;
     assert!(
         has || std::env::var_os("ISOMGR_EXPECT_ISO9660").is_none(),
-        "ISOMGR_EXPECT_ISO9660 is set, but this kernel ({}) has no iso9660",
+        "ISOMGR_EXPECT_ISO9660 is set, but this kernel ({}) has no {fs_name}",
         release.trim()
     );
     has
@@ -1216,4 +1225,94 @@ fn a_mount_that_hangs_holds_up_no_other_and_is_undone_if_its_medium_goes() {
     drop((slow, fast));
     assert_nothing_left(&w.root.join("SLOW"), &at.join("slow.squashfs"));
     assert_nothing_left(&w.root.join("FAST"), &image);
+}
+
+/// isomgr's reader (what `ls`, `cat` and the FUSE driver show) and the kernel's udf show the
+/// same UDF trees: the same paths, types, sizes, modes, owners, mtimes, contents and symlink
+/// targets. The images: a Windows-style bridge made by pycdlib (README.TXT alone in its
+/// ISO9660 tree; long, 16-bit and spaced names, symlinks with `..` and absolute, an empty
+/// directory) and the udf-joliet fixture (genisoimage, no owners recorded).
+#[test]
+fn the_kernel_and_the_reader_show_the_same_udf_trees() {
+    if !kernel_has_udf() {
+        eprintln!(
+            "SKIP the_kernel_and_the_reader_show_the_same_udf_trees: this kernel has no udf; \
+             the test runs on kernels that have it (scripts/kernel-vm.sh)"
+        );
+        return;
+    }
+    if !can_run("the_kernel_and_the_reader_show_the_same_udf_trees") || !common::udf::have_pycdlib()
+    {
+        return;
+    }
+    let w = World::new();
+    let src = w.path("bridge-src");
+    common::udf::bridge_tree(&src);
+    let bridge = w.path("bridge.iso");
+    common::udf::pycdlib_bridge(&src, &bridge, "Kernel Bridge");
+    let mut e = KernelExecutor::new(LinuxSys, w.root.clone());
+    for iso in [bridge, common::fixtures().join("udf-joliet.iso")] {
+        let m = medium(&iso, "udf");
+        let dev = published_loop(publish(&mut e, "udf", &m));
+        let target = w.root.join("udf");
+        assert_served_mount(&target, "udf", &dev);
+        let kernel = tree::snapshot(&target);
+        let reader = reader_view(&iso);
+        assert_eq!(
+            kernel.keys().collect::<Vec<_>>(),
+            reader.keys().collect::<Vec<_>>(),
+            "{}: paths",
+            iso.display()
+        );
+        for (path, k) in &kernel {
+            assert_eq!(Some(k), reader.get(path), "{}: {path}", iso.display());
+        }
+        unpublish(&mut e, "udf", &m);
+        drop(m);
+        assert_nothing_left(&target, &iso);
+    }
+}
+
+/// Everything below an image's root as isomgr's reader shows it, in `tree::snapshot`'s form.
+fn reader_view(iso: &Path) -> std::collections::BTreeMap<String, tree::Node> {
+    use isomgr::iso9660::{Image, Kind};
+    use sha2::Digest;
+    let img = Image::open(File::open(iso).expect("opening the image")).expect("reading it");
+    let mut out = std::collections::BTreeMap::new();
+    img.walk(&img.root(), "/", |path, e| {
+        let (kind, size, sha256, target) = match e.kind {
+            Kind::Dir => ("dir", None, None, None),
+            Kind::Symlink => (
+                "symlink",
+                Some(e.size),
+                None,
+                e.target.as_ref().map(PathBuf::from),
+            ),
+            Kind::File => {
+                let mut data = vec![0u8; e.size as usize];
+                assert_eq!(img.read_at(e, 0, &mut data).expect("reading"), data.len());
+                (
+                    "file",
+                    Some(e.size),
+                    Some(format!("{:x}", sha2::Sha256::digest(&data))),
+                    None,
+                )
+            }
+            Kind::Other => ("special", None, None, None),
+        };
+        let node = tree::Node {
+            kind,
+            size,
+            mode: e.mode & 0o7777,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: Some(e.mtime.secs),
+            sha256,
+            target,
+        };
+        out.insert(path.trim_start_matches('/').to_owned(), node);
+        Ok(())
+    })
+    .expect("walking the image");
+    out
 }

@@ -586,6 +586,8 @@ impl Udf {
         };
         if kind == Kind::Symlink {
             let target = self.symlink_target(src, &entry)?;
+            // Linux shows every UDF symlink as 0777, whatever it records.
+            entry.mode = 0o777;
             entry.size = target.len() as u64;
             entry.target = Some(target);
             entry.extents = Extents::None;
@@ -1150,7 +1152,7 @@ mod tests {
         assert_eq!(img.read_at(&e, 4092, &mut buf).unwrap(), 8);
         assert_eq!(buf, [0, 0, 0, 0, b'c', b'c', b'c', b'c']);
         let link = img.lookup("/sub/link").unwrap();
-        assert_eq!(link.kind, Kind::Symlink);
+        assert_eq!((link.kind, link.mode), (Kind::Symlink, 0o777));
         assert_eq!(
             link.target.as_deref(),
             Some(std::ffi::OsStr::new("/file.bin"))

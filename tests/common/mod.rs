@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod stallfs;
+pub mod udf;
 pub mod watcher;
 
 /// `e.run(a)`; if its mount goes on in the background (slower than `offload::WAIT`, as in a
