@@ -1316,3 +1316,97 @@ fn reader_view(iso: &Path) -> std::collections::BTreeMap<String, tree::Node> {
     .expect("walking the image");
     out
 }
+
+/// UDF images written by the Linux kernel itself (mkudffs, then a read-write udf mount filled
+/// with `cp -a`), in every layout mkudffs makes and Linux writes: UDF 2.01 and 1.02, short,
+/// long and in-ICB allocation descriptors, file entries without extensions, a sparable
+/// (CD-RW) partition. Linux puts small files in their ICB, leaves holes of sparse files
+/// unrecorded and records owners, modes with set-id bits, times and symlinks: the reader
+/// shows each image as the kernel does.
+#[test]
+fn udf_images_the_kernel_wrote_read_as_the_kernel_reads_them() {
+    if !kernel_has_udf() {
+        eprintln!(
+            "SKIP udf_images_the_kernel_wrote_read_as_the_kernel_reads_them: this kernel has \
+             no udf; the test runs on kernels that have it (scripts/kernel-vm.sh)"
+        );
+        return;
+    }
+    if !can_run("udf_images_the_kernel_wrote_read_as_the_kernel_reads_them")
+        || !common::have_tool("mkudffs")
+    {
+        return;
+    }
+    let w = World::new();
+    let src = w.path("src");
+    common::udf::bridge_tree(&src);
+    fs::write(src.join("tiny"), b"in the ICB\n").unwrap();
+    let sparse = File::create(src.join("sparse.bin")).unwrap();
+    sparse.set_len(3 << 20).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        sparse.write_all_at(b"middle", 1 << 20).unwrap();
+    }
+    drop(sparse);
+    fs::write(src.join("setgid-dir-file"), b"modes\n").unwrap();
+    fs::set_permissions(
+        src.join("setgid-dir-file"),
+        fs::Permissions::from_mode(0o2750),
+    )
+    .unwrap();
+    fs::set_permissions(src.join("a"), fs::Permissions::from_mode(0o1751)).unwrap();
+    std::os::unix::fs::lchown(src.join("tiny"), Some(1234), Some(5678)).unwrap();
+    let mnt = w.path("rw");
+    fs::create_dir(&mnt).unwrap();
+    let mut e = KernelExecutor::new(LinuxSys, w.root.clone());
+    let layouts: [&[&str]; 6] = [
+        &[],
+        &["--udfrev=1.02", "--ad=short"],
+        &["--ad=long"],
+        &["--ad=inicb", "--noefe"],
+        &["--media-type=cdrw"],
+        &["--media-type=cdrw", "--udfrev=1.50", "--spartable=4"],
+    ];
+    for (i, opts) in layouts.iter().enumerate() {
+        let img = w.path(&format!("kernel-{i}.udf"));
+        File::create(&img).unwrap().set_len(48 << 20).unwrap();
+        common::output_ok(
+            Command::new("mkudffs")
+                .args(["-b", "2048", "--label=written"])
+                .args(*opts)
+                .arg(&img),
+        );
+        common::output_ok(
+            Command::new("mount")
+                .args(["-t", "udf", "-o", "loop,rw"])
+                .arg(&img)
+                .arg(&mnt),
+        );
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", src.display()))
+            .arg(&mnt)
+            .status();
+        common::output_ok(Command::new("umount").arg(&mnt));
+        assert!(copied.unwrap().success(), "cp -a into {opts:?}");
+        let m = medium(&img, "udf");
+        let dev = published_loop(publish(&mut e, "written", &m));
+        let target = w.root.join("written");
+        assert_served_mount(&target, "udf", &dev);
+        let kernel = tree::snapshot(&target);
+        let reader = reader_view(&img);
+        assert_eq!(
+            kernel.keys().collect::<Vec<_>>(),
+            reader.keys().collect::<Vec<_>>(),
+            "mkudffs {opts:?}: paths"
+        );
+        for (path, k) in &kernel {
+            assert_eq!(Some(k), reader.get(path), "mkudffs {opts:?}: {path}");
+        }
+        assert_eq!(kernel["tiny"].uid, 1234, "owners are recorded");
+        assert_eq!(kernel["setgid-dir-file"].mode, 0o2750);
+        unpublish(&mut e, "written", &m);
+        drop(m);
+        assert_nothing_left(&target, &img);
+    }
+}
