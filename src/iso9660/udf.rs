@@ -1073,6 +1073,7 @@ mod tests {
             fid(0x04, "gone", 2),
             fid(0, "hole.bin", 3),
             fid(0x02, "sub", 4),
+            fid(0, "big.bin", 7),
         ]
         .concat();
         file_entry(at(&mut img, meta(1)), 1, 4, 3, root.len() as u64, &root);
@@ -1094,6 +1095,19 @@ mod tests {
         // m4: sub, holding "link" (m6), a symlink to /file.bin.
         let sub: Vec<u8> = [fid(0x0A, "", 1), fid(0, "link", 6)].concat();
         file_entry(at(&mut img, meta(4)), 4, 4, 3, sub.len() as u64, &sub);
+        // m7: big.bin, five unrecorded extents of almost 1 GiB each (past 4 GiB), then the
+        // 100 bytes at metadata block 5.
+        let gib = 0x3FFF_F800u32;
+        let mut ads: Vec<u8> = (0..5).flat_map(|_| short((1 << 30) | gib, 0)).collect();
+        ads.extend(short(100, 5));
+        file_entry(
+            at(&mut img, meta(7)),
+            7,
+            5,
+            0,
+            5 * u64::from(gib) + 100,
+            &ads,
+        );
         let target = symlink_to_file();
         file_entry(
             at(&mut img, meta(6)),
@@ -1132,7 +1146,7 @@ mod tests {
         assert_eq!(img.names(), Names::Udf);
         assert_eq!(img.info().label.as_deref(), Some("META"));
         // Hidden, deleted and parent entries are not shown.
-        assert_eq!(names(&img, "/"), ["file.bin", "hole.bin", "sub"]);
+        assert_eq!(names(&img, "/"), ["big.bin", "file.bin", "hole.bin", "sub"]);
         let file = img.lookup("/file.bin").unwrap();
         assert_eq!((file.kind, file.size), (Kind::File, 3000));
         assert_eq!((file.mode, file.uid, file.gid), (0o754, 1234, 5678));
@@ -1151,6 +1165,14 @@ mod tests {
         let mut buf = [1u8; 8];
         assert_eq!(img.read_at(&e, 4092, &mut buf).unwrap(), 8);
         assert_eq!(buf, [0, 0, 0, 0, b'c', b'c', b'c', b'c']);
+        // Past 4 GiB, across the end of the unrecorded extents.
+        let big = img.lookup("/big.bin").unwrap();
+        let end = 5 * 0x3FFF_F800u64;
+        assert_eq!(big.size, end + 100);
+        let mut buf = [1u8; 8];
+        assert_eq!(img.read_at(&big, end - 4, &mut buf).unwrap(), 8);
+        assert_eq!(buf, [0, 0, 0, 0, b'c', b'c', b'c', b'c']);
+        assert_eq!(img.read_at(&big, end + 96, &mut buf).unwrap(), 4);
         let link = img.lookup("/sub/link").unwrap();
         assert_eq!((link.kind, link.mode), (Kind::Symlink, 0o777));
         assert_eq!(
@@ -1165,7 +1187,10 @@ mod tests {
         })
         .unwrap();
         walked.sort();
-        assert_eq!(walked, ["/file.bin", "/hole.bin", "/sub", "/sub/link"]);
+        assert_eq!(
+            walked,
+            ["/big.bin", "/file.bin", "/hole.bin", "/sub", "/sub/link"]
+        );
     }
 
     #[test]
@@ -1173,7 +1198,7 @@ mod tests {
         let mut data = image();
         at(&mut data, phys(0))[4] ^= 0xFF;
         let img = Image::open(data.clone()).unwrap();
-        assert_eq!(names(&img, "/"), ["file.bin", "hole.bin", "sub"]);
+        assert_eq!(names(&img, "/"), ["big.bin", "file.bin", "hole.bin", "sub"]);
         at(&mut data, phys(1))[4] ^= 0xFF;
         let err = Image::open(data).err().unwrap().to_string();
         assert!(err.contains("bad checksum"), "{err}");
@@ -1189,7 +1214,7 @@ mod tests {
         aed[24..40].copy_from_slice(&long((3 << 30) | 16, 22, 0));
         put_tag(aed, tag::ALLOC_EXTENT, 22);
         let img = Image::open(data).unwrap();
-        assert_eq!(names(&img, "/"), ["hole.bin", "sub"]);
+        assert_eq!(names(&img, "/"), ["big.bin", "hole.bin", "sub"]);
 
         // A directory that holds its own ancestor: the walk ends with a loop error.
         let mut data = image();
@@ -1204,7 +1229,7 @@ mod tests {
             let mut data = image();
             file_entry(at(&mut data, meta(2)), 2, 5, 1, 3000, &ad);
             let img = Image::open(data).unwrap();
-            assert_eq!(names(&img, "/"), ["hole.bin", "sub"]);
+            assert_eq!(names(&img, "/"), ["big.bin", "hole.bin", "sub"]);
         }
 
         // A file set descriptor recorded for another place.
