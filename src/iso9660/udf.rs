@@ -2,8 +2,8 @@
 //! FUSE driver and `ls`/`cat` show for a UDF-only image and for a UDF bridge without Rock
 //! Ridge (Windows installation media: their ISO9660 tree holds only a README).
 //!
-//! Supported: type 1 partitions, sparable partitions (read as their physical partition: an
-//! image holds the blocks as written), metadata partitions (UDF 2.50 and later, main file,
+//! Supported: type 1 partitions, sparable partitions (read as their physical partition:
+//! packets the sparing table remapped are read where first written), metadata partitions (UDF 2.50 and later, main file,
 //! then mirror), file entries and extended file entries, short, long and embedded allocation
 //! descriptors, allocation extent chains, unrecorded extents (read as zeros), symlinks.
 //! Not supported, an error naming it: virtual (VAT) partitions of incrementally written
