@@ -33,10 +33,13 @@ const MAX_SYMLINK_BYTES: u64 = 4096;
 pub(super) const HOLE: u64 = u64::MAX;
 
 mod tag {
+    pub const PRIMARY_VOLUME: u16 = 1;
     pub const ANCHOR: u16 = 2;
     pub const POINTER: u16 = 3;
+    pub const IMPLEMENTATION_USE: u16 = 4;
     pub const PARTITION: u16 = 5;
     pub const LOGICAL_VOLUME: u16 = 6;
+    pub const UNALLOCATED_SPACE: u16 = 7;
     pub const TERMINATOR: u16 = 8;
     pub const FILE_SET: u16 = 256;
     pub const FILE_ID: u16 = 257;
@@ -169,12 +172,12 @@ fn read_sequence(src: &(impl ReadAt + ?Sized), start: u32, len: u32) -> Result<S
         let Ok(id) = check_tag(
             &b,
             &[
-                1,
+                tag::PRIMARY_VOLUME,
                 tag::POINTER,
-                4,
+                tag::IMPLEMENTATION_USE,
                 tag::PARTITION,
                 tag::LOGICAL_VOLUME,
-                7,
+                tag::UNALLOCATED_SPACE,
                 tag::TERMINATOR,
             ],
             sector as u32,
@@ -214,11 +217,6 @@ fn read_sequence(src: &(impl ReadAt + ?Sized), start: u32, len: u32) -> Result<S
         sector += 1;
     }
     Ok(seq)
-}
-
-/// What a file entry says about a file, before it gets a name.
-struct Node {
-    entry: Entry,
 }
 
 impl Udf {
@@ -345,7 +343,7 @@ impl Udf {
         let fsd = udf.read_block(src, fsd_at)?;
         check_tag(&fsd, &[tag::FILE_SET], fsd_at.block)?;
         let (_, root_at) = long_ad(&fsd.data, 400).unwrap_or_default();
-        let mut root = udf.read_node(src, root_at)?.entry;
+        let mut root = udf.read_node(src, root_at)?;
         if root.kind != Kind::Dir {
             return Err(err(fsd.at, "the root ICB is not a directory"));
         }
@@ -467,7 +465,7 @@ impl Udf {
     }
 
     /// Reads the file entry at `at` (following indirect entries) into an unnamed entry.
-    fn read_node(&self, src: &(impl ReadAt + ?Sized), mut at: LbAddr) -> Result<Node> {
+    fn read_node(&self, src: &(impl ReadAt + ?Sized), mut at: LbAddr) -> Result<Entry> {
         let mut hops = 0;
         let b = loop {
             let b = self.read_block(src, at)?;
@@ -495,7 +493,7 @@ impl Udf {
         b: &Block,
         at: LbAddr,
         extended: bool,
-    ) -> Result<Node> {
+    ) -> Result<Entry> {
         let d = &b.data;
         let u32_at = |o| le32(d, o).unwrap_or(0);
         let u64_at = |o: usize| {
@@ -592,7 +590,7 @@ impl Udf {
             entry.target = Some(target);
             entry.extents = Extents::None;
         }
-        Ok(Node { entry })
+        Ok(entry)
     }
 
     /// Decodes short (`long == false`) or long allocation descriptors, following allocation
@@ -795,8 +793,7 @@ impl Udf {
                 continue;
             };
             match self.read_node(src, icb) {
-                Ok(node) => {
-                    let mut e = node.entry;
+                Ok(mut e) => {
                     e.name = OsString::from(name);
                     e.id = at;
                     out.push(e);
@@ -845,7 +842,7 @@ fn metadata_runs(src: &(impl ReadAt + ?Sized), phys: &Part, at: u32) -> Result<V
             "the metadata file's entry is not of type 250 or 251",
         ));
     }
-    Ok(node.entry.extents.as_slice().to_vec())
+    Ok(node.extents.as_slice().to_vec())
 }
 
 /// An OSTA CS0 string (UDF 2.1.1): compression 8 (or 254) is one byte a character, 16 (or
