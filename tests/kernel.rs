@@ -1256,21 +1256,31 @@ fn the_kernel_and_the_reader_show_the_same_udf_trees() {
         let dev = published_loop(publish(&mut e, "udf", &m));
         let target = w.root.join("udf");
         assert_served_mount(&target, "udf", &dev);
-        let kernel = tree::snapshot(&target);
-        let reader = reader_view(&iso);
-        assert_eq!(
-            kernel.keys().collect::<Vec<_>>(),
-            reader.keys().collect::<Vec<_>>(),
-            "{}: paths",
-            iso.display()
-        );
-        for (path, k) in &kernel {
-            assert_eq!(Some(k), reader.get(path), "{}: {path}", iso.display());
-        }
+        assert_kernel_shows_what_the_reader_shows(&target, &iso, &iso.display().to_string());
         unpublish(&mut e, "udf", &m);
         drop(m);
         assert_nothing_left(&target, &iso);
     }
+}
+
+/// The kernel's mount of `image` at `target` and isomgr's reader show the same tree; the
+/// kernel's, for more checks.
+fn assert_kernel_shows_what_the_reader_shows(
+    target: &Path,
+    image: &Path,
+    what: &str,
+) -> std::collections::BTreeMap<String, tree::Node> {
+    let kernel = tree::snapshot(target);
+    let reader = reader_view(image);
+    assert_eq!(
+        kernel.keys().collect::<Vec<_>>(),
+        reader.keys().collect::<Vec<_>>(),
+        "{what}: paths"
+    );
+    for (path, k) in &kernel {
+        assert_eq!(Some(k), reader.get(path), "{what}: {path}");
+    }
+    kernel
 }
 
 /// Everything below an image's root as isomgr's reader shows it, in `tree::snapshot`'s form.
@@ -1393,16 +1403,8 @@ fn udf_images_the_kernel_wrote_read_as_the_kernel_reads_them() {
         let dev = published_loop(publish(&mut e, "written", &m));
         let target = w.root.join("written");
         assert_served_mount(&target, "udf", &dev);
-        let kernel = tree::snapshot(&target);
-        let reader = reader_view(&img);
-        assert_eq!(
-            kernel.keys().collect::<Vec<_>>(),
-            reader.keys().collect::<Vec<_>>(),
-            "mkudffs {opts:?}: paths"
-        );
-        for (path, k) in &kernel {
-            assert_eq!(Some(k), reader.get(path), "mkudffs {opts:?}: {path}");
-        }
+        let kernel =
+            assert_kernel_shows_what_the_reader_shows(&target, &img, &format!("mkudffs {opts:?}"));
         assert_eq!(kernel["tiny"].uid, 1234, "owners are recorded");
         assert_eq!(kernel["setgid-dir-file"].mode, 0o2750);
         unpublish(&mut e, "written", &m);

@@ -54,8 +54,7 @@ fn a_windows_style_bridge_shows_its_udf_tree() {
     let img = iso.to_str().unwrap();
 
     let got = ls_json(&iso);
-    let mut want = snapshot(&src);
-    want.insert("README.TXT".into(), file_node(README));
+    let want = bridge_view(&src);
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -152,15 +151,7 @@ fn a_genisoimage_udf_joliet_image_shows_its_udf_tree() {
         want.keys().collect::<Vec<_>>(),
         "the paths are the source's, the long name cut to 64 characters"
     );
-    assert_same_as_source(&iso, &got, &want, &src, &[(&cut, &long)]);
-    for (path, g) in got.iter().filter(|(_, g)| g["type"] == "dir") {
-        assert_eq!(
-            g["size"].as_u64(),
-            Some(udf_dir_size(&src.join(path), &[(&long, &cut)])),
-            "{path}: the size of its UDF identifiers, not Joliet's whole sector"
-        );
-    }
-    assert_same_as_7z(&iso, &got, &tmp.path().join("7z"));
+    assert_udf_tree_of(&iso, &got, &want, &src, &[(&cut, &long)], tmp.path());
 
     let row = scan_json(&iso);
     assert_eq!(row["label"], "UDFJ");
@@ -197,15 +188,7 @@ fn a_genisoimage_udf_image_shows_names_iso9660_cannot_hold() {
         "the source's whole names"
     );
     assert!(got.contains_key(&long), "the 100-character name is whole");
-    assert_same_as_source(&iso, &got, &want, &src, &[]);
-    for (path, g) in got.iter().filter(|(_, g)| g["type"] == "dir") {
-        assert_eq!(
-            g["size"].as_u64(),
-            Some(udf_dir_size(&src.join(path), &[])),
-            "{path}: the size of its UDF identifiers"
-        );
-    }
-    assert_same_as_7z(&iso, &got, &tmp.path().join("7z"));
+    assert_udf_tree_of(&iso, &got, &want, &src, &[], tmp.path());
 }
 
 /// Every layout mkudffs writes on a 2048-byte-block image opens: UDF 1.02 to 2.01, short,
@@ -368,8 +351,7 @@ fn the_fuse_driver_serves_a_udf_only_bridge() {
 
     let served = env.root.join(BRIDGE_NAME);
     let got = snapshot(&served);
-    let mut want = snapshot(&src);
-    want.insert("README.TXT".into(), file_node(README));
+    let want = bridge_view(&src);
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -408,6 +390,40 @@ fn the_fuse_driver_serves_a_udf_only_bridge() {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+/// `got` (the listing of `iso`) is the UDF tree of `src` (`want`, its snapshot): the same
+/// bytes and times, each directory as long as its UDF identifiers (a Joliet or ISO9660
+/// directory is whole sectors), and what 7-Zip extracts as UDF. `renamed` pairs a name as
+/// shown with its source name.
+fn assert_udf_tree_of(
+    iso: &Path,
+    got: &BTreeMap<String, Value>,
+    want: &BTreeMap<String, Node>,
+    src: &Path,
+    renamed: &[(&str, &str)],
+    scratch: &Path,
+) {
+    assert_same_as_source(iso, got, want, src, renamed);
+    let to_shown: Vec<(&str, &str)> = renamed
+        .iter()
+        .map(|(shown, source)| (*source, *shown))
+        .collect();
+    for (path, g) in got.iter().filter(|(_, g)| g["type"] == "dir") {
+        assert_eq!(
+            g["size"].as_u64(),
+            Some(udf_dir_size(&src.join(path), &to_shown)),
+            "{path}: the size of its UDF identifiers, not whole sectors"
+        );
+    }
+    assert_same_as_7z(iso, got, &scratch.join("7z"));
+}
+
+/// What the bridge built from `src` shows: the source tree and README.TXT.
+fn bridge_view(src: &Path) -> BTreeMap<String, Node> {
+    let mut want = snapshot(src);
+    want.insert("README.TXT".into(), file_node(README));
+    want
+}
 
 /// The genisoimage tests' source tree, every entry with its own time: `long` (100 characters),
 /// a name with spaces and mixed case, a Latin-1 name, a name outside Latin-1, directories two
