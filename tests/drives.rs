@@ -370,6 +370,39 @@ fn loop_device_present_before_start_is_served() {
     assert_serves(&w.root.join(&name), "rockridge.iso");
 }
 
+/// Sticks or disks formatted with UDF on blocks of 512 bytes (as mkudffs formats a disk) and
+/// of 4096: `--drives-any-block` takes them (udev says udf) and the FUSE driver serves each,
+/// named after its label, its root listed.
+#[test]
+fn sticks_formatted_with_udf_on_small_or_large_blocks_are_served() {
+    let test = "sticks_formatted_with_udf_on_small_or_large_blocks_are_served";
+    let Some((_lock, tmp)) = begin(test) else {
+        return;
+    };
+    if !common::have_tool("mkudffs") {
+        return;
+    }
+    let mut w = Watcher::start(tmp.path());
+    for bs in ["512", "4096"] {
+        let image = tmp.path().join(format!("stick-{bs}.img"));
+        File::create(&image).unwrap().set_len(8 << 20).unwrap();
+        let label = format!("UDF_STICK_{bs}");
+        let out = Command::new("mkudffs")
+            .args(["-b", bs, &format!("--label={label}")])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mkudffs -b {bs}: {out:?}");
+        let dev = Loop::attach(&image);
+        assert_eq!(w.wait_mounted(&dev.0), label);
+        assert_eq!(fs::read_dir(w.root.join(&label)).unwrap().count(), 0);
+        // Detached (`losetup -d`): isomgr lets it go.
+        let node = dev.0.clone();
+        drop(dev);
+        w.wait_removed(&node);
+    }
+}
+
 /// A medium whose reads hang (a scratched disc the drive retries on for minutes) holds up no
 /// other device: its identification goes on in the background while another device's medium
 /// is served, and it is served once its reads answer. Its image lives on a FUSE file system

@@ -1328,7 +1328,8 @@ fn reader_view(iso: &Path) -> std::collections::BTreeMap<String, tree::Node> {
 }
 
 /// UDF images written by the Linux kernel itself (mkudffs, then a read-write udf mount filled
-/// with `cp -a`), in every layout mkudffs makes and Linux writes: UDF 2.01 and 1.02, short,
+/// with `cp -a`), in every layout mkudffs makes and Linux writes: blocks of 2048, 512 (a
+/// stick or disk formatted with UDF) and 4096 bytes, UDF 2.01 and 1.02, short,
 /// long and in-ICB allocation descriptors, file entries without extensions, a sparable
 /// (CD-RW) partition. Linux puts small files in their ICB, leaves holes of sparse files
 /// unrecorded and records owners, modes with set-id bits, times and symlinks: the reader
@@ -1369,8 +1370,10 @@ fn udf_images_the_kernel_wrote_read_as_the_kernel_reads_them() {
     let mnt = w.path("rw");
     fs::create_dir(&mnt).unwrap();
     let mut e = KernelExecutor::new(LinuxSys, w.root.clone());
-    let layouts: [&[&str]; 6] = [
+    let layouts: [&[&str]; 8] = [
         &[],
+        &["-b", "512"],
+        &["-b", "4096"],
         &["--udfrev=1.02", "--ad=short"],
         &["--ad=long"],
         &["--ad=inicb", "--noefe"],

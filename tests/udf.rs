@@ -191,7 +191,8 @@ fn a_genisoimage_udf_image_shows_names_iso9660_cannot_hold() {
     assert_udf_tree_of(&iso, &got, &want, &src, &[], tmp.path());
 }
 
-/// Every layout mkudffs writes on a 2048-byte-block image opens: UDF 1.02 to 2.01, short,
+/// Every layout mkudffs writes opens: blocks of 2048 bytes, and of 512, 1024 and 4096 as on
+/// a stick or disk formatted with UDF; UDF 1.02 to 2.01, short,
 /// long and embedded allocation descriptors, file entries with and without the extended form,
 /// both allocation strategies, sparable partitions (CD-RW), DVD-RW/DVD-RAM layouts, free space
 /// tables, an MBR in front. Each lists an empty root with exit 0, `scan` and blkid report its
@@ -224,6 +225,10 @@ fn udf_images_from_mkudffs_open_in_every_layout() {
         ("dvdram", &["--media-type=dvdram"]),
         ("unalloctable", &["--space=unalloctable"]),
         ("mbr", &["--bootarea=mbr"]),
+        // As on a stick or disk formatted with UDF (the later -b wins).
+        ("bs512", &["-b", "512"]),
+        ("bs1024", &["-b", "1024"]),
+        ("bs4096", &["-b", "4096"]),
     ];
     for (label, opts) in variants {
         let img = tmp.path().join(format!("{label}.img"));

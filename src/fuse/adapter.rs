@@ -57,7 +57,7 @@ impl NodeData for Entry {
         self.kind
     }
     fn dir_key(&self) -> Option<u64> {
-        self.dir_sector().filter(|_| self.size > 0)
+        Entry::dir_key(self).filter(|_| self.size > 0)
     }
 }
 

@@ -14,7 +14,6 @@ use super::source::{read_full, ReadAt};
 /// Volume descriptors (and UDF recognition descriptors) examined at most.
 pub const MAX_DESCRIPTORS: u64 = 64;
 /// UDF anchor volume descriptor pointer location (ECMA-167 3/8.4.2.1).
-const UDF_ANCHOR_SECTOR: u64 = 256;
 /// UDF volume descriptor sequence entries examined at most.
 const MAX_UDF_VDS: u32 = 64;
 
@@ -55,6 +54,9 @@ pub struct UdfVolume {
     pub logical_volume_id: Option<String>,
     /// End of the furthest partition, in bytes.
     pub partition_end: u64,
+    /// The logical block size (2048 on optical media; a stick or disk formatted with UDF may
+    /// use 512 or 4096).
+    pub block_size: u64,
 }
 
 /// The descriptor set as found.
@@ -90,6 +92,9 @@ pub fn read_descriptors(
 ) -> Result<Descriptors> {
     let mut out = Descriptors::default();
     let mut terminated = false;
+    // In a UDF recognition sequence on blocks over 2048 bytes each descriptor starts a block:
+    // the 2048-byte units between are zeros (ECMA-167 2/8.4).
+    let mut in_udf_sequence = false;
     let mut sectors = Sectors {
         src,
         head,
@@ -105,7 +110,10 @@ pub fn read_descriptors(
         };
         match &id {
             b"NSR02" | b"NSR03" => out.udf_nsr = true,
-            b"BEA01" | b"TEA01" | b"BOOT2" | b"CDW02" => {}
+            b"BEA01" => in_udf_sequence = true,
+            b"TEA01" => in_udf_sequence = false,
+            b"BOOT2" | b"CDW02" => {}
+            [0, 0, 0, 0, 0] if ty == 0 && in_udf_sequence => {}
             _ if id == *STANDARD_ID && !terminated => {
                 let wanted = match ty {
                     vd_type::PRIMARY => out.primary.is_none(),
@@ -251,29 +259,37 @@ pub fn catalog_is_bootable(catalog: &[u8]) -> bool {
 }
 
 /// Reads the UDF anchor and the main volume descriptor sequence: the logical volume
-/// identifier (the label) and the partition extents (ECMA-167 3/10.5, 3/10.6).
+/// identifier (the label), the partition extents (ECMA-167 3/10.5, 3/10.6) and the block size
+/// the anchor was found with.
 pub fn read_udf(src: &(impl ReadAt + ?Sized)) -> Result<Option<UdfVolume>> {
+    let size = src.size().map_err(|source| Error::Io {
+        offset: 0,
+        len: 0,
+        source,
+    })?;
+    let Some((bs, anchor)) = super::udf::find_anchor(src, size)? else {
+        return Ok(None);
+    };
     let read = |sector: u64| -> Result<Vec<u8>> {
-        let mut b = vec![0u8; SECTOR_SIZE as usize];
-        let n = read_full(src, &mut b, sector * SECTOR_SIZE).map_err(|source| Error::Io {
-            offset: sector * SECTOR_SIZE,
-            len: SECTOR_SIZE as usize,
+        let mut b = vec![0u8; bs as usize];
+        let n = read_full(src, &mut b, sector * bs).map_err(|source| Error::Io {
+            offset: sector * bs,
+            len: bs as usize,
             source,
         })?;
         b.truncate(n);
         Ok(b)
     };
-    let anchor = read(UDF_ANCHOR_SECTOR)?;
-    if le16(&anchor, 0) != Some(2) || le32(&anchor, 12) != Some(UDF_ANCHOR_SECTOR as u32) {
-        return Ok(None);
-    }
     let (Some(len), Some(loc)) = (le32(&anchor, 16), le32(&anchor, 20)) else {
         return Ok(None);
     };
-    let count = (len / SECTOR_SIZE as u32).min(MAX_UDF_VDS);
-    let mut vol = UdfVolume::default();
+    let count = (u64::from(len) / bs).min(u64::from(MAX_UDF_VDS));
+    let mut vol = UdfVolume {
+        block_size: bs,
+        ..UdfVolume::default()
+    };
     for i in 0..count {
-        let sector = u64::from(loc) + u64::from(i);
+        let sector = u64::from(loc) + i;
         let d = read(sector)?;
         let tag = le16(&d, 0).unwrap_or(0);
         if tag == 0 || le32(&d, 12) != Some(sector as u32) || tag == 8 {
@@ -283,7 +299,7 @@ pub fn read_udf(src: &(impl ReadAt + ?Sized)) -> Result<Option<UdfVolume>> {
             // Partition descriptor: starting location at 188, length at 192 (in blocks).
             5 => {
                 if let (Some(start), Some(blocks)) = (le32(&d, 188), le32(&d, 192)) {
-                    let end = (u64::from(start) + u64::from(blocks)) * SECTOR_SIZE;
+                    let end = (u64::from(start) + u64::from(blocks)) * bs;
                     vol.partition_end = vol.partition_end.max(end);
                 }
             }

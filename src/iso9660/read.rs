@@ -188,10 +188,16 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// For a directory, the sector its records start at: its identity for loop detection.
+    /// For a directory, the sector its records start at.
     pub fn dir_sector(&self) -> Option<u64> {
+        self.dir_key().map(|at| at / SECTOR_SIZE)
+    }
+
+    /// For a directory, the byte offset its records start at: its identity, for loop
+    /// detection (two UDF directories with 512-byte blocks may start in one sector).
+    pub fn dir_key(&self) -> Option<u64> {
         match (self.kind, self.extents.first()) {
-            (Kind::Dir, Some(e)) => Some(e.start / SECTOR_SIZE),
+            (Kind::Dir, Some(e)) => Some(e.start),
             _ => None,
         }
     }
@@ -1058,9 +1064,12 @@ impl<R: ReadAt> Image<R> {
                     limit: MAX_DIR_DEPTH as u64,
                 });
             }
-            if let Some(sector) = entry.dir_sector() {
-                if entry.size > 0 && !seen.insert(sector) {
-                    return Err(Error::Loop { path, sector });
+            if let Some(at) = entry.dir_key() {
+                if entry.size > 0 && !seen.insert(at) {
+                    return Err(Error::Loop {
+                        path,
+                        sector: at / SECTOR_SIZE,
+                    });
                 }
             }
             let children = self.read_dir(&entry)?;

@@ -5,9 +5,10 @@
 //! Supported: type 1 partitions, sparable partitions (read as their physical partition:
 //! packets the sparing table remapped are read where first written), metadata partitions (UDF 2.50 and later, main file,
 //! then mirror), file entries and extended file entries, short, long and embedded allocation
-//! descriptors, allocation extent chains, unrecorded extents (read as zeros), symlinks.
+//! descriptors, allocation extent chains, unrecorded extents (read as zeros), symlinks, and
+//! logical blocks of 512 to 32768 bytes (sticks and disks formatted with UDF).
 //! Not supported, an error naming it: virtual (VAT) partitions of incrementally written
-//! discs, logical block sizes other than 2048, extended allocation descriptors.
+//! discs, extended allocation descriptors.
 //!
 //! Input is untrusted: every location is checked against its partition and the image, every
 //! descriptor's tag (identifier, checksum, location) is verified, chains and sizes are capped.
@@ -20,7 +21,8 @@ use super::ondisk::{days_from_civil, decode_ucs2be, le16, le32, Timestamp, SECTO
 use super::read::{Entry, Extent, Extents, Kind, MAX_DIR_BYTES, MAX_EXTENTS};
 use super::source::{read_full, ReadAt};
 
-const BLOCK: u64 = SECTOR_SIZE;
+/// Block sizes tried, in this order: optical media's first, then what disks and sticks use.
+const BLOCK_SIZES: [u64; 7] = [SECTOR_SIZE, 512, 1024, 4096, 8192, 16384, 32768];
 const ANCHOR_SECTOR: u64 = 256;
 /// Volume descriptor sequence entries examined at most.
 const MAX_VDS: u64 = 64;
@@ -78,8 +80,49 @@ enum Part {
 /// The UDF tree of an image: its partitions and its root.
 #[derive(Debug)]
 pub(super) struct Udf {
+    /// The logical block size.
+    bs: u64,
     parts: Vec<Part>,
     root: Entry,
+}
+
+/// The anchor volume descriptor pointer (ECMA-167 3/10.2) and the block size it was found
+/// with: at block 256 for each size in [`BLOCK_SIZES`], then at the last block and 256 before
+/// it. Its identifier and location are checked, as blkid checks them (not its checksum).
+pub(super) fn find_anchor(
+    src: &(impl ReadAt + ?Sized),
+    image_size: u64,
+) -> Result<Option<(u64, Vec<u8>)>> {
+    let is_anchor = |b: &[u8], sector: u64| {
+        le16(b, 0) == Some(tag::ANCHOR) && u64::from(le32(b, 12).unwrap_or(0)) == sector
+    };
+    let at_end = |bs: u64| {
+        let last = (image_size / bs).saturating_sub(1);
+        [last, last.saturating_sub(256)]
+            .into_iter()
+            .filter(|&s| s > ANCHOR_SECTOR && s <= u64::from(u32::MAX))
+            .map(move |s| (bs, s))
+    };
+    let candidates = BLOCK_SIZES
+        .iter()
+        .map(|&bs| (bs, ANCHOR_SECTOR))
+        .chain(BLOCK_SIZES.iter().flat_map(|&bs| at_end(bs)));
+    for (bs, sector) in candidates {
+        let mut b = vec![0u8; bs as usize];
+        let at = sector * bs;
+        if at + bs > image_size {
+            continue;
+        }
+        let n = read_full(src, &mut b, at).map_err(|source| Error::Io {
+            offset: at,
+            len: b.len(),
+            source,
+        })?;
+        if n == b.len() && is_anchor(&b, sector) {
+            return Ok(Some((bs, b)));
+        }
+    }
+    Ok(None)
 }
 
 /// A fixed-size block and where it sits in the image.
@@ -95,8 +138,8 @@ fn err(at: u64, why: impl Into<String>) -> Error {
     }
 }
 
-fn read_block_at(src: &(impl ReadAt + ?Sized), at: u64) -> Result<Block> {
-    let mut data = vec![0u8; BLOCK as usize];
+fn read_block_at(src: &(impl ReadAt + ?Sized), at: u64, bs: u64) -> Result<Block> {
+    let mut data = vec![0u8; bs as usize];
     let n = read_full(src, &mut data, at).map_err(|source| Error::Io {
         offset: at,
         len: data.len(),
@@ -106,7 +149,7 @@ fn read_block_at(src: &(impl ReadAt + ?Sized), at: u64) -> Result<Block> {
         return Err(Error::Truncated {
             what: "UDF descriptor",
             offset: at,
-            need: BLOCK,
+            need: bs,
             size: at + n as u64,
         });
     }
@@ -161,14 +204,14 @@ struct Sequence {
     volume: Option<(u32, Block)>,
 }
 
-fn read_sequence(src: &(impl ReadAt + ?Sized), start: u32, len: u32) -> Result<Sequence> {
+fn read_sequence(src: &(impl ReadAt + ?Sized), start: u32, len: u32, bs: u64) -> Result<Sequence> {
     let mut seq = Sequence::default();
     let mut sector = u64::from(start);
-    let mut end = sector + (u64::from(len) / BLOCK).min(MAX_VDS);
+    let mut end = sector + (u64::from(len) / bs).min(MAX_VDS);
     let mut examined = 0;
     while sector < end && examined < MAX_VDS {
         examined += 1;
-        let b = read_block_at(src, sector * BLOCK)?;
+        let b = read_block_at(src, sector * bs, bs)?;
         let Ok(id) = check_tag(
             &b,
             &[
@@ -192,7 +235,7 @@ fn read_sequence(src: &(impl ReadAt + ?Sized), start: u32, len: u32) -> Result<S
                     break;
                 };
                 sector = u64::from(at);
-                end = sector + (u64::from(l) / BLOCK).min(MAX_VDS);
+                end = sector + (u64::from(l) / bs).min(MAX_VDS);
                 continue;
             }
             tag::PARTITION => {
@@ -223,48 +266,37 @@ impl Udf {
     /// Reads the anchor, the volume descriptors, the partition maps and the file set
     /// descriptor, and the root directory's entry.
     pub(super) fn open(src: &(impl ReadAt + ?Sized), image_size: u64) -> Result<Udf> {
-        let last = (image_size / BLOCK).saturating_sub(1);
-        let mut anchor = None;
-        for sector in [ANCHOR_SECTOR, last, last.saturating_sub(256)] {
-            if sector < ANCHOR_SECTOR || sector > u64::from(u32::MAX) {
-                continue;
-            }
-            if let Ok(b) = read_block_at(src, sector * BLOCK) {
-                if check_tag(&b, &[tag::ANCHOR], sector as u32).is_ok() {
-                    anchor = Some(b);
-                    break;
-                }
-            }
-        }
-        let anchor = anchor.ok_or_else(|| {
+        let (bs, anchor) = find_anchor(src, image_size)?.ok_or_else(|| {
             err(
-                ANCHOR_SECTOR * BLOCK,
-                "no anchor volume descriptor pointer at sector 256 or at the end",
+                ANCHOR_SECTOR * SECTOR_SIZE,
+                "no anchor volume descriptor pointer at block 256 or at the end",
             )
         })?;
         let ad = |at| {
             (
-                le32(&anchor.data, at).unwrap_or(0),
-                le32(&anchor.data, at + 4).unwrap_or(0),
+                le32(&anchor, at).unwrap_or(0),
+                le32(&anchor, at + 4).unwrap_or(0),
             )
         };
         let (main_len, main_at) = ad(16);
         let (reserve_len, reserve_at) = ad(24);
-        let mut seq = read_sequence(src, main_at, main_len)?;
+        let mut seq = read_sequence(src, main_at, main_len, bs)?;
         if seq.volume.is_none() || seq.partitions.is_empty() {
-            seq = read_sequence(src, reserve_at, reserve_len)?;
+            seq = read_sequence(src, reserve_at, reserve_len, bs)?;
         }
         let Some((_, lvd)) = seq.volume else {
             return Err(err(
-                u64::from(main_at) * BLOCK,
+                u64::from(main_at) * bs,
                 "no logical volume descriptor in the volume descriptor sequences",
             ));
         };
         let block_size = le32(&lvd.data, 212).unwrap_or(0);
-        if u64::from(block_size) != BLOCK {
+        if u64::from(block_size) != bs {
             return Err(err(
                 lvd.at,
-                format!("logical block size {block_size} is not supported (only 2048)"),
+                format!(
+                    "logical block size {block_size}, but the anchor is at block 256 of {bs} bytes"
+                ),
             ));
         }
         let physical = |number: u16| -> Result<Part> {
@@ -274,7 +306,7 @@ impl Udf {
                 .find(|p| p.number == number)
                 .ok_or_else(|| err(lvd.at, format!("partition {number} has no descriptor")))?;
             Ok(Part::Physical {
-                start: u64::from(pd.start) * BLOCK,
+                start: u64::from(pd.start) * bs,
                 blocks: u64::from(pd.blocks),
             })
         };
@@ -309,12 +341,12 @@ impl Udf {
                         let phys = physical(number)?;
                         let main = le32(map, 40).unwrap_or(0);
                         let mirror = le32(map, 44).unwrap_or(0);
-                        match metadata_runs(src, &phys, main) {
+                        match metadata_runs(src, &phys, main, bs) {
                             Ok(runs) => Part::Metadata { runs },
                             Err(e) => {
                                 tracing::debug!(error = %e, "UDF metadata file unreadable; reading its mirror");
                                 Part::Metadata {
-                                    runs: metadata_runs(src, &phys, mirror)?,
+                                    runs: metadata_runs(src, &phys, mirror, bs)?,
                                 }
                             }
                         }
@@ -336,6 +368,7 @@ impl Udf {
             parts.push(part);
         }
         let mut udf = Udf {
+            bs,
             parts,
             root: Entry::default(),
         };
@@ -370,10 +403,10 @@ impl Udf {
                 if u64::from(at.block) >= *blocks {
                     return Err(fail("past the end of the partition"));
                 }
-                Ok(start + u64::from(at.block) * BLOCK)
+                Ok(start + u64::from(at.block) * self.bs)
             }
             Some(Part::Metadata { runs }) => {
-                let mut want = u64::from(at.block) * BLOCK;
+                let mut want = u64::from(at.block) * self.bs;
                 for r in runs {
                     if want < r.len {
                         if r.start == HOLE {
@@ -389,7 +422,7 @@ impl Udf {
     }
 
     fn read_block(&self, src: &(impl ReadAt + ?Sized), at: LbAddr) -> Result<Block> {
-        read_block_at(src, self.offset_of(at)?)
+        read_block_at(src, self.offset_of(at)?, self.bs)
     }
 
     /// Appends the image places of `len` bytes from block `at` on to `out`.
@@ -417,7 +450,7 @@ impl Udf {
         match self.parts.get(usize::from(at.part)) {
             None => Err(fail("no such partition".into())),
             Some(Part::Physical { start, blocks }) => {
-                let need = len.div_ceil(BLOCK);
+                let need = len.div_ceil(self.bs);
                 if u64::from(at.block) + need > *blocks {
                     return Err(fail(format!(
                         "{len} bytes run past the partition's {blocks} blocks"
@@ -425,14 +458,14 @@ impl Udf {
                 }
                 push(
                     Extent {
-                        start: start + u64::from(at.block) * BLOCK,
+                        start: start + u64::from(at.block) * self.bs,
                         len,
                     },
                     out,
                 )
             }
             Some(Part::Metadata { runs }) => {
-                let mut skip = u64::from(at.block) * BLOCK;
+                let mut skip = u64::from(at.block) * self.bs;
                 let mut left = len;
                 for r in runs {
                     if left == 0 {
@@ -821,7 +854,12 @@ fn place_of(e: &Entry, mut pos: u64) -> u64 {
 
 /// The metadata file's places (UDF 2.50 2.2.13): its file entry is at block `at` of the
 /// physical partition, its short allocation descriptors relative to that partition.
-fn metadata_runs(src: &(impl ReadAt + ?Sized), phys: &Part, at: u32) -> Result<Vec<Extent>> {
+fn metadata_runs(
+    src: &(impl ReadAt + ?Sized),
+    phys: &Part,
+    at: u32,
+    bs: u64,
+) -> Result<Vec<Extent>> {
     let Part::Physical { start, blocks } = *phys else {
         return Err(err(
             0,
@@ -829,6 +867,7 @@ fn metadata_runs(src: &(impl ReadAt + ?Sized), phys: &Part, at: u32) -> Result<V
         ));
     };
     let host = Udf {
+        bs,
         parts: vec![Part::Physical { start, blocks }],
         root: Entry::default(),
     };
