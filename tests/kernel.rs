@@ -1231,7 +1231,8 @@ fn a_mount_that_hangs_holds_up_no_other_and_is_undone_if_its_medium_goes() {
 /// same UDF trees: the same paths, types, sizes, modes, owners, mtimes, contents and symlink
 /// targets. The images: a Windows-style bridge made by pycdlib (README.TXT alone in its
 /// ISO9660 tree; long, 16-bit and spaced names, symlinks with `..` and absolute, an empty
-/// directory) and the udf-joliet fixture (genisoimage, no owners recorded).
+/// directory), the udf-joliet fixture (genisoimage, no owners recorded) and a CD-R image with
+/// a VAT (mkudffs), which the kernel mounts as it does the reader.
 #[test]
 fn the_kernel_and_the_reader_show_the_same_udf_trees() {
     if !kernel_has_udf() {
@@ -1250,8 +1251,27 @@ fn the_kernel_and_the_reader_show_the_same_udf_trees() {
     common::udf::bridge_tree(&src);
     let bridge = w.path("bridge.iso");
     common::udf::pycdlib_bridge(&src, &bridge, "Kernel Bridge");
+    // A CD-R written incrementally, cut after its VAT as a copy of the disc ends.
+    let vat = w.path("vat.img");
+    File::create(&vat).unwrap().set_len(10 << 20).unwrap();
+    common::output_ok(
+        Command::new("mkudffs")
+            .args(["-b", "2048", "--media-type=cdr", "--label=VAT"])
+            .arg(&vat),
+    );
+    let data = fs::read(&vat).unwrap();
+    let end = data
+        .chunks(2048)
+        .rposition(|b| b.iter().any(|&x| x != 0))
+        .unwrap();
+    File::options()
+        .write(true)
+        .open(&vat)
+        .unwrap()
+        .set_len((end as u64 + 1) * 2048)
+        .unwrap();
     let mut e = KernelExecutor::new(LinuxSys, w.root.clone());
-    for iso in [bridge, common::fixtures().join("udf-joliet.iso")] {
+    for iso in [bridge, common::fixtures().join("udf-joliet.iso"), vat] {
         let m = medium(&iso, "udf");
         let dev = published_loop(publish(&mut e, "udf", &m));
         let target = w.root.join("udf");

@@ -288,6 +288,9 @@ pub fn read_udf(src: &(impl ReadAt + ?Sized)) -> Result<Option<UdfVolume>> {
         block_size: bs,
         ..UdfVolume::default()
     };
+    // The first partition (start, length) and whether the volume maps a virtual one.
+    let mut first_partition = None;
+    let mut virtual_partition = false;
     for i in 0..count {
         let sector = u64::from(loc) + i;
         let d = read(sector)?;
@@ -301,13 +304,25 @@ pub fn read_udf(src: &(impl ReadAt + ?Sized)) -> Result<Option<UdfVolume>> {
                 if let (Some(start), Some(blocks)) = (le32(&d, 188), le32(&d, 192)) {
                     let end = (u64::from(start) + u64::from(blocks)) * bs;
                     vol.partition_end = vol.partition_end.max(end);
+                    first_partition.get_or_insert((start, blocks));
                 }
             }
-            // Logical volume descriptor: LogicalVolumeIdentifier, a dstring at 84..212.
+            // Logical volume descriptor: LogicalVolumeIdentifier, a dstring at 84..212; the
+            // partition maps from 440 (a type 2 map names its kind at 5).
             6 if vol.logical_volume_id.is_none() => {
                 vol.logical_volume_id = d.get(84..212).and_then(decode_dstring);
+                let table = le32(&d, 264).map_or(0, |n| n as usize);
+                let maps = d
+                    .get(440..440usize.saturating_add(table))
+                    .unwrap_or_default();
+                virtual_partition = maps.windows(22).any(|w| w == b"*UDF Virtual Partition");
             }
             _ => {}
+        }
+    }
+    if let (true, Some((start, blocks))) = (virtual_partition, first_partition) {
+        if super::udf::vat_at_end(src, size, bs, start, blocks) {
+            vol.partition_end = size;
         }
     }
     Ok(Some(vol))

@@ -5,10 +5,10 @@
 //! Supported: type 1 partitions, sparable partitions (read as their physical partition:
 //! packets the sparing table remapped are read where first written), metadata partitions (UDF 2.50 and later, main file,
 //! then mirror), file entries and extended file entries, short, long and embedded allocation
-//! descriptors, allocation extent chains, unrecorded extents (read as zeros), symlinks, and
-//! logical blocks of 512 to 32768 bytes (sticks and disks formatted with UDF).
-//! Not supported, an error naming it: virtual (VAT) partitions of incrementally written
-//! discs, extended allocation descriptors.
+//! descriptors, allocation extent chains, unrecorded extents (read as zeros), symlinks,
+//! logical blocks of 512 to 32768 bytes (sticks and disks formatted with UDF), and virtual
+//! partitions of discs written incrementally, through the VAT in the image's last block.
+//! Not supported, an error naming it: extended allocation descriptors.
 //!
 //! Input is untrusted: every location is checked against its partition and the image, every
 //! descriptor's tag (identifier, checksum, location) is verified, chains and sizes are capped.
@@ -73,8 +73,9 @@ fn long_ad(b: &[u8], at: usize) -> Option<(u32, LbAddr)> {
 enum Part {
     /// Blocks `0..blocks` start at byte `start`.
     Physical { start: u64, blocks: u64 },
-    /// A metadata partition: its bytes are the metadata file's, at these places (in order).
-    Metadata { runs: Vec<Extent> },
+    /// Its bytes are at these places, in order: a metadata partition's are its metadata
+    /// file's, a virtual partition's the physical blocks its VAT lists (a hole where none).
+    Mapped { runs: Vec<Extent> },
 }
 
 /// The UDF tree of an image: its partitions and its root.
@@ -342,19 +343,18 @@ impl Udf {
                         let main = le32(map, 40).unwrap_or(0);
                         let mirror = le32(map, 44).unwrap_or(0);
                         match metadata_runs(src, &phys, main, bs) {
-                            Ok(runs) => Part::Metadata { runs },
+                            Ok(runs) => Part::Mapped { runs },
                             Err(e) => {
                                 tracing::debug!(error = %e, "UDF metadata file unreadable; reading its mirror");
-                                Part::Metadata {
+                                Part::Mapped {
                                     runs: metadata_runs(src, &phys, mirror, bs)?,
                                 }
                             }
                         }
                     } else if ident.starts_with(b"*UDF Virtual Partition") {
-                        return Err(err(
-                            lvd.at,
-                            "virtual (VAT) partitions of incrementally written discs are not supported",
-                        ));
+                        Part::Mapped {
+                            runs: vat_runs(src, &physical(number)?, image_size, bs)?,
+                        }
                     } else {
                         let shown = String::from_utf8_lossy(ident);
                         return Err(err(
@@ -405,18 +405,18 @@ impl Udf {
                 }
                 Ok(start + u64::from(at.block) * self.bs)
             }
-            Some(Part::Metadata { runs }) => {
+            Some(Part::Mapped { runs }) => {
                 let mut want = u64::from(at.block) * self.bs;
                 for r in runs {
                     if want < r.len {
                         if r.start == HOLE {
-                            return Err(fail("not recorded in the metadata file"));
+                            return Err(fail("not recorded"));
                         }
                         return Ok(r.start + want);
                     }
                     want -= r.len;
                 }
-                Err(fail("past the end of the metadata partition"))
+                Err(fail("past the end of the partition"))
             }
         }
     }
@@ -464,7 +464,7 @@ impl Udf {
                     out,
                 )
             }
-            Some(Part::Metadata { runs }) => {
+            Some(Part::Mapped { runs }) => {
                 let mut skip = u64::from(at.block) * self.bs;
                 let mut left = len;
                 for r in runs {
@@ -476,7 +476,7 @@ impl Udf {
                         continue;
                     }
                     if r.start == HOLE {
-                        return Err(fail("not recorded in the metadata file".into()));
+                        return Err(fail("not recorded".into()));
                     }
                     let n = (r.len - skip).min(left);
                     push(
@@ -490,7 +490,7 @@ impl Udf {
                     skip = 0;
                 }
                 if left > 0 {
-                    return Err(fail("runs past the end of the metadata partition".into()));
+                    return Err(fail("runs past the end of the partition".into()));
                 }
                 Ok(())
             }
@@ -560,8 +560,10 @@ impl Udf {
             _ => Kind::Other,
         };
         let mut extents = Extents::None;
-        // Data to place: files, directories, symlinks, and the metadata files (250 to 252).
-        if kind != Kind::Other || (250..=252).contains(&file_type) {
+        // Data to place: files, directories, symlinks, the VAT (248) and the metadata files
+        // (250 to 252).
+        let data = kind != Kind::Other || matches!(file_type, 248 | 250..=252);
+        if data {
             match flags & 7 {
                 3 => {
                     let inline = (ad_len as u64).min(size);
@@ -602,7 +604,7 @@ impl Udf {
         let mut entry = Entry {
             name: OsString::new(),
             kind,
-            size: if kind == Kind::Other { 0 } else { size },
+            size: if data { size } else { 0 },
             mode,
             uid: id_of(u32_at(36)),
             gid: id_of(u32_at(40)),
@@ -884,6 +886,124 @@ fn metadata_runs(
     Ok(node.extents.as_slice().to_vec())
 }
 
+/// Bytes of a virtual allocation table read at most (4 Mi virtual blocks: the ICBs and
+/// directories of millions of files).
+const MAX_VAT_BYTES: u64 = 16 << 20;
+
+/// The VAT's file entry in the last block of the image, if it is one (UDF 2.2.11): its block
+/// in the physical partition starting at byte `start`, its entry and type.
+fn vat_entry(
+    src: &(impl ReadAt + ?Sized),
+    host: &Udf,
+    start: u64,
+    image_size: u64,
+) -> Result<(Entry, u8)> {
+    let bs = host.bs;
+    let last = (image_size / bs).saturating_sub(1);
+    let rel = last
+        .checked_sub(start / bs)
+        .and_then(|r| u32::try_from(r).ok())
+        .ok_or_else(|| err(last * bs, "the image ends before its virtual partition"))?;
+    let addr = LbAddr {
+        block: rel,
+        part: 0,
+    };
+    let b = host.read_block(src, addr)?;
+    let id = check_tag(&b, &[tag::FILE_ENTRY, tag::EXT_FILE_ENTRY], rel).map_err(|e| {
+        err(
+            b.at,
+            format!("no virtual allocation table in the image's last block ({e}): a disc written incrementally is read from its last written block"),
+        )
+    })?;
+    let file_type = b.data.get(27).copied().unwrap_or(0);
+    let entry = host.parse_entry(src, &b, addr, id == tag::EXT_FILE_ENTRY)?;
+    Ok((entry, file_type))
+}
+
+/// Whether the image's last block holds the VAT of a virtual partition whose physical
+/// partition starts at block `start` and has `blocks` blocks of `bs` bytes: a disc written
+/// incrementally is whole when it ends with its VAT (its partition descriptor declares the
+/// whole medium, written or not).
+pub(super) fn vat_at_end(
+    src: &(impl ReadAt + ?Sized),
+    image_size: u64,
+    bs: u64,
+    start: u32,
+    blocks: u32,
+) -> bool {
+    let host = Udf {
+        bs,
+        parts: vec![Part::Physical {
+            start: u64::from(start) * bs,
+            blocks: u64::from(blocks),
+        }],
+        root: Entry::default(),
+    };
+    vat_entry(src, &host, u64::from(start) * bs, image_size)
+        .is_ok_and(|(_, ty)| ty == 248 || ty == 0)
+}
+
+/// A virtual partition's places (UDF 2.2.11): virtual block n is the physical block the VAT's
+/// entry n names, in the physical partition `phys`; the VAT is the file whose entry is the
+/// image's last block (type 248, after a header; or, UDF 1.50, type 0 ending with its
+/// identifier and the previous VAT's place).
+fn vat_runs(
+    src: &(impl ReadAt + ?Sized),
+    phys: &Part,
+    image_size: u64,
+    bs: u64,
+) -> Result<Vec<Extent>> {
+    let Part::Physical { start, blocks } = *phys else {
+        return Err(err(
+            0,
+            "virtual partition on a partition that is not physical",
+        ));
+    };
+    let host = Udf {
+        bs,
+        parts: vec![Part::Physical { start, blocks }],
+        root: Entry::default(),
+    };
+    let (entry, file_type) = vat_entry(src, &host, start, image_size)?;
+    let data = host.read_all(src, &entry, "virtual allocation table", MAX_VAT_BYTES)?;
+    let table = match file_type {
+        248 => {
+            let header = usize::from(le16(&data, 0).unwrap_or(0));
+            data.get(header..)
+        }
+        0 => data
+            .len()
+            .checked_sub(36)
+            .filter(|&end| {
+                data.get(end + 1..end + 23)
+                    .is_some_and(|id| id == b"*UDF Virtual Alloc Tbl")
+            })
+            .and_then(|end| data.get(..end)),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        err(
+            entry.id,
+            format!("the last block's file (type {file_type}) is not a virtual allocation table"),
+        )
+    })?;
+    let mut runs: Vec<Extent> = Vec::new();
+    for raw in table.chunks_exact(4) {
+        let block = le32(raw, 0).unwrap_or(u32::MAX);
+        let at = if u64::from(block) < blocks {
+            start + u64::from(block) * bs
+        } else {
+            HOLE
+        };
+        match runs.last_mut() {
+            Some(r) if r.start != HOLE && at != HOLE && r.start + r.len == at => r.len += bs,
+            Some(r) if r.start == HOLE && at == HOLE => r.len += bs,
+            _ => runs.push(Extent { start: at, len: bs }),
+        }
+    }
+    Ok(runs)
+}
+
 /// An OSTA CS0 string (UDF 2.1.1): compression 8 (or 254) is one byte a character, 16 (or
 /// 255) UTF-16 big-endian.
 fn decode_cs0(b: &[u8]) -> Option<String> {
@@ -1055,6 +1175,16 @@ mod tests {
     }
 
     fn image() -> Vec<u8> {
+        build(false)
+    }
+
+    /// The same tree on a virtual partition: the VAT, in the image's last block, maps virtual
+    /// block n to physical block META_AT + n (where the metadata file put metadata block n).
+    fn vat_image() -> Vec<u8> {
+        build(true)
+    }
+
+    fn build(vat: bool) -> Vec<u8> {
         let mut img = vec![0u8; 300 * 2048];
         for (sector, id) in [(16, b"BEA01"), (17, b"NSR02"), (18, b"TEA01")] {
             let b = at(&mut img, sector);
@@ -1064,7 +1194,8 @@ mod tests {
         let pd = at(&mut img, 32);
         pd[22..24].copy_from_slice(&0u16.to_le_bytes());
         pd[188..192].copy_from_slice(&PART.to_le_bytes());
-        pd[192..196].copy_from_slice(&150u32.to_le_bytes());
+        let blocks: u32 = if vat { 200 } else { 150 };
+        pd[192..196].copy_from_slice(&blocks.to_le_bytes());
         put_tag(pd, tag::PARTITION, 32);
         let lvd = at(&mut img, 33);
         lvd[16..20].copy_from_slice(&1u32.to_le_bytes());
@@ -1079,7 +1210,11 @@ mod tests {
         let map = &mut lvd[446..510];
         map[0] = 2;
         map[1] = 64;
-        map[5..28].copy_from_slice(b"*UDF Metadata Partition");
+        if vat {
+            map[5..27].copy_from_slice(b"*UDF Virtual Partition");
+        } else {
+            map[5..28].copy_from_slice(b"*UDF Metadata Partition");
+        }
         map[36..38].copy_from_slice(&1u16.to_le_bytes());
         map[38..40].copy_from_slice(&0u16.to_le_bytes());
         map[40..44].copy_from_slice(&0u32.to_le_bytes());
@@ -1153,6 +1288,15 @@ mod tests {
             target.len() as u64,
             &target,
         );
+        if vat {
+            // Type 248: a 152-byte header, then one physical block per virtual block.
+            let mut table = vec![0u8; 152];
+            table[0..2].copy_from_slice(&152u16.to_le_bytes());
+            for n in 0..META_BLOCKS {
+                table.extend_from_slice(&(META_AT + n).to_le_bytes());
+            }
+            file_entry(at(&mut img, 299), 199, 248, 3, table.len() as u64, &table);
+        }
         img
     }
 
@@ -1230,6 +1374,29 @@ mod tests {
     }
 
     #[test]
+    fn a_virtual_partition_reads_through_the_vat_in_the_last_block() {
+        let data = vat_image();
+        // The partition descriptor declares blocks never written; ending with the VAT, the
+        // image is whole.
+        let info = crate::iso9660::probe(&data).unwrap();
+        assert_eq!(info.volume_size, data.len() as u64);
+        assert!(info.complete());
+        let img = Image::open(data.clone()).unwrap();
+        assert_eq!(names(&img, "/"), ["big.bin", "file.bin", "hole.bin", "sub"]);
+        assert_eq!(names(&img, "/sub"), ["link"]);
+        let file = content(&img, "/file.bin");
+        assert_eq!(file.len(), 3000);
+        assert!(file[2048..].iter().all(|&b| b == b'b'));
+        assert_eq!(content(&img, "/sub/link"), file);
+        // Cut short, the image ends without its VAT: an error that says so, and incomplete.
+        let mut cut = data;
+        cut.truncate(299 * 2048);
+        assert!(!crate::iso9660::probe(&cut).unwrap().complete());
+        let e = Image::open(cut).err().unwrap().to_string();
+        assert!(e.contains("no virtual allocation table"), "{e}");
+    }
+
+    #[test]
     fn the_mirror_serves_when_the_metadata_file_is_damaged() {
         let mut data = image();
         at(&mut data, phys(0))[4] ^= 0xFF;
@@ -1274,25 +1441,28 @@ mod tests {
         let err = Image::open(data).err().unwrap().to_string();
         assert!(err.contains("says it is at block 7"), "{err}");
 
-        // A virtual partition.
-        let mut data = image();
-        let lvd = at(&mut data, 33);
-        lvd[446 + 5..446 + 27].copy_from_slice(b"*UDF Virtual Partition");
-        lvd[446 + 27] = 0;
-        put_tag(lvd, tag::LOGICAL_VOLUME, 33);
-        let err = Image::open(data).err().unwrap().to_string();
-        assert!(err.contains("virtual (VAT)"), "{err}");
+        // A VAT naming a block outside its partition: what is there is left out.
+        let mut data = vat_image();
+        let vat = at(&mut data, 299);
+        vat[176 + 152 + 12..176 + 152 + 16].copy_from_slice(&5000u32.to_le_bytes());
+        put_tag(vat, tag::FILE_ENTRY, 199);
+        let img = Image::open(data).unwrap();
+        assert_eq!(names(&img, "/"), ["big.bin", "file.bin", "sub"]);
     }
 
     /// Every byte of every structure set to 0x00, 0x80 and 0xFF in turn: never a panic.
     #[test]
     fn any_byte_of_the_structures_changed_never_panics() {
-        let base = image();
-        let blocks = [32, 33, 256, phys(0), phys(22)]
+        let metadata: Vec<u32> = [32, 33, 256, phys(0), phys(22)]
             .into_iter()
-            .chain((0..META_BLOCKS).map(meta));
-        for block in blocks {
-            for i in 0..512usize {
+            .chain((0..META_BLOCKS).map(meta))
+            .collect();
+        let cases = [(image(), metadata), (vat_image(), vec![33, 299])];
+        for (base, blocks) in &cases {
+            for (block, i) in blocks
+                .iter()
+                .flat_map(|&b| (0..512usize).map(move |i| (b, i)))
+            {
                 for v in [0x00, 0x80, 0xFF] {
                     let mut data = base.clone();
                     at(&mut data, block)[i] = v;
