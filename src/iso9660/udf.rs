@@ -2,8 +2,8 @@
 //! FUSE driver and `ls`/`cat` show for a UDF-only image and for a UDF bridge without Rock
 //! Ridge (Windows installation media: their ISO9660 tree holds only a README).
 //!
-//! Supported: type 1 partitions, sparable partitions (read as their physical partition:
-//! packets the sparing table remapped are read where first written), metadata partitions (UDF 2.50 and later, main file,
+//! Supported: type 1 partitions, sparable partitions (packets read where the sparing table
+//! moved them), metadata partitions (UDF 2.50 and later, main file,
 //! then mirror), file entries and extended file entries, short, long and embedded allocation
 //! descriptors, allocation extent chains, unrecorded extents (read as zeros), symlinks,
 //! logical blocks of 512 to 32768 bytes (sticks and disks formatted with UDF), and virtual
@@ -75,7 +75,47 @@ enum Part {
     Physical { start: u64, blocks: u64 },
     /// Its bytes are at these places, in order: a metadata partition's are its metadata
     /// file's, a virtual partition's the physical blocks its VAT lists (a hole where none).
-    Mapped { runs: Vec<Extent> },
+    Mapped(Runs),
+}
+
+/// A partition's bytes as places in the image, in order, found by binary search (a VAT or a
+/// sparing table can make many).
+#[derive(Debug)]
+struct Runs {
+    runs: Vec<Extent>,
+    /// Where each run starts in the partition's bytes.
+    starts: Vec<u64>,
+}
+
+impl Runs {
+    fn new(runs: Vec<Extent>) -> Runs {
+        let runs: Vec<Extent> = runs.into_iter().filter(|r| r.len > 0).collect();
+        let starts = runs
+            .iter()
+            .scan(0u64, |at, r| {
+                let start = *at;
+                *at = at.saturating_add(r.len);
+                Some(start)
+            })
+            .collect();
+        Runs { runs, starts }
+    }
+
+    /// The index of the run holding partition byte `at` (or `runs.len()` past the end).
+    fn index_of(&self, at: u64) -> usize {
+        let i = self.starts.partition_point(|&s| s <= at).saturating_sub(1);
+        match (self.starts.get(i), self.runs.get(i)) {
+            (Some(&s), Some(r)) if at >= s && at - s < r.len => i,
+            _ => self.runs.len(),
+        }
+    }
+
+    /// The run holding partition byte `at`, and `at`'s offset in it.
+    fn find(&self, at: u64) -> Option<(&Extent, u64)> {
+        let i = self.index_of(at);
+        let r = self.runs.get(i)?;
+        Some((r, at - self.starts.get(i)?))
+    }
 }
 
 /// The UDF tree of an image: its partitions and its root.
@@ -337,24 +377,25 @@ impl Udf {
                     let ident = map.get(5..28).unwrap_or_default();
                     let number = le16(map, 38).unwrap_or(0);
                     if ident.starts_with(b"*UDF Sparable Partition") {
-                        physical(number)?
+                        sparable(src, physical(number)?, map, bs)?
                     } else if ident.starts_with(b"*UDF Metadata Partition") {
                         let phys = physical(number)?;
                         let main = le32(map, 40).unwrap_or(0);
                         let mirror = le32(map, 44).unwrap_or(0);
                         match metadata_runs(src, &phys, main, bs) {
-                            Ok(runs) => Part::Mapped { runs },
+                            Ok(runs) => Part::Mapped(Runs::new(runs)),
                             Err(e) => {
                                 tracing::debug!(error = %e, "UDF metadata file unreadable; reading its mirror");
-                                Part::Mapped {
-                                    runs: metadata_runs(src, &phys, mirror, bs)?,
-                                }
+                                Part::Mapped(Runs::new(metadata_runs(src, &phys, mirror, bs)?))
                             }
                         }
                     } else if ident.starts_with(b"*UDF Virtual Partition") {
-                        Part::Mapped {
-                            runs: vat_runs(src, &physical(number)?, image_size, bs)?,
-                        }
+                        Part::Mapped(Runs::new(vat_runs(
+                            src,
+                            &physical(number)?,
+                            image_size,
+                            bs,
+                        )?))
                     } else {
                         let shown = String::from_utf8_lossy(ident);
                         return Err(err(
@@ -405,19 +446,11 @@ impl Udf {
                 }
                 Ok(start + u64::from(at.block) * self.bs)
             }
-            Some(Part::Mapped { runs }) => {
-                let mut want = u64::from(at.block) * self.bs;
-                for r in runs {
-                    if want < r.len {
-                        if r.start == HOLE {
-                            return Err(fail("not recorded"));
-                        }
-                        return Ok(r.start + want);
-                    }
-                    want -= r.len;
-                }
-                Err(fail("past the end of the partition"))
-            }
+            Some(Part::Mapped(runs)) => match runs.find(u64::from(at.block) * self.bs) {
+                Some((r, _)) if r.start == HOLE => Err(fail("not recorded")),
+                Some((r, within)) => Ok(r.start + within),
+                None => Err(fail("past the end of the partition")),
+            },
         }
     }
 
@@ -464,16 +497,16 @@ impl Udf {
                     out,
                 )
             }
-            Some(Part::Mapped { runs }) => {
-                let mut skip = u64::from(at.block) * self.bs;
+            Some(Part::Mapped(runs)) => {
+                let at_byte = u64::from(at.block) * self.bs;
+                let Some((_, mut skip)) = runs.find(at_byte) else {
+                    return Err(fail("past the end of the partition".into()));
+                };
+                let first = runs.index_of(at_byte);
                 let mut left = len;
-                for r in runs {
+                for r in runs.runs.get(first..).unwrap_or_default() {
                     if left == 0 {
                         break;
-                    }
-                    if skip >= r.len {
-                        skip -= r.len;
-                        continue;
                     }
                     if r.start == HOLE {
                         return Err(fail("not recorded".into()));
@@ -886,9 +919,86 @@ fn metadata_runs(
     Ok(node.extents.as_slice().to_vec())
 }
 
-/// Bytes of a virtual allocation table read at most (4 Mi virtual blocks: the ICBs and
-/// directories of millions of files).
-const MAX_VAT_BYTES: u64 = 16 << 20;
+/// A sparable partition (UDF 2.2.12): its physical partition, with the packets its sparing
+/// table moved (after write errors on a CD-RW or DVD-RW) read where they went. The table with
+/// the highest sequence number among the copies the map lists is used; none readable, or no
+/// packet moved: the partition as written.
+fn sparable(src: &(impl ReadAt + ?Sized), phys: Part, map: &[u8], bs: u64) -> Result<Part> {
+    let Part::Physical { start, blocks } = phys else {
+        return Ok(phys);
+    };
+    let packet = u64::from(le16(map, 40).unwrap_or(0));
+    let copies = usize::from(map.get(42).copied().unwrap_or(0)).min(4);
+    let size = u64::from(le32(map, 44).unwrap_or(0)).min(56 + 8 * 65_535);
+    if packet == 0 || !packet.is_power_of_two() {
+        return Ok(phys);
+    }
+    let mut best: Option<(u32, Vec<(u64, u64)>)> = None;
+    for i in 0..copies {
+        let Some(loc) = le32(map, 48 + 4 * i) else {
+            continue;
+        };
+        let at = u64::from(loc) * bs;
+        let mut table = vec![0u8; size.max(56) as usize];
+        let Ok(n) = read_full(src, &mut table, at) else {
+            continue;
+        };
+        table.truncate(n);
+        let head = Block {
+            at,
+            data: table.get(..16).unwrap_or_default().to_vec(),
+        };
+        if check_tag(&head, &[0], loc).is_err()
+            || table.get(17..35) != Some(b"*UDF Sparing Table".as_slice())
+        {
+            continue;
+        }
+        let sequence = le32(&table, 52).unwrap_or(0);
+        let len = usize::from(le16(&table, 48).unwrap_or(0));
+        let moved: Vec<(u64, u64)> = table
+            .get(56..)
+            .unwrap_or_default()
+            .chunks_exact(8)
+            .take(len)
+            .filter_map(|e| Some((le32(e, 0)?, le32(e, 4)?)))
+            .filter(|&(orig, _)| orig < 0xFFFF_FFF0)
+            .map(|(orig, mapped)| (u64::from(orig), u64::from(mapped)))
+            .collect();
+        if best.as_ref().is_none_or(|(seq, _)| sequence > *seq) {
+            best = Some((sequence, moved));
+        }
+    }
+    let Some((_, mut moved)) = best.filter(|(_, m)| !m.is_empty()) else {
+        return Ok(phys);
+    };
+    moved.sort_unstable();
+    let mut runs = Vec::new();
+    let mut pos = 0u64;
+    for (orig, mapped) in moved {
+        if orig % packet != 0 || orig < pos || orig >= blocks {
+            continue;
+        }
+        runs.push(Extent {
+            start: start + pos * bs,
+            len: (orig - pos) * bs,
+        });
+        let len = packet.min(blocks - orig);
+        runs.push(Extent {
+            start: mapped * bs,
+            len: len * bs,
+        });
+        pos = orig + len;
+    }
+    runs.push(Extent {
+        start: start + pos * bs,
+        len: (blocks - pos) * bs,
+    });
+    Ok(Part::Mapped(Runs::new(runs)))
+}
+
+/// Bytes of a virtual allocation table read at most (1 Mi virtual blocks: the ICBs and
+/// directories of a million files).
+const MAX_VAT_BYTES: u64 = 4 << 20;
 
 /// The VAT's file entry in the last block of the image, if it is one (UDF 2.2.11): its block
 /// in the physical partition starting at byte `start`, its entry and type.
@@ -1396,6 +1506,54 @@ mod tests {
         assert!(e.contains("no virtual allocation table"), "{e}");
     }
 
+    /// [`image`] on a sparable partition (a CD-RW's) whose sparing table, at block 50, moved
+    /// packet 0 (physical blocks 0 to 31) to blocks 260 to 291, where block 20 now holds 'z'.
+    fn spared_image() -> Vec<u8> {
+        let mut img = image();
+        let lvd = at(&mut img, 33);
+        let metadata_map = lvd[446..510].to_vec();
+        lvd[440..].fill(0);
+        let map = &mut lvd[440..504];
+        map[0] = 2;
+        map[1] = 64;
+        map[5..28].copy_from_slice(b"*UDF Sparable Partition");
+        map[36..38].copy_from_slice(&1u16.to_le_bytes());
+        map[40..42].copy_from_slice(&32u16.to_le_bytes());
+        map[42] = 1;
+        map[44..48].copy_from_slice(&2048u32.to_le_bytes());
+        map[48..52].copy_from_slice(&50u32.to_le_bytes());
+        lvd[504..568].copy_from_slice(&metadata_map);
+        lvd[264..268].copy_from_slice(&128u32.to_le_bytes());
+        put_tag(lvd, tag::LOGICAL_VOLUME, 33);
+        let table = at(&mut img, 50);
+        table[17..35].copy_from_slice(b"*UDF Sparing Table");
+        table[48..50].copy_from_slice(&1u16.to_le_bytes());
+        table[52..56].copy_from_slice(&1u32.to_le_bytes());
+        table[56..60].copy_from_slice(&0u32.to_le_bytes());
+        table[60..64].copy_from_slice(&260u32.to_le_bytes());
+        put_tag(table, 0, 50);
+        let packet = img[phys(0) as usize * 2048..phys(32) as usize * 2048].to_vec();
+        img[260 * 2048..292 * 2048].copy_from_slice(&packet);
+        at(&mut img, 280).fill(b'z');
+        img
+    }
+
+    #[test]
+    fn a_sparable_partition_reads_moved_packets_where_they_went() {
+        let img = Image::open(spared_image()).unwrap();
+        assert_eq!(names(&img, "/"), ["big.bin", "file.bin", "hole.bin", "sub"]);
+        let file = content(&img, "/file.bin");
+        assert!(file[..2048].iter().all(|&b| b == b'z'), "the moved block");
+        assert!(file[2048..].iter().all(|&b| b == b'b'));
+        // A table that fails its checksum is not used: the packet is read where written.
+        let mut data = spared_image();
+        at(&mut data, 50)[4] ^= 1;
+        let img = Image::open(data).unwrap();
+        assert!(content(&img, "/file.bin")[..2048]
+            .iter()
+            .all(|&b| b == b'a'));
+    }
+
     #[test]
     fn the_mirror_serves_when_the_metadata_file_is_damaged() {
         let mut data = image();
@@ -1457,7 +1615,11 @@ mod tests {
             .into_iter()
             .chain((0..META_BLOCKS).map(meta))
             .collect();
-        let cases = [(image(), metadata), (vat_image(), vec![33, 299])];
+        let cases = [
+            (image(), metadata),
+            (vat_image(), vec![33, 299]),
+            (spared_image(), vec![33, 50]),
+        ];
         for (base, blocks) in &cases {
             for (block, i) in blocks
                 .iter()
