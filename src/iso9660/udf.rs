@@ -1181,6 +1181,25 @@ mod tests {
     }
 
     #[test]
+    fn runs_find_each_byte_by_binary_search() {
+        let e = |start, len| Extent { start, len };
+        let runs = Runs::new(vec![e(1000, 10), e(0, 0), e(HOLE, 5), e(50, 20)]);
+        assert_eq!(runs.find(0), Some((&e(1000, 10), 0)));
+        assert_eq!(runs.find(9), Some((&e(1000, 10), 9)));
+        assert_eq!(runs.find(10), Some((&e(HOLE, 5), 0)));
+        assert_eq!(runs.find(15), Some((&e(50, 20), 0)));
+        assert_eq!(runs.find(34), Some((&e(50, 20), 19)));
+        assert_eq!(runs.find(35), None);
+        assert_eq!(runs.index_of(35), 3);
+        // A million one-block runs: each found at once.
+        let many = Runs::new((0..1_000_000u64).map(|i| e(i * 4096, 2048)).collect());
+        assert_eq!(
+            many.find(2048 * 999_999 + 7),
+            Some((&e(999_999 * 4096, 2048), 7))
+        );
+    }
+
+    #[test]
     fn cs0_names_are_latin1_or_utf16() {
         assert_eq!(decode_cs0(b"\x08caf\xe9").as_deref(), Some("café"));
         assert_eq!(
