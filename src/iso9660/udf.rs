@@ -426,6 +426,23 @@ impl Udf {
         Ok(udf)
     }
 
+    /// A reader of `phys` alone (as partition 0), for the files that map other partitions
+    /// (a metadata file, a VAT); with the partition's first byte and length in blocks.
+    fn over(phys: &Part, bs: u64, what: &str) -> Result<(Udf, u64, u64)> {
+        let Part::Physical { start, blocks } = *phys else {
+            return Err(err(
+                0,
+                format!("{what} on a partition that is not physical"),
+            ));
+        };
+        let host = Udf {
+            bs,
+            parts: vec![Part::Physical { start, blocks }],
+            root: Entry::default(),
+        };
+        Ok((host, start, blocks))
+    }
+
     pub(super) fn root(&self) -> &Entry {
         &self.root
     }
@@ -895,17 +912,7 @@ fn metadata_runs(
     at: u32,
     bs: u64,
 ) -> Result<Vec<Extent>> {
-    let Part::Physical { start, blocks } = *phys else {
-        return Err(err(
-            0,
-            "metadata partition on a partition that is not physical",
-        ));
-    };
-    let host = Udf {
-        bs,
-        parts: vec![Part::Physical { start, blocks }],
-        root: Entry::default(),
-    };
+    let (host, _, _) = Udf::over(phys, bs, "metadata partition")?;
     let addr = LbAddr { block: at, part: 0 };
     let b = host.read_block(src, addr)?;
     let id = check_tag(&b, &[tag::FILE_ENTRY, tag::EXT_FILE_ENTRY], at)?;
@@ -1041,13 +1048,12 @@ pub(super) fn vat_at_end(
     start: u32,
     blocks: u32,
 ) -> bool {
-    let host = Udf {
-        bs,
-        parts: vec![Part::Physical {
-            start: u64::from(start) * bs,
-            blocks: u64::from(blocks),
-        }],
-        root: Entry::default(),
+    let phys = Part::Physical {
+        start: u64::from(start) * bs,
+        blocks: u64::from(blocks),
+    };
+    let Ok((host, _, _)) = Udf::over(&phys, bs, "virtual partition") else {
+        return false;
     };
     vat_entry(src, &host, u64::from(start) * bs, image_size)
         .is_ok_and(|(_, ty)| ty == 248 || ty == 0)
@@ -1063,17 +1069,7 @@ fn vat_runs(
     image_size: u64,
     bs: u64,
 ) -> Result<Vec<Extent>> {
-    let Part::Physical { start, blocks } = *phys else {
-        return Err(err(
-            0,
-            "virtual partition on a partition that is not physical",
-        ));
-    };
-    let host = Udf {
-        bs,
-        parts: vec![Part::Physical { start, blocks }],
-        root: Entry::default(),
-    };
+    let (host, start, blocks) = Udf::over(phys, bs, "virtual partition")?;
     let (entry, file_type) = vat_entry(src, &host, start, image_size)?;
     let data = host.read_all(src, &entry, "virtual allocation table", MAX_VAT_BYTES)?;
     let table = match file_type {
