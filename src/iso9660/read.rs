@@ -527,8 +527,8 @@ pub struct Image<R> {
     names: Names,
     /// SP skip of the Rock Ridge tree; `None` when Rock Ridge is not used.
     rr_skip: Option<usize>,
-    /// The UDF tree, when it is the one shown.
-    udf: Option<Udf>,
+    /// The UDF tree, when it is the one shown (boxed: a watcher holds thousands of images).
+    udf: Option<Box<Udf>>,
     root: Entry,
 }
 
@@ -542,14 +542,13 @@ impl<R: ReadAt> Image<R> {
         let (mut info, probed) = probe_full(&src)?;
         if probed.root_rr.is_none() && info.udf {
             match Udf::open(&src, info.image_size) {
-                Ok(udf) => {
-                    let root = udf.root().clone();
+                Ok((udf, root)) => {
                     return Ok(Image {
                         src,
                         info,
                         names: Names::Udf,
                         rr_skip: None,
-                        udf: Some(udf),
+                        udf: Some(Box::new(udf)),
                         root,
                     });
                 }

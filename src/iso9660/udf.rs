@@ -118,13 +118,12 @@ impl Runs {
     }
 }
 
-/// The UDF tree of an image: its partitions and its root.
+/// The UDF tree of an image: how its partitions map to the image (the root is the image's).
 #[derive(Debug)]
 pub(super) struct Udf {
     /// The logical block size.
     bs: u64,
     parts: Vec<Part>,
-    root: Entry,
 }
 
 /// The anchor volume descriptor pointer (ECMA-167 3/10.2) and the block size it was found
@@ -305,8 +304,8 @@ fn read_sequence(src: &(impl ReadAt + ?Sized), start: u32, len: u32, bs: u64) ->
 
 impl Udf {
     /// Reads the anchor, the volume descriptors, the partition maps and the file set
-    /// descriptor, and the root directory's entry.
-    pub(super) fn open(src: &(impl ReadAt + ?Sized), image_size: u64) -> Result<Udf> {
+    /// descriptor; gives the tree and its root directory's entry.
+    pub(super) fn open(src: &(impl ReadAt + ?Sized), image_size: u64) -> Result<(Udf, Entry)> {
         let (bs, anchor) = find_anchor(src, image_size)?.ok_or_else(|| {
             err(
                 ANCHOR_SECTOR * SECTOR_SIZE,
@@ -408,11 +407,7 @@ impl Udf {
             };
             parts.push(part);
         }
-        let mut udf = Udf {
-            bs,
-            parts,
-            root: Entry::default(),
-        };
+        let udf = Udf { bs, parts };
         let (_, fsd_at) = long_ad(&lvd.data, 248).unwrap_or_default();
         let fsd = udf.read_block(src, fsd_at)?;
         check_tag(&fsd, &[tag::FILE_SET], fsd_at.block)?;
@@ -422,8 +417,7 @@ impl Udf {
             return Err(err(fsd.at, "the root ICB is not a directory"));
         }
         root.name = OsString::from("/");
-        udf.root = root;
-        Ok(udf)
+        Ok((udf, root))
     }
 
     /// A reader of `phys` alone (as partition 0), for the files that map other partitions
@@ -438,13 +432,8 @@ impl Udf {
         let host = Udf {
             bs,
             parts: vec![Part::Physical { start, blocks }],
-            root: Entry::default(),
         };
         Ok((host, start, blocks))
-    }
-
-    pub(super) fn root(&self) -> &Entry {
-        &self.root
     }
 
     /// The byte offset of a block of a partition.
