@@ -295,6 +295,34 @@ fn udf_images_from_mkudffs_open_in_every_layout() {
     }
 }
 
+/// A bridge whose UDF side cannot be read (here its logical volume says blocks of 4096 bytes
+/// where the anchor is on 2048) is shown through its Joliet tree, with a warning naming the
+/// image and the cause, rather than not at all.
+#[test]
+fn a_bridge_whose_udf_side_is_unreadable_shows_its_joliet_tree_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = tmp.path().join("broken-udf.iso");
+    let mut data = fs::read(common::fixtures().join("udf-joliet.iso")).unwrap();
+    let lvd = (16..64)
+        .map(|s| s * 2048)
+        .find(|&at| data[at..at + 2] == 6u16.to_le_bytes())
+        .expect("a logical volume descriptor");
+    data[lvd + 212..lvd + 216].copy_from_slice(&4096u32.to_le_bytes());
+    fs::write(&iso, &data).unwrap();
+    let out = isomgr(&["ls", iso.to_str().unwrap(), "/"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(iso.to_str().unwrap())
+            && err.contains("logical block size 4096")
+            && err.contains("showing the ISO9660 tree instead"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("README.TXT"));
+    let image = Image::open(fs::File::open(&iso).unwrap()).unwrap();
+    assert_eq!(image.names(), Names::Joliet);
+}
+
 /// Discs written incrementally keep a VAT (virtual allocation table) in their last written
 /// block; mkudffs makes such images for CD-R, BD-R (UDF 2.50) and on request. As made, the
 /// file goes on past the VAT (zeros) and nothing can read it (Linux neither): `ls` and `cat`

@@ -147,7 +147,16 @@ pub(crate) fn open_image(
 ) -> anyhow::Result<crate::iso9660::Image<std::fs::File>> {
     use anyhow::Context;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    crate::iso9660::Image::open(file).with_context(|| path.display().to_string())
+    let image = crate::iso9660::Image::open(file).with_context(|| path.display().to_string())?;
+    for w in image
+        .info()
+        .warnings
+        .iter()
+        .filter(|w| w.starts_with("UDF tree"))
+    {
+        eprintln!("isomgr: {}: warning: {w}", path.display());
+    }
+    Ok(image)
 }
 
 #[cfg(test)]
