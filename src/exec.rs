@@ -331,12 +331,7 @@ fn open_image(pool: &Arc<FdPool>, handle: Option<Handle>, origin: &Path, id: &Me
         .map_err(|e| format!("inspecting {}: {e}", origin.display()))?;
     let path = src.path().cloned();
     let image = Image::open(src).map_err(|e| e.to_string())?;
-    if let Some(w) = image
-        .info()
-        .warnings
-        .iter()
-        .find(|w| w.starts_with("UDF tree"))
-    {
+    if let Some(w) = image.udf_fallback() {
         tracing::warn!(origin = %origin.display(), "{w}");
     }
     // Opening reads only the descriptors. A root directory that cannot be read would be

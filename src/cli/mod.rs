@@ -148,12 +148,7 @@ pub(crate) fn open_image(
     use anyhow::Context;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let image = crate::iso9660::Image::open(file).with_context(|| path.display().to_string())?;
-    for w in image
-        .info()
-        .warnings
-        .iter()
-        .filter(|w| w.starts_with("UDF tree"))
-    {
+    if let Some(w) = image.udf_fallback() {
         eprintln!("isomgr: {}: warning: {w}", path.display());
     }
     Ok(image)

@@ -153,6 +153,19 @@ impl Extents {
         self.as_slice().len()
     }
 
+    /// [`Extents::push`], refused past [`MAX_EXTENTS`].
+    pub(super) fn push_checked(&mut self, e: Extent) -> Result<()> {
+        if self.len() >= MAX_EXTENTS {
+            return Err(Error::Limit {
+                what: "extents of one file",
+                value: self.len() as u64 + 1,
+                limit: MAX_EXTENTS as u64,
+            });
+        }
+        self.push(e);
+        Ok(())
+    }
+
     pub(super) fn push(&mut self, e: Extent) {
         *self = match std::mem::take(self) {
             Extents::None => Extents::One(e),
@@ -519,6 +532,9 @@ fn susp_error(sector: u64, offset: usize, e: SuspError) -> Error {
     }
 }
 
+/// How the warning of an unreadable UDF tree begins (see [`Image::udf_fallback`]).
+const UDF_FALLBACK: &str = "UDF tree: ";
+
 /// An opened image: its identity and the directory tree chosen for names (Rock Ridge, else
 /// UDF, else Joliet, else plain ISO9660).
 pub struct Image<R> {
@@ -553,8 +569,9 @@ impl<R: ReadAt> Image<R> {
                     });
                 }
                 Err(e) if probed.desc.primary.is_some() => {
-                    info.warnings
-                        .push(format!("UDF tree: {e}; showing the ISO9660 tree instead"));
+                    info.warnings.push(format!(
+                        "{UDF_FALLBACK}{e}; showing the ISO9660 tree instead"
+                    ));
                 }
                 Err(e) => return Err(e),
             }
@@ -611,6 +628,15 @@ impl<R: ReadAt> Image<R> {
 
     pub fn names(&self) -> Names {
         self.names
+    }
+
+    /// Why the UDF tree is not the one shown, when the image has one that could not be read.
+    pub fn udf_fallback(&self) -> Option<&str> {
+        self.info
+            .warnings
+            .iter()
+            .find(|w| w.starts_with(UDF_FALLBACK))
+            .map(String::as_str)
     }
 
     pub fn root(&self) -> Entry {
@@ -682,16 +708,9 @@ impl<R: ReadAt> Image<R> {
             // Continue or finish a multi-extent file.
             if let Some((ident, mut entry)) = pending.take() {
                 if ident == rec.identifier {
-                    if entry.extents.len() >= MAX_EXTENTS {
-                        return Err(Error::Limit {
-                            what: "extents of one file",
-                            value: entry.extents.len() as u64 + 1,
-                            limit: MAX_EXTENTS as u64,
-                        });
-                    }
                     let e = file_extent(&rec);
+                    entry.extents.push_checked(e)?;
                     entry.size += e.len;
-                    entry.extents.push(e);
                     if rec.flags & file_flags::MULTI_EXTENT != 0 {
                         pending = Some((ident, entry));
                     } else {

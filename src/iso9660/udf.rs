@@ -18,7 +18,7 @@ use std::ffi::OsString;
 
 use super::error::{Error, Result};
 use super::ondisk::{days_from_civil, decode_ucs2be, le16, le32, Timestamp, SECTOR_SIZE};
-use super::read::{Entry, Extent, Extents, Kind, MAX_DIR_BYTES, MAX_EXTENTS};
+use super::read::{Entry, Extent, Extents, Kind, MAX_DIR_BYTES};
 use super::source::{read_full, ReadAt};
 
 /// Block sizes tried, in this order: optical media's first, then what disks and sticks use.
@@ -475,17 +475,6 @@ impl Udf {
                 ),
             )
         };
-        let push = |e: Extent, out: &mut Extents| {
-            if out.len() >= MAX_EXTENTS {
-                return Err(Error::Limit {
-                    what: "extents of one file",
-                    value: out.len() as u64 + 1,
-                    limit: MAX_EXTENTS as u64,
-                });
-            }
-            out.push(e);
-            Ok(())
-        };
         match self.parts.get(usize::from(at.part)) {
             None => Err(fail("no such partition".into())),
             Some(Part::Physical { start, blocks }) => {
@@ -495,20 +484,18 @@ impl Udf {
                         "{len} bytes run past the partition's {blocks} blocks"
                     )));
                 }
-                push(
-                    Extent {
-                        start: start + u64::from(at.block) * self.bs,
-                        len,
-                    },
-                    out,
-                )
+                out.push_checked(Extent {
+                    start: start + u64::from(at.block) * self.bs,
+                    len,
+                })
             }
             Some(Part::Mapped(runs)) => {
                 let at_byte = u64::from(at.block) * self.bs;
-                let Some((_, mut skip)) = runs.find(at_byte) else {
+                let first = runs.index_of(at_byte);
+                let Some(&run_start) = runs.starts.get(first) else {
                     return Err(fail("past the end of the partition".into()));
                 };
-                let first = runs.index_of(at_byte);
+                let mut skip = at_byte - run_start;
                 let mut left = len;
                 for r in runs.runs.get(first..).unwrap_or_default() {
                     if left == 0 {
@@ -518,13 +505,10 @@ impl Udf {
                         return Err(fail("not recorded".into()));
                     }
                     let n = (r.len - skip).min(left);
-                    push(
-                        Extent {
-                            start: r.start + skip,
-                            len: n,
-                        },
-                        out,
-                    )?;
+                    out.push_checked(Extent {
+                        start: r.start + skip,
+                        len: n,
+                    })?;
                     left -= n;
                     skip = 0;
                 }
@@ -712,17 +696,10 @@ impl Udf {
                 if ty == 0 {
                     self.map_run(addr, n, out)?;
                 } else {
-                    if out.len() >= MAX_EXTENTS {
-                        return Err(Error::Limit {
-                            what: "extents of one file",
-                            value: out.len() as u64 + 1,
-                            limit: MAX_EXTENTS as u64,
-                        });
-                    }
-                    out.push(Extent {
+                    out.push_checked(Extent {
                         start: HOLE,
                         len: n,
-                    });
+                    })?;
                 }
                 left -= n;
             }
@@ -905,13 +882,13 @@ fn metadata_runs(
     let addr = LbAddr { block: at, part: 0 };
     let b = host.read_block(src, addr)?;
     let id = check_tag(&b, &[tag::FILE_ENTRY, tag::EXT_FILE_ENTRY], at)?;
-    let node = host.parse_entry(src, &b, addr, id == tag::EXT_FILE_ENTRY)?;
-    if b.data.get(27) != Some(&250) && b.data.get(27) != Some(&251) {
+    if !matches!(b.data.get(27), Some(250 | 251)) {
         return Err(err(
             b.at,
             "the metadata file's entry is not of type 250 or 251",
         ));
     }
+    let node = host.parse_entry(src, &b, addr, id == tag::EXT_FILE_ENTRY)?;
     Ok(node.extents.as_slice().to_vec())
 }
 
