@@ -1232,7 +1232,8 @@ fn a_mount_that_hangs_holds_up_no_other_and_is_undone_if_its_medium_goes() {
 /// targets. The images: a Windows-style bridge made by pycdlib (README.TXT alone in its
 /// ISO9660 tree; long, 16-bit and spaced names, symlinks with `..` and absolute, an empty
 /// directory), the udf-joliet fixture (genisoimage, no owners recorded) and a CD-R image with
-/// a VAT (mkudffs), which the kernel mounts as it does the reader.
+/// a VAT (mkudffs), which the kernel mounts as it does the reader, also with three blocks of
+/// zeros after its VAT.
 #[test]
 fn the_kernel_and_the_reader_show_the_same_udf_trees() {
     if !kernel_has_udf() {
@@ -1270,8 +1271,23 @@ fn the_kernel_and_the_reader_show_the_same_udf_trees() {
         .unwrap()
         .set_len((end as u64 + 1) * 2048)
         .unwrap();
+    // The same copy read three blocks too far (zeros): both find the VAT before them.
+    let padded = w.path("vat-padded.img");
+    fs::copy(&vat, &padded).unwrap();
+    let len = fs::metadata(&padded).unwrap().len();
+    File::options()
+        .write(true)
+        .open(&padded)
+        .unwrap()
+        .set_len(len + 3 * 2048)
+        .unwrap();
     let mut e = KernelExecutor::new(LinuxSys, w.root.clone());
-    for iso in [bridge, common::fixtures().join("udf-joliet.iso"), vat] {
+    for iso in [
+        bridge,
+        common::fixtures().join("udf-joliet.iso"),
+        vat,
+        padded,
+    ] {
         let m = medium(&iso, "udf");
         let dev = published_loop(publish(&mut e, "udf", &m));
         let target = w.root.join("udf");

@@ -386,6 +386,35 @@ fn a_vat_image_reads_when_it_ends_with_its_vat() {
             Image::open(fs::File::open(&img).unwrap()).unwrap().names(),
             Names::Udf
         );
+
+        // A copy that read a few blocks past the last written one (zeros): the VAT is found
+        // where Linux looks, up to three blocks before the end; four is too far.
+        let vat_end = (end as u64 + 1) * 2048;
+        for pad in [1u64, 3, 4] {
+            fs::File::options()
+                .write(true)
+                .open(&img)
+                .unwrap()
+                .set_len(vat_end + pad * 2048)
+                .unwrap();
+            let out = isomgr(&["ls", "--json", path, "/"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            let row = scan_json(&img);
+            if pad <= 3 {
+                assert!(
+                    out.status.success(),
+                    "{label}: {pad} blocks of padding: {err}"
+                );
+                assert_eq!(row["complete"], true, "{label}: {pad} blocks of padding");
+            } else {
+                assert_eq!(out.status.code(), Some(1), "{label}: {pad} blocks: {err}");
+                assert!(
+                    err.contains(path) && err.contains("no virtual allocation table"),
+                    "{label}: {pad} blocks: {err}"
+                );
+                assert_eq!(row["complete"], false, "{label}: {pad} blocks of padding");
+            }
+        }
     }
 }
 

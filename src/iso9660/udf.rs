@@ -7,7 +7,8 @@
 //! then mirror), file entries and extended file entries, short, long and embedded allocation
 //! descriptors, allocation extent chains, unrecorded extents (read as zeros), symlinks,
 //! logical blocks of 512 to 32768 bytes (sticks and disks formatted with UDF), and virtual
-//! partitions of discs written incrementally, through the VAT in the image's last block.
+//! partitions of discs written incrementally, through the VAT at the image's end (its last
+//! block or one of the three before, where Linux looks).
 //! Not supported, an error naming it: extended allocation descriptors.
 //!
 //! Input is untrusted: every location is checked against its partition and the image, every
@@ -973,8 +974,13 @@ fn sparable(src: &(impl ReadAt + ?Sized), phys: Part, map: &[u8], bs: u64) -> Re
 /// directories of a million files).
 const MAX_VAT_BYTES: u64 = 4 << 20;
 
-/// The VAT's file entry in the last block of the image, if it is one (UDF 2.2.11): its block
-/// in the physical partition starting at byte `start`, its entry and type.
+/// How many blocks before the image's last the VAT is looked for, as Linux does: a copy of a
+/// disc may end with a few blocks read past the last one written (run-out, padding).
+const VAT_LOOKBACK: u64 = 3;
+
+/// The VAT's file entry (UDF 2.2.11) in the image's last block, or failing that in one of the
+/// [`VAT_LOOKBACK`] blocks before it (the last that holds one wins): its entry and type. The
+/// physical partition starts at byte `start`.
 fn vat_entry(
     src: &(impl ReadAt + ?Sized),
     host: &Udf,
@@ -983,27 +989,51 @@ fn vat_entry(
 ) -> Result<(Entry, u8)> {
     let bs = host.bs;
     let last = (image_size / bs).saturating_sub(1);
-    let rel = last
+    let last_rel = last
         .checked_sub(start / bs)
-        .and_then(|r| u32::try_from(r).ok())
         .ok_or_else(|| err(last * bs, "the image ends before its virtual partition"))?;
-    let addr = LbAddr {
-        block: rel,
-        part: 0,
+    let mut first_error = None;
+    for rel in (last_rel.saturating_sub(VAT_LOOKBACK)..=last_rel).rev() {
+        let Ok(rel) = u32::try_from(rel) else {
+            continue;
+        };
+        let addr = LbAddr {
+            block: rel,
+            part: 0,
+        };
+        let found = host.read_block(src, addr).and_then(|b| {
+            let id = check_tag(&b, &[tag::FILE_ENTRY, tag::EXT_FILE_ENTRY], rel)?;
+            let file_type = b.data.get(27).copied().unwrap_or(0);
+            if file_type != 248 && file_type != 0 {
+                return Err(err(b.at, format!("a file entry of type {file_type}")));
+            }
+            Ok((b, id, file_type))
+        });
+        match found {
+            Ok((b, id, file_type)) => {
+                let entry = host.parse_entry(src, &b, addr, id == tag::EXT_FILE_ENTRY)?;
+                return Ok((entry, file_type));
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let why = match first_error {
+        Some(Error::Udf { why, .. }) => why,
+        Some(e) => e.to_string(),
+        None => "no block there".to_string(),
     };
-    let b = host.read_block(src, addr)?;
-    let id = check_tag(&b, &[tag::FILE_ENTRY, tag::EXT_FILE_ENTRY], rel).map_err(|e| {
-        err(
-            b.at,
-            format!("no virtual allocation table in the image's last block ({e}): a disc written incrementally is read from its last written block"),
-        )
-    })?;
-    let file_type = b.data.get(27).copied().unwrap_or(0);
-    let entry = host.parse_entry(src, &b, addr, id == tag::EXT_FILE_ENTRY)?;
-    Ok((entry, file_type))
+    Err(err(
+        last * bs,
+        format!(
+            "no virtual allocation table in the image's last {} blocks (last block: {why}): a disc written incrementally is read from its last written block",
+            VAT_LOOKBACK + 1
+        ),
+    ))
 }
 
-/// Whether the image's last block holds the VAT of a virtual partition whose physical
+/// Whether the image ends with the VAT (in its last few blocks) of a virtual partition whose physical
 /// partition starts at block `start` and has `blocks` blocks of `bs` bytes: a disc written
 /// incrementally is whole when it ends with its VAT (its partition descriptor declares the
 /// whole medium, written or not).
@@ -1026,8 +1056,8 @@ pub(super) fn vat_at_end(
 }
 
 /// A virtual partition's places (UDF 2.2.11): virtual block n is the physical block the VAT's
-/// entry n names, in the physical partition `phys`; the VAT is the file whose entry is the
-/// image's last block (type 248, after a header; or, UDF 1.50, type 0 ending with its
+/// entry n names, in the physical partition `phys`; the VAT is the file whose entry ends the
+/// image ([`vat_entry`]; type 248, after a header; or, UDF 1.50, type 0 ending with its
 /// identifier and the previous VAT's place).
 fn vat_runs(
     src: &(impl ReadAt + ?Sized),
