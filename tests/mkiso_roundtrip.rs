@@ -137,6 +137,7 @@ proptest! {
             rational: false,
             strict: true,
             source_date_epoch: Some(1_700_000_000),
+            boot: Default::default(),
         };
         build(&src, &iso, &opts, &mut |_| {}).unwrap();
         let want = describe_fs(&src);

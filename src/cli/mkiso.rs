@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Build an ISO image from a directory tree (what `genisoimage -J -r` does).
 #[derive(clap::Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("bootable").args(["boot", "efi_boot"]).multiple(true)))]
 pub struct Args {
     /// Directory whose contents become the image's root.
     pub src_dir: PathBuf,
@@ -33,6 +34,25 @@ pub struct Args {
     /// Fail on FIFOs, sockets and devices instead of skipping them.
     #[arg(long)]
     pub strict: bool,
+    /// BIOS El Torito boot image, booted without emulation (isolinux.bin, GRUB's
+    /// eltorito.img): a file in SRC_DIR, named relative to it (genisoimage's -b).
+    #[arg(long = "boot", value_name = "PATH")]
+    pub boot: Option<PathBuf>,
+    /// 512-byte sectors of the BIOS boot image the BIOS loads [default: 4].
+    #[arg(long, value_name = "N", requires = "boot",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub boot_load_size: Option<u16>,
+    /// Write the boot info table isolinux and GRUB need into the image's copy of the BIOS boot
+    /// image (the source file is not changed).
+    #[arg(long, requires = "boot")]
+    pub boot_info_table: bool,
+    /// UEFI El Torito boot image: a FAT image (holding EFI/BOOT/BOOTX64.EFI) in SRC_DIR,
+    /// named relative to it (xorriso's -e).
+    #[arg(long = "efi-boot", value_name = "PATH")]
+    pub efi_boot: Option<PathBuf>,
+    /// Where the boot catalog appears in the image [default: boot.cat].
+    #[arg(long, value_name = "PATH", requires = "bootable")]
+    pub boot_catalog: Option<PathBuf>,
 }
 
 /// A label as `-V` takes it: what fits the primary volume descriptor, one byte a character.
@@ -159,6 +179,13 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
         rational: args.rational,
         strict: args.strict,
         source_date_epoch: source_date_epoch()?,
+        boot: write::boot::Boot {
+            bios: args.boot.clone(),
+            load_size: args.boot_load_size,
+            info_table: args.boot_info_table,
+            efi: args.efi_boot.clone(),
+            catalog: args.boot_catalog.clone(),
+        },
     };
     remove_the_unfinished_image_on_signals();
     let mut line = std::io::stderr()

@@ -109,6 +109,11 @@ pub struct Plan {
     pub data_offsets: Vec<u64>,
     /// Image size in sectors.
     pub total_sectors: u32,
+    /// [`Tree::data`] entries made here rather than read from the source (the boot catalog),
+    /// with their bytes.
+    pub generated: Vec<(usize, Vec<u8>)>,
+    /// The [`Tree::data`] entry that gets a boot info table, and its first sector.
+    pub info_table: Option<(usize, u32)>,
 }
 
 impl Plan {
@@ -813,6 +818,7 @@ pub fn plan(
     warnings: &mut Vec<Warning>,
     root: &std::path::Path,
 ) -> Result<Plan, Error> {
+    let boot = super::boot::resolve(tree, &opts.boot, root)?;
     let dirs = primary(tree, opts, warnings, root);
     let jdirs = if opts.joliet {
         joliet(tree)
@@ -855,7 +861,9 @@ pub fn plan(
     let j_pt_size = path_table(&pt_entries(&j_ids), false).len();
 
     // Assign sectors.
-    let mut lba: u64 = FIRST_DESCRIPTOR_SECTOR + 1 + u64::from(opts.joliet) + 1;
+    // The primary descriptor, the boot record, the Joliet one, the terminator.
+    let mut lba: u64 =
+        FIRST_DESCRIPTOR_SECTOR + 1 + u64::from(boot.is_some()) + u64::from(opts.joliet) + 1;
     let p_l = lba;
     lba += sectors(p_pt_size);
     let p_m = lba;
@@ -946,6 +954,22 @@ pub fn plan(
         }),
     );
     let mut next = FIRST_DESCRIPTOR_SECTOR + 1;
+    let mut generated = Vec::new();
+    let mut info_table = None;
+    if let Some(b) = boot {
+        let lba_of = |data: usize| a.file.get(data).copied().unwrap_or(0);
+        let size_of = |data: usize| tree.data.get(data).map_or(0, |d| d.size);
+        let bios = b.bios.map(|(data, load)| (lba_of(data), load));
+        let efi = b
+            .efi
+            .map(|data| (lba_of(data), super::boot::efi_sectors(size_of(data))));
+        put(next, &super::boot::record(lba_of(b.catalog)));
+        next += 1;
+        generated.push((b.catalog, super::boot::catalog(bios, efi)));
+        if b.info_table {
+            info_table = b.bios.map(|(data, _)| (data, lba_of(data)));
+        }
+    }
     if opts.joliet {
         let (jl, js) = a.jdir.first().copied().unwrap_or((0, 0));
         put(
@@ -986,6 +1010,8 @@ pub fn plan(
         metadata: meta,
         data_offsets,
         total_sectors: total,
+        generated,
+        info_table,
     })
 }
 

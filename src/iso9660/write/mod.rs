@@ -7,12 +7,15 @@
 //! - [`susp`]: SUSP/RRIP entries and their packing into records and continuation areas (pure);
 //! - [`layout`]: the whole image plan: hierarchy with deep directories relocated, every LBA,
 //!   and the metadata bytes (pure; memory bounded by the tree's metadata);
+//! - [`boot`]: El Torito: the boot record, the catalog (a file of the image) and the boot info
+//!   table;
 //! - [`target`]: where the image goes: a file (written unnamed, then renamed over it), or
 //!   standard output, a pipe or a device (written in place, in order);
 //! - [`stream`]: writes the plan there, copying file data sparse-aware.
 //!
 //! Nothing here prints: warnings come back in the [`Report`], progress through a callback.
 
+pub mod boot;
 pub mod layout;
 pub mod names;
 pub mod stream;
@@ -39,6 +42,8 @@ pub struct Options {
     pub strict: bool,
     /// `SOURCE_DATE_EPOCH`: descriptor times, and volatile atime/ctime replaced by mtime.
     pub source_date_epoch: Option<i64>,
+    /// El Torito boot images (none: the image does not boot).
+    pub boot: boot::Boot,
 }
 
 #[cfg(test)]
@@ -52,6 +57,7 @@ impl Options {
             rational: false,
             strict: false,
             source_date_epoch: Some(0),
+            boot: boot::Boot::default(),
         }
     }
 }
@@ -203,6 +209,12 @@ pub enum Error {
     TooManyDirectories { count: usize },
     #[error("the image would need {sectors} sectors; ISO9660 counts at most 4294967295")]
     TooLarge { sectors: u64 },
+    #[error("{what} {path}: {why}")]
+    Boot {
+        what: &'static str,
+        path: PathBuf,
+        why: String,
+    },
     #[error("internal layout error: {0}")]
     Layout(&'static str),
 }
@@ -225,8 +237,9 @@ pub fn build(
             read_back,
         });
     }
-    let tree = tree::walk(src, opts.strict, &mut warnings)?;
+    let mut tree = tree::walk(src, opts.strict, &mut warnings)?;
     let now = opts.source_date_epoch.unwrap_or_else(unix_now);
+    boot::add_catalog(&mut tree, &opts.boot, src, now)?;
     let plan = layout::plan(&tree, opts, now, &mut warnings, src)?;
     target.write(&tree, &plan, progress)?;
     Ok(Report {

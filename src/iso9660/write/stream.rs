@@ -9,6 +9,7 @@
 use super::layout::Plan;
 use super::tree::Tree;
 use super::{Error, Progress};
+use crate::iso9660::ondisk::FIRST_DESCRIPTOR_SECTOR;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -122,8 +123,14 @@ pub(super) fn write_image(
         done: 0,
         total: w.total,
     });
-    for (f, &off) in tree.data.iter().zip(&plan.data_offsets) {
-        w.file(&f.path, f.size, off)?;
+    for (i, (f, &off)) in tree.data.iter().zip(&plan.data_offsets).enumerate() {
+        if let Some((_, bytes)) = plan.generated.iter().find(|(d, _)| *d == i) {
+            w.generated(bytes, off)?;
+        } else if let Some(&(_, lba)) = plan.info_table.iter().find(|(d, _)| *d == i) {
+            w.with_info_table(&f.path, f.size, off, lba)?;
+        } else {
+            w.file(&f.path, f.size, off)?;
+        }
     }
     w.flush()?;
     w.out.end(plan.image_bytes()).map_err(werr)
@@ -230,12 +237,9 @@ impl DataWriter<'_, '_> {
         Ok(())
     }
 
-    /// Reads a small file whole into the batch. Empty files take no place there (they all
-    /// point at the first data sector), only the check that they are still empty.
-    fn small(&mut self, src: &File, path: &Path, size: usize, offset: u64) -> Result<(), Error> {
-        if size == 0 {
-            return read_whole(src, path, &mut [0u8; 1]);
-        }
+    /// Makes room in the batch for `size` bytes at image offset `offset` (flushing it first
+    /// when they do not fit) and says where they go in it.
+    fn batch_room(&mut self, offset: u64, size: usize) -> Result<usize, Error> {
         let fits = offset >= self.batch_start
             && (offset - self.batch_start) as usize + size <= BATCH.max(size);
         if !self.batch.is_empty() && !fits {
@@ -244,7 +248,48 @@ impl DataWriter<'_, '_> {
         if self.batch.is_empty() {
             self.batch_start = offset;
         }
+        Ok((offset - self.batch_start) as usize)
+    }
+
+    /// Bytes made by the layout (the boot catalog), placed in the batch.
+    fn generated(&mut self, bytes: &[u8], offset: u64) -> Result<(), Error> {
+        let at = self.batch_room(offset, bytes.len())?;
+        self.batch.resize(at, 0);
+        self.batch.extend_from_slice(bytes);
+        self.done += bytes.len() as u64;
+        self.report();
+        Ok(())
+    }
+
+    /// A BIOS boot image, read whole into the batch and given its boot info table there
+    /// (the layout's first sector is the primary volume descriptor's).
+    fn with_info_table(
+        &mut self,
+        path: &Path,
+        size: u64,
+        offset: u64,
+        lba: u32,
+    ) -> Result<(), Error> {
+        let src = open_source(path)?;
+        check_size(&src, path, size)?;
+        let len = usize::try_from(size).unwrap_or(usize::MAX);
+        self.small(&src, path, len, offset)?;
         let at = (offset - self.batch_start) as usize;
+        if let Some(file) = self.batch.get_mut(at..at + len) {
+            super::boot::put_info_table(file, FIRST_DESCRIPTOR_SECTOR as u32, lba);
+        }
+        self.done += size;
+        self.report();
+        Ok(())
+    }
+
+    /// Reads a small file whole into the batch. Empty files take no place there (they all
+    /// point at the first data sector), only the check that they are still empty.
+    fn small(&mut self, src: &File, path: &Path, size: usize, offset: u64) -> Result<(), Error> {
+        if size == 0 {
+            return read_whole(src, path, &mut [0u8; 1]);
+        }
+        let at = self.batch_room(offset, size)?;
         self.batch.resize(at + size + 1, 0);
         read_whole(src, path, self.batch.get_mut(at..).unwrap_or_default())?;
         self.batch.truncate(at + size);
