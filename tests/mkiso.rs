@@ -252,6 +252,49 @@ fn same_tree_gives_same_bytes_with_source_date_epoch() {
     assert_eq!(&x[16 * 2048 + 813..16 * 2048 + 827], b"20231114221320");
 }
 
+/// Like genisoimage and xorriso, an image ends with 150 zero sectors (300 KiB) the volume
+/// counts: GRUB booted from a CD reads a file in the last 16 sectors from 8 sectors before it
+/// without them (tests/mkiso_boot.rs boots one). `--no-pad` leaves them out; isoinfo agrees
+/// on the volume size either way.
+#[test]
+fn images_end_with_300_kib_of_zeros_unless_told_not_to() {
+    if !tools(&["isoinfo"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("tree");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("last.cfg"), b"the last file\n").unwrap();
+    let sizes = |args: &[&str], name: &str| {
+        let out = tmp.path().join(name);
+        mkiso_ok(&src, &out, args, Some("0"));
+        let data = fs::read(&out).unwrap();
+        let info = run("isoinfo", &["-d", "-i", out.to_str().unwrap()]);
+        let sectors: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Volume size is: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            sectors * 2048,
+            data.len() as u64,
+            "{name}: the volume is the file"
+        );
+        let last = data
+            .chunks(2048)
+            .rposition(|s| s.iter().any(|&b| b != 0))
+            .unwrap();
+        (data.len() / 2048, data.len() / 2048 - last - 1)
+    };
+    let (padded, zeros) = sizes(&[], "padded.iso");
+    assert_eq!(zeros, 150, "150 zero sectors end the image");
+    let (bare, zeros) = sizes(&["--no-pad"], "bare.iso");
+    assert_eq!(zeros, 0, "--no-pad: the last sector holds data");
+    assert_eq!(padded, bare + 150);
+}
+
 #[test]
 fn options_drop_joliet_or_rock_ridge_and_rationalise_attributes() {
     if !tools(&["isoinfo"]) {

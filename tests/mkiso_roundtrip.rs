@@ -138,6 +138,7 @@ proptest! {
             strict: true,
             source_date_epoch: Some(1_700_000_000),
             boot: Default::default(),
+            pad: true,
         };
         build(&src, &iso, &opts, &mut |_| {}).unwrap();
         let want = describe_fs(&src);

@@ -34,6 +34,10 @@ pub struct Args {
     /// Fail on FIFOs, sockets and devices instead of skipping them.
     #[arg(long)]
     pub strict: bool,
+    /// Do not end the image with 300 KiB of zeros (genisoimage and xorriso add them too:
+    /// some readers, GRUB among them, fail on a file in the last sectors without them).
+    #[arg(long)]
+    pub no_pad: bool,
     /// BIOS El Torito boot image, booted without emulation (isolinux.bin, GRUB's
     /// eltorito.img): a file in SRC_DIR, named relative to it (genisoimage's -b).
     #[arg(long = "boot", value_name = "PATH")]
@@ -186,6 +190,7 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
             efi: args.efi_boot.clone(),
             catalog: args.boot_catalog.clone(),
         },
+        pad: !args.no_pad,
     };
     remove_the_unfinished_image_on_signals();
     let mut line = std::io::stderr()

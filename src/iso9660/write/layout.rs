@@ -52,6 +52,11 @@ const FOLIO_ALIGN_MIN: u64 = 64 << 20;
 /// Sectors per 2 MiB.
 const SECTORS_PER_FOLIO: u64 = (2 << 20) / SECTOR_SIZE;
 const SYSTEM_ID: &[u8] = b"LINUX";
+/// Zero sectors ending the volume (300 KiB, what genisoimage and xorriso add): readers that
+/// fetch a medium in blocks past what they asked for fail on the last sectors without them.
+/// GRUB booted from a CD is one: it reads a file in the image's last 16 sectors from 8
+/// sectors before it.
+pub const PAD_SECTORS: u64 = 150;
 const APPLICATION_ID: &[u8] = b"ISOMGR MKISO";
 
 /// What one record of a primary directory stands for.
@@ -913,6 +918,9 @@ pub fn plan(
     if lba == data_start {
         // no data at all: one zero sector so empty files still point inside the volume
         lba += 1;
+    }
+    if opts.pad {
+        lba += PAD_SECTORS;
     }
     let total = to_u32(lba)?;
 

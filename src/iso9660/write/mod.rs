@@ -44,6 +44,9 @@ pub struct Options {
     pub source_date_epoch: Option<i64>,
     /// El Torito boot images (none: the image does not boot).
     pub boot: boot::Boot,
+    /// End the volume with [`layout::PAD_SECTORS`] zero sectors, as genisoimage and xorriso
+    /// do.
+    pub pad: bool,
 }
 
 #[cfg(test)]
@@ -58,6 +61,7 @@ impl Options {
             strict: false,
             source_date_epoch: Some(0),
             boot: boot::Boot::default(),
+            pad: true,
         }
     }
 }
