@@ -15,6 +15,9 @@ packages=(
   systemd man-db
   # scripts/kernel-vm.sh: a guest with Debian's kernel, for hosts without iso9660
   qemu-system-x86 busybox-static
+  # tests/mkiso_boot.rs: mkiso's El Torito images booted in QEMU (qemu-system-x86 above) with
+  # isolinux and GRUB (i386-pc) under SeaBIOS, GRUB (grub-mkstandalone) in a FAT image under OVMF
+  isolinux syslinux-common ovmf grub-efi-amd64-bin grub-pc-bin grub-common mtools dosfstools
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -129,7 +129,17 @@ pub fn add_catalog(tree: &mut Tree, boot: &Boot, src: &Path, now: i64) -> Result
         .ok_or_else(|| boot_error(what, src, &rel, "not a file name"))?
         .to_owned();
     let parent_rel = relative(&rel).parent().unwrap_or(Path::new(""));
-    let parent = find(tree, parent_rel).map_err(|why| boot_error(what, src, &rel, why))?;
+    let parent = find(tree, parent_rel).map_err(|why| {
+        boot_error(
+            what,
+            src,
+            &rel,
+            format!(
+                "its directory {}: {why}",
+                src.join(relative(parent_rel)).display()
+            ),
+        )
+    })?;
     if !is_dir(tree, parent) {
         return Err(boot_error(what, src, &rel, "its parent is not a directory"));
     }

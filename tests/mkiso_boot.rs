@@ -1,0 +1,1631 @@
+//! `isomgr mkiso --boot/--efi-boot`: El Torito images booted for real (SeaBIOS and isolinux,
+//! OVMF and GRUB, in QEMU), read by tools no one here wrote (xorriso, isoinfo, bsdtar) and
+//! compared with what genisoimage and xorriso write for the same tree; and the errors.
+
+mod common;
+#[path = "mkiso_support/mod.rs"]
+mod support;
+
+use common::{have_tool, in_ci, output_ok};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::*;
+
+const ISOLINUX_BIN: &str = "/usr/lib/ISOLINUX/isolinux.bin";
+const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
+/// OVMF (code, variables template), the first pair present.
+const OVMF: [(&str, &str); 2] = [
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
+];
+/// How long one boot may take to show what it is waited for (TCG on a loaded machine).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const SECTOR: usize = 2048;
+
+fn tools(list: &[&str]) -> bool {
+    list.iter().all(|t| have_tool(t))
+}
+
+/// Whether a file a test needs (from `package`) is there. Missing under CI is a failure;
+/// elsewhere the test says why it skips and returns false.
+fn have_file(path: &str, package: &str) -> bool {
+    if Path::new(path).is_file() {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "{path} (package {package}) is required under CI=true but is not installed"
+    );
+    eprintln!("SKIP: {path} is missing (package {package}; scripts/setup.sh installs it)");
+    false
+}
+
+fn isolinux_installed() -> bool {
+    have_file(ISOLINUX_BIN, "isolinux") && have_file(LDLINUX_C32, "syslinux-common")
+}
+
+fn ovmf() -> Option<(PathBuf, PathBuf)> {
+    if let Some((c, v)) = OVMF
+        .iter()
+        .find(|(c, v)| Path::new(c).is_file() && Path::new(v).is_file())
+    {
+        return Some((PathBuf::from(c), PathBuf::from(v)));
+    }
+    assert!(
+        !in_ci(),
+        "OVMF (package ovmf, {OVMF:?}) is required under CI=true but is not installed"
+    );
+    eprintln!("SKIP: no OVMF firmware (package ovmf; scripts/setup.sh installs it)");
+    None
+}
+
+/// A string that shows up on a guest's serial port only if what was built into the image ran.
+fn marker(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("isomgr-{what}-{}-{nanos:09}", std::process::id())
+}
+
+fn write(path: &Path, data: &[u8]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, data).unwrap();
+}
+
+/// A few ordinary files and directories besides the boot files.
+fn ordinary_files(src: &Path) {
+    write(&src.join("README.txt"), b"a bootable test image\n");
+    write(
+        &src.join("docs/notes.txt"),
+        b"notes\n".repeat(500).as_slice(),
+    );
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    write(&src.join("data/blob.bin"), &blob);
+    write(&src.join("data/empty"), b"");
+    fs::create_dir_all(src.join("empty-dir")).unwrap();
+    std::os::unix::fs::symlink("../README.txt", src.join("docs/readme-link")).unwrap();
+}
+
+/// isolinux (isolinux.bin, ldlinux.c32 and a configuration) in `src/isolinux`, whose boot shows
+/// `marker` on the first serial port.
+///
+/// ldlinux runs SAY (and DISPLAY) while it reads the configuration, before it turns its serial
+/// console on: they reach the screen only (seen with isolinux 6.04 and SeaBIOS). What it
+/// prints once it has read the configuration goes to the serial port too, so the marker is also
+/// the DEFAULT label: "Loading MARKER... failed: No such file or directory", then `boot:`.
+fn isolinux_tree(src: &Path, marker: &str) {
+    ordinary_files(src);
+    let dir = src.join("isolinux");
+    fs::create_dir_all(&dir).unwrap();
+    fs::copy(ISOLINUX_BIN, dir.join("isolinux.bin")).unwrap();
+    fs::copy(LDLINUX_C32, dir.join("ldlinux.c32")).unwrap();
+    let cfg = format!("SERIAL 0 115200\nSAY {marker}\nPROMPT 0\nTIMEOUT 0\nDEFAULT {marker}\n");
+    fs::write(dir.join("isolinux.cfg"), cfg).unwrap();
+}
+
+/// Where GRUB looks for a file in the image's ISO 9660 tree (see `efi_fat_image`).
+const GRUB_READS: &str = "boot/grub-reads-this.txt";
+
+/// A 4 MiB FAT image holding EFI/BOOT/BOOTX64.EFI: GRUB (grub-mkstandalone) with a built-in
+/// grub.cfg that echoes `marker`, then finds the CD holding GRUB_READS through its own ISO 9660
+/// driver, shows that file and halts.
+fn efi_fat_image(dir: &Path, marker: &str) -> PathBuf {
+    let work = dir.join(format!("grub-{marker}"));
+    fs::create_dir_all(&work).unwrap();
+    let cfg = work.join("grub.cfg");
+    fs::write(
+        &cfg,
+        format!(
+            "echo {marker}\nsearch --no-floppy --file --set=root /{GRUB_READS}\n\
+             cat ($root)/{GRUB_READS}\nhalt\n"
+        ),
+    )
+    .unwrap();
+    let efi = work.join("BOOTX64.EFI");
+    // Only the modules the configuration needs: all of them (~10 MB) would not fit. (search
+    // also tries the file systems it does not have on the FAT image and says so: harmless.)
+    run(
+        "grub-mkstandalone",
+        &[
+            "-O",
+            "x86_64-efi",
+            "--install-modules=normal echo halt search search_fs_file iso9660 cat",
+            "--modules=",
+            "--locales=",
+            "--themes=",
+            "--fonts=",
+            "-o",
+            efi.to_str().unwrap(),
+            &format!("boot/grub/grub.cfg={}", cfg.display()),
+        ],
+    );
+    let img = work.join("efiboot.img");
+    let i = img.to_str().unwrap();
+    run("mkfs.vfat", &["-C", i, "4096"]);
+    run("mmd", &["-i", i, "::/EFI", "::/EFI/BOOT"]);
+    run(
+        "mcopy",
+        &["-i", i, efi.to_str().unwrap(), "::/EFI/BOOT/BOOTX64.EFI"],
+    );
+    img
+}
+
+/// QEMU's accelerator: KVM where the CPU shows virtualisation (as scripts/kernel-vm.sh
+/// decides: a nested /dev/kvm without vmx/svm hangs the guest), else TCG.
+fn accel() -> &'static str {
+    let kvm = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let cpu = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let virt = cpu.split_whitespace().any(|w| w == "vmx" || w == "svm");
+    if kvm && virt {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+/// A running QEMU whose serial port is its standard output; killed when dropped (also when
+/// the test panics), and when the test process dies.
+struct Qemu {
+    child: Child,
+    chunks: mpsc::Receiver<Vec<u8>>,
+    serial: Vec<u8>,
+    stderr: PathBuf,
+    what: String,
+}
+
+/// How a guest is booted.
+enum Firmware<'a> {
+    /// SeaBIOS from the CD; only what the guest writes to its serial port shows.
+    SeaBios,
+    /// SeaBIOS with no display: SeaBIOS copies the screen to the serial port too (its serial
+    /// console), so messages written through the BIOS (isolinux's errors) show. What goes to
+    /// both can arrive mixed up, so this is only for what is written to one of them.
+    SeaBiosScreenOnSerial,
+    /// OVMF, with its own copy of the variable store.
+    Ovmf { code: &'a Path, vars: &'a Path },
+}
+
+impl Qemu {
+    fn boot(iso: &Path, firmware: Firmware, log_dir: &Path) -> Qemu {
+        use std::os::unix::process::CommandExt;
+        let what = format!(
+            "{} under {}",
+            iso.display(),
+            match firmware {
+                Firmware::SeaBios | Firmware::SeaBiosScreenOnSerial => "SeaBIOS",
+                Firmware::Ovmf { .. } => "OVMF",
+            }
+        );
+        let strs = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let mut args = strs(&["-accel", accel(), "-m", "256", "-no-reboot", "-nic", "none"]);
+        match firmware {
+            Firmware::SeaBios => args.extend(strs(&[
+                "-display", "none", "-serial", "stdio", "-boot", "d",
+            ])),
+            Firmware::SeaBiosScreenOnSerial => args.extend(strs(&["-nographic", "-boot", "d"])),
+            Firmware::Ovmf { code, vars } => {
+                args.extend(strs(&["-display", "none", "-serial", "stdio"]));
+                for (ro, file) in [(",readonly=on", code), ("", vars)] {
+                    args.push("-drive".into());
+                    args.push(format!("if=pflash,format=raw{ro},file={}", file.display()).into());
+                }
+            }
+        }
+        args.extend(["-monitor", "none", "-cdrom"].map(OsString::from));
+        args.push(iso.into());
+        let stderr = log_dir.join(format!("qemu-{}.stderr", marker("log")));
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&stderr).unwrap());
+        // SAFETY: only prctl(2), async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("starting qemu-system-x86_64");
+        let mut out = child.stdout.take().unwrap();
+        let (tx, chunks) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Qemu {
+            child,
+            chunks,
+            serial: Vec::new(),
+            stderr,
+            what,
+        }
+    }
+
+    /// Reads the serial port until one of `wanted` shows (the index of the first in `wanted`
+    /// that has), QEMU exits or `BOOT_TIMEOUT` passes (None).
+    fn wait_for(&mut self, wanted: &[&str]) -> Option<usize> {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let seen = String::from_utf8_lossy(&self.serial);
+            if let Some(i) = wanted.iter().position(|w| seen.contains(w)) {
+                return Some(i);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self.chunks.recv_timeout(left) {
+                Ok(c) => self.serial.extend_from_slice(&c),
+                Err(mpsc::RecvTimeoutError::Timeout) => return None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let seen = String::from_utf8_lossy(&self.serial);
+                    return wanted.iter().position(|w| seen.contains(w));
+                }
+            }
+        }
+    }
+
+    fn serial(&self) -> String {
+        String::from_utf8_lossy(&self.serial).into_owned()
+    }
+
+    /// What to show when a boot did not go as expected.
+    fn report(&self) -> String {
+        let serial = self.serial();
+        let tail: String = {
+            let chars: Vec<char> = serial.chars().collect();
+            chars[chars.len().saturating_sub(3000)..].iter().collect()
+        };
+        format!(
+            "{} (waited up to {BOOT_TIMEOUT:?})\n--- serial (last 3000 characters) ---\n{}\n--- qemu stderr ---\n{}",
+            self.what,
+            tail,
+            fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Boots `iso` and fails the test unless each of `markers` shows on the serial port, in
+/// order; returns what did.
+fn boots_to(iso: &Path, firmware: Firmware, markers: &[&str], log_dir: &Path) -> String {
+    // What shows when the boot went on without the marker: isolinux's prompt, the UEFI shell
+    // OVMF falls back to. (A boot that stops earlier shows nothing and takes BOOT_TIMEOUT.)
+    let too_late = match firmware {
+        Firmware::Ovmf { .. } => "Shell> ",
+        _ => "boot:",
+    };
+    let mut q = Qemu::boot(iso, firmware, log_dir);
+    let started = Instant::now();
+    for marker in markers {
+        let hit = q.wait_for(&[marker, too_late]);
+        assert_eq!(
+            hit,
+            Some(0),
+            "{marker} did not show on the serial port: {}",
+            q.report()
+        );
+        eprintln!("{}: {marker} after {:?}", q.what, started.elapsed());
+    }
+    q.serial()
+}
+
+fn ovmf_vars_copy(template: &Path, dir: &Path) -> PathBuf {
+    let vars = dir.join(format!("{}.fd", marker("vars")));
+    fs::copy(template, &vars).unwrap();
+    vars
+}
+
+#[test]
+fn a_bios_boot_image_boots_in_qemu() {
+    if !tools(&["qemu-system-x86_64"]) || !isolinux_installed() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let m = marker("bios");
+    let src = t.join("src");
+    isolinux_tree(&src, &m);
+    let before = fs::read(src.join("isolinux/isolinux.bin")).unwrap();
+    let iso = t.join("x.iso");
+    mkiso_ok(
+        &src,
+        &iso,
+        &[
+            "--boot",
+            "isolinux/isolinux.bin",
+            "--boot-catalog",
+            "isolinux/boot.cat",
+            "--boot-info-table",
+        ],
+        None,
+    );
+    assert!(
+        fs::read(src.join("isolinux/isolinux.bin")).unwrap() == before,
+        "the source isolinux.bin was modified"
+    );
+    // isolinux found its own sectors (through the boot info table: its LBA field is not 0),
+    // then ldlinux.c32 and isolinux.cfg in the ISO 9660 tree.
+    let serial = boots_to(&iso, Firmware::SeaBios, &[&m], t);
+    assert!(serial.contains("ISOLINUX"), "{serial}");
+
+    // The stock isolinux.bin boots without a boot info table too: it carries its own length
+    // and checksum, and with 0 in the table's LBA field asks the BIOS where it was loaded from
+    // (El Torito INT 13h AX=4B01h), so leaving out --boot-info-table is no failure to see.
+    // Leaving it out of an isolinux.bin copied out of another image is: that table names the
+    // sector the file had *there*.
+    // isolinux then trusts that LBA, loads the wrong sectors and stops with "Image checksum
+    // error" (written through the BIOS only: SeaBIOS's serial console shows it); with
+    // --boot-info-table the image's copy names its own place again and boots.
+    let stale = t.join("stale");
+    isolinux_tree(&stale, &m);
+    let bin = stale.join("isolinux/isolinux.bin");
+    let mut data = fs::read(&bin).unwrap();
+    data[12..16].copy_from_slice(&16u32.to_le_bytes()); // the primary volume descriptor's
+    fs::write(&bin, &data).unwrap();
+    let no_table = t.join("stale-no-table.iso");
+    mkiso_ok(
+        &stale,
+        &no_table,
+        &["--boot", "isolinux/isolinux.bin"],
+        None,
+    );
+    {
+        let mut q = Qemu::boot(&no_table, Firmware::SeaBiosScreenOnSerial, t);
+        let hit = q.wait_for(&["Image checksum error", &m]);
+        assert_eq!(
+            hit,
+            Some(0),
+            "a stale boot info table should make isolinux fail: {}",
+            q.report()
+        );
+    }
+    let table = t.join("stale-table.iso");
+    mkiso_ok(
+        &stale,
+        &table,
+        &["--boot", "isolinux/isolinux.bin", "--boot-info-table"],
+        None,
+    );
+    assert!(fs::read(&bin).unwrap() == data, "the source was modified");
+    boots_to(&table, Firmware::SeaBios, &[&m], t);
+}
+
+/// GRUB's BIOS CD image (`grub-mkimage -O i386-pc-eltorito`, which needs the boot info table)
+/// boots and runs its grub.cfg, which mkiso puts last but the catalog, so this also reads the
+/// image's last sectors through the BIOS. It needs the 300 KiB of zeros mkiso ends images with
+/// (as genisoimage and xorriso do): with `--no-pad`, GRUB 2.06 under SeaBIOS read grub.cfg
+/// from 8 sectors before it (the end of its own core image) and stopped on a syntax error.
+#[test]
+fn grub_boots_from_a_bios_image_and_reads_its_last_file() {
+    if !tools(&["qemu-system-x86_64", "grub-mkimage"])
+        || !have_file("/usr/lib/grub/i386-pc/moddep.lst", "grub-pc-bin")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let m = marker("grub-bios");
+    let src = t.join("src");
+    let grub = src.join("boot/grub");
+    fs::create_dir_all(&grub).unwrap();
+    output_ok(
+        Command::new("grub-mkimage")
+            .args(["-O", "i386-pc-eltorito", "-p", "/boot/grub", "-o"])
+            .arg(grub.join("eltorito.img"))
+            .args([
+                "biosdisk",
+                "iso9660",
+                "normal",
+                "echo",
+                "configfile",
+                "serial",
+                "terminal",
+                "halt",
+                "cat",
+            ]),
+    );
+    write(
+        &grub.join("grub.cfg"),
+        format!("serial --unit=0 --speed=115200\nterminal_output serial\necho {m}\nhalt\n")
+            .as_bytes(),
+    );
+    let args = ["--boot", "boot/grub/eltorito.img", "--boot-info-table"];
+    let iso = t.join("grub.iso");
+    mkiso_ok(&src, &iso, &args, Some("0"));
+    let files = isoinfo_lbas(&iso);
+    let last = files.values().max().copied().unwrap();
+    let cfg = files.get("/boot/grub/grub.cfg").copied().unwrap();
+    assert!(
+        last - cfg <= 1,
+        "grub.cfg is the last file but the catalog: {files:?}"
+    );
+    boots_to(&iso, Firmware::SeaBios, &[&m], t);
+
+    // The same without the padding: GRUB's errors go to the screen (its serial terminal is
+    // not set up yet), which SeaBIOS's serial console shows.
+    let bare = t.join("grub-no-pad.iso");
+    let mut no_pad = args.to_vec();
+    no_pad.push("--no-pad");
+    mkiso_ok(&src, &bare, &no_pad, Some("0"));
+    let mut q = Qemu::boot(&bare, Firmware::SeaBiosScreenOnSerial, t);
+    let hit = q.wait_for(&["syntax error", &m]);
+    assert_eq!(
+        hit,
+        Some(0),
+        "without the padding GRUB misread grub.cfg here; if it now reads it, this GRUB or \
+         BIOS reads the last sectors right and the padding is for other readers only: {}",
+        q.report()
+    );
+}
+
+#[test]
+fn an_efi_boot_image_boots_in_qemu_with_ovmf() {
+    if !tools(&[
+        "qemu-system-x86_64",
+        "grub-mkstandalone",
+        "mkfs.vfat",
+        "mmd",
+        "mcopy",
+    ]) || !isolinux_installed()
+    {
+        return;
+    }
+    let Some((code, vars)) = ovmf() else {
+        return;
+    };
+    if !have_file("/usr/lib/grub/x86_64-efi/normal.mod", "grub-efi-amd64-bin") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let efi_marker = marker("efi");
+    let fat = efi_fat_image(t, &efi_marker);
+    // in the ISO 9660 tree only: GRUB shows it once it has read the image's tree
+    let iso_marker = marker("read-from-the-iso");
+
+    let src = t.join("src");
+    ordinary_files(&src);
+    fs::create_dir(src.join("boot")).unwrap();
+    fs::copy(&fat, src.join("boot/efiboot.img")).unwrap();
+    fs::write(src.join(GRUB_READS), format!("{iso_marker}\n")).unwrap();
+    let iso = t.join("efi.iso");
+    mkiso_ok(&src, &iso, &["--efi-boot", "boot/efiboot.img"], None);
+    let v = ovmf_vars_copy(&vars, t);
+    boots_to(
+        &iso,
+        Firmware::Ovmf {
+            code: &code,
+            vars: &v,
+        },
+        &[&efi_marker, &iso_marker],
+        t,
+    );
+
+    // Both: SeaBIOS takes the BIOS entry (isolinux), OVMF the EFI one (GRUB).
+    let bios_marker = marker("bios");
+    let both = t.join("both");
+    isolinux_tree(&both, &bios_marker);
+    fs::create_dir(both.join("boot")).unwrap();
+    fs::copy(&fat, both.join("boot/efiboot.img")).unwrap();
+    fs::write(both.join(GRUB_READS), format!("{iso_marker}\n")).unwrap();
+    let iso = t.join("both.iso");
+    mkiso_ok(
+        &both,
+        &iso,
+        &[
+            "--boot",
+            "isolinux/isolinux.bin",
+            "--boot-catalog",
+            "isolinux/boot.cat",
+            "--boot-info-table",
+            "--efi-boot",
+            "boot/efiboot.img",
+        ],
+        None,
+    );
+    let serial = boots_to(&iso, Firmware::SeaBios, &[&bios_marker], t);
+    assert!(!serial.contains(&efi_marker), "{serial}");
+    let v = ovmf_vars_copy(&vars, t);
+    let serial = boots_to(
+        &iso,
+        Firmware::Ovmf {
+            code: &code,
+            vars: &v,
+        },
+        &[&efi_marker, &iso_marker],
+        t,
+    );
+    assert!(!serial.contains(&bios_marker), "{serial}");
+}
+
+// ---- reading the El Torito records back ----
+
+/// One boot image as `xorriso -report_el_torito plain` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct XorrisoImage {
+    platform: String,
+    bootable: String,
+    emulation: String,
+    load_segment: String,
+    load_size: u32,
+    lba: u64,
+    path: String,
+}
+
+#[derive(Debug)]
+struct XorrisoReport {
+    catalog_lba: u64,
+    catalog_path: String,
+    images: Vec<XorrisoImage>,
+}
+
+fn xorriso_el_torito(iso: &Path) -> XorrisoReport {
+    let out = run(
+        "xorriso",
+        &[
+            "-indev",
+            iso.to_str().unwrap(),
+            "-report_el_torito",
+            "plain",
+        ],
+    );
+    let value = |key: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .filter_map(|l| l.trim_start().strip_prefix(':'))
+            .map(|l| l.trim().to_string())
+            .collect()
+    };
+    let catalog = value("El Torito catalog");
+    assert_eq!(catalog.len(), 1, "{out}");
+    let catalog_lba = catalog[0]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let catalog_path = value("El Torito cat path").pop().unwrap_or_default();
+    let paths: BTreeMap<String, String> = value("El Torito img path")
+        .iter()
+        .map(|l| {
+            let (n, p) = l.split_once(char::is_whitespace).unwrap();
+            (n.to_string(), p.trim().to_string())
+        })
+        .collect();
+    let images = value("El Torito boot img")
+        .iter()
+        .map(|l| {
+            // N  Pltf  B   Emul  Ld_seg  Hdpt  Ldsiz  LBA
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 8, "{l}\n{out}");
+            XorrisoImage {
+                platform: f[1].to_string(),
+                bootable: f[2].to_string(),
+                emulation: f[3].to_string(),
+                load_segment: f[4].to_string(),
+                load_size: f[6].parse().unwrap(),
+                lba: f[7].parse().unwrap(),
+                path: paths.get(f[0]).cloned().unwrap_or_default(),
+            }
+        })
+        .collect();
+    XorrisoReport {
+        catalog_lba,
+        catalog_path,
+        images,
+    }
+}
+
+/// The start sector and size of every file, as `xorriso -find / -type f -exec report_lba`
+/// shows them.
+fn xorriso_lbas(iso: &Path) -> BTreeMap<String, (u64, u64)> {
+    let out = run(
+        "xorriso",
+        &[
+            "-indev",
+            iso.to_str().unwrap(),
+            "-find",
+            "/",
+            "-type",
+            "f",
+            "-exec",
+            "report_lba",
+        ],
+    );
+    out.lines()
+        .filter_map(|l| l.strip_prefix("File data lba:"))
+        .map(|l| {
+            // xt , Startlba , Blocks , Filesize , 'path'
+            let f: Vec<&str> = l.splitn(5, ',').map(str::trim).collect();
+            (
+                f[4].trim_matches('\'').to_string(),
+                (f[1].parse().unwrap(), f[3].parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// The start sector of every entry, as `isoinfo -l -R` lists it (`[ LBA flags]  name`).
+fn isoinfo_lbas(iso: &Path) -> BTreeMap<String, u64> {
+    let out = run("isoinfo", &["-l", "-R", "-i", iso.to_str().unwrap()]);
+    let mut dir = String::new();
+    let mut lbas = BTreeMap::new();
+    for l in out.lines() {
+        if let Some(d) = l.strip_prefix("Directory listing of ") {
+            dir = d.trim().to_string();
+            continue;
+        }
+        let (Some(open), Some(close)) = (l.find('['), l.find(']')) else {
+            continue;
+        };
+        let name = l[close + 1..].trim();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let lba = l[open + 1..close].split_whitespace().next().unwrap();
+        lbas.insert(format!("{dir}{name}"), lba.parse().unwrap());
+    }
+    lbas
+}
+
+/// `isoinfo -d`: the boot catalog's sector ("El Torito VD version 1 found, boot catalog is in
+/// sector N") and the validation entry's platform ("Arch N").
+fn isoinfo_el_torito(iso: &Path) -> (u64, u8) {
+    let out = run("isoinfo", &["-d", "-i", iso.to_str().unwrap()]);
+    let sector = out
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("El Torito VD version 1 found, boot catalog is in sector ")
+        })
+        .unwrap_or_else(|| panic!("isoinfo found no El Torito descriptor:\n{out}"));
+    let arch = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Arch "))
+        .unwrap_or_else(|| panic!("isoinfo shows no validation entry:\n{out}"));
+    (
+        sector.trim().parse().unwrap(),
+        arch.split_whitespace().next().unwrap().parse().unwrap(),
+    )
+}
+
+/// One 32-byte record of a boot catalog after the validation entry (El Torito 1.0, 2.2-2.5),
+/// read by hand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Record {
+    Header {
+        indicator: u8,
+        platform: u8,
+        entries: u16,
+    },
+    Entry {
+        indicator: u8,
+        media: u8,
+        load_segment: u16,
+        system_type: u8,
+        sectors: u16,
+        lba: u32,
+    },
+}
+
+impl Record {
+    /// The same with the boot image's sector left out, to compare images made by two tools.
+    fn without_lba(&self) -> Record {
+        match self {
+            Record::Entry {
+                indicator,
+                media,
+                load_segment,
+                system_type,
+                sectors,
+                ..
+            } => Record::Entry {
+                indicator: *indicator,
+                media: *media,
+                load_segment: *load_segment,
+                system_type: *system_type,
+                sectors: *sectors,
+                lba: 0,
+            },
+            h => h.clone(),
+        }
+    }
+}
+
+/// The validation entry's platform and the records after it; checks the validation entry
+/// (header 1, key 55 AA, words summing to 0) and that nothing follows the last record.
+fn parse_catalog(cat: &[u8]) -> (u8, Vec<Record>) {
+    assert_eq!(cat.len(), SECTOR);
+    let v = &cat[..32];
+    assert_eq!(v[0], 1, "validation entry header: {v:02x?}");
+    assert_eq!(&v[30..32], &[0x55, 0xaa], "validation entry key: {v:02x?}");
+    let sum = v.chunks(2).fold(0u16, |s, w| {
+        s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+    });
+    assert_eq!(sum, 0, "validation entry checksum: {v:02x?}");
+    let entry = |r: &[u8]| Record::Entry {
+        indicator: r[0],
+        media: r[1],
+        load_segment: u16::from_le_bytes([r[2], r[3]]),
+        system_type: r[4],
+        sectors: u16::from_le_bytes([r[6], r[7]]),
+        lba: u32::from_le_bytes([r[8], r[9], r[10], r[11]]),
+    };
+    let mut records = vec![entry(&cat[32..64])];
+    let mut at = 64;
+    while at + 32 <= SECTOR {
+        let r = &cat[at..at + 32];
+        if r[0] != 0x90 && r[0] != 0x91 {
+            break;
+        }
+        let entries = u16::from_le_bytes([r[2], r[3]]);
+        records.push(Record::Header {
+            indicator: r[0],
+            platform: r[1],
+            entries,
+        });
+        at += 32;
+        for _ in 0..entries {
+            assert!(
+                at + 32 <= SECTOR,
+                "{entries} entries do not fit: {records:?}"
+            );
+            records.push(entry(&cat[at..at + 32]));
+            at += 32;
+        }
+        if r[0] == 0x91 {
+            break;
+        }
+    }
+    assert!(
+        cat[at..].iter().all(|&b| b == 0),
+        "bytes after the last record: {:02x?}",
+        &cat[at..(at + 64).min(SECTOR)]
+    );
+    (v[1], records)
+}
+
+fn sector_of(image: &[u8], lba: u64) -> &[u8] {
+    &image[lba as usize * SECTOR..][..SECTOR]
+}
+
+/// What syslinux's and genisoimage's boot info table holds as checksum: the sum of the file's
+/// little-endian 32-bit words from byte 64 on, the last one padded with zeros.
+fn boot_info_checksum(file: &[u8]) -> u32 {
+    file[64..].chunks(4).fold(0u32, |sum, c| {
+        let mut w = [0u8; 4];
+        w[..c.len()].copy_from_slice(c);
+        sum.wrapping_add(u32::from_le_bytes(w))
+    })
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// One boot entry an image should have.
+struct Want<'a> {
+    /// As xorriso names it: "BIOS" or "UEFI".
+    platform: &'a str,
+    /// In the tree, without the leading slash.
+    path: &'a str,
+    load_size: u32,
+    info_table: bool,
+}
+
+/// What `check_image` found, for comparisons with other tools' images.
+struct Found {
+    validation_platform: u8,
+    records: Vec<Record>,
+    /// The image's copy of each boot file, in entry order.
+    copies: Vec<Vec<u8>>,
+    xorriso: Vec<XorrisoImage>,
+}
+
+/// Checks the El Torito records of `iso` (made from `src`) with xorriso, isoinfo, isomgr and
+/// by hand, and that the image holds `src`, whole, and the catalog at `catalog`.
+fn check_image(iso: &Path, src: &Path, catalog: &str, want: &[Want]) -> Found {
+    let name = iso.display();
+    let image = fs::read(iso).unwrap();
+    let x = xorriso_el_torito(iso);
+    let xl = xorriso_lbas(iso);
+    let il = isoinfo_lbas(iso);
+    let (vd_catalog, arch) = isoinfo_el_torito(iso);
+
+    // The catalog: where xorriso, isoinfo's descriptor and its listing say, the same sector.
+    assert_eq!(x.catalog_path, format!("/{catalog}"), "{name}");
+    assert_eq!(
+        il.get(&format!("/{catalog}")),
+        Some(&x.catalog_lba),
+        "{name}"
+    );
+    assert_eq!(vd_catalog, x.catalog_lba, "{name}: isoinfo -d");
+
+    // Descriptors: primary (16), boot record (17), Joliet (18), terminator (19).
+    let vd = |n: u64| sector_of(&image, n);
+    assert_eq!(&vd(16)[..7], b"\x01CD001\x01", "{name}: sector 16");
+    let br = vd(17);
+    assert_eq!(
+        &br[..7],
+        b"\x00CD001\x01",
+        "{name}: sector 17 is no boot record"
+    );
+    let mut id = b"EL TORITO SPECIFICATION".to_vec();
+    id.resize(32, 0);
+    assert_eq!(&br[7..39], &id[..], "{name}: boot system identifier");
+    assert_eq!(
+        u64::from(le32(br, 0x47)),
+        x.catalog_lba,
+        "{name}: boot record"
+    );
+    assert_eq!(
+        &vd(18)[..7],
+        b"\x02CD001\x01",
+        "{name}: sector 18 is not Joliet"
+    );
+    assert_eq!(&vd(19)[..7], b"\xffCD001\x01", "{name}: sector 19");
+
+    // The entries, as xorriso reports them and as the catalog holds them.
+    let got: Vec<(&str, &str, &str, &str, u32, &str)> = x
+        .images
+        .iter()
+        .map(|i| {
+            (
+                i.platform.as_str(),
+                i.bootable.as_str(),
+                i.emulation.as_str(),
+                i.load_segment.as_str(),
+                i.load_size,
+                i.path.as_str(),
+            )
+        })
+        .collect();
+    let paths: Vec<String> = want.iter().map(|w| format!("/{}", w.path)).collect();
+    let expected: Vec<(&str, &str, &str, &str, u32, &str)> = want
+        .iter()
+        .zip(&paths)
+        .map(|(w, p)| (w.platform, "y", "none", "0x0000", w.load_size, p.as_str()))
+        .collect();
+    assert_eq!(got, expected, "{name}: xorriso -report_el_torito");
+    let (platform, records) = parse_catalog(sector_of(&image, x.catalog_lba));
+    let platform_id = |p: &str| if p == "BIOS" { 0u8 } else { 0xef };
+    assert_eq!(
+        platform,
+        platform_id(want[0].platform),
+        "{name}: validation entry"
+    );
+    assert_eq!(arch, platform, "{name}: isoinfo's Arch");
+    let mut expected_records = Vec::new();
+    for (i, (w, xi)) in want.iter().zip(&x.images).enumerate() {
+        if i == 1 {
+            expected_records.push(Record::Header {
+                indicator: 0x91,
+                platform: platform_id(w.platform),
+                entries: 1,
+            });
+        }
+        expected_records.push(Record::Entry {
+            indicator: 0x88,
+            media: 0,
+            load_segment: 0,
+            system_type: 0,
+            sectors: w.load_size as u16,
+            lba: xi.lba as u32,
+        });
+    }
+    assert_eq!(records, expected_records, "{name}: the catalog's records");
+
+    // Each boot image: at the sector of its file, as xorriso and isoinfo list it.
+    let mut copies = Vec::new();
+    for (w, xi) in want.iter().zip(&x.images) {
+        let p = format!("/{}", w.path);
+        let source = fs::read(src.join(w.path)).unwrap();
+        assert_eq!(
+            xl.get(&p),
+            Some(&(xi.lba, source.len() as u64)),
+            "{name}: {p} (xorriso report_lba)"
+        );
+        assert_eq!(il.get(&p), Some(&xi.lba), "{name}: {p} (isoinfo -l)");
+        let at = xi.lba as usize * SECTOR;
+        let copy = image[at..at + source.len()].to_vec();
+        if w.info_table {
+            assert_eq!(copy[..8], source[..8], "{name}: {p} before the table");
+            assert_eq!(le32(&copy, 8), 16, "{name}: {p}: table's PVD");
+            assert_eq!(
+                u64::from(le32(&copy, 12)),
+                xi.lba,
+                "{name}: {p}: table's LBA"
+            );
+            assert_eq!(
+                le32(&copy, 16) as usize,
+                source.len(),
+                "{name}: {p}: length"
+            );
+            assert_eq!(
+                le32(&copy, 20),
+                boot_info_checksum(&source),
+                "{name}: {p}: table's checksum"
+            );
+            assert!(
+                copy[24..64].iter().all(|&b| b == 0),
+                "{name}: {p}: reserved"
+            );
+            assert!(copy[64..] == source[64..], "{name}: {p} after the table");
+        } else {
+            assert!(copy == source, "{name}: {p} differs from the source");
+        }
+        copies.push(copy);
+    }
+
+    // isomgr itself.
+    let scan = output_ok(Command::new(bin()).args(["scan", "--json"]).arg(iso));
+    let scan: serde_json::Value = serde_json::from_slice(&scan.stdout).unwrap();
+    assert_eq!(scan[0]["bootable"], true, "{name}: {scan}");
+    assert!(
+        scan[0]["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&"eltorito".into()),
+        "{name}: {scan}"
+    );
+    let (dir, _) = catalog.rsplit_once('/').unwrap_or(("", catalog));
+    let ls = output_ok(
+        Command::new(bin())
+            .args(["ls", "--json"])
+            .arg(iso)
+            .arg(format!("/{dir}")),
+    );
+    let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let cat_row = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == format!("/{catalog}").as_str())
+        .unwrap_or_else(|| panic!("{name}: isomgr ls /{dir} has no {catalog}: {ls}"));
+    assert_eq!(cat_row["type"], "file", "{name}: {cat_row}");
+    assert_eq!(cat_row["size"], 2048, "{name}: {cat_row}");
+    let ls = output_ok(
+        Command::new(bin())
+            .arg("ls")
+            .arg(iso)
+            .arg(format!("/{dir}")),
+    );
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    let cat_name = catalog.rsplit('/').next().unwrap();
+    assert!(ls.lines().any(|l| l.trim() == cat_name), "{name}: {ls}");
+
+    // The whole tree, byte for byte, plus the catalog: with bsdtar and isomgr's reader. A boot
+    // file with a boot info table reads as the image's copy (as in genisoimage's images: the
+    // tree's file and the boot image are the same sectors).
+    let mut want_tree = describe_fs(src);
+    for (w, copy) in want.iter().zip(&copies) {
+        if w.info_table {
+            want_tree.get_mut(&format!("/{}", w.path)).unwrap().sha = Some(sha256_hex(copy));
+        }
+    }
+    let key = format!("/{catalog}");
+    let catalog_sha = sha256_hex(sector_of(&image, x.catalog_lba));
+    let mut with_reader = describe_image(iso);
+    let c = with_reader
+        .remove(&key)
+        .unwrap_or_else(|| panic!("{name}: no {key}"));
+    assert_eq!((c.kind, c.size), ("file", 2048), "{name}: {key}");
+    assert_eq!(c.sha.as_ref(), Some(&catalog_sha), "{name}: {key}");
+    assert_eq!(with_reader, want_tree, "{name}: isomgr's reader");
+    let x_dir = iso.with_extension("bsdtar");
+    fs::create_dir(&x_dir).unwrap();
+    run(
+        "bsdtar",
+        &["-xpf", iso.to_str().unwrap(), "-C", x_dir.to_str().unwrap()],
+    );
+    let mut extracted = describe_fs(&x_dir);
+    let c = extracted
+        .remove(&key)
+        .unwrap_or_else(|| panic!("{name}: bsdtar: no {key}"));
+    assert_eq!((c.kind, c.size), ("file", 2048), "{name}: bsdtar: {key}");
+    assert_eq!(c.sha.as_ref(), Some(&catalog_sha), "{name}: bsdtar: {key}");
+    assert_eq!(extracted, want_tree, "{name}: bsdtar's extraction");
+
+    Found {
+        validation_platform: platform,
+        records,
+        copies,
+        xorriso: x.images,
+    }
+}
+
+/// The catalog and xorriso's view of `iso`, made by another tool, to compare with ours.
+fn reference(iso: &Path) -> Found {
+    let image = fs::read(iso).unwrap();
+    let x = xorriso_el_torito(iso);
+    let (platform, records) = parse_catalog(sector_of(&image, x.catalog_lba));
+    let lbas = xorriso_lbas(iso);
+    let copies = x
+        .images
+        .iter()
+        .map(|i| {
+            let (lba, size) = lbas[&i.path];
+            assert_eq!(lba, i.lba, "{}: {}", iso.display(), i.path);
+            image[lba as usize * SECTOR..][..size as usize].to_vec()
+        })
+        .collect();
+    Found {
+        validation_platform: platform,
+        records,
+        copies,
+        xorriso: x.images,
+    }
+}
+
+/// Ours and another tool's image of the same tree have the same boot records but for the
+/// sectors the boot images start at.
+fn same_boot_records(ours: &Found, theirs: &Found, what: &str) {
+    assert_eq!(
+        ours.validation_platform, theirs.validation_platform,
+        "{what}: validation entry's platform"
+    );
+    let strip = |r: &[Record]| r.iter().map(Record::without_lba).collect::<Vec<_>>();
+    assert_eq!(
+        strip(&ours.records),
+        strip(&theirs.records),
+        "{what}: records"
+    );
+    let fields = |f: &Found| {
+        f.xorriso
+            .iter()
+            .map(|i| XorrisoImage {
+                lba: 0,
+                ..i.clone()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        fields(ours),
+        fields(theirs),
+        "{what}: xorriso -report_el_torito"
+    );
+}
+
+/// The tree test 3 builds its images from: isolinux, a FAT image for EFI (2880 KiB: 5760
+/// sectors of 512 bytes), ordinary files.
+fn boot_tree(src: &Path) {
+    ordinary_files(src);
+    let dir = src.join("isolinux");
+    fs::create_dir_all(&dir).unwrap();
+    fs::copy(ISOLINUX_BIN, dir.join("isolinux.bin")).unwrap();
+    fs::copy(LDLINUX_C32, dir.join("ldlinux.c32")).unwrap();
+    fs::write(dir.join("isolinux.cfg"), "SERIAL 0 115200\nSAY hello\n").unwrap();
+    fs::create_dir_all(src.join("boot")).unwrap();
+    let efi = src.join("boot/efi.img");
+    run("mkfs.vfat", &["-C", efi.to_str().unwrap(), "2880"]);
+    set_mtime(&efi, 1_600_000_000);
+    // a boot file whose length is no multiple of 4
+    let odd: Vec<u8> = (0..4097u32).map(|i| (i * 31 % 255) as u8 + 1).collect();
+    fs::write(src.join("boot/odd.bin"), odd).unwrap();
+}
+
+/// Builds an image of a copy of `src` (genisoimage's -boot-info-table writes into the source
+/// tree's boot file) with `tool` ("genisoimage" or "xorriso -as mkisofs") and `args`.
+fn other_tool(tool: &str, src: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let dir = src.with_file_name(format!("{name}-src"));
+    copy_tree(src, &dir);
+    let iso = src.with_file_name(format!("{name}.iso"));
+    let mut all: Vec<&str> = tool.split(' ').skip(1).collect();
+    all.extend(["-quiet", "-J", "-r"]);
+    all.extend(args);
+    all.extend(["-o", iso.to_str().unwrap(), dir.to_str().unwrap()]);
+    run(tool.split(' ').next().unwrap(), &all);
+    iso
+}
+
+/// `cp -a src dst`: genisoimage's -boot-info-table writes into the source tree's boot file.
+fn copy_tree(src: &Path, dst: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a");
+}
+
+#[test]
+fn el_torito_as_other_tools_read_it() {
+    if !tools(&["xorriso", "isoinfo", "genisoimage", "bsdtar", "mkfs.vfat"])
+        || !isolinux_installed()
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    boot_tree(&src);
+    let stock = fs::read(ISOLINUX_BIN).unwrap();
+    let source_bytes = |p: &str| fs::read(src.join(p)).unwrap();
+    let isolinux_before = source_bytes("isolinux/isolinux.bin");
+    let efi_before = source_bytes("boot/efi.img");
+    // The checksum as computed here is syslinux's: its build stores one for the whole file
+    // in the stock isolinux.bin's table.
+    assert_eq!(
+        boot_info_checksum(&stock),
+        le32(&stock, 20),
+        "boot_info_checksum disagrees with the one in {ISOLINUX_BIN}"
+    );
+    let efi_sectors = (efi_before.len() / 512) as u32;
+    assert_eq!(efi_sectors, 5760);
+
+    let bios = |info_table, load_size| Want {
+        platform: "BIOS",
+        path: "isolinux/isolinux.bin",
+        load_size,
+        info_table,
+    };
+    let efi = Want {
+        platform: "UEFI",
+        path: "boot/efi.img",
+        load_size: efi_sectors,
+        info_table: false,
+    };
+    let build = |name: &str, args: &[&str]| -> PathBuf {
+        let iso = t.join(name);
+        mkiso_ok(&src, &iso, args, None);
+        iso
+    };
+
+    // BIOS, the way isolinux wants it, against genisoimage's image of a copy of the tree.
+    let iso = build(
+        "bios.iso",
+        &[
+            "--boot",
+            "isolinux/isolinux.bin",
+            "--boot-catalog",
+            "isolinux/boot.cat",
+            "--boot-info-table",
+        ],
+    );
+    let ours = check_image(&iso, &src, "isolinux/boot.cat", &[bios(true, 4)]);
+    let giso = other_tool(
+        "genisoimage",
+        &src,
+        "genisoimage",
+        &[
+            "-b",
+            "isolinux/isolinux.bin",
+            "-c",
+            "isolinux/boot.cat",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+        ],
+    );
+    let theirs = reference(&giso);
+    same_boot_records(&ours, &theirs, "BIOS with a boot info table (genisoimage)");
+    // The boot file's copies differ in the table's LBA field only.
+    let (a, b) = (&ours.copies[0], &theirs.copies[0]);
+    assert!(a[..12] == b[..12], "{:02x?} / {:02x?}", &a[..64], &b[..64]);
+    assert!(a[16..] == b[16..], "{:02x?} / {:02x?}", &a[..64], &b[..64]);
+    assert_eq!(u64::from(le32(b, 12)), theirs.xorriso[0].lba);
+
+    // BIOS with another load size and no table (the file goes in as it is), the catalog in
+    // its default place.
+    let iso = build(
+        "bios-8.iso",
+        &["--boot", "isolinux/isolinux.bin", "--boot-load-size", "8"],
+    );
+    let ours = check_image(&iso, &src, "boot.cat", &[bios(false, 8)]);
+    let giso = other_tool(
+        "genisoimage",
+        &src,
+        "genisoimage-8",
+        &[
+            "-b",
+            "isolinux/isolinux.bin",
+            "-c",
+            "boot.cat",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "8",
+        ],
+    );
+    same_boot_records(&ours, &reference(&giso), "BIOS, load size 8 (genisoimage)");
+
+    // A boot info table over a file whose last word is padded with zeros for the checksum.
+    let odd = Want {
+        platform: "BIOS",
+        path: "boot/odd.bin",
+        load_size: 4,
+        info_table: true,
+    };
+    let iso = build("odd.iso", &["--boot", "boot/odd.bin", "--boot-info-table"]);
+    let ours = check_image(&iso, &src, "boot.cat", &[odd]);
+    let giso = other_tool(
+        "genisoimage",
+        &src,
+        "genisoimage-odd",
+        &[
+            "-b",
+            "boot/odd.bin",
+            "-c",
+            "boot.cat",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+        ],
+    );
+    let theirs = reference(&giso);
+    same_boot_records(&ours, &theirs, "odd length (genisoimage)");
+    let (a, b) = (&ours.copies[0], &theirs.copies[0]);
+    assert!(a[..12] == b[..12], "{:02x?} / {:02x?}", &a[..64], &b[..64]);
+    assert!(a[16..] == b[16..], "{:02x?} / {:02x?}", &a[..64], &b[..64]);
+
+    // EFI only, against xorriso's.
+    let iso = build("efi.iso", &["--efi-boot", "boot/efi.img"]);
+    let ours = check_image(&iso, &src, "boot.cat", std::slice::from_ref(&efi));
+    let xiso = other_tool(
+        "xorriso -as mkisofs",
+        &src,
+        "xorriso-efi",
+        &["-c", "boot.cat", "-e", "boot/efi.img", "-no-emul-boot"],
+    );
+    same_boot_records(&ours, &reference(&xiso), "EFI only (xorriso)");
+
+    // An EFI image of more than 65535 sectors (40 MiB, sparse): its count stops at 65535.
+    let big = t.join("big");
+    fs::create_dir_all(big.join("boot")).unwrap();
+    fs::File::create(big.join("boot/efi.img"))
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
+    let iso = t.join("big.iso");
+    mkiso_ok(&big, &iso, &["--efi-boot", "boot/efi.img"], None);
+    let x = xorriso_el_torito(&iso);
+    let got: Vec<_> = x
+        .images
+        .iter()
+        .map(|i| (i.platform.as_str(), i.load_size))
+        .collect();
+    assert_eq!(got, [("UEFI", 65535)]);
+    fs::remove_file(&iso).unwrap();
+
+    // Both.
+    let both_args = [
+        "--boot",
+        "isolinux/isolinux.bin",
+        "--boot-catalog",
+        "isolinux/boot.cat",
+        "--boot-info-table",
+        "--efi-boot",
+        "boot/efi.img",
+    ];
+    let iso = build("both.iso", &both_args);
+    let ours = check_image(&iso, &src, "isolinux/boot.cat", &[bios(true, 4), efi]);
+    let xiso = other_tool(
+        "xorriso -as mkisofs",
+        &src,
+        "xorriso-both",
+        &[
+            "-b",
+            "isolinux/isolinux.bin",
+            "-c",
+            "isolinux/boot.cat",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "-eltorito-alt-boot",
+            "-e",
+            "boot/efi.img",
+            "-no-emul-boot",
+        ],
+    );
+    let theirs = reference(&xiso);
+    same_boot_records(&ours, &theirs, "BIOS and EFI (xorriso)");
+    let (a, b) = (&ours.copies[0], &theirs.copies[0]);
+    assert!(
+        a[..12] == b[..12] && a[16..] == b[16..],
+        "xorriso's boot info table differs"
+    );
+
+    // Nothing in the source tree was written to.
+    assert!(source_bytes("isolinux/isolinux.bin") == isolinux_before);
+    assert!(isolinux_before == stock);
+    assert!(source_bytes("boot/efi.img") == efi_before);
+
+    // Without boot options: no El Torito (what scan says above comes from the options).
+    let plain = build("plain.iso", &[]);
+    let scan = output_ok(Command::new(bin()).args(["scan", "--json"]).arg(&plain));
+    let scan: serde_json::Value = serde_json::from_slice(&scan.stdout).unwrap();
+    assert_eq!(scan[0]["bootable"], false, "{scan}");
+    assert!(!scan.to_string().contains("eltorito"), "{scan}");
+
+    // Reproducible: the same bytes twice, also from a copy of the tree (other inodes, times
+    // of change and order in the directories).
+    let a = t.join("sde-a.iso");
+    let b = t.join("sde-b.iso");
+    mkiso_ok(&src, &a, &both_args, Some("0"));
+    // (the same name: the default label is the source directory's)
+    let copy = t.join("copy").join("src");
+    fs::create_dir(copy.parent().unwrap()).unwrap();
+    copy_tree(&src, &copy);
+    mkiso_ok(&copy, &b, &both_args, Some("0"));
+    let (a, b) = (fs::read(&a).unwrap(), fs::read(&b).unwrap());
+    let first = a.iter().zip(&b).position(|(x, y)| x != y);
+    assert!(
+        a.len() == b.len() && first.is_none(),
+        "two builds with SOURCE_DATE_EPOCH=0 differ: {} and {} bytes, first at {first:?}",
+        a.len(),
+        b.len()
+    );
+    // descriptor times are SOURCE_DATE_EPOCH, 0 included: 1970-01-01 00:00:00 UTC
+    assert_eq!(&a[16 * SECTOR + 813..16 * SECTOR + 827], b"19700101000000");
+}
+
+// ---- errors ----
+
+/// `isomgr mkiso SRC -o DIR/x.iso ARGS` in a new, empty DIR, also with the image written under
+/// a temporary name (ISOMGR_NO_TMPFILE): exit status `code` (2 for a usage error, 1 for
+/// anything else), standard error naming every one of `names` and one of `causes` (any case),
+/// and DIR left empty. What is wrong, if anything.
+fn refused(
+    src: &Path,
+    out_root: &Path,
+    args: &[&str],
+    names: &[&str],
+    causes: &[&str],
+    code: i32,
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for named_tmp in [false, true] {
+        let dir = out_root.join(marker("out"));
+        fs::create_dir(&dir).unwrap();
+        let mut c = Command::new(bin());
+        c.arg("mkiso")
+            .arg(src)
+            .arg("-o")
+            .arg(dir.join("x.iso"))
+            .args(args)
+            .stdin(Stdio::null());
+        if named_tmp {
+            c.env("ISOMGR_NO_TMPFILE", "1");
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        let case = format!("{args:?}{}", if named_tmp { " (named tmp)" } else { "" });
+        if o.status.code() != Some(code) {
+            wrong.push(format!(
+                "{case}: exit status {:?}, not {code}: {err}",
+                o.status.code()
+            ));
+        }
+        for n in names {
+            if !err.contains(n) {
+                wrong.push(format!("{case}: {n:?} not named: {err}"));
+            }
+        }
+        let lower = err.to_lowercase();
+        if !causes.iter().any(|c| lower.contains(&c.to_lowercase())) {
+            wrong.push(format!("{case}: no cause (one of {causes:?}) in: {err}"));
+        }
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        if !left.is_empty() {
+            wrong.push(format!("{case}: left {left:?}"));
+        }
+    }
+    wrong
+}
+
+#[test]
+fn boot_option_errors_name_the_path_and_the_cause() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    // Boot files need not be real boot loaders for mkiso: bytes will do here.
+    let boot: Vec<u8> = (0..4096u32).map(|i| (i % 253) as u8).collect();
+    write(&src.join("isolinux/isolinux.bin"), &boot);
+    write(&src.join("isolinux/isolinux.cfg"), b"SAY hi\n");
+    write(&src.join("README.txt"), b"readme\n");
+    write(&src.join("tiny.bin"), &[0x90; 63]);
+    write(&src.join("sixty-four.bin"), &[0x90; 64]);
+    write(&src.join("boot/efiboot.img"), &[0u8; 8192]);
+    std::os::unix::fs::symlink("isolinux.bin", src.join("isolinux/link.bin")).unwrap();
+    write(&t.join("outside.bin"), &boot);
+    let out = t.join("out");
+    fs::create_dir(&out).unwrap();
+
+    // The causes, in any of a few wordings.
+    let missing: &[&str] = &[
+        "not in the source tree",
+        "no such file",
+        "not found",
+        "does not exist",
+        "missing",
+    ];
+    let not_file: &[&str] = &[
+        "not a regular file",
+        "a directory",
+        "a symlink",
+        "symbolic link",
+    ];
+    let outside: &[&str] = &["may not use `..`", "outside", "not in the source tree"];
+    let needs_boot: &[&str] = &["required", "requires", "without", "needs", "only with"];
+    let short: &[&str] = &["64 bytes", "at least 64", "shorter", "too short"];
+    let taken: &[&str] = &["already", "exists", "taken", "in use"];
+    // The catalog's directory, not the catalog (which is never in the tree), is what is
+    // missing: the message has to say so.
+    let no_dir: &[&str] = &["parent", "director"];
+    let range: &[&str] = &["1..=65535", "at least 1", "out of range"];
+    const BIOS: [&str; 2] = ["--boot", "isolinux/isolinux.bin"];
+    let with_bios =
+        |more: &[&'static str]| -> Vec<&'static str> { BIOS.iter().chain(more).copied().collect() };
+    let cases: Vec<(Vec<&str>, &[&str], &[&str])> = vec![
+        // the boot images
+        (
+            vec!["--boot", "isolinux/missing.bin"],
+            &["isolinux/missing.bin"],
+            missing,
+        ),
+        (vec!["--boot", "isolinux"], &["isolinux"], not_file),
+        (
+            vec!["--boot", "isolinux/link.bin"],
+            &["isolinux/link.bin"],
+            not_file,
+        ),
+        (vec!["--boot", "../outside.bin"], &["outside.bin"], outside),
+        (
+            vec!["--efi-boot", "boot/missing.img"],
+            &["boot/missing.img"],
+            missing,
+        ),
+        (vec!["--efi-boot", "boot"], &["boot"], not_file),
+        (
+            with_bios(&["--efi-boot", "boot/nothing.img"]),
+            &["boot/nothing.img"],
+            missing,
+        ),
+        // the boot info table
+        (
+            vec!["--boot-info-table"],
+            &["--boot-info-table", "--boot"],
+            needs_boot,
+        ),
+        (
+            vec!["--efi-boot", "boot/efiboot.img", "--boot-info-table"],
+            &["--boot-info-table", "--boot"],
+            needs_boot,
+        ),
+        (
+            vec!["--boot", "tiny.bin", "--boot-info-table"],
+            &["tiny.bin", "63"],
+            short,
+        ),
+        // the catalog
+        (
+            with_bios(&["--boot-catalog", "isolinux/isolinux.cfg"]),
+            &["isolinux/isolinux.cfg"],
+            taken,
+        ),
+        (
+            with_bios(&["--boot-catalog", "isolinux/isolinux.bin"]),
+            &["isolinux/isolinux.bin"],
+            taken,
+        ),
+        (
+            with_bios(&["--boot-catalog", "isolinux"]),
+            &["isolinux"],
+            taken,
+        ),
+        (
+            with_bios(&["--boot-catalog", "nodir/boot.cat"]),
+            &["nodir"],
+            no_dir,
+        ),
+        (
+            with_bios(&["--boot-catalog", "README.txt/boot.cat"]),
+            &["README.txt"],
+            no_dir,
+        ),
+        (
+            vec!["--boot-catalog", "boot.cat"],
+            &["--boot-catalog"],
+            needs_boot,
+        ),
+        // the load size
+        (
+            with_bios(&["--boot-load-size", "0"]),
+            &["--boot-load-size", "0"],
+            range,
+        ),
+        (
+            with_bios(&["--boot-load-size", "65536"]),
+            &["--boot-load-size", "65536"],
+            range,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (args, names, causes) in &cases {
+        // An option that needs another, or a value out of range, is a usage error (exit 2),
+        // found before the tree is read; the rest are found in the tree (exit 1).
+        let code = if *causes == needs_boot || *causes == range {
+            2
+        } else {
+            1
+        };
+        wrong.extend(refused(&src, &out, args, names, causes, code));
+    }
+    // The default catalog place taken: a boot.cat of the tree's own.
+    write(&src.join("boot.cat"), b"mine");
+    wrong.extend(refused(&src, &out, &BIOS, &["boot.cat"], taken, 1));
+    fs::remove_file(src.join("boot.cat")).unwrap();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} refusals went wrong:\n{}",
+        wrong.len(),
+        2 * (cases.len() + 1),
+        wrong.join("\n")
+    );
+
+    // Next to each refusal, what is allowed: 64 bytes with a table, load sizes 1 and 65535,
+    // the catalog in a directory that is there.
+    for args in [
+        vec!["--boot", "sixty-four.bin", "--boot-info-table"],
+        with_bios(&["--boot-load-size", "1"]),
+        with_bios(&["--boot-load-size", "65535"]),
+        with_bios(&["--boot-catalog", "isolinux/boot.cat"]),
+    ] {
+        let iso = t.join("ok.iso");
+        mkiso_ok(&src, &iso, &args, None);
+        if args[1] == "sixty-four.bin" {
+            // the table over the whole file: nothing after it, checksum 0
+            let img = isomgr::iso9660::Image::open(fs::File::open(&iso).unwrap()).unwrap();
+            let e = img.lookup("/sixty-four.bin").unwrap();
+            let mut copy = [0u8; 64];
+            assert_eq!(img.read_at(&e, 0, &mut copy).unwrap(), 64);
+            assert_eq!(copy[..8], [0x90; 8]);
+            assert_eq!((le32(&copy, 8), le32(&copy, 16)), (16, 64));
+            assert_ne!(le32(&copy, 12), 0, "the LBA");
+            assert!(copy[20..].iter().all(|&b| b == 0), "{copy:02x?}");
+        }
+        fs::remove_file(&iso).unwrap();
+    }
+    assert_eq!(fs::read(src.join("tiny.bin")).unwrap(), [0x90; 63]);
+    assert_eq!(fs::read(src.join("sixty-four.bin")).unwrap(), [0x90; 64]);
+}
