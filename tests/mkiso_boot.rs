@@ -200,6 +200,8 @@ enum Firmware<'a> {
     SeaBiosScreenOnSerial,
     /// OVMF, with its own copy of the variable store.
     Ovmf { code: &'a Path, vars: &'a Path },
+    /// SeaBIOS from a hard disk holding the image (as written to a USB stick): the MBR boots.
+    SeaBiosDisk,
 }
 
 impl Qemu {
@@ -210,6 +212,7 @@ impl Qemu {
             iso.display(),
             match firmware {
                 Firmware::SeaBios | Firmware::SeaBiosScreenOnSerial => "SeaBIOS",
+                Firmware::SeaBiosDisk => "SeaBIOS as a disk",
                 Firmware::Ovmf { .. } => "OVMF",
             }
         );
@@ -220,6 +223,7 @@ impl Qemu {
                 "-display", "none", "-serial", "stdio", "-boot", "d",
             ])),
             Firmware::SeaBiosScreenOnSerial => args.extend(strs(&["-nographic", "-boot", "d"])),
+            Firmware::SeaBiosDisk => args.extend(strs(&["-display", "none", "-serial", "stdio"])),
             Firmware::Ovmf { code, vars } => {
                 args.extend(strs(&["-display", "none", "-serial", "stdio"]));
                 for (ro, file) in [(",readonly=on", code), ("", vars)] {
@@ -228,8 +232,14 @@ impl Qemu {
                 }
             }
         }
-        args.extend(["-monitor", "none", "-cdrom"].map(OsString::from));
-        args.push(iso.into());
+        args.extend(["-monitor", "none"].map(OsString::from));
+        if let Firmware::SeaBiosDisk = firmware {
+            args.extend(strs(&["-boot", "c", "-drive"]));
+            args.push(format!("file={},format=raw,if=ide", iso.display()).into());
+        } else {
+            args.push("-cdrom".into());
+            args.push(iso.into());
+        }
         let stderr = log_dir.join(format!("qemu-{}.stderr", marker("log")));
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(&args)
@@ -489,6 +499,152 @@ fn grub_boots_from_a_bios_image_and_reads_its_last_file() {
         "without the padding GRUB misread grub.cfg here; if it now reads it, this GRUB or \
          BIOS reads the last sectors right and the padding is for other readers only: {}",
         q.report()
+    );
+}
+
+const ISOHDPFX: &str = "/usr/lib/ISOLINUX/isohdpfx.bin";
+
+/// `--isohybrid-mbr`: the image boots from a hard disk (as written to a USB stick) and still
+/// from a CD; its first sector is what syslinux's isohybrid writes into the same image built
+/// without it (given the same disk signature), and the image is whole cylinders (1 MiB), the
+/// volume included. sfdisk and blkid read the partition and the file system.
+#[test]
+fn an_isohybrid_image_boots_from_a_disk_and_matches_isohybrid() {
+    if !tools(&["qemu-system-x86_64", "isohybrid", "sfdisk", "blkid"])
+        || !isolinux_installed()
+        || !have_file(ISOHDPFX, "isolinux")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let m = marker("hybrid");
+    let src = t.join("src");
+    isolinux_tree(&src, &m);
+    let base = [
+        "--boot",
+        "isolinux/isolinux.bin",
+        "--boot-info-table",
+        "--boot-catalog",
+        "isolinux/boot.cat",
+    ];
+    let hybrid = t.join("hybrid.iso");
+    let mut args = base.to_vec();
+    args.extend(["--isohybrid-mbr", ISOHDPFX]);
+    mkiso_ok(&src, &hybrid, &args, Some("0"));
+    let plain = t.join("plain.iso");
+    mkiso_ok(&src, &plain, &base, Some("0"));
+    let ours = fs::read(&hybrid).unwrap();
+    assert_eq!(ours.len() % (1 << 20), 0, "whole cylinders");
+    let id = format!("{:#x}", le32(&ours, 440));
+    run("isohybrid", &["-i", &id, plain.to_str().unwrap()]);
+    let theirs = fs::read(&plain).unwrap();
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "the same size as isohybrid pads to"
+    );
+    assert!(
+        ours[..512] == theirs[..512],
+        "the MBR differs from isohybrid's:\nours   {:02x?}\ntheirs {:02x?}",
+        &ours[432..512],
+        &theirs[432..512]
+    );
+    // The rest is the same but the volume size, which counts the cylinder padding.
+    let differ: Vec<usize> = (512..ours.len())
+        .filter(|&i| ours[i] != theirs[i])
+        .collect();
+    assert!(
+        differ
+            .iter()
+            .all(|&i| (16 * SECTOR + 80..16 * SECTOR + 88).contains(&i)
+                || (18 * SECTOR + 80..18 * SECTOR + 88).contains(&i)),
+        "bytes other than the volume sizes differ: {:?}",
+        &differ[..differ.len().min(20)]
+    );
+    let sectors = ours.len() / 512;
+    let table = run("sfdisk", &["-d", hybrid.to_str().unwrap()]);
+    assert!(
+        table.contains(&format!(
+            "start=           0, size={sectors:>12}, type=17, bootable"
+        )),
+        "{table}"
+    );
+    let probe = run("blkid", &["-p", "-o", "export", hybrid.to_str().unwrap()]);
+    assert!(probe.contains("TYPE=iso9660"), "{probe}");
+    assert!(probe.contains("LABEL=src"), "{probe}");
+    let scan = output_ok(Command::new(bin()).args(["scan", "--json"]).arg(&hybrid));
+    let scan: serde_json::Value = serde_json::from_slice(&scan.stdout).unwrap();
+    assert_eq!(scan[0]["complete"], true, "{scan}");
+    assert_eq!(scan[0]["volume_size"], ours.len(), "{scan}");
+
+    let serial = boots_to(&hybrid, Firmware::SeaBiosDisk, &[&m], t);
+    assert!(serial.contains("ISOLINUX"), "{serial}");
+    boots_to(&hybrid, Firmware::SeaBios, &[&m], t);
+
+    // Refused: an MBR file of the wrong size, one that is not there, a boot image that is not
+    // an isolinux.bin (exit 1, naming the file); no boot info table (a usage error, exit 2).
+    let short = t.join("short.bin");
+    fs::write(&short, [0u8; 100]).unwrap();
+    write(&src.join("not-isolinux.bin"), &[0x90; 4096]);
+    let out = t.join("refused.iso");
+    for (extra, code, named, cause) in [
+        (
+            vec!["--isohybrid-mbr", short.to_str().unwrap()],
+            1,
+            short.to_str().unwrap().to_string(),
+            "432 to 512",
+        ),
+        (
+            vec!["--isohybrid-mbr", "/nonexistent/isohdpfx.bin"],
+            1,
+            "/nonexistent/isohdpfx.bin".to_string(),
+            "No such file",
+        ),
+    ] {
+        let mut a = base.to_vec();
+        a.extend(extra);
+        let o = mkiso(&src, &out, &a, None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{a:?}: {err}");
+        assert!(err.contains(&named) && err.contains(cause), "{a:?}: {err}");
+        assert!(!out.exists());
+    }
+    let o = mkiso(
+        &src,
+        &out,
+        &[
+            "--boot",
+            "not-isolinux.bin",
+            "--boot-info-table",
+            "--isohybrid-mbr",
+            ISOHDPFX,
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not-isolinux.bin") && err.contains("isohybrid signature"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let o = mkiso(
+        &src,
+        &out,
+        &[
+            "--boot",
+            "isolinux/isolinux.bin",
+            "--isohybrid-mbr",
+            ISOHDPFX,
+        ],
+        None,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
     );
 }
 

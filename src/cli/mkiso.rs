@@ -54,6 +54,12 @@ pub struct Args {
     /// named relative to it (xorriso's -e).
     #[arg(long = "efi-boot", value_name = "PATH")]
     pub efi_boot: Option<PathBuf>,
+    /// Make an isohybrid image, which also boots written to a USB stick or disk: this MBR boot
+    /// code (isolinux's isohdpfx.bin, a file outside SRC_DIR) goes into its first sector with
+    /// a partition table, as syslinux's isohybrid writes it. Needs --boot with an isolinux.bin
+    /// and --boot-info-table.
+    #[arg(long, value_name = "FILE", requires_all = ["boot", "boot_info_table"])]
+    pub isohybrid_mbr: Option<PathBuf>,
     /// Where the boot catalog appears in the image [default: boot.cat].
     #[arg(long, value_name = "PATH", requires = "bootable")]
     pub boot_catalog: Option<PathBuf>,
@@ -189,6 +195,7 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
             info_table: args.boot_info_table,
             efi: args.efi_boot.clone(),
             catalog: args.boot_catalog.clone(),
+            isohybrid_mbr: args.isohybrid_mbr.clone(),
         },
         pad: !args.no_pad,
     };

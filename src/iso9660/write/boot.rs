@@ -44,6 +44,9 @@ pub struct Boot {
     pub efi: Option<PathBuf>,
     /// Where the catalog appears ([`DEFAULT_CATALOG`] when `None`).
     pub catalog: Option<PathBuf>,
+    /// The MBR boot code (isolinux's `isohdpfx.bin`, 432 bytes) of an isohybrid image: the
+    /// image then also boots written to a USB stick or disk. Read by [`read_mbr_code`].
+    pub isohybrid_mbr: Option<PathBuf>,
 }
 
 impl Boot {
@@ -67,6 +70,90 @@ pub(super) struct Resolved {
     pub efi: Option<usize>,
     pub catalog: usize,
     pub info_table: bool,
+}
+
+/// Bytes of MBR boot code before the isohybrid fields (the rest of an MBR file is ignored).
+pub const MBR_CODE: usize = 432;
+/// What isolinux.bin holds at byte 0x40 when it can be booted from an isohybrid MBR.
+const ISOLINUX_HYBRID_SIGNATURE: u32 = 0x7078_C0FB;
+/// isohybrid's disk geometry: 64 heads, 32 sectors a track, so a cylinder is 1 MiB; the image
+/// is padded to whole cylinders, as isohybrid pads it.
+const HEADS: u64 = 64;
+const SECTORS_PER_TRACK: u64 = 32;
+/// 2048-byte sectors in a cylinder.
+pub const CYLINDER_SECTORS: u64 = HEADS * SECTORS_PER_TRACK * 512 / SECTOR_SIZE;
+/// The partition type isohybrid gives the image's partition by default.
+const PARTITION_TYPE: u8 = 0x17;
+
+/// Reads the MBR boot code at `path` (432 to 512 bytes; the first 432 are used).
+pub fn read_mbr_code(path: &Path) -> Result<Vec<u8>, Error> {
+    let what = "isohybrid MBR";
+    let data = std::fs::read(path).map_err(|e| Error::Boot {
+        what,
+        path: path.to_path_buf(),
+        why: format!("reading it: {e}"),
+    })?;
+    if !(MBR_CODE..=512).contains(&data.len()) {
+        return Err(Error::Boot {
+            what,
+            path: path.to_path_buf(),
+            why: format!(
+                "{} bytes; MBR boot code (isolinux's isohdpfx.bin) is 432 to 512",
+                data.len()
+            ),
+        });
+    }
+    Ok(data[..MBR_CODE].to_vec())
+}
+
+/// Checks that the BIOS boot image's first bytes (`head`, at least 0x44 of them) are an
+/// isolinux.bin an isohybrid MBR can start.
+pub fn check_hybrid_capable(head: &[u8], path: &Path) -> Result<(), Error> {
+    let sig = head
+        .get(0x40..0x44)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if sig == Some(ISOLINUX_HYBRID_SIGNATURE) {
+        return Ok(());
+    }
+    Err(Error::Boot {
+        what: "BIOS boot image",
+        path: path.to_path_buf(),
+        why: "not an isolinux.bin an isohybrid MBR can start (no isohybrid signature at byte \
+              0x40; isolinux 3.72 and later have it)"
+            .into(),
+    })
+}
+
+/// The isohybrid MBR (what syslinux's isohybrid writes): the boot code, the boot image's place
+/// in 512-byte sectors for it, the disk signature `id`, and one active partition of type 0x17
+/// over the whole image of `image_sectors` 2048-byte sectors (whole cylinders), with its CHS
+/// addresses in isohybrid's geometry.
+pub(super) fn isohybrid_mbr(code: &[u8], boot_lba: u32, id: u32, image_sectors: u64) -> Vec<u8> {
+    let mut v = vec![0u8; 512];
+    let n = code.len().min(MBR_CODE);
+    v[..n].copy_from_slice(&code[..n]);
+    v[432..436].copy_from_slice(&boot_lba.wrapping_mul(4).to_le_bytes());
+    v[440..444].copy_from_slice(&id.to_le_bytes());
+    let sectors = image_sectors * (SECTOR_SIZE / 512);
+    let chs = |s: u64| -> [u8; 3] {
+        let cyl = (s / (HEADS * SECTORS_PER_TRACK)).min(1023);
+        let head = (s / SECTORS_PER_TRACK) % HEADS;
+        let sector = s % SECTORS_PER_TRACK + 1;
+        [
+            head as u8,
+            (sector as u8) | ((cyl >> 2) as u8 & 0xC0),
+            cyl as u8,
+        ]
+    };
+    let p = &mut v[446..462];
+    p[0] = 0x80;
+    p[1..4].copy_from_slice(&chs(0));
+    p[4] = PARTITION_TYPE;
+    p[5..8].copy_from_slice(&chs(sectors.saturating_sub(1)));
+    p[12..16].copy_from_slice(&u32::try_from(sectors).unwrap_or(u32::MAX).to_le_bytes());
+    v[510] = 0x55;
+    v[511] = 0xAA;
+    v
 }
 
 fn boot_error(what: &'static str, src: &Path, rel: &Path, why: impl Into<String>) -> Error {

@@ -119,6 +119,8 @@ pub struct Plan {
     pub generated: Vec<(usize, Vec<u8>)>,
     /// The [`Tree::data`] entry that gets a boot info table, and its first sector.
     pub info_table: Option<(usize, u32)>,
+    /// The BIOS boot image's first sector, for an isohybrid MBR.
+    pub bios_boot_lba: Option<u32>,
 }
 
 impl Plan {
@@ -922,6 +924,10 @@ pub fn plan(
     if opts.pad {
         lba += PAD_SECTORS;
     }
+    if opts.boot.isohybrid_mbr.is_some() {
+        // whole cylinders of the disk the image becomes, as isohybrid pads it
+        lba = lba.next_multiple_of(super::boot::CYLINDER_SECTORS);
+    }
     let total = to_u32(lba)?;
 
     let mut meta = vec![0u8; (data_start * SECTOR_SIZE) as usize];
@@ -964,6 +970,7 @@ pub fn plan(
     let mut next = FIRST_DESCRIPTOR_SECTOR + 1;
     let mut generated = Vec::new();
     let mut info_table = None;
+    let mut bios_boot_lba = None;
     if let Some(b) = boot {
         let lba_of = |data: usize| a.file.get(data).copied().unwrap_or(0);
         let size_of = |data: usize| tree.data.get(data).map_or(0, |d| d.size);
@@ -977,6 +984,7 @@ pub fn plan(
         if b.info_table {
             info_table = b.bios.map(|(data, _)| (data, lba_of(data)));
         }
+        bios_boot_lba = bios.map(|(lba, _)| lba);
     }
     if opts.joliet {
         let (jl, js) = a.jdir.first().copied().unwrap_or((0, 0));
@@ -1020,6 +1028,7 @@ pub fn plan(
         total_sectors: total,
         generated,
         info_table,
+        bios_boot_lba,
     })
 }
 
