@@ -18,6 +18,7 @@ packages=(
   # tests/mkiso_boot.rs: mkiso's El Torito images booted in QEMU (qemu-system-x86 above) with
   # isolinux and GRUB (i386-pc) under SeaBIOS, GRUB (grub-mkstandalone) in a FAT image under OVMF
   isolinux syslinux-common ovmf grub-efi-amd64-bin grub-pc-bin grub-common mtools dosfstools
+  syslinux-utils fdisk  # isohybrid and sfdisk, to check mkiso --isohybrid-mbr's first sector
 )
 
 if [ "$(id -u)" -ne 0 ]; then
