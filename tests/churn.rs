@@ -166,7 +166,25 @@ fn churn_with_queue_overflows_converges_to_the_ground_truth() {
             })
             .collect();
         if served.keys().ne(truth.keys()) {
-            return Err(format!("{} served, {} present", served.len(), truth.len()));
+            // Which media differ, and what the watcher logged about them (the log goes with
+            // the test's directory).
+            let differ: Vec<&String> = truth
+                .keys()
+                .filter(|k| !served.contains_key(*k))
+                .chain(served.keys().filter(|k| !truth.contains_key(*k)))
+                .collect();
+            let log = fs::read_to_string(&env.log).unwrap_or_default();
+            let about: Vec<&str> = log
+                .lines()
+                .filter(|l| differ.iter().any(|id| l.contains(id.as_str())))
+                .take(40)
+                .collect();
+            return Err(format!(
+                "{} served, {} present; differing: {differ:?}; the watcher's log about them:\n{}",
+                served.len(),
+                truth.len(),
+                about.join("\n")
+            ));
         }
         Ok(served)
     });

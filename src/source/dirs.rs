@@ -858,7 +858,7 @@ impl State {
                 Some(origin) => self.emit(Event::Moved { id: t.id, origin }),
                 None => {
                     tracing::debug!(image = %path.display(), "image left the watched trees");
-                    self.emit(Event::Vanished(t.id));
+                    self.vanish(t.id);
                 }
             }
         }
@@ -866,6 +866,19 @@ impl State {
 
     fn emit(&self, ev: Event) {
         let _ = self.out.blocking_send(ev);
+    }
+
+    /// Emits `Vanished` for `id`. The manager then no longer holds it, so another path it
+    /// left a moment ago (a hard link, still waiting out its grace in `pending_gone`) must not
+    /// pass it on as a rename when the file shows up again: that would move a medium the
+    /// manager dropped, and the file would never be served. It is announced anew instead.
+    fn vanish(&mut self, id: MediumId) {
+        for (_, t, _) in &mut self.pending_gone {
+            if t.id == id {
+                t.present = false;
+            }
+        }
+        self.emit(Event::Vanished(id));
     }
 
     /// Scans every watched tree; whatever is tracked but no longer found is gone. Ends with
@@ -1103,7 +1116,7 @@ impl State {
             if t.present {
                 match self.tracked.present_at(&t.id) {
                     Some(origin) => self.emit(Event::Moved { id: t.id, origin }),
-                    None => self.emit(Event::Vanished(t.id)),
+                    None => self.vanish(t.id),
                 }
             }
         }
@@ -1129,7 +1142,7 @@ impl State {
                 let old = t.clone();
                 self.tracked.remove(path);
                 if old.present {
-                    self.emit(Event::Vanished(old.id));
+                    self.vanish(old.id);
                 }
             }
             Some(t) if t.present && reason != Reason::Written => return true,
@@ -1140,7 +1153,7 @@ impl State {
                 // Rewritten in place: served again from the new content.
                 let old = t.id.clone();
                 self.tracked.remove(path);
-                self.emit(Event::Vanished(old));
+                self.vanish(old);
             }
             _ => {}
         }
@@ -1340,7 +1353,7 @@ impl State {
         self.waiting_logged.remove(path);
         if let Some(old) = self.tracked.remove(path) {
             if old.present && self.tracked.present_at(&old.id).is_none() {
-                self.emit(Event::Vanished(old.id));
+                self.vanish(old.id);
             }
         }
     }
