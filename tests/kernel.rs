@@ -1260,27 +1260,11 @@ fn the_kernel_and_the_reader_show_the_same_udf_trees() {
             .args(["-b", "2048", "--media-type=cdr", "--label=VAT"])
             .arg(&vat),
     );
-    let data = fs::read(&vat).unwrap();
-    let end = data
-        .chunks(2048)
-        .rposition(|b| b.iter().any(|&x| x != 0))
-        .unwrap();
-    File::options()
-        .write(true)
-        .open(&vat)
-        .unwrap()
-        .set_len((end as u64 + 1) * 2048)
-        .unwrap();
+    common::udf::cut_after_last_block(&vat, 0);
     // The same copy read three blocks too far (zeros): both find the VAT before them.
     let padded = w.path("vat-padded.img");
     fs::copy(&vat, &padded).unwrap();
-    let len = fs::metadata(&padded).unwrap().len();
-    File::options()
-        .write(true)
-        .open(&padded)
-        .unwrap()
-        .set_len(len + 3 * 2048)
-        .unwrap();
+    common::udf::cut_after_last_block(&padded, 3);
     let mut e = KernelExecutor::new(LinuxSys, w.root.clone());
     for iso in [
         bridge,

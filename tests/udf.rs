@@ -356,17 +356,7 @@ fn a_vat_image_reads_when_it_ends_with_its_vat() {
         }
 
         // Cut after the last block that holds anything: the VAT's.
-        let data = fs::read(&img).unwrap();
-        let end = data
-            .chunks(2048)
-            .rposition(|b| b.iter().any(|&x| x != 0))
-            .unwrap();
-        fs::File::options()
-            .write(true)
-            .open(&img)
-            .unwrap()
-            .set_len((end as u64 + 1) * 2048)
-            .unwrap();
+        common::udf::cut_after_last_block(&img, 0);
         let out = isomgr(&["ls", "--json", path, "/"]);
         assert!(
             out.status.success(),
@@ -389,14 +379,8 @@ fn a_vat_image_reads_when_it_ends_with_its_vat() {
 
         // A copy that read a few blocks past the last written one (zeros): the VAT is found
         // where Linux looks, up to three blocks before the end; four is too far.
-        let vat_end = (end as u64 + 1) * 2048;
         for pad in [1u64, 3, 4] {
-            fs::File::options()
-                .write(true)
-                .open(&img)
-                .unwrap()
-                .set_len(vat_end + pad * 2048)
-                .unwrap();
+            common::udf::cut_after_last_block(&img, pad);
             let out = isomgr(&["ls", "--json", path, "/"]);
             let err = String::from_utf8_lossy(&out.stderr);
             let row = scan_json(&img);

@@ -1051,8 +1051,7 @@ pub(super) fn vat_at_end(
     let Ok((host, _, _)) = Udf::over(&phys, bs, "virtual partition") else {
         return false;
     };
-    vat_entry(src, &host, u64::from(start) * bs, image_size)
-        .is_ok_and(|(_, ty)| ty == 248 || ty == 0)
+    vat_entry(src, &host, u64::from(start) * bs, image_size).is_ok()
 }
 
 /// A virtual partition's places (UDF 2.2.11): virtual block n is the physical block the VAT's

@@ -1,4 +1,5 @@
-//! UDF images made at run time with pycdlib, shared by tests/udf.rs and tests/kernel.rs.
+//! UDF images made at run time with pycdlib, and image surgery, shared by tests/udf.rs and
+//! tests/kernel.rs.
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -121,4 +122,23 @@ pub fn have_pycdlib() -> bool {
         eprintln!("SKIP: /usr/bin/python3 has no pycdlib (apt install python3-pycdlib)");
     }
     found
+}
+
+/// Cuts the image at `path` after its last 2048-byte block that holds anything (a disc image
+/// written incrementally: its VAT), then adds `padding` blocks of zeros (a copy that read past
+/// the last written block). The cut length, in bytes.
+pub fn cut_after_last_block(path: &Path, padding: u64) -> u64 {
+    let data = fs::read(path).unwrap();
+    let end = data
+        .chunks(2048)
+        .rposition(|b| b.iter().any(|&x| x != 0))
+        .unwrap() as u64
+        + 1;
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len((end + padding) * 2048)
+        .unwrap();
+    end * 2048
 }

@@ -69,7 +69,6 @@ pub(super) struct Resolved {
     pub bios: Option<(usize, u16)>,
     pub efi: Option<usize>,
     pub catalog: usize,
-    pub info_table: bool,
 }
 
 /// Bytes of MBR boot code before the isohybrid fields (the rest of an MBR file is ignored).
@@ -106,9 +105,46 @@ pub fn read_mbr_code(path: &Path) -> Result<Vec<u8>, Error> {
     Ok(data[..MBR_CODE].to_vec())
 }
 
+/// Writes the isohybrid MBR ([`isohybrid_mbr`], boot code `code`) into the first sector of
+/// `plan`, once the BIOS boot image (`boot.bios`, in the tree at `src`) is found to be an
+/// isolinux.bin it can start. The disk signature is the image's own: the same for the same
+/// label and time.
+pub(super) fn put_isohybrid_mbr(
+    plan: &mut super::layout::Plan,
+    code: &[u8],
+    boot: &Boot,
+    src: &Path,
+    label: &str,
+    now: i64,
+) -> Result<(), Error> {
+    let (Some(rel), Some(lba)) = (&boot.bios, plan.bios_boot_lba) else {
+        return Ok(());
+    };
+    let path = src.join(relative(rel));
+    let mut head = [0u8; 0x44];
+    std::fs::File::open(&path)
+        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))
+        .map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+    check_hybrid_capable(&head, &path)?;
+    let id = label
+        .bytes()
+        .chain(now.to_le_bytes())
+        .fold(0x811C_9DC5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+    let mbr = isohybrid_mbr(code, lba, id, u64::from(plan.total_sectors));
+    if let Some(area) = plan.metadata.get_mut(..mbr.len()) {
+        area.copy_from_slice(&mbr);
+    }
+    Ok(())
+}
+
 /// Checks that the BIOS boot image's first bytes (`head`, at least 0x44 of them) are an
 /// isolinux.bin an isohybrid MBR can start.
-pub fn check_hybrid_capable(head: &[u8], path: &Path) -> Result<(), Error> {
+fn check_hybrid_capable(head: &[u8], path: &Path) -> Result<(), Error> {
     let sig = head
         .get(0x40..0x44)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
@@ -343,12 +379,7 @@ pub(super) fn resolve(tree: &Tree, boot: &Boot, src: &Path) -> Result<Option<Res
         Ok(Some(Kind::File { data })) => *data,
         _ => return Err(Error::Layout("the boot catalog is not in the tree")),
     };
-    Ok(Some(Resolved {
-        bios,
-        efi,
-        catalog,
-        info_table: boot.info_table,
-    }))
+    Ok(Some(Resolved { bios, efi, catalog }))
 }
 
 /// The boot record volume descriptor (El Torito 2.0) naming the catalog's sector.

@@ -981,7 +981,7 @@ pub fn plan(
         put(next, &super::boot::record(lba_of(b.catalog)));
         next += 1;
         generated.push((b.catalog, super::boot::catalog(bios, efi)));
-        if b.info_table {
+        if opts.boot.info_table {
             info_table = b.bios.map(|(data, _)| (data, lba_of(data)));
         }
         bios_boot_lba = bios.map(|(lba, _)| lba);

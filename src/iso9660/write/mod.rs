@@ -249,28 +249,8 @@ pub fn build(
     let now = opts.source_date_epoch.unwrap_or_else(unix_now);
     boot::add_catalog(&mut tree, &opts.boot, src, now)?;
     let mut plan = layout::plan(&tree, opts, now, &mut warnings, src)?;
-    if let (Some(code), Some(rel), Some(lba)) = (&mbr_code, &opts.boot.bios, plan.bios_boot_lba) {
-        let path = src.join(rel.strip_prefix("/").unwrap_or(rel));
-        let mut head = [0u8; 0x44];
-        let read = std::fs::File::open(&path)
-            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0));
-        read.map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })?;
-        boot::check_hybrid_capable(&head, &path)?;
-        // A disk signature of the image's own: the same for the same label and time.
-        let id = opts
-            .label
-            .bytes()
-            .chain(now.to_le_bytes())
-            .fold(0x811C_9DC5u32, |h, b| {
-                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-            });
-        let mbr = boot::isohybrid_mbr(code, lba, id, u64::from(plan.total_sectors));
-        if let Some(area) = plan.metadata.get_mut(..mbr.len()) {
-            area.copy_from_slice(&mbr);
-        }
+    if let Some(code) = &mbr_code {
+        boot::put_isohybrid_mbr(&mut plan, code, &opts.boot, src, &opts.label, now)?;
     }
     target.write(&tree, &plan, progress)?;
     Ok(Report {
