@@ -202,6 +202,8 @@ enum Firmware<'a> {
     Ovmf { code: &'a Path, vars: &'a Path },
     /// SeaBIOS from a hard disk holding the image (as written to a USB stick): the MBR boots.
     SeaBiosDisk,
+    /// OVMF from a hard disk holding the image: an EFI system partition boots.
+    OvmfDisk { code: &'a Path, vars: &'a Path },
 }
 
 impl Qemu {
@@ -214,6 +216,7 @@ impl Qemu {
                 Firmware::SeaBios | Firmware::SeaBiosScreenOnSerial => "SeaBIOS",
                 Firmware::SeaBiosDisk => "SeaBIOS as a disk",
                 Firmware::Ovmf { .. } => "OVMF",
+                Firmware::OvmfDisk { .. } => "OVMF as a disk",
             }
         );
         let strs = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
@@ -224,7 +227,7 @@ impl Qemu {
             ])),
             Firmware::SeaBiosScreenOnSerial => args.extend(strs(&["-nographic", "-boot", "d"])),
             Firmware::SeaBiosDisk => args.extend(strs(&["-display", "none", "-serial", "stdio"])),
-            Firmware::Ovmf { code, vars } => {
+            Firmware::Ovmf { code, vars } | Firmware::OvmfDisk { code, vars } => {
                 args.extend(strs(&["-display", "none", "-serial", "stdio"]));
                 for (ro, file) in [(",readonly=on", code), ("", vars)] {
                     args.push("-drive".into());
@@ -233,7 +236,7 @@ impl Qemu {
             }
         }
         args.extend(["-monitor", "none"].map(OsString::from));
-        if let Firmware::SeaBiosDisk = firmware {
+        if let Firmware::SeaBiosDisk | Firmware::OvmfDisk { .. } = firmware {
             args.extend(strs(&["-boot", "c", "-drive"]));
             args.push(format!("file={},format=raw,if=ide", iso.display()).into());
         } else {
@@ -335,7 +338,7 @@ fn boots_to(iso: &Path, firmware: Firmware, markers: &[&str], log_dir: &Path) ->
     // What shows when the boot went on without the marker: isolinux's prompt, the UEFI shell
     // OVMF falls back to. (A boot that stops earlier shows nothing and takes BOOT_TIMEOUT.)
     let too_late = match firmware {
-        Firmware::Ovmf { .. } => "Shell> ",
+        Firmware::Ovmf { .. } | Firmware::OvmfDisk { .. } => "Shell> ",
         _ => "boot:",
     };
     let mut q = Qemu::boot(iso, firmware, log_dir);
@@ -646,6 +649,99 @@ fn an_isohybrid_image_boots_from_a_disk_and_matches_isohybrid() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// `--isohybrid-mbr` with `--efi-boot`: the image also boots by UEFI written to a disk. Its
+/// first sector is what `isohybrid --uefi` writes (the image's partition of type 0, an EFI
+/// system partition over the EFI image), the second partition holds the FAT file system with
+/// EFI/BOOT/BOOTX64.EFI, OVMF boots it as a disk and GRUB then reads the ISO tree, and
+/// SeaBIOS boots it as a disk through isolinux.
+#[test]
+fn an_isohybrid_image_with_an_efi_image_boots_by_uefi_from_a_disk() {
+    if !tools(&[
+        "qemu-system-x86_64",
+        "isohybrid",
+        "sfdisk",
+        "xorriso",
+        "grub-mkstandalone",
+        "mkfs.vfat",
+        "mmd",
+        "mcopy",
+        "mdir",
+    ]) || !isolinux_installed()
+        || !have_file(ISOHDPFX, "isolinux")
+    {
+        return;
+    }
+    let Some((code, vars)) = ovmf() else {
+        return;
+    };
+    if !have_file("/usr/lib/grub/x86_64-efi/normal.mod", "grub-efi-amd64-bin") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let efi_marker = marker("efi-disk");
+    let iso_marker = marker("read-from-the-disk");
+    let bios_marker = marker("bios-disk");
+    let fat = efi_fat_image(t, &efi_marker);
+    let src = t.join("src");
+    isolinux_tree(&src, &bios_marker);
+    fs::create_dir(src.join("boot")).unwrap();
+    fs::copy(&fat, src.join("boot/efiboot.img")).unwrap();
+    fs::write(src.join(GRUB_READS), format!("{iso_marker}\n")).unwrap();
+    let base = [
+        "--boot",
+        "isolinux/isolinux.bin",
+        "--boot-info-table",
+        "--efi-boot",
+        "boot/efiboot.img",
+    ];
+    let hybrid = t.join("hybrid.iso");
+    let mut args = base.to_vec();
+    args.extend(["--isohybrid-mbr", ISOHDPFX]);
+    mkiso_ok(&src, &hybrid, &args, Some("0"));
+    let plain = t.join("plain.iso");
+    mkiso_ok(&src, &plain, &base, Some("0"));
+    let ours = fs::read(&hybrid).unwrap();
+    let id = format!("{:#x}", le32(&ours, 440));
+    run("isohybrid", &["--uefi", "-i", &id, plain.to_str().unwrap()]);
+    let theirs = fs::read(&plain).unwrap();
+    assert_eq!(ours.len(), theirs.len(), "the size isohybrid pads to");
+    assert!(
+        ours[..512] == theirs[..512],
+        "the MBR differs from isohybrid --uefi's:\nours   {:02x?}\ntheirs {:02x?}",
+        &ours[432..512],
+        &theirs[432..512]
+    );
+    let (efi_lba, _) = xorriso_lbas(&hybrid)["/boot/efiboot.img"];
+    let efi_sectors = fs::metadata(&fat).unwrap().len() / 512;
+    let table = run("sfdisk", &["-d", hybrid.to_str().unwrap()]);
+    let sectors = ours.len() / 512;
+    for want in [
+        format!("start=           0, size={sectors:>12}, type=0, bootable"),
+        format!("start={:>12}, size={efi_sectors:>12}, type=ef", efi_lba * 4),
+    ] {
+        assert!(table.contains(&want), "{want} in\n{table}");
+    }
+    // What firmware that knows no El Torito finds there (OVMF knows it, so booting it cannot
+    // tell): the FAT file system with the loader where UEFI looks for it.
+    let esp = format!("{}@@{}", hybrid.display(), efi_lba * 2048);
+    let listing = run("mdir", &["-i", &esp, "-b", "::/EFI/BOOT"]);
+    assert!(listing.contains("BOOTX64.EFI"), "{listing}");
+
+    let v = ovmf_vars_copy(&vars, t);
+    boots_to(
+        &hybrid,
+        Firmware::OvmfDisk {
+            code: &code,
+            vars: &v,
+        },
+        &[&efi_marker, &iso_marker],
+        t,
+    );
+    let serial = boots_to(&hybrid, Firmware::SeaBiosDisk, &[&bios_marker], t);
+    assert!(!serial.contains(&efi_marker), "{serial}");
 }
 
 #[test]

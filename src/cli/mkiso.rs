@@ -56,8 +56,9 @@ pub struct Args {
     pub efi_boot: Option<PathBuf>,
     /// Make an isohybrid image, which also boots written to a USB stick or disk: this MBR boot
     /// code (isolinux's isohdpfx.bin, a file outside SRC_DIR) goes into its first sector with
-    /// a partition table, as syslinux's isohybrid writes it. Needs --boot with an isolinux.bin
-    /// and --boot-info-table.
+    /// a partition table, as syslinux's isohybrid writes it (with --efi-boot, as
+    /// `isohybrid --uefi`: an EFI system partition over the EFI image too). Needs --boot with
+    /// an isolinux.bin and --boot-info-table.
     #[arg(long, value_name = "FILE", requires_all = ["boot", "boot_info_table"])]
     pub isohybrid_mbr: Option<PathBuf>,
     /// Where the boot catalog appears in the image [default: boot.cat].

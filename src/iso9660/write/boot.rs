@@ -83,6 +83,12 @@ const SECTORS_PER_TRACK: u64 = 32;
 pub const CYLINDER_SECTORS: u64 = HEADS * SECTORS_PER_TRACK * 512 / SECTOR_SIZE;
 /// The partition type isohybrid gives the image's partition by default.
 const PARTITION_TYPE: u8 = 0x17;
+/// With a UEFI boot image, the image's partition is of type 0 (unused: UEFI firmware skips it
+/// rather than finding it overlaps the next) and a second partition of the EFI system
+/// partition's type covers the EFI image, as `isohybrid --uefi` writes them.
+const EFI_PARTITION_TYPE: u8 = 0xEF;
+/// The CHS address isohybrid gives the EFI partition's both ends (beyond what CHS reaches).
+const CHS_BEYOND: [u8; 3] = [0xFE, 0xFF, 0xFF];
 
 /// Reads the MBR boot code at `path` (432 to 512 bytes; the first 432 are used).
 pub fn read_mbr_code(path: &Path) -> Result<Vec<u8>, Error> {
@@ -135,7 +141,7 @@ pub(super) fn put_isohybrid_mbr(
         .fold(0x811C_9DC5u32, |h, b| {
             (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
         });
-    let mbr = isohybrid_mbr(code, lba, id, u64::from(plan.total_sectors));
+    let mbr = isohybrid_mbr(code, lba, id, u64::from(plan.total_sectors), plan.efi_boot);
     if let Some(area) = plan.metadata.get_mut(..mbr.len()) {
         area.copy_from_slice(&mbr);
     }
@@ -163,8 +169,16 @@ fn check_hybrid_capable(head: &[u8], path: &Path) -> Result<(), Error> {
 /// The isohybrid MBR (what syslinux's isohybrid writes): the boot code, the boot image's place
 /// in 512-byte sectors for it, the disk signature `id`, and one active partition of type 0x17
 /// over the whole image of `image_sectors` 2048-byte sectors (whole cylinders), with its CHS
-/// addresses in isohybrid's geometry.
-pub(super) fn isohybrid_mbr(code: &[u8], boot_lba: u32, id: u32, image_sectors: u64) -> Vec<u8> {
+/// addresses in isohybrid's geometry. With a UEFI boot image (`efi`: its first sector and size
+/// in bytes), that partition is of type 0 and a second one, an EFI system partition, covers
+/// the EFI image (`isohybrid --uefi`).
+pub(super) fn isohybrid_mbr(
+    code: &[u8],
+    boot_lba: u32,
+    id: u32,
+    image_sectors: u64,
+    efi: Option<(u32, u64)>,
+) -> Vec<u8> {
     let mut v = vec![0u8; 512];
     let n = code.len().min(MBR_CODE);
     v[..n].copy_from_slice(&code[..n]);
@@ -184,9 +198,18 @@ pub(super) fn isohybrid_mbr(code: &[u8], boot_lba: u32, id: u32, image_sectors: 
     let p = &mut v[446..462];
     p[0] = 0x80;
     p[1..4].copy_from_slice(&chs(0));
-    p[4] = PARTITION_TYPE;
+    p[4] = if efi.is_some() { 0 } else { PARTITION_TYPE };
     p[5..8].copy_from_slice(&chs(sectors.saturating_sub(1)));
     p[12..16].copy_from_slice(&u32::try_from(sectors).unwrap_or(u32::MAX).to_le_bytes());
+    if let Some((lba, size)) = efi {
+        let p = &mut v[462..478];
+        p[1..4].copy_from_slice(&CHS_BEYOND);
+        p[4] = EFI_PARTITION_TYPE;
+        p[5..8].copy_from_slice(&CHS_BEYOND);
+        p[8..12].copy_from_slice(&lba.wrapping_mul(4).to_le_bytes());
+        let sectors = u32::try_from(size.div_ceil(512)).unwrap_or(u32::MAX);
+        p[12..16].copy_from_slice(&sectors.to_le_bytes());
+    }
     v[510] = 0x55;
     v[511] = 0xAA;
     v

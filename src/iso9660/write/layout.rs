@@ -121,6 +121,8 @@ pub struct Plan {
     pub info_table: Option<(usize, u32)>,
     /// The BIOS boot image's first sector, for an isohybrid MBR.
     pub bios_boot_lba: Option<u32>,
+    /// The UEFI boot image's first sector and size in bytes, for an isohybrid MBR.
+    pub efi_boot: Option<(u32, u64)>,
 }
 
 impl Plan {
@@ -971,6 +973,7 @@ pub fn plan(
     let mut generated = Vec::new();
     let mut info_table = None;
     let mut bios_boot_lba = None;
+    let mut efi_boot = None;
     if let Some(b) = boot {
         let lba_of = |data: usize| a.file.get(data).copied().unwrap_or(0);
         let size_of = |data: usize| tree.data.get(data).map_or(0, |d| d.size);
@@ -985,6 +988,7 @@ pub fn plan(
             info_table = b.bios.map(|(data, _)| (data, lba_of(data)));
         }
         bios_boot_lba = bios.map(|(lba, _)| lba);
+        efi_boot = b.efi.map(|data| (lba_of(data), size_of(data)));
     }
     if opts.joliet {
         let (jl, js) = a.jdir.first().copied().unwrap_or((0, 0));
@@ -1029,6 +1033,7 @@ pub fn plan(
         generated,
         info_table,
         bios_boot_lba,
+        efi_boot,
     })
 }
 
