@@ -216,7 +216,8 @@ fn check_tag(b: &Block, want: &[u16], location: u32) -> Result<u16> {
         .enumerate()
         .filter(|(i, _)| *i != 4)
         .fold(0u8, |s, (_, &v)| s.wrapping_add(v));
-    if head.get(4) != Some(&sum) {
+    // A fuzzer's mutations get past the one-byte sum (cargo fuzz builds with cfg(fuzzing)).
+    if head.get(4) != Some(&sum) && !cfg!(fuzzing) {
         return Err(err(b.at, format!("descriptor tag {id}: bad checksum")));
     }
     let recorded = le32(head, 12).unwrap_or(0);
