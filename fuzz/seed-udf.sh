@@ -2,7 +2,7 @@
 # UDF seeds for the reader's fuzz target, made at run time rather than committed (1 MiB each):
 # mkudffs volumes in each layout it writes (revisions, allocation descriptors, strategy 4096,
 # sparable, VAT and metadata partitions, blocks of 512 bytes) and a pycdlib UDF 2.60
-# bridge with directories, files, symlinks and a non-ASCII name. (With blocks of 4096 bytes the
+# bridge (tests/common/pycdlib_bridge.py) with directories, files, symlinks and a non-ASCII name. (With blocks of 4096 bytes the
 # anchor alone is 1 MiB in, past the target's -max_len.)
 # Needs mkudffs (udftools) and python3-pycdlib (scripts/setup.sh installs both).
 #
@@ -43,29 +43,8 @@ echo z >"$work/tree/d/ünïcode name.txt"
 ln -s ../a/x.txt "$work/tree/d/link"
 ln -s /abs/path "$work/tree/abs"
 : >"$work/tree/empty"
-python3 - "$work/tree" "$work/pycdlib-udf260" <<'PY'
-import os, sys
-import pycdlib
-src, out = sys.argv[1], sys.argv[2]
-iso = pycdlib.PyCdlib()
-iso.new(udf='2.60', interchange_level=3, vol_ident='SEED')
-links = []
-for dirpath, dirs, files in os.walk(src):
-    rel = os.path.relpath(dirpath, src)
-    base = '' if rel == '.' else '/' + rel
-    for name in sorted(dirs + files):
-        path, udf = os.path.join(dirpath, name), base + '/' + name
-        if os.path.islink(path):
-            links.append((udf, os.readlink(path)))
-        elif os.path.isdir(path):
-            iso.add_directory(udf_path=udf)
-        else:
-            iso.add_file(path, udf_path=udf)
-for udf, target in links:
-    iso.add_symlink(udf_symlink_path=udf, udf_target=target)
-iso.write(out)
-iso.close()
-PY
+/usr/bin/python3 "$(dirname "$0")/../tests/common/pycdlib_bridge.py" "$work/tree" \
+    "$work/pycdlib-udf260" SEED "This disc holds a UDF file system." >/dev/null
 
 # Incrementally written discs end with their VAT: cut each after its last written block.
 python3 - "$work"/cdr "$work"/bdr "$work"/vat <<'PY'

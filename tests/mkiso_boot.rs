@@ -356,6 +356,27 @@ fn boots_to(iso: &Path, firmware: Firmware, markers: &[&str], log_dir: &Path) ->
     q.serial()
 }
 
+/// What booting a GRUB EFI image with OVMF next to isolinux takes (QEMU, GRUB's x86_64-efi
+/// modules, the FAT tools, isolinux), and `more` tools: OVMF's code and variables template, or
+/// None when something is missing (outside CI; under CI that fails).
+fn efi_boot_tools(more: &[&str]) -> Option<(PathBuf, PathBuf)> {
+    let mut need = vec![
+        "qemu-system-x86_64",
+        "grub-mkstandalone",
+        "mkfs.vfat",
+        "mmd",
+        "mcopy",
+    ];
+    need.extend(more);
+    if !tools(&need)
+        || !isolinux_installed()
+        || !have_file("/usr/lib/grub/x86_64-efi/normal.mod", "grub-efi-amd64-bin")
+    {
+        return None;
+    }
+    ovmf()
+}
+
 fn ovmf_vars_copy(template: &Path, dir: &Path) -> PathBuf {
     let vars = dir.join(format!("{}.fd", marker("vars")));
     fs::copy(template, &vars).unwrap();
@@ -507,6 +528,39 @@ fn grub_boots_from_a_bios_image_and_reads_its_last_file() {
 
 const ISOHDPFX: &str = "/usr/lib/ISOLINUX/isohdpfx.bin";
 
+/// mkiso's image of `src` with `base` and `--isohybrid-mbr` (the path, its bytes), checked to
+/// be whole cylinders and to begin with the very sector syslinux's `isohybrid` (with `extra`
+/// options and the same disk signature) writes into the image made without the option; also
+/// returns that image's bytes.
+fn hybrid_beside_isohybrid(
+    src: &Path,
+    base: &[&str],
+    extra: &[&str],
+    t: &Path,
+) -> (PathBuf, Vec<u8>, Vec<u8>) {
+    let hybrid = t.join("hybrid.iso");
+    let mut args = base.to_vec();
+    args.extend(["--isohybrid-mbr", ISOHDPFX]);
+    mkiso_ok(src, &hybrid, &args, Some("0"));
+    let plain = t.join("plain.iso");
+    mkiso_ok(src, &plain, base, Some("0"));
+    let ours = fs::read(&hybrid).unwrap();
+    assert_eq!(ours.len() % (1 << 20), 0, "whole cylinders");
+    let id = format!("{:#x}", le32(&ours, 440));
+    let mut isohybrid = extra.to_vec();
+    isohybrid.extend(["-i", &id, plain.to_str().unwrap()]);
+    run("isohybrid", &isohybrid);
+    let theirs = fs::read(&plain).unwrap();
+    assert_eq!(ours.len(), theirs.len(), "the size isohybrid pads to");
+    assert!(
+        ours[..512] == theirs[..512],
+        "the MBR differs from isohybrid {extra:?}'s:\nours   {:02x?}\ntheirs {:02x?}",
+        &ours[432..512],
+        &theirs[432..512]
+    );
+    (hybrid, ours, theirs)
+}
+
 /// `--isohybrid-mbr`: the image boots from a hard disk (as written to a USB stick) and still
 /// from a CD; its first sector is what syslinux's isohybrid writes into the same image built
 /// without it (given the same disk signature), and the image is whole cylinders (1 MiB), the
@@ -531,28 +585,7 @@ fn an_isohybrid_image_boots_from_a_disk_and_matches_isohybrid() {
         "--boot-catalog",
         "isolinux/boot.cat",
     ];
-    let hybrid = t.join("hybrid.iso");
-    let mut args = base.to_vec();
-    args.extend(["--isohybrid-mbr", ISOHDPFX]);
-    mkiso_ok(&src, &hybrid, &args, Some("0"));
-    let plain = t.join("plain.iso");
-    mkiso_ok(&src, &plain, &base, Some("0"));
-    let ours = fs::read(&hybrid).unwrap();
-    assert_eq!(ours.len() % (1 << 20), 0, "whole cylinders");
-    let id = format!("{:#x}", le32(&ours, 440));
-    run("isohybrid", &["-i", &id, plain.to_str().unwrap()]);
-    let theirs = fs::read(&plain).unwrap();
-    assert_eq!(
-        ours.len(),
-        theirs.len(),
-        "the same size as isohybrid pads to"
-    );
-    assert!(
-        ours[..512] == theirs[..512],
-        "the MBR differs from isohybrid's:\nours   {:02x?}\ntheirs {:02x?}",
-        &ours[432..512],
-        &theirs[432..512]
-    );
+    let (hybrid, ours, theirs) = hybrid_beside_isohybrid(&src, &base, &[], t);
     // The rest is the same but the volume size, which counts the cylinder padding.
     let differ: Vec<usize> = (512..ours.len())
         .filter(|&i| ours[i] != theirs[i])
@@ -658,27 +691,12 @@ fn an_isohybrid_image_boots_from_a_disk_and_matches_isohybrid() {
 /// SeaBIOS boots it as a disk through isolinux.
 #[test]
 fn an_isohybrid_image_with_an_efi_image_boots_by_uefi_from_a_disk() {
-    if !tools(&[
-        "qemu-system-x86_64",
-        "isohybrid",
-        "sfdisk",
-        "xorriso",
-        "grub-mkstandalone",
-        "mkfs.vfat",
-        "mmd",
-        "mcopy",
-        "mdir",
-    ]) || !isolinux_installed()
-        || !have_file(ISOHDPFX, "isolinux")
-    {
+    if !have_file(ISOHDPFX, "isolinux") {
         return;
     }
-    let Some((code, vars)) = ovmf() else {
+    let Some((code, vars)) = efi_boot_tools(&["isohybrid", "sfdisk", "xorriso", "mdir"]) else {
         return;
     };
-    if !have_file("/usr/lib/grub/x86_64-efi/normal.mod", "grub-efi-amd64-bin") {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let efi_marker = marker("efi-disk");
@@ -697,23 +715,7 @@ fn an_isohybrid_image_with_an_efi_image_boots_by_uefi_from_a_disk() {
         "--efi-boot",
         "boot/efiboot.img",
     ];
-    let hybrid = t.join("hybrid.iso");
-    let mut args = base.to_vec();
-    args.extend(["--isohybrid-mbr", ISOHDPFX]);
-    mkiso_ok(&src, &hybrid, &args, Some("0"));
-    let plain = t.join("plain.iso");
-    mkiso_ok(&src, &plain, &base, Some("0"));
-    let ours = fs::read(&hybrid).unwrap();
-    let id = format!("{:#x}", le32(&ours, 440));
-    run("isohybrid", &["--uefi", "-i", &id, plain.to_str().unwrap()]);
-    let theirs = fs::read(&plain).unwrap();
-    assert_eq!(ours.len(), theirs.len(), "the size isohybrid pads to");
-    assert!(
-        ours[..512] == theirs[..512],
-        "the MBR differs from isohybrid --uefi's:\nours   {:02x?}\ntheirs {:02x?}",
-        &ours[432..512],
-        &theirs[432..512]
-    );
+    let (hybrid, ours, _) = hybrid_beside_isohybrid(&src, &base, &["--uefi"], t);
     let (efi_lba, _) = xorriso_lbas(&hybrid)["/boot/efiboot.img"];
     let efi_sectors = fs::metadata(&fat).unwrap().len() / 512;
     let table = run("sfdisk", &["-d", hybrid.to_str().unwrap()]);
@@ -746,22 +748,9 @@ fn an_isohybrid_image_with_an_efi_image_boots_by_uefi_from_a_disk() {
 
 #[test]
 fn an_efi_boot_image_boots_in_qemu_with_ovmf() {
-    if !tools(&[
-        "qemu-system-x86_64",
-        "grub-mkstandalone",
-        "mkfs.vfat",
-        "mmd",
-        "mcopy",
-    ]) || !isolinux_installed()
-    {
-        return;
-    }
-    let Some((code, vars)) = ovmf() else {
+    let Some((code, vars)) = efi_boot_tools(&[]) else {
         return;
     };
-    if !have_file("/usr/lib/grub/x86_64-efi/normal.mod", "grub-efi-amd64-bin") {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let efi_marker = marker("efi");
