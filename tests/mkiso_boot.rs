@@ -123,6 +123,12 @@ const GRUB_READS: &str = "boot/grub-reads-this.txt";
 /// grub.cfg that echoes `marker`, then finds the CD holding GRUB_READS through its own ISO 9660
 /// driver, shows that file and halts.
 fn efi_fat_image(dir: &Path, marker: &str) -> PathBuf {
+    efi_fat_image_of(dir, marker, 4, 0)
+}
+
+/// [`efi_fat_image`] of `mib` MiB, with a file of `filler_mib` MiB of zeros copied in first,
+/// so that the loader lies past it.
+fn efi_fat_image_of(dir: &Path, marker: &str, mib: u64, filler_mib: u64) -> PathBuf {
     let work = dir.join(format!("grub-{marker}"));
     fs::create_dir_all(&work).unwrap();
     let cfg = work.join("grub.cfg");
@@ -154,7 +160,15 @@ fn efi_fat_image(dir: &Path, marker: &str) -> PathBuf {
     );
     let img = work.join("efiboot.img");
     let i = img.to_str().unwrap();
-    run("mkfs.vfat", &["-C", i, "4096"]);
+    run("mkfs.vfat", &["-C", i, &(mib * 1024).to_string()]);
+    if filler_mib > 0 {
+        let filler = work.join("FILLER");
+        fs::File::create(&filler)
+            .unwrap()
+            .set_len(filler_mib << 20)
+            .unwrap();
+        run("mcopy", &["-i", i, filler.to_str().unwrap(), "::/FILLER"]);
+    }
     run("mmd", &["-i", i, "::/EFI", "::/EFI/BOOT"]);
     run(
         "mcopy",
@@ -811,6 +825,61 @@ fn an_efi_boot_image_boots_in_qemu_with_ovmf() {
         t,
     );
     assert!(!serial.contains(&bios_marker), "{serial}");
+}
+
+/// An EFI image of 160 MiB whose loader lies past its first 140 MiB boots with OVMF: the entry
+/// records no sector count (0, as xorriso), so the firmware takes the FAT image whole. With the
+/// count cut at 65535, OVMF stops short of the loader and falls back to its shell.
+#[test]
+fn an_efi_image_over_32_mib_boots_in_qemu_with_ovmf() {
+    let Some((code, vars)) = efi_boot_tools(&[]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let efi_marker = marker("big-efi");
+    let iso_marker = marker("read-past-a-big-efi-image");
+    let fat = efi_fat_image_of(t, &efi_marker, 160, 140);
+    let src = t.join("src");
+    ordinary_files(&src);
+    fs::create_dir(src.join("boot")).unwrap();
+    fs::rename(&fat, src.join("boot/efiboot.img")).unwrap();
+    fs::write(src.join(GRUB_READS), format!("{iso_marker}\n")).unwrap();
+    let iso = t.join("big-efi.iso");
+    mkiso_ok(&src, &iso, &["--efi-boot", "boot/efiboot.img"], None);
+    let v = ovmf_vars_copy(&vars, t);
+    boots_to(
+        &iso,
+        Firmware::Ovmf {
+            code: &code,
+            vars: &v,
+        },
+        &[&efi_marker, &iso_marker],
+        t,
+    );
+
+    // The same image with the count cut at 65535 (what mkiso recorded before).
+    let mut data = fs::read(&iso).unwrap();
+    let catalog = le32(&data, 17 * SECTOR + 0x47) as usize * SECTOR;
+    assert_eq!(&data[catalog + 38..catalog + 40], &[0, 0]);
+    data[catalog + 38..catalog + 40].copy_from_slice(&65535u16.to_le_bytes());
+    fs::write(&iso, &data).unwrap();
+    drop(data);
+    let v = ovmf_vars_copy(&vars, t);
+    let mut q = Qemu::boot(
+        &iso,
+        Firmware::Ovmf {
+            code: &code,
+            vars: &v,
+        },
+        t,
+    );
+    assert_eq!(
+        q.wait_for(&["Shell> ", &efi_marker]),
+        Some(0),
+        "OVMF found the loader past 65535 sectors: {}",
+        q.report()
+    );
 }
 
 // ---- reading the El Torito records back ----
@@ -1546,7 +1615,8 @@ fn el_torito_as_other_tools_read_it() {
     );
     same_boot_records(&ours, &reference(&xiso), "EFI only (xorriso)");
 
-    // An EFI image of more than 65535 sectors (40 MiB, sparse): its count stops at 65535.
+    // An EFI image of more than 65535 sectors (40 MiB, sparse): its count is 0, as xorriso
+    // records it (firmware then takes the FAT image's own size).
     let big = t.join("big");
     fs::create_dir_all(big.join("boot")).unwrap();
     fs::File::create(big.join("boot/efi.img"))
@@ -1561,8 +1631,17 @@ fn el_torito_as_other_tools_read_it() {
         .iter()
         .map(|i| (i.platform.as_str(), i.load_size))
         .collect();
-    assert_eq!(got, [("UEFI", 65535)]);
+    assert_eq!(got, [("UEFI", 0)]);
     fs::remove_file(&iso).unwrap();
+    let xiso = other_tool(
+        "xorriso -as mkisofs",
+        &big,
+        "xorriso-big-efi",
+        &["-e", "boot/efi.img", "-no-emul-boot"],
+    );
+    let theirs = xorriso_el_torito(&xiso);
+    assert_eq!(theirs.images[0].load_size, 0, "{theirs:?}");
+    fs::remove_file(&xiso).unwrap();
 
     // Both.
     let both_args = [

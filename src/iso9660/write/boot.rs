@@ -430,10 +430,12 @@ fn entry(lba: u32, sectors: u16) -> [u8; ENTRY] {
     e
 }
 
-/// 512-byte sectors of an EFI boot image of `size` bytes, as the entry holds them (at most
-/// 65535; firmware reads the FAT image's own size).
+/// 512-byte sectors of an EFI boot image of `size` bytes, as the entry holds them. An image
+/// over 65535 sectors (32 MiB) gets 0, as xorriso records it: UEFI firmware (EDK2) then takes
+/// the rest of the medium and the FAT file system its own size. 65535 would cut such an image
+/// short (OVMF then does not find a loader past the cut).
 pub(super) fn efi_sectors(size: u64) -> u16 {
-    u16::try_from(size.div_ceil(512)).unwrap_or(u16::MAX)
+    u16::try_from(size.div_ceil(512)).unwrap_or(0)
 }
 
 /// The boot catalog (El Torito 2.1-2.5): the validation entry, the default entry (BIOS where
@@ -611,7 +613,9 @@ mod tests {
         assert_eq!(efi[1], PLATFORM_EFI);
         assert_eq!(&efi[32..44], &[0x88, 0, 0, 0, 0, 0, 8, 0, 40, 0, 0, 0]);
         assert!(efi[64..].iter().all(|&b| b == 0), "no section");
-        assert_eq!(efi_sectors(1 << 30), u16::MAX);
+        assert_eq!(efi_sectors(1 << 30), 0);
+        assert_eq!(efi_sectors(65535 * 512), 65535);
+        assert_eq!(efi_sectors(65535 * 512 + 1), 0);
         assert_eq!(efi_sectors(513), 2);
     }
 
