@@ -484,6 +484,127 @@ fn fifos_and_sockets_are_skipped_with_a_warning_or_refused_when_strict() {
     no_leftovers(tmp.path());
 }
 
+/// `--exclude`: a pattern without `/` leaves out every entry of that name at any depth (a
+/// directory with all under it), one with `/` the paths it matches from the source root; what
+/// is left out is never looked at (a FIFO left out is no error under --strict). The image holds
+/// the source tree less what was left out, as isomgr's reader and bsdtar read it, and the same
+/// entries as genisoimage's with -m for the names and -x for the paths.
+#[test]
+fn exclude_leaves_out_names_and_paths_as_genisoimage_does() {
+    if !tools(&["bsdtar", "genisoimage"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for (path, data) in [
+        ("keep.txt", &b"kept"[..]),
+        (".git/config", b"[core]"),
+        (".git/objects/ab/cdef", b"object"),
+        ("notes.orig", b"old"),
+        ("sub/deep/file.orig", b"old"),
+        ("sub/deep/file.txt", b"new"),
+        ("sub/x.bak", b"kept: the path pattern is for isolinux/ only"),
+        ("isolinux/isolinux.cfg", b"default linux"),
+        ("isolinux/old.bak", b"left out"),
+        ("isolinux/sub/deeper.bak", b"kept: * stays within one name"),
+        ("other/.git", b"a file named .git goes too"),
+    ] {
+        let p = src.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, data).unwrap();
+    }
+    mkfifo(&src.join("sub/pipe"));
+    let patterns = [".git", "*.orig", "/isolinux/*.bak", "pipe"];
+    let mut args = vec!["--strict"];
+    for p in &patterns {
+        args.extend(["--exclude", p]);
+    }
+    let iso = tmp.path().join("out.iso");
+    let o = mkiso(&src, &iso, &args, Some("0"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("pipe"), "{err}");
+
+    let left_out = |path: &str| {
+        path.starts_with("/.git")
+            || path.ends_with(".orig")
+            || path == "/isolinux/old.bak"
+            || path == "/other/.git"
+            || path == "/sub/pipe"
+    };
+    let fifo_gone = {
+        let dir = tmp.path().join("no-fifo");
+        run("cp", &["-a", src.to_str().unwrap(), dir.to_str().unwrap()]);
+        fs::remove_file(dir.join("sub/pipe")).unwrap();
+        dir
+    };
+    let want: std::collections::BTreeMap<_, _> = describe_fs(&fifo_gone)
+        .into_iter()
+        .filter(|(p, _)| !left_out(p))
+        .collect();
+    assert!(want.contains_key("/isolinux/sub/deeper.bak") && want.contains_key("/sub/x.bak"));
+    let got = describe_image(&iso);
+    assert_eq!(got, want, "isomgr's reader");
+    let x = tmp.path().join("x");
+    fs::create_dir(&x).unwrap();
+    run(
+        "bsdtar",
+        &["-xpf", iso.to_str().unwrap(), "-C", x.to_str().unwrap()],
+    );
+    assert_eq!(describe_fs(&x), want, "bsdtar's extraction");
+
+    let theirs = tmp.path().join("genisoimage.iso");
+    let old_bak = src.join("isolinux/old.bak");
+    run(
+        "genisoimage",
+        &[
+            "-quiet",
+            "-J",
+            "-r",
+            "-m",
+            ".git",
+            "-m",
+            "*.orig",
+            "-m",
+            "pipe",
+            "-x",
+            old_bak.to_str().unwrap(),
+            "-o",
+            theirs.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        describe_image(&theirs).keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "genisoimage -m/-x leaves out other entries"
+    );
+
+    // Patterns that match nothing are usage errors; a boot image left out is named as such.
+    for bad in ["", "/", "./"] {
+        let o = mkiso(&src, &tmp.path().join("bad.iso"), &["--exclude", bad], None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(
+            err.contains("--exclude") && err.contains("matches nothing"),
+            "{err}"
+        );
+    }
+    let o = mkiso(
+        &src,
+        &tmp.path().join("bad.iso"),
+        &["--boot", "isolinux/old.bak", "--exclude", "*.bak"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("isolinux/old.bak") && err.contains("left out of the image"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("bad.iso").exists());
+}
+
 #[test]
 fn unreadable_file_is_an_error_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -572,6 +693,7 @@ fn cli_parses_the_documented_flags() {
         "--no-rock-ridge",
         "--rational",
         "--strict",
+        "--exclude",
     ] {
         assert!(help.contains(flag), "{flag} missing from help:\n{help}");
     }

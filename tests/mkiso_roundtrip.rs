@@ -139,6 +139,7 @@ proptest! {
             source_date_epoch: Some(1_700_000_000),
             boot: Default::default(),
             pad: true,
+            exclude: Default::default(),
         };
         build(&src, &iso, &opts, &mut |_| {}).unwrap();
         let want = describe_fs(&src);

@@ -34,6 +34,12 @@ pub struct Args {
     /// Fail on FIFOs, sockets and devices instead of skipping them.
     #[arg(long)]
     pub strict: bool,
+    /// Leave out entries matching PATTERN, a shell glob (*, ?, [...]): without a '/' it is
+    /// matched against each name at any depth, with one against the path from SRC_DIR
+    /// (`/boot.cat` is the root's only). A directory left out takes everything under it.
+    /// Repeatable (genisoimage's -m and -x).
+    #[arg(long, value_name = "PATTERN", value_parser = parse_exclude)]
+    pub exclude: Vec<String>,
     /// Do not end the image with 300 KiB of zeros (genisoimage and xorriso add them too:
     /// some readers, GRUB among them, fail on a file in the last sectors without them).
     #[arg(long)]
@@ -76,6 +82,12 @@ fn parse_label(label: &str) -> Result<String, String> {
         ));
     }
     Ok(label.to_string())
+}
+
+/// An `--exclude` pattern, refused when it can match nothing.
+fn parse_exclude(pattern: &str) -> Result<String, String> {
+    write::tree::Exclude::new(&[pattern.to_string()])?;
+    Ok(pattern.to_string())
 }
 
 fn default_label(src: &Path) -> String {
@@ -199,6 +211,7 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
             isohybrid_mbr: args.isohybrid_mbr.clone(),
         },
         pad: !args.no_pad,
+        exclude: write::tree::Exclude::new(&args.exclude).map_err(anyhow::Error::msg)?,
     };
     remove_the_unfinished_image_on_signals();
     let mut line = std::io::stderr()

@@ -247,7 +247,7 @@ fn find(tree: &Tree, rel: &Path) -> Result<NodeId, &'static str> {
                             .get(id)
                             .is_some_and(|n| n.name == name.as_bytes())
                     })
-                    .ok_or("not in the source tree")?;
+                    .ok_or(NOT_IN_TREE)?;
             }
             Component::ParentDir | Component::Prefix(_) => {
                 return Err("a path inside the source tree may not use `..`")
@@ -256,6 +256,9 @@ fn find(tree: &Tree, rel: &Path) -> Result<NodeId, &'static str> {
     }
     Ok(at)
 }
+
+/// Why [`find`] found no node for a path.
+const NOT_IN_TREE: &str = "not in the source tree";
 
 fn is_dir(tree: &Tree, id: NodeId) -> bool {
     matches!(tree.nodes.get(id).map(|n| &n.kind), Some(Kind::Dir { .. }))
@@ -341,7 +344,18 @@ fn boot_file(
     src: &Path,
     what: &'static str,
 ) -> Result<(usize, u64), Error> {
-    let id = find(tree, rel).map_err(|why| boot_error(what, src, rel, why))?;
+    let id = find(tree, rel).map_err(|why| {
+        let there = std::fs::symlink_metadata(src.join(relative(rel))).is_ok();
+        match why {
+            NOT_IN_TREE if there => boot_error(
+                what,
+                src,
+                rel,
+                "left out of the image (by --exclude, or as a FIFO, socket or device)",
+            ),
+            _ => boot_error(what, src, rel, why),
+        }
+    })?;
     let data = match tree.nodes.get(id).map(|n| &n.kind) {
         Some(Kind::File { data }) => *data,
         Some(Kind::Dir { .. }) => return Err(boot_error(what, src, rel, "a directory")),
@@ -517,7 +531,8 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(&p, vec![7u8; 100]).unwrap();
         }
-        let t = super::super::tree::walk(tmp.path(), false, &mut Vec::new()).unwrap();
+        let t = super::super::tree::walk(tmp.path(), false, &Default::default(), &mut Vec::new())
+            .unwrap();
         (tmp, t)
     }
 

@@ -47,6 +47,8 @@ pub struct Options {
     /// End the volume with [`layout::PAD_SECTORS`] zero sectors, as genisoimage and xorriso
     /// do.
     pub pad: bool,
+    /// Entries of the source tree left out.
+    pub exclude: tree::Exclude,
 }
 
 #[cfg(test)]
@@ -62,6 +64,7 @@ impl Options {
             source_date_epoch: Some(0),
             boot: boot::Boot::default(),
             pad: true,
+            exclude: tree::Exclude::default(),
         }
     }
 }
@@ -71,7 +74,7 @@ impl Options {
 #[allow(clippy::unwrap_used)]
 pub(crate) fn plan_for_tests(src: &Path) -> (tree::Tree, layout::Plan) {
     let mut w = Vec::new();
-    let t = tree::walk(src, false, &mut w).unwrap();
+    let t = tree::walk(src, false, &tree::Exclude::default(), &mut w).unwrap();
     let plan = layout::plan(&t, &Options::for_tests(), 0, &mut w, src).unwrap();
     (t, plan)
 }
@@ -245,7 +248,7 @@ pub fn build(
         Some(path) => Some(boot::read_mbr_code(path)?),
         None => None,
     };
-    let mut tree = tree::walk(src, opts.strict, &mut warnings)?;
+    let mut tree = tree::walk(src, opts.strict, &opts.exclude, &mut warnings)?;
     let now = opts.source_date_epoch.unwrap_or_else(unix_now);
     boot::add_catalog(&mut tree, &opts.boot, src, now)?;
     let mut plan = layout::plan(&tree, opts, now, &mut warnings, src)?;

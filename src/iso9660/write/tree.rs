@@ -100,9 +100,67 @@ impl Tree {
     }
 }
 
-/// Walks the tree at `root` without following symlinks (the root itself is followed).
+/// Entries left out of the image (`mkiso --exclude`): shell globs (`*`, `?`, `[...]`, as
+/// fnmatch(3) reads them). A pattern without a `/` is matched against each entry's name at any
+/// depth; one with a `/` against the entry's path from the source root (`*` then stays within
+/// one name; a leading `/` or `./` only says so: `/boot.cat` is the root's). A directory left
+/// out takes its whole subtree.
+#[derive(Clone, Debug, Default)]
+pub struct Exclude {
+    names: Vec<std::ffi::CString>,
+    paths: Vec<std::ffi::CString>,
+}
+
+impl Exclude {
+    /// The patterns as given; `Err` names one that cannot be a pattern (empty, or with a NUL
+    /// byte, or `/` alone).
+    pub fn new(patterns: &[String]) -> Result<Exclude, String> {
+        let mut e = Exclude::default();
+        for p in patterns {
+            let trimmed = p.trim_start_matches("./").trim_start_matches('/');
+            let bad = |why: &str| format!("--exclude {p:?}: {why}");
+            if trimmed.is_empty() {
+                return Err(bad("matches nothing (an empty pattern, or the root)"));
+            }
+            let c = std::ffi::CString::new(trimmed).map_err(|_| bad("has a NUL byte"))?;
+            if p.contains('/') {
+                e.paths.push(c);
+            } else {
+                e.names.push(c);
+            }
+        }
+        Ok(e)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.paths.is_empty()
+    }
+
+    /// Whether the entry `name` at `rel` (its path from the source root) is left out.
+    pub fn matches(&self, rel: &[u8], name: &[u8]) -> bool {
+        let fnmatch = |pattern: &std::ffi::CStr, s: &[u8], flags: libc::c_int| {
+            std::ffi::CString::new(s).is_ok_and(|s| {
+                // SAFETY: both are NUL-terminated strings that live across the call.
+                unsafe { libc::fnmatch(pattern.as_ptr(), s.as_ptr(), flags) == 0 }
+            })
+        };
+        self.names.iter().any(|p| fnmatch(p, name, 0))
+            || self
+                .paths
+                .iter()
+                .any(|p| fnmatch(p, rel, libc::FNM_PATHNAME))
+    }
+}
+
+/// Walks the tree at `root` without following symlinks (the root itself is followed),
+/// leaving out what `exclude` matches (never looked at, not even lstat).
 /// FIFOs, sockets and devices are skipped with a warning, or an error when `strict`.
-pub fn walk(root: &Path, strict: bool, warnings: &mut Vec<Warning>) -> Result<Tree, Error> {
+pub fn walk(
+    root: &Path,
+    strict: bool,
+    exclude: &Exclude,
+    warnings: &mut Vec<Warning>,
+) -> Result<Tree, Error> {
     let md = fs::metadata(root).map_err(|source| Error::Stat {
         path: root.to_path_buf(),
         source,
@@ -126,8 +184,9 @@ pub fn walk(root: &Path, strict: bool, warnings: &mut Vec<Warning>) -> Result<Tr
     });
     // (dev, ino) of files with more than one link -> (data index, serial)
     let mut links: HashMap<(u64, u64), (usize, u32)> = HashMap::new();
-    let mut stack: Vec<(NodeId, PathBuf)> = vec![(0, root.to_path_buf())];
-    while let Some((dir_id, dir_path)) = stack.pop() {
+    // (directory, its path, its path from the root: empty for the root)
+    let mut stack: Vec<(NodeId, PathBuf, Vec<u8>)> = vec![(0, root.to_path_buf(), Vec::new())];
+    while let Some((dir_id, dir_path, dir_rel)) = stack.pop() {
         let rd = fs::read_dir(&dir_path).map_err(|source| Error::ReadDir {
             path: dir_path.clone(),
             source,
@@ -144,6 +203,14 @@ pub fn walk(root: &Path, strict: bool, warnings: &mut Vec<Warning>) -> Result<Tr
         let mut children = Vec::with_capacity(names.len());
         let mut subdirs = Vec::new();
         for name in names {
+            let mut rel = dir_rel.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name.as_bytes());
+            if !exclude.is_empty() && exclude.matches(&rel, name.as_bytes()) {
+                continue;
+            }
             let path = dir_path.join(&name);
             let md = fs::symlink_metadata(&path).map_err(|source| Error::Stat {
                 path: path.clone(),
@@ -207,7 +274,7 @@ pub fn walk(root: &Path, strict: bool, warnings: &mut Vec<Warning>) -> Result<Tr
             push_child(&mut tree, dir_id, &name, meta, kind, serial);
             children.push(id);
             if is_dir {
-                subdirs.push((id, path));
+                subdirs.push((id, path, rel));
             }
         }
         if let Some(n) = tree.nodes.get_mut(dir_id) {
@@ -279,4 +346,30 @@ pub fn node_path(tree: &Tree, root: &Path, id: NodeId) -> PathBuf {
         p.push(part);
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclude_patterns_match_names_anywhere_and_paths_from_the_root() {
+        let e = Exclude::new(&["*.tmp".into(), "./a/*/c".into(), "/top".into()]).unwrap();
+        assert!(e.matches(b"x/y.tmp", b"y.tmp"));
+        assert!(e.matches(b"y.tmp", b"y.tmp"));
+        assert!(e.matches(b"a/b/c", b"c"));
+        assert!(!e.matches(b"a/b/d/c", b"c"), "* stays within one name");
+        assert!(!e.matches(b"z/a/b/c", b"c"), "paths are from the root");
+        assert!(e.matches(b"top", b"top"));
+        assert!(
+            !e.matches(b"x/top", b"top"),
+            "a leading / means from the root"
+        );
+        assert!(!e.matches(b"x/y.tmp.keep", b"y.tmp.keep"));
+        for bad in ["", "/", "./", "//"] {
+            let err = Exclude::new(&[bad.into()]).unwrap_err();
+            assert!(err.contains("matches nothing"), "{bad:?}: {err}");
+        }
+        assert!(Exclude::new(&[]).unwrap().is_empty());
+    }
 }
