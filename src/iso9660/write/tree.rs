@@ -184,7 +184,7 @@ pub fn walk(
     });
     // (dev, ino) of files with more than one link -> (data index, serial)
     let mut links: HashMap<(u64, u64), (usize, u32)> = HashMap::new();
-    // (directory, its path, its path from the root: empty for the root)
+    // (directory, its path, its path from the root when there are exclusions)
     let mut stack: Vec<(NodeId, PathBuf, Vec<u8>)> = vec![(0, root.to_path_buf(), Vec::new())];
     while let Some((dir_id, dir_path, dir_rel)) = stack.pop() {
         let rd = fs::read_dir(&dir_path).map_err(|source| Error::ReadDir {
@@ -203,13 +203,17 @@ pub fn walk(
         let mut children = Vec::with_capacity(names.len());
         let mut subdirs = Vec::new();
         for name in names {
-            let mut rel = dir_rel.clone();
-            if !rel.is_empty() {
-                rel.push(b'/');
-            }
-            rel.extend_from_slice(name.as_bytes());
-            if !exclude.is_empty() && exclude.matches(&rel, name.as_bytes()) {
-                continue;
+            // (only kept when there is something to exclude)
+            let mut rel = Vec::new();
+            if !exclude.is_empty() {
+                rel.extend_from_slice(&dir_rel);
+                if !rel.is_empty() {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(name.as_bytes());
+                if exclude.matches(&rel, name.as_bytes()) {
+                    continue;
+                }
             }
             let path = dir_path.join(&name);
             let md = fs::symlink_metadata(&path).map_err(|source| Error::Stat {
