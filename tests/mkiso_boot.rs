@@ -391,6 +391,37 @@ fn efi_boot_tools(more: &[&str]) -> Option<(PathBuf, PathBuf)> {
     ovmf()
 }
 
+/// Builds `name` in `t` from ordinary files, the FAT image `fat` as its only (EFI) boot image
+/// and GRUB_READS holding the last of `markers`, and boots it with OVMF (`ovmf`: code and
+/// variables template) until `markers` show; returns the image.
+fn efi_only_image_boots(
+    t: &Path,
+    fat: &Path,
+    name: &str,
+    ovmf: (&Path, &Path),
+    markers: &[&str],
+) -> PathBuf {
+    let src = t.join(format!("{name}-src"));
+    ordinary_files(&src);
+    fs::create_dir(src.join("boot")).unwrap();
+    fs::copy(fat, src.join("boot/efiboot.img")).unwrap();
+    let last = markers.last().copied().unwrap_or_default();
+    fs::write(src.join(GRUB_READS), format!("{last}\n")).unwrap();
+    let iso = t.join(name);
+    mkiso_ok(&src, &iso, &["--efi-boot", "boot/efiboot.img"], None);
+    let v = ovmf_vars_copy(ovmf.1, t);
+    boots_to(
+        &iso,
+        Firmware::Ovmf {
+            code: ovmf.0,
+            vars: &v,
+        },
+        markers,
+        t,
+    );
+    iso
+}
+
 fn ovmf_vars_copy(template: &Path, dir: &Path) -> PathBuf {
     let vars = dir.join(format!("{}.fd", marker("vars")));
     fs::copy(template, &vars).unwrap();
@@ -772,22 +803,12 @@ fn an_efi_boot_image_boots_in_qemu_with_ovmf() {
     // in the ISO 9660 tree only: GRUB shows it once it has read the image's tree
     let iso_marker = marker("read-from-the-iso");
 
-    let src = t.join("src");
-    ordinary_files(&src);
-    fs::create_dir(src.join("boot")).unwrap();
-    fs::copy(&fat, src.join("boot/efiboot.img")).unwrap();
-    fs::write(src.join(GRUB_READS), format!("{iso_marker}\n")).unwrap();
-    let iso = t.join("efi.iso");
-    mkiso_ok(&src, &iso, &["--efi-boot", "boot/efiboot.img"], None);
-    let v = ovmf_vars_copy(&vars, t);
-    boots_to(
-        &iso,
-        Firmware::Ovmf {
-            code: &code,
-            vars: &v,
-        },
-        &[&efi_marker, &iso_marker],
+    efi_only_image_boots(
         t,
+        &fat,
+        "efi.iso",
+        (&code, &vars),
+        &[&efi_marker, &iso_marker],
     );
 
     // Both: SeaBIOS takes the BIOS entry (isolinux), OVMF the EFI one (GRUB).
@@ -840,22 +861,12 @@ fn an_efi_image_over_32_mib_boots_in_qemu_with_ovmf() {
     let efi_marker = marker("big-efi");
     let iso_marker = marker("read-past-a-big-efi-image");
     let fat = efi_fat_image_of(t, &efi_marker, 160, 140);
-    let src = t.join("src");
-    ordinary_files(&src);
-    fs::create_dir(src.join("boot")).unwrap();
-    fs::rename(&fat, src.join("boot/efiboot.img")).unwrap();
-    fs::write(src.join(GRUB_READS), format!("{iso_marker}\n")).unwrap();
-    let iso = t.join("big-efi.iso");
-    mkiso_ok(&src, &iso, &["--efi-boot", "boot/efiboot.img"], None);
-    let v = ovmf_vars_copy(&vars, t);
-    boots_to(
-        &iso,
-        Firmware::Ovmf {
-            code: &code,
-            vars: &v,
-        },
-        &[&efi_marker, &iso_marker],
+    let iso = efi_only_image_boots(
         t,
+        &fat,
+        "big-efi.iso",
+        (&code, &vars),
+        &[&efi_marker, &iso_marker],
     );
 
     // The same image with the count cut at 65535 (what mkiso recorded before).

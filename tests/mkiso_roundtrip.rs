@@ -140,6 +140,7 @@ proptest! {
             boot: Default::default(),
             pad: true,
             exclude: Default::default(),
+            grafts: Vec::new(),
         };
         build(&src, &iso, &opts, &mut |_| {}).unwrap();
         let want = describe_fs(&src);

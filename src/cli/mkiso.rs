@@ -40,6 +40,11 @@ pub struct Args {
     /// Repeatable (genisoimage's -m and -x).
     #[arg(long, value_name = "PATTERN", value_parser = parse_exclude)]
     pub exclude: Vec<String>,
+    /// Put the file or directory SOURCE (anywhere; a symlink there is followed) into the image
+    /// at PATH_IN_IMAGE, in place of what SRC_DIR has there; missing directories on the way
+    /// are made. Repeatable, applied in order (genisoimage's -graft-points, xorriso's -map).
+    #[arg(long, value_name = "PATH_IN_IMAGE=SOURCE", value_parser = write::tree::Graft::parse)]
+    pub graft: Vec<write::tree::Graft>,
     /// Do not end the image with 300 KiB of zeros (genisoimage and xorriso add them too:
     /// some readers, GRUB among them, fail on a file in the last sectors without them).
     #[arg(long)]
@@ -212,6 +217,7 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
         },
         pad: !args.no_pad,
         exclude: write::tree::Exclude::new(&args.exclude).map_err(anyhow::Error::msg)?,
+        grafts: args.graft.clone(),
     };
     remove_the_unfinished_image_on_signals();
     let mut line = std::io::stderr()

@@ -286,6 +286,15 @@ pub fn dir_with(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// Writes each (path, bytes) of `files` under `root`, making the directories on the way.
+pub fn tree_with(root: &Path, files: &[(&str, &[u8])]) {
+    for (path, data) in files {
+        let p = root.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, data).unwrap();
+    }
+}
+
 /// Writes `mib` MiB of data to a new file `path`: real blocks, as holes are never copied.
 pub fn write_data(path: &Path, mib: usize) {
     let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();

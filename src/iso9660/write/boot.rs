@@ -119,14 +119,19 @@ pub(super) fn put_isohybrid_mbr(
     plan: &mut super::layout::Plan,
     code: &[u8],
     boot: &Boot,
-    src: &Path,
+    tree: &Tree,
     label: &str,
     now: i64,
 ) -> Result<(), Error> {
     let (Some(rel), Some(lba)) = (&boot.bios, plan.bios_boot_lba) else {
         return Ok(());
     };
-    let path = src.join(relative(rel));
+    // where its bytes come from: in the source tree, or grafted in from elsewhere
+    let path = match find(tree, relative(rel)).map(|id| tree.nodes.get(id).map(|n| &n.kind)) {
+        Ok(Some(Kind::File { data })) => tree.data.get(*data).map(|d| d.path.clone()),
+        _ => None,
+    }
+    .ok_or(Error::Layout("the BIOS boot image is not in the tree"))?;
     let mut head = [0u8; 0x44];
     std::fs::File::open(&path)
         .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))

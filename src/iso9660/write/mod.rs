@@ -49,6 +49,8 @@ pub struct Options {
     pub pad: bool,
     /// Entries of the source tree left out.
     pub exclude: tree::Exclude,
+    /// Files and directories from elsewhere put into the image, in order.
+    pub grafts: Vec<tree::Graft>,
 }
 
 #[cfg(test)]
@@ -65,6 +67,7 @@ impl Options {
             boot: boot::Boot::default(),
             pad: true,
             exclude: tree::Exclude::default(),
+            grafts: Vec::new(),
         }
     }
 }
@@ -163,6 +166,12 @@ pub struct Report {
 pub enum Error {
     #[error("{path} is not a directory")]
     NotADirectory { path: PathBuf },
+    #[error("--graft {at}={source_path}: {why}")]
+    Graft {
+        at: String,
+        source_path: PathBuf,
+        why: String,
+    },
     #[error("reading metadata of {path}")]
     Stat { path: PathBuf, source: io::Error },
     #[error("reading directory {path}")]
@@ -235,7 +244,9 @@ pub fn build(
     opts: &Options,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Report, Error> {
-    let target = target::Target::prepare(src, output)?;
+    let mut sources = vec![src];
+    sources.extend(opts.grafts.iter().map(|g| g.source.as_path()));
+    let target = target::Target::prepare(&sources, output)?;
     let mut warnings = Vec::new();
     let read_back = names::label_read_back(&opts.label, opts.joliet);
     if read_back.as_deref().unwrap_or("") != opts.label {
@@ -248,12 +259,18 @@ pub fn build(
         Some(path) => Some(boot::read_mbr_code(path)?),
         None => None,
     };
-    let mut tree = tree::walk(src, opts.strict, &opts.exclude, &mut warnings)?;
     let now = opts.source_date_epoch.unwrap_or_else(unix_now);
+    let mut tree = tree::walk(src, opts.strict, &opts.exclude, &mut warnings)?;
+    if !opts.grafts.is_empty() {
+        for g in &opts.grafts {
+            tree::graft(&mut tree, g, opts.strict, &opts.exclude, now, &mut warnings)?;
+        }
+        tree = tree::compact(&tree);
+    }
     boot::add_catalog(&mut tree, &opts.boot, src, now)?;
     let mut plan = layout::plan(&tree, opts, now, &mut warnings, src)?;
     if let Some(code) = &mbr_code {
-        boot::put_isohybrid_mbr(&mut plan, code, &opts.boot, src, &opts.label, now)?;
+        boot::put_isohybrid_mbr(&mut plan, code, &opts.boot, &tree, &opts.label, now)?;
     }
     target.write(&tree, &plan, progress)?;
     Ok(Report {

@@ -471,7 +471,7 @@ mod tests {
         let (t, plan) = plan_for_tests(&src);
         change(&src);
         let out = tmp.path().join("out.iso");
-        let target = Target::prepare(&src, &out)?;
+        let target = Target::prepare(&[&src], &out)?;
         let r = target.write(&t, &plan, &mut |_| {});
         let names: Vec<_> = fs::read_dir(tmp.path())
             .unwrap()

@@ -28,12 +28,18 @@ use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// Whether `path` (canonical) is the directory at `src` or inside it.
-fn is_inside(src: &Path, path: &Path) -> Result<bool, Error> {
-    let src_canon = fs::canonicalize(src).map_err(|source| Error::Stat {
-        path: src.to_path_buf(),
-        source,
-    })?;
-    Ok(path.starts_with(src_canon))
+/// The first of `sources` (the source tree and what is grafted into it) that `path` is inside.
+fn inside_which<'a>(sources: &[&'a Path], path: &Path) -> Result<Option<&'a Path>, Error> {
+    for src in sources {
+        let src_canon = fs::canonicalize(src).map_err(|source| Error::Stat {
+            path: src.to_path_buf(),
+            source,
+        })?;
+        if path.starts_with(src_canon) {
+            return Ok(Some(src));
+        }
+    }
+    Ok(None)
 }
 
 /// Where an image goes; see the module documentation.
@@ -103,7 +109,8 @@ impl Target {
     /// Decides where the image of the tree at `src` goes (see the module documentation).
     /// Opens a pipe or device at once, so that a busy device is found before the tree is read
     /// (opening a FIFO waits for its reader, as for any writer).
-    pub fn prepare(src: &Path, output: &Path) -> Result<Target, Error> {
+    /// `sources` are what the image is read from: the source tree, then what is grafted in.
+    pub fn prepare(sources: &[&Path], output: &Path) -> Result<Target, Error> {
         let in_place = |output: &Path, file: File, block_device: bool| -> Result<Target, Error> {
             if file.is_terminal() {
                 return Err(Error::OutputTerminal {
@@ -129,7 +136,7 @@ impl Target {
             // be read while it is being written.
             if file.metadata().is_ok_and(|m| m.is_file()) {
                 if let Ok(path) = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
-                    if is_inside(src, &path)? {
+                    if let Some(src) = inside_which(sources, &path)? {
                         return Err(Error::OutputInsideSource {
                             output: PathBuf::from(format!("standard output ({})", path.display())),
                             source_dir: src.to_path_buf(),
@@ -148,7 +155,7 @@ impl Target {
                         target,
                     });
                 }
-                return Self::replace(src, output, output);
+                return Self::replace(sources, output, output);
             }
             Err(source) => {
                 return Err(Error::Stat {
@@ -163,7 +170,7 @@ impl Target {
                 path: output.to_path_buf(),
                 source,
             })?;
-            return Self::replace(src, output, &path);
+            return Self::replace(sources, output, &path);
         }
         let refuse = |kind: &'static str| {
             Err(Error::OutputUnusable {
@@ -191,8 +198,8 @@ impl Target {
     }
 
     /// A regular file at `path` (`output` as given), replaced: checks that it is not inside
-    /// the tree at `src` and names the temporary file (`OUT.tmp-PID` in its directory).
-    fn replace(src: &Path, output: &Path, path: &Path) -> Result<Target, Error> {
+    /// any of `sources` and names the temporary file (`OUT.tmp-PID` in its directory).
+    fn replace(sources: &[&Path], output: &Path, path: &Path) -> Result<Target, Error> {
         let file_name = path.file_name().ok_or_else(|| Error::Create {
             path: output.to_path_buf(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "output has no file name"),
@@ -205,7 +212,7 @@ impl Target {
             path: output.to_path_buf(),
             source,
         })?;
-        if is_inside(src, &parent_canon)? {
+        if let Some(src) = inside_which(sources, &parent_canon)? {
             return Err(Error::OutputInsideSource {
                 output: output.to_path_buf(),
                 source_dir: src.to_path_buf(),
@@ -435,7 +442,7 @@ mod tests {
         fs::create_dir(&src).unwrap();
         fs::write(src.join("a.txt"), b"aaaa").unwrap();
         let out = tmp.path().join("out.iso");
-        let target = Target::prepare(&src, &out).unwrap();
+        let target = Target::prepare(&[&src], &out).unwrap();
         // what a killed build of a process with this PID would have left
         fs::write(target.tmp(), b"not ours").unwrap();
         let (t, plan) = plan_for_tests(&src);

@@ -161,6 +161,18 @@ pub fn walk(
     exclude: &Exclude,
     warnings: &mut Vec<Warning>,
 ) -> Result<Tree, Error> {
+    walk_at(root, &[], strict, exclude, warnings)
+}
+
+/// [`walk`] of a tree that goes at `at` in the image (its path from the image's root, for
+/// `exclude`).
+fn walk_at(
+    root: &Path,
+    at: &[u8],
+    strict: bool,
+    exclude: &Exclude,
+    warnings: &mut Vec<Warning>,
+) -> Result<Tree, Error> {
     let md = fs::metadata(root).map_err(|source| Error::Stat {
         path: root.to_path_buf(),
         source,
@@ -185,7 +197,7 @@ pub fn walk(
     // (dev, ino) of files with more than one link -> (data index, serial)
     let mut links: HashMap<(u64, u64), (usize, u32)> = HashMap::new();
     // (directory, its path, its path from the root when there are exclusions)
-    let mut stack: Vec<(NodeId, PathBuf, Vec<u8>)> = vec![(0, root.to_path_buf(), Vec::new())];
+    let mut stack: Vec<(NodeId, PathBuf, Vec<u8>)> = vec![(0, root.to_path_buf(), at.to_vec())];
     while let Some((dir_id, dir_path, dir_rel)) = stack.pop() {
         let rd = fs::read_dir(&dir_path).map_err(|source| Error::ReadDir {
             path: dir_path.clone(),
@@ -287,7 +299,262 @@ pub fn walk(
         }
         stack.extend(subdirs.into_iter().rev());
     }
-    // every name of a file gets the number of its names inside the tree
+    count_file_links(&mut tree);
+    Ok(tree)
+}
+
+/// `mkiso --graft AT=SOURCE`: the file or directory `source` (a symlink there followed) put
+/// into the image at `at`, a path from the image's root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Graft {
+    pub at: PathBuf,
+    pub source: PathBuf,
+}
+
+impl Graft {
+    /// Parses `AT=SOURCE` (the first `=` splits; AT with or without a leading `/`).
+    pub fn parse(arg: &str) -> Result<Graft, String> {
+        let (at, source) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("{arg:?}: not PATH_IN_IMAGE=SOURCE"))?;
+        if source.is_empty() {
+            return Err(format!("{arg:?}: no source after ="));
+        }
+        let at = PathBuf::from(at);
+        let names = graft_names(&at).map_err(|why| format!("{arg:?}: {why}"))?;
+        if names.is_empty() {
+            return Err(format!(
+                "{arg:?}: the image's root is SRC_DIR; name a path inside the image"
+            ));
+        }
+        Ok(Graft {
+            at,
+            source: PathBuf::from(source),
+        })
+    }
+}
+
+/// The names along a graft's place in the image: no `..`.
+fn graft_names(at: &Path) -> Result<Vec<&OsStr>, &'static str> {
+    let mut names = Vec::new();
+    for c in at.components() {
+        match c {
+            std::path::Component::Normal(n) => names.push(n),
+            std::path::Component::RootDir | std::path::Component::CurDir => {}
+            _ => return Err("a path in the image may not use `..`"),
+        }
+    }
+    Ok(names)
+}
+
+/// Puts `g` into `tree`: what is at its place goes (a whole directory), missing directories
+/// on the way are made (0755, owned by root, dated `now`). Its entries are walked as the
+/// source tree is (`strict`, `exclude` with paths in the image). The replaced entries stay
+/// in `tree.nodes`, unreachable, until [`compact`].
+pub fn graft(
+    tree: &mut Tree,
+    g: &Graft,
+    strict: bool,
+    exclude: &Exclude,
+    now: i64,
+    warnings: &mut Vec<Warning>,
+) -> Result<(), Error> {
+    let err = |why: String| Error::Graft {
+        at: g.at.display().to_string(),
+        source_path: g.source.clone(),
+        why,
+    };
+    let names = graft_names(&g.at).map_err(|why| err(why.into()))?;
+    let Some((last, dirs)) = names.split_last() else {
+        return Err(err("no path in the image".into()));
+    };
+    let md = fs::metadata(&g.source).map_err(|source| Error::Stat {
+        path: g.source.clone(),
+        source,
+    })?;
+    let mut at_rel = Vec::new();
+    for n in &names {
+        if !at_rel.is_empty() {
+            at_rel.push(b'/');
+        }
+        at_rel.extend_from_slice(n.as_bytes());
+    }
+    // what goes in: a walked directory, or one file
+    let sub = if md.is_dir() {
+        walk_at(&g.source, &at_rel, strict, exclude, warnings)?
+    } else if md.is_file() {
+        Tree {
+            nodes: vec![Node {
+                name: Vec::new(),
+                parent: 0,
+                meta: meta_of(&md),
+                kind: Kind::File { data: 0 },
+                serial: 0,
+                nlink: 1,
+            }],
+            data: vec![FileData {
+                path: g.source.clone(),
+                size: md.len(),
+            }],
+        }
+    } else {
+        return Err(err(
+            "not a file or directory (an ISO image cannot hold it)".into()
+        ));
+    };
+    let mut parent: NodeId = 0;
+    for (i, name) in dirs.iter().enumerate() {
+        parent = match child_named(tree, parent, name.as_bytes()) {
+            Some(id) if matches!(tree.nodes.get(id).map(|n| &n.kind), Some(Kind::Dir { .. })) => id,
+            Some(_) => {
+                let on_the_way: PathBuf = dirs.iter().take(i + 1).collect();
+                return Err(err(format!(
+                    "{} is not a directory in the image",
+                    on_the_way.display()
+                )));
+            }
+            None => {
+                let meta = Meta {
+                    mode: libc::S_IFDIR | 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: now,
+                    atime: now,
+                    ctime: now,
+                };
+                let id = tree.nodes.len();
+                push_child(
+                    tree,
+                    parent,
+                    name,
+                    meta,
+                    Kind::Dir {
+                        children: Vec::new(),
+                    },
+                    0,
+                );
+                insert_child(tree, parent, id);
+                id
+            }
+        };
+    }
+    if let Some(old) = child_named(tree, parent, last.as_bytes()) {
+        if let Some(Node {
+            kind: Kind::Dir { children },
+            ..
+        }) = tree.nodes.get_mut(parent)
+        {
+            children.retain(|&c| c != old);
+        }
+    }
+    let (node_base, data_base) = (tree.nodes.len(), tree.data.len());
+    for (i, mut n) in sub.nodes.into_iter().enumerate() {
+        if i == 0 {
+            n.name = last.as_bytes().to_vec();
+            n.parent = parent;
+        } else {
+            n.parent += node_base;
+        }
+        match &mut n.kind {
+            Kind::Dir { children } => children.iter_mut().for_each(|c| *c += node_base),
+            Kind::File { data } => *data += data_base,
+            Kind::Symlink { .. } => {}
+        }
+        tree.nodes.push(n);
+    }
+    tree.data.extend(sub.data);
+    insert_child(tree, parent, node_base);
+    Ok(())
+}
+
+/// The child of directory `dir` named `name`.
+fn child_named(tree: &Tree, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+    tree.children(dir)
+        .iter()
+        .copied()
+        .find(|&c| tree.nodes.get(c).is_some_and(|n| n.name == name))
+}
+
+/// Adds node `id` to directory `dir`'s children, in name order.
+fn insert_child(tree: &mut Tree, dir: NodeId, id: NodeId) {
+    let name = tree
+        .nodes
+        .get(id)
+        .map(|n| n.name.clone())
+        .unwrap_or_default();
+    let at = tree
+        .children(dir)
+        .partition_point(|&c| tree.nodes.get(c).is_some_and(|n| n.name < name));
+    if let Some(Node {
+        kind: Kind::Dir { children },
+        ..
+    }) = tree.nodes.get_mut(dir)
+    {
+        children.insert(at, id);
+    }
+}
+
+/// The part of `tree` reachable from its root, numbered as [`walk`] numbers a tree: nodes in
+/// the order it visits them, file data in first-name order (hard links still share theirs),
+/// serial numbers and link counts anew.
+pub fn compact(tree: &Tree) -> Tree {
+    let mut out = Tree::default();
+    let mut data_map: HashMap<usize, (usize, u32)> = HashMap::new();
+    let mut serial = 1u32;
+    let root = tree.nodes.first().cloned();
+    let Some(mut root) = root else {
+        return out;
+    };
+    root.kind = Kind::Dir {
+        children: Vec::new(),
+    };
+    root.serial = serial;
+    out.nodes.push(root);
+    let mut stack: Vec<(NodeId, NodeId)> = vec![(0, 0)];
+    while let Some((old_dir, new_dir)) = stack.pop() {
+        let mut children = Vec::new();
+        let mut subdirs = Vec::new();
+        for &c in tree.children(old_dir) {
+            let Some(n) = tree.nodes.get(c) else { continue };
+            let mut n = n.clone();
+            n.parent = new_dir;
+            serial = serial.saturating_add(1);
+            n.serial = serial;
+            match &mut n.kind {
+                Kind::Dir { children } => children.clear(),
+                Kind::File { data } => {
+                    let (new, s) = *data_map.entry(*data).or_insert_with(|| {
+                        out.data
+                            .push(tree.data.get(*data).cloned().unwrap_or(FileData {
+                                path: PathBuf::new(),
+                                size: 0,
+                            }));
+                        (out.data.len() - 1, serial)
+                    });
+                    *data = new;
+                    n.serial = s;
+                }
+                Kind::Symlink { .. } => {}
+            }
+            let id = out.nodes.len();
+            if matches!(n.kind, Kind::Dir { .. }) {
+                subdirs.push((c, id));
+            }
+            out.nodes.push(n);
+            children.push(id);
+        }
+        if let Some(d) = out.nodes.get_mut(new_dir) {
+            d.nlink = 2 + u32::try_from(subdirs.len()).unwrap_or(u32::MAX - 2);
+            d.kind = Kind::Dir { children };
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+    count_file_links(&mut out);
+    out
+}
+
+/// Gives every name of a file the number of its names inside the tree.
+fn count_file_links(tree: &mut Tree) {
     let mut names_per_data = vec![0u32; tree.data.len()];
     for n in &tree.nodes {
         if let Kind::File { data } = n.kind {
@@ -301,7 +568,6 @@ pub fn walk(
             n.nlink = names_per_data.get(data).copied().unwrap_or(1);
         }
     }
-    Ok(tree)
 }
 
 fn push_child(tree: &mut Tree, parent: NodeId, name: &OsStr, meta: Meta, kind: Kind, serial: u32) {
@@ -353,8 +619,71 @@ pub fn node_path(tree: &Tree, root: &Path, id: NodeId) -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A walked tree is already compact: compact gives it back as it was (order, data,
+    /// serial numbers, link counts), hard links and all.
+    #[test]
+    fn compact_keeps_a_walked_tree_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        for d in ["a/b/c", "a/d", "e"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        for f in ["a/x", "a/b/y", "a/b/c/z", "e/w", "top"] {
+            fs::write(r.join(f), f).unwrap();
+        }
+        fs::hard_link(r.join("a/x"), r.join("e/x-again")).unwrap();
+        std::os::unix::fs::symlink("a/x", r.join("link")).unwrap();
+        let t = walk(r, false, &Exclude::default(), &mut Vec::new()).unwrap();
+        assert_eq!(compact(&t), t);
+    }
+
+    /// Grafts replace a file and a whole directory, make missing parents, and what they
+    /// replaced is gone after compact (nodes and file data both).
+    #[test]
+    fn grafts_replace_and_make_parents() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path().join("src");
+        fs::create_dir_all(r.join("d/sub")).unwrap();
+        fs::write(r.join("d/sub/old"), "old").unwrap();
+        fs::write(r.join("f"), "old f").unwrap();
+        let new_f = tmp.path().join("new-f");
+        fs::write(&new_f, "new f").unwrap();
+        let new_d = tmp.path().join("new-d");
+        fs::create_dir(&new_d).unwrap();
+        fs::write(new_d.join("inside"), "inside").unwrap();
+        let mut t = walk(&r, false, &Exclude::default(), &mut Vec::new()).unwrap();
+        for (at, source) in [("f", &new_f), ("/d", &new_d), ("x/y/f2", &new_f)] {
+            let g = Graft::parse(&format!("{at}={}", source.display())).unwrap();
+            graft(&mut t, &g, false, &Exclude::default(), 7, &mut Vec::new()).unwrap();
+        }
+        let t = compact(&t);
+        let paths: Vec<String> = (1..t.nodes.len())
+            .map(|id| {
+                node_path(&t, Path::new(""), id)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            ["d", "f", "x", "d/inside", "x/y", "x/y/f2"],
+            "in walk order"
+        );
+        let sources: Vec<&Path> = t.data.iter().map(|d| d.path.as_path()).collect();
+        assert_eq!(sources, [new_f.as_path(), &new_d.join("inside"), &new_f]);
+        let made = &t.nodes[3];
+        assert_eq!(
+            (made.meta.mode, made.meta.uid, made.meta.mtime),
+            (libc::S_IFDIR | 0o755, 0, 7)
+        );
+        for bad in ["=x", "/=x", "a=", "../a=x", "a/../../b=x", "no-equals"] {
+            assert!(Graft::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn exclude_patterns_match_names_anywhere_and_paths_from_the_root() {
