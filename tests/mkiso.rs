@@ -731,6 +731,20 @@ fn grafts_put_files_and_directories_from_elsewhere_into_the_image() {
         "deterministic"
     );
 
+    // Warnings about what was grafted in name where it is.
+    let o = mkiso(
+        &src,
+        &t.join("no-rr.iso"),
+        &[&args[..], &["--no-rock-ridge"]].concat(),
+        None,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("skipped symlink {}", x("ks/link.cfg"))),
+        "{err}"
+    );
+
     // A boot image grafted in over SRC's (a stand-in of 6 bytes here) is the one booted,
     // its hybrid signature checked and its place written into the isohybrid MBR.
     let (isolinux, isohdpfx) = (

@@ -67,6 +67,9 @@ pub struct FileData {
 pub struct Tree {
     pub nodes: Vec<Node>,
     pub data: Vec<FileData>,
+    /// Nodes grafted in from elsewhere (`mkiso --graft`) and where they come from, so that
+    /// [`node_path`] names the real source.
+    pub grafted: Vec<(NodeId, PathBuf)>,
 }
 
 impl Tree {
@@ -396,6 +399,7 @@ pub fn graft(
                 path: g.source.clone(),
                 size: md.len(),
             }],
+            grafted: Vec::new(),
         }
     } else {
         return Err(err(
@@ -463,6 +467,7 @@ pub fn graft(
         tree.nodes.push(n);
     }
     tree.data.extend(sub.data);
+    tree.grafted.push((node_base, g.source.clone()));
     insert_child(tree, parent, node_base);
     Ok(())
 }
@@ -537,6 +542,9 @@ pub fn compact(tree: &Tree) -> Tree {
                 Kind::Symlink { .. } => {}
             }
             let id = out.nodes.len();
+            if let Some((_, from)) = tree.grafted.iter().find(|(g, _)| *g == c) {
+                out.grafted.push((id, from.clone()));
+            }
             if matches!(n.kind, Kind::Dir { .. }) {
                 subdirs.push((c, id));
             }
@@ -596,13 +604,19 @@ fn meta_of(md: &fs::Metadata) -> Meta {
     }
 }
 
-/// The source path of node `id`, rebuilt from the names up to the root at `root`.
+/// The source path of node `id`, rebuilt from the names up to the root at `root`, or up to
+/// what was grafted in and where from.
 pub fn node_path(tree: &Tree, root: &Path, id: NodeId) -> PathBuf {
     let mut parts = Vec::new();
     let mut cur = id;
     let mut guard = tree.nodes.len();
+    let mut base = root;
     while cur != 0 && guard > 0 {
         guard -= 1;
+        if let Some((_, from)) = tree.grafted.iter().find(|(g, _)| *g == cur) {
+            base = from;
+            break;
+        }
         match tree.nodes.get(cur) {
             Some(n) => {
                 parts.push(OsStr::from_bytes(&n.name));
@@ -611,7 +625,7 @@ pub fn node_path(tree: &Tree, root: &Path, id: NodeId) -> PathBuf {
             None => break,
         }
     }
-    let mut p = root.to_path_buf();
+    let mut p = base.to_path_buf();
     for part in parts.iter().rev() {
         p.push(part);
     }
@@ -661,17 +675,33 @@ mod tests {
             graft(&mut t, &g, false, &Exclude::default(), 7, &mut Vec::new()).unwrap();
         }
         let t = compact(&t);
-        let paths: Vec<String> = (1..t.nodes.len())
-            .map(|id| {
-                node_path(&t, Path::new(""), id)
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
+        let in_image = |mut id: NodeId| {
+            let mut names = Vec::new();
+            while id != 0 {
+                names.push(String::from_utf8_lossy(&t.nodes[id].name).into_owned());
+                id = t.nodes[id].parent;
+            }
+            names.reverse();
+            names.join("/")
+        };
+        let paths: Vec<String> = (1..t.nodes.len()).map(in_image).collect();
         assert_eq!(
             paths,
             ["d", "f", "x", "d/inside", "x/y", "x/y/f2"],
             "in walk order"
+        );
+        let shown: Vec<PathBuf> = (1..t.nodes.len()).map(|id| node_path(&t, &r, id)).collect();
+        assert_eq!(
+            shown,
+            [
+                new_d.clone(),
+                new_f.clone(),
+                r.join("x"),
+                new_d.join("inside"),
+                r.join("x/y"),
+                new_f.clone()
+            ],
+            "sources named where they are"
         );
         let sources: Vec<&Path> = t.data.iter().map(|d| d.path.as_path()).collect();
         assert_eq!(sources, [new_f.as_path(), &new_d.join("inside"), &new_f]);
