@@ -50,7 +50,8 @@ pub struct Args {
     #[arg(long)]
     pub no_pad: bool,
     /// BIOS El Torito boot image, booted without emulation (isolinux.bin, GRUB's
-    /// eltorito.img): a file in SRC_DIR, named relative to it (genisoimage's -b).
+    /// eltorito.img): a file of the image, named by its path in it (in SRC_DIR or grafted in;
+    /// genisoimage's -b).
     #[arg(long = "boot", value_name = "PATH")]
     pub boot: Option<PathBuf>,
     /// 512-byte sectors of the BIOS boot image the BIOS loads [default: 4].
@@ -61,8 +62,8 @@ pub struct Args {
     /// image (the source file is not changed).
     #[arg(long, requires = "boot")]
     pub boot_info_table: bool,
-    /// UEFI El Torito boot image: a FAT image (holding EFI/BOOT/BOOTX64.EFI) in SRC_DIR,
-    /// named relative to it (xorriso's -e).
+    /// UEFI El Torito boot image: a FAT image (holding EFI/BOOT/BOOTX64.EFI) of the image,
+    /// named by its path in it (xorriso's -e).
     #[arg(long = "efi-boot", value_name = "PATH")]
     pub efi_boot: Option<PathBuf>,
     /// Make an isohybrid image, which also boots written to a USB stick or disk: this MBR boot
