@@ -812,7 +812,7 @@ fn grafts_put_files_and_directories_from_elsewhere_into_the_image() {
     let under_a_file = format!("keep.txt/x={}", x("isolinux.cfg"));
     for (g, cause) in [
         (fifo.as_str(), "not a file or directory"),
-        (missing.as_str(), "No such file"),
+        (missing.as_str(), "reading its metadata: No such file"),
         (
             under_a_file.as_str(),
             "keep.txt is not a directory in the image",

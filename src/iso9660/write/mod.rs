@@ -244,8 +244,14 @@ pub fn build(
     opts: &Options,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Report, Error> {
+    // (a graft source that is not there is reported by its graft, below)
     let mut sources = vec![src];
-    sources.extend(opts.grafts.iter().map(|g| g.source.as_path()));
+    sources.extend(
+        opts.grafts
+            .iter()
+            .map(|g| g.source.as_path())
+            .filter(|p| p.exists()),
+    );
     let target = target::Target::prepare(&sources, output)?;
     let mut warnings = Vec::new();
     let read_back = names::label_read_back(&opts.label, opts.joliet);

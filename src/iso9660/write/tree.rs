@@ -371,10 +371,7 @@ pub fn graft(
     let Some((last, dirs)) = names.split_last() else {
         return Err(err("no path in the image".into()));
     };
-    let md = fs::metadata(&g.source).map_err(|source| Error::Stat {
-        path: g.source.clone(),
-        source,
-    })?;
+    let md = fs::metadata(&g.source).map_err(|e| err(format!("reading its metadata: {e}")))?;
     let mut at_rel = Vec::new();
     for n in &names {
         if !at_rel.is_empty() {
