@@ -112,26 +112,24 @@ pub fn read_mbr_code(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 /// Writes the isohybrid MBR ([`isohybrid_mbr`], boot code `code`) into the first sector of
-/// `plan`, once the BIOS boot image (`boot.bios`, in the tree at `src`) is found to be an
-/// isolinux.bin it can start. The disk signature is the image's own: the same for the same
-/// label and time.
+/// `plan`, once the BIOS boot image (read from where `tree` takes it: the source tree, or
+/// grafted in) is found to be an isolinux.bin it can start. The disk signature is the image's
+/// own: the same for the same label and time.
 pub(super) fn put_isohybrid_mbr(
     plan: &mut super::layout::Plan,
     code: &[u8],
-    boot: &Boot,
     tree: &Tree,
     label: &str,
     now: i64,
 ) -> Result<(), Error> {
-    let (Some(rel), Some(lba)) = (&boot.bios, plan.bios_boot_lba) else {
+    let Some((data, lba)) = plan.bios_boot else {
         return Ok(());
     };
-    // where its bytes come from: in the source tree, or grafted in from elsewhere
-    let path = match find(tree, relative(rel)).map(|id| tree.nodes.get(id).map(|n| &n.kind)) {
-        Ok(Some(Kind::File { data })) => tree.data.get(*data).map(|d| d.path.clone()),
-        _ => None,
-    }
-    .ok_or(Error::Layout("the BIOS boot image is not in the tree"))?;
+    let path = tree
+        .data
+        .get(data)
+        .map(|d| d.path.clone())
+        .ok_or(Error::Layout("the BIOS boot image is not in the tree"))?;
     let mut head = [0u8; 0x44];
     std::fs::File::open(&path)
         .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))

@@ -119,8 +119,8 @@ pub struct Plan {
     pub generated: Vec<(usize, Vec<u8>)>,
     /// The [`Tree::data`] entry that gets a boot info table, and its first sector.
     pub info_table: Option<(usize, u32)>,
-    /// The BIOS boot image's first sector, for an isohybrid MBR.
-    pub bios_boot_lba: Option<u32>,
+    /// The BIOS boot image's [`Tree::data`] entry and first sector, for an isohybrid MBR.
+    pub bios_boot: Option<(usize, u32)>,
     /// The UEFI boot image's first sector and size in bytes, for an isohybrid MBR.
     pub efi_boot: Option<(u32, u64)>,
 }
@@ -972,7 +972,7 @@ pub fn plan(
     let mut next = FIRST_DESCRIPTOR_SECTOR + 1;
     let mut generated = Vec::new();
     let mut info_table = None;
-    let mut bios_boot_lba = None;
+    let mut bios_boot = None;
     let mut efi_boot = None;
     if let Some(b) = boot {
         let lba_of = |data: usize| a.file.get(data).copied().unwrap_or(0);
@@ -987,7 +987,7 @@ pub fn plan(
         if opts.boot.info_table {
             info_table = b.bios.map(|(data, _)| (data, lba_of(data)));
         }
-        bios_boot_lba = bios.map(|(lba, _)| lba);
+        bios_boot = b.bios.map(|(data, _)| (data, lba_of(data)));
         efi_boot = b.efi.map(|data| (lba_of(data), size_of(data)));
     }
     if opts.joliet {
@@ -1032,7 +1032,7 @@ pub fn plan(
         total_sectors: total,
         generated,
         info_table,
-        bios_boot_lba,
+        bios_boot,
         efi_boot,
     })
 }

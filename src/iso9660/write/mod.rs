@@ -276,7 +276,7 @@ pub fn build(
     boot::add_catalog(&mut tree, &opts.boot, src, now)?;
     let mut plan = layout::plan(&tree, opts, now, &mut warnings, src)?;
     if let Some(code) = &mbr_code {
-        boot::put_isohybrid_mbr(&mut plan, code, &opts.boot, &tree, &opts.label, now)?;
+        boot::put_isohybrid_mbr(&mut plan, code, &tree, &opts.label, now)?;
     }
     target.write(&tree, &plan, progress)?;
     Ok(Report {

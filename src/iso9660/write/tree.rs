@@ -372,13 +372,11 @@ pub fn graft(
         return Err(err("no path in the image".into()));
     };
     let md = fs::metadata(&g.source).map_err(|e| err(format!("reading its metadata: {e}")))?;
-    let mut at_rel = Vec::new();
-    for n in &names {
-        if !at_rel.is_empty() {
-            at_rel.push(b'/');
-        }
-        at_rel.extend_from_slice(n.as_bytes());
-    }
+    let at_rel = names
+        .iter()
+        .map(|n| n.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b'/');
     // what goes in: a walked directory, or one file
     let sub = if md.is_dir() {
         walk_at(&g.source, &at_rel, strict, exclude, warnings)?
