@@ -535,6 +535,13 @@ fn exclude_leaves_out_names_and_paths_as_genisoimage_does() {
         let dir = tmp.path().join("no-fifo");
         run("cp", &["-a", src.to_str().unwrap(), dir.to_str().unwrap()]);
         fs::remove_file(dir.join("sub/pipe")).unwrap();
+        // the removal dated the copy's sub/ anew (a flake when the second turned over)
+        let sub_mtime = fs::metadata(src.join("sub")).unwrap().modified().unwrap();
+        let secs = sub_mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        set_mtime(&dir.join("sub"), secs as i64);
         dir
     };
     let want: std::collections::BTreeMap<_, _> = describe_fs(&fifo_gone)
@@ -700,6 +707,8 @@ fn grafts_put_files_and_directories_from_elsewhere_into_the_image() {
         let d = want.get_mut(made).unwrap();
         (d.perm, d.uid, d.gid, d.mtime) = (0o755, 0, 0, Some(1_700_000_000));
     }
+    // making kickstart/extra above dated the copy's kickstart/ anew; the image keeps ks/'s time
+    want.get_mut("/kickstart").unwrap().mtime = describe_fs(&extra)["/ks"].mtime;
     assert_eq!(describe_image(&iso), want, "isomgr's reader");
     let out = t.join("bsdtar");
     fs::create_dir(&out).unwrap();
