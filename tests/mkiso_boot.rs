@@ -216,6 +216,8 @@ enum Firmware<'a> {
     Ovmf { code: &'a Path, vars: &'a Path },
     /// SeaBIOS from a hard disk holding the image (as written to a USB stick): the MBR boots.
     SeaBiosDisk,
+    /// SeaBiosDisk with SeaBIOS's serial console, as SeaBiosScreenOnSerial.
+    SeaBiosDiskScreenOnSerial,
     /// OVMF from a hard disk holding the image: an EFI system partition boots.
     OvmfDisk { code: &'a Path, vars: &'a Path },
 }
@@ -228,7 +230,7 @@ impl Qemu {
             iso.display(),
             match firmware {
                 Firmware::SeaBios | Firmware::SeaBiosScreenOnSerial => "SeaBIOS",
-                Firmware::SeaBiosDisk => "SeaBIOS as a disk",
+                Firmware::SeaBiosDisk | Firmware::SeaBiosDiskScreenOnSerial => "SeaBIOS as a disk",
                 Firmware::Ovmf { .. } => "OVMF",
                 Firmware::OvmfDisk { .. } => "OVMF as a disk",
             }
@@ -241,6 +243,7 @@ impl Qemu {
             ])),
             Firmware::SeaBiosScreenOnSerial => args.extend(strs(&["-nographic", "-boot", "d"])),
             Firmware::SeaBiosDisk => args.extend(strs(&["-display", "none", "-serial", "stdio"])),
+            Firmware::SeaBiosDiskScreenOnSerial => args.extend(strs(&["-nographic"])),
             Firmware::Ovmf { code, vars } | Firmware::OvmfDisk { code, vars } => {
                 args.extend(strs(&["-display", "none", "-serial", "stdio"]));
                 for (ro, file) in [(",readonly=on", code), ("", vars)] {
@@ -250,7 +253,10 @@ impl Qemu {
             }
         }
         args.extend(["-monitor", "none"].map(OsString::from));
-        if let Firmware::SeaBiosDisk | Firmware::OvmfDisk { .. } = firmware {
+        if let Firmware::SeaBiosDisk
+        | Firmware::SeaBiosDiskScreenOnSerial
+        | Firmware::OvmfDisk { .. } = firmware
+        {
             args.extend(strs(&["-boot", "c", "-drive"]));
             args.push(format!("file={},format=raw,if=ide", iso.display()).into());
         } else {
@@ -298,7 +304,12 @@ impl Qemu {
     /// Reads the serial port until one of `wanted` shows (the index of the first in `wanted`
     /// that has), QEMU exits or `BOOT_TIMEOUT` passes (None).
     fn wait_for(&mut self, wanted: &[&str]) -> Option<usize> {
-        let deadline = Instant::now() + BOOT_TIMEOUT;
+        self.wait_for_within(wanted, BOOT_TIMEOUT)
+    }
+
+    /// [`Qemu::wait_for`], giving up after `timeout`.
+    fn wait_for_within(&mut self, wanted: &[&str], timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
         loop {
             let seen = String::from_utf8_lossy(&self.serial);
             if let Some(i) = wanted.iter().position(|w| seen.contains(w)) {
@@ -503,22 +514,9 @@ fn a_bios_boot_image_boots_in_qemu() {
     boots_to(&table, Firmware::SeaBios, &[&m], t);
 }
 
-/// GRUB's BIOS CD image (`grub-mkimage -O i386-pc-eltorito`, which needs the boot info table)
-/// boots and runs its grub.cfg, which mkiso puts last but the catalog, so this also reads the
-/// image's last sectors through the BIOS. It needs the 300 KiB of zeros mkiso ends images with
-/// (as genisoimage and xorriso do): with `--no-pad`, GRUB 2.06 under SeaBIOS read grub.cfg
-/// from 8 sectors before it (the end of its own core image) and stopped on a syntax error.
-#[test]
-fn grub_boots_from_a_bios_image_and_reads_its_last_file() {
-    if !tools(&["qemu-system-x86_64", "grub-mkimage"])
-        || !have_file("/usr/lib/grub/i386-pc/moddep.lst", "grub-pc-bin")
-    {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let m = marker("grub-bios");
-    let src = t.join("src");
+/// `src` with GRUB's BIOS El Torito image (made by `grub-mkimage -O i386-pc-eltorito`) at
+/// boot/grub/eltorito.img and a grub.cfg that echoes `m` to the serial port.
+fn grub_bios_tree(src: &Path, m: &str) {
     let grub = src.join("boot/grub");
     fs::create_dir_all(&grub).unwrap();
     output_ok(
@@ -542,6 +540,25 @@ fn grub_boots_from_a_bios_image_and_reads_its_last_file() {
         format!("serial --unit=0 --speed=115200\nterminal_output serial\necho {m}\nhalt\n")
             .as_bytes(),
     );
+}
+
+/// GRUB's BIOS CD image (`grub-mkimage -O i386-pc-eltorito`, which needs the boot info table)
+/// boots and runs its grub.cfg, which mkiso puts last but the catalog, so this also reads the
+/// image's last sectors through the BIOS. It needs the 300 KiB of zeros mkiso ends images with
+/// (as genisoimage and xorriso do): with `--no-pad`, GRUB 2.06 under SeaBIOS read grub.cfg
+/// from 8 sectors before it (the end of its own core image) and stopped on a syntax error.
+#[test]
+fn grub_boots_from_a_bios_image_and_reads_its_last_file() {
+    if !tools(&["qemu-system-x86_64", "grub-mkimage"])
+        || !have_file("/usr/lib/grub/i386-pc/moddep.lst", "grub-pc-bin")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let m = marker("grub-bios");
+    let src = t.join("src");
+    grub_bios_tree(&src, &m);
     let args = ["--boot", "boot/grub/eltorito.img", "--boot-info-table"];
     let iso = t.join("grub.iso");
     mkiso_ok(&src, &iso, &args, Some("0"));
@@ -569,6 +586,194 @@ fn grub_boots_from_a_bios_image_and_reads_its_last_file() {
          BIOS reads the last sectors right and the padding is for other readers only: {}",
         q.report()
     );
+}
+
+const BOOT_HYBRID: &str = "/usr/lib/grub/i386-pc/boot_hybrid.img";
+
+/// `--grub2-mbr` with `--grub2-boot-info`: a GRUB image boots from a hard disk (as written to
+/// a USB stick) and still from a CD. xorriso reads its first sector as the MBR grub-mkrescue
+/// has it write (GRUB's hybrid MBR with a protective label) and finds the GRUB boot info in
+/// the boot image; sfdisk reads the partition. Without the MBR the disk does not boot, and
+/// without the boot info GRUB stops after loading its first sector.
+#[test]
+fn a_grub_hybrid_image_boots_from_a_disk_as_grub_mkrescue_makes_it() {
+    if !tools(&["qemu-system-x86_64", "grub-mkimage", "xorriso", "sfdisk"])
+        || !have_file(BOOT_HYBRID, "grub-pc-bin")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let m = marker("grub-hybrid");
+    let src = t.join("src");
+    grub_bios_tree(&src, &m);
+    let source_image = fs::read(src.join("boot/grub/eltorito.img")).unwrap();
+    let base = ["--boot", "boot/grub/eltorito.img", "--boot-info-table"];
+    let mut args = base.to_vec();
+    args.extend(["--grub2-boot-info", "--grub2-mbr", BOOT_HYBRID]);
+    let iso = t.join("grub-hybrid.iso");
+    mkiso_ok(&src, &iso, &args, Some("0"));
+    let ours = fs::read(&iso).unwrap();
+    let sectors = ours.len() / 512;
+
+    let report = run(
+        "xorriso",
+        &[
+            "-indev",
+            iso.to_str().unwrap(),
+            "-report_system_area",
+            "plain",
+            "-report_el_torito",
+            "plain",
+        ],
+    );
+    let lines: Vec<String> = report
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let has = |want: &str| lines.iter().any(|l| l == want);
+    for want in [
+        "System area summary: MBR protective-msdos-label grub2-mbr cyl-align-off".to_string(),
+        format!("MBR partition : 1 0x80 0xcd 1 {}", sectors - 1),
+        "El Torito img opts : 1 boot-info-table grub2-boot-info".to_string(),
+    ] {
+        assert!(has(&want), "xorriso does not report {want:?}:\n{report}");
+    }
+    let lba = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("El Torito boot img : 1 BIOS y none 0x0000 0x00 4 "))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no boot image in:\n{report}"));
+    let code = fs::read(BOOT_HYBRID).unwrap();
+    assert!(
+        ours[..0x1B0] == code[..0x1B0],
+        "the boot code is boot_hybrid.img's"
+    );
+    let le64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    assert_eq!(
+        le64(&ours, 0x1B0),
+        lba as u64 * 4 + 4,
+        "the core image's sector"
+    );
+    let copy = &ours[lba * SECTOR..lba * SECTOR + source_image.len()];
+    assert_eq!(
+        le64(copy, 2548),
+        lba as u64 * 4 + 5,
+        "diskboot.img's blocklist"
+    );
+    assert_eq!(
+        le32(copy, 20),
+        boot_info_checksum(copy),
+        "the sum counts the patch"
+    );
+    assert!(
+        copy[2556..] == source_image[2556..] && copy[64..2548] == source_image[64..2548],
+        "nothing else of the boot image changes"
+    );
+    assert_eq!(
+        fs::read(src.join("boot/grub/eltorito.img")).unwrap(),
+        source_image,
+        "the source was modified"
+    );
+    let table = run("sfdisk", &["-d", iso.to_str().unwrap()]);
+    assert!(
+        table.contains(&format!(
+            "start=           1, size={:>12}, type=cd, bootable",
+            sectors - 1
+        )),
+        "{table}"
+    );
+    boots_to(&iso, Firmware::SeaBiosDisk, &[&m], t);
+    boots_to(&iso, Firmware::SeaBios, &[&m], t);
+
+    // Without the MBR, no disk boot.
+    let plain = t.join("plain.iso");
+    mkiso_ok(&src, &plain, &base, Some("0"));
+    let mut q = Qemu::boot(&plain, Firmware::SeaBiosDiskScreenOnSerial, t);
+    assert_eq!(
+        q.wait_for(&["No bootable device", &m]),
+        Some(0),
+        "{}",
+        q.report()
+    );
+    drop(q);
+    // Without the boot info (the blocklist as grub-mkimage left it), GRUB's first sector
+    // loads and then the wrong sectors: it stops there. (A slow machine can only make this
+    // pass, not fail.)
+    let unpatched = t.join("unpatched.iso");
+    let mut bytes = ours.clone();
+    let at = lba * SECTOR + 2548;
+    bytes[at..at + 8].copy_from_slice(&source_image[2548..2556]);
+    fs::write(&unpatched, &bytes).unwrap();
+    let mut q = Qemu::boot(&unpatched, Firmware::SeaBiosDiskScreenOnSerial, t);
+    assert_eq!(q.wait_for(&["GRUB loading"]), Some(0), "{}", q.report());
+    assert_eq!(
+        q.wait_for_within(&[&m, "Welcome to GRUB"], Duration::from_secs(20)),
+        None,
+        "GRUB went on without the boot info: {}",
+        q.report()
+    );
+    drop(q);
+
+    // With a UEFI boot image too, OVMF boots the stick through El Torito, which EDK2 reads
+    // from a disk as well (the partition is GRUB's, not an EFI system partition).
+    if let Some((ovmf_code, vars)) = efi_boot_tools(&[]) {
+        let efi_marker = marker("grub-hybrid-efi");
+        let iso_marker = marker("grub-hybrid-reads");
+        let fat = efi_fat_image(t, &efi_marker);
+        fs::copy(&fat, src.join("boot/efiboot.img")).unwrap();
+        fs::write(src.join(GRUB_READS), format!("{iso_marker}\n")).unwrap();
+        let both = t.join("both.iso");
+        let mut a = args.clone();
+        a.extend(["--efi-boot", "boot/efiboot.img"]);
+        mkiso_ok(&src, &both, &a, Some("0"));
+        let v = ovmf_vars_copy(&vars, t);
+        let uefi = Firmware::OvmfDisk {
+            code: &ovmf_code,
+            vars: &v,
+        };
+        boots_to(&both, uefi, &[&efi_marker, &iso_marker], t);
+        boots_to(&both, Firmware::SeaBiosDisk, &[&m], t);
+    }
+
+    // Refused: a boot image that is not GRUB's (exit 1, naming it); an MBR without the boot
+    // info, or beside an isohybrid MBR (usage errors, exit 2).
+    write(&src.join("not-grub.bin"), &[0x90; 4096]);
+    let out = t.join("refused.iso");
+    let o = mkiso(
+        &src,
+        &out,
+        &[
+            "--boot",
+            "not-grub.bin",
+            "--boot-info-table",
+            "--grub2-boot-info",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not-grub.bin") && err.contains("not GRUB's El Torito image"),
+        "{err}"
+    );
+    for extra in [
+        vec!["--grub2-mbr", BOOT_HYBRID],
+        vec![
+            "--grub2-boot-info",
+            "--grub2-mbr",
+            BOOT_HYBRID,
+            "--isohybrid-mbr",
+            BOOT_HYBRID,
+        ],
+    ] {
+        let mut a = base.to_vec();
+        a.extend(&extra);
+        let o = mkiso(&src, &out, &a, None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{a:?}: {err}");
+    }
+    assert!(!out.exists());
 }
 
 const ISOHDPFX: &str = "/usr/lib/ISOLINUX/isohdpfx.bin";

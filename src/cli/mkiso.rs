@@ -73,6 +73,19 @@ pub struct Args {
     /// an isolinux.bin and --boot-info-table.
     #[arg(long, value_name = "FILE", requires_all = ["boot", "boot_info_table"])]
     pub isohybrid_mbr: Option<PathBuf>,
+    /// Write where the rest of GRUB's core image lies into the image's copy of the BIOS boot
+    /// image, GRUB's eltorito.img (from grub-mkimage -O i386-pc-eltorito), so that it also
+    /// loads from a disk (xorriso's --grub2-boot-info).
+    #[arg(long, requires = "boot")]
+    pub grub2_boot_info: bool,
+    /// Make a GRUB hybrid image, which also boots written to a USB stick or disk: this MBR
+    /// boot code (GRUB's boot_hybrid.img, a file outside SRC_DIR) goes into its first sector
+    /// with an active partition over the image, as grub-mkrescue has xorriso write it
+    /// (--grub2-mbr with --protective-msdos-label). Needs --boot with GRUB's eltorito.img,
+    /// --boot-info-table and --grub2-boot-info.
+    #[arg(long, value_name = "FILE", conflicts_with = "isohybrid_mbr",
+          requires_all = ["boot", "boot_info_table", "grub2_boot_info"])]
+    pub grub2_mbr: Option<PathBuf>,
     /// Where the boot catalog appears in the image [default: boot.cat].
     #[arg(long, value_name = "PATH", requires = "bootable")]
     pub boot_catalog: Option<PathBuf>,
@@ -215,6 +228,8 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
             efi: args.efi_boot.clone(),
             catalog: args.boot_catalog.clone(),
             isohybrid_mbr: args.isohybrid_mbr.clone(),
+            grub2_boot_info: args.grub2_boot_info,
+            grub2_mbr: args.grub2_mbr.clone(),
         },
         pad: !args.no_pad,
         exclude: write::tree::Exclude::new(&args.exclude).map_err(anyhow::Error::msg)?,

@@ -7,11 +7,16 @@
 //! genisoimage and xorriso show it. [`add_catalog`] puts it into the tree before the layout,
 //! [`resolve`] finds the boot images there, and the layout writes the record and the catalog's
 //! bytes; the boot info table goes into the image's copy of the BIOS boot image as it is
-//! streamed ([`put_info_table`]): the source file is never changed.
+//! streamed ([`Patch`]): the source file is never changed.
+//!
+//! An image can also boot written to a USB stick or disk, from an MBR in its first sector:
+//! isolinux's ([`isohybrid_mbr`], as syslinux's isohybrid writes it) or GRUB's ([`grub2_mbr`],
+//! as grub-mkrescue has xorriso write it).
 
 use super::tree::{Kind, Meta, Node, NodeId, Tree};
 use super::Error;
 use crate::iso9660::ondisk::{boot_record, vd_type, SECTOR_SIZE, STANDARD_ID};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -47,6 +52,14 @@ pub struct Boot {
     /// The MBR boot code (isolinux's `isohdpfx.bin`, 432 bytes) of an isohybrid image: the
     /// image then also boots written to a USB stick or disk. Read by [`read_mbr_code`].
     pub isohybrid_mbr: Option<PathBuf>,
+    /// Write where the rest of GRUB's core image lies into the image's copy of GRUB's El
+    /// Torito image (`eltorito.img`), so that it also loads from a disk (xorriso's
+    /// `--grub2-boot-info`).
+    pub grub2_boot_info: bool,
+    /// GRUB's hybrid MBR boot code (`boot_hybrid.img`): the image then boots written to a USB
+    /// stick or disk through GRUB's El Torito image (xorriso's `--grub2-mbr` with
+    /// `--protective-msdos-label`, as grub-mkrescue runs it). Read by [`read_mbr_code`].
+    pub grub2_mbr: Option<PathBuf>,
 }
 
 impl Boot {
@@ -73,6 +86,21 @@ pub(super) struct Resolved {
 
 /// Bytes of MBR boot code before the isohybrid fields (the rest of an MBR file is ignored).
 pub const MBR_CODE: usize = 432;
+/// Bytes of an MBR before its partition table.
+const MBR_PARTITIONS: usize = 446;
+/// Where `--grub2-boot-info` writes into GRUB's El Torito image: 500 bytes into its core
+/// image, which follows the 2048 bytes of cdboot.img, is diskboot.img's first blocklist entry,
+/// the 512-byte sector (64-bit little-endian) the rest of the core image is loaded from.
+pub const GRUB2_BOOT_INFO: usize = 2548;
+/// The load segment of that blocklist entry in every GRUB 2 diskboot.img (0x800 + 0x20), 10
+/// bytes after it: what tells GRUB's El Torito image from other boot images.
+const GRUB2_DISKBOOT_SEGMENT: (usize, u16) = (2558, 0x0820);
+/// The least a GRUB El Torito image holds: cdboot.img and diskboot.img.
+const GRUB2_IMAGE_MIN: u64 = 2560;
+/// Where GRUB's hybrid MBR takes the 512-byte sector of the core image (64-bit LE).
+const GRUB2_MBR_CORE: usize = 0x1B0;
+/// The type of the image's partition in GRUB's hybrid MBR (xorriso's protective label).
+const GRUB2_PARTITION_TYPE: u8 = 0xCD;
 /// What isolinux.bin holds at byte 0x40 when it can be booted from an isohybrid MBR.
 const ISOLINUX_HYBRID_SIGNATURE: u32 = 0x7078_C0FB;
 /// isohybrid's disk geometry: 64 heads, 32 sectors a track, so a cylinder is 1 MiB; the image
@@ -90,9 +118,29 @@ const EFI_PARTITION_TYPE: u8 = 0xEF;
 /// The CHS address isohybrid gives the EFI partition's both ends (beyond what CHS reaches).
 const CHS_BEYOND: [u8; 3] = [0xFE, 0xFF, 0xFF];
 
-/// Reads the MBR boot code at `path` (432 to 512 bytes; the first 432 are used).
-pub fn read_mbr_code(path: &Path) -> Result<Vec<u8>, Error> {
-    let what = "isohybrid MBR";
+/// Which MBR an image gets: of its boot code file, the bytes before the fields written here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MbrKind {
+    /// isolinux's isohdpfx.bin: its first 432 bytes.
+    Isohybrid,
+    /// GRUB's boot_hybrid.img: all before the partition table.
+    Grub2,
+}
+
+impl MbrKind {
+    /// What to call it, the file it comes from, how many of its bytes are kept.
+    fn describe(self) -> (&'static str, &'static str, usize) {
+        match self {
+            MbrKind::Isohybrid => ("isohybrid MBR", "isolinux's isohdpfx.bin", MBR_CODE),
+            MbrKind::Grub2 => ("GRUB hybrid MBR", "GRUB's boot_hybrid.img", MBR_PARTITIONS),
+        }
+    }
+}
+
+/// Reads the MBR boot code at `path` (432 to 512 bytes; as much of it is kept as `kind`
+/// takes).
+pub fn read_mbr_code(path: &Path, kind: MbrKind) -> Result<Vec<u8>, Error> {
+    let (what, file, keep) = kind.describe();
     let data = std::fs::read(path).map_err(|e| Error::Boot {
         what,
         path: path.to_path_buf(),
@@ -102,13 +150,34 @@ pub fn read_mbr_code(path: &Path) -> Result<Vec<u8>, Error> {
         return Err(Error::Boot {
             what,
             path: path.to_path_buf(),
-            why: format!(
-                "{} bytes; MBR boot code (isolinux's isohdpfx.bin) is 432 to 512",
-                data.len()
-            ),
+            why: format!("{} bytes; MBR boot code ({file}) is 432 to 512", data.len()),
         });
     }
-    Ok(data[..MBR_CODE].to_vec())
+    Ok(data[..keep.min(data.len())].to_vec())
+}
+
+/// The BIOS boot image's first `n` bytes (fewer if it is shorter), its path and its sector.
+fn bios_image_head(
+    plan: &super::layout::Plan,
+    tree: &Tree,
+    n: usize,
+) -> Result<Option<(Vec<u8>, PathBuf, u32)>, Error> {
+    let Some((data, lba)) = plan.bios_boot else {
+        return Ok(None);
+    };
+    let path = tree
+        .data
+        .get(data)
+        .map(|d| d.path.clone())
+        .ok_or(Error::Layout("the BIOS boot image is not in the tree"))?;
+    let mut head = Vec::with_capacity(n);
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(n as u64).read_to_end(&mut head))
+        .map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(Some((head, path, lba)))
 }
 
 /// Writes the isohybrid MBR ([`isohybrid_mbr`], boot code `code`) into the first sector of
@@ -122,21 +191,9 @@ pub(super) fn put_isohybrid_mbr(
     label: &str,
     now: i64,
 ) -> Result<(), Error> {
-    let Some((data, lba)) = plan.bios_boot else {
+    let Some((head, path, lba)) = bios_image_head(plan, tree, 0x44)? else {
         return Ok(());
     };
-    let path = tree
-        .data
-        .get(data)
-        .map(|d| d.path.clone())
-        .ok_or(Error::Layout("the BIOS boot image is not in the tree"))?;
-    let mut head = [0u8; 0x44];
-    std::fs::File::open(&path)
-        .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))
-        .map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })?;
     check_hybrid_capable(&head, &path)?;
     let id = label
         .bytes()
@@ -147,6 +204,41 @@ pub(super) fn put_isohybrid_mbr(
     let mbr = isohybrid_mbr(code, lba, id, u64::from(plan.total_sectors), plan.efi_boot);
     if let Some(area) = plan.metadata.get_mut(..mbr.len()) {
         area.copy_from_slice(&mbr);
+    }
+    Ok(())
+}
+
+/// Checks that the BIOS boot image is a GRUB El Torito image (`grub-mkimage -O
+/// i386-pc-eltorito`), whose copy `--grub2-boot-info` may write into; then writes GRUB's
+/// hybrid MBR ([`grub2_mbr`], boot code `code`) into the first sector of `plan`, if given.
+pub(super) fn check_grub2_image_and_put_mbr(
+    plan: &mut super::layout::Plan,
+    code: Option<&[u8]>,
+    tree: &Tree,
+) -> Result<(), Error> {
+    let (at, segment) = GRUB2_DISKBOOT_SEGMENT;
+    let Some((head, path, lba)) = bios_image_head(plan, tree, at + 2)? else {
+        return Ok(());
+    };
+    let found = head
+        .get(at..at + 2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]));
+    if found != Some(segment) {
+        return Err(Error::Boot {
+            what: "BIOS boot image",
+            path,
+            why: format!(
+                "not GRUB's El Torito image (eltorito.img, from grub-mkimage -O \
+                 i386-pc-eltorito): no diskboot.img blocklist at byte {GRUB2_BOOT_INFO} for \
+                 --grub2-boot-info to write"
+            ),
+        });
+    }
+    if let Some(code) = code {
+        let mbr = grub2_mbr(code, lba, u64::from(plan.total_sectors));
+        if let Some(area) = plan.metadata.get_mut(..mbr.len()) {
+            area.copy_from_slice(&mbr);
+        }
     }
     Ok(())
 }
@@ -188,15 +280,14 @@ pub(super) fn isohybrid_mbr(
     v[432..436].copy_from_slice(&boot_lba.wrapping_mul(4).to_le_bytes());
     v[440..444].copy_from_slice(&id.to_le_bytes());
     let sectors = image_sectors * (SECTOR_SIZE / 512);
-    let chs = |s: u64| -> [u8; 3] {
+    // isohybrid keeps head and sector past cylinder 1023
+    let chs = |s: u64| {
         let cyl = (s / (HEADS * SECTORS_PER_TRACK)).min(1023);
-        let head = (s / SECTORS_PER_TRACK) % HEADS;
-        let sector = s % SECTORS_PER_TRACK + 1;
-        [
-            head as u8,
-            (sector as u8) | ((cyl >> 2) as u8 & 0xC0),
-            cyl as u8,
-        ]
+        chs_bytes(
+            cyl,
+            (s / SECTORS_PER_TRACK) % HEADS,
+            s % SECTORS_PER_TRACK + 1,
+        )
     };
     let p = &mut v[446..462];
     p[0] = 0x80;
@@ -213,6 +304,70 @@ pub(super) fn isohybrid_mbr(
         let sectors = u32::try_from(size.div_ceil(512)).unwrap_or(u32::MAX);
         p[12..16].copy_from_slice(&sectors.to_le_bytes());
     }
+    v[510] = 0x55;
+    v[511] = 0xAA;
+    v
+}
+
+/// A CHS address as a partition entry holds it: head, sector with the cylinder's bits 8-9,
+/// the cylinder's bits 0-7.
+fn chs_bytes(cyl: u64, head: u64, sector: u64) -> [u8; 3] {
+    [
+        head as u8,
+        (sector as u8 & 0x3F) | ((cyl >> 2) as u8 & 0xC0),
+        cyl as u8,
+    ]
+}
+
+/// The disk geometry (heads, sectors a track) xorriso gives an image of `sectors` 512-byte
+/// sectors: 64 heads of 32 sectors while 1024 cylinders of them reach (1 GiB); else the
+/// fewest heads, at most 255, that reach with 32 sectors a track, then with 63 (heads a
+/// multiple of 4 there, so that a cylinder is whole 2 KiB sectors); else 255 and 63.
+fn xorriso_geometry(sectors: u64) -> (u64, u64) {
+    if sectors <= HEADS * SECTORS_PER_TRACK * 1024 {
+        return (HEADS, SECTORS_PER_TRACK);
+    }
+    for per_track in [32u64, 63] {
+        let mut heads = sectors.div_ceil(per_track * 1024);
+        if per_track % 2 == 1 {
+            heads = heads.next_multiple_of(4);
+        }
+        if heads <= 255 {
+            return (heads, per_track);
+        }
+    }
+    (255, 63)
+}
+
+/// GRUB's hybrid MBR, as xorriso writes it for grub-mkrescue (`--grub2-mbr` with
+/// `--protective-msdos-label`): the boot code, the 512-byte sector of GRUB's core image (the
+/// boot image's sector × 4 + 4, the core image following cdboot.img's 2048 bytes) at 0x1B0,
+/// and one active partition of type 0xCD from the second 512-byte sector to the end of the
+/// image of `image_sectors` 2048-byte sectors, its CHS end in xorriso's geometry
+/// ([`xorriso_geometry`]; past cylinder 1023 the largest address).
+pub(super) fn grub2_mbr(code: &[u8], boot_lba: u32, image_sectors: u64) -> Vec<u8> {
+    let mut v = vec![0u8; 512];
+    let n = code.len().min(MBR_PARTITIONS);
+    v[..n].copy_from_slice(&code[..n]);
+    let core = u64::from(boot_lba) * 4 + 4;
+    v[GRUB2_MBR_CORE..GRUB2_MBR_CORE + 8].copy_from_slice(&core.to_le_bytes());
+    let sectors = image_sectors * (SECTOR_SIZE / 512);
+    let (heads, per_track) = xorriso_geometry(sectors);
+    let last = sectors.clamp(2, 0xFFFF_FFFC) - 1;
+    let cyl = last / (heads * per_track);
+    let end = if cyl >= 1024 {
+        chs_bytes(1023, heads - 1, per_track)
+    } else {
+        let rest = last % (heads * per_track);
+        chs_bytes(cyl, rest / per_track, rest % per_track + 1)
+    };
+    let p = &mut v[MBR_PARTITIONS..MBR_PARTITIONS + 16];
+    p[0] = 0x80;
+    p[1..4].copy_from_slice(&chs_bytes(0, 0, 2));
+    p[4] = GRUB2_PARTITION_TYPE;
+    p[5..8].copy_from_slice(&end);
+    p[8..12].copy_from_slice(&1u32.to_le_bytes());
+    p[12..16].copy_from_slice(&(last as u32).to_le_bytes());
     v[510] = 0x55;
     v[511] = 0xAA;
     v
@@ -395,7 +550,18 @@ pub(super) fn resolve(tree: &Tree, boot: &Boot, src: &Path) -> Result<Option<Res
                     format!("{size} bytes; a boot info table needs at least 64"),
                 ));
             }
-            if boot.info_table && size > MAX_INFO_TABLE_FILE {
+            if boot.grub2_boot_info && size < GRUB2_IMAGE_MIN {
+                return Err(boot_error(
+                    what,
+                    src,
+                    rel,
+                    format!(
+                        "{size} bytes; not GRUB's El Torito image (eltorito.img), which \
+                         --grub2-boot-info writes into at byte {GRUB2_BOOT_INFO}"
+                    ),
+                ));
+            }
+            if (boot.info_table || boot.grub2_boot_info) && size > MAX_INFO_TABLE_FILE {
                 return Err(boot_error(
                     what,
                     src,
@@ -485,6 +651,34 @@ pub(super) fn catalog(bios: Option<(u32, u16)>, efi: Option<(u32, u16)>) -> Vec<
         v[3 * ENTRY..4 * ENTRY].copy_from_slice(&entry(lba, sectors));
     }
     v
+}
+
+/// What goes into the image's copy of the BIOS boot image ([`Tree::data`] entry `data`,
+/// starting at sector `lba`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patch {
+    pub data: usize,
+    pub lba: u32,
+    /// The boot info table ([`put_info_table`]).
+    pub info_table: bool,
+    /// GRUB's core image sector ([`GRUB2_BOOT_INFO`]).
+    pub grub2_boot_info: bool,
+}
+
+impl Patch {
+    /// Writes into `file`, the image's copy of the boot image: GRUB's core image sector
+    /// first, as xorriso does, so that the info table's sum counts it.
+    pub fn apply(&self, file: &mut [u8], pvd_lba: u32) {
+        if self.grub2_boot_info {
+            let rest = u64::from(self.lba) * 4 + 5;
+            if let Some(at) = file.get_mut(GRUB2_BOOT_INFO..GRUB2_BOOT_INFO + 8) {
+                at.copy_from_slice(&rest.to_le_bytes());
+            }
+        }
+        if self.info_table {
+            put_info_table(file, pvd_lba, self.lba);
+        }
+    }
 }
 
 /// Writes the boot info table (56 bytes at offset 8: the primary volume descriptor's sector,
@@ -635,6 +829,64 @@ mod tests {
         assert_eq!(efi_sectors(65535 * 512), 65535);
         assert_eq!(efi_sectors(65535 * 512 + 1), 0);
         assert_eq!(efi_sectors(513), 2);
+    }
+
+    /// The partition entries xorriso 1.5.4 wrote (`--grub2-mbr` with
+    /// `--protective-msdos-label`) for images of these sizes in bytes: 64 heads up to 1 GiB,
+    /// then more heads of 32 sectors, then heads of 63 sectors.
+    #[test]
+    fn the_grub2_mbr_is_what_xorriso_writes() {
+        let cases: &[(u64, &str)] = &[
+            (9_500_672, "80000200cd031c09010000007b480000"),
+            (629_553_152, "80000200cd189c58010000001bc31200"),
+            (1_048_983_552, "80000200cd18dce8010000001b431f00"),
+            (1_073_100_800, "80000200cd18dcff010000001bfb1f00"),
+            (1_080_440_832, "80000200cd22dcf6010000001b332000"),
+            (1_258_698_752, "80000200cd40dcf2010000001b832500"),
+            (2_097_559_552, "80000200cd08dcf8010000001b833e00"),
+            (4_194_711_552, "80000200cd04dcfc010000001b037d00"),
+            (4_289_083_392, "80000200cd2ec6ef010000001bd37f00"),
+            (6_291_863_552, "80000200cdb4d0f7010000001b83bb00"),
+        ];
+        let code: Vec<u8> = (0..512u32).map(|i| (i % 251) as u8).collect();
+        for &(bytes, entry) in cases {
+            let mbr = grub2_mbr(&code, 1396, bytes / 2048);
+            let hex: String = mbr[446..462].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, entry, "{bytes} bytes");
+            assert_eq!(&mbr[..0x1B0], &code[..0x1B0]);
+            assert_eq!(&mbr[0x1B0..0x1B8], &(1396u64 * 4 + 4).to_le_bytes());
+            assert_eq!(
+                &mbr[0x1B8..446],
+                &code[0x1B8..446],
+                "the disk signature is the file's"
+            );
+            assert!(mbr[462..510].iter().all(|&b| b == 0));
+            assert_eq!(&mbr[510..], &[0x55, 0xAA]);
+        }
+        // Past 255 heads of 63 sectors (8.4 GB): the largest CHS address.
+        let mbr = grub2_mbr(&code, 20, 5_000_000);
+        assert_eq!(&mbr[451..454], &[0xFE, 0xFF, 0xFF]);
+    }
+
+    #[test]
+    fn the_grub2_boot_info_goes_in_before_the_info_table_sums() {
+        let mut f = vec![0u8; 3000];
+        let patch = Patch {
+            data: 0,
+            lba: 100,
+            info_table: true,
+            grub2_boot_info: true,
+        };
+        patch.apply(&mut f, 16);
+        assert_eq!(&f[2548..2556], &405u64.to_le_bytes());
+        assert_eq!(&f[20..24], &405u32.to_le_bytes(), "the sum counts it");
+        let mut g = vec![0u8; 3000];
+        Patch {
+            grub2_boot_info: false,
+            ..patch
+        }
+        .apply(&mut g, 16);
+        assert!(g[2548..2556].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -262,7 +262,11 @@ pub fn build(
         });
     }
     let mbr_code = match &opts.boot.isohybrid_mbr {
-        Some(path) => Some(boot::read_mbr_code(path)?),
+        Some(path) => Some(boot::read_mbr_code(path, boot::MbrKind::Isohybrid)?),
+        None => None,
+    };
+    let grub2_mbr_code = match &opts.boot.grub2_mbr {
+        Some(path) => Some(boot::read_mbr_code(path, boot::MbrKind::Grub2)?),
         None => None,
     };
     let now = opts.source_date_epoch.unwrap_or_else(unix_now);
@@ -277,6 +281,9 @@ pub fn build(
     let mut plan = layout::plan(&tree, opts, now, &mut warnings, src)?;
     if let Some(code) = &mbr_code {
         boot::put_isohybrid_mbr(&mut plan, code, &tree, &opts.label, now)?;
+    }
+    if opts.boot.grub2_boot_info {
+        boot::check_grub2_image_and_put_mbr(&mut plan, grub2_mbr_code.as_deref(), &tree)?;
     }
     target.write(&tree, &plan, progress)?;
     Ok(Report {

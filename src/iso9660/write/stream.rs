@@ -126,8 +126,8 @@ pub(super) fn write_image(
     for (i, (f, &off)) in tree.data.iter().zip(&plan.data_offsets).enumerate() {
         if let Some((_, bytes)) = plan.generated.iter().find(|(d, _)| *d == i) {
             w.generated(bytes, off)?;
-        } else if let Some(&(_, lba)) = plan.info_table.iter().find(|(d, _)| *d == i) {
-            w.with_info_table(&f.path, f.size, off, lba)?;
+        } else if let Some(patch) = plan.patch.filter(|p| p.data == i) {
+            w.patched(&f.path, f.size, off, patch)?;
         } else {
             w.file(&f.path, f.size, off)?;
         }
@@ -261,14 +261,14 @@ impl DataWriter<'_, '_> {
         Ok(())
     }
 
-    /// A BIOS boot image, read whole into the batch and given its boot info table there
-    /// (the layout's first sector is the primary volume descriptor's).
-    fn with_info_table(
+    /// A BIOS boot image, read whole into the batch and patched there (the layout's first
+    /// sector is the primary volume descriptor's).
+    fn patched(
         &mut self,
         path: &Path,
         size: u64,
         offset: u64,
-        lba: u32,
+        patch: super::boot::Patch,
     ) -> Result<(), Error> {
         let src = open_source(path)?;
         check_size(&src, path, size)?;
@@ -276,7 +276,7 @@ impl DataWriter<'_, '_> {
         self.small(&src, path, len, offset)?;
         let at = (offset - self.batch_start) as usize;
         if let Some(file) = self.batch.get_mut(at..at + len) {
-            super::boot::put_info_table(file, FIRST_DESCRIPTOR_SECTOR as u32, lba);
+            patch.apply(file, FIRST_DESCRIPTOR_SECTOR as u32);
         }
         self.done += size;
         self.report();
