@@ -57,6 +57,8 @@ pub enum Error {
     Udf { offset: u64, why: String },
     #[error("{path}: interleaved files are not supported")]
     Interleaved { path: String },
+    #[error("{path}: compressed (zisofs): {why}")]
+    Compressed { path: String, why: String },
 }
 
 fn at_offset(offset: u64) -> String {

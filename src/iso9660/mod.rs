@@ -13,6 +13,7 @@ pub mod source;
 pub mod susp;
 mod udf;
 pub mod write;
+mod zisofs;
 
 pub use descriptor::Fs;
 pub use error::Error;

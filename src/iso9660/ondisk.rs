@@ -107,9 +107,33 @@ pub mod sig {
     pub const RE: [u8; 2] = *b"RE";
     pub const TF: [u8; 2] = *b"TF";
     pub const SF: [u8; 2] = *b"SF";
+    /// zisofs: the file's data is compressed (not part of RRIP; Linux reads it).
+    pub const ZF: [u8; 2] = *b"ZF";
+    /// zisofs2 (xorriso's successor of zisofs: 64-bit sizes and pointers).
+    pub const Z2: [u8; 2] = *b"Z2";
 
     /// The Rock Ridge entries (any of them marks a record as using RRIP).
     pub const RRIP: [[u8; 2]; 10] = [RR, PX, PN, SL, NM, CL, PL, RE, TF, SF];
+}
+
+/// zisofs, H. Peter Anvin's compressed files (`mkisofs -z`, `xorriso -zisofs`), as libisofs's
+/// doc/zisofs_format.txt describes them: a ZF entry gives the algorithm, the header's size in
+/// 4-byte words, log2 of the block size and the uncompressed size; the data is a 16-byte
+/// header, one 32-bit little-endian pointer per block and one past the last, then each block
+/// as a zlib stream (none for a block of zeros).
+///
+/// zisofs2 (libisofs's doc/zisofs2_format.txt), marked by a Z2 entry of the same layout with a
+/// 64-bit little-endian size, has 64-bit pointers and names zlib "PZ" (its other compressors,
+/// xz, lz4, zstd and bzip2, are not read here).
+pub mod zisofs {
+    /// The one algorithm of zisofs version 1: zlib.
+    pub const ZLIB: [u8; 2] = *b"pz";
+    /// zlib as zisofs2 names it.
+    pub const ZLIB2: [u8; 2] = *b"PZ";
+    /// Block sizes readers must handle: 32, 64 and 128 KiB.
+    pub const LOG2_BLOCK: std::ops::RangeInclusive<u8> = 15..=17;
+    /// zisofs2's block sizes: 32 KiB to 1 MiB.
+    pub const LOG2_BLOCK2: std::ops::RangeInclusive<u8> = 15..=20;
 }
 
 /// The SP entry's check bytes (SUSP 5.3).

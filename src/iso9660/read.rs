@@ -198,6 +198,8 @@ pub struct Entry {
     pub id: u64,
     pub(super) extents: Extents,
     pub(super) interleaved: bool,
+    /// The data is compressed (zisofs); `size` is the uncompressed size.
+    pub(super) zisofs: Option<super::susp::Zisofs>,
 }
 
 impl Entry {
@@ -710,7 +712,9 @@ impl<R: ReadAt> Image<R> {
                 if ident == rec.identifier {
                     let e = file_extent(&rec);
                     entry.extents.push_checked(e)?;
-                    entry.size += e.len;
+                    if entry.zisofs.is_none() {
+                        entry.size += e.len;
+                    }
                     if rec.flags & file_flags::MULTI_EXTENT != 0 {
                         pending = Some((ident, entry));
                     } else {
@@ -1014,6 +1018,20 @@ impl<R: ReadAt> Image<R> {
                 path: file.name_lossy(),
             });
         }
+        match file.zisofs {
+            Some(z) => super::zisofs::read_at(
+                z,
+                &file.name_lossy(),
+                |at, b| self.read_stored(file, at, b),
+                offset,
+                buf,
+            ),
+            None => self.read_stored(file, offset, buf),
+        }
+    }
+
+    /// Reads the bytes stored for `file` at `offset` (compressed ones as they are).
+    fn read_stored(&self, file: &Entry, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let mut done = 0usize;
         let mut logical = 0u64;
         for ext in file.extents.as_slice() {
@@ -1156,12 +1174,14 @@ fn make_entry(rec: &Record<'_>, name: OsString, rr: Option<&RockRidge>, id: u64)
         Kind::Symlink => rr.and_then(|r| r.target.clone()).map(OsString::from_vec),
         _ => None,
     };
+    let zisofs = rr.and_then(|r| r.zisofs).filter(|_| kind == Kind::File);
     Entry {
         name,
         kind,
-        size: match kind {
-            Kind::Symlink => target.as_ref().map_or(0, |t| t.len() as u64),
-            Kind::Other => 0,
+        size: match (kind, zisofs) {
+            (Kind::Symlink, _) => target.as_ref().map_or(0, |t| t.len() as u64),
+            (Kind::Other, _) => 0,
+            (_, Some(z)) => z.size,
             _ => ext.len,
         },
         mode: perm.unwrap_or(default_perm),
@@ -1180,6 +1200,7 @@ fn make_entry(rec: &Record<'_>, name: OsString, rr: Option<&RockRidge>, id: u64)
             _ => Extents::None,
         },
         interleaved: rec.file_unit_size != 0,
+        zisofs,
     }
 }
 

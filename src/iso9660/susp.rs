@@ -57,10 +57,23 @@ pub struct RockRidge {
     pub parent_link: Option<u32>,
     /// RE: this is the relocated directory itself; hide it where it stands.
     pub relocated: bool,
+    /// ZF: the data is compressed (zisofs).
+    pub zisofs: Option<Zisofs>,
     /// Some RRIP entry other than SP/ER/CE/ST was present.
     pub any_rrip: bool,
     /// A name or target was refused (too long); the record falls back to its ISO9660 name.
     pub refused: Option<&'static str>,
+}
+
+/// A ZF or Z2 entry: how a file's data is compressed, and its size uncompressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Zisofs {
+    /// zisofs2 (a Z2 entry): 64-bit block pointers.
+    pub version2: bool,
+    pub algorithm: [u8; 2],
+    pub header_words: u8,
+    pub log2_block: u8,
+    pub size: u64,
 }
 
 /// Why a system use field could not be followed.
@@ -296,6 +309,25 @@ fn entry(signature: [u8; 2], e: &[u8], acc: &mut Acc, ce: &mut Option<Continuati
         }
         sig::CL => {
             rr.child_link = both32(e, 4).map(|v| v.0);
+        }
+        sig::ZF | sig::Z2 => {
+            let version2 = signature == sig::Z2;
+            let size = if version2 {
+                e.get(8..16)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+            } else {
+                both32(e, 8).map(|v| u64::from(v.0))
+            };
+            if let (Some(&[a, b, header_words, log2_block]), Some(size)) = (e.get(4..8), size) {
+                rr.zisofs = Some(Zisofs {
+                    version2,
+                    algorithm: [a, b],
+                    header_words,
+                    log2_block,
+                    size,
+                });
+            }
         }
         sig::PL => {
             rr.parent_link = both32(e, 4).map(|v| v.0);

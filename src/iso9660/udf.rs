@@ -641,6 +641,7 @@ impl Udf {
             id: b.at,
             extents,
             interleaved: false,
+            zisofs: None,
         };
         if kind == Kind::Symlink {
             let target = self.symlink_target(src, &entry)?;
