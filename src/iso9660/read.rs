@@ -199,7 +199,7 @@ pub struct Entry {
     pub(super) extents: Extents,
     pub(super) interleaved: bool,
     /// The data is compressed (zisofs); `size` is the uncompressed size.
-    pub(super) zisofs: Option<super::susp::Zisofs>,
+    pub(super) zisofs: Option<super::susp::ZisofsParams>,
 }
 
 impl Entry {
@@ -1021,6 +1021,7 @@ impl<R: ReadAt> Image<R> {
         match file.zisofs {
             Some(z) => super::zisofs::read_at(
                 z,
+                file.size,
                 &file.name_lossy(),
                 |at, b| self.read_stored(file, at, b),
                 offset,
@@ -1200,7 +1201,7 @@ fn make_entry(rec: &Record<'_>, name: OsString, rr: Option<&RockRidge>, id: u64)
             _ => Extents::None,
         },
         interleaved: rec.file_unit_size != 0,
-        zisofs,
+        zisofs: zisofs.map(|z| z.params),
     }
 }
 

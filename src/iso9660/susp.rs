@@ -57,7 +57,7 @@ pub struct RockRidge {
     pub parent_link: Option<u32>,
     /// RE: this is the relocated directory itself; hide it where it stands.
     pub relocated: bool,
-    /// ZF: the data is compressed (zisofs).
+    /// ZF or Z2: the data is compressed (zisofs, zisofs2).
     pub zisofs: Option<Zisofs>,
     /// Some RRIP entry other than SP/ER/CE/ST was present.
     pub any_rrip: bool,
@@ -68,12 +68,19 @@ pub struct RockRidge {
 /// A ZF or Z2 entry: how a file's data is compressed, and its size uncompressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Zisofs {
+    pub params: ZisofsParams,
+    pub size: u64,
+}
+
+/// How a zisofs file is compressed: what its entry keeps beside its size (6 bytes, so that
+/// entries stay as small as they were).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZisofsParams {
     /// zisofs2 (a Z2 entry): 64-bit block pointers.
     pub version2: bool,
     pub algorithm: [u8; 2],
     pub header_words: u8,
     pub log2_block: u8,
-    pub size: u64,
 }
 
 /// Why a system use field could not be followed.
@@ -321,10 +328,12 @@ fn entry(signature: [u8; 2], e: &[u8], acc: &mut Acc, ce: &mut Option<Continuati
             };
             if let (Some(&[a, b, header_words, log2_block]), Some(size)) = (e.get(4..8), size) {
                 rr.zisofs = Some(Zisofs {
-                    version2,
-                    algorithm: [a, b],
-                    header_words,
-                    log2_block,
+                    params: ZisofsParams {
+                        version2,
+                        algorithm: [a, b],
+                        header_words,
+                        log2_block,
+                    },
                     size,
                 });
             }

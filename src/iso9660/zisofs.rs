@@ -8,7 +8,7 @@
 
 use super::error::{Error, Result};
 use super::ondisk::zisofs::{LOG2_BLOCK, LOG2_BLOCK2, ZLIB, ZLIB2};
-use super::susp::Zisofs;
+use super::susp::ZisofsParams;
 use flate2::{Decompress, FlushDecompress, Status};
 
 /// The most a zlib stream of one block can take: deflate's stored blocks add 5 bytes per
@@ -17,11 +17,12 @@ fn max_stream(block: u64) -> u64 {
     block + block / 1024 + 64
 }
 
-/// Reads the uncompressed bytes of the zisofs file `path` (ZF entry `z`) at `offset` into
-/// `buf`; `stored(at, buf)` reads its stored (compressed) bytes. Returns fewer bytes than
-/// asked only at the end of the file.
+/// Reads the uncompressed bytes of the zisofs file `path` (compressed as `z` says, `size` bytes
+/// uncompressed) at `offset` into `buf`; `stored(at, buf)` reads its stored (compressed) bytes.
+/// Returns fewer bytes than asked only at the end of the file.
 pub(super) fn read_at(
-    z: Zisofs,
+    z: ZisofsParams,
+    size: u64,
     path: &str,
     mut stored: impl FnMut(u64, &mut [u8]) -> Result<usize>,
     offset: u64,
@@ -52,7 +53,6 @@ pub(super) fn read_at(
             sizes.end()
         )));
     }
-    let size = z.size;
     if offset >= size || buf.is_empty() {
         return Ok(0);
     }
@@ -179,13 +179,12 @@ mod tests {
         out
     }
 
-    fn zf(size: usize, log2: u8) -> Zisofs {
-        Zisofs {
+    fn zf(log2: u8) -> ZisofsParams {
+        ZisofsParams {
             version2: false,
             algorithm: *b"pz",
             header_words: 4,
             log2_block: log2,
-            size: size as u64,
         }
     }
 
@@ -213,7 +212,15 @@ mod tests {
             (200_000, 10),
         ] {
             let mut buf = vec![0xAAu8; len];
-            let n = read_at(zf(data.len(), 15), "f", reader(&stored), offset, &mut buf).unwrap();
+            let n = read_at(
+                zf(15),
+                data.len() as u64,
+                "f",
+                reader(&stored),
+                offset,
+                &mut buf,
+            )
+            .unwrap();
             let want = &data[(offset as usize).min(data.len())..];
             let want = &want[..want.len().min(len)];
             assert_eq!(n, want.len(), "{offset}+{len}");
@@ -231,24 +238,26 @@ mod tests {
         let first = u32::from_le_bytes(good[16..20].try_into().unwrap()) as usize;
         garbled[first..first + 8].fill(0xFF);
         let cut = good[..good.len() - 100].to_vec();
-        let cases: [(&[u8], Zisofs, &str); 6] = [
-            (&backwards, zf(data.len(), 15), "pointers"),
-            (&garbled, zf(data.len(), 15), "zlib"),
-            (&cut, zf(data.len(), 15), "run past"),
-            (&good, zf(data.len() + 5000, 15), "block 3"),
-            (&good, zf(data.len(), 18), "2^18"),
+        let n = data.len() as u64;
+        let cases: [(&[u8], ZisofsParams, u64, &str); 6] = [
+            (&backwards, zf(15), n, "pointers"),
+            (&garbled, zf(15), n, "zlib"),
+            (&cut, zf(15), n, "run past"),
+            (&good, zf(15), n + 5000, "block 3"),
+            (&good, zf(18), n, "2^18"),
             (
                 &good,
-                Zisofs {
+                ZisofsParams {
                     algorithm: *b"xz",
-                    ..zf(data.len(), 15)
+                    ..zf(15)
                 },
+                n,
                 "xz",
             ),
         ];
-        for (stored, z, why) in cases {
+        for (stored, z, size, why) in cases {
             let mut buf = vec![0u8; data.len()];
-            let e = read_at(z, "dir/f.bin", reader(stored), 0, &mut buf)
+            let e = read_at(z, size, "dir/f.bin", reader(stored), 0, &mut buf)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("dir/f.bin") && e.contains(why), "{why}: {e}");

@@ -333,7 +333,7 @@ impl DataWriter<'_, '_> {
         let mut cfr_to = self.out.random().map(AsRawFd::as_raw_fd);
         let mut buf = Vec::new();
         // Asked to be read ahead up to here: the chunk after the one being copied, so that
-        // the disk reads it while this one is copied (a third faster from a cold cache).
+        // from a cold cache the disk reads it while this one is copied.
         let mut ahead = from;
         while from < end {
             let want = (end - from).min(COPY_CHUNK);
