@@ -956,4 +956,27 @@ fn serves_zisofs_compressed_files_as_they_were() {
         sha256(&mnt.join("z32/text.txt")),
         sha256(&src.join("text.txt"))
     );
+
+    // text.txt's Z2 entry claiming 2^64 - 1 bytes: the size shown is what its stored
+    // pointers can cover (a few MiB), not that, and its first block still reads.
+    let (iso2, _) = &images[3];
+    let mut bytes = fs::read(iso2).expect("read");
+    let at = bytes
+        .windows(16)
+        .position(|w| w[..6] == *b"Z2\x10\x02PZ" && w[8..] == (text.len() as u64).to_le_bytes())
+        .expect("text.txt's Z2 entry");
+    bytes[at + 8..at + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let huge = tmp.path().join("huge.iso");
+    fs::write(&huge, &bytes).expect("write");
+    m.driver().add("huge", open_image(&huge)).expect("adding");
+    let len = fs::metadata(mnt.join("huge/text.txt")).expect("stat").len();
+    let (stored, _) = isoinfo_stored(&huge, "/", "text.txt");
+    assert!(
+        len > text.len() as u64 && len <= stored / 8 * (1 << 20),
+        "{len} from {stored} stored bytes"
+    );
+    let mut head = vec![0u8; 4096];
+    let f = File::open(mnt.join("huge/text.txt")).expect("open");
+    let n = f.read_at(&mut head, 0).expect("the start reads");
+    assert!(head[..n] == text[..n]);
 }

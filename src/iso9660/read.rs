@@ -1182,7 +1182,7 @@ fn make_entry(rec: &Record<'_>, name: OsString, rr: Option<&RockRidge>, id: u64)
         size: match (kind, zisofs) {
             (Kind::Symlink, _) => target.as_ref().map_or(0, |t| t.len() as u64),
             (Kind::Other, _) => 0,
-            (_, Some(z)) => z.size,
+            (_, Some(z)) => z.size.min(z.params.max_size(ext.len)),
             _ => ext.len,
         },
         mode: perm.unwrap_or(default_perm),

@@ -83,6 +83,26 @@ pub struct ZisofsParams {
     pub log2_block: u8,
 }
 
+impl ZisofsParams {
+    /// Bytes of one block pointer.
+    pub fn pointer_bytes(self) -> u64 {
+        if self.version2 {
+            8
+        } else {
+            4
+        }
+    }
+
+    /// The largest size a file of `stored` bytes can have uncompressed: as many blocks as
+    /// pointers fit after the header, less the one past the last. A size claimed beyond it
+    /// is cut to it, so that an entry cannot make a file of any size out of a few bytes.
+    pub fn max_size(self, stored: u64) -> u64 {
+        let table = stored.saturating_sub(u64::from(self.header_words) * 4);
+        let blocks = (table / self.pointer_bytes()).saturating_sub(1);
+        blocks.saturating_mul(1u64 << self.log2_block.min(32))
+    }
+}
+
 /// Why a system use field could not be followed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SuspError {

@@ -32,10 +32,11 @@ pub(super) fn read_at(
         path: path.to_string(),
         why,
     };
-    let (zlib, sizes, pointer) = if z.version2 {
-        (ZLIB2, LOG2_BLOCK2, 8u64)
+    let pointer = z.pointer_bytes();
+    let (zlib, sizes) = if z.version2 {
+        (ZLIB2, LOG2_BLOCK2)
     } else {
-        (ZLIB, LOG2_BLOCK, 4)
+        (ZLIB, LOG2_BLOCK)
     };
     if z.algorithm != zlib {
         return Err(bad(format!(
@@ -226,6 +227,29 @@ mod tests {
             assert_eq!(n, want.len(), "{offset}+{len}");
             assert!(buf[..n] == *want, "{offset}+{len}");
         }
+    }
+
+    #[test]
+    fn a_size_is_at_most_what_the_pointers_stored_can_cover() {
+        let z = zf(15);
+        // 16-byte header, 4 pointers: 3 blocks of 32 KiB
+        assert_eq!(z.max_size(16 + 16), 3 * 32768);
+        assert_eq!(z.max_size(10), 0);
+        let z2 = ZisofsParams {
+            version2: true,
+            header_words: 6,
+            log2_block: 20,
+            ..z
+        };
+        assert_eq!(z2.max_size(24 + 8 * 257), 256 << 20);
+        assert_eq!(
+            ZisofsParams {
+                log2_block: 255,
+                ..z
+            }
+            .max_size(u64::MAX),
+            u64::MAX
+        );
     }
 
     #[test]
