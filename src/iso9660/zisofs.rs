@@ -11,8 +11,9 @@ use super::ondisk::zisofs::{LOG2_BLOCK, LOG2_BLOCK2, ZLIB, ZLIB2};
 use super::susp::ZisofsParams;
 use flate2::{Decompress, FlushDecompress, Status};
 
-/// The most a zlib stream of one block can take: deflate's stored blocks add 5 bytes per
-/// 16 KiB, zlib 6 more; anything above this is not a block of this file.
+/// The most a zlib stream of one block can take, with room to spare: deflate's stored blocks
+/// add 5 bytes per 64 KiB at worst, zlib 6 more; anything above this is not a block of this
+/// file.
 fn max_stream(block: u64) -> u64 {
     block + block / 1024 + 64
 }
