@@ -668,40 +668,19 @@ fn grafts_put_files_and_directories_from_elsewhere_into_the_image() {
 
     // The same tree assembled by hand.
     let want_dir = t.join("want");
-    run(
-        "cp",
-        &["-a", src.to_str().unwrap(), want_dir.to_str().unwrap()],
-    );
+    let cp = |from: &Path, to: &Path| {
+        run("cp", &["-a", from.to_str().unwrap(), to.to_str().unwrap()]);
+    };
+    cp(&src, &want_dir);
     let w = |p: &str| want_dir.join(p);
-    run(
-        "cp",
-        &[
-            "-a",
-            &x("isolinux.cfg"),
-            w("isolinux/isolinux.cfg").to_str().unwrap(),
-        ],
-    );
+    cp(&extra.join("isolinux.cfg"), &w("isolinux/isolinux.cfg"));
     fs::remove_dir_all(w("docs")).unwrap();
-    run("cp", &["-a", &x("docs"), w("docs").to_str().unwrap()]);
-    run("cp", &["-a", &x("ks"), w("kickstart").to_str().unwrap()]);
+    cp(&extra.join("docs"), &w("docs"));
+    cp(&extra.join("ks"), &w("kickstart"));
     fs::create_dir(w("kickstart/extra")).unwrap();
-    run(
-        "cp",
-        &[
-            "-a",
-            &x("isolinux.cfg"),
-            w("kickstart/extra/late.cfg").to_str().unwrap(),
-        ],
-    );
+    cp(&extra.join("isolinux.cfg"), &w("kickstart/extra/late.cfg"));
     fs::create_dir_all(w("new/deep/dir")).unwrap();
-    run(
-        "cp",
-        &[
-            "-a",
-            &x("ks/ks.cfg"),
-            w("new/deep/dir/ks.cfg").to_str().unwrap(),
-        ],
-    );
+    cp(&extra.join("ks/ks.cfg"), &w("new/deep/dir/ks.cfg"));
     let mut want = describe_fs(&want_dir);
     for made in ["/kickstart/extra", "/new", "/new/deep", "/new/deep/dir"] {
         let d = want.get_mut(made).unwrap();

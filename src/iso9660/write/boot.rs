@@ -13,7 +13,7 @@
 //! isolinux's ([`isohybrid_mbr`], as syslinux's isohybrid writes it) or GRUB's ([`grub2_mbr`],
 //! as grub-mkrescue has xorriso write it).
 
-use super::tree::{Kind, Meta, Node, NodeId, Tree};
+use super::tree::{Kind, Meta, NodeId, Tree};
 use super::Error;
 use crate::iso9660::ondisk::{boot_record, vd_type, SECTOR_SIZE, STANDARD_ID};
 use std::io::Read;
@@ -396,16 +396,7 @@ fn find(tree: &Tree, rel: &Path) -> Result<NodeId, &'static str> {
                 if !is_dir(tree, at) {
                     return Err("a path component is not a directory");
                 }
-                at = tree
-                    .children(at)
-                    .iter()
-                    .copied()
-                    .find(|&id| {
-                        tree.nodes
-                            .get(id)
-                            .is_some_and(|n| n.name == name.as_bytes())
-                    })
-                    .ok_or(NOT_IN_TREE)?;
+                at = super::tree::child_named(tree, at, name.as_bytes()).ok_or(NOT_IN_TREE)?;
             }
             Component::ParentDir | Component::Prefix(_) => {
                 return Err("a path inside the source tree may not use `..`")
@@ -465,33 +456,16 @@ pub fn add_catalog(tree: &mut Tree, boot: &Boot, src: &Path, now: i64) -> Result
     });
     let serial = tree.nodes.iter().map(|n| n.serial).max().unwrap_or(0) + 1;
     let id = tree.nodes.len();
-    tree.nodes.push(Node {
-        name: name.as_bytes().to_vec(),
-        parent,
-        meta: Meta {
-            mode: libc::S_IFREG | 0o444,
-            uid: 0,
-            gid: 0,
-            mtime: now,
-            atime: now,
-            ctime: now,
-        },
-        kind: Kind::File { data },
-        serial,
-        nlink: 1,
-    });
-    let at = tree.children(parent).partition_point(|&c| {
-        tree.nodes
-            .get(c)
-            .is_some_and(|n| n.name.as_slice() < name.as_bytes())
-    });
-    if let Some(Node {
-        kind: Kind::Dir { children },
-        ..
-    }) = tree.nodes.get_mut(parent)
-    {
-        children.insert(at, id);
-    }
+    let meta = Meta {
+        mode: libc::S_IFREG | 0o444,
+        uid: 0,
+        gid: 0,
+        mtime: now,
+        atime: now,
+        ctime: now,
+    };
+    super::tree::push_child(tree, parent, &name, meta, Kind::File { data }, serial);
+    super::tree::insert_child(tree, parent, id);
     Ok(())
 }
 
@@ -653,12 +627,9 @@ pub(super) fn catalog(bios: Option<(u32, u16)>, efi: Option<(u32, u16)>) -> Vec<
     v
 }
 
-/// What goes into the image's copy of the BIOS boot image ([`Tree::data`] entry `data`,
-/// starting at sector `lba`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What goes into the image's copy of the BIOS boot image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Patch {
-    pub data: usize,
-    pub lba: u32,
     /// The boot info table ([`put_info_table`]).
     pub info_table: bool,
     /// GRUB's core image sector ([`GRUB2_BOOT_INFO`]).
@@ -666,17 +637,22 @@ pub struct Patch {
 }
 
 impl Patch {
-    /// Writes into `file`, the image's copy of the boot image: GRUB's core image sector
-    /// first, as xorriso does, so that the info table's sum counts it.
-    pub fn apply(&self, file: &mut [u8], pvd_lba: u32) {
+    /// Whether anything goes in.
+    pub fn any(&self) -> bool {
+        self.info_table || self.grub2_boot_info
+    }
+
+    /// Writes into `file`, the image's copy of the boot image starting at sector `lba`:
+    /// GRUB's core image sector first, as xorriso does, so that the info table's sum counts it.
+    pub fn apply(&self, file: &mut [u8], pvd_lba: u32, lba: u32) {
         if self.grub2_boot_info {
-            let rest = u64::from(self.lba) * 4 + 5;
+            let rest = u64::from(lba) * 4 + 5;
             if let Some(at) = file.get_mut(GRUB2_BOOT_INFO..GRUB2_BOOT_INFO + 8) {
                 at.copy_from_slice(&rest.to_le_bytes());
             }
         }
         if self.info_table {
-            put_info_table(file, pvd_lba, self.lba);
+            put_info_table(file, pvd_lba, lba);
         }
     }
 }
@@ -872,12 +848,10 @@ mod tests {
     fn the_grub2_boot_info_goes_in_before_the_info_table_sums() {
         let mut f = vec![0u8; 3000];
         let patch = Patch {
-            data: 0,
-            lba: 100,
             info_table: true,
             grub2_boot_info: true,
         };
-        patch.apply(&mut f, 16);
+        patch.apply(&mut f, 16, 100);
         assert_eq!(&f[2548..2556], &405u64.to_le_bytes());
         assert_eq!(&f[20..24], &405u32.to_le_bytes(), "the sum counts it");
         let mut g = vec![0u8; 3000];
@@ -885,7 +859,7 @@ mod tests {
             grub2_boot_info: false,
             ..patch
         }
-        .apply(&mut g, 16);
+        .apply(&mut g, 16, 100);
         assert!(g[2548..2556].iter().all(|&b| b == 0));
     }
 

@@ -119,7 +119,7 @@ pub struct Plan {
     pub generated: Vec<(usize, Vec<u8>)>,
     /// What goes into the image's copy of the BIOS boot image (a boot info table, GRUB's
     /// core image sector).
-    pub patch: Option<super::boot::Patch>,
+    pub patch: super::boot::Patch,
     /// The BIOS boot image's [`Tree::data`] entry and first sector, for a hybrid MBR.
     pub bios_boot: Option<(usize, u32)>,
     /// The UEFI boot image's first sector and size in bytes, for an isohybrid MBR.
@@ -972,7 +972,6 @@ pub fn plan(
     );
     let mut next = FIRST_DESCRIPTOR_SECTOR + 1;
     let mut generated = Vec::new();
-    let mut patch = None;
     let mut bios_boot = None;
     let mut efi_boot = None;
     if let Some(b) = boot {
@@ -985,14 +984,6 @@ pub fn plan(
         put(next, &super::boot::record(lba_of(b.catalog)));
         next += 1;
         generated.push((b.catalog, super::boot::catalog(bios, efi)));
-        if opts.boot.info_table || opts.boot.grub2_boot_info {
-            patch = b.bios.map(|(data, _)| super::boot::Patch {
-                data,
-                lba: lba_of(data),
-                info_table: opts.boot.info_table,
-                grub2_boot_info: opts.boot.grub2_boot_info,
-            });
-        }
         bios_boot = b.bios.map(|(data, _)| (data, lba_of(data)));
         efi_boot = b.efi.map(|data| (lba_of(data), size_of(data)));
     }
@@ -1037,7 +1028,10 @@ pub fn plan(
         data_offsets,
         total_sectors: total,
         generated,
-        patch,
+        patch: super::boot::Patch {
+            info_table: opts.boot.info_table,
+            grub2_boot_info: opts.boot.grub2_boot_info,
+        },
         bios_boot,
         efi_boot,
     })

@@ -126,8 +126,8 @@ pub(super) fn write_image(
     for (i, (f, &off)) in tree.data.iter().zip(&plan.data_offsets).enumerate() {
         if let Some((_, bytes)) = plan.generated.iter().find(|(d, _)| *d == i) {
             w.generated(bytes, off)?;
-        } else if let Some(patch) = plan.patch.filter(|p| p.data == i) {
-            w.patched(&f.path, f.size, off, patch)?;
+        } else if let Some((_, lba)) = plan.bios_boot.filter(|&(d, _)| d == i && plan.patch.any()) {
+            w.patched(&f.path, f.size, off, plan.patch, lba)?;
         } else {
             w.file(&f.path, f.size, off)?;
         }
@@ -269,6 +269,7 @@ impl DataWriter<'_, '_> {
         size: u64,
         offset: u64,
         patch: super::boot::Patch,
+        lba: u32,
     ) -> Result<(), Error> {
         let src = open_source(path)?;
         check_size(&src, path, size)?;
@@ -276,7 +277,7 @@ impl DataWriter<'_, '_> {
         self.small(&src, path, len, offset)?;
         let at = (offset - self.batch_start) as usize;
         if let Some(file) = self.batch.get_mut(at..at + len) {
-            patch.apply(file, FIRST_DESCRIPTOR_SECTOR as u32);
+            patch.apply(file, FIRST_DESCRIPTOR_SECTOR as u32, lba);
         }
         self.done += size;
         self.report();

@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-/// Whether `path` (canonical) is the directory at `src` or inside it.
-/// The first of `sources` (the source tree and what is grafted into it) that `path` is inside.
+/// The first of `sources` (the source tree and what is grafted into it) that `path`
+/// (canonical) is, or is inside.
 fn inside_which<'a>(sources: &[&'a Path], path: &Path) -> Result<Option<&'a Path>, Error> {
     for src in sources {
         let src_canon = fs::canonicalize(src).map_err(|source| Error::Stat {

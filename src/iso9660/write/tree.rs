@@ -468,7 +468,7 @@ pub fn graft(
 }
 
 /// The child of directory `dir` named `name`.
-fn child_named(tree: &Tree, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+pub(super) fn child_named(tree: &Tree, dir: NodeId, name: &[u8]) -> Option<NodeId> {
     tree.children(dir)
         .iter()
         .copied()
@@ -476,7 +476,7 @@ fn child_named(tree: &Tree, dir: NodeId, name: &[u8]) -> Option<NodeId> {
 }
 
 /// Adds node `id` to directory `dir`'s children, in name order.
-fn insert_child(tree: &mut Tree, dir: NodeId, id: NodeId) {
+pub(super) fn insert_child(tree: &mut Tree, dir: NodeId, id: NodeId) {
     let name = tree
         .nodes
         .get(id)
@@ -573,7 +573,14 @@ fn count_file_links(tree: &mut Tree) {
     }
 }
 
-fn push_child(tree: &mut Tree, parent: NodeId, name: &OsStr, meta: Meta, kind: Kind, serial: u32) {
+pub(super) fn push_child(
+    tree: &mut Tree,
+    parent: NodeId,
+    name: &OsStr,
+    meta: Meta,
+    kind: Kind,
+    serial: u32,
+) {
     let nlink = match kind {
         Kind::Dir { .. } => 2,
         _ => 1,
