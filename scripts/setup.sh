@@ -19,6 +19,7 @@ packages=(
   # isolinux and GRUB (i386-pc) under SeaBIOS, GRUB (grub-mkstandalone) in a FAT image under OVMF
   isolinux syslinux-common ovmf grub-efi-amd64-bin grub-pc-bin grub-common mtools dosfstools
   syslinux-utils fdisk  # isohybrid and sfdisk, to check mkiso --isohybrid-mbr's first sector
+  syslinux  # its installer, for floppy and hard disk images booted by emulation
 )
 
 if [ "$(id -u)" -ne 0 ]; then

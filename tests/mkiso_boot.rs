@@ -2165,3 +2165,349 @@ fn boot_option_errors_name_the_path_and_the_cause() {
     assert_eq!(fs::read(src.join("tiny.bin")).unwrap(), [0x90; 63]);
     assert_eq!(fs::read(src.join("sixty-four.bin")).unwrap(), [0x90; 64]);
 }
+
+// ---- emulated floppies and hard disks ----
+
+const SYSLINUX_MBR: &str = "/usr/lib/syslinux/mbr/mbr.bin";
+
+/// A syslinux configuration whose boot shows `marker` on the serial port: the DEFAULT label,
+/// which ldlinux prints ("Loading MARKER... failed") once its serial console is on (see
+/// `isolinux_tree`).
+fn syslinux_cfg(dir: &Path, marker: &str) -> PathBuf {
+    let cfg = dir.join(format!("{}.cfg", marker));
+    fs::write(
+        &cfg,
+        format!("SERIAL 0 115200\nPROMPT 0\nTIMEOUT 0\nDEFAULT {marker}\n"),
+    )
+    .unwrap();
+    cfg
+}
+
+/// A 1.44 MB FAT12 floppy image at `path` with SYSLINUX installed, booting to `marker`: its
+/// boot sector reads ldlinux.sys and the configuration through the BIOS from the floppy drive
+/// the BIOS emulates.
+fn syslinux_floppy(path: &Path, marker: &str) {
+    let p = path.to_str().unwrap();
+    run("mkfs.fat", &["-C", "-F", "12", "-n", "FLOPPY", p, "1440"]);
+    let cfg = syslinux_cfg(path.parent().unwrap(), marker);
+    run(
+        "mcopy",
+        &["-i", p, cfg.to_str().unwrap(), "::/syslinux.cfg"],
+    );
+    run("syslinux", &["--install", p]);
+}
+
+/// A hard disk image at `path` of `cylinders` × `heads` × `per_track` 512-byte sectors:
+/// syslinux's MBR and one active FAT16 partition from the second track (0/1/1, as DOS made
+/// them) to the end, SYSLINUX installed in it, booting to `marker`.
+fn syslinux_hard_disk(path: &Path, marker: &str, (cylinders, heads, per_track): (u32, u32, u32)) {
+    let total = cylinders * heads * per_track;
+    let chs = |s: u32| {
+        let (c, h, r) = (
+            s / (heads * per_track),
+            s / per_track % heads,
+            s % per_track + 1,
+        );
+        [h as u8, (r as u8 & 0x3F) | ((c >> 2) as u8 & 0xC0), c as u8]
+    };
+    let mut mbr = fs::read(SYSLINUX_MBR).unwrap();
+    mbr.resize(512, 0);
+    mbr[440..446].fill(0);
+    let start = per_track;
+    let p = &mut mbr[446..462];
+    p[0] = 0x80;
+    p[1..4].copy_from_slice(&chs(start));
+    p[4] = 0x06;
+    p[5..8].copy_from_slice(&chs(total - 1));
+    p[8..12].copy_from_slice(&start.to_le_bytes());
+    p[12..16].copy_from_slice(&(total - start).to_le_bytes());
+    mbr[462..510].fill(0);
+    mbr[510..].copy_from_slice(&[0x55, 0xAA]);
+    let f = fs::File::create(path).unwrap();
+    f.set_len(u64::from(total) * 512).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0).unwrap();
+    drop(f);
+    let img = path.to_str().unwrap();
+    let blocks = ((total - start) / 2).to_string();
+    let offset = u64::from(start) * 512;
+    run(
+        "mkfs.fat",
+        &[
+            "-F",
+            "16",
+            "-s",
+            "1",
+            "--offset",
+            &start.to_string(),
+            "-n",
+            "HARDDISK",
+            img,
+            &blocks,
+        ],
+    );
+    let cfg = syslinux_cfg(path.parent().unwrap(), marker);
+    let at = format!("{img}@@{offset}");
+    run(
+        "mcopy",
+        &["-i", &at, cfg.to_str().unwrap(), "::/syslinux.cfg"],
+    );
+    run(
+        "syslinux",
+        &["--offset", &offset.to_string(), "--install", img],
+    );
+}
+
+/// What booting SYSLINUX from emulated disks takes.
+fn emulation_tools() -> bool {
+    tools(&[
+        "qemu-system-x86_64",
+        "mkfs.fat",
+        "mcopy",
+        "syslinux",
+        "genisoimage",
+        "xorriso",
+        "isoinfo",
+    ]) && have_file(SYSLINUX_MBR, "syslinux-common")
+}
+
+#[test]
+fn emulated_floppy_and_hard_disk_images_boot_as_genisoimage_makes_them() {
+    if !emulation_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // (mode, image, genisoimage's options, xorriso's emulation, media type, system type)
+    let cases = [
+        ("floppy", "boot/floppy.img", &[][..], "fd1.4", 2u8, 0u8),
+        (
+            "hard-disk",
+            "boot/disk.img",
+            &["-hard-disk-boot"][..],
+            "hd",
+            4,
+            6,
+        ),
+    ];
+    for (mode, image, theirs_args, emulation, media, system) in cases {
+        let m = marker(mode);
+        let src = t.join(format!("{mode}-src"));
+        ordinary_files(&src);
+        fs::create_dir_all(src.join("boot")).unwrap();
+        let boot_file = src.join(image);
+        if mode == "floppy" {
+            syslinux_floppy(&boot_file, &m);
+        } else {
+            syslinux_hard_disk(&boot_file, &m, (16, 16, 63));
+        }
+        let before = fs::read(&boot_file).unwrap();
+        let iso = t.join(format!("{mode}.iso"));
+        let args = [
+            "--boot",
+            image,
+            "--boot-emulation",
+            mode,
+            "--boot-catalog",
+            "boot/boot.cat",
+        ];
+        let out = mkiso(&src, &iso, &args, None);
+        assert!(out.status.success(), "{mode}: {out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{mode}: a well-made image gets no warning: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            fs::read(&boot_file).unwrap() == before,
+            "{mode}: the source changed"
+        );
+
+        // As xorriso, isoinfo and a hand read of the catalog see it.
+        let ours = reference(&iso);
+        let x = &ours.xorriso;
+        assert_eq!(x.len(), 1, "{mode}: {x:?}");
+        assert_eq!(
+            (
+                x[0].platform.as_str(),
+                x[0].emulation.as_str(),
+                x[0].load_size
+            ),
+            ("BIOS", emulation, 1),
+            "{mode}: xorriso -report_el_torito"
+        );
+        assert_eq!(x[0].path, format!("/{image}"), "{mode}");
+        assert!(
+            ours.copies[0] == before,
+            "{mode}: the image's copy is not the file"
+        );
+        let Record::Entry {
+            media: m_got,
+            system_type,
+            sectors,
+            load_segment,
+            ..
+        } = ours.records[0]
+        else {
+            panic!("{mode}: {:?}", ours.records);
+        };
+        assert_eq!(
+            (m_got, system_type, sectors, load_segment),
+            (media, system, 1, 0),
+            "{mode}"
+        );
+        let info = run("isoinfo", &["-d", "-i", iso.to_str().unwrap()]);
+        assert!(
+            info.contains(&format!("Boot media {media} ("))
+                && info.contains(&format!("Sys type {system}")),
+            "{mode}: isoinfo -d:\n{info}"
+        );
+
+        // The same records as genisoimage's image of the same tree.
+        let theirs_src = t.join(format!("{mode}-theirs-src"));
+        copy_tree(&src, &theirs_src);
+        let theirs = t.join(format!("{mode}-genisoimage.iso"));
+        let mut g = vec!["-quiet", "-J", "-r", "-b", image, "-c", "boot/boot.cat"];
+        g.extend(theirs_args);
+        g.extend(["-o", theirs.to_str().unwrap(), theirs_src.to_str().unwrap()]);
+        run("genisoimage", &g);
+        same_boot_records(&ours, &reference(&theirs), mode);
+
+        // The BIOS serves the image as a disk: SYSLINUX reads its files from it and starts.
+        boots_to(&iso, Firmware::SeaBios, &[&m], t);
+    }
+}
+
+#[test]
+fn emulated_disk_errors_name_the_image_and_the_cause() {
+    if !tools(&["mkfs.fat"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    write(&src.join("README.txt"), b"readme\n");
+    // a FAT floppy: 0x55AA at 510, but a boot sector, not an MBR
+    let floppy = src.join("floppy.img");
+    run(
+        "mkfs.fat",
+        &["-C", "-F", "12", floppy.to_str().unwrap(), "1440"],
+    );
+    write(&src.join("short.img"), &vec![0u8; 1_474_559]);
+    let mbr = |parts: &[(u8, u8)]| {
+        let mut v = vec![0u8; 1 << 20];
+        for (i, &(flag, ty)) in parts.iter().enumerate() {
+            let p = &mut v[446 + 16 * i..462 + 16 * i];
+            p[0] = flag;
+            p[4] = ty;
+            // CHS end: cylinder 1, head 15, sector 63
+            p[5..8].copy_from_slice(&[0x0F, 0x3F, 0x01]);
+        }
+        v[510] = 0x55;
+        v[511] = 0xAA;
+        v
+    };
+    write(&src.join("none.img"), &mbr(&[]));
+    write(&src.join("two.img"), &mbr(&[(0x80, 0x06), (0, 0x0B)]));
+    let mut no_sig = mbr(&[(0x80, 0x06)]);
+    no_sig[511] = 0;
+    write(&src.join("nosig.img"), &no_sig);
+    let mut no_sector = mbr(&[(0x80, 0x06)]);
+    no_sector[446 + 6] = 0;
+    write(&src.join("nosector.img"), &no_sector);
+    // a disk of 2 cylinders × 16 heads × 63 sectors by its partition's end; 1 MiB is not that
+    let odd = mbr(&[(0x80, 0x06)]);
+    write(&src.join("odd.img"), &odd);
+    let out = t.join("out");
+    fs::create_dir(&out).unwrap();
+
+    let floppy_sizes: &[&str] = &["1474560"];
+    let mut wrong = Vec::new();
+    // (arguments, what the message names, one of the causes, exit status)
+    type Case<'a> = (Vec<&'a str>, &'a [&'a str], &'a [&'a str], i32);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--boot", "short.img", "--boot-emulation", "floppy"],
+            &["short.img", "1474559"],
+            floppy_sizes,
+            1,
+        ),
+        (
+            vec!["--boot", "floppy.img", "--boot-emulation", "hard-disk"],
+            &["floppy.img", "--boot-emulation floppy"],
+            &["no partition"],
+            1,
+        ),
+        (
+            vec!["--boot", "nosig.img", "--boot-emulation", "hard-disk"],
+            &["nosig.img"],
+            &["no MBR"],
+            1,
+        ),
+        (
+            vec!["--boot", "none.img", "--boot-emulation", "hard-disk"],
+            &["none.img", "no partition"],
+            &["exactly one"],
+            1,
+        ),
+        (
+            vec!["--boot", "two.img", "--boot-emulation", "hard-disk"],
+            &["two.img", "2 partitions"],
+            &["exactly one"],
+            1,
+        ),
+        (
+            vec!["--boot", "nosector.img", "--boot-emulation", "hard-disk"],
+            &["nosector.img"],
+            &["sector 0"],
+            1,
+        ),
+        (
+            vec!["--boot-emulation", "floppy"],
+            &["--boot"],
+            &["required"],
+            2,
+        ),
+        (
+            vec!["--boot", "floppy.img", "--boot-emulation", "tape"],
+            &["tape"],
+            &["floppy, hard-disk"],
+            2,
+        ),
+    ];
+    for (args, names, causes, code) in &cases {
+        wrong.extend(refused(&src, &out, args, names, causes, *code));
+    }
+    for other in [
+        &["--boot-info-table"][..],
+        &["--boot-load-size", "4"],
+        &["--grub2-boot-info"],
+        &["--isohybrid-mbr", "/dev/null"],
+    ] {
+        let mut args = vec!["--boot", "floppy.img", "--boot-emulation", "floppy"];
+        args.extend(other);
+        wrong.extend(refused(
+            &src,
+            &out,
+            &args,
+            &[other[0]],
+            &["cannot be used"],
+            2,
+        ));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // A disk that is not whole cylinders of its partition's geometry is made, with a warning.
+    let iso = t.join("odd.iso");
+    let o = mkiso(
+        &src,
+        &iso,
+        &["--boot", "odd.img", "--boot-emulation", "hard-disk"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("odd.img") && err.contains("1048576 bytes") && err.contains("2 cylinders"),
+        "{err}"
+    );
+}

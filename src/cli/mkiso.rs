@@ -50,10 +50,18 @@ pub struct Args {
     #[arg(long)]
     pub no_pad: bool,
     /// BIOS El Torito boot image, booted without emulation (isolinux.bin, GRUB's
-    /// eltorito.img): a file of the image, named by its path in it (in SRC_DIR or grafted in;
-    /// genisoimage's -b).
+    /// eltorito.img) unless --boot-emulation says otherwise: a file of the image, named by its
+    /// path in it (in SRC_DIR or grafted in; genisoimage's -b).
     #[arg(long = "boot", value_name = "PATH")]
     pub boot: Option<PathBuf>,
+    /// Boot the BIOS boot image as an emulated disk: `floppy` (an image of 1.2, 1.44 or
+    /// 2.88 MB, genisoimage's -b without -no-emul-boot) or `hard-disk` (an MBR with one
+    /// partition, genisoimage's -hard-disk-boot). The BIOS then serves it as drive 0x00 or
+    /// 0x80 (memtest86+, FreeDOS, firmware updaters).
+    #[arg(long, value_name = "MODE", requires = "boot",
+          conflicts_with_all = ["boot_load_size", "boot_info_table", "grub2_boot_info",
+                                "isohybrid_mbr", "grub2_mbr"])]
+    pub boot_emulation: Option<EmulationArg>,
     /// 512-byte sectors of the BIOS boot image the BIOS loads [default: 4].
     #[arg(long, value_name = "N", requires = "boot",
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -89,6 +97,13 @@ pub struct Args {
     /// Where the boot catalog appears in the image [default: boot.cat].
     #[arg(long, value_name = "PATH", requires = "bootable")]
     pub boot_catalog: Option<PathBuf>,
+}
+
+/// `--boot-emulation`'s modes (no emulation is the default, without the option).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmulationArg {
+    Floppy,
+    HardDisk,
 }
 
 /// A label as `-V` takes it: what fits the primary volume descriptor, one byte a character.
@@ -223,6 +238,11 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
         source_date_epoch: source_date_epoch()?,
         boot: write::boot::Boot {
             bios: args.boot.clone(),
+            emulation: match args.boot_emulation {
+                None => write::boot::Emulation::None,
+                Some(EmulationArg::Floppy) => write::boot::Emulation::Floppy,
+                Some(EmulationArg::HardDisk) => write::boot::Emulation::HardDisk,
+            },
             load_size: args.boot_load_size,
             info_table: args.boot_info_table,
             efi: args.efi_boot.clone(),

@@ -1,7 +1,8 @@
 //! El Torito boot (the El Torito specification 1.0, and the UEFI platform id 0xEF of UEFI
 //! 2.x 12.3.2.1): the boot record volume descriptor, the boot catalog and the boot info table
-//! isolinux and GRUB read, all for images that boot without emulation (the only mode BIOS boot
-//! loaders and UEFI use today).
+//! isolinux and GRUB read. Images boot without emulation (what BIOS boot loaders and UEFI use
+//! today), or a BIOS one as an emulated floppy or hard disk ([`Emulation`]: memtest86+,
+//! FreeDOS, firmware updaters).
 //!
 //! The catalog is a file of the image (at `--boot-catalog`, `boot.cat` by default), as
 //! genisoimage and xorriso show it. [`add_catalog`] puts it into the tree before the layout,
@@ -14,7 +15,7 @@
 //! as grub-mkrescue has xorriso write it).
 
 use super::tree::{Kind, Meta, NodeId, Tree};
-use super::Error;
+use super::{Error, Warning};
 use crate::iso9660::ondisk::{boot_record, vd_type, SECTOR_SIZE, STANDARD_ID};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -33,14 +34,23 @@ const PLATFORM_X86: u8 = 0;
 const PLATFORM_EFI: u8 = 0xEF;
 const BOOTABLE: u8 = 0x88;
 const NO_EMULATION: u8 = 0;
+/// The boot media types of emulated floppies (El Torito 2.2), by image size in bytes.
+const FLOPPIES: [(u64, u8, &str); 3] = [
+    (1_228_800, 1, "1.2 MB"),
+    (1_474_560, 2, "1.44 MB"),
+    (2_949_120, 3, "2.88 MB"),
+];
+const HARD_DISK: u8 = 4;
 const HEADER_FINAL: u8 = 0x91;
 const ENTRY: usize = 32;
 
 /// What to make bootable, as the command line gave it; paths are inside the source tree.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Boot {
-    /// BIOS boot image (genisoimage's `-b`, no emulation).
+    /// BIOS boot image (genisoimage's `-b`).
     pub bios: Option<PathBuf>,
+    /// How the BIOS boots it: without emulation unless told.
+    pub emulation: Emulation,
     /// 512-byte sectors the BIOS loads ([`DEFAULT_LOAD_SIZE`] when `None`).
     pub load_size: Option<u16>,
     /// Write the boot info table into the image's copy of the BIOS boot image.
@@ -62,10 +72,34 @@ pub struct Boot {
     pub grub2_mbr: Option<PathBuf>,
 }
 
+/// How a BIOS boots the BIOS boot image (El Torito 2.2's boot media type).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Emulation {
+    /// Loaded as it is and run (isolinux, GRUB).
+    #[default]
+    None,
+    /// A floppy image of 1.2, 1.44 or 2.88 MB, which the BIOS then serves as drive 0x00
+    /// (genisoimage's `-b` without `-no-emul-boot`).
+    Floppy,
+    /// An image of a hard disk, an MBR with one partition, which the BIOS then serves as drive
+    /// 0x80 (genisoimage's `-hard-disk-boot`).
+    HardDisk,
+}
+
 impl Boot {
     /// Whether the image boots at all (then it gets a catalog).
     pub fn any(&self) -> bool {
         self.bios.is_some() || self.efi.is_some()
+    }
+
+    /// Whether anything is written into the image's copy of the BIOS boot image.
+    fn patches(&self) -> bool {
+        self.info_table || self.grub2_boot_info
+    }
+
+    /// Whether the image gets an MBR that starts the BIOS boot image from a disk.
+    fn hybrid(&self) -> bool {
+        self.isohybrid_mbr.is_some() || self.grub2_mbr.is_some()
     }
 
     fn catalog_path(&self) -> PathBuf {
@@ -78,10 +112,31 @@ impl Boot {
 /// The boot images and the catalog as [`Tree::data`] indexes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Resolved {
-    /// The BIOS image and the sectors to load.
-    pub bios: Option<(usize, u16)>,
+    /// The BIOS image and its entry's fields.
+    pub bios: Option<(usize, Load)>,
     pub efi: Option<usize>,
     pub catalog: usize,
+}
+
+/// What a catalog entry holds besides the image's sector (El Torito 2.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Load {
+    /// The boot media type: 0 no emulation, 1-3 a floppy, 4 a hard disk.
+    pub media: u8,
+    /// The system type: a hard disk image's partition type, else 0.
+    pub system: u8,
+    /// 512-byte sectors the BIOS loads (1 for an emulated disk: its boot sector).
+    pub sectors: u16,
+}
+
+impl Load {
+    fn no_emulation(sectors: u16) -> Load {
+        Load {
+            media: NO_EMULATION,
+            system: 0,
+            sectors,
+        }
+    }
 }
 
 /// Bytes of MBR boot code before the isohybrid fields (the rest of an MBR file is ignored).
@@ -508,7 +563,12 @@ fn boot_file(
 }
 
 /// Finds the boot images and the catalog of `boot` in `tree` (after [`add_catalog`]).
-pub(super) fn resolve(tree: &Tree, boot: &Boot, src: &Path) -> Result<Option<Resolved>, Error> {
+pub(super) fn resolve(
+    tree: &Tree,
+    boot: &Boot,
+    src: &Path,
+    warnings: &mut Vec<Warning>,
+) -> Result<Option<Resolved>, Error> {
     if !boot.any() {
         return Ok(None);
     }
@@ -546,7 +606,25 @@ pub(super) fn resolve(tree: &Tree, boot: &Boot, src: &Path) -> Result<Option<Res
                     ),
                 ));
             }
-            Some((data, boot.load_size.unwrap_or(DEFAULT_LOAD_SIZE)))
+            let load = match boot.emulation {
+                Emulation::None => Load::no_emulation(boot.load_size.unwrap_or(DEFAULT_LOAD_SIZE)),
+                emulated => {
+                    if boot.load_size.is_some() || boot.patches() || boot.hybrid() {
+                        return Err(boot_error(
+                            what,
+                            src,
+                            rel,
+                            "an emulated disk is loaded by its boot sector alone and is not \
+                             written into: no load size, boot info table, GRUB boot info or \
+                             hybrid MBR with it",
+                        ));
+                    }
+                    let path = tree.data.get(data).map(|d| d.path.as_path());
+                    emulated_disk(emulated, path.unwrap_or(src), size, warnings)
+                        .map_err(|why| boot_error(what, src, rel, why))?
+                }
+            };
+            Some((data, load))
         }
         None => None,
     };
@@ -562,6 +640,82 @@ pub(super) fn resolve(tree: &Tree, boot: &Boot, src: &Path) -> Result<Option<Res
     Ok(Some(Resolved { bios, efi, catalog }))
 }
 
+/// The catalog entry's fields for the image at `path` of `size` bytes booted as an emulated
+/// disk, or why it cannot be: a floppy image must have a floppy's size; a hard disk image must
+/// hold an MBR with one partition, whose type the entry takes. A BIOS emulates the hard disk
+/// with the geometry of that partition's CHS end, so an image that is not whole cylinders of it
+/// gets a warning, as genisoimage gives one.
+fn emulated_disk(
+    emulation: Emulation,
+    path: &Path,
+    size: u64,
+    warnings: &mut Vec<Warning>,
+) -> Result<Load, String> {
+    let emulated = |media, system| Load {
+        media,
+        system,
+        sectors: 1,
+    };
+    if emulation == Emulation::Floppy {
+        return match FLOPPIES.iter().find(|&&(bytes, ..)| bytes == size) {
+            Some(&(_, media, _)) => Ok(emulated(media, 0)),
+            None => Err(format!(
+                "{size} bytes; an emulated floppy is {}",
+                FLOPPIES
+                    .map(|(b, _, name)| format!("{b} ({name})"))
+                    .join(", ")
+            )),
+        };
+    }
+    let mut mbr = Vec::with_capacity(512);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(512).read_to_end(&mut mbr))
+        .map_err(|e| format!("reading its MBR: {e}"))?;
+    if mbr.len() < 512 || mbr[510..] != [0x55, 0xAA] {
+        return Err("not a hard disk image: no MBR (0x55AA at byte 510)".into());
+    }
+    let used: Vec<&[u8]> = mbr[MBR_PARTITIONS..510]
+        .chunks_exact(16)
+        .filter(|p| p[4] != 0)
+        .collect();
+    if let Some(p) = used.iter().find(|p| p[0] & 0x7F != 0) {
+        return Err(format!(
+            "not a hard disk image: its first sector is no MBR (a partition's boot flag is \
+             {:#04x}, not 0x00 or 0x80; a file system's boot sector, as a floppy image has?)",
+            p[0]
+        ));
+    }
+    let [p] = used[..] else {
+        return Err(match used.len() {
+            0 => "no partition in its MBR; an emulated hard disk has exactly one (a floppy \
+                  image is booted with --boot-emulation floppy)"
+                .into(),
+            n => format!("{n} partitions in its MBR; an emulated hard disk has exactly one"),
+        });
+    };
+    let heads = u64::from(p[5]) + 1;
+    let per_track = u64::from(p[6] & 0x3F);
+    let cylinders = (u64::from(p[6] & 0xC0) << 2 | u64::from(p[7])) + 1;
+    if per_track == 0 {
+        return Err(
+            "its partition's CHS end has sector 0, and BIOSes take the emulated \
+                    disk's geometry from it"
+                .into(),
+        );
+    }
+    let disk = cylinders * heads * per_track * 512;
+    if disk != size {
+        warnings.push(Warning::HardDiskGeometry {
+            path: path.to_path_buf(),
+            cylinders,
+            heads,
+            per_track,
+            size,
+        });
+    }
+    Ok(emulated(HARD_DISK, p[4]))
+}
+
 /// The boot record volume descriptor (El Torito 2.0) naming the catalog's sector.
 pub(super) fn record(catalog_lba: u32) -> Vec<u8> {
     let mut v = vec![0u8; SECTOR_SIZE as usize];
@@ -575,14 +729,14 @@ pub(super) fn record(catalog_lba: u32) -> Vec<u8> {
     v
 }
 
-/// A bootable no-emulation entry (El Torito 2.2, 2.5) loading `sectors` 512-byte sectors
-/// from `lba`.
-fn entry(lba: u32, sectors: u16) -> [u8; ENTRY] {
+/// A bootable entry (El Torito 2.2, 2.5) for the image at `lba`.
+fn entry(lba: u32, load: Load) -> [u8; ENTRY] {
     let mut e = [0u8; ENTRY];
     e[0] = BOOTABLE;
-    e[1] = NO_EMULATION;
+    e[1] = load.media;
     // load segment 0: the traditional 0x7C0
-    e[6..8].copy_from_slice(&sectors.to_le_bytes());
+    e[4] = load.system;
+    e[6..8].copy_from_slice(&load.sectors.to_le_bytes());
     e[8..12].copy_from_slice(&lba.to_le_bytes());
     e
 }
@@ -597,9 +751,11 @@ pub(super) fn efi_sectors(size: u64) -> u16 {
 
 /// The boot catalog (El Torito 2.1-2.5): the validation entry, the default entry (BIOS where
 /// there is a BIOS image, else EFI) and, with both, a final section header for platform 0xEF
-/// with the EFI entry. Each image as (first sector, 512-byte sectors to load).
-pub(super) fn catalog(bios: Option<(u32, u16)>, efi: Option<(u32, u16)>) -> Vec<u8> {
+/// with the EFI entry. Each image as its first sector and entry fields; the EFI image as its
+/// first sector and the 512-byte sectors to load.
+pub(super) fn catalog(bios: Option<(u32, Load)>, efi: Option<(u32, u16)>) -> Vec<u8> {
     let mut v = vec![0u8; SECTOR_SIZE as usize];
+    let efi = efi.map(|(lba, sectors)| (lba, Load::no_emulation(sectors)));
     let (platform, default, section) = match (bios, efi) {
         (Some(b), e) => (PLATFORM_X86, Some(b), e),
         (None, e) => (PLATFORM_EFI, e, None),
@@ -614,15 +770,15 @@ pub(super) fn catalog(bios: Option<(u32, u16)>, efi: Option<(u32, u16)>) -> Vec<
     });
     validation[28..30].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
     v[..ENTRY].copy_from_slice(&validation);
-    if let Some((lba, sectors)) = default {
-        v[ENTRY..2 * ENTRY].copy_from_slice(&entry(lba, sectors));
+    if let Some((lba, load)) = default {
+        v[ENTRY..2 * ENTRY].copy_from_slice(&entry(lba, load));
     }
-    if let Some((lba, sectors)) = section {
+    if let Some((lba, load)) = section {
         let header = &mut v[2 * ENTRY..3 * ENTRY];
         header[0] = HEADER_FINAL;
         header[1] = PLATFORM_EFI;
         header[2..4].copy_from_slice(&1u16.to_le_bytes());
-        v[3 * ENTRY..4 * ENTRY].copy_from_slice(&entry(lba, sectors));
+        v[3 * ENTRY..4 * ENTRY].copy_from_slice(&entry(lba, load));
     }
     v
 }
@@ -720,9 +876,14 @@ mod tests {
         add_catalog(&mut t, &boot, tmp.path(), 5).unwrap();
         let dir = find(&t, Path::new("isolinux")).unwrap();
         assert_eq!(child_names(&t, dir), ["a.bin", "boot.cat", "z.cfg"]);
-        let r = resolve(&t, &boot, tmp.path()).unwrap().unwrap();
+        let r = resolve(&t, &boot, tmp.path(), &mut Vec::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(t.data[r.catalog].size, 2048);
-        assert_eq!(r.bios.map(|b| b.1), Some(DEFAULT_LOAD_SIZE));
+        assert_eq!(
+            r.bios.map(|b| b.1),
+            Some(Load::no_emulation(DEFAULT_LOAD_SIZE))
+        );
         let serials: std::collections::HashSet<u32> = t.nodes.iter().map(|n| n.serial).collect();
         assert_eq!(
             serials.len(),
@@ -777,7 +938,7 @@ mod tests {
         ];
         for (boot, why) in cases {
             let e = add_catalog(&mut t, boot, tmp.path(), 0)
-                .and_then(|()| resolve(&t, boot, tmp.path()).map(|_| ()))
+                .and_then(|()| resolve(&t, boot, tmp.path(), &mut Vec::new()).map(|_| ()))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(why), "{boot:?}: {e}");
@@ -787,7 +948,7 @@ mod tests {
 
     #[test]
     fn catalogs_for_bios_efi_and_both() {
-        let both = catalog(Some((30, 4)), Some((40, 2880)));
+        let both = catalog(Some((30, Load::no_emulation(4))), Some((40, 2880)));
         assert!(catalog_is_bootable(&both));
         assert_eq!(both[1], PLATFORM_X86);
         assert_eq!(&both[32..44], &[0x88, 0, 0, 0, 0, 0, 4, 0, 30, 0, 0, 0]);
@@ -805,6 +966,45 @@ mod tests {
         assert_eq!(efi_sectors(65535 * 512), 65535);
         assert_eq!(efi_sectors(65535 * 512 + 1), 0);
         assert_eq!(efi_sectors(513), 2);
+    }
+
+    #[test]
+    fn emulated_disks_get_their_media_and_system_type() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = Vec::new();
+        let p = tmp.path().join("x");
+        for (size, media) in [(1_228_800, 1), (1_474_560, 2), (2_949_120, 3)] {
+            let load = emulated_disk(Emulation::Floppy, &p, size, &mut w).unwrap();
+            assert_eq!((load.media, load.system, load.sectors), (media, 0, 1));
+        }
+        let e = emulated_disk(Emulation::Floppy, &p, 1_474_561, &mut w).unwrap_err();
+        assert!(
+            e.contains("1474561 bytes") && e.contains("1474560 (1.44 MB)"),
+            "{e}"
+        );
+        // 4 cylinders of 2 heads of 8 sectors; one FAT32 partition in the third slot
+        let mut disk = vec![0u8; 4 * 2 * 8 * 512];
+        disk[478..486].copy_from_slice(&[0x80, 0, 2, 0, 0x0B, 1, 8, 3]);
+        disk[510..512].copy_from_slice(&[0x55, 0xAA]);
+        fs::write(&p, &disk).unwrap();
+        let load = emulated_disk(Emulation::HardDisk, &p, disk.len() as u64, &mut w).unwrap();
+        assert_eq!((load.media, load.system, load.sectors), (4, 0x0B, 1));
+        assert!(w.is_empty(), "{w:?}");
+        emulated_disk(Emulation::HardDisk, &p, disk.len() as u64 + 512, &mut w).unwrap();
+        assert!(
+            matches!(
+                w[..],
+                [Warning::HardDiskGeometry {
+                    cylinders: 4,
+                    heads: 2,
+                    per_track: 8,
+                    ..
+                }]
+            ),
+            "{w:?}"
+        );
+        let cat = catalog(Some((30, load)), None);
+        assert_eq!(&cat[32..44], &[0x88, 4, 0, 0, 0x0B, 0, 1, 0, 30, 0, 0, 0]);
     }
 
     /// The partition entries xorriso 1.5.4 wrote (`--grub2-mbr` with

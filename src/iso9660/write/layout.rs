@@ -828,7 +828,7 @@ pub fn plan(
     warnings: &mut Vec<Warning>,
     root: &std::path::Path,
 ) -> Result<Plan, Error> {
-    let boot = super::boot::resolve(tree, &opts.boot, root)?;
+    let boot = super::boot::resolve(tree, &opts.boot, root, warnings)?;
     let dirs = primary(tree, opts, warnings, root);
     let jdirs = if opts.joliet {
         joliet(tree)

@@ -102,6 +102,15 @@ pub enum Warning {
         label: String,
         read_back: Option<String>,
     },
+    /// A hard disk image to emulate that is not whole cylinders of the geometry a BIOS takes
+    /// from its partition's CHS end.
+    HardDiskGeometry {
+        path: PathBuf,
+        cylinders: u64,
+        heads: u64,
+        per_track: u64,
+        size: u64,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -140,6 +149,21 @@ impl fmt::Display for Warning {
                 read_back
                     .as_ref()
                     .map_or_else(|| "none".to_string(), |l| format!("{l:?}"))
+            ),
+            Warning::HardDiskGeometry {
+                path,
+                cylinders,
+                heads,
+                per_track,
+                size,
+            } => write!(
+                f,
+                "hard disk image {} has {size} bytes, but its partition's CHS end gives a disk \
+                 of {cylinders} cylinders, {heads} heads and {per_track} sectors a track ({} \
+                 bytes), which is what a BIOS emulates: what lies past it cannot be read, and \
+                 a boot loader that checks the size may fail",
+                path.display(),
+                cylinders * heads * per_track * 512
             ),
         }
     }
