@@ -2408,6 +2408,10 @@ fn emulated_disk_errors_name_the_image_and_the_cause() {
     };
     write(&src.join("none.img"), &mbr(&[]));
     write(&src.join("two.img"), &mbr(&[(0x80, 0x06), (0, 0x0B)]));
+    let mut third = mbr(&[(0x80, 0x06)]);
+    third.copy_within(446..462, 478);
+    third[446..462].fill(0);
+    write(&src.join("third.img"), &third);
     let mut no_sig = mbr(&[(0x80, 0x06)]);
     no_sig[511] = 0;
     write(&src.join("nosig.img"), &no_sig);
@@ -2453,6 +2457,12 @@ fn emulated_disk_errors_name_the_image_and_the_cause() {
             vec!["--boot", "two.img", "--boot-emulation", "hard-disk"],
             &["two.img", "2 partitions"],
             &["exactly one"],
+            1,
+        ),
+        (
+            vec!["--boot", "third.img", "--boot-emulation", "hard-disk"],
+            &["third.img", "entry 3"],
+            &["entry 1"],
             1,
         ),
         (

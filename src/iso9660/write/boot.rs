@@ -642,9 +642,10 @@ pub(super) fn resolve(
 
 /// The catalog entry's fields for the image at `path` of `size` bytes booted as an emulated
 /// disk, or why it cannot be: a floppy image must have a floppy's size; a hard disk image must
-/// hold an MBR with one partition, whose type the entry takes. A BIOS emulates the hard disk
-/// with the geometry of that partition's CHS end, so an image that is not whole cylinders of it
-/// gets a warning, as genisoimage gives one.
+/// hold an MBR with one partition, in its first entry, whose type the entry takes. A BIOS
+/// emulates the hard disk with the geometry of that entry's CHS end (SeaBIOS reads no other
+/// entry), so an image that is not whole cylinders of it gets a warning, as genisoimage gives
+/// one.
 fn emulated_disk(
     emulation: Emulation,
     path: &Path,
@@ -693,6 +694,16 @@ fn emulated_disk(
             n => format!("{n} partitions in its MBR; an emulated hard disk has exactly one"),
         });
     };
+    if mbr[MBR_PARTITIONS + 4] == 0 {
+        let n = mbr[MBR_PARTITIONS..510]
+            .chunks_exact(16)
+            .position(|e| e[4] != 0)
+            .map_or(0, |i| i + 1);
+        return Err(format!(
+            "its partition is the MBR's entry {n}; BIOSes take the emulated disk's geometry \
+             from entry 1 (SeaBIOS hangs without it): move the partition there"
+        ));
+    }
     let heads = u64::from(p[5]) + 1;
     let per_track = u64::from(p[6] & 0x3F);
     let cylinders = (u64::from(p[6] & 0xC0) << 2 | u64::from(p[7])) + 1;
@@ -982,10 +993,16 @@ mod tests {
             e.contains("1474561 bytes") && e.contains("1474560 (1.44 MB)"),
             "{e}"
         );
-        // 4 cylinders of 2 heads of 8 sectors; one FAT32 partition in the third slot
+        // 4 cylinders of 2 heads of 8 sectors, one FAT32 partition: in the third entry, then
+        // in the first
         let mut disk = vec![0u8; 4 * 2 * 8 * 512];
         disk[478..486].copy_from_slice(&[0x80, 0, 2, 0, 0x0B, 1, 8, 3]);
         disk[510..512].copy_from_slice(&[0x55, 0xAA]);
+        fs::write(&p, &disk).unwrap();
+        let e = emulated_disk(Emulation::HardDisk, &p, disk.len() as u64, &mut w).unwrap_err();
+        assert!(e.contains("entry 3"), "{e}");
+        disk.copy_within(478..494, 446);
+        disk[478..494].fill(0);
         fs::write(&p, &disk).unwrap();
         let load = emulated_disk(Emulation::HardDisk, &p, disk.len() as u64, &mut w).unwrap();
         assert_eq!((load.media, load.system, load.sectors), (4, 0x0B, 1));
