@@ -998,43 +998,50 @@ fn scan_all(paths: &[PathBuf], fragments: bool, failures: &mut usize) -> Vec<Don
     results
 }
 
+/// The table `scan` prints without `--json`: a line per image, each column as wide as its
+/// widest value, PATH last.
 fn print_table(records: &[ScanRecord], out: &mut impl Write) -> anyhow::Result<()> {
     if records.is_empty() {
         return Ok(());
     }
-    let w_name = records
+    let extensions: Vec<String> = records
         .iter()
-        .map(|r| r.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let w_label = records
-        .iter()
-        .map(|r| r.label.as_deref().map_or(1, |l| l.chars().count()))
-        .max()
-        .unwrap_or(5)
-        .max(5);
+        .map(|r| {
+            let mut ext = r.extensions.clone();
+            if r.bootable {
+                ext.push("bootable");
+            }
+            ext.join(",")
+        })
+        .collect();
+    let width = |header: &str, values: &mut dyn Iterator<Item = usize>| {
+        values.max().unwrap_or(0).max(header.len())
+    };
+    let w_name = width("NAME", &mut records.iter().map(|r| r.name.chars().count()));
+    let w_label = width(
+        "LABEL",
+        &mut records
+            .iter()
+            .map(|r| r.label.as_deref().map_or(1, |l| l.chars().count())),
+    );
+    let w_ext = width("EXTENSIONS", &mut extensions.iter().map(String::len));
     writeln!(
         out,
-        "{:<w_name$}  {:<w_label$}  {:<7}  {:>13}  {:<8}  {:<28}  PATH",
+        "{:<w_name$}  {:<w_label$}  {:<7}  {:>13}  {:<8}  {:<w_ext$}  PATH",
         "NAME", "LABEL", "FS", "SIZE", "COMPLETE", "EXTENSIONS"
     )?;
-    for r in records {
-        let mut ext = r.extensions.join(",");
-        if r.bootable {
-            ext.push_str(",bootable");
-        }
+    for (r, ext) in records.iter().zip(&extensions) {
         let label = r.label.as_deref().unwrap_or("-");
         let pad = w_label.saturating_sub(label.chars().count());
+        let ext = if ext.is_empty() { "-" } else { ext };
         writeln!(
             out,
-            "{:<w_name$}  {label}{:pad$}  {:<7}  {:>13}  {:<8}  {:<28}  {}",
+            "{:<w_name$}  {label}{:pad$}  {:<7}  {:>13}  {:<8}  {ext:<w_ext$}  {}",
             r.name,
             "",
             r.fs,
             r.size,
             if r.complete { "yes" } else { "no" },
-            ext.trim_start_matches(','),
             r.path
         )?;
     }
@@ -1045,6 +1052,44 @@ fn print_table(records: &[ScanRecord], out: &mut impl Write) -> anyhow::Result<(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_s_columns_line_up_whatever_their_widths() {
+        let rec = |name: &str, label: Option<&str>, ext: Vec<&'static str>, bootable| ScanRecord {
+            path: format!("/srv/iso-drop/{name}.iso"),
+            label: label.map(str::to_string),
+            name: name.to_string(),
+            size: 2_097_152,
+            volume_size: 2_097_152,
+            fs: "iso9660",
+            extensions: ext,
+            bootable,
+            complete: true,
+        };
+        let records = [
+            rec("A", Some("A"), vec![], false),
+            rec(
+                "MT86PLUS_64",
+                Some("MT86PLUS_64"),
+                vec!["rockridge", "joliet", "eltorito"],
+                true,
+            ),
+            rec("x", None, vec!["udf"], false),
+        ];
+        let mut out = Vec::new();
+        print_table(&records, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let path_at = lines[0].find("PATH").unwrap();
+        for (l, r) in lines[1..].iter().zip(&records) {
+            assert_eq!(l.find(&r.path), Some(path_at), "{text}");
+        }
+        assert!(
+            lines[2].contains("  rockridge,joliet,eltorito,bootable  "),
+            "{text}"
+        );
+        assert!(lines[1].contains("  yes       -  "), "{text}");
+    }
 
     fn dir_of(path: &Path) -> Dir {
         let mut prefix = path.as_os_str().as_bytes().to_vec();
