@@ -20,6 +20,7 @@ packages=(
   isolinux syslinux-common ovmf grub-efi-amd64-bin grub-pc-bin grub-common mtools dosfstools
   syslinux-utils fdisk  # isohybrid and sfdisk, to check mkiso --isohybrid-mbr's first sector
   syslinux  # its installer, for floppy and hard disk images booted by emulation
+  gdisk  # sgdisk, to check the GPT of mkiso --isohybrid-gpt-basdat
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -81,6 +81,12 @@ pub struct Args {
     /// an isolinux.bin and --boot-info-table.
     #[arg(long, value_name = "FILE", requires_all = ["boot", "boot_info_table"])]
     pub isohybrid_mbr: Option<PathBuf>,
+    /// With --isohybrid-mbr and --efi-boot: a GPT beside the MBR too, the image and the EFI
+    /// image in it as Basic Data partitions, as xorriso's -isohybrid-gpt-basdat writes it for
+    /// Debian's and RHEL's installation images (Apple's firmware boots a stick from it; PC
+    /// firmware and Linux go by the MBR).
+    #[arg(long, requires_all = ["isohybrid_mbr", "efi_boot"])]
+    pub isohybrid_gpt_basdat: bool,
     /// Write where the rest of GRUB's core image lies into the image's copy of the BIOS boot
     /// image, GRUB's eltorito.img (from grub-mkimage -O i386-pc-eltorito), so that it also
     /// loads from a disk (xorriso's --grub2-boot-info).
@@ -248,6 +254,7 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
             efi: args.efi_boot.clone(),
             catalog: args.boot_catalog.clone(),
             isohybrid_mbr: args.isohybrid_mbr.clone(),
+            gpt: args.isohybrid_gpt_basdat,
             grub2_boot_info: args.grub2_boot_info,
             grub2_mbr: args.grub2_mbr.clone(),
         },

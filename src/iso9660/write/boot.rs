@@ -62,6 +62,10 @@ pub struct Boot {
     /// The MBR boot code (isolinux's `isohdpfx.bin`, 432 bytes) of an isohybrid image: the
     /// image then also boots written to a USB stick or disk. Read by [`read_mbr_code`].
     pub isohybrid_mbr: Option<PathBuf>,
+    /// With an isohybrid MBR and a UEFI boot image: a GPT beside the MBR too, with the image
+    /// and the EFI image as Basic Data partitions, as xorriso's `-isohybrid-gpt-basdat` writes
+    /// it (Debian's and RHEL's installation images): what Apple's firmware boots a stick from.
+    pub gpt: bool,
     /// Write where the rest of GRUB's core image lies into the image's copy of GRUB's El
     /// Torito image (`eltorito.img`), so that it also loads from a disk (xorriso's
     /// `--grub2-boot-info`).
@@ -237,11 +241,13 @@ fn bios_image_head(
 
 /// Writes the isohybrid MBR ([`isohybrid_mbr`], boot code `code`) into the first sector of
 /// `plan`, once the BIOS boot image (read from where `tree` takes it: the source tree, or
-/// grafted in) is found to be an isolinux.bin it can start. The disk signature is the image's
-/// own: the same for the same label and time.
+/// grafted in) is found to be an isolinux.bin it can start; with `gpt`, the GPT
+/// ([`gpt_tables`]) too. The disk signature and GUIDs are the image's own: the same for the
+/// same label and time.
 pub(super) fn put_isohybrid_mbr(
     plan: &mut super::layout::Plan,
     code: &[u8],
+    gpt: bool,
     tree: &Tree,
     label: &str,
     now: i64,
@@ -260,7 +266,115 @@ pub(super) fn put_isohybrid_mbr(
     if let Some(area) = plan.metadata.get_mut(..mbr.len()) {
         area.copy_from_slice(&mbr);
     }
+    if gpt {
+        let guid = |n: u8| guid_of(label, now, n);
+        let (primary, backup) = gpt_tables(u64::from(plan.total_sectors), plan.efi_boot, guid);
+        if let Some(area) = plan.metadata.get_mut(512..512 + primary.len()) {
+            area.copy_from_slice(&primary);
+        }
+        plan.tail = backup;
+    }
     Ok(())
+}
+
+/// A GUID made from the image's label and time and `n` (0 for the disk, 1 on for its
+/// partitions), in GUID byte order, marked as random (version 4, RFC 4122 variant): the same
+/// for the same label and time.
+fn guid_of(label: &str, now: i64, n: u8) -> [u8; 16] {
+    let hash = |seed: u64| {
+        label
+            .bytes()
+            .chain(now.to_le_bytes())
+            .chain([n])
+            .fold(seed, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+            })
+    };
+    let mut g = [0u8; 16];
+    g[..8].copy_from_slice(&hash(0xCBF2_9CE4_8422_2325).to_le_bytes());
+    g[8..].copy_from_slice(&hash(0x6C62_272E_07BB_0142).to_le_bytes());
+    g[7] = (g[7] & 0x0F) | 0x40;
+    g[8] = (g[8] & 0x3F) | 0x80;
+    g
+}
+
+/// GPT entries xorriso writes: 248 of 128 bytes, 62 sectors from the third, so that the first
+/// usable sector is the 64th, past the ISO 9660 system area.
+const GPT_ENTRIES: u32 = 248;
+const GPT_ENTRY: usize = 128;
+const GPT_ENTRY_SECTORS: u64 = GPT_ENTRIES as u64 * GPT_ENTRY as u64 / 512;
+/// 2048-byte sectors at the end of the image the backup GPT takes (its entries and header,
+/// 63 sectors of 512 bytes, rounded up).
+pub const GPT_BACKUP_SECTORS: u64 = (GPT_ENTRY_SECTORS + 1).div_ceil(SECTOR_SIZE / 512);
+/// The Basic Data partition type (EBD0A0A2-B9E5-4433-87C0-68B6B72699C7), in GUID byte order.
+const GPT_BASIC_DATA: [u8; 16] = [
+    0xA2, 0xA0, 0xD0, 0xEB, 0xE5, 0xB9, 0x33, 0x44, 0x87, 0xC0, 0x68, 0xB6, 0xB7, 0x26, 0x99, 0xC7,
+];
+/// The attributes xorriso gives its partitions: required by the platform (bit 0), read-only
+/// (bit 60).
+const GPT_ATTRIBUTES: u64 = 1 << 60 | 1;
+
+/// The GPT xorriso writes beside an isohybrid MBR (`-isohybrid-gpt-basdat`) for an image of
+/// `image_sectors` 2048-byte sectors, with `efi` (its first sector and size in bytes) as the
+/// boot image: Basic Data partitions "ISOHybrid" over the image from sector 0 (overlapping the
+/// GPT itself: such a GPT is not valid to a strict reader, and has no protective MBR, so PC
+/// firmware and Linux go by the MBR; Apple's firmware reads it) and "ISOHybrid1" over the EFI
+/// image. Returns the primary header and entries (from the second 512-byte sector) and the
+/// backup entries and header (the image's last 63 sectors). `guid(n)`: the disk's (0) and
+/// each partition's GUID.
+pub(super) fn gpt_tables(
+    image_sectors: u64,
+    efi: Option<(u32, u64)>,
+    guid: impl Fn(u8) -> [u8; 16],
+) -> (Vec<u8>, Vec<u8>) {
+    let last = image_sectors * (SECTOR_SIZE / 512) - 1;
+    let backup_entries = last - GPT_ENTRY_SECTORS;
+    let last_usable = backup_entries - 1;
+    let mut entries = vec![0u8; GPT_ENTRIES as usize * GPT_ENTRY];
+    let mut parts = vec![(0u64, last_usable - 1)];
+    if let Some((lba, size)) = efi {
+        let start = u64::from(lba) * 4;
+        parts.push((start, start + size.div_ceil(512).max(1) - 1));
+    }
+    for (i, (e, (first, end))) in entries.chunks_exact_mut(GPT_ENTRY).zip(parts).enumerate() {
+        e[..16].copy_from_slice(&GPT_BASIC_DATA);
+        e[16..32].copy_from_slice(&guid(i as u8 + 1));
+        e[32..40].copy_from_slice(&first.to_le_bytes());
+        e[40..48].copy_from_slice(&end.to_le_bytes());
+        e[48..56].copy_from_slice(&GPT_ATTRIBUTES.to_le_bytes());
+        let name = if i == 0 {
+            "ISOHybrid".to_string()
+        } else {
+            format!("ISOHybrid{i}")
+        };
+        for (c, u) in e[56..].chunks_exact_mut(2).zip(name.encode_utf16()) {
+            c.copy_from_slice(&u.to_le_bytes());
+        }
+    }
+    let entries_crc = crc32fast::hash(&entries);
+    let header = |mine: u64, other: u64, entries_at: u64| {
+        let mut h = vec![0u8; 512];
+        h[..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&mine.to_le_bytes());
+        h[32..40].copy_from_slice(&other.to_le_bytes());
+        h[40..48].copy_from_slice(&(GPT_ENTRY_SECTORS + 2).to_le_bytes());
+        h[48..56].copy_from_slice(&last_usable.to_le_bytes());
+        h[56..72].copy_from_slice(&guid(0));
+        h[72..80].copy_from_slice(&entries_at.to_le_bytes());
+        h[80..84].copy_from_slice(&GPT_ENTRIES.to_le_bytes());
+        h[84..88].copy_from_slice(&(GPT_ENTRY as u32).to_le_bytes());
+        h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+        let crc = crc32fast::hash(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        h
+    };
+    let mut primary = header(1, last, 2);
+    primary.extend_from_slice(&entries);
+    let mut backup = entries;
+    backup.extend_from_slice(&header(last, 1, backup_entries));
+    (primary, backup)
 }
 
 /// Checks that the BIOS boot image is a GRUB El Torito image (`grub-mkimage -O

@@ -124,6 +124,8 @@ pub struct Plan {
     pub bios_boot: Option<(usize, u32)>,
     /// The UEFI boot image's first sector and size in bytes, for an isohybrid MBR.
     pub efi_boot: Option<(u32, u64)>,
+    /// What ends the image, in place of zeros (the backup GPT).
+    pub tail: Vec<u8>,
 }
 
 impl Plan {
@@ -924,8 +926,13 @@ pub fn plan(
         // no data at all: one zero sector so empty files still point inside the volume
         lba += 1;
     }
+    let content_end = lba;
     if opts.pad {
         lba += PAD_SECTORS;
+    }
+    if opts.boot.gpt {
+        // the backup GPT goes at the end, where nothing of the volume is
+        lba = lba.max(content_end + super::boot::GPT_BACKUP_SECTORS);
     }
     if opts.boot.isohybrid_mbr.is_some() {
         // whole cylinders of the disk the image becomes, as isohybrid pads it
@@ -1034,6 +1041,7 @@ pub fn plan(
         },
         bios_boot,
         efi_boot,
+        tail: Vec::new(),
     })
 }
 

@@ -304,7 +304,7 @@ pub fn build(
     boot::add_catalog(&mut tree, &opts.boot, src, now)?;
     let mut plan = layout::plan(&tree, opts, now, &mut warnings, src)?;
     if let Some(code) = &mbr_code {
-        boot::put_isohybrid_mbr(&mut plan, code, &tree, &opts.label, now)?;
+        boot::put_isohybrid_mbr(&mut plan, code, opts.boot.gpt, &tree, &opts.label, now)?;
     }
     if opts.boot.grub2_boot_info {
         boot::check_grub2_image_and_put_mbr(&mut plan, grub2_mbr_code.as_deref(), &tree)?;

@@ -133,7 +133,12 @@ pub(super) fn write_image(
         }
     }
     w.flush()?;
-    w.out.end(plan.image_bytes()).map_err(werr)
+    let len = plan.image_bytes();
+    if !plan.tail.is_empty() {
+        let at = len.saturating_sub(plan.tail.len() as u64);
+        w.out.write_at(&plan.tail, at).map_err(werr)?;
+    }
+    w.out.end(len).map_err(werr)
 }
 
 struct DataWriter<'a, 's> {
