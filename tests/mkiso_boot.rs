@@ -487,11 +487,21 @@ fn a_bios_boot_image_boots_in_qemu() {
     data[12..16].copy_from_slice(&16u32.to_le_bytes()); // the primary volume descriptor's
     fs::write(&bin, &data).unwrap();
     let no_table = t.join("stale-no-table.iso");
-    mkiso_ok(
+    let o = mkiso(
         &stale,
         &no_table,
         &["--boot", "isolinux/isolinux.bin"],
         None,
+    );
+    let warning = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{warning}");
+    assert!(
+        warning.contains("warning")
+            && warning.contains("isolinux/isolinux.bin")
+            && warning.contains("sector 16")
+            && warning.contains("Image checksum error")
+            && warning.contains("--boot-info-table"),
+        "no warning of the stale table: {warning}"
     );
     {
         let mut q = Qemu::boot(&no_table, Firmware::SeaBiosScreenOnSerial, t);
@@ -504,12 +514,13 @@ fn a_bios_boot_image_boots_in_qemu() {
         );
     }
     let table = t.join("stale-table.iso");
-    mkiso_ok(
+    let o = mkiso(
         &stale,
         &table,
         &["--boot", "isolinux/isolinux.bin", "--boot-info-table"],
         None,
     );
+    assert!(o.status.success() && o.stderr.is_empty(), "{o:?}");
     assert!(fs::read(&bin).unwrap() == data, "the source was modified");
     boots_to(&table, Firmware::SeaBios, &[&m], t);
 }
@@ -2424,6 +2435,86 @@ fn boot_option_errors_name_the_path_and_the_cause() {
     }
     assert_eq!(fs::read(src.join("tiny.bin")).unwrap(), [0x90; 63]);
     assert_eq!(fs::read(src.join("sixty-four.bin")).unwrap(), [0x90; 64]);
+}
+
+/// Boot images given in a way they will not boot get a warning naming them and the fix (the
+/// image is made all the same, as genisoimage and xorriso make it): GRUB's El Torito image
+/// without --boot-info-table (it hangs once loaded), an EFI boot image that is no FAT file
+/// system (a bare BOOTX64.EFI, zeros). A zeroed isolinux table, GRUB with its table, a FAT
+/// image and a disk image with a partition get none. (A stale isolinux table is in
+/// `a_bios_boot_image_boots_in_qemu`, booted.)
+#[test]
+fn boot_images_that_will_not_boot_as_given_get_a_warning() {
+    if !tools(&["grub-mkimage", "mkfs.vfat", "sfdisk"]) || !isolinux_installed() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    grub_bios_tree(&src, "unused");
+    isolinux_tree(&src, "unused");
+    let mut pe = b"MZ".to_vec();
+    pe.resize(4096, 0x90);
+    write(&src.join("efi/bootx64.efi"), &pe);
+    write(&src.join("efi/zeros.img"), &[0u8; 8192]);
+    run(
+        "mkfs.vfat",
+        &["-C", src.join("efi/fat.img").to_str().unwrap(), "1440"],
+    );
+    // a disk image: an MBR with an EFI system partition from sector 2048 (what sfdisk -d
+    // reads back)
+    let disk = src.join("efi/disk.img");
+    let mut d = vec![0u8; 4 << 20];
+    d[446 + 4] = 0xEF;
+    d[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+    d[446 + 12..446 + 16].copy_from_slice(&6144u32.to_le_bytes());
+    d[510..512].copy_from_slice(&[0x55, 0xAA]);
+    write(&disk, &d);
+    let table = run("sfdisk", &["-d", disk.to_str().unwrap()]);
+    assert!(
+        table.contains("start=        2048, size=        6144, type=ef"),
+        "{table}"
+    );
+    let grub = "boot/grub/eltorito.img";
+    let isolinux = "isolinux/isolinux.bin";
+    let needs_table = ["GRUB's El Torito image", "--boot-info-table", "hangs"];
+    let not_fat = ["not a FAT", "EFI/BOOT/BOOTX64.EFI", "mkfs.vfat"];
+    // (arguments, the image warned about and what the warning says, if any)
+    type Warned<'a> = Option<(&'a str, &'a [&'a str])>;
+    let cases: &[(&[&str], Warned)] = &[
+        (&["--boot", grub], Some((grub, &needs_table))),
+        (&["--boot", grub, "--boot-info-table"], None),
+        (&["--boot", isolinux], None),
+        (
+            &["--efi-boot", "efi/bootx64.efi"],
+            Some((
+                "efi/bootx64.efi",
+                &["a PE executable", not_fat[1], not_fat[2]],
+            )),
+        ),
+        (
+            &["--efi-boot", "efi/zeros.img"],
+            Some(("efi/zeros.img", &not_fat)),
+        ),
+        (&["--efi-boot", "efi/fat.img"], None),
+        (&["--efi-boot", "efi/disk.img"], None),
+    ];
+    for (i, (args, warned)) in cases.iter().enumerate() {
+        let iso = t.join(format!("{i}.iso"));
+        let o = mkiso(&src, &iso, args, None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && iso.exists(), "{args:?}: {err}");
+        match warned {
+            None => assert!(err.is_empty(), "{args:?}: {err}"),
+            Some((path, words)) => {
+                let line = format!("warning: boot image {}", src.join(path).display());
+                assert!(err.contains(&line), "{args:?}: {err}");
+                for w in *words {
+                    assert!(err.contains(w), "{args:?}: {w:?} not in {err}");
+                }
+            }
+        }
+    }
 }
 
 // ---- emulated floppies and hard disks ----

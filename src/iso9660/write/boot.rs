@@ -743,7 +743,18 @@ pub(super) fn resolve(
         None => None,
     };
     let efi = match &boot.efi {
-        Some(rel) => Some(boot_file(tree, rel, src, "EFI boot image")?.0),
+        Some(rel) => {
+            let (data, _) = boot_file(tree, rel, src, "EFI boot image")?;
+            if let Some(path) = tree.data.get(data).map(|d| &d.path) {
+                if let Some(why) = not_a_fat_image(path) {
+                    warnings.push(Warning::BootImage {
+                        path: path.clone(),
+                        why,
+                    });
+                }
+            }
+            Some(data)
+        }
         None => None,
     };
     let rel = boot.catalog_path();
@@ -752,6 +763,80 @@ pub(super) fn resolve(
         _ => return Err(Error::Layout("the boot catalog is not in the tree")),
     };
     Ok(Some(Resolved { bios, efi, catalog }))
+}
+
+/// Why the EFI boot image at `path` will not boot, if it is neither a FAT file system (a boot
+/// sector with a BIOS parameter block) nor a disk image with an MBR partition: UEFI firmware
+/// looks for a FAT file system holding EFI/BOOT/BOOTX64.EFI in it. (Unreadable: the copy
+/// fails later, naming it.)
+fn not_a_fat_image(path: &Path) -> Option<String> {
+    let mut b = Vec::with_capacity(512);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(512).read_to_end(&mut b))
+        .ok()?;
+    let signed = b.len() == 512 && b[510..] == [0x55, 0xAA];
+    let per_sector = b.get(11..13).map(|w| u16::from_le_bytes([w[0], w[1]]));
+    let per_cluster = b.get(13).copied().unwrap_or(0);
+    let fats = b.get(16).copied().unwrap_or(0);
+    let bpb = matches!(per_sector, Some(512 | 1024 | 2048 | 4096))
+        && per_cluster.is_power_of_two()
+        && fats > 0;
+    let partitioned = signed
+        && b[MBR_PARTITIONS..510]
+            .chunks_exact(16)
+            .any(|p| p[4] != 0 && p[0] & 0x7F == 0);
+    if signed && (bpb || partitioned) {
+        return None;
+    }
+    let make = "UEFI firmware looks for a FAT file system holding EFI/BOOT/BOOTX64.EFI in it \
+                (mkfs.vfat -C, mmd and mcopy make one)";
+    Some(if b.starts_with(b"MZ") {
+        format!("a PE executable (a boot loader such as BOOTX64.EFI), not a FAT image: {make}")
+    } else {
+        format!("not a FAT file system image (no FAT boot sector): {make}")
+    })
+}
+
+/// Warns where the BIOS boot image, as planned, will not boot for want of
+/// `--boot-info-table`: GRUB's El Torito image without one (it then hangs after the BIOS
+/// loads it), or an isolinux.bin whose table, copied with it out of another image, names
+/// another sector than its own here (isolinux then stops with "Image checksum error"; with a
+/// zeroed table it asks the BIOS and boots).
+pub(super) fn check_info_table(
+    plan: &super::layout::Plan,
+    tree: &Tree,
+    boot: &Boot,
+    warnings: &mut Vec<Warning>,
+) -> Result<(), Error> {
+    if boot.info_table || boot.emulation != Emulation::None {
+        return Ok(());
+    }
+    let (at, segment) = GRUB2_DISKBOOT_SEGMENT;
+    let Some((head, path, lba)) = bios_image_head(plan, tree, at + 2)? else {
+        return Ok(());
+    };
+    let word = |r: std::ops::Range<usize>| {
+        head.get(r)
+            .map(|b| b.iter().rev().fold(0u32, |v, &x| v << 8 | u32::from(x)))
+    };
+    let why = if word(at..at + 2) == Some(u32::from(segment)) {
+        "GRUB's El Torito image needs --boot-info-table: without one it hangs once the BIOS \
+         has loaded it"
+            .to_string()
+    } else if word(0x40..0x44) == Some(ISOLINUX_HYBRID_SIGNATURE) {
+        match word(12..16) {
+            Some(stale) if stale != 0 && stale != lba => format!(
+                "isolinux.bin's boot info table says it is at sector {stale}, as it was in the \
+                 image it was copied from, but here it is at {lba}: isolinux will stop with \
+                 \"Image checksum error\"; give --boot-info-table"
+            ),
+            _ => return Ok(()),
+        }
+    } else {
+        return Ok(());
+    };
+    warnings.push(Warning::BootImage { path, why });
+    Ok(())
 }
 
 /// The catalog entry's fields for the image at `path` of `size` bytes booted as an emulated

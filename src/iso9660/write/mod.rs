@@ -102,6 +102,8 @@ pub enum Warning {
         label: String,
         read_back: Option<String>,
     },
+    /// A boot image that will not boot as it is given (which, and why).
+    BootImage { path: PathBuf, why: String },
     /// A hard disk image to emulate that is not whole cylinders of the geometry a BIOS takes
     /// from its partition's CHS end.
     HardDiskGeometry {
@@ -150,6 +152,9 @@ impl fmt::Display for Warning {
                     .as_ref()
                     .map_or_else(|| "none".to_string(), |l| format!("{l:?}"))
             ),
+            Warning::BootImage { path, why } => {
+                write!(f, "boot image {}: {why}", path.display())
+            }
             Warning::HardDiskGeometry {
                 path,
                 cylinders,
@@ -309,6 +314,7 @@ pub fn build(
     if opts.boot.grub2_boot_info {
         boot::check_grub2_image_and_put_mbr(&mut plan, grub2_mbr_code.as_deref(), &tree)?;
     }
+    boot::check_info_table(&plan, &tree, &opts.boot, &mut warnings)?;
     target.write(&tree, &plan, progress)?;
     Ok(Report {
         warnings,
