@@ -960,15 +960,8 @@ fn an_isohybrid_image_with_an_efi_image_boots_by_uefi_from_a_disk() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let efi_marker = marker("efi-disk");
-    let iso_marker = marker("read-from-the-disk");
-    let bios_marker = marker("bios-disk");
-    let fat = efi_fat_image(t, &efi_marker);
-    let src = t.join("src");
-    isolinux_tree(&src, &bios_marker);
-    fs::create_dir(src.join("boot")).unwrap();
-    fs::copy(&fat, src.join("boot/efiboot.img")).unwrap();
-    fs::write(src.join(GRUB_READS), format!("{iso_marker}\n")).unwrap();
+    let both = BothWays::new(t, "disk");
+    let (src, fat) = (both.src.clone(), both.fat.clone());
     let base = [
         "--boot",
         "isolinux/isolinux.bin",
@@ -993,18 +986,51 @@ fn an_isohybrid_image_with_an_efi_image_boots_by_uefi_from_a_disk() {
     let listing = run("mdir", &["-i", &esp, "-b", "::/EFI/BOOT"]);
     assert!(listing.contains("BOOTX64.EFI"), "{listing}");
 
-    let v = ovmf_vars_copy(&vars, t);
-    boots_to(
-        &hybrid,
-        Firmware::OvmfDisk {
-            code: &code,
+    both.boot_from_a_disk(&hybrid, (&code, &vars), t);
+}
+
+/// A tree that boots both ways: by UEFI (GRUB in boot/efiboot.img, which then shows `efi` and
+/// `iso`, read from GRUB_READS in the ISO tree) and by BIOS (isolinux, showing `bios`).
+struct BothWays {
+    src: PathBuf,
+    fat: PathBuf,
+    efi: String,
+    iso: String,
+    bios: String,
+}
+
+impl BothWays {
+    fn new(t: &Path, what: &str) -> BothWays {
+        let efi = marker(&format!("{what}-efi"));
+        let iso = marker(&format!("{what}-read-from-the-disk"));
+        let bios = marker(&format!("{what}-bios"));
+        let fat = efi_fat_image(t, &efi);
+        let src = t.join("src");
+        isolinux_tree(&src, &bios);
+        fs::create_dir(src.join("boot")).unwrap();
+        fs::copy(&fat, src.join("boot/efiboot.img")).unwrap();
+        fs::write(src.join(GRUB_READS), format!("{iso}\n")).unwrap();
+        BothWays {
+            src,
+            fat,
+            efi,
+            iso,
+            bios,
+        }
+    }
+
+    /// Boots `iso` as a disk under OVMF (`ovmf`: code and variables template) to the UEFI
+    /// markers, and under SeaBIOS to the BIOS one (and not the UEFI one).
+    fn boot_from_a_disk(&self, iso: &Path, ovmf: (&Path, &Path), t: &Path) {
+        let v = ovmf_vars_copy(ovmf.1, t);
+        let uefi = Firmware::OvmfDisk {
+            code: ovmf.0,
             vars: &v,
-        },
-        &[&efi_marker, &iso_marker],
-        t,
-    );
-    let serial = boots_to(&hybrid, Firmware::SeaBiosDisk, &[&bios_marker], t);
-    assert!(!serial.contains(&efi_marker), "{serial}");
+        };
+        boots_to(iso, uefi, &[&self.efi, &self.iso], t);
+        let serial = boots_to(iso, Firmware::SeaBiosDisk, &[&self.bios], t);
+        assert!(!serial.contains(&self.efi), "{serial}");
+    }
 }
 
 /// `xorriso -report_system_area plain`'s lines about the MBR and GPT, as (key, value).
@@ -1061,15 +1087,8 @@ fn an_isohybrid_gpt_is_xorriso_s_and_the_image_still_boots_from_a_disk() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let efi_marker = marker("gpt-efi");
-    let iso_marker = marker("gpt-read-from-the-disk");
-    let bios_marker = marker("gpt-bios");
-    let fat = efi_fat_image(t, &efi_marker);
-    let src = t.join("src");
-    isolinux_tree(&src, &bios_marker);
-    fs::create_dir(src.join("boot")).unwrap();
-    fs::copy(&fat, src.join("boot/efiboot.img")).unwrap();
-    fs::write(src.join(GRUB_READS), format!("{iso_marker}\n")).unwrap();
+    let both = BothWays::new(t, "gpt");
+    let (src, fat) = (both.src.clone(), both.fat.clone());
     let args = [
         "--boot",
         "isolinux/isolinux.bin",
@@ -1243,17 +1262,7 @@ fn an_isohybrid_gpt_is_xorriso_s_and_the_image_still_boots_from_a_disk() {
         assert_eq!(read_back.get(&path), Some(&want), "--no-pad: {path}");
     }
 
-    let v = ovmf_vars_copy(&vars, t);
-    boots_to(
-        &ours,
-        Firmware::OvmfDisk {
-            code: &code,
-            vars: &v,
-        },
-        &[&efi_marker, &iso_marker],
-        t,
-    );
-    boots_to(&ours, Firmware::SeaBiosDisk, &[&bios_marker], t);
+    both.boot_from_a_disk(&ours, (&code, &vars), t);
 
     // Usage errors: without --efi-boot, without --isohybrid-mbr.
     for drop in ["--efi-boot", "--isohybrid-mbr"] {
