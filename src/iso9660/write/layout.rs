@@ -932,11 +932,11 @@ pub fn plan(
     }
     if opts.boot.gpt {
         // the backup GPT goes at the end, where nothing of the volume is
-        lba = lba.max(content_end + super::boot::GPT_BACKUP_SECTORS);
+        lba = lba.max(content_end + super::hybrid::GPT_BACKUP_SECTORS);
     }
     if opts.boot.isohybrid_mbr.is_some() {
         // whole cylinders of the disk the image becomes, as isohybrid pads it
-        lba = lba.next_multiple_of(super::boot::CYLINDER_SECTORS);
+        lba = lba.next_multiple_of(super::hybrid::CYLINDER_SECTORS);
     }
     let total = to_u32(lba)?;
 

@@ -16,6 +16,7 @@
 //! Nothing here prints: warnings come back in the [`Report`], progress through a callback.
 
 pub mod boot;
+pub mod hybrid;
 pub mod layout;
 pub mod names;
 pub mod stream;
@@ -291,11 +292,11 @@ pub fn build(
         });
     }
     let mbr_code = match &opts.boot.isohybrid_mbr {
-        Some(path) => Some(boot::read_mbr_code(path, boot::MbrKind::Isohybrid)?),
+        Some(path) => Some(hybrid::read_mbr_code(path, hybrid::MbrKind::Isohybrid)?),
         None => None,
     };
     let grub2_mbr_code = match &opts.boot.grub2_mbr {
-        Some(path) => Some(boot::read_mbr_code(path, boot::MbrKind::Grub2)?),
+        Some(path) => Some(hybrid::read_mbr_code(path, hybrid::MbrKind::Grub2)?),
         None => None,
     };
     let now = opts.source_date_epoch.unwrap_or_else(unix_now);
@@ -309,10 +310,10 @@ pub fn build(
     boot::add_catalog(&mut tree, &opts.boot, src, now)?;
     let mut plan = layout::plan(&tree, opts, now, &mut warnings, src)?;
     if let Some(code) = &mbr_code {
-        boot::put_isohybrid_mbr(&mut plan, code, opts.boot.gpt, &tree, &opts.label, now)?;
+        hybrid::put_isohybrid_mbr(&mut plan, code, opts.boot.gpt, &tree, &opts.label, now)?;
     }
     if opts.boot.grub2_boot_info {
-        boot::check_grub2_image_and_put_mbr(&mut plan, grub2_mbr_code.as_deref(), &tree)?;
+        hybrid::check_grub2_image_and_put_mbr(&mut plan, grub2_mbr_code.as_deref(), &tree)?;
     }
     boot::check_info_table(&plan, &tree, &opts.boot, &mut warnings)?;
     target.write(&tree, &plan, progress)?;
