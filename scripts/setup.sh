@@ -21,6 +21,7 @@ packages=(
   syslinux-utils fdisk  # isohybrid and sfdisk, to check mkiso --isohybrid-mbr's first sector
   syslinux  # its installer, for floppy and hard disk images booted by emulation
   gdisk  # sgdisk, to check the GPT of mkiso --isohybrid-gpt-basdat
+  ipxe  # its ipxe.iso, a distribution's image served and remastered
 )
 
 if [ "$(id -u)" -ne 0 ]; then

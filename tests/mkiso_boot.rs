@@ -2526,6 +2526,93 @@ fn boot_images_that_will_not_boot_as_given_get_a_warning() {
     }
 }
 
+/// Debian's iPXE image (package ipxe): isolinux, iPXE and an EFI image, made by iPXE's own
+/// script, isohybrid.
+const IPXE_ISO: &str = "/usr/lib/ipxe/ipxe.iso";
+
+/// Remastering a served image, as the README shows it: `isomgr watch --driver fuse` serves
+/// Debian's iPXE image, and mkiso builds a new image straight from the served directory, with
+/// a new isolinux.cfg grafted in and the image's old boot catalog replaced, nothing copied out
+/// first. The new image boots under SeaBIOS from a CD and from a disk: isolinux says what the
+/// grafted configuration says and starts the served iPXE. The served image is not changed.
+#[test]
+fn a_served_image_is_remastered_from_its_directory_and_boots() {
+    if !tools(&["qemu-system-x86_64"])
+        || !have_file(IPXE_ISO, "ipxe")
+        || !have_file(ISOHDPFX, "isolinux")
+        || !common::watcher::can_run("remastering a served image")
+    {
+        return;
+    }
+    let env = common::watcher::Env::new("remaster");
+    let _w = common::watcher::Watcher::start(&env);
+    let before = fs::read(IPXE_ISO).unwrap();
+    let staged = env.scratch.join("ipxe.iso");
+    fs::write(&staged, &before).unwrap();
+    fs::rename(&staged, env.drop.join("ipxe.iso")).unwrap();
+    env.wait_names(&["ISOIMAGE"]);
+    let served = env.root.join("ISOIMAGE");
+
+    let m = marker("remastered");
+    let cfg = env.outside("cfg").join("isolinux.cfg");
+    fs::write(
+        &cfg,
+        format!("SAY {m}\nTIMEOUT 0\nDEFAULT ipxe\nLABEL ipxe\n KERNEL ipxe.krn\n"),
+    )
+    .unwrap();
+    let iso = env.outside("out").join("remastered.iso");
+    let graft = format!("isolinux.cfg={}", cfg.display());
+    let o = mkiso(
+        &served,
+        &iso,
+        &[
+            "-V",
+            "iPXE-remastered",
+            "--graft",
+            &graft,
+            "--boot",
+            "isolinux.bin",
+            "--boot-catalog",
+            "boot.cat",
+            "--boot-info-table",
+            "--efi-boot",
+            "efi.img",
+            "--isohybrid-mbr",
+            ISOHDPFX,
+        ],
+        None,
+    );
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let x = xorriso_el_torito(&iso);
+    assert_eq!(x.catalog_path, "/boot.cat");
+    let listing = run("isoinfo", &["-l", "-R", "-i", iso.to_str().unwrap()]);
+    assert_eq!(listing.matches(" boot.cat").count(), 1, "{listing}");
+    let shown = output_ok(Command::new(bin()).arg("cat").arg(&iso).arg("isolinux.cfg"));
+    assert_eq!(shown.stdout, fs::read(&cfg).unwrap());
+
+    let ipxe = "iPXE initialising devices";
+    boots_to(
+        &iso,
+        Firmware::SeaBiosScreenOnSerial,
+        &[&m, ipxe],
+        env.base.as_path(),
+    );
+    boots_to(
+        &iso,
+        Firmware::SeaBiosDiskScreenOnSerial,
+        &[&m, ipxe],
+        env.base.as_path(),
+    );
+    assert!(
+        fs::read(env.drop.join("ipxe.iso")).unwrap() == before,
+        "the served image changed"
+    );
+}
+
 // ---- emulated floppies and hard disks ----
 
 const SYSLINUX_MBR: &str = "/usr/lib/syslinux/mbr/mbr.bin";

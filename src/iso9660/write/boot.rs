@@ -220,7 +220,8 @@ fn is_dir(tree: &Tree, id: NodeId) -> bool {
 }
 
 /// Puts the boot catalog, a 2048-byte file, into `tree` where `boot` says (when the image
-/// boots at all). Its directory must be in the tree and the name free. Owned by root,
+/// boots at all). Its directory must be in the tree and the name free, or taken by a boot
+/// catalog (of the image the tree was served from), which it replaces. Owned by root,
 /// read-only for all, dated `now`.
 pub fn add_catalog(tree: &mut Tree, boot: &Boot, src: &Path, now: i64) -> Result<(), Error> {
     if !boot.any() {
@@ -233,7 +234,7 @@ pub fn add_catalog(tree: &mut Tree, boot: &Boot, src: &Path, now: i64) -> Result
         .ok_or_else(|| boot_error(what, src, &rel, "not a file name"))?
         .to_owned();
     let parent_rel = relative(&rel).parent().unwrap_or(Path::new(""));
-    let parent = find(tree, parent_rel).map_err(|why| {
+    let mut parent = find(tree, parent_rel).map_err(|why| {
         boot_error(
             what,
             src,
@@ -247,13 +248,21 @@ pub fn add_catalog(tree: &mut Tree, boot: &Boot, src: &Path, now: i64) -> Result
     if !is_dir(tree, parent) {
         return Err(boot_error(what, src, &rel, "its parent is not a directory"));
     }
-    if find(tree, relative(&rel)).is_ok() {
-        return Err(boot_error(
-            what,
-            src,
-            &rel,
-            "already in the source tree; give the catalog another place (--boot-catalog)",
-        ));
+    if let Ok(old) = find(tree, relative(&rel)) {
+        if !is_a_boot_catalog(tree, old) {
+            return Err(boot_error(
+                what,
+                src,
+                &rel,
+                "already in the source tree, and not a boot catalog; give the catalog another \
+                 place (--boot-catalog)",
+            ));
+        }
+        // an earlier image's catalog (a served image being remastered): replaced, as
+        // genisoimage and xorriso replace it
+        super::tree::remove_child(tree, parent, old);
+        *tree = super::tree::compact(tree);
+        parent = find(tree, parent_rel).map_err(|_| Error::Layout("the catalog's directory"))?;
     }
     let data = tree.data.len();
     tree.data.push(super::tree::FileData {
@@ -273,6 +282,21 @@ pub fn add_catalog(tree: &mut Tree, boot: &Boot, src: &Path, now: i64) -> Result
     super::tree::push_child(tree, parent, &name, meta, Kind::File { data }, serial);
     super::tree::insert_child(tree, parent, id);
     Ok(())
+}
+
+/// Whether node `id` is a regular file holding an El Torito boot catalog (a sector whose
+/// validation entry checks out, with a bootable entry), as an image's catalog shows in it.
+fn is_a_boot_catalog(tree: &Tree, id: NodeId) -> bool {
+    let Some(Kind::File { data }) = tree.nodes.get(id).map(|n| &n.kind) else {
+        return false;
+    };
+    let Some(file) = tree.data.get(*data).filter(|d| d.size == SECTOR_SIZE) else {
+        return false;
+    };
+    let mut sector = Vec::with_capacity(SECTOR_SIZE as usize);
+    std::fs::File::open(&file.path)
+        .and_then(|f| f.take(SECTOR_SIZE).read_to_end(&mut sector))
+        .is_ok_and(|_| crate::iso9660::descriptor::catalog_is_bootable(&sector))
 }
 
 /// The data index of the regular file at `rel`, checked for use as a boot image.
@@ -735,6 +759,39 @@ mod tests {
             t.nodes.len(),
             "the catalog has a serial of its own"
         );
+    }
+
+    #[test]
+    fn an_earlier_image_s_catalog_is_replaced() {
+        let (tmp, mut t) = tree_of(&["isolinux/a.bin", "isolinux/boot.cat", "z.txt"]);
+        let old = catalog(Some((30, Load::no_emulation(4))), None);
+        fs::write(tmp.path().join("isolinux/boot.cat"), &old).unwrap();
+        let mut t2 =
+            super::super::tree::walk(tmp.path(), false, &Default::default(), &mut Vec::new())
+                .unwrap();
+        let boot = Boot {
+            bios: Some("isolinux/a.bin".into()),
+            catalog: Some("isolinux/boot.cat".into()),
+            ..Boot::default()
+        };
+        add_catalog(&mut t2, &boot, tmp.path(), 5).unwrap();
+        let dir = find(&t2, Path::new("isolinux")).unwrap();
+        assert_eq!(child_names(&t2, dir), ["a.bin", "boot.cat"]);
+        assert_eq!(
+            t2.data.len(),
+            3,
+            "the old catalog's data is gone: {:?}",
+            t2.data
+        );
+        let r = resolve(&t2, &boot, tmp.path(), &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.catalog, 2, "the new catalog is the last data");
+        // A file of that name that is no catalog stays an error.
+        let e = add_catalog(&mut t, &boot, tmp.path(), 5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a boot catalog"), "{e}");
     }
 
     #[test]

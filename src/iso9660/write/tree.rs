@@ -438,13 +438,7 @@ pub fn graft(
         };
     }
     if let Some(old) = child_named(tree, parent, last.as_bytes()) {
-        if let Some(Node {
-            kind: Kind::Dir { children },
-            ..
-        }) = tree.nodes.get_mut(parent)
-        {
-            children.retain(|&c| c != old);
-        }
+        remove_child(tree, parent, old);
     }
     let (node_base, data_base) = (tree.nodes.len(), tree.data.len());
     for (i, mut n) in sub.nodes.into_iter().enumerate() {
@@ -476,6 +470,18 @@ pub(super) fn child_named(tree: &Tree, dir: NodeId, name: &[u8]) -> Option<NodeI
 }
 
 /// Adds node `id` to directory `dir`'s children, in name order.
+/// Takes `id` out of directory `dir`'s children (the node stays in `tree.nodes`, unreachable:
+/// [`compact`] drops it).
+pub(super) fn remove_child(tree: &mut Tree, dir: NodeId, id: NodeId) {
+    if let Some(Node {
+        kind: Kind::Dir { children },
+        ..
+    }) = tree.nodes.get_mut(dir)
+    {
+        children.retain(|&c| c != id);
+    }
+}
+
 pub(super) fn insert_child(tree: &mut Tree, dir: NodeId, id: NodeId) {
     let name = tree
         .nodes
