@@ -169,14 +169,18 @@ pub(super) fn bios_image_head(
         .get(data)
         .map(|d| d.path.clone())
         .ok_or(Error::Layout("the BIOS boot image is not in the tree"))?;
-    let mut head = Vec::with_capacity(n);
-    std::fs::File::open(&path)
-        .and_then(|f| f.take(n as u64).read_to_end(&mut head))
-        .map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })?;
+    let head = read_head(&path, n).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
     Ok(Some((head, path, lba)))
+}
+
+/// The first `n` bytes of the file at `path` (fewer if it is shorter).
+fn read_head(path: &Path, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(n);
+    std::fs::File::open(path).and_then(|f| f.take(n as u64).read_to_end(&mut head))?;
+    Ok(head)
 }
 
 fn boot_error(what: &'static str, src: &Path, rel: &Path, why: impl Into<String>) -> Error {
@@ -293,10 +297,8 @@ fn is_a_boot_catalog(tree: &Tree, id: NodeId) -> bool {
     let Some(file) = tree.data.get(*data).filter(|d| d.size == SECTOR_SIZE) else {
         return false;
     };
-    let mut sector = Vec::with_capacity(SECTOR_SIZE as usize);
-    std::fs::File::open(&file.path)
-        .and_then(|f| f.take(SECTOR_SIZE).read_to_end(&mut sector))
-        .is_ok_and(|_| crate::iso9660::descriptor::catalog_is_bootable(&sector))
+    read_head(&file.path, SECTOR_SIZE as usize)
+        .is_ok_and(|sector| crate::iso9660::descriptor::catalog_is_bootable(&sector))
 }
 
 /// The data index of the regular file at `rel`, checked for use as a boot image.
@@ -431,10 +433,7 @@ pub(super) fn resolve(
 /// looks for a FAT file system holding EFI/BOOT/BOOTX64.EFI in it. (Unreadable: the copy
 /// fails later, naming it.)
 fn not_a_fat_image(path: &Path) -> Option<String> {
-    let mut b = Vec::with_capacity(512);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(512).read_to_end(&mut b))
-        .ok()?;
+    let b = read_head(path, 512).ok()?;
     let signed = b.len() == 512 && b[510..] == [0x55, 0xAA];
     let per_sector = b.get(11..13).map(|w| u16::from_le_bytes([w[0], w[1]]));
     let per_cluster = b.get(13).copied().unwrap_or(0);
@@ -528,10 +527,7 @@ fn emulated_disk(
             )),
         };
     }
-    let mut mbr = Vec::with_capacity(512);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(512).read_to_end(&mut mbr))
-        .map_err(|e| format!("reading its MBR: {e}"))?;
+    let mbr = read_head(path, 512).map_err(|e| format!("reading its MBR: {e}"))?;
     if mbr.len() < 512 || mbr[510..] != [0x55, 0xAA] {
         return Err("not a hard disk image: no MBR (0x55AA at byte 510)".into());
     }
