@@ -626,6 +626,7 @@ fn a_grub_hybrid_image_boots_from_a_disk_as_grub_mkrescue_makes_it() {
     mkiso_ok(&src, &iso, &args, Some("0"));
     let ours = fs::read(&iso).unwrap();
     let sectors = ours.len() / 512;
+    assert_eq!(boot_options(&iso), args, "ls --boot");
 
     let report = run(
         "xorriso",
@@ -1033,6 +1034,19 @@ impl BothWays {
     }
 }
 
+/// The mkiso options `isomgr ls --boot` gives for `iso` (its "mkiso" line), after checking
+/// that it names nothing mkiso would not make.
+fn boot_options(iso: &Path) -> Vec<String> {
+    let o = output_ok(Command::new(bin()).args(["ls", "--boot"]).arg(iso));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(!text.contains("not made by mkiso"), "{text}");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mkiso "))
+        .unwrap_or_else(|| panic!("no mkiso line:\n{text}"));
+    line.split_whitespace().map(str::to_string).collect()
+}
+
 /// `xorriso -report_system_area plain`'s lines about the MBR and GPT, as (key, value).
 fn system_area(iso: &Path) -> Vec<(String, String)> {
     let out = run(
@@ -1103,6 +1117,15 @@ fn an_isohybrid_gpt_is_xorriso_s_and_the_image_still_boots_from_a_disk() {
     ];
     let ours = t.join("ours.iso");
     mkiso_ok(&src, &ours, &args, Some("0"));
+    // `ls --boot` reads all of it back, and its options make the same image again.
+    let options = boot_options(&ours);
+    let again = t.join("again.iso");
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    mkiso_ok(&src, &again, &options, Some("0"));
+    assert!(
+        fs::read(&again).unwrap() == fs::read(&ours).unwrap(),
+        "ls --boot's options {options:?} made another image than {args:?}"
+    );
     let theirs = other_tool(
         "xorriso -as mkisofs",
         &src,
@@ -2531,9 +2554,9 @@ fn boot_images_that_will_not_boot_as_given_get_a_warning() {
 const IPXE_ISO: &str = "/usr/lib/ipxe/ipxe.iso";
 
 /// Remastering a served image, as the README shows it: `isomgr watch --driver fuse` serves
-/// Debian's iPXE image, and mkiso builds a new image straight from the served directory, with
-/// a new isolinux.cfg grafted in and the image's old boot catalog replaced, nothing copied out
-/// first. The new image boots under SeaBIOS from a CD and from a disk: isolinux says what the
+/// Debian's iPXE image, `isomgr ls --boot` reads how it boots, and mkiso builds a new image
+/// with those options straight from the served directory, with a new isolinux.cfg grafted in
+/// and the image's old boot catalog replaced, nothing copied out first. The new image boots under SeaBIOS from a CD and from a disk: isolinux says what the
 /// grafted configuration says and starts the served iPXE. The served image is not changed.
 #[test]
 fn a_served_image_is_remastered_from_its_directory_and_boots() {
@@ -2561,27 +2584,25 @@ fn a_served_image_is_remastered_from_its_directory_and_boots() {
     )
     .unwrap();
     let iso = env.outside("out").join("remastered.iso");
-    let graft = format!("isolinux.cfg={}", cfg.display());
-    let o = mkiso(
-        &served,
-        &iso,
-        &[
-            "-V",
-            "iPXE-remastered",
-            "--graft",
-            &graft,
+    // What makes it boot, as `ls --boot` reads it and gives it to mkiso.
+    let options = boot_options(&env.drop.join("ipxe.iso"));
+    assert_eq!(
+        options,
+        [
             "--boot",
             "isolinux.bin",
-            "--boot-catalog",
-            "boot.cat",
             "--boot-info-table",
             "--efi-boot",
             "efi.img",
             "--isohybrid-mbr",
-            ISOHDPFX,
+            ISOHDPFX
         ],
-        None,
+        "ls --boot"
     );
+    let graft = format!("isolinux.cfg={}", cfg.display());
+    let mut args = vec!["-V", "iPXE-remastered", "--graft", &graft];
+    args.extend(options.iter().map(String::as_str));
+    let o = mkiso(&served, &iso, &args, None);
     assert!(
         o.status.success() && o.stderr.is_empty(),
         "{}",
@@ -2759,6 +2780,18 @@ fn emulated_floppy_and_hard_disk_images_boot_as_genisoimage_makes_them() {
         ];
         let out = mkiso(&src, &iso, &args, None);
         assert!(out.status.success(), "{mode}: {out:?}");
+        assert_eq!(
+            boot_options(&iso),
+            [
+                "--boot-catalog",
+                "boot/boot.cat",
+                "--boot",
+                image,
+                "--boot-emulation",
+                mode
+            ],
+            "{mode}: ls --boot"
+        );
         assert!(
             out.stderr.is_empty(),
             "{mode}: a well-made image gets no warning: {}",

@@ -1,4 +1,5 @@
-//! `isomgr ls [-l] [-R] [--json] IMAGE [PATH]`: list inside an image without mounting it.
+//! `isomgr ls [-l] [-R] [--json] IMAGE [PATH]`: list inside an image without mounting it;
+//! `isomgr ls --boot IMAGE`: what makes it boot.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::iso9660::eltorito::{self, Mbr};
 use crate::iso9660::read::join_path;
 use crate::iso9660::{ondisk, Entry, Kind};
 
@@ -20,6 +22,11 @@ pub struct Args {
     /// One JSON array of {path, type, size, mode, mtime, target}.
     #[arg(long)]
     pub json: bool,
+    /// Show what makes the image boot instead: the El Torito catalog and boot images (which
+    /// files they are, what their copies hold), the MBR and GPT, and the mkiso options that
+    /// make an image boot the same way (what remastering it needs).
+    #[arg(long, conflicts_with_all = ["long", "recursive", "json"])]
+    pub boot: bool,
     /// The image file or block device.
     pub image: PathBuf,
     /// Absolute path inside the image.
@@ -42,6 +49,10 @@ struct JsonEntry<'a> {
 pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     let image = super::open_image(&args.image)?;
     let ctx = || args.image.display().to_string();
+    if args.boot {
+        let boot = eltorito::read(&image, image.info().boot_catalog).with_context(ctx)?;
+        return show_boot(&boot, out);
+    }
     let start = image.lookup(&args.path).with_context(ctx)?;
     let start_path = if args.path.starts_with('/') {
         args.path.clone()
@@ -103,6 +114,154 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
         } else {
             writeln!(out, "{shown}")?;
         }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Where Debian puts the MBR boot code `--isohybrid-mbr` and `--grub2-mbr` take.
+const ISOHDPFX: &str = "/usr/lib/ISOLINUX/isohdpfx.bin";
+const BOOT_HYBRID: &str = "/usr/lib/grub/i386-pc/boot_hybrid.img";
+
+/// `ls --boot`: a line per part of what makes the image boot, then the mkiso options that make
+/// an image boot the same way, and what of it mkiso does not make.
+fn show_boot(boot: &eltorito::Boot, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut mkiso: Vec<String> = Vec::new();
+    let mut not_made: Vec<String> = Vec::new();
+    let rel = |p: &str| p.trim_start_matches('/').to_string();
+    match &boot.catalog {
+        None => writeln!(out, "catalog  none (no El Torito boot record)")?,
+        Some((lba, path)) => {
+            let shown = path.as_deref().unwrap_or("(not a file of the image)");
+            writeln!(out, "catalog  {shown} (sector {lba})")?;
+            if let Some(p) = path.as_deref().filter(|p| *p != "/boot.cat") {
+                mkiso.extend(["--boot-catalog".into(), rel(p)]);
+            }
+        }
+    }
+    let (mut bios_seen, mut efi_seen) = (false, false);
+    for img in &boot.images {
+        let e = &img.entry;
+        let platform = match e.platform {
+            0 => "BIOS".to_string(),
+            0xEF => "UEFI".to_string(),
+            p => format!("platform {p:#04x}"),
+        };
+        let emulation = match e.media {
+            0 => "no emulation".to_string(),
+            1 => "1.2 MB floppy".to_string(),
+            2 => "1.44 MB floppy".to_string(),
+            3 => "2.88 MB floppy".to_string(),
+            4 => format!("hard disk (partition type {:#04x})", e.system_type),
+            m => format!("media type {m}"),
+        };
+        let sectors = match e.sectors {
+            1 => "1 sector".to_string(),
+            n => format!("{n} sectors"),
+        };
+        let mut what = vec![emulation, sectors];
+        if !e.bootable {
+            what.push("not bootable".into());
+        }
+        if img.info_table {
+            what.push("boot info table".into());
+        }
+        if img.grub2_boot_info {
+            what.push("GRUB boot info".into());
+        }
+        let shown = img.path.as_deref().unwrap_or("(not a file of the image)");
+        writeln!(out, "{platform:<8} {shown}  {}", what.join(", "))?;
+        let Some(path) = img.path.as_deref() else {
+            not_made.push(format!(
+                "the {platform} image at sector {}, which no file of the image holds (an \
+                 appended partition?)",
+                e.lba
+            ));
+            continue;
+        };
+        match e.platform {
+            0 if !bios_seen => {
+                bios_seen = true;
+                mkiso.extend(["--boot".into(), rel(path)]);
+                match e.media {
+                    0 => {
+                        if e.sectors != 4 {
+                            mkiso.extend(["--boot-load-size".into(), e.sectors.to_string()]);
+                        }
+                    }
+                    1..=3 => mkiso.extend(["--boot-emulation".into(), "floppy".into()]),
+                    4 => mkiso.extend(["--boot-emulation".into(), "hard-disk".into()]),
+                    m => not_made.push(format!("boot media type {m}")),
+                }
+                if img.info_table {
+                    mkiso.push("--boot-info-table".into());
+                }
+                if img.grub2_boot_info {
+                    mkiso.push("--grub2-boot-info".into());
+                }
+            }
+            0xEF if !efi_seen && e.media == 0 => {
+                efi_seen = true;
+                mkiso.extend(["--efi-boot".into(), rel(path)]);
+            }
+            _ => not_made.push(format!("the {platform} image {path}")),
+        }
+    }
+    // what mkiso's hybrid MBRs start: a BIOS image without emulation, with a boot info table
+    // (and GRUB's boot info, for GRUB's)
+    let bios = boot
+        .images
+        .iter()
+        .find(|i| i.entry.platform == 0 && i.path.is_some());
+    let startable = |grub: bool| {
+        bios.is_some_and(|i| i.entry.media == 0 && i.info_table && (!grub || i.grub2_boot_info))
+    };
+    let mbr = match boot.mbr {
+        None => "none",
+        Some(Mbr::Isohybrid) => {
+            if startable(false) {
+                mkiso.extend(["--isohybrid-mbr".into(), ISOHDPFX.into()]);
+            } else {
+                not_made.push("its isohybrid MBR, which starts no BIOS image mkiso can".into());
+            }
+            "isohybrid (isolinux's isohdpfx.bin)"
+        }
+        Some(Mbr::Grub2) => {
+            if startable(true) {
+                mkiso.extend(["--grub2-mbr".into(), BOOT_HYBRID.into()]);
+            } else {
+                not_made.push(
+                    "its GRUB hybrid MBR (mkiso writes one for GRUB's El Torito image with a \
+                     boot info table and GRUB boot info)"
+                        .into(),
+                );
+            }
+            "GRUB hybrid (boot_hybrid.img)"
+        }
+        Some(Mbr::Other) => {
+            not_made.push("its MBR".into());
+            "another"
+        }
+    };
+    writeln!(out, "MBR      {mbr}")?;
+    writeln!(out, "GPT      {}", if boot.gpt { "yes" } else { "no" })?;
+    if boot.gpt {
+        if boot.mbr == Some(Mbr::Isohybrid) && startable(false) && efi_seen {
+            mkiso.push("--isohybrid-gpt-basdat".into());
+        } else {
+            not_made.push("its GPT".into());
+        }
+    }
+    if mkiso.is_empty() {
+        writeln!(
+            out,
+            "mkiso    (no options: nothing of it boots as mkiso makes images boot)"
+        )?;
+    } else {
+        writeln!(out, "mkiso    {}", mkiso.join(" "))?;
+    }
+    if !not_made.is_empty() {
+        writeln!(out, "not made by mkiso: {}", not_made.join("; "))?;
     }
     out.flush()?;
     Ok(())

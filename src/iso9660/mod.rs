@@ -6,6 +6,7 @@
 //! looks at the clock; the only I/O is positioned reads through [`ReadAt`].
 
 pub mod descriptor;
+pub mod eltorito;
 pub mod error;
 pub mod ondisk;
 pub mod read;

@@ -68,6 +68,8 @@ pub struct VolumeInfo {
     pub el_torito: bool,
     pub udf: bool,
     pub bootable: bool,
+    /// The El Torito boot catalog's sector, from the boot record.
+    pub boot_catalog: Option<u32>,
     /// Anomalies that did not stop identification (bad both-endian fields, unreadable root).
     pub warnings: Vec<String>,
 }
@@ -203,6 +205,14 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The sector its data starts at (its first extent's); `None` without data.
+    pub fn start_sector(&self) -> Option<u64> {
+        self.extents
+            .first()
+            .filter(|e| e.start != super::udf::HOLE)
+            .map(|e| e.start / SECTOR_SIZE)
+    }
+
     /// For a directory, the sector its records start at.
     pub fn dir_sector(&self) -> Option<u64> {
         self.dir_key().map(|at| at / SECTOR_SIZE)
@@ -406,6 +416,7 @@ fn probe_with(src: &(impl ReadAt + ?Sized), buf: &mut [u8]) -> Result<(VolumeInf
         el_torito: desc.boot_catalog.is_some(),
         udf: udf.is_some(),
         bootable,
+        boot_catalog: desc.boot_catalog,
         warnings,
     };
     Ok((info, Probed { desc, root_rr }))
