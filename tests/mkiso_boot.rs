@@ -2599,6 +2599,36 @@ fn a_served_image_is_remastered_from_its_directory_and_boots() {
         ],
         "ls --boot"
     );
+    let doc = output_ok(
+        Command::new(bin())
+            .args(["ls", "--boot", "--json"])
+            .arg(env.drop.join("ipxe.iso")),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&doc.stdout).unwrap();
+    assert_eq!(doc["mkiso"], serde_json::json!(options), "{doc}");
+    assert_eq!(doc["catalog"]["path"], "/boot.cat", "{doc}");
+    assert_eq!(
+        (&doc["mbr"], &doc["gpt"], &doc["not_made"]),
+        (&"isohybrid".into(), &false.into(), &serde_json::json!([])),
+        "{doc}"
+    );
+    let images = doc["images"].as_array().unwrap();
+    let fields = |i: &serde_json::Value| {
+        (
+            i["platform"].as_str().unwrap().to_string(),
+            i["path"].as_str().unwrap().to_string(),
+            i["emulation"].as_str().unwrap().to_string(),
+            i["boot_info_table"].as_bool().unwrap(),
+        )
+    };
+    assert_eq!(
+        images.iter().map(fields).collect::<Vec<_>>(),
+        [
+            ("bios".into(), "/isolinux.bin".into(), "none".into(), true),
+            ("uefi".into(), "/efi.img".into(), "none".into(), false)
+        ],
+        "{doc}"
+    );
     let graft = format!("isolinux.cfg={}", cfg.display());
     let mut args = vec!["-V", "iPXE-remastered", "--graft", &graft];
     args.extend(options.iter().map(String::as_str));

@@ -25,7 +25,8 @@ pub struct Args {
     /// Show what makes the image boot instead: the El Torito catalog and boot images (which
     /// files they are, what their copies hold), the MBR and GPT, and the mkiso options that
     /// make an image boot the same way (what remastering it needs).
-    #[arg(long, conflicts_with_all = ["long", "recursive", "json"])]
+    /// With --json: one document {catalog, images, mbr, gpt, mkiso, not_made}.
+    #[arg(long, conflicts_with_all = ["long", "recursive"])]
     pub boot: bool,
     /// The image file or block device.
     pub image: PathBuf,
@@ -51,7 +52,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     let ctx = || args.image.display().to_string();
     if args.boot {
         let boot = eltorito::read(&image, image.info().boot_catalog).with_context(ctx)?;
-        return show_boot(&boot, out);
+        return show_boot(&boot, args.json, out);
     }
     let start = image.lookup(&args.path).with_context(ctx)?;
     let start_path = if args.path.starts_with('/') {
@@ -119,79 +120,101 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `ls --boot` shows (also as its JSON document).
+#[derive(Serialize)]
+struct BootView {
+    /// The catalog's path in the image (null when no file is it) and sector.
+    catalog: Option<CatalogView>,
+    images: Vec<BootImageView>,
+    /// "isohybrid", "grub2", "other", or null.
+    mbr: Option<&'static str>,
+    gpt: bool,
+    /// The mkiso options that make an image boot the same way.
+    mkiso: Vec<String>,
+    /// What of it mkiso does not make.
+    not_made: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct CatalogView {
+    path: Option<String>,
+    sector: u32,
+}
+
+#[derive(Serialize)]
+struct BootImageView {
+    /// "bios", "uefi" or the platform id ("0x02").
+    platform: String,
+    /// "none", "floppy" or "hard-disk" (or "media N").
+    emulation: String,
+    /// The emulated floppy's size ("1.44 MB"), or the emulated disk's partition type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk: Option<String>,
+    sectors: u16,
+    sector: u32,
+    path: Option<String>,
+    bootable: bool,
+    boot_info_table: bool,
+    grub2_boot_info: bool,
+}
+
 /// Where Debian puts the MBR boot code `--isohybrid-mbr` and `--grub2-mbr` take.
 const ISOHDPFX: &str = "/usr/lib/ISOLINUX/isohdpfx.bin";
 const BOOT_HYBRID: &str = "/usr/lib/grub/i386-pc/boot_hybrid.img";
 
-/// `ls --boot`: a line per part of what makes the image boot, then the mkiso options that make
-/// an image boot the same way, and what of it mkiso does not make.
-fn show_boot(boot: &eltorito::Boot, out: &mut impl Write) -> anyhow::Result<()> {
+/// What `ls --boot` shows of `boot`, with the mkiso options that make an image boot the same
+/// way and what of it mkiso does not make.
+fn boot_view(boot: &eltorito::Boot) -> BootView {
     let mut mkiso: Vec<String> = Vec::new();
     let mut not_made: Vec<String> = Vec::new();
     let rel = |p: &str| p.trim_start_matches('/').to_string();
-    match &boot.catalog {
-        None => writeln!(out, "catalog  none (no El Torito boot record)")?,
-        Some((lba, path)) => {
-            let shown = path.as_deref().unwrap_or("(not a file of the image)");
-            writeln!(out, "catalog  {shown} (sector {lba})")?;
-            if let Some(p) = path.as_deref().filter(|p| *p != "/boot.cat") {
-                mkiso.extend(["--boot-catalog".into(), rel(p)]);
-            }
-        }
+    if let Some(p) = boot
+        .catalog
+        .as_ref()
+        .and_then(|(_, p)| p.as_deref())
+        .filter(|p| *p != "/boot.cat")
+    {
+        mkiso.extend(["--boot-catalog".into(), rel(p)]);
     }
     let (mut bios_seen, mut efi_seen) = (false, false);
+    let mut images = Vec::new();
     for img in &boot.images {
         let e = &img.entry;
         let platform = match e.platform {
-            0 => "BIOS".to_string(),
-            0xEF => "UEFI".to_string(),
-            p => format!("platform {p:#04x}"),
+            0 => "bios".to_string(),
+            0xEF => "uefi".to_string(),
+            p => format!("{p:#04x}"),
         };
-        let emulation = match e.media {
-            0 => "no emulation".to_string(),
-            1 => "1.2 MB floppy".to_string(),
-            2 => "1.44 MB floppy".to_string(),
-            3 => "2.88 MB floppy".to_string(),
-            4 => format!("hard disk (partition type {:#04x})", e.system_type),
-            m => format!("media type {m}"),
+        let (emulation, disk) = match e.media {
+            0 => ("none".to_string(), None),
+            1 => ("floppy".into(), Some("1.2 MB".to_string())),
+            2 => ("floppy".into(), Some("1.44 MB".into())),
+            3 => ("floppy".into(), Some("2.88 MB".into())),
+            4 => (
+                "hard-disk".into(),
+                Some(format!("partition type {:#04x}", e.system_type)),
+            ),
+            m => (format!("media {m}"), None),
         };
-        let sectors = match e.sectors {
-            1 => "1 sector".to_string(),
-            n => format!("{n} sectors"),
-        };
-        let mut what = vec![emulation, sectors];
-        if !e.bootable {
-            what.push("not bootable".into());
-        }
-        if img.info_table {
-            what.push("boot info table".into());
-        }
-        if img.grub2_boot_info {
-            what.push("GRUB boot info".into());
-        }
-        let shown = img.path.as_deref().unwrap_or("(not a file of the image)");
-        writeln!(out, "{platform:<8} {shown}  {}", what.join(", "))?;
-        let Some(path) = img.path.as_deref() else {
-            not_made.push(format!(
-                "the {platform} image at sector {}, which no file of the image holds (an \
-                 appended partition?)",
+        match (&img.path, e.platform) {
+            (None, _) => not_made.push(format!(
+                "the {} image at sector {}, which no file of the image holds (an appended \
+                 partition?)",
+                platform.to_uppercase(),
                 e.lba
-            ));
-            continue;
-        };
-        match e.platform {
-            0 if !bios_seen => {
+            )),
+            (Some(path), 0) if !bios_seen => {
                 bios_seen = true;
                 mkiso.extend(["--boot".into(), rel(path)]);
-                match e.media {
-                    0 => {
-                        if e.sectors != 4 {
-                            mkiso.extend(["--boot-load-size".into(), e.sectors.to_string()]);
-                        }
+                match emulation.as_str() {
+                    "none" if e.sectors != 4 => {
+                        mkiso.extend(["--boot-load-size".into(), e.sectors.to_string()]);
                     }
-                    1..=3 => mkiso.extend(["--boot-emulation".into(), "floppy".into()]),
-                    4 => mkiso.extend(["--boot-emulation".into(), "hard-disk".into()]),
-                    m => not_made.push(format!("boot media type {m}")),
+                    "none" => {}
+                    "floppy" | "hard-disk" => {
+                        mkiso.extend(["--boot-emulation".into(), emulation.clone()]);
+                    }
+                    other => not_made.push(format!("boot {other}")),
                 }
                 if img.info_table {
                     mkiso.push("--boot-info-table".into());
@@ -200,12 +223,25 @@ fn show_boot(boot: &eltorito::Boot, out: &mut impl Write) -> anyhow::Result<()> 
                     mkiso.push("--grub2-boot-info".into());
                 }
             }
-            0xEF if !efi_seen && e.media == 0 => {
+            (Some(path), 0xEF) if !efi_seen && e.media == 0 => {
                 efi_seen = true;
                 mkiso.extend(["--efi-boot".into(), rel(path)]);
             }
-            _ => not_made.push(format!("the {platform} image {path}")),
+            (Some(path), _) => {
+                not_made.push(format!("the {} image {path}", platform.to_uppercase()));
+            }
         }
+        images.push(BootImageView {
+            platform,
+            emulation,
+            disk,
+            sectors: e.sectors,
+            sector: e.lba,
+            path: img.path.clone(),
+            bootable: e.bootable,
+            boot_info_table: img.info_table,
+            grub2_boot_info: img.grub2_boot_info,
+        });
     }
     // what mkiso's hybrid MBRs start: a BIOS image without emulation, with a boot info table
     // (and GRUB's boot info, for GRUB's)
@@ -217,14 +253,14 @@ fn show_boot(boot: &eltorito::Boot, out: &mut impl Write) -> anyhow::Result<()> 
         bios.is_some_and(|i| i.entry.media == 0 && i.info_table && (!grub || i.grub2_boot_info))
     };
     let mbr = match boot.mbr {
-        None => "none",
+        None => None,
         Some(Mbr::Isohybrid) => {
             if startable(false) {
                 mkiso.extend(["--isohybrid-mbr".into(), ISOHDPFX.into()]);
             } else {
                 not_made.push("its isohybrid MBR, which starts no BIOS image mkiso can".into());
             }
-            "isohybrid (isolinux's isohdpfx.bin)"
+            Some("isohybrid")
         }
         Some(Mbr::Grub2) => {
             if startable(true) {
@@ -236,15 +272,13 @@ fn show_boot(boot: &eltorito::Boot, out: &mut impl Write) -> anyhow::Result<()> 
                         .into(),
                 );
             }
-            "GRUB hybrid (boot_hybrid.img)"
+            Some("grub2")
         }
         Some(Mbr::Other) => {
             not_made.push("its MBR".into());
-            "another"
+            Some("other")
         }
     };
-    writeln!(out, "MBR      {mbr}")?;
-    writeln!(out, "GPT      {}", if boot.gpt { "yes" } else { "no" })?;
     if boot.gpt {
         if boot.mbr == Some(Mbr::Isohybrid) && startable(false) && efi_seen {
             mkiso.push("--isohybrid-gpt-basdat".into());
@@ -252,16 +286,81 @@ fn show_boot(boot: &eltorito::Boot, out: &mut impl Write) -> anyhow::Result<()> 
             not_made.push("its GPT".into());
         }
     }
-    if mkiso.is_empty() {
+    BootView {
+        catalog: boot.catalog.as_ref().map(|(sector, path)| CatalogView {
+            path: path.clone(),
+            sector: *sector,
+        }),
+        images,
+        mbr,
+        gpt: boot.gpt,
+        mkiso,
+        not_made,
+    }
+}
+
+/// `ls --boot`: a line per part of what makes the image boot, then the mkiso options and what
+/// mkiso does not make; or, with `json`, the [`BootView`] document.
+fn show_boot(boot: &eltorito::Boot, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let v = boot_view(boot);
+    if json {
+        return super::write_json(out, &v);
+    }
+    let unnamed = "(not a file of the image)";
+    match &v.catalog {
+        None => writeln!(out, "catalog  none (no El Torito boot record)")?,
+        Some(c) => writeln!(
+            out,
+            "catalog  {} (sector {})",
+            c.path.as_deref().unwrap_or(unnamed),
+            c.sector
+        )?,
+    }
+    for i in &v.images {
+        let platform = match i.platform.as_str() {
+            "bios" | "uefi" => i.platform.to_uppercase(),
+            p => format!("platform {p}"),
+        };
+        let mut what = vec![match (&i.disk, i.emulation.as_str()) {
+            (_, "none") => "no emulation".to_string(),
+            (Some(d), "floppy") => format!("{d} floppy"),
+            (Some(d), "hard-disk") => format!("hard disk ({d})"),
+            (_, e) => e.to_string(),
+        }];
+        what.push(match i.sectors {
+            1 => "1 sector".to_string(),
+            n => format!("{n} sectors"),
+        });
+        for (on, name) in [
+            (!i.bootable, "not bootable"),
+            (i.boot_info_table, "boot info table"),
+            (i.grub2_boot_info, "GRUB boot info"),
+        ] {
+            if on {
+                what.push(name.into());
+            }
+        }
+        let path = i.path.as_deref().unwrap_or(unnamed);
+        writeln!(out, "{platform:<8} {path}  {}", what.join(", "))?;
+    }
+    let mbr = match v.mbr {
+        None => "none",
+        Some("isohybrid") => "isohybrid (isolinux's isohdpfx.bin)",
+        Some("grub2") => "GRUB hybrid (boot_hybrid.img)",
+        Some(_) => "another",
+    };
+    writeln!(out, "MBR      {mbr}")?;
+    writeln!(out, "GPT      {}", if v.gpt { "yes" } else { "no" })?;
+    if v.mkiso.is_empty() {
         writeln!(
             out,
             "mkiso    (no options: nothing of it boots as mkiso makes images boot)"
         )?;
     } else {
-        writeln!(out, "mkiso    {}", mkiso.join(" "))?;
+        writeln!(out, "mkiso    {}", v.mkiso.join(" "))?;
     }
-    if !not_made.is_empty() {
-        writeln!(out, "not made by mkiso: {}", not_made.join("; "))?;
+    if !v.not_made.is_empty() {
+        writeln!(out, "not made by mkiso: {}", v.not_made.join("; "))?;
     }
     out.flush()?;
     Ok(())
