@@ -2549,6 +2549,71 @@ fn boot_images_that_will_not_boot_as_given_get_a_warning() {
     }
 }
 
+/// `ls --boot` names the files genisoimage put at the boot sectors, also where an empty file
+/// shares one's sector (genisoimage gives an empty file the next file's sector), and
+/// its options rebuild the boot records genisoimage wrote (a load size of the whole file, as
+/// genisoimage records it without -boot-load-size).
+#[test]
+fn ls_boot_reads_genisoimage_s_boot_records_back() {
+    if !tools(&["genisoimage", "xorriso", "isoinfo"]) || !isolinux_installed() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    isolinux_tree(&src, "unused");
+    write(&src.join("isolinux/a-empty"), b"");
+    let theirs = other_tool(
+        "genisoimage",
+        &src,
+        "genisoimage",
+        &[
+            "-b",
+            "isolinux/isolinux.bin",
+            "-c",
+            "isolinux/boot.cat",
+            "-no-emul-boot",
+            "-boot-info-table",
+        ],
+    );
+    let lbas = isoinfo_lbas(&theirs);
+    let empty = lbas.get("/isolinux/a-empty");
+    assert!(
+        [
+            lbas.get("/isolinux/boot.cat"),
+            lbas.get("/isolinux/isolinux.bin")
+        ]
+        .contains(&empty),
+        "the empty file shares no boot file's sector: {lbas:?}"
+    );
+    let sectors = fs::metadata(src.join("isolinux/isolinux.bin"))
+        .unwrap()
+        .len()
+        .div_ceil(512);
+    let options = boot_options(&theirs);
+    assert_eq!(
+        options,
+        [
+            "--boot-catalog",
+            "isolinux/boot.cat",
+            "--boot",
+            "isolinux/isolinux.bin",
+            "--boot-load-size",
+            &sectors.to_string(),
+            "--boot-info-table"
+        ],
+        "ls --boot"
+    );
+    let ours = t.join("ours.iso");
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    mkiso_ok(&src, &ours, &options, None);
+    same_boot_records(
+        &reference(&ours),
+        &reference(&theirs),
+        "ls --boot's options",
+    );
+}
+
 /// Debian's iPXE image (package ipxe): isolinux, iPXE and an EFI image, made by iPXE's own
 /// script, isohybrid.
 const IPXE_ISO: &str = "/usr/lib/ipxe/ipxe.iso";

@@ -137,10 +137,11 @@ pub fn read<R: ReadAt>(image: &Image<R>, catalog: Option<u32>) -> Result<Boot> {
         boot.mbr = mbr_kind(&head, None);
         return Ok(boot);
     };
-    // which file starts at which sector (first extent), for the catalog and the images
+    // which file starts at which sector (first extent), for the catalog and the images;
+    // empty files may all point at one sector, anywhere
     let mut starts: HashMap<u64, String> = HashMap::new();
     image.walk(&image.root(), "/", |path, e| {
-        if e.kind == Kind::File {
+        if e.kind == Kind::File && e.size > 0 {
             if let Some(s) = e.start_sector() {
                 starts.entry(s).or_insert_with(|| path.to_owned());
             }
