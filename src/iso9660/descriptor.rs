@@ -237,25 +237,28 @@ pub fn parse_volume_descriptor(d: &[u8], sector: u64) -> Result<VolumeDescriptor
 /// Reads the El Torito boot catalog and says whether it holds a bootable entry
 /// (El Torito 1.0, 2.1-2.4: a valid validation entry, then an entry with indicator 0x88).
 pub fn catalog_is_bootable(catalog: &[u8]) -> bool {
-    let Some(validation) = catalog.get(..32) else {
-        return false;
-    };
-    if validation.first() != Some(&1) || validation.get(30..32) != Some(&[0x55, 0xAA][..]) {
-        return false;
-    }
-    let sum = validation.chunks_exact(2).fold(0u16, |acc, w| {
-        acc.wrapping_add(u16::from_le_bytes([
-            w.first().copied().unwrap_or(0),
-            w.get(1).copied().unwrap_or(0),
-        ]))
-    });
-    if sum != 0 {
+    if !validation_entry_ok(catalog) {
         return false;
     }
     catalog
         .chunks_exact(32)
         .skip(1)
         .any(|e| e.first() == Some(&0x88))
+}
+
+/// Whether a boot catalog starts with a valid validation entry (El Torito 2.1): header 1, key
+/// 55 AA, its 16-bit words summing to 0.
+pub fn validation_entry_ok(catalog: &[u8]) -> bool {
+    let Some(validation) = catalog.get(..32) else {
+        return false;
+    };
+    let sum = validation.chunks_exact(2).fold(0u16, |acc, w| {
+        acc.wrapping_add(u16::from_le_bytes([
+            w.first().copied().unwrap_or(0),
+            w.get(1).copied().unwrap_or(0),
+        ]))
+    });
+    validation.first() == Some(&1) && validation.get(30..32) == Some(&[0x55, 0xAA][..]) && sum == 0
 }
 
 /// Reads the UDF anchor and the main volume descriptor sequence: the logical volume

@@ -31,15 +31,10 @@ pub struct BootEntry {
 /// entry does not check out.
 pub fn entries(catalog: &[u8]) -> Vec<BootEntry> {
     let mut out = Vec::new();
-    let Some(validation) = catalog.get(..32) else {
-        return out;
-    };
-    let sum = validation.chunks_exact(2).fold(0u16, |s, w| {
-        s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
-    });
-    if validation[0] != 1 || validation[30..32] != [0x55, 0xAA] || sum != 0 {
+    if !super::descriptor::validation_entry_ok(catalog) {
         return out;
     }
+    let validation = &catalog[..32];
     let entry = |r: &[u8], platform: u8| BootEntry {
         platform,
         bootable: r[0] == 0x88,

@@ -150,11 +150,33 @@ pub(super) const MBR_PARTITIONS: usize = 446;
 pub const GRUB2_BOOT_INFO: usize = 2548;
 /// The load segment of that blocklist entry in every GRUB 2 diskboot.img (0x800 + 0x20), 10
 /// bytes after it: what tells GRUB's El Torito image from other boot images.
-pub(super) const GRUB2_DISKBOOT_SEGMENT: (usize, u16) = (2558, 0x0820);
+const GRUB2_DISKBOOT_SEGMENT: (usize, u16) = (2558, 0x0820);
 /// The least a GRUB El Torito image holds: cdboot.img and diskboot.img.
 const GRUB2_IMAGE_MIN: u64 = 2560;
 /// What isolinux.bin holds at byte 0x40 when it can be booted from an isohybrid MBR.
-pub(super) const ISOLINUX_HYBRID_SIGNATURE: u32 = 0x7078_C0FB;
+const ISOLINUX_HYBRID_SIGNATURE: u32 = 0x7078_C0FB;
+/// Bytes of the BIOS boot image's head that [`is_grub2_image`] and [`is_hybrid_isolinux`]
+/// look at.
+pub(super) const BIOS_HEAD: usize = GRUB2_DISKBOOT_SEGMENT.0 + 2;
+
+/// The little-endian number in `head` at `at`, `N` bytes; `None` past its end.
+fn le_at<const N: usize>(head: &[u8], at: usize) -> Option<u64> {
+    let b: [u8; N] = head.get(at..at + N)?.try_into().ok()?;
+    Some(b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)))
+}
+
+/// Whether a BIOS boot image's first bytes are GRUB's El Torito image (`grub-mkimage -O
+/// i386-pc-eltorito`): diskboot.img's load segment where every one has it.
+pub(super) fn is_grub2_image(head: &[u8]) -> bool {
+    let (at, segment) = GRUB2_DISKBOOT_SEGMENT;
+    le_at::<2>(head, at) == Some(u64::from(segment))
+}
+
+/// Whether a BIOS boot image's first bytes are an isolinux.bin an isohybrid MBR can start
+/// (its signature at byte 0x40, isolinux 3.72 and later).
+pub(super) fn is_hybrid_isolinux(head: &[u8]) -> bool {
+    le_at::<4>(head, 0x40) == Some(u64::from(ISOLINUX_HYBRID_SIGNATURE))
+}
 /// The BIOS boot image's first `n` bytes (fewer if it is shorter), its path and its sector.
 pub(super) fn bios_image_head(
     plan: &super::layout::Plan,
@@ -275,14 +297,7 @@ pub fn add_catalog(tree: &mut Tree, boot: &Boot, src: &Path, now: i64) -> Result
     });
     let serial = tree.nodes.iter().map(|n| n.serial).max().unwrap_or(0) + 1;
     let id = tree.nodes.len();
-    let meta = Meta {
-        mode: libc::S_IFREG | 0o444,
-        uid: 0,
-        gid: 0,
-        mtime: now,
-        atime: now,
-        ctime: now,
-    };
+    let meta = Meta::made(libc::S_IFREG | 0o444, now);
     super::tree::push_child(tree, parent, &name, meta, Kind::File { data }, serial);
     super::tree::insert_child(tree, parent, id);
     Ok(())
@@ -471,21 +486,16 @@ pub(super) fn check_info_table(
     if boot.info_table || boot.emulation != Emulation::None {
         return Ok(());
     }
-    let (at, segment) = GRUB2_DISKBOOT_SEGMENT;
-    let Some((head, path, lba)) = bios_image_head(plan, tree, at + 2)? else {
+    let Some((head, path, lba)) = bios_image_head(plan, tree, BIOS_HEAD)? else {
         return Ok(());
     };
-    let word = |r: std::ops::Range<usize>| {
-        head.get(r)
-            .map(|b| b.iter().rev().fold(0u32, |v, &x| v << 8 | u32::from(x)))
-    };
-    let why = if word(at..at + 2) == Some(u32::from(segment)) {
+    let why = if is_grub2_image(&head) {
         "GRUB's El Torito image needs --boot-info-table: without one it hangs once the BIOS \
          has loaded it"
             .to_string()
-    } else if word(0x40..0x44) == Some(ISOLINUX_HYBRID_SIGNATURE) {
-        match word(12..16) {
-            Some(stale) if stale != 0 && stale != lba => format!(
+    } else if is_hybrid_isolinux(&head) {
+        match le_at::<4>(&head, 12) {
+            Some(stale) if stale != 0 && stale != u64::from(lba) => format!(
                 "isolinux.bin's boot info table says it is at sector {stale}, as it was in the \
                  image it was copied from, but here it is at {lba}: isolinux will stop with \
                  \"Image checksum error\"; give --boot-info-table"

@@ -5,8 +5,7 @@
 //! boot image ([`super::boot`]) that then runs from the disk.
 
 use super::boot::{
-    bios_image_head, GRUB2_BOOT_INFO, GRUB2_DISKBOOT_SEGMENT, ISOLINUX_HYBRID_SIGNATURE,
-    MBR_PARTITIONS,
+    bios_image_head, is_grub2_image, is_hybrid_isolinux, BIOS_HEAD, GRUB2_BOOT_INFO, MBR_PARTITIONS,
 };
 use super::tree::Tree;
 use super::Error;
@@ -218,14 +217,10 @@ pub(super) fn check_grub2_image_and_put_mbr(
     code: Option<&[u8]>,
     tree: &Tree,
 ) -> Result<(), Error> {
-    let (at, segment) = GRUB2_DISKBOOT_SEGMENT;
-    let Some((head, path, lba)) = bios_image_head(plan, tree, at + 2)? else {
+    let Some((head, path, lba)) = bios_image_head(plan, tree, BIOS_HEAD)? else {
         return Ok(());
     };
-    let found = head
-        .get(at..at + 2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]));
-    if found != Some(segment) {
+    if !is_grub2_image(&head) {
         return Err(Error::Boot {
             what: "BIOS boot image",
             path,
@@ -248,10 +243,7 @@ pub(super) fn check_grub2_image_and_put_mbr(
 /// Checks that the BIOS boot image's first bytes (`head`, at least 0x44 of them) are an
 /// isolinux.bin an isohybrid MBR can start.
 fn check_hybrid_capable(head: &[u8], path: &Path) -> Result<(), Error> {
-    let sig = head
-        .get(0x40..0x44)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    if sig == Some(ISOLINUX_HYBRID_SIGNATURE) {
+    if is_hybrid_isolinux(head) {
         return Ok(());
     }
     Err(Error::Boot {

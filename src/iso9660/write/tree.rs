@@ -28,6 +28,21 @@ pub struct Meta {
     pub ctime: i64,
 }
 
+impl Meta {
+    /// What isomgr gives an entry it makes itself (a boot catalog, a directory on the way to a
+    /// graft): `mode`, owned by root, dated `now`.
+    pub fn made(mode: u32, now: i64) -> Meta {
+        Meta {
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: now,
+            atime: now,
+            ctime: now,
+        }
+    }
+}
+
 /// What a node is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -413,14 +428,7 @@ pub fn graft(
                 )));
             }
             None => {
-                let meta = Meta {
-                    mode: libc::S_IFDIR | 0o755,
-                    uid: 0,
-                    gid: 0,
-                    mtime: now,
-                    atime: now,
-                    ctime: now,
-                };
+                let meta = Meta::made(libc::S_IFDIR | 0o755, now);
                 let id = tree.nodes.len();
                 push_child(
                     tree,
