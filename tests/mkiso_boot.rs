@@ -311,7 +311,7 @@ impl Qemu {
     fn wait_for_within(&mut self, wanted: &[&str], timeout: Duration) -> Option<usize> {
         let deadline = Instant::now() + timeout;
         loop {
-            let seen = String::from_utf8_lossy(&self.serial);
+            let seen = self.serial();
             if let Some(i) = wanted.iter().position(|w| seen.contains(w)) {
                 return Some(i);
             }
@@ -323,15 +323,35 @@ impl Qemu {
                 Ok(c) => self.serial.extend_from_slice(&c),
                 Err(mpsc::RecvTimeoutError::Timeout) => return None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let seen = String::from_utf8_lossy(&self.serial);
+                    let seen = self.serial();
                     return wanted.iter().position(|w| seen.contains(w));
                 }
             }
         }
     }
 
+    /// What the guest wrote, without terminal escape sequences: SeaBIOS's serial console
+    /// moves the cursor with them, at times in the middle of a line the screen shows whole
+    /// (seen: "isomgr-remastere\x1b[05;16H\x1b[05;17Hd-...").
     fn serial(&self) -> String {
-        String::from_utf8_lossy(&self.serial).into_owned()
+        let raw = String::from_utf8_lossy(&self.serial);
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c != '\x1b' {
+                out.push(c);
+                continue;
+            }
+            // ESC [ parameters final-byte, or ESC and one character
+            if chars.next() == Some('[') {
+                for p in chars.by_ref() {
+                    if ('\x40'..='\x7e').contains(&p) {
+                        break;
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// What to show when a boot did not go as expected.
