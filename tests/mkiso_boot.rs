@@ -3116,3 +3116,560 @@ fn emulated_disk_errors_name_the_image_and_the_cause() {
         "{err}"
     );
 }
+
+/// The EFI system partition's type GUID.
+const EFI_SYSTEM_GUID: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+
+/// An image's size, its volume's and where its UEFI boot image lies, all in 512-byte sectors
+/// (the volume from isoinfo, the boot image from xorriso's El Torito report).
+fn volume_and_efi_image(iso: &Path) -> (u64, u64, u64) {
+    let size = fs::metadata(iso).unwrap().len() / 512;
+    let d = run("isoinfo", &["-d", "-i", iso.to_str().unwrap()]);
+    let volume: u64 = d
+        .lines()
+        .find_map(|l| l.strip_prefix("Volume size is: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no volume size in:\n{d}"));
+    let efi = xorriso_el_torito(iso)
+        .images
+        .iter()
+        .find(|i| i.platform == "UEFI")
+        .map(|i| i.lba)
+        .unwrap_or_else(|| panic!("{}: no UEFI boot image", iso.display()));
+    (size, volume * 4, efi * 4)
+}
+
+/// `--append-partition` with `--efi-boot-partition`: the UEFI boot image as a partition after
+/// the volume, in the MBR beside GRUB's hybrid MBR (as Debian's memtest86+ images have it), or
+/// in a GPT behind a protective MBR with an active entry (as Ubuntu's have it, without their
+/// partition offset). xorriso reads each as it reads its own image of the same tree made with
+/// the same options (where its partitions lie by the same rule; xorriso puts its 300 KiB of
+/// padding after the partition, mkiso inside the volume as genisoimage does); the partition
+/// holds the file, the volume every file of the tree; sgdisk finds the GPT sound; the same
+/// label and time give the same bytes. Each image boots by UEFI from a disk (the partition
+/// table) and by BIOS from a disk (GRUB's MBR), the MBR one by UEFI from a CD too (the El
+/// Torito entry into the partition).
+#[test]
+fn an_appended_efi_partition_is_laid_out_as_xorriso_does_and_boots() {
+    if !have_file(BOOT_HYBRID, "grub-pc-bin") || !tools(&["grub-mkimage"]) {
+        return;
+    }
+    let Some((code, vars)) = efi_boot_tools(&["xorriso", "sgdisk", "isoinfo"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (bios_m, efi_m) = (marker("appended-bios"), marker("appended-efi"));
+    let src = t.join("src");
+    grub_bios_tree(&src, &bios_m);
+    ordinary_files(&src);
+    let read_m = format!("{efi_m}-read-from-the-volume");
+    fs::write(src.join(GRUB_READS), format!("{read_m}\n")).unwrap();
+    let fat = efi_fat_image(t, &efi_m);
+    let fat_s = fat.to_str().unwrap();
+    let fat_sectors = fs::metadata(&fat).unwrap().len() / 512;
+    let grub = [
+        "--boot",
+        "boot/grub/eltorito.img",
+        "--boot-info-table",
+        "--grub2-boot-info",
+        "--grub2-mbr",
+        BOOT_HYBRID,
+    ];
+    let with = |more: &[&'static str]| -> Vec<String> {
+        grub.iter()
+            .chain(more)
+            .map(|s| s.replace("FAT", fat_s))
+            .collect()
+    };
+    let mbr_args = with(&[
+        "--append-partition",
+        "2",
+        "0xef",
+        "FAT",
+        "--efi-boot-partition",
+        "2",
+    ]);
+    let gpt_args = with(&[
+        "--append-partition",
+        "2",
+        EFI_SYSTEM_GUID,
+        "FAT",
+        "--efi-boot-partition",
+        "2",
+        "--appended-part-as-gpt",
+        "--mbr-force-bootable",
+    ]);
+    let xorriso_grub = [
+        "--grub2-mbr",
+        BOOT_HYBRID,
+        "-b",
+        "boot/grub/eltorito.img",
+        "-no-emul-boot",
+        "-boot-load-size",
+        "4",
+        "-boot-info-table",
+        "--grub2-boot-info",
+        "-eltorito-alt-boot",
+        "-e",
+        "--interval:appended_partition_2:all::",
+        "-no-emul-boot",
+        "-append_partition",
+        "2",
+    ];
+    let mut x_mbr = xorriso_grub.to_vec();
+    x_mbr.extend(["0xef", fat_s, "--protective-msdos-label"]);
+    let mut x_gpt = xorriso_grub.to_vec();
+    // (xorriso's way of writing the EFI system partition's type)
+    x_gpt.extend([
+        "28732ac11ff8d211ba4b00a0c93ec93b",
+        fat_s,
+        "-appended_part_as_gpt",
+        "--mbr-force-bootable",
+    ]);
+
+    for (name, args, xorriso_args) in [("mbr", &mbr_args, &x_mbr), ("gpt", &gpt_args, &x_gpt)] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ours = t.join(format!("ours-{name}.iso"));
+        mkiso_ok(&src, &ours, &args, Some("0"));
+        let theirs = other_tool("xorriso -as mkisofs", &src, name, xorriso_args);
+
+        // Where each image's partitions lie, by one rule: the volume's partition (1) up to
+        // the EFI partition, which holds the file. (xorriso's volume descriptors count the
+        // partition in with --protective-msdos-label, not with -appended_part_as_gpt; mkiso's
+        // count what the volume holds: the partition follows it.)
+        let expected = |iso: &Path| {
+            let (n, _, efi) = volume_and_efi_image(iso);
+            let mut want = vec![(
+                "El Torito".to_string(),
+                format!("{fat_sectors} {}", efi / 4),
+            )];
+            if name == "mbr" {
+                want.extend([
+                    ("MBR partition".into(), format!("1 0x80 0xcd 1 {}", efi - 1)),
+                    (
+                        "MBR partition".into(),
+                        format!("2 0x00 0xef {efi} {fat_sectors}"),
+                    ),
+                ]);
+            } else {
+                want.extend([
+                    ("MBR partition".into(), format!("1 0x00 0xee 1 {}", n - 1)),
+                    ("MBR partition".into(), "2 0x80 0x00 0 1".to_string()),
+                    ("GPT lba range".into(), format!("64 {} {}", n - 64, n - 1)),
+                    ("GPT start and size".into(), format!("1 64 {}", efi - 64)),
+                    (
+                        "GPT start and size".into(),
+                        format!("2 {efi} {fat_sectors}"),
+                    ),
+                ]);
+            }
+            want
+        };
+        let area = |iso: &Path| {
+            let mut a = system_area(iso);
+            let el_torito = xorriso_el_torito(iso);
+            let uefi = el_torito
+                .images
+                .iter()
+                .find(|i| i.platform == "UEFI")
+                .unwrap();
+            a.push((
+                "El Torito".into(),
+                format!("{} {}", uefi.load_size, uefi.lba),
+            ));
+            a
+        };
+        let (a_ours, a_theirs) = (area(&ours), area(&theirs));
+        for (iso, a) in [(&ours, &a_ours), (&theirs, &a_theirs)] {
+            for want in expected(iso) {
+                assert!(
+                    a.contains(&want),
+                    "{}: {want:?} not in {a:#?}",
+                    iso.display()
+                );
+            }
+        }
+        // The rest is the same but for GUIDs, each image's own, and xorriso's padding after
+        // the partition, which it gives a partition of its own (3, "Gap1").
+        let rest = |a: &[(String, String)]| -> Vec<(String, String)> {
+            a.iter()
+                .filter(|(k, _)| !k.ends_with("GUID") || k == "GPT type GUID")
+                .filter(|(k, v)| !(k.starts_with("GPT") && v.starts_with("3 ")))
+                .filter(|(k, _)| {
+                    ![
+                        "GPT lba range",
+                        "GPT start and size",
+                        "MBR partition",
+                        "El Torito",
+                    ]
+                    .contains(&k.as_str())
+                })
+                .map(|(k, v)| {
+                    // xorriso counts the entries it uses
+                    let v = if k == "GPT entry array" {
+                        v.replacen("3 ", "2 ", 1)
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        };
+        assert_eq!(
+            rest(&a_ours),
+            rest(&a_theirs),
+            "{name}: xorriso -report_system_area"
+        );
+
+        // The partition holds the file; the volume, the tree (but the boot image's copy,
+        // which has its tables, and the catalog).
+        let image = fs::read(&ours).unwrap();
+        let (_, volume, efi) = volume_and_efi_image(&ours);
+        assert_eq!(efi, volume, "{name}: the partition follows the volume");
+        let at = efi as usize * 512;
+        assert!(
+            image[at..at + fat_sectors as usize * 512] == fs::read(&fat).unwrap()[..],
+            "{name}: the partition is not the file"
+        );
+        assert!(image.len() as u64 >= (efi + fat_sectors) * 512);
+        let read_back = describe_image(&ours);
+        for (path, want) in describe_fs(&src) {
+            if path == "/boot/grub/eltorito.img" {
+                continue;
+            }
+            assert_eq!(read_back.get(&path), Some(&want), "{name}: {path}");
+        }
+        if name == "gpt" {
+            let problems = sgdisk_problems(&ours);
+            assert!(
+                problems
+                    .first()
+                    .is_some_and(|p| p.starts_with("No problems found")),
+                "sgdisk -v: {problems:?}"
+            );
+            let again = t.join("again.iso");
+            mkiso_ok(&src, &again, &args, Some("0"));
+            assert!(fs::read(&again).unwrap() == image, "not deterministic");
+        }
+
+        let efi_markers = [efi_m.as_str(), read_m.as_str()];
+        let v = ovmf_vars_copy(&vars, t);
+        let disk = Firmware::OvmfDisk {
+            code: &code,
+            vars: &v,
+        };
+        boots_to(&ours, disk, &efi_markers, t);
+        boots_to(&ours, Firmware::SeaBiosDisk, &[&bios_m], t);
+        if name == "mbr" {
+            let v = ovmf_vars_copy(&vars, t);
+            let cd = Firmware::Ovmf {
+                code: &code,
+                vars: &v,
+            };
+            boots_to(&ours, cd, &efi_markers, t);
+        }
+    }
+}
+
+/// An isohybrid image with its EFI boot image in an appended partition, with xorriso's GPT
+/// beside the MBR: xorriso reads the same MBR and GPT as in its own image of the same tree
+/// made with the same options (the partition from the cylinder after the volume, the volume's
+/// partition of type 0), but for where the backup GPT lies (xorriso's padding follows the
+/// partition); it boots by UEFI from a disk and a CD and by BIOS from a disk.
+#[test]
+fn an_isohybrid_image_with_an_appended_efi_partition_is_xorriso_s_and_boots() {
+    if !have_file(ISOHDPFX, "isolinux") {
+        return;
+    }
+    let Some((code, vars)) = efi_boot_tools(&["xorriso", "sgdisk"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let both = BothWays::new(t, "isohybrid-appended");
+    // the EFI image is the partition only
+    fs::remove_file(both.src.join("boot/efiboot.img")).unwrap();
+    let fat = both.fat.to_str().unwrap();
+    let args = [
+        "--boot",
+        "isolinux/isolinux.bin",
+        "--boot-info-table",
+        "--isohybrid-mbr",
+        ISOHDPFX,
+        "--append-partition",
+        "2",
+        "0xef",
+        fat,
+        "--efi-boot-partition",
+        "2",
+        "--isohybrid-gpt-basdat",
+    ];
+    let ours = t.join("ours.iso");
+    mkiso_ok(&both.src, &ours, &args, Some("0"));
+    let theirs = other_tool(
+        "xorriso -as mkisofs",
+        &both.src,
+        "xorriso",
+        &[
+            "-isohybrid-mbr",
+            ISOHDPFX,
+            "-b",
+            "isolinux/isolinux.bin",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "-eltorito-alt-boot",
+            "-e",
+            "--interval:appended_partition_2:all::",
+            "-no-emul-boot",
+            "-isohybrid-gpt-basdat",
+            "-append_partition",
+            "2",
+            "0xef",
+            fat,
+        ],
+    );
+    let without_guids_and_end = |iso: &Path| -> Vec<(String, String)> {
+        system_area(iso)
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with("GUID") || k == "GPT type GUID")
+            .filter(|(k, _)| k != "GPT lba range")
+            .collect()
+    };
+    let a_ours = without_guids_and_end(&ours);
+    assert_eq!(
+        a_ours,
+        without_guids_and_end(&theirs),
+        "xorriso -report_system_area"
+    );
+    let n = fs::metadata(&ours).unwrap().len() / 512;
+    let lba_range = format!("64 {} {}", n - 64, n - 1);
+    assert!(system_area(&ours).contains(&("GPT lba range".into(), lba_range)));
+    assert!(
+        a_ours.contains(&("MBR partition".into(), "1 0x80 0x00 0 2048".into())),
+        "{a_ours:#?}"
+    );
+    assert_eq!(
+        sgdisk_problems(&ours),
+        sgdisk_problems(&theirs),
+        "sgdisk -v"
+    );
+
+    both.boot_from_a_disk(&ours, (&code, &vars), t);
+    let v = ovmf_vars_copy(&vars, t);
+    let cd = Firmware::Ovmf {
+        code: &code,
+        vars: &v,
+    };
+    boots_to(&ours, cd, &[&both.efi, &both.iso], t);
+}
+
+/// `--append-partition`'s errors: a usage error (exit 2) for what the options cannot mean
+/// together, naming the option and the cause; a failure (exit 1) naming the file for one that
+/// cannot be appended; nothing left behind either way. An EFI partition that is not a FAT
+/// image gets a warning. The image written to a pipe is the one written to a file.
+#[test]
+fn append_partition_errors_name_the_option_or_the_file_and_the_cause() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    write(&src.join("isolinux/isolinux.bin"), &[0x90; 4096]);
+    write(&src.join("README.txt"), b"readme\n");
+    let fat = t.join("efi.img");
+    run("mkfs.vfat", &["-C", fat.to_str().unwrap(), "1440"]);
+    let f = fat.to_str().unwrap();
+    let other = t.join("other.img");
+    write(&other, &[0x5A; 3000]);
+    let o = other.to_str().unwrap();
+    let empty = t.join("empty.img");
+    write(&empty, b"");
+    let missing = t.join("missing.img");
+    let out = t.join("out");
+    fs::create_dir(&out).unwrap();
+    let gpt = EFI_SYSTEM_GUID;
+    let e = empty.to_str().unwrap();
+    let m = missing.to_str().unwrap();
+    let d = t.to_str().unwrap();
+    let usage: Vec<(Vec<&str>, Vec<&str>, &[&str])> = vec![
+        (
+            vec!["--append-partition", "1", "0xef", f],
+            vec!["--append-partition"],
+            &["1 is the ISO 9660 volume's"],
+        ),
+        (
+            vec!["--append-partition", "5", "0x83", f],
+            vec!["--append-partition"],
+            &["an MBR has 4 entries"],
+        ),
+        (
+            vec!["--append-partition", "9", gpt, f, "--appended-part-as-gpt"],
+            vec!["--append-partition"],
+            &["2 to 8"],
+        ),
+        (
+            vec!["--append-partition", "2", gpt, f],
+            vec!["--append-partition", gpt],
+            &["is a GPT type"],
+        ),
+        (
+            vec!["--append-partition", "2", "efi", f],
+            vec!["--append-partition", "efi"],
+            &["not a partition type"],
+        ),
+        (
+            vec![
+                "--append-partition",
+                "2",
+                "0xef",
+                f,
+                "--append-partition",
+                "2",
+                "0x83",
+                o,
+            ],
+            vec!["--append-partition"],
+            &["appended twice"],
+        ),
+        (
+            vec![
+                "--append-partition",
+                "2",
+                "0xef",
+                f,
+                "--efi-boot-partition",
+                "3",
+            ],
+            vec!["--efi-boot-partition 3"],
+            &["no partition 3 is appended"],
+        ),
+        (
+            vec!["--append-partition", "2", "0xef"],
+            vec!["--append-partition"],
+            &["3 values", "more values", "takes"],
+        ),
+        (
+            vec!["--appended-part-as-gpt"],
+            vec!["--append-partition"],
+            &["required"],
+        ),
+        (
+            vec!["--efi-boot-partition", "2", "--efi-boot", "README.txt"],
+            vec!["--efi-boot-partition", "--efi-boot"],
+            &["cannot be used with"],
+        ),
+        (
+            vec![
+                "--boot",
+                "isolinux/isolinux.bin",
+                "--boot-info-table",
+                "--isohybrid-mbr",
+                ISOHDPFX,
+                "--append-partition",
+                "2",
+                "0xef",
+                f,
+                "--append-partition",
+                "3",
+                "0x83",
+                o,
+                "--efi-boot-partition",
+                "2",
+                "--isohybrid-gpt-basdat",
+            ],
+            vec!["--append-partition", o],
+            &["only the --efi-boot-partition may be appended"],
+        ),
+        (
+            vec![
+                "--boot",
+                "isolinux/isolinux.bin",
+                "--boot-info-table",
+                "--isohybrid-mbr",
+                ISOHDPFX,
+                "--append-partition",
+                "2",
+                gpt,
+                f,
+                "--appended-part-as-gpt",
+            ],
+            vec!["--appended-part-as-gpt", "--isohybrid-mbr"],
+            &["cannot be used with"],
+        ),
+    ];
+    let failures: Vec<(Vec<&str>, Vec<&str>, &[&str])> = vec![
+        (
+            vec!["--append-partition", "2", "0xef", m],
+            vec!["appended partition", m],
+            &["no such file"],
+        ),
+        (
+            vec!["--append-partition", "2", "0xef", d],
+            vec!["appended partition", d],
+            &["not a regular file"],
+        ),
+        (
+            vec!["--append-partition", "2", "0xef", e],
+            vec!["appended partition", e],
+            &["empty"],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (args, names, causes) in &usage {
+        wrong.extend(refused(&src, &out, args, names, causes, 2));
+    }
+    for (args, names, causes) in &failures {
+        wrong.extend(refused(&src, &out, args, names, causes, 1));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // Not a FAT image as the EFI boot partition: made, with a warning naming it.
+    let iso = t.join("warned.iso");
+    let args = [
+        "--append-partition",
+        "2",
+        "0xef",
+        o,
+        "--efi-boot-partition",
+        "2",
+    ];
+    let result = mkiso(&src, &iso, &args, Some("0"));
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{err}");
+    assert!(err.contains("warning") && err.contains(o), "{err}");
+
+    // The same image on standard output (written in order, the partition and the backup GPT
+    // last).
+    let args = [
+        "--append-partition",
+        "2",
+        gpt,
+        f,
+        "--append-partition",
+        "3",
+        "0x83",
+        o,
+        "--efi-boot-partition",
+        "2",
+        "--appended-part-as-gpt",
+    ];
+    let file = t.join("file.iso");
+    mkiso_ok(&src, &file, &args, Some("0"));
+    let piped = Command::new(bin())
+        .arg("mkiso")
+        .arg(&src)
+        .args(["-o", "-"])
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "0")
+        .output()
+        .unwrap();
+    assert!(piped.status.success(), "{piped:?}");
+    let image = fs::read(&file).unwrap();
+    assert!(piped.stdout == image, "the piped image differs");
+    assert_eq!(
+        &image[image.len() - 512..][..8],
+        b"EFI PART",
+        "the backup GPT header ends it"
+    );
+}

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 /// Build an ISO image from a directory tree (what `genisoimage -J -r` does).
 #[derive(clap::Args, Debug, Clone)]
-#[command(group(clap::ArgGroup::new("bootable").args(["boot", "efi_boot"]).multiple(true)))]
+#[command(group(clap::ArgGroup::new("bootable")
+    .args(["boot", "efi_boot", "efi_boot_partition"]).multiple(true)))]
+#[command(group(clap::ArgGroup::new("efi").args(["efi_boot", "efi_boot_partition"])))]
 pub struct Args {
     /// Directory whose contents become the image's root.
     pub src_dir: PathBuf,
@@ -74,6 +76,28 @@ pub struct Args {
     /// named by its path in it (xorriso's -e).
     #[arg(long = "efi-boot", value_name = "PATH")]
     pub efi_boot: Option<PathBuf>,
+    /// Append the file FILE (outside SRC_DIR) after the ISO 9660 volume as partition N (2 to
+    /// 4 in the MBR; to 8 with --appended-part-as-gpt) of type TYPE: 0xNN in an MBR (0xef: an
+    /// EFI system partition), a GUID or 0xNN in a GPT (xorriso's -append_partition).
+    /// Repeatable.
+    #[arg(long, num_args = 3, value_names = ["N", "TYPE", "FILE"])]
+    pub append_partition: Vec<String>,
+    /// UEFI El Torito boot image: the appended partition N (a FAT image), as Debian's
+    /// memtest86+ and Ubuntu's images have it (xorriso's
+    /// -e --interval:appended_partition_N:all::). UEFI firmware then boots the image from a
+    /// disk through the partition table too.
+    #[arg(long, value_name = "N", conflicts_with = "efi_boot")]
+    pub efi_boot_partition: Option<u8>,
+    /// Put the appended partitions in a GPT behind a protective MBR (with --grub2-mbr, GRUB's
+    /// boot code stays in it), rather than in the MBR, as Ubuntu's images have them
+    /// (xorriso's -appended_part_as_gpt).
+    #[arg(long, requires = "append_partition", conflicts_with = "isohybrid_mbr")]
+    pub appended_part_as_gpt: bool,
+    /// Mark a partition active for BIOSes that boot only a disk with one: partition 1 in the
+    /// MBR, or a second entry over the first sector beside a protective MBR (xorriso's
+    /// --mbr-force-bootable, as Ubuntu's images have it).
+    #[arg(long, requires = "append_partition")]
+    pub mbr_force_bootable: bool,
     /// Make an isohybrid image, which also boots written to a USB stick or disk: this MBR boot
     /// code (isolinux's isohdpfx.bin, a file outside SRC_DIR) goes into its first sector with
     /// a partition table, as syslinux's isohybrid writes it (with --efi-boot, as
@@ -85,7 +109,7 @@ pub struct Args {
     /// image in it as Basic Data partitions, as xorriso's -isohybrid-gpt-basdat writes it for
     /// Debian's and RHEL's installation images (Apple's firmware boots a stick from it; PC
     /// firmware and Linux go by the MBR).
-    #[arg(long, requires_all = ["isohybrid_mbr", "efi_boot"])]
+    #[arg(long, requires_all = ["isohybrid_mbr", "efi"])]
     pub isohybrid_gpt_basdat: bool,
     /// Write where the rest of GRUB's core image lies into the image's copy of the BIOS boot
     /// image, GRUB's eltorito.img (from grub-mkimage -O i386-pc-eltorito), so that it also
@@ -230,6 +254,40 @@ fn remove_the_unfinished_image_on_signals() {
     }
 }
 
+/// The partitions `--append-partition` appends, checked together with the options that
+/// place them (a usage error, exit code 2, names the option and the cause).
+fn appended_partitions(args: &Args) -> anyhow::Result<Vec<write::partition::Append>> {
+    let flag = |value: String, message: String| crate::config::Error::Flag {
+        flag: "--append-partition",
+        value,
+        message,
+    };
+    let mut out = Vec::new();
+    // each occurrence takes exactly three values
+    for values in args.append_partition.chunks(3) {
+        let a = write::partition::Append::parse(values)
+            .map_err(|message| flag(values.join(" "), message))?;
+        out.push(a);
+    }
+    write::partition::check(&out, args.appended_part_as_gpt, args.efi_boot_partition)
+        .map_err(|message| flag(args.append_partition.join(" "), message))?;
+    if args.isohybrid_gpt_basdat {
+        if let Some(a) = out
+            .iter()
+            .find(|a| Some(a.number) != args.efi_boot_partition)
+        {
+            return Err(flag(
+                a.path.display().to_string(),
+                "--isohybrid-gpt-basdat: the GPT holds the volume and the EFI boot image; \
+                 only the --efi-boot-partition may be appended"
+                    .into(),
+            )
+            .into());
+        }
+    }
+    Ok(out)
+}
+
 /// Runs `mkiso`; `_out` gets nothing (the image is the output).
 pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
     let opts = Options {
@@ -257,6 +315,10 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
             gpt: args.isohybrid_gpt_basdat,
             grub2_boot_info: args.grub2_boot_info,
             grub2_mbr: args.grub2_mbr.clone(),
+            appended: appended_partitions(args)?,
+            efi_partition: args.efi_boot_partition,
+            appended_gpt: args.appended_part_as_gpt,
+            mbr_force_bootable: args.mbr_force_bootable,
         },
         pad: !args.no_pad,
         exclude: write::tree::Exclude::new(&args.exclude).map_err(anyhow::Error::msg)?,

@@ -73,6 +73,17 @@ pub struct Boot {
     /// stick or disk through GRUB's El Torito image (xorriso's `--grub2-mbr` with
     /// `--protective-msdos-label`, as grub-mkrescue runs it). Read by [`super::hybrid::read_mbr_code`].
     pub grub2_mbr: Option<PathBuf>,
+    /// Partitions appended after the volume (xorriso's `-append_partition`).
+    pub appended: Vec<super::partition::Append>,
+    /// The appended partition that is the UEFI boot image (xorriso's
+    /// `-e --interval:appended_partition_N:all::`), in place of a file of the image.
+    pub efi_partition: Option<u8>,
+    /// Put the appended partitions in a GPT behind a protective MBR, rather than in the MBR
+    /// (xorriso's `-appended_part_as_gpt`, as Ubuntu's images have them).
+    pub appended_gpt: bool,
+    /// Mark a partition active for BIOSes that boot only such a disk (xorriso's
+    /// `--mbr-force-bootable`).
+    pub mbr_force_bootable: bool,
 }
 
 /// How a BIOS boots the BIOS boot image (El Torito 2.2's boot media type).
@@ -92,7 +103,7 @@ pub enum Emulation {
 impl Boot {
     /// Whether the image boots at all (then it gets a catalog).
     pub fn any(&self) -> bool {
-        self.bios.is_some() || self.efi.is_some()
+        self.bios.is_some() || self.efi.is_some() || self.efi_partition.is_some()
     }
 
     /// Whether anything is written into the image's copy of the BIOS boot image.
@@ -101,7 +112,7 @@ impl Boot {
     }
 
     /// Whether the image gets an MBR that starts the BIOS boot image from a disk.
-    fn hybrid(&self) -> bool {
+    pub(super) fn hybrid(&self) -> bool {
         self.isohybrid_mbr.is_some() || self.grub2_mbr.is_some()
     }
 
@@ -424,23 +435,34 @@ pub(super) fn resolve(
         Some(rel) => {
             let (data, _) = boot_file(tree, rel, src, "EFI boot image")?;
             if let Some(path) = tree.data.get(data).map(|d| &d.path) {
-                if let Some(why) = not_a_fat_image(path) {
-                    warnings.push(Warning::BootImage {
-                        path: path.clone(),
-                        why,
-                    });
-                }
+                warn_unless_fat(path, warnings);
             }
             Some(data)
         }
         None => None,
     };
+    let efi_partition = boot
+        .efi_partition
+        .and_then(|n| boot.appended.iter().find(|a| a.number == n));
+    if let Some(a) = efi_partition {
+        warn_unless_fat(&a.path, warnings);
+    }
     let rel = boot.catalog_path();
     let catalog = match find(tree, relative(&rel)).map(|id| tree.nodes.get(id).map(|n| &n.kind)) {
         Ok(Some(Kind::File { data })) => *data,
         _ => return Err(Error::Layout("the boot catalog is not in the tree")),
     };
     Ok(Some(Resolved { bios, efi, catalog }))
+}
+
+/// Warns when the EFI boot image at `path` is not one UEFI firmware boots ([`not_a_fat_image`]).
+fn warn_unless_fat(path: &Path, warnings: &mut Vec<Warning>) {
+    if let Some(why) = not_a_fat_image(path) {
+        warnings.push(Warning::BootImage {
+            path: path.to_path_buf(),
+            why,
+        });
+    }
 }
 
 /// Why the EFI boot image at `path` will not boot, if it is neither a FAT file system (a boot

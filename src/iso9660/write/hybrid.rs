@@ -7,6 +7,9 @@
 use super::boot::{
     bios_image_head, is_grub2_image, is_hybrid_isolinux, BIOS_HEAD, GRUB2_BOOT_INFO, MBR_PARTITIONS,
 };
+use super::partition::{
+    gpt_parts, mbr_entries, plain_mbr, GptPart, BASIC_DATA, XORRISO_ATTRIBUTES,
+};
 use super::tree::Tree;
 use super::Error;
 use crate::iso9660::ondisk::SECTOR_SIZE;
@@ -71,36 +74,76 @@ pub fn read_mbr_code(path: &Path, kind: MbrKind) -> Result<Vec<u8>, Error> {
     Ok(data[..keep.min(data.len())].to_vec())
 }
 
-/// Writes the isohybrid MBR ([`isohybrid_mbr`], boot code `code`) into the first sector of
-/// `plan`, once the BIOS boot image (read from where `tree` takes it: the source tree, or
-/// grafted in) is found to be an isolinux.bin it can start; with `gpt`, the GPT
-/// ([`gpt_tables`]) too. The disk signature and GUIDs are the image's own: the same for the
-/// same label and time.
-pub(super) fn put_isohybrid_mbr(
+/// Writes what makes the image of `plan` boot from a disk into its first sectors: the hybrid
+/// MBR of `boot` (isohybrid's, boot code `isohybrid_code`, once the BIOS boot image is found to
+/// be an isolinux.bin it can start; or GRUB's, boot code `grub2_code`, once it is found to be
+/// GRUB's El Torito image, also checked for `--grub2-boot-info` alone), the appended
+/// partitions in the MBR or in a GPT behind a protective MBR, and the GPT of
+/// `--isohybrid-gpt-basdat`. The disk signature and GUIDs are the image's own: the same for
+/// the same label and time.
+pub(super) fn put_system_area(
     plan: &mut super::layout::Plan,
-    code: &[u8],
-    gpt: bool,
+    boot: &super::boot::Boot,
+    (isohybrid_code, grub2_code): (Option<&[u8]>, Option<&[u8]>),
     tree: &Tree,
-    label: &str,
-    now: i64,
+    (label, now): (&str, i64),
 ) -> Result<(), Error> {
-    let Some((head, path, lba)) = bios_image_head(plan, tree, 0x44)? else {
-        return Ok(());
-    };
-    check_hybrid_capable(&head, &path)?;
-    let id = label
-        .bytes()
-        .chain(now.to_le_bytes())
-        .fold(0x811C_9DC5u32, |h, b| {
-            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-        });
-    let mbr = isohybrid_mbr(code, lba, id, u64::from(plan.total_sectors), plan.efi_boot);
-    if let Some(area) = plan.metadata.get_mut(..mbr.len()) {
-        area.copy_from_slice(&mbr);
+    let volume = u64::from(plan.volume_sectors);
+    let image = u64::from(plan.total_sectors);
+    // the EFI boot image inside the volume, which isohybrid gives its own entry
+    let efi_in_volume = plan.efi_boot.filter(|_| boot.efi_partition.is_none());
+    let mut mbr = None;
+    let mut geometry = xorriso_geometry(image * (SECTOR_SIZE / 512));
+    if let Some(code) = isohybrid_code {
+        let Some((head, path, lba)) = bios_image_head(plan, tree, 0x44)? else {
+            return Ok(());
+        };
+        check_hybrid_capable(&head, &path)?;
+        let id = label
+            .bytes()
+            .chain(now.to_le_bytes())
+            .fold(0x811C_9DC5u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
+        let uefi = plan.efi_boot.is_some();
+        mbr = Some(isohybrid_mbr(code, lba, id, volume, efi_in_volume, uefi));
+        geometry = (HEADS, SECTORS_PER_TRACK);
     }
-    if gpt {
-        let guid = |n: u8| guid_of(label, now, n);
-        let (primary, backup) = gpt_tables(u64::from(plan.total_sectors), plan.efi_boot, guid);
+    if boot.grub2_boot_info {
+        let Some((head, path, lba)) = bios_image_head(plan, tree, BIOS_HEAD)? else {
+            return Ok(());
+        };
+        check_grub2_image(&head, path)?;
+        if let Some(code) = grub2_code {
+            mbr = Some(grub2_mbr(code, lba, volume));
+        }
+    }
+    let guid = |n: u8| guid_of(label, now, n);
+    let mut gpt = None;
+    if boot.appended_gpt {
+        let mut m = mbr.unwrap_or_else(|| vec![0u8; 512]);
+        super::partition::protective_mbr(&mut m, image, boot.mbr_force_bootable, geometry);
+        mbr = Some(m);
+        gpt = Some(gpt_tables(image, &gpt_parts(volume, &plan.appended), guid));
+    } else if !plan.appended.is_empty() {
+        mbr = Some(match mbr {
+            Some(mut m) => {
+                mbr_entries(&mut m, &plan.appended, geometry);
+                m
+            }
+            None => plain_mbr(volume, &plan.appended, boot.mbr_force_bootable, geometry),
+        });
+    }
+    if boot.gpt && isohybrid_code.is_some() {
+        let parts = basdat_parts(image, volume, plan.efi_boot);
+        gpt = Some(gpt_tables(image, &parts, guid));
+    }
+    if let Some(m) = mbr {
+        if let Some(area) = plan.metadata.get_mut(..m.len()) {
+            area.copy_from_slice(&m);
+        }
+    }
+    if let Some((primary, backup)) = gpt {
         if let Some(area) = plan.metadata.get_mut(512..512 + primary.len()) {
             area.copy_from_slice(&primary);
         }
@@ -138,48 +181,75 @@ const GPT_ENTRY_SECTORS: u64 = GPT_ENTRIES as u64 * GPT_ENTRY as u64 / 512;
 /// 2048-byte sectors at the end of the image the backup GPT takes (its entries and header,
 /// 63 sectors of 512 bytes, rounded up).
 pub const GPT_BACKUP_SECTORS: u64 = (GPT_ENTRY_SECTORS + 1).div_ceil(SECTOR_SIZE / 512);
-/// The Basic Data partition type (EBD0A0A2-B9E5-4433-87C0-68B6B72699C7), in GUID byte order.
-const GPT_BASIC_DATA: [u8; 16] = [
-    0xA2, 0xA0, 0xD0, 0xEB, 0xE5, 0xB9, 0x33, 0x44, 0x87, 0xC0, 0x68, 0xB6, 0xB7, 0x26, 0x99, 0xC7,
-];
-/// The attributes xorriso gives its partitions: required by the platform (bit 0), read-only
-/// (bit 60).
-const GPT_ATTRIBUTES: u64 = 1 << 60 | 1;
-
 /// The GPT xorriso writes beside an isohybrid MBR (`-isohybrid-gpt-basdat`) for an image of
-/// `image_sectors` 2048-byte sectors, with `efi` (its first sector and size in bytes) as the
-/// boot image: Basic Data partitions "ISOHybrid" over the image from sector 0 (overlapping the
-/// GPT itself: such a GPT is not valid to a strict reader, and has no protective MBR, so PC
-/// firmware and Linux go by the MBR; Apple's firmware reads it) and "ISOHybrid1" over the EFI
-/// image. Returns the primary header and entries (from the second 512-byte sector) and the
-/// backup entries and header (the image's last 63 sectors). `guid(n)`: the disk's (0) and
-/// each partition's GUID.
-pub(super) fn gpt_tables(
+/// `image_sectors` 2048-byte sectors whose volume is `volume` of them, with `efi` (its first
+/// sector and size in bytes) as the boot image: Basic Data partitions "ISOHybrid" from sector
+/// 0 (overlapping the GPT itself: such a GPT is not valid to a strict reader, and has no
+/// protective MBR, so PC firmware and Linux go by the MBR; Apple's firmware reads it) over the
+/// image, or the volume when partitions follow it, and "ISOHybrid1" over the EFI image.
+pub(super) fn basdat_parts(
     image_sectors: u64,
+    volume: u64,
     efi: Option<(u32, u64)>,
-    guid: impl Fn(u8) -> [u8; 16],
-) -> (Vec<u8>, Vec<u8>) {
-    let last = image_sectors * (SECTOR_SIZE / 512) - 1;
-    let backup_entries = last - GPT_ENTRY_SECTORS;
-    let last_usable = backup_entries - 1;
-    let mut entries = vec![0u8; GPT_ENTRIES as usize * GPT_ENTRY];
-    let mut parts = vec![(0u64, last_usable - 1)];
+) -> Vec<GptPart> {
+    let (_, last_usable) = gpt_bounds(image_sectors);
+    let end = if volume < image_sectors.saturating_sub(GPT_BACKUP_SECTORS) {
+        volume * (SECTOR_SIZE / 512) - 1
+    } else {
+        last_usable - 1
+    };
+    let mut parts = vec![(0u64, end)];
     if let Some((lba, size)) = efi {
         let start = u64::from(lba) * 4;
         parts.push((start, start + size.div_ceil(512).max(1) - 1));
     }
-    for (i, (e, (first, end))) in entries.chunks_exact_mut(GPT_ENTRY).zip(parts).enumerate() {
-        e[..16].copy_from_slice(&GPT_BASIC_DATA);
-        e[16..32].copy_from_slice(&guid(i as u8 + 1));
-        e[32..40].copy_from_slice(&first.to_le_bytes());
-        e[40..48].copy_from_slice(&end.to_le_bytes());
-        e[48..56].copy_from_slice(&GPT_ATTRIBUTES.to_le_bytes());
-        let name = if i == 0 {
-            "ISOHybrid".to_string()
-        } else {
-            format!("ISOHybrid{i}")
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (first, last))| GptPart {
+            index: i,
+            ty: BASIC_DATA,
+            first,
+            last,
+            attributes: XORRISO_ATTRIBUTES,
+            name: if i == 0 {
+                "ISOHybrid".to_string()
+            } else {
+                format!("ISOHybrid{i}")
+            },
+        })
+        .collect()
+}
+
+/// The last 512-byte sector of an image of `image_sectors` 2048-byte sectors, and the last
+/// one a partition may use (before the backup entries).
+fn gpt_bounds(image_sectors: u64) -> (u64, u64) {
+    let last = image_sectors * (SECTOR_SIZE / 512) - 1;
+    (last, last - GPT_ENTRY_SECTORS - 1)
+}
+
+/// A GPT with `parts` for an image of `image_sectors` 2048-byte sectors, laid out as xorriso
+/// lays it out. Returns the primary header and entries (from the second 512-byte sector) and
+/// the backup entries and header (the image's last 63 sectors). `guid(n)`: the disk's (0) and
+/// each partition's GUID (its slot + 1).
+pub(super) fn gpt_tables(
+    image_sectors: u64,
+    parts: &[GptPart],
+    guid: impl Fn(u8) -> [u8; 16],
+) -> (Vec<u8>, Vec<u8>) {
+    let (last, last_usable) = gpt_bounds(image_sectors);
+    let backup_entries = last_usable + 1;
+    let mut entries = vec![0u8; GPT_ENTRIES as usize * GPT_ENTRY];
+    for p in parts {
+        let Some(e) = entries.chunks_exact_mut(GPT_ENTRY).nth(p.index) else {
+            continue;
         };
-        for (c, u) in e[56..].chunks_exact_mut(2).zip(name.encode_utf16()) {
+        e[..16].copy_from_slice(&p.ty);
+        e[16..32].copy_from_slice(&guid(p.index as u8 + 1));
+        e[32..40].copy_from_slice(&p.first.to_le_bytes());
+        e[40..48].copy_from_slice(&p.last.to_le_bytes());
+        e[48..56].copy_from_slice(&p.attributes.to_le_bytes());
+        for (c, u) in e[56..].chunks_exact_mut(2).zip(p.name.encode_utf16()) {
             c.copy_from_slice(&u.to_le_bytes());
         }
     }
@@ -209,35 +279,22 @@ pub(super) fn gpt_tables(
     (primary, backup)
 }
 
-/// Checks that the BIOS boot image is a GRUB El Torito image (`grub-mkimage -O
-/// i386-pc-eltorito`), whose copy `--grub2-boot-info` may write into; then writes GRUB's
-/// hybrid MBR ([`grub2_mbr`], boot code `code`) into the first sector of `plan`, if given.
-pub(super) fn check_grub2_image_and_put_mbr(
-    plan: &mut super::layout::Plan,
-    code: Option<&[u8]>,
-    tree: &Tree,
-) -> Result<(), Error> {
-    let Some((head, path, lba)) = bios_image_head(plan, tree, BIOS_HEAD)? else {
+/// Checks that the BIOS boot image (its first bytes `head`, from `path`) is a GRUB El Torito
+/// image (`grub-mkimage -O i386-pc-eltorito`), whose copy `--grub2-boot-info` may write into,
+/// and which GRUB's hybrid MBR can start.
+fn check_grub2_image(head: &[u8], path: std::path::PathBuf) -> Result<(), Error> {
+    if is_grub2_image(head) {
         return Ok(());
-    };
-    if !is_grub2_image(&head) {
-        return Err(Error::Boot {
-            what: "BIOS boot image",
-            path,
-            why: format!(
-                "not GRUB's El Torito image (eltorito.img, from grub-mkimage -O \
-                 i386-pc-eltorito): no diskboot.img blocklist at byte {GRUB2_BOOT_INFO} for \
-                 --grub2-boot-info to write"
-            ),
-        });
     }
-    if let Some(code) = code {
-        let mbr = grub2_mbr(code, lba, u64::from(plan.total_sectors));
-        if let Some(area) = plan.metadata.get_mut(..mbr.len()) {
-            area.copy_from_slice(&mbr);
-        }
-    }
-    Ok(())
+    Err(Error::Boot {
+        what: "BIOS boot image",
+        path,
+        why: format!(
+            "not GRUB's El Torito image (eltorito.img, from grub-mkimage -O \
+             i386-pc-eltorito): no diskboot.img blocklist at byte {GRUB2_BOOT_INFO} for \
+             --grub2-boot-info to write"
+        ),
+    })
 }
 
 /// Checks that the BIOS boot image's first bytes (`head`, at least 0x44 of them) are an
@@ -257,16 +314,17 @@ fn check_hybrid_capable(head: &[u8], path: &Path) -> Result<(), Error> {
 
 /// The isohybrid MBR (what syslinux's isohybrid writes): the boot code, the boot image's place
 /// in 512-byte sectors for it, the disk signature `id`, and one active partition of type 0x17
-/// over the whole image of `image_sectors` 2048-byte sectors (whole cylinders), with its CHS
-/// addresses in isohybrid's geometry. With a UEFI boot image (`efi`: its first sector and size
-/// in bytes), that partition is of type 0 and a second one, an EFI system partition, covers
-/// the EFI image (`isohybrid --uefi`).
+/// over the whole volume of `image_sectors` 2048-byte sectors (whole cylinders), with its CHS
+/// addresses in isohybrid's geometry. With a UEFI boot image (`uefi`), that partition is of
+/// type 0; when the EFI image is a file of the volume (`efi`: its first sector and size in
+/// bytes), a second one, an EFI system partition, covers it (`isohybrid --uefi`).
 pub(super) fn isohybrid_mbr(
     code: &[u8],
     boot_lba: u32,
     id: u32,
     image_sectors: u64,
     efi: Option<(u32, u64)>,
+    uefi: bool,
 ) -> Vec<u8> {
     let mut v = vec![0u8; 512];
     let n = code.len().min(MBR_CODE);
@@ -286,7 +344,7 @@ pub(super) fn isohybrid_mbr(
     let p = &mut v[446..462];
     p[0] = 0x80;
     p[1..4].copy_from_slice(&chs(0));
-    p[4] = if efi.is_some() { 0 } else { PARTITION_TYPE };
+    p[4] = if uefi { 0 } else { PARTITION_TYPE };
     p[5..8].copy_from_slice(&chs(sectors.saturating_sub(1)));
     p[12..16].copy_from_slice(&u32::try_from(sectors).unwrap_or(u32::MAX).to_le_bytes());
     if let Some((lba, size)) = efi {

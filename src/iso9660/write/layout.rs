@@ -112,8 +112,12 @@ pub struct Plan {
     pub metadata: Vec<u8>,
     /// Byte offset in the image of each [`Tree::data`] entry, in the same order.
     pub data_offsets: Vec<u64>,
-    /// Image size in sectors.
+    /// Image size in sectors: the volume and the partitions appended after it.
     pub total_sectors: u32,
+    /// The ISO 9660 volume's size in sectors (what its descriptors say).
+    pub volume_sectors: u32,
+    /// The partitions appended after the volume, where they go.
+    pub appended: Vec<super::partition::Placed>,
     /// [`Tree::data`] entries made here rather than read from the source (the boot catalog),
     /// with their bytes.
     pub generated: Vec<(usize, Vec<u8>)>,
@@ -122,7 +126,8 @@ pub struct Plan {
     pub patch: super::boot::Patch,
     /// The BIOS boot image's [`Tree::data`] entry and first sector, for a hybrid MBR.
     pub bios_boot: Option<(usize, u32)>,
-    /// The UEFI boot image's first sector and size in bytes, for an isohybrid MBR.
+    /// The UEFI boot image's first sector and size in bytes (a file of the image or an
+    /// appended partition), for a hybrid MBR.
     pub efi_boot: Option<(u32, u64)>,
     /// What ends the image, in place of zeros (the backup GPT).
     pub tail: Vec<u8>,
@@ -930,7 +935,8 @@ pub fn plan(
     if opts.pad {
         lba += PAD_SECTORS;
     }
-    if opts.boot.gpt {
+    let appending = !opts.boot.appended.is_empty();
+    if opts.boot.gpt && !appending {
         // the backup GPT goes at the end, where nothing of the volume is
         lba = lba.max(content_end + super::hybrid::GPT_BACKUP_SECTORS);
     }
@@ -939,6 +945,19 @@ pub fn plan(
         lba = lba.next_multiple_of(super::hybrid::CYLINDER_SECTORS);
     }
     let total = to_u32(lba)?;
+    // Appended partitions follow the volume (from a cylinder in an isohybrid image, as
+    // xorriso puts them); then, in a GPT, the backup GPT.
+    let align = if opts.boot.isohybrid_mbr.is_some() {
+        super::hybrid::CYLINDER_SECTORS
+    } else {
+        1
+    };
+    let appended = super::partition::place(&opts.boot.appended, lba, align)?;
+    let mut image_end = appended.last().map_or(lba, |p| p.start + p.image_sectors());
+    if appending && (opts.boot.gpt || opts.boot.appended_gpt) {
+        image_end += super::hybrid::GPT_BACKUP_SECTORS;
+    }
+    let image_sectors = to_u32(image_end)?;
 
     let mut meta = vec![0u8; (data_start * SECTOR_SIZE) as usize];
     let at = |l: u64| (l * SECTOR_SIZE) as usize;
@@ -985,14 +1004,18 @@ pub fn plan(
         let lba_of = |data: usize| a.file.get(data).copied().unwrap_or(0);
         let size_of = |data: usize| tree.data.get(data).map_or(0, |d| d.size);
         let bios = b.bios.map(|(data, load)| (lba_of(data), load));
-        let efi = b
-            .efi
-            .map(|data| (lba_of(data), super::boot::efi_sectors(size_of(data))));
+        efi_boot = match opts.boot.efi_partition {
+            Some(n) => match appended.iter().find(|p| p.number == n) {
+                Some(p) => Some((to_u32(p.start)?, p.size)),
+                None => return Err(Error::Layout("the EFI boot partition is not appended")),
+            },
+            None => b.efi.map(|data| (lba_of(data), size_of(data))),
+        };
+        let efi = efi_boot.map(|(lba, size)| (lba, super::boot::efi_sectors(size)));
         put(next, &super::boot::record(lba_of(b.catalog)));
         next += 1;
         generated.push((b.catalog, super::boot::catalog(bios, efi)));
         bios_boot = b.bios.map(|(data, _)| (data, lba_of(data)));
-        efi_boot = b.efi.map(|data| (lba_of(data), size_of(data)));
     }
     if opts.joliet {
         let (jl, js) = a.jdir.first().copied().unwrap_or((0, 0));
@@ -1033,7 +1056,7 @@ pub fn plan(
     Ok(Plan {
         metadata: meta,
         data_offsets,
-        total_sectors: total,
+        total_sectors: image_sectors,
         generated,
         patch: super::boot::Patch {
             info_table: opts.boot.info_table,
@@ -1042,6 +1065,8 @@ pub fn plan(
         bios_boot,
         efi_boot,
         tail: Vec::new(),
+        volume_sectors: total,
+        appended,
     })
 }
 

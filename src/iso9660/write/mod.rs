@@ -19,6 +19,7 @@ pub mod boot;
 pub mod hybrid;
 pub mod layout;
 pub mod names;
+pub mod partition;
 pub mod stream;
 pub mod susp;
 pub mod target;
@@ -309,12 +310,13 @@ pub fn build(
     }
     boot::add_catalog(&mut tree, &opts.boot, src, now)?;
     let mut plan = layout::plan(&tree, opts, now, &mut warnings, src)?;
-    if let Some(code) = &mbr_code {
-        hybrid::put_isohybrid_mbr(&mut plan, code, opts.boot.gpt, &tree, &opts.label, now)?;
-    }
-    if opts.boot.grub2_boot_info {
-        hybrid::check_grub2_image_and_put_mbr(&mut plan, grub2_mbr_code.as_deref(), &tree)?;
-    }
+    hybrid::put_system_area(
+        &mut plan,
+        &opts.boot,
+        (mbr_code.as_deref(), grub2_mbr_code.as_deref()),
+        &tree,
+        (&opts.label, now),
+    )?;
     boot::check_info_table(&plan, &tree, &opts.boot, &mut warnings)?;
     target.write(&tree, &plan, progress)?;
     Ok(Report {

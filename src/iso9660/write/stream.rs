@@ -9,7 +9,7 @@
 use super::layout::Plan;
 use super::tree::Tree;
 use super::{Error, Progress};
-use crate::iso9660::ondisk::FIRST_DESCRIPTOR_SECTOR;
+use crate::iso9660::ondisk::{FIRST_DESCRIPTOR_SECTOR, SECTOR_SIZE};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -116,7 +116,7 @@ pub(super) fn write_image(
         batch: Vec::new(),
         batch_start: 0,
         done: 0,
-        total: tree.data_bytes(),
+        total: tree.data_bytes() + plan.appended.iter().map(|p| p.size).sum::<u64>(),
         progress,
     };
     (w.progress)(Progress {
@@ -131,6 +131,9 @@ pub(super) fn write_image(
         } else {
             w.file(&f.path, f.size, off)?;
         }
+    }
+    for p in &plan.appended {
+        w.file(&p.path, p.size, p.start * SECTOR_SIZE)?;
     }
     w.flush()?;
     let len = plan.image_bytes();
