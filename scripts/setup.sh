@@ -40,6 +40,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# tests/mkiso_boot.rs: Debian's memtest86+ images (their UEFI boot image is an appended
+# partition), unpacked only: installing the package would add it to this machine's GRUB menu.
+memtest=/var/cache/isomgr-tests/memtest86+
+if [ ! -e "$memtest/usr/lib/memtest86+/memtest86+x64.iso" ]; then
+  echo "setup: unpacking memtest86+ into $memtest"
+  work=$(mktemp -d)
+  chmod 755 "$work" && chown _apt "$work" 2>/dev/null || true  # apt downloads as _apt
+  mkdir -p "$memtest"
+  (cd "$work" && apt-get download -qq memtest86+ >/dev/null && dpkg -x memtest86+_*.deb "$memtest")
+  rm -rf "$work"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"

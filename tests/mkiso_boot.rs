@@ -3340,6 +3340,38 @@ fn an_appended_efi_partition_is_laid_out_as_xorriso_does_and_boots() {
             }
             assert_eq!(read_back.get(&path), Some(&want), "{name}: {path}");
         }
+        // `ls --boot` gives the options and how to copy the partition out of the image; with
+        // them mkiso makes the same image again.
+        let dir = t.join(format!("rebuilt-{name}"));
+        fs::create_dir(&dir).unwrap();
+        let listing = String::from_utf8(
+            output_ok(Command::new(bin()).args(["ls", "--boot"]).arg(&ours)).stdout,
+        )
+        .unwrap();
+        let copies: Vec<&str> = listing
+            .lines()
+            .filter_map(|l| l.split_once("appended: ").map(|(_, dd)| dd))
+            .collect();
+        assert_eq!(copies.len(), 1, "{listing}");
+        for dd in copies {
+            output_ok(Command::new("sh").args(["-c", dd]).current_dir(&dir));
+        }
+        let options = boot_options(&ours);
+        let rebuilt = dir.join("rebuilt.iso");
+        output_ok(
+            Command::new(bin())
+                .arg("mkiso")
+                .arg(&src)
+                .arg("-o")
+                .arg(&rebuilt)
+                .args(&options)
+                .env("SOURCE_DATE_EPOCH", "0")
+                .current_dir(&dir),
+        );
+        assert!(
+            fs::read(&rebuilt).unwrap() == image,
+            "{name}: ls --boot's options {options:?} made another image than {args:?}"
+        );
         if name == "gpt" {
             let problems = sgdisk_problems(&ours);
             assert!(
@@ -3671,5 +3703,102 @@ fn append_partition_errors_name_the_option_or_the_file_and_the_cause() {
         &image[image.len() - 512..][..8],
         b"EFI PART",
         "the backup GPT header ends it"
+    );
+}
+
+/// Debian's memtest86+ image, unpacked by scripts/setup.sh: its UEFI boot image is an appended
+/// partition.
+const MEMTEST_ISO: &str = "/var/cache/isomgr-tests/memtest86+/usr/lib/memtest86+/memtest86+x64.iso";
+
+/// `ls --boot` of Debian's memtest86+ image, whose UEFI boot image is partition 2, after the
+/// volume: the options name the partition (and say that its GRUB hybrid MBR beside an emulated
+/// floppy is not made), the line for the partition copies it out (a FAT image holding
+/// EFI/BOOT/BOOTX64.EFI); mkiso with those options, from the image's tree, makes an image
+/// whose El Torito entries and partition lie as the original's do, relative to its volume,
+/// with the same partition bytes.
+#[test]
+fn ls_boot_reads_memtest86_plus_s_appended_efi_partition_and_mkiso_remakes_it() {
+    if !have_file(MEMTEST_ISO, "memtest86+ (unpacked by scripts/setup.sh)")
+        || !tools(&["xorriso", "bsdtar", "mdir"])
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let listing = String::from_utf8(
+        output_ok(Command::new(bin()).args(["ls", "--boot", MEMTEST_ISO])).stdout,
+    )
+    .unwrap();
+    let mkiso_line = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("mkiso "))
+        .unwrap_or_else(|| panic!("{listing}"));
+    assert!(
+        mkiso_line.contains("--efi-boot-partition 2")
+            && mkiso_line.contains("--append-partition 2 0xef partition2.img")
+            && mkiso_line.contains("--boot boot/floppy.img --boot-emulation floppy"),
+        "{listing}"
+    );
+    let not_made = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("not made by mkiso: "))
+        .unwrap_or_default();
+    assert!(
+        not_made.contains("GRUB hybrid MBR") && !not_made.contains("UEFI"),
+        "{listing}"
+    );
+    let dd = listing
+        .lines()
+        .find_map(|l| l.split_once("appended: ").map(|(_, dd)| dd))
+        .unwrap_or_else(|| panic!("{listing}"));
+    output_ok(Command::new("sh").args(["-c", dd]).current_dir(t));
+    let part = t.join("partition2.img");
+    let dir = run("mdir", &["-i", part.to_str().unwrap(), "::/EFI/BOOT"]);
+    assert!(dir.to_uppercase().contains("BOOTX64"), "{dir}");
+
+    // Rebuilt from its tree with those options.
+    let src = t.join("tree");
+    fs::create_dir(&src).unwrap();
+    run("bsdtar", &["-xf", MEMTEST_ISO, "-C", src.to_str().unwrap()]);
+    let options: Vec<&str> = mkiso_line.split_whitespace().collect();
+    let ours = t.join("remade.iso");
+    output_ok(
+        Command::new(bin())
+            .arg("mkiso")
+            .arg(&src)
+            .arg("-o")
+            .arg(&ours)
+            .args(&options)
+            .current_dir(t),
+    );
+    // Where each image's UEFI image and partitions lie, relative to its volume.
+    let relative = |iso: &Path| {
+        let (_, volume, efi) = volume_and_efi_image(iso);
+        let area = system_area(iso);
+        let partitions: Vec<String> = area
+            .iter()
+            .filter(|(k, _)| k == "MBR partition")
+            .map(|(_, v)| v.split(' ').skip(2).collect::<Vec<_>>().join(" "))
+            .filter(|v| v.starts_with("0xef"))
+            .collect();
+        let el_torito: Vec<(String, String, u32)> = xorriso_el_torito(iso)
+            .images
+            .iter()
+            .map(|i| (i.platform.clone(), i.emulation.clone(), i.load_size))
+            .collect();
+        (efi - volume, partitions.len(), el_torito, efi)
+    };
+    let (theirs, mine) = (relative(Path::new(MEMTEST_ISO)), relative(&ours));
+    assert_eq!(
+        (theirs.0, theirs.1, &theirs.2),
+        (mine.0, mine.1, &mine.2),
+        "the remade image's boot records"
+    );
+    let image = fs::read(&ours).unwrap();
+    let at = mine.3 as usize * 512;
+    let part = fs::read(&part).unwrap();
+    assert!(
+        image[at..at + part.len()] == part[..],
+        "the partition's bytes"
     );
 }

@@ -2,6 +2,7 @@
 //! `isomgr ls --boot IMAGE`: what makes it boot.
 
 use std::io::Write;
+use std::path::Path;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -52,7 +53,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     let ctx = || args.image.display().to_string();
     if args.boot {
         let boot = eltorito::read(&image, image.info().boot_catalog).with_context(ctx)?;
-        return show_boot(&boot, args.json, out);
+        return show_boot(&boot, &args.image, args.json, out);
     }
     let start = image.lookup(&args.path).with_context(ctx)?;
     let start_path = if args.path.starts_with('/') {
@@ -129,10 +130,32 @@ struct BootView {
     /// "isohybrid", "grub2", "other", or null.
     mbr: Option<&'static str>,
     gpt: bool,
+    /// The partition table's partitions (the GPT's behind a protective MBR, else the MBR's).
+    partitions: Vec<PartitionView>,
     /// The mkiso options that make an image boot the same way.
     mkiso: Vec<String>,
     /// What of it mkiso does not make.
     not_made: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct PartitionView {
+    number: u8,
+    /// "0xNN" in an MBR, a GUID in a GPT.
+    #[serde(rename = "type")]
+    ty: String,
+    /// First 512-byte sector, and how many.
+    first: u64,
+    sectors: u64,
+    active: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    name: String,
+    /// The file of the image that starts where it does.
+    file: Option<String>,
+    /// Appended after the volume (no file of it): the file `--append-partition` takes, to be
+    /// copied out of the image first (see `extract`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    appended_as: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -196,7 +219,17 @@ fn boot_view(boot: &eltorito::Boot) -> BootView {
             ),
             m => (format!("media {m}"), None),
         };
+        let partition = boot
+            .partitions
+            .iter()
+            .find(|p| p.appended() && p.first == u64::from(e.lba) * 4);
         match (&img.path, e.platform) {
+            (None, 0xEF) if !efi_seen && e.media == 0 && partition.is_some() => {
+                efi_seen = true;
+                if let Some(p) = partition {
+                    mkiso.extend(["--efi-boot-partition".into(), p.number.to_string()]);
+                }
+            }
             (None, _) => not_made.push(format!(
                 "the {} image at sector {}, which no file of the image holds (an appended \
                  partition?)",
@@ -279,13 +312,62 @@ fn boot_view(boot: &eltorito::Boot) -> BootView {
             Some("other")
         }
     };
+    let appended: Vec<&eltorito::Partition> =
+        boot.partitions.iter().filter(|p| p.appended()).collect();
+    for p in &appended {
+        mkiso.extend([
+            "--append-partition".into(),
+            p.number.to_string(),
+            p.ty.to_string(),
+            appended_file(p),
+        ]);
+    }
+    if boot.protective && !appended.is_empty() {
+        mkiso.push("--appended-part-as-gpt".into());
+    }
+    let plain_active = !boot.protective
+        && boot.mbr.is_none()
+        && boot
+            .partitions
+            .first()
+            .is_some_and(|p| p.number == 1 && p.active);
+    if !appended.is_empty() && (boot.force_bootable_entry || plain_active) {
+        mkiso.push("--mbr-force-bootable".into());
+    }
+    if boot
+        .partitions
+        .iter()
+        .any(|p| p.first == 64 && p.file.is_none() && !p.name.starts_with("Gap"))
+    {
+        not_made.push(
+            "its partition offset (a second volume in the partition from sector 64, \
+             xorriso's -partition_offset 16)"
+                .into(),
+        );
+    }
     if boot.gpt {
-        if boot.mbr == Some(Mbr::Isohybrid) && startable(false) && efi_seen {
+        let basdat = boot.mbr == Some(Mbr::Isohybrid) && startable(false) && efi_seen;
+        let appended_gpt = boot.protective && !appended.is_empty();
+        if basdat {
             mkiso.push("--isohybrid-gpt-basdat".into());
-        } else {
+        } else if !appended_gpt {
             not_made.push("its GPT".into());
         }
     }
+    let partitions = boot
+        .partitions
+        .iter()
+        .map(|p| PartitionView {
+            number: p.number,
+            ty: p.ty.to_string(),
+            first: p.first,
+            sectors: p.sectors,
+            active: p.active,
+            name: p.name.clone(),
+            file: p.file.clone(),
+            appended_as: p.appended().then(|| appended_file(p)),
+        })
+        .collect();
     BootView {
         catalog: boot.catalog.as_ref().map(|(sector, path)| CatalogView {
             path: path.clone(),
@@ -294,14 +376,38 @@ fn boot_view(boot: &eltorito::Boot) -> BootView {
         images,
         mbr,
         gpt: boot.gpt,
+        partitions,
         mkiso,
         not_made,
     }
 }
 
+/// The file `ls --boot`'s options name for an appended partition, copied out of the image.
+fn appended_file(p: &eltorito::Partition) -> String {
+    format!("partition{}.img", p.number)
+}
+
+/// `path` as one shell word.
+fn shell_word(path: &Path) -> String {
+    let s = path.to_string_lossy();
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/-+=:,@".contains(&b))
+    {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 /// `ls --boot`: a line per part of what makes the image boot, then the mkiso options and what
 /// mkiso does not make; or, with `json`, the [`BootView`] document.
-fn show_boot(boot: &eltorito::Boot, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+fn show_boot(
+    boot: &eltorito::Boot,
+    image: &Path,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let v = boot_view(boot);
     if json {
         return super::write_json(out, &v);
@@ -351,6 +457,27 @@ fn show_boot(boot: &eltorito::Boot, json: bool, out: &mut impl Write) -> anyhow:
     };
     writeln!(out, "MBR      {mbr}")?;
     writeln!(out, "GPT      {}", if v.gpt { "yes" } else { "no" })?;
+    for p in &v.partitions {
+        let mut what = vec![format!("from sector {}, {} sectors", p.first, p.sectors)];
+        if p.active {
+            what.push("active".into());
+        }
+        if !p.name.is_empty() {
+            what.push(format!("\"{}\"", p.name));
+        }
+        if let Some(f) = &p.file {
+            what.push(format!("the file {f}"));
+        }
+        if let Some(file) = &p.appended_as {
+            what.push(format!(
+                "appended: dd if={} of={file} bs=512 skip={} count={}",
+                shell_word(image),
+                p.first,
+                p.sectors
+            ));
+        }
+        writeln!(out, "part {:<3} {} {}", p.number, p.ty, what.join(", "))?;
+    }
     if v.mkiso.is_empty() {
         writeln!(
             out,

@@ -8,6 +8,7 @@ use super::error::Result;
 use super::ondisk::SECTOR_SIZE;
 use super::read::{Image, Kind};
 use super::source::ReadAt;
+use crate::iso9660::write::partition::PartType;
 use std::collections::HashMap;
 
 /// One boot entry of the catalog.
@@ -111,6 +112,123 @@ pub struct Boot {
     pub mbr: Option<Mbr>,
     /// A GPT header follows the MBR.
     pub gpt: bool,
+    /// The MBR is a protective one (a partition of type 0xEE): the partitions are the GPT's.
+    pub protective: bool,
+    /// The partitions: the GPT's behind a protective MBR, else the MBR's.
+    pub partitions: Vec<Partition>,
+    /// The MBR holds an active entry of type 0 over its own sector alone (xorriso's
+    /// `--mbr-force-bootable` beside a protective MBR).
+    pub force_bootable_entry: bool,
+    /// 512-byte sectors the ISO 9660 volume declares.
+    pub volume_sectors: u64,
+}
+
+/// A partition of the image's partition table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// Its number: its slot in the table, from 1.
+    pub number: u8,
+    pub ty: PartType,
+    /// First 512-byte sector, and how many.
+    pub first: u64,
+    pub sectors: u64,
+    /// Marked active (MBR status 0x80).
+    pub active: bool,
+    /// Its GPT name (empty in an MBR).
+    pub name: String,
+    /// The file of the image that starts where it does, if any.
+    pub file: Option<String>,
+}
+
+impl Partition {
+    /// Whether it is a partition appended after the volume (xorriso's `-append_partition`):
+    /// past the volume's descriptors (a partition from sector 64 is the volume's own, as
+    /// xorriso's `-partition_offset 16` makes it), no file of the volume where it starts, and
+    /// not one of the partitions xorriso makes to fill a gap ("Gap1", its padding after the
+    /// partition).
+    pub fn appended(&self) -> bool {
+        self.first > 64
+            && self.first % 4 == 0
+            && self.file.is_none()
+            && !self.name.starts_with("Gap")
+    }
+}
+
+/// GPT entries read at most (xorriso writes 248, most tools 128).
+const MAX_GPT_ENTRIES: u64 = 1024;
+
+/// The partitions of the MBR in `head` (its first 512 bytes or more).
+fn mbr_partitions(head: &[u8]) -> Vec<Partition> {
+    let Some(table) = head.get(446..510) else {
+        return Vec::new();
+    };
+    let le32 = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map_or(0, |v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]))
+    };
+    table
+        .chunks_exact(16)
+        .enumerate()
+        .filter(|(_, e)| e.get(4).is_some_and(|&t| t != 0) || le32(e, 12) != 0)
+        .map(|(i, e)| Partition {
+            number: i as u8 + 1,
+            ty: PartType::Mbr(e.get(4).copied().unwrap_or(0)),
+            first: u64::from(le32(e, 8)),
+            sectors: u64::from(le32(e, 12)),
+            active: e.first() == Some(&0x80),
+            name: String::new(),
+            file: None,
+        })
+        .collect()
+}
+
+/// The partitions of the GPT whose header is `header` (512 bytes), its entries read by `read`.
+fn gpt_partitions(header: &[u8], read: impl Fn(u64, usize) -> Vec<u8>) -> Vec<Partition> {
+    let le = |at: usize, n: usize| -> u64 {
+        header.get(at..at + n).map_or(0, |b| {
+            b.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x))
+        })
+    };
+    let (entries_at, count, size) = (le(72, 8), le(80, 4), le(84, 4));
+    if !(128..=4096).contains(&size) || count == 0 {
+        return Vec::new();
+    }
+    let count = count.min(MAX_GPT_ENTRIES);
+    let Some(at) = entries_at.checked_mul(512) else {
+        return Vec::new();
+    };
+    let table = read(at, (count * size) as usize);
+    table
+        .chunks_exact(size as usize)
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let ty: [u8; 16] = e.get(..16)?.try_into().ok()?;
+            if ty == [0; 16] {
+                return None;
+            }
+            let at = |o: usize| {
+                e.get(o..o + 8).map_or(0, |b| {
+                    b.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x))
+                })
+            };
+            let (first, last) = (at(32), at(40));
+            let name: Vec<u16> = e
+                .get(56..128)?
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .take_while(|&u| u != 0)
+                .collect();
+            Some(Partition {
+                number: u8::try_from(i + 1).unwrap_or(u8::MAX),
+                ty: PartType::Guid(ty),
+                first,
+                sectors: last.saturating_add(1).saturating_sub(first),
+                active: false,
+                name: String::from_utf16_lossy(&name),
+                file: None,
+            })
+        })
+        .collect()
 }
 
 /// Reads what makes `image` boot (see [`Boot`]); `catalog` is the catalog's sector from the
@@ -123,17 +241,31 @@ pub fn read<R: ReadAt>(image: &Image<R>, catalog: Option<u32>) -> Result<Boot> {
         b.truncate(n);
         b
     };
-    let mut boot = Boot::default();
+    let mut boot = Boot {
+        volume_sectors: image.info().volume_size / 512,
+        ..Boot::default()
+    };
     let head = read(0, 1024);
-    if head.len() == 1024 && head[510..512] == [0x55, 0xAA] {
-        boot.gpt = &head[512..520] == b"EFI PART";
+    if head.len() == 1024 && head.get(510..512) == Some(&[0x55, 0xAA][..]) {
+        boot.gpt = head.get(512..520) == Some(&b"EFI PART"[..]);
+        let mbr = mbr_partitions(&head);
+        boot.protective = mbr.iter().any(|p| p.ty == PartType::Mbr(0xEE));
+        boot.force_bootable_entry = boot.protective
+            && mbr
+                .iter()
+                .any(|p| p.active && p.ty == PartType::Mbr(0) && p.first == 0 && p.sectors == 1);
+        boot.partitions = match (boot.protective, boot.gpt, head.get(512..1024)) {
+            (true, true, Some(header)) => gpt_partitions(header, read),
+            (true, _, _) => Vec::new(),
+            (false, _, _) => mbr,
+        };
     }
-    let Some(cat_lba) = catalog else {
+    if catalog.is_none() && boot.partitions.is_empty() {
         boot.mbr = mbr_kind(&head, None);
         return Ok(boot);
-    };
-    // which file starts at which sector (first extent), for the catalog and the images;
-    // empty files may all point at one sector, anywhere
+    }
+    // which file starts at which sector (first extent), for the catalog, the images and the
+    // partitions; empty files may all point at one sector, anywhere
     let mut starts: HashMap<u64, String> = HashMap::new();
     image.walk(&image.root(), "/", |path, e| {
         if e.kind == Kind::File && e.size > 0 {
@@ -143,6 +275,15 @@ pub fn read<R: ReadAt>(image: &Image<R>, catalog: Option<u32>) -> Result<Boot> {
         }
         Ok(())
     })?;
+    for p in &mut boot.partitions {
+        if p.first % 4 == 0 {
+            p.file = starts.get(&(p.first / 4)).cloned();
+        }
+    }
+    let Some(cat_lba) = catalog else {
+        boot.mbr = mbr_kind(&head, None);
+        return Ok(boot);
+    };
     boot.catalog = Some((cat_lba, starts.get(&u64::from(cat_lba)).cloned()));
     let cat = read(u64::from(cat_lba) * SECTOR_SIZE, SECTOR_SIZE as usize);
     for entry in entries(&cat) {
@@ -237,5 +378,68 @@ mod tests {
         c[28] ^= 1;
         c[66] = 0xFF;
         assert_eq!(entries(&c).len(), 2);
+    }
+
+    /// The GPT's partitions: slots as numbers, names, sizes; nothing from a header whose entry
+    /// size or place makes no sense, and no more entries than the bytes read hold.
+    #[test]
+    fn gpt_partitions_are_read_and_bad_headers_give_none() {
+        let mut header = vec![0u8; 512];
+        header[..8].copy_from_slice(b"EFI PART");
+        header[72..80].copy_from_slice(&2u64.to_le_bytes());
+        header[80..84].copy_from_slice(&4u32.to_le_bytes());
+        header[84..88].copy_from_slice(&128u32.to_le_bytes());
+        let mut entries = vec![0u8; 4 * 128];
+        let e = &mut entries[128..256];
+        e[..16].copy_from_slice(&crate::iso9660::write::partition::EFI_SYSTEM);
+        e[32..40].copy_from_slice(&740u64.to_le_bytes());
+        e[40..48].copy_from_slice(&8931u64.to_le_bytes());
+        for (c, u) in e[56..].chunks_exact_mut(2).zip("Appended2".encode_utf16()) {
+            c.copy_from_slice(&u.to_le_bytes());
+        }
+        let read = |at: u64, len: usize| -> Vec<u8> {
+            assert_eq!(at, 1024);
+            entries[..len.min(entries.len())].to_vec()
+        };
+        let parts = gpt_partitions(&header, read);
+        assert_eq!(parts.len(), 1, "{parts:?}");
+        let p = &parts[0];
+        assert_eq!((p.number, p.first, p.sectors), (2, 740, 8192));
+        assert_eq!(p.name, "Appended2");
+        assert_eq!(p.ty.to_string(), "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+        assert!(p.appended());
+        // an entry size of 0, a table past the end of what 64 bits count, a count of 2^32-1
+        let none = |_: u64, _: usize| Vec::new();
+        let mut bad = header.clone();
+        bad[84..88].copy_from_slice(&0u32.to_le_bytes());
+        assert!(gpt_partitions(&bad, read).is_empty());
+        let mut bad = header.clone();
+        bad[72..80].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(gpt_partitions(&bad, none).is_empty());
+        let mut bad = header;
+        bad[80..84].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(gpt_partitions(&bad, read).len(), 1);
+    }
+
+    /// The MBR's entries, empty ones left out.
+    #[test]
+    fn mbr_partitions_are_read_by_slot() {
+        let mut head = vec![0u8; 512];
+        head[446] = 0x80;
+        head[450] = 0xCD;
+        head[454..458].copy_from_slice(&1u32.to_le_bytes());
+        head[458..462].copy_from_slice(&739u32.to_le_bytes());
+        head[478] = 0xEF;
+        head[486..490].copy_from_slice(&740u32.to_le_bytes());
+        head[490..494].copy_from_slice(&8192u32.to_le_bytes());
+        let parts = mbr_partitions(&head);
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert_eq!((parts[0].number, parts[0].active), (1, true));
+        assert_eq!(
+            (parts[1].number, parts[1].first, parts[1].sectors),
+            (3, 740, 8192)
+        );
+        assert!(!parts[0].appended() && parts[1].appended());
+        assert!(mbr_partitions(&head[..400]).is_empty());
     }
 }
