@@ -3802,3 +3802,168 @@ fn ls_boot_reads_memtest86_plus_s_appended_efi_partition_and_mkiso_remakes_it() 
         "the partition's bytes"
     );
 }
+
+/// An image laid out as Ubuntu's are (made by xorriso with the options Ubuntu's build gives
+/// it: GRUB's hybrid MBR, `-partition_offset 16`, the EFI system partition appended in a GPT,
+/// `--mbr-force-bootable`), served by the watcher, is remastered from its directory: `ls
+/// --boot` gives the options and the command that copies its EFI partition out, and says the
+/// partition offset is not made; mkiso with them and a new grub.cfg and file grafted in makes
+/// an image that boots from a disk by BIOS into the new grub.cfg and by UEFI into the copied
+/// EFI partition, which reads the new file from the new volume. The served file is unchanged.
+#[test]
+fn an_ubuntu_like_served_image_is_remastered_with_its_efi_partition_and_boots() {
+    if !have_file(BOOT_HYBRID, "grub-pc-bin")
+        || !tools(&["grub-mkimage", "xorriso"])
+        || !common::watcher::can_run("remastering a served image")
+    {
+        return;
+    }
+    let Some((code, vars)) = efi_boot_tools(&[]) else {
+        return;
+    };
+    let env = common::watcher::Env::new("remaster-ubuntu");
+    let t = env.outside("work");
+    let (old_m, new_m, efi_m) = (
+        marker("ubuntu-old"),
+        marker("ubuntu-new"),
+        marker("ubuntu-efi"),
+    );
+    let src = t.join("src");
+    grub_bios_tree(&src, &old_m);
+    ordinary_files(&src);
+    fs::write(src.join(GRUB_READS), "the old volume\n").unwrap();
+    let fat = efi_fat_image(&t, &efi_m);
+    let image = other_tool(
+        "xorriso -as mkisofs",
+        &src,
+        "ubuntu-like",
+        &[
+            "-V",
+            "Ubuntu-like 24.04 amd64",
+            "--grub2-mbr",
+            BOOT_HYBRID,
+            "-partition_offset",
+            "16",
+            "--mbr-force-bootable",
+            "-append_partition",
+            "2",
+            "28732ac11ff8d211ba4b00a0c93ec93b",
+            fat.to_str().unwrap(),
+            "-appended_part_as_gpt",
+            "-iso_mbr_part_type",
+            "a2a0d0ebe5b9334487c068b6b72699c7",
+            "-c",
+            "/boot.catalog",
+            "-b",
+            "/boot/grub/eltorito.img",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "--grub2-boot-info",
+            "-eltorito-alt-boot",
+            "-e",
+            "--interval:appended_partition_2:::",
+            "-no-emul-boot",
+        ],
+    );
+    let _w = common::watcher::Watcher::start(&env);
+    let before = fs::read(&image).unwrap();
+    let staged = env.scratch.join("ubuntu-like.iso");
+    fs::write(&staged, &before).unwrap();
+    let dropped = env.drop.join("ubuntu-like.iso");
+    fs::rename(&staged, &dropped).unwrap();
+    env.wait_names(&["Ubuntu-like_24.04_amd64"]);
+    let served = env.root.join("Ubuntu-like_24.04_amd64");
+
+    let listing = String::from_utf8(
+        output_ok(Command::new(bin()).args(["ls", "--boot"]).arg(&dropped)).stdout,
+    )
+    .unwrap();
+    let line = |prefix: &str| {
+        listing
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{listing}"))
+    };
+    let options: Vec<&str> = line("mkiso ").split_whitespace().collect();
+    assert_eq!(
+        options,
+        [
+            "--boot-catalog",
+            "boot.catalog",
+            "--boot",
+            "boot/grub/eltorito.img",
+            "--boot-info-table",
+            "--grub2-boot-info",
+            "--efi-boot-partition",
+            "2",
+            "--grub2-mbr",
+            BOOT_HYBRID,
+            "--append-partition",
+            "2",
+            EFI_SYSTEM_GUID,
+            "partition2.img",
+            "--appended-part-as-gpt",
+            "--mbr-force-bootable",
+        ],
+        "{listing}"
+    );
+    assert!(
+        line("not made by mkiso: ").starts_with("its partition offset")
+            && !line("not made by mkiso: ").contains(';'),
+        "{listing}"
+    );
+    let dir = env.outside("remaster");
+    let dd = listing
+        .lines()
+        .find_map(|l| l.split_once("appended: ").map(|(_, dd)| dd))
+        .unwrap_or_else(|| panic!("{listing}"));
+    output_ok(Command::new("sh").args(["-c", dd]).current_dir(&dir));
+    assert!(
+        fs::read(dir.join("partition2.img")).unwrap() == fs::read(&fat).unwrap(),
+        "the partition copied out is not the EFI image"
+    );
+
+    let cfg = dir.join("grub.cfg");
+    fs::write(
+        &cfg,
+        format!("serial --unit=0 --speed=115200\nterminal_output serial\necho {new_m}\nhalt\n"),
+    )
+    .unwrap();
+    let read_m = format!("{new_m}-read");
+    let reads = dir.join("reads.txt");
+    fs::write(&reads, format!("{read_m}\n")).unwrap();
+    let iso = dir.join("remastered.iso");
+    let o = Command::new(bin())
+        .arg("mkiso")
+        .arg(&served)
+        .arg("-o")
+        .arg(&iso)
+        .args(["-V", "Ubuntu-like-autoinstall"])
+        .arg("--graft")
+        .arg(format!("boot/grub/grub.cfg={}", cfg.display()))
+        .arg("--graft")
+        .arg(format!("{GRUB_READS}={}", reads.display()))
+        .args(&options)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let serial = boots_to(&iso, Firmware::SeaBiosDisk, &[&new_m], &dir);
+    assert!(!serial.contains(&old_m), "{serial}");
+    let v = ovmf_vars_copy(&vars, &dir);
+    let disk = Firmware::OvmfDisk {
+        code: &code,
+        vars: &v,
+    };
+    boots_to(&iso, disk, &[&efi_m, &read_m], &dir);
+    assert!(
+        fs::read(&dropped).unwrap() == before,
+        "the served image changed"
+    );
+}
