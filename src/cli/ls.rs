@@ -152,6 +152,8 @@ struct PartitionView {
     name: String,
     /// The file of the image that starts where it does.
     file: Option<String>,
+    /// It holds an ISO 9660 volume of its own (a partition offset's).
+    volume: bool,
     /// Appended after the volume (no file of it): the file `--append-partition` takes, to be
     /// copied out of the image first (see `extract`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -334,16 +336,16 @@ fn boot_view(boot: &eltorito::Boot) -> BootView {
     if !appended.is_empty() && (boot.force_bootable_entry || plain_active) {
         mkiso.push("--mbr-force-bootable".into());
     }
-    if boot
-        .partitions
-        .iter()
-        .any(|p| p.first == 64 && p.file.is_none() && !p.name.starts_with("Gap"))
-    {
-        not_made.push(
-            "its partition offset (a second volume in the partition from sector 64, \
-             xorriso's -partition_offset 16)"
-                .into(),
-        );
+    if let Some(p) = boot.partitions.iter().find(|p| p.holds_volume) {
+        if boot.protective && !appended.is_empty() {
+            mkiso.extend(["--partition-offset".into(), (p.first / 4).to_string()]);
+        } else {
+            not_made.push(format!(
+                "its partition offset (a second volume in partition {} from sector {}) \
+                 without appended partitions in a GPT",
+                p.number, p.first
+            ));
+        }
     }
     if boot.gpt {
         let basdat = boot.mbr == Some(Mbr::Isohybrid) && startable(false) && efi_seen;
@@ -365,6 +367,7 @@ fn boot_view(boot: &eltorito::Boot) -> BootView {
             active: p.active,
             name: p.name.clone(),
             file: p.file.clone(),
+            volume: p.holds_volume,
             appended_as: p.appended().then(|| appended_file(p)),
         })
         .collect();
@@ -467,6 +470,9 @@ fn show_boot(
         }
         if let Some(f) = &p.file {
             what.push(format!("the file {f}"));
+        }
+        if p.volume {
+            what.push("a volume of its own".into());
         }
         if let Some(file) = &p.appended_as {
             what.push(format!(

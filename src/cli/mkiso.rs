@@ -98,6 +98,12 @@ pub struct Args {
     /// --mbr-force-bootable, as Ubuntu's images have it).
     #[arg(long, requires = "append_partition")]
     pub mbr_force_bootable: bool,
+    /// With --appended-part-as-gpt: the volume's partition (1, "ISO9660") starts N sectors of
+    /// 2048 bytes in, and holds a second set of descriptors and tree of its own there, so that
+    /// it mounts by itself, as Ubuntu's images have it (xorriso's -partition_offset 16).
+    #[arg(long, value_name = "N", requires = "appended_part_as_gpt",
+          value_parser = clap::value_parser!(u32).range(16..=1_000_000))]
+    pub partition_offset: Option<u32>,
     /// Make an isohybrid image, which also boots written to a USB stick or disk: this MBR boot
     /// code (isolinux's isohdpfx.bin, a file outside SRC_DIR) goes into its first sector with
     /// a partition table, as syslinux's isohybrid writes it (with --efi-boot, as
@@ -319,6 +325,7 @@ pub fn run(args: &Args, _out: &mut impl Write) -> anyhow::Result<()> {
             efi_partition: args.efi_boot_partition,
             appended_gpt: args.appended_part_as_gpt,
             mbr_force_bootable: args.mbr_force_bootable,
+            partition_offset: args.partition_offset.unwrap_or(0),
         },
         pad: !args.no_pad,
         exclude: write::tree::Exclude::new(&args.exclude).map_err(anyhow::Error::msg)?,

@@ -138,18 +138,22 @@ pub struct Partition {
     pub name: String,
     /// The file of the image that starts where it does, if any.
     pub file: Option<String>,
+    /// It holds an ISO 9660 volume of its own (descriptors 16 sectors in): the partition a
+    /// partition offset makes (xorriso's `-partition_offset`).
+    pub holds_volume: bool,
 }
 
 impl Partition {
     /// Whether it is a partition appended after the volume (xorriso's `-append_partition`):
-    /// past the volume's descriptors (a partition from sector 64 is the volume's own, as
-    /// xorriso's `-partition_offset 16` makes it), no file of the volume where it starts, and
-    /// not one of the partitions xorriso makes to fill a gap ("Gap1", its padding after the
+    /// past the volume's descriptors, no file of the volume where it starts, no volume of its
+    /// own (the volume's partition, with a partition offset), and not one of the partitions
+    /// xorriso makes to fill a gap ("Gap0" over the volume, "Gap1" over its padding after the
     /// partition).
     pub fn appended(&self) -> bool {
-        self.first > 64
+        self.first >= 64
             && self.first % 4 == 0
             && self.file.is_none()
+            && !self.holds_volume
             && !self.name.starts_with("Gap")
     }
 }
@@ -178,6 +182,7 @@ fn mbr_partitions(head: &[u8]) -> Vec<Partition> {
             active: e.first() == Some(&0x80),
             name: String::new(),
             file: None,
+            holds_volume: false,
         })
         .collect()
 }
@@ -226,6 +231,7 @@ fn gpt_partitions(header: &[u8], read: impl Fn(u64, usize) -> Vec<u8>) -> Vec<Pa
                 active: false,
                 name: String::from_utf16_lossy(&name),
                 file: None,
+                holds_volume: false,
             })
         })
         .collect()
@@ -276,8 +282,10 @@ pub fn read<R: ReadAt>(image: &Image<R>, catalog: Option<u32>) -> Result<Boot> {
         Ok(())
     })?;
     for p in &mut boot.partitions {
-        if p.first % 4 == 0 {
+        if p.first % 4 == 0 && p.first > 0 {
             p.file = starts.get(&(p.first / 4)).cloned();
+            let pvd = p.first / 4 + super::ondisk::FIRST_DESCRIPTOR_SECTOR;
+            p.holds_volume = read(pvd * SECTOR_SIZE, 6) == b"\x01CD001";
         }
     }
     let Some(cat_lba) = catalog else {
@@ -440,6 +448,9 @@ mod tests {
             (3, 740, 8192)
         );
         assert!(!parts[0].appended() && parts[1].appended());
+        let mut own = parts[1].clone();
+        own.holds_volume = true;
+        assert!(!own.appended(), "the volume's own partition");
         assert!(mbr_partitions(&head[..400]).is_empty());
     }
 }

@@ -84,6 +84,10 @@ pub struct Boot {
     /// Mark a partition active for BIOSes that boot only such a disk (xorriso's
     /// `--mbr-force-bootable`).
     pub mbr_force_bootable: bool,
+    /// With the partitions in a GPT: the volume's partition starts this many sectors in, and
+    /// holds a second volume (descriptors and tree) of its own there, so that it mounts by
+    /// itself (xorriso's `-partition_offset`, 16 in Ubuntu's images); 0 for none.
+    pub partition_offset: u32,
 }
 
 /// How a BIOS boots the BIOS boot image (El Torito 2.2's boot media type).

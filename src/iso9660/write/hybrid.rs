@@ -124,7 +124,11 @@ pub(super) fn put_system_area(
         let mut m = mbr.unwrap_or_else(|| vec![0u8; 512]);
         super::partition::protective_mbr(&mut m, image, boot.mbr_force_bootable, geometry);
         mbr = Some(m);
-        gpt = Some(gpt_tables(image, &gpt_parts(volume, &plan.appended), guid));
+        gpt = Some(gpt_tables(
+            image,
+            &gpt_parts(volume, u64::from(boot.partition_offset), &plan.appended),
+            guid,
+        ));
     } else if !plan.appended.is_empty() {
         mbr = Some(match mbr {
             Some(mut m) => {

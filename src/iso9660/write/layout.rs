@@ -826,6 +826,175 @@ fn to_u32(v: u64) -> Result<u32, Error> {
     u32::try_from(v).map_err(|_| Error::TooLarge { sectors: v })
 }
 
+/// Where one volume's directory tree lies (the primary one with its Joliet twin): its path
+/// tables (L and M, primary then Joliet) and directories, in sectors as that volume counts
+/// them.
+struct TreeAt {
+    pt: [u64; 4],
+    addrs: Addrs,
+}
+
+/// Places a directory tree from `lba` on: the path tables (`pt_sizes`, primary and Joliet, in
+/// bytes), then each primary directory (`sizes`: its records and continuation area) and each
+/// Joliet one (`jsizes`). The files' sectors are left for the caller.
+fn place_tree(
+    lba: &mut u64,
+    sizes: &[(usize, usize)],
+    jsizes: &[usize],
+    (p_pt_size, j_pt_size): (usize, usize),
+    joliet: bool,
+) -> Result<TreeAt, Error> {
+    let mut pt = [0u64; 4];
+    pt[0] = *lba;
+    *lba += sectors(p_pt_size);
+    pt[1] = *lba;
+    *lba += sectors(p_pt_size);
+    if joliet {
+        pt[2] = *lba;
+        *lba += sectors(j_pt_size);
+        pt[3] = *lba;
+        *lba += sectors(j_pt_size);
+    }
+    let mut a = Addrs::default();
+    for &(d, ce) in sizes {
+        a.dir.push((to_u32(*lba)?, d as u32));
+        *lba += sectors(d);
+        a.dir_ce.push(to_u32(*lba)?);
+        *lba += sectors(ce);
+    }
+    for &d in jsizes {
+        a.jdir.push((to_u32(*lba)?, d as u32));
+        *lba += sectors(d);
+    }
+    Ok(TreeAt { pt, addrs: a })
+}
+
+impl TreeAt {
+    /// This tree as the volume that starts `offset` sectors into the image counts it, with the
+    /// files at `files` (image sectors).
+    fn shifted(&self, offset: u64, files: &[u32]) -> TreeAt {
+        let o = u32::try_from(offset).unwrap_or(u32::MAX);
+        let s = |v: u32| v.saturating_sub(o);
+        TreeAt {
+            pt: self.pt.map(|l| l.saturating_sub(offset)),
+            addrs: Addrs {
+                dir: self.addrs.dir.iter().map(|&(l, n)| (s(l), n)).collect(),
+                dir_ce: self.addrs.dir_ce.iter().map(|&l| s(l)).collect(),
+                jdir: self.addrs.jdir.iter().map(|&(l, n)| (s(l), n)).collect(),
+                file: files.iter().map(|&l| s(l)).collect(),
+            },
+        }
+    }
+}
+
+/// A directory's path table identifier and its parent's index.
+type PathId = (Vec<u8>, usize);
+
+/// What writing a volume's descriptors and trees takes, for each volume of the image.
+struct VolumeSet<'a> {
+    tree: &'a Tree,
+    opts: &'a Options,
+    dirs: &'a [Dir],
+    jdirs: &'a [JDir],
+    /// The primary directories' sizes (records, continuation area) and the Joliet ones'.
+    sizes: (&'a [(usize, usize)], &'a [usize]),
+    /// Each directory's path table identifier and parent, primary and Joliet.
+    ids: (&'a [PathId], &'a [PathId]),
+    /// Path table sizes in bytes, primary and Joliet.
+    pt_sizes: (usize, usize),
+    /// The descriptors' time, and the root directory's recorded time.
+    time: (i64, [u8; 7]),
+}
+
+impl VolumeSet<'_> {
+    /// Writes the directories into `meta` with the addresses `a` (as their volume counts
+    /// them), each at its sector plus `shift` (where that volume starts in the image).
+    fn put_tree(&self, meta: &mut [u8], a: &Addrs, shift: u64) -> Result<(), Error> {
+        let at = |l: u32| ((u64::from(l) + shift) * SECTOR_SIZE) as usize;
+        let mut same_sizes = true;
+        let (sizes, jsizes) = self.sizes;
+        emit(
+            self.tree,
+            self.opts,
+            self.dirs,
+            self.jdirs,
+            a,
+            &mut |e| match e {
+                Emitted::Primary { i, records, ce } => {
+                    same_sizes &= sizes.get(i) == Some(&(records.len(), ce.len()));
+                    let (l, _) = a.dir.get(i).copied().unwrap_or_default();
+                    let cl = a.dir_ce.get(i).copied().unwrap_or_default();
+                    put_bytes(meta, at(l), records);
+                    put_bytes(meta, at(cl), ce);
+                }
+                Emitted::Joliet { i, records } => {
+                    same_sizes &= jsizes.get(i) == Some(&records.len());
+                    let (l, _) = a.jdir.get(i).copied().unwrap_or_default();
+                    put_bytes(meta, at(l), records);
+                }
+            },
+        );
+        if same_sizes {
+            Ok(())
+        } else {
+            Err(Error::Layout("directory sizes differ between passes"))
+        }
+    }
+
+    /// The primary (`ty` PRIMARY) or Joliet descriptor of the volume of `volume` sectors whose
+    /// tree lies at `t`.
+    fn descriptor(&self, t: &TreeAt, ty: u8, volume: u32) -> Vec<u8> {
+        let joliet = ty != vd_type::PRIMARY;
+        let (root, pt_size, l, m) = if joliet {
+            (t.addrs.jdir.first(), self.pt_sizes.1, t.pt[2], t.pt[3])
+        } else {
+            (t.addrs.dir.first(), self.pt_sizes.0, t.pt[0], t.pt[1])
+        };
+        let (rl, rs) = root.copied().unwrap_or((0, 0));
+        descriptor(&Descriptor {
+            ty,
+            volume_id: names::volume_id_field(&self.opts.label, joliet),
+            volume_sectors: volume,
+            pt_size: pt_size as u32,
+            l_pt: l as u32,
+            m_pt: m as u32,
+            root: root_record(rl, rs, self.time.1),
+            time: self.time.0,
+            joliet,
+        })
+    }
+
+    /// Writes the descriptors after the primary one from sector `next` (the Joliet one, the
+    /// terminator) and the path tables, of the volume of `volume` sectors whose tree lies at
+    /// `t` and which starts `shift` sectors into the image.
+    fn put_rest(&self, meta: &mut [u8], mut next: u64, t: &TreeAt, volume: u32, shift: u64) {
+        let mut put = |l: u64, b: &[u8]| put_bytes(meta, ((l + shift) * SECTOR_SIZE) as usize, b);
+        if self.opts.joliet {
+            put(next, &self.descriptor(t, vd_type::SUPPLEMENTARY, volume));
+            next += 1;
+        }
+        let mut term = vec![vd_type::TERMINATOR];
+        term.extend_from_slice(STANDARD_ID);
+        term.push(1);
+        put(next, &term);
+        let with_lbas =
+            |ids: &[(Vec<u8>, usize)], addrs: &[(u32, u32)]| -> Vec<(Vec<u8>, u32, u16)> {
+                ids.iter()
+                    .zip(addrs)
+                    .map(|((id, p), (l, _))| (id.clone(), *l, (*p + 1) as u16))
+                    .collect()
+            };
+        let p_pt = with_lbas(self.ids.0, &t.addrs.dir);
+        put(t.pt[0], &path_table(&p_pt, false));
+        put(t.pt[1], &path_table(&p_pt, true));
+        if self.opts.joliet {
+            let j_pt = with_lbas(self.ids.1, &t.addrs.jdir);
+            put(t.pt[2], &path_table(&j_pt, false));
+            put(t.pt[3], &path_table(&j_pt, true));
+        }
+    }
+}
+
 /// Plans the image of `tree`. `now` is the descriptors' time (`SOURCE_DATE_EPOCH` when set);
 /// `root` is the source path, for warnings only.
 pub fn plan(
@@ -879,39 +1048,34 @@ pub fn plan(
 
     // Assign sectors.
     // The primary descriptor, the boot record, the Joliet one, the terminator.
-    let mut lba: u64 =
-        FIRST_DESCRIPTOR_SECTOR + 1 + u64::from(boot.is_some()) + u64::from(opts.joliet) + 1;
-    let p_l = lba;
-    lba += sectors(p_pt_size);
-    let p_m = lba;
-    lba += sectors(p_pt_size);
-    let (j_l, j_m) = if opts.joliet {
-        let l = lba;
-        lba += sectors(j_pt_size);
-        let m = lba;
-        lba += sectors(j_pt_size);
-        (l, m)
+    let descriptors = 1 + u64::from(boot.is_some()) + u64::from(opts.joliet) + 1;
+    let mut lba: u64 = FIRST_DESCRIPTOR_SECTOR + descriptors;
+    // With a partition offset, the volume that starts there (xorriso's -partition_offset) has
+    // its own descriptors 16 sectors in (no boot record) and its own tree, after the first.
+    let offset = u64::from(opts.boot.partition_offset);
+    if offset > 0 {
+        lba = lba.max(offset + FIRST_DESCRIPTOR_SECTOR + descriptors - u64::from(boot.is_some()));
+    }
+    let pt_sizes = (p_pt_size, j_pt_size);
+    let mut a = place_tree(&mut lba, &sizes, &jsizes, pt_sizes, opts.joliet)?;
+    let second = if offset > 0 {
+        Some(place_tree(
+            &mut lba,
+            &sizes,
+            &jsizes,
+            pt_sizes,
+            opts.joliet,
+        )?)
     } else {
-        (0, 0)
+        None
     };
-    let mut a = Addrs::default();
-    for &(d, ce) in &sizes {
-        a.dir.push((to_u32(lba)?, d as u32));
-        lba += sectors(d);
-        a.dir_ce.push(to_u32(lba)?);
-        lba += sectors(ce);
-    }
-    for &d in &jsizes {
-        a.jdir.push((to_u32(lba)?, d as u32));
-        lba += sectors(d);
-    }
     let data_start = lba;
     let mut data_offsets = Vec::with_capacity(tree.data.len());
     for f in &tree.data {
         if f.size == 0 {
             // Empty files point at the first data sector, never at LBA 0: libarchive rejects
             // a file whose continuation area lies after its data.
-            a.file.push(to_u32(data_start)?);
+            a.addrs.file.push(to_u32(data_start)?);
             data_offsets.push(data_start * SECTOR_SIZE);
             continue;
         }
@@ -923,7 +1087,7 @@ pub fn plan(
         } else if f.size > REFLINK_MIN {
             lba = lba.next_multiple_of(SECTORS_PER_BLOCK);
         }
-        a.file.push(to_u32(lba)?);
+        a.addrs.file.push(to_u32(lba)?);
         data_offsets.push(lba * SECTOR_SIZE);
         lba += f.size.div_ceil(SECTOR_SIZE);
     }
@@ -960,48 +1124,29 @@ pub fn plan(
     let image_sectors = to_u32(image_end)?;
 
     let mut meta = vec![0u8; (data_start * SECTOR_SIZE) as usize];
-    let at = |l: u64| (l * SECTOR_SIZE) as usize;
-    let mut same_sizes = true;
-    emit(tree, opts, &dirs, &jdirs, &a, &mut |e| match e {
-        Emitted::Primary { i, records, ce } => {
-            same_sizes &= sizes.get(i) == Some(&(records.len(), ce.len()));
-            let (l, _) = a.dir.get(i).copied().unwrap_or_default();
-            let cl = a.dir_ce.get(i).copied().unwrap_or_default();
-            put_bytes(&mut meta, at(u64::from(l)), records);
-            put_bytes(&mut meta, at(u64::from(cl)), ce);
-        }
-        Emitted::Joliet { i, records } => {
-            same_sizes &= jsizes.get(i) == Some(&records.len());
-            let (l, _) = a.jdir.get(i).copied().unwrap_or_default();
-            put_bytes(&mut meta, at(u64::from(l)), records);
-        }
-    });
-    if !same_sizes {
-        return Err(Error::Layout("directory sizes differ between passes"));
-    }
-    let mut put = |l: u64, b: &[u8]| put_bytes(&mut meta, at(l), b);
     let root_time = encode_dir_time(tree.nodes.first().map_or(0, |n| n.meta.mtime));
-    let (rl, rs) = a.dir.first().copied().unwrap_or((0, 0));
+    let set = VolumeSet {
+        tree,
+        opts,
+        dirs: &dirs,
+        jdirs: &jdirs,
+        sizes: (&sizes, &jsizes),
+        ids: (&p_ids, &j_ids),
+        pt_sizes,
+        time: (now, root_time),
+    };
+    set.put_tree(&mut meta, &a.addrs, 0)?;
+    let mut put = |l: u64, b: &[u8]| put_bytes(&mut meta, (l * SECTOR_SIZE) as usize, b);
     put(
         FIRST_DESCRIPTOR_SECTOR,
-        &descriptor(&Descriptor {
-            ty: vd_type::PRIMARY,
-            volume_id: names::volume_id_field(&opts.label, false),
-            volume_sectors: total,
-            pt_size: p_pt_size as u32,
-            l_pt: p_l as u32,
-            m_pt: p_m as u32,
-            root: root_record(rl, rs, root_time),
-            time: now,
-            joliet: false,
-        }),
+        &set.descriptor(&a, vd_type::PRIMARY, total),
     );
     let mut next = FIRST_DESCRIPTOR_SECTOR + 1;
     let mut generated = Vec::new();
     let mut bios_boot = None;
     let mut efi_boot = None;
     if let Some(b) = boot {
-        let lba_of = |data: usize| a.file.get(data).copied().unwrap_or(0);
+        let lba_of = |data: usize| a.addrs.file.get(data).copied().unwrap_or(0);
         let size_of = |data: usize| tree.data.get(data).map_or(0, |d| d.size);
         let bios = b.bios.map(|(data, load)| (lba_of(data), load));
         efi_boot = match opts.boot.efi_partition {
@@ -1017,41 +1162,16 @@ pub fn plan(
         generated.push((b.catalog, super::boot::catalog(bios, efi)));
         bios_boot = b.bios.map(|(data, _)| (data, lba_of(data)));
     }
-    if opts.joliet {
-        let (jl, js) = a.jdir.first().copied().unwrap_or((0, 0));
-        put(
-            next,
-            &descriptor(&Descriptor {
-                ty: vd_type::SUPPLEMENTARY,
-                volume_id: names::volume_id_field(&opts.label, true),
-                volume_sectors: total,
-                pt_size: j_pt_size as u32,
-                l_pt: j_l as u32,
-                m_pt: j_m as u32,
-                root: root_record(jl, js, root_time),
-                time: now,
-                joliet: true,
-            }),
-        );
-        next += 1;
-    }
-    let mut term = vec![vd_type::TERMINATOR];
-    term.extend_from_slice(STANDARD_ID);
-    term.push(1);
-    put(next, &term);
-    let with_lbas = |ids: &[(Vec<u8>, usize)], addrs: &[(u32, u32)]| -> Vec<(Vec<u8>, u32, u16)> {
-        ids.iter()
-            .zip(addrs)
-            .map(|((id, p), (l, _))| (id.clone(), *l, (*p + 1) as u16))
-            .collect()
-    };
-    let p_pt = with_lbas(&p_ids, &a.dir);
-    put(p_l, &path_table(&p_pt, false));
-    put(p_m, &path_table(&p_pt, true));
-    if opts.joliet {
-        let j_pt = with_lbas(&j_ids, &a.jdir);
-        put(j_l, &path_table(&j_pt, false));
-        put(j_m, &path_table(&j_pt, true));
+    set.put_rest(&mut meta, next, &a, total, 0);
+    if let Some(b) = second {
+        // the second volume counts its sectors from the partition's start
+        let rel = b.shifted(offset, &a.addrs.file);
+        set.put_tree(&mut meta, &rel.addrs, offset)?;
+        let volume = total.saturating_sub(offset as u32);
+        let pvd = set.descriptor(&rel, vd_type::PRIMARY, volume);
+        let first = offset + FIRST_DESCRIPTOR_SECTOR;
+        put_bytes(&mut meta, (first * SECTOR_SIZE) as usize, &pvd);
+        set.put_rest(&mut meta, FIRST_DESCRIPTOR_SECTOR + 1, &rel, volume, offset);
     }
     Ok(Plan {
         metadata: meta,

@@ -361,17 +361,22 @@ pub struct GptPart {
 pub const XORRISO_ATTRIBUTES: u64 = 1 << 60 | 1;
 
 /// The GPT partitions of an image whose appended partitions are in a GPT, as xorriso writes
-/// them (`-appended_part_as_gpt` without a partition offset): "Gap0", Basic Data, over the
-/// volume of `volume` 2048-byte sectors from the first usable sector (64) to its end, and each
-/// appended one as "AppendedN", in slot N-1.
-pub fn gpt_parts(volume: u64, parts: &[Placed]) -> Vec<GptPart> {
+/// them (`-appended_part_as_gpt`): Basic Data over the volume of `volume` 2048-byte sectors to
+/// its end, from the first usable sector (64) as "Gap0", or with a partition offset (`offset`
+/// 2048-byte sectors, 16 or more) from there as "ISO9660"; and each appended one as
+/// "AppendedN", in slot N-1.
+pub fn gpt_parts(volume: u64, offset: u64, parts: &[Placed]) -> Vec<GptPart> {
+    let (first, name) = match offset {
+        0 => (64, "Gap0"),
+        o => (o * (SECTOR_SIZE / 512), "ISO9660"),
+    };
     let mut v = vec![GptPart {
         index: 0,
         ty: BASIC_DATA,
-        first: 64,
-        last: (volume * (SECTOR_SIZE / 512)).max(65) - 1,
+        first,
+        last: (volume * (SECTOR_SIZE / 512)).max(first + 1) - 1,
         attributes: XORRISO_ATTRIBUTES,
-        name: "Gap0".into(),
+        name: name.into(),
     }];
     v.extend(parts.iter().map(|p| GptPart {
         index: usize::from(p.number) - 1,
