@@ -3350,7 +3350,7 @@ fn an_appended_efi_partition_is_laid_out_as_xorriso_does_and_boots() {
         .unwrap();
         let copies: Vec<&str> = listing
             .lines()
-            .filter_map(|l| l.split_once("appended: ").map(|(_, dd)| dd))
+            .filter_map(|l| l.strip_prefix("copy     "))
             .collect();
         assert_eq!(copies.len(), 1, "{listing}");
         for dd in copies {
@@ -3776,7 +3776,7 @@ fn ls_boot_reads_memtest86_plus_s_appended_efi_partition_and_mkiso_remakes_it() 
     );
     let dd = listing
         .lines()
-        .find_map(|l| l.split_once("appended: ").map(|(_, dd)| dd))
+        .find_map(|l| l.strip_prefix("copy     "))
         .unwrap_or_else(|| panic!("{listing}"));
     output_ok(Command::new("sh").args(["-c", dd]).current_dir(t));
     let part = t.join("partition2.img");
@@ -3942,7 +3942,7 @@ fn an_ubuntu_like_served_image_is_remastered_with_its_efi_partition_and_boots() 
     let dir = env.outside("remaster");
     let dd = listing
         .lines()
-        .find_map(|l| l.split_once("appended: ").map(|(_, dd)| dd))
+        .find_map(|l| l.strip_prefix("copy     "))
         .unwrap_or_else(|| panic!("{listing}"));
     output_ok(Command::new("sh").args(["-c", dd]).current_dir(&dir));
     assert!(
@@ -4038,4 +4038,91 @@ fn an_ubuntu_like_served_image_is_remastered_with_its_efi_partition_and_boots() 
         fs::read(&dropped).unwrap() == before,
         "the served image changed"
     );
+}
+
+/// Boot code `ls --boot` does not find installed where Debian keeps it (another variant of
+/// isohybrid's MBR, GRUB's from another build) is named `mbr.bin`, with the command that copies
+/// it out of the image; with it the options remake the image byte for byte.
+#[test]
+fn ls_boot_copies_mbr_code_out_of_the_image_when_it_is_not_installed() {
+    const ISOHDPPX: &str = "/usr/lib/ISOLINUX/isohdppx.bin";
+    if !have_file(ISOHDPPX, "isolinux")
+        || !have_file(BOOT_HYBRID, "grub-pc-bin")
+        || !tools(&["grub-mkimage"])
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let isolinux = t.join("isolinux-src");
+    isolinux_tree(&isolinux, "unused");
+    let grub = t.join("grub-src");
+    grub_bios_tree(&grub, "unused");
+    // GRUB's MBR from "another build": its code differs in one byte
+    let mut other_grub = fs::read(BOOT_HYBRID).unwrap();
+    other_grub[0x100] ^= 0xFF;
+    let other_grub_file = t.join("other-boot_hybrid.img");
+    fs::write(&other_grub_file, &other_grub).unwrap();
+    let cases: [(&Path, Vec<&str>, &str); 2] = [
+        (
+            &isolinux,
+            vec![
+                "--boot",
+                "isolinux/isolinux.bin",
+                "--boot-info-table",
+                "--isohybrid-mbr",
+                ISOHDPPX,
+            ],
+            "bs=432",
+        ),
+        (
+            &grub,
+            vec![
+                "--boot",
+                "boot/grub/eltorito.img",
+                "--boot-info-table",
+                "--grub2-boot-info",
+                "--grub2-mbr",
+                other_grub_file.to_str().unwrap(),
+            ],
+            "bs=446",
+        ),
+    ];
+    for (i, (src, args, bs)) in cases.iter().enumerate() {
+        let iso = t.join(format!("{i}.iso"));
+        mkiso_ok(src, &iso, args, Some("0"));
+        let listing = String::from_utf8(
+            output_ok(Command::new(bin()).args(["ls", "--boot"]).arg(&iso)).stdout,
+        )
+        .unwrap();
+        let copies: Vec<&str> = listing
+            .lines()
+            .filter_map(|l| l.strip_prefix("copy     "))
+            .collect();
+        assert_eq!(copies.len(), 1, "{listing}");
+        assert!(
+            copies[0].contains("of=mbr.bin") && copies[0].contains(bs),
+            "{listing}"
+        );
+        let dir = t.join(format!("rebuilt-{i}"));
+        fs::create_dir(&dir).unwrap();
+        output_ok(Command::new("sh").args(["-c", copies[0]]).current_dir(&dir));
+        let options = boot_options(&iso);
+        assert!(options.iter().any(|o| o == "mbr.bin"), "{options:?}");
+        let again = dir.join("again.iso");
+        output_ok(
+            Command::new(bin())
+                .arg("mkiso")
+                .arg(src)
+                .arg("-o")
+                .arg(&again)
+                .args(&options)
+                .env("SOURCE_DATE_EPOCH", "0")
+                .current_dir(&dir),
+        );
+        assert!(
+            fs::read(&again).unwrap() == fs::read(&iso).unwrap(),
+            "{options:?} made another image than {args:?}"
+        );
+    }
 }

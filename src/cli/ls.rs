@@ -134,6 +134,9 @@ struct BootView {
     partitions: Vec<PartitionView>,
     /// The mkiso options that make an image boot the same way.
     mkiso: Vec<String>,
+    /// The commands that copy out of the image the files those options name that it holds
+    /// only there (an appended partition, the MBR's boot code), into the current directory.
+    copy: Vec<String>,
     /// What of it mkiso does not make.
     not_made: Vec<String>,
 }
@@ -155,7 +158,7 @@ struct PartitionView {
     /// It holds an ISO 9660 volume of its own (a partition offset's).
     volume: bool,
     /// Appended after the volume (no file of it): the file `--append-partition` takes, to be
-    /// copied out of the image first (see `extract`).
+    /// copied out of the image first (see `copy`).
     #[serde(skip_serializing_if = "Option::is_none")]
     appended_as: Option<String>,
 }
@@ -189,8 +192,10 @@ const BOOT_HYBRID: &str = "/usr/lib/grub/i386-pc/boot_hybrid.img";
 
 /// What `ls --boot` shows of `boot`, with the mkiso options that make an image boot the same
 /// way and what of it mkiso does not make.
-fn boot_view(boot: &eltorito::Boot) -> BootView {
+fn boot_view(boot: &eltorito::Boot, image: &Path) -> BootView {
     let mut mkiso: Vec<String> = Vec::new();
+    let mut copy: Vec<String> = Vec::new();
+    let img = shell_word(image);
     let mut not_made: Vec<String> = Vec::new();
     let rel = |p: &str| p.trim_start_matches('/').to_string();
     if let Some(p) = boot
@@ -291,7 +296,9 @@ fn boot_view(boot: &eltorito::Boot) -> BootView {
         None => None,
         Some(Mbr::Isohybrid) => {
             if startable(false) {
-                mkiso.extend(["--isohybrid-mbr".into(), ISOHDPFX.into()]);
+                let code = [(0, 432)];
+                let file = mbr_code_file(boot, ISOHDPFX, &code, &img, &mut copy);
+                mkiso.extend(["--isohybrid-mbr".into(), file]);
             } else {
                 not_made.push("its isohybrid MBR, which starts no BIOS image mkiso can".into());
             }
@@ -299,7 +306,10 @@ fn boot_view(boot: &eltorito::Boot) -> BootView {
         }
         Some(Mbr::Grub2) => {
             if startable(true) {
-                mkiso.extend(["--grub2-mbr".into(), BOOT_HYBRID.into()]);
+                // (GRUB's core image sector at 0x1B0 is the image's own)
+                let code = [(0, 0x1B0), (0x1B8, 446)];
+                let file = mbr_code_file(boot, BOOT_HYBRID, &code, &img, &mut copy);
+                mkiso.extend(["--grub2-mbr".into(), file]);
             } else {
                 not_made.push(
                     "its GRUB hybrid MBR (mkiso writes one for GRUB's El Torito image with a \
@@ -323,6 +333,12 @@ fn boot_view(boot: &eltorito::Boot) -> BootView {
             p.ty.to_string(),
             appended_file(p),
         ]);
+        copy.push(format!(
+            "dd if={img} of={} bs=512 skip={} count={}",
+            appended_file(p),
+            p.first,
+            p.sectors
+        ));
     }
     if boot.protective && !appended.is_empty() {
         mkiso.push("--appended-part-as-gpt".into());
@@ -381,8 +397,32 @@ fn boot_view(boot: &eltorito::Boot) -> BootView {
         gpt: boot.gpt,
         partitions,
         mkiso,
+        copy,
         not_made,
     }
+}
+
+/// The MBR boot code file the options name: `installed` (where Debian keeps it) when it is
+/// there and holds the image's boot code in `ranges` (from, to), else `mbr.bin`, copied out
+/// of the image (a command added to `copy`), as another distribution's or build's code is.
+fn mbr_code_file(
+    boot: &eltorito::Boot,
+    installed: &str,
+    ranges: &[(usize, usize)],
+    img: &str,
+    copy: &mut Vec<String>,
+) -> String {
+    let file = std::fs::read(installed).unwrap_or_default();
+    let same = ranges.iter().all(|&(a, b)| {
+        file.get(a..b)
+            .is_some_and(|f| boot.mbr_code.get(a..b) == Some(f))
+    });
+    if same {
+        return installed.to_string();
+    }
+    let n = ranges.iter().map(|&(_, b)| b).max().unwrap_or(446);
+    copy.push(format!("dd if={img} of=mbr.bin bs={n} count=1"));
+    "mbr.bin".into()
 }
 
 /// The file `ls --boot`'s options name for an appended partition, copied out of the image.
@@ -411,7 +451,7 @@ fn show_boot(
     json: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let v = boot_view(boot);
+    let v = boot_view(boot, image);
     if json {
         return super::write_json(out, &v);
     }
@@ -475,12 +515,7 @@ fn show_boot(
             what.push("a volume of its own".into());
         }
         if let Some(file) = &p.appended_as {
-            what.push(format!(
-                "appended: dd if={} of={file} bs=512 skip={} count={}",
-                shell_word(image),
-                p.first,
-                p.sectors
-            ));
+            what.push(format!("appended ({file})"));
         }
         writeln!(out, "part {:<3} {} {}", p.number, p.ty, what.join(", "))?;
     }
@@ -491,6 +526,9 @@ fn show_boot(
         )?;
     } else {
         writeln!(out, "mkiso    {}", v.mkiso.join(" "))?;
+    }
+    for c in &v.copy {
+        writeln!(out, "copy     {c}")?;
     }
     if !v.not_made.is_empty() {
         writeln!(out, "not made by mkiso: {}", v.not_made.join("; "))?;

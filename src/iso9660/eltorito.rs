@@ -121,6 +121,8 @@ pub struct Boot {
     pub force_bootable_entry: bool,
     /// 512-byte sectors the ISO 9660 volume declares.
     pub volume_sectors: u64,
+    /// The MBR's bytes before its partition table (its boot code), when it has the signature.
+    pub mbr_code: Vec<u8>,
 }
 
 /// A partition of the image's partition table.
@@ -254,6 +256,7 @@ pub fn read<R: ReadAt>(image: &Image<R>, catalog: Option<u32>) -> Result<Boot> {
     let head = read(0, 1024);
     if head.len() == 1024 && head.get(510..512) == Some(&[0x55, 0xAA][..]) {
         boot.gpt = head.get(512..520) == Some(&b"EFI PART"[..]);
+        boot.mbr_code = head.get(..446).unwrap_or_default().to_vec();
         let mbr = mbr_partitions(&head);
         boot.protective = mbr.iter().any(|p| p.ty == PartType::Mbr(0xEE));
         boot.force_bootable_entry = boot.protective
