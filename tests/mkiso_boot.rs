@@ -3731,6 +3731,25 @@ fn append_partition_errors_name_the_option_or_the_file_and_the_cause() {
         b"EFI PART",
         "the backup GPT header ends it"
     );
+
+    // ls --boot of the image with its GPT entry 2 starting past what 64 bits of bytes count:
+    // shown as it is, no failure (it overflowed once).
+    let mut bad = image.clone();
+    let entry2 = 1024 + 128;
+    bad[entry2 + 32..entry2 + 40].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+    let bad_iso = t.join("bad-gpt.iso");
+    fs::write(&bad_iso, &bad).unwrap();
+    let o = Command::new(bin())
+        .args(["ls", "--boot"])
+        .arg(&bad_iso)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        text.contains(&format!("from sector {}", u64::MAX - 3)),
+        "{text}"
+    );
 }
 
 /// Debian's memtest86+ image, unpacked by scripts/setup.sh: its UEFI boot image is an appended

@@ -287,8 +287,9 @@ pub fn read<R: ReadAt>(image: &Image<R>, catalog: Option<u32>) -> Result<Boot> {
     for p in &mut boot.partitions {
         if p.first % 4 == 0 && p.first > 0 {
             p.file = starts.get(&(p.first / 4)).cloned();
-            let pvd = p.first / 4 + super::ondisk::FIRST_DESCRIPTOR_SECTOR;
-            p.holds_volume = read(pvd * SECTOR_SIZE, 6) == b"\x01CD001";
+            let pvd =
+                (p.first / 4 + super::ondisk::FIRST_DESCRIPTOR_SECTOR).checked_mul(SECTOR_SIZE);
+            p.holds_volume = pvd.is_some_and(|at| read(at, 6) == b"\x01CD001");
         }
     }
     let Some(cat_lba) = catalog else {
