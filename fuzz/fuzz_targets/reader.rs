@@ -1,5 +1,6 @@
-//! Fuzz target: any bytes, as an image, through every reader entry point. Must never panic,
-//! hang or allocate without bound. Seed the corpus with fixtures/*.iso.
+//! Fuzz target: any bytes, as an image, through every reader entry point and what `ls --boot`
+//! reads. Must never panic, hang or allocate without bound. Seed the corpus with
+//! fixtures/*.iso.
 #![no_main]
 
 use isomgr::iso9660::{probe, Entry, Image, Kind};
@@ -31,4 +32,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = img.lookup_follow("/a/b/link");
+    // what `ls --boot` reads: the catalog, the boot images' copies, the MBR and GPT
+    let _ = isomgr::iso9660::eltorito::read(&img, img.info().boot_catalog);
 });
