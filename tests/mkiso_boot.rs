@@ -1067,6 +1067,71 @@ fn boot_options(iso: &Path) -> Vec<String> {
     line.split_whitespace().map(str::to_string).collect()
 }
 
+/// What `isomgr ls --boot` says of an image.
+struct LsBoot {
+    listing: String,
+}
+
+impl LsBoot {
+    fn of(iso: &Path) -> LsBoot {
+        let o = output_ok(Command::new(bin()).args(["ls", "--boot"]).arg(iso));
+        LsBoot {
+            listing: String::from_utf8(o.stdout).unwrap(),
+        }
+    }
+
+    /// The rest of the line that starts with `prefix` ("mkiso ", "not made by mkiso: ").
+    fn line(&self, prefix: &str) -> Option<&str> {
+        self.listing.lines().find_map(|l| l.strip_prefix(prefix))
+    }
+
+    /// The mkiso options.
+    fn options(&self) -> Vec<&str> {
+        let line = self.line("mkiso ");
+        let line = line.unwrap_or_else(|| panic!("no mkiso line:\n{}", self.listing));
+        line.split_whitespace().collect()
+    }
+
+    /// The commands that copy files the options name out of the image.
+    fn copies(&self) -> Vec<&str> {
+        self.listing
+            .lines()
+            .filter_map(|l| l.strip_prefix("copy     "))
+            .collect()
+    }
+
+    /// Remakes the image as this says, in `dir` (new): runs the copy commands there, then
+    /// `mkiso SRC -o DIR/remade.iso EXTRA... OPTIONS...` with `SOURCE_DATE_EPOCH` as `sde`.
+    /// Returns the image and what mkiso wrote to standard error.
+    fn remake(
+        &self,
+        src: &Path,
+        dir: &Path,
+        extra: &[&str],
+        sde: Option<&str>,
+    ) -> (PathBuf, String) {
+        fs::create_dir_all(dir).unwrap();
+        for c in self.copies() {
+            output_ok(Command::new("sh").args(["-c", c]).current_dir(dir));
+        }
+        let image = dir.join("remade.iso");
+        let mut cmd = Command::new(bin());
+        cmd.arg("mkiso")
+            .arg(src)
+            .arg("-o")
+            .arg(&image)
+            .args(extra)
+            .args(self.options())
+            .current_dir(dir);
+        match sde {
+            Some(v) => cmd.env("SOURCE_DATE_EPOCH", v),
+            None => cmd.env_remove("SOURCE_DATE_EPOCH"),
+        };
+        let o = output_ok(&mut cmd);
+        (image, String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
 /// `xorriso -report_system_area plain`'s lines about the MBR and GPT, as (key, value).
 fn system_area(iso: &Path) -> Vec<(String, String)> {
     let out = run(
@@ -3342,35 +3407,14 @@ fn an_appended_efi_partition_is_laid_out_as_xorriso_does_and_boots() {
         }
         // `ls --boot` gives the options and how to copy the partition out of the image; with
         // them mkiso makes the same image again.
-        let dir = t.join(format!("rebuilt-{name}"));
-        fs::create_dir(&dir).unwrap();
-        let listing = String::from_utf8(
-            output_ok(Command::new(bin()).args(["ls", "--boot"]).arg(&ours)).stdout,
-        )
-        .unwrap();
-        let copies: Vec<&str> = listing
-            .lines()
-            .filter_map(|l| l.strip_prefix("copy     "))
-            .collect();
-        assert_eq!(copies.len(), 1, "{listing}");
-        for dd in copies {
-            output_ok(Command::new("sh").args(["-c", dd]).current_dir(&dir));
-        }
-        let options = boot_options(&ours);
-        let rebuilt = dir.join("rebuilt.iso");
-        output_ok(
-            Command::new(bin())
-                .arg("mkiso")
-                .arg(&src)
-                .arg("-o")
-                .arg(&rebuilt)
-                .args(&options)
-                .env("SOURCE_DATE_EPOCH", "0")
-                .current_dir(&dir),
-        );
+        let ls = LsBoot::of(&ours);
+        assert_eq!(ls.copies().len(), 1, "{}", ls.listing);
+        assert_eq!(ls.line("not made by mkiso: "), None, "{}", ls.listing);
+        let (remade, _) = ls.remake(&src, &t.join(format!("remade-{name}")), &[], Some("0"));
         assert!(
-            fs::read(&rebuilt).unwrap() == image,
-            "{name}: ls --boot's options {options:?} made another image than {args:?}"
+            fs::read(&remade).unwrap() == image,
+            "{name}: ls --boot's options {:?} made another image than {args:?}",
+            ls.options()
         );
         if name == "gpt" {
             let problems = sgdisk_problems(&ours);
@@ -3771,52 +3815,32 @@ fn ls_boot_reads_memtest86_plus_s_appended_efi_partition_and_mkiso_remakes_it() 
     }
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let listing = String::from_utf8(
-        output_ok(Command::new(bin()).args(["ls", "--boot", MEMTEST_ISO])).stdout,
-    )
-    .unwrap();
-    let mkiso_line = listing
-        .lines()
-        .find_map(|l| l.strip_prefix("mkiso "))
-        .unwrap_or_else(|| panic!("{listing}"));
+    let ls = LsBoot::of(Path::new(MEMTEST_ISO));
+    let mkiso_line = ls.options().join(" ");
     assert!(
         mkiso_line.contains("--efi-boot-partition 2")
             && mkiso_line.contains("--append-partition 2 0xef partition2.img")
             && mkiso_line.contains("--boot boot/floppy.img --boot-emulation floppy"),
-        "{listing}"
+        "{}",
+        ls.listing
     );
-    let not_made = listing
-        .lines()
-        .find_map(|l| l.strip_prefix("not made by mkiso: "))
-        .unwrap_or_default();
+    let not_made = ls.line("not made by mkiso: ").unwrap_or_default();
     assert!(
         not_made.contains("GRUB hybrid MBR") && !not_made.contains("UEFI"),
-        "{listing}"
+        "{}",
+        ls.listing
     );
-    let dd = listing
-        .lines()
-        .find_map(|l| l.strip_prefix("copy     "))
-        .unwrap_or_else(|| panic!("{listing}"));
-    output_ok(Command::new("sh").args(["-c", dd]).current_dir(t));
-    let part = t.join("partition2.img");
-    let dir = run("mdir", &["-i", part.to_str().unwrap(), "::/EFI/BOOT"]);
-    assert!(dir.to_uppercase().contains("BOOTX64"), "{dir}");
+    assert_eq!(ls.copies().len(), 1, "{}", ls.listing);
 
-    // Rebuilt from its tree with those options.
+    // Remade from its tree with those options; the partition copied out is a FAT image holding
+    // the UEFI loader.
     let src = t.join("tree");
     fs::create_dir(&src).unwrap();
     run("bsdtar", &["-xf", MEMTEST_ISO, "-C", src.to_str().unwrap()]);
-    let options: Vec<&str> = mkiso_line.split_whitespace().collect();
-    let ours = t.join("remade.iso");
-    output_ok(
-        Command::new(bin())
-            .arg("mkiso")
-            .arg(&src)
-            .arg("-o")
-            .arg(&ours)
-            .args(&options)
-            .current_dir(t),
-    );
+    let (ours, _) = ls.remake(&src, t, &[], None);
+    let part = t.join("partition2.img");
+    let dir = run("mdir", &["-i", part.to_str().unwrap(), "::/EFI/BOOT"]);
+    assert!(dir.to_uppercase().contains("BOOTX64"), "{dir}");
     // Where each image's UEFI image and partitions lie, relative to its volume.
     let relative = |iso: &Path| {
         let (_, volume, efi) = volume_and_efi_image(iso);
@@ -3922,19 +3946,9 @@ fn an_ubuntu_like_served_image_is_remastered_with_its_efi_partition_and_boots() 
     env.wait_names(&["Ubuntu-like_24.04_amd64"]);
     let served = env.root.join("Ubuntu-like_24.04_amd64");
 
-    let listing = String::from_utf8(
-        output_ok(Command::new(bin()).args(["ls", "--boot"]).arg(&dropped)).stdout,
-    )
-    .unwrap();
-    let line = |prefix: &str| {
-        listing
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{listing}"))
-    };
-    let options: Vec<&str> = line("mkiso ").split_whitespace().collect();
+    let ls = LsBoot::of(&dropped);
     assert_eq!(
-        options,
+        ls.options(),
         [
             "--boot-catalog",
             "boot.catalog",
@@ -3955,48 +3969,37 @@ fn an_ubuntu_like_served_image_is_remastered_with_its_efi_partition_and_boots() 
             "--partition-offset",
             "16",
         ],
-        "{listing}"
+        "{}",
+        ls.listing
     );
-    assert!(!listing.contains("not made"), "{listing}");
+    assert!(!ls.listing.contains("not made"), "{}", ls.listing);
     let dir = env.outside("remaster");
-    let dd = listing
-        .lines()
-        .find_map(|l| l.strip_prefix("copy     "))
-        .unwrap_or_else(|| panic!("{listing}"));
-    output_ok(Command::new("sh").args(["-c", dd]).current_dir(&dir));
-    assert!(
-        fs::read(dir.join("partition2.img")).unwrap() == fs::read(&fat).unwrap(),
-        "the partition copied out is not the EFI image"
-    );
-
-    let cfg = dir.join("grub.cfg");
+    let cfg = env.outside("new").join("grub.cfg");
     fs::write(
         &cfg,
         format!("serial --unit=0 --speed=115200\nterminal_output serial\necho {new_m}\nhalt\n"),
     )
     .unwrap();
     let read_m = format!("{new_m}-read");
-    let reads = dir.join("reads.txt");
+    let reads = env.outside("new").join("reads.txt");
     fs::write(&reads, format!("{read_m}\n")).unwrap();
-    let iso = dir.join("remastered.iso");
-    let o = Command::new(bin())
-        .arg("mkiso")
-        .arg(&served)
-        .arg("-o")
-        .arg(&iso)
-        .args(["-V", "Ubuntu-like-autoinstall"])
-        .arg("--graft")
-        .arg(format!("boot/grub/grub.cfg={}", cfg.display()))
-        .arg("--graft")
-        .arg(format!("{GRUB_READS}={}", reads.display()))
-        .args(&options)
-        .current_dir(&dir)
-        .output()
-        .unwrap();
+    let grafts = [
+        format!("boot/grub/grub.cfg={}", cfg.display()),
+        format!("{GRUB_READS}={}", reads.display()),
+    ];
+    let extra = [
+        "-V",
+        "Ubuntu-like-autoinstall",
+        "--graft",
+        &grafts[0],
+        "--graft",
+        &grafts[1],
+    ];
+    let (iso, stderr) = ls.remake(&served, &dir, &extra, None);
+    assert!(stderr.is_empty(), "{stderr}");
     assert!(
-        o.status.success() && o.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+        fs::read(dir.join("partition2.img")).unwrap() == fs::read(&fat).unwrap(),
+        "the partition copied out is not the EFI image"
     );
     // Its partition table is the original's, but for GUIDs, sizes and xorriso's partition
     // over its padding after the EFI partition (3, "Gap1").
@@ -4110,38 +4113,20 @@ fn ls_boot_copies_mbr_code_out_of_the_image_when_it_is_not_installed() {
     for (i, (src, args, bs)) in cases.iter().enumerate() {
         let iso = t.join(format!("{i}.iso"));
         mkiso_ok(src, &iso, args, Some("0"));
-        let listing = String::from_utf8(
-            output_ok(Command::new(bin()).args(["ls", "--boot"]).arg(&iso)).stdout,
-        )
-        .unwrap();
-        let copies: Vec<&str> = listing
-            .lines()
-            .filter_map(|l| l.strip_prefix("copy     "))
-            .collect();
-        assert_eq!(copies.len(), 1, "{listing}");
+        let ls = LsBoot::of(&iso);
+        let copies = ls.copies();
+        assert_eq!(copies.len(), 1, "{}", ls.listing);
         assert!(
             copies[0].contains("of=mbr.bin") && copies[0].contains(bs),
-            "{listing}"
+            "{}",
+            ls.listing
         );
-        let dir = t.join(format!("rebuilt-{i}"));
-        fs::create_dir(&dir).unwrap();
-        output_ok(Command::new("sh").args(["-c", copies[0]]).current_dir(&dir));
-        let options = boot_options(&iso);
-        assert!(options.iter().any(|o| o == "mbr.bin"), "{options:?}");
-        let again = dir.join("again.iso");
-        output_ok(
-            Command::new(bin())
-                .arg("mkiso")
-                .arg(src)
-                .arg("-o")
-                .arg(&again)
-                .args(&options)
-                .env("SOURCE_DATE_EPOCH", "0")
-                .current_dir(&dir),
-        );
+        assert!(ls.options().contains(&"mbr.bin"), "{}", ls.listing);
+        let (again, _) = ls.remake(src, &t.join(format!("remade-{i}")), &[], Some("0"));
         assert!(
             fs::read(&again).unwrap() == fs::read(&iso).unwrap(),
-            "{options:?} made another image than {args:?}"
+            "{:?} made another image than {args:?}",
+            ls.options()
         );
     }
 }
