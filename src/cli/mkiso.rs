@@ -76,10 +76,10 @@ pub struct Args {
     /// named by its path in it (xorriso's -e).
     #[arg(long = "efi-boot", value_name = "PATH")]
     pub efi_boot: Option<PathBuf>,
-    /// Append the file FILE (outside SRC_DIR) after the ISO 9660 volume as partition N (2 to
-    /// 4 in the MBR; to 8 with --appended-part-as-gpt) of type TYPE: 0xNN in an MBR (0xef: an
-    /// EFI system partition), a GUID or 0xNN in a GPT (xorriso's -append_partition).
-    /// Repeatable.
+    /// Append the file FILE (a path on this machine) after the ISO 9660 volume as partition
+    /// N (2 to 4 in the MBR; to 8 with --appended-part-as-gpt) of type TYPE: 0xNN in an MBR
+    /// (0xef: an EFI system partition), a GUID or 0xNN in a GPT (xorriso's
+    /// -append_partition). Repeatable.
     #[arg(long, num_args = 3, value_names = ["N", "TYPE", "FILE"])]
     pub append_partition: Vec<String>,
     /// UEFI El Torito boot image: the appended partition N (a FAT image), as Debian's
@@ -111,10 +111,10 @@ pub struct Args {
     /// an isolinux.bin and --boot-info-table.
     #[arg(long, value_name = "FILE", requires_all = ["boot", "boot_info_table"])]
     pub isohybrid_mbr: Option<PathBuf>,
-    /// With --isohybrid-mbr and --efi-boot: a GPT beside the MBR too, the image and the EFI
-    /// image in it as Basic Data partitions, as xorriso's -isohybrid-gpt-basdat writes it for
-    /// Debian's and RHEL's installation images (Apple's firmware boots a stick from it; PC
-    /// firmware and Linux go by the MBR).
+    /// With --isohybrid-mbr and --efi-boot (or --efi-boot-partition): a GPT beside the MBR
+    /// too, the image and the EFI image in it as Basic Data partitions, as xorriso's
+    /// -isohybrid-gpt-basdat writes it for Debian's and RHEL's installation images (Apple's
+    /// firmware boots a stick from it; PC firmware and Linux go by the MBR).
     #[arg(long, requires_all = ["isohybrid_mbr", "efi"])]
     pub isohybrid_gpt_basdat: bool,
     /// Write where the rest of GRUB's core image lies into the image's copy of the BIOS boot
