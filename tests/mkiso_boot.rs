@@ -1155,6 +1155,28 @@ fn system_area(iso: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// [`system_area`] but where partitions lie (starts, sizes, the GPT's bounds, the MBR's
+/// entries) and each image's own GUIDs, and xorriso's partition over the padding it puts after
+/// an appended partition (3, "Gap1"): what two images of one tree with one layout share.
+fn system_area_but_places(iso: &Path) -> Vec<(String, String)> {
+    let places = ["GPT lba range", "GPT start and size", "MBR partition"];
+    system_area(iso)
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("GUID") || k == "GPT type GUID")
+        .filter(|(k, v)| !(k.starts_with("GPT") && v.starts_with("3 ")))
+        .filter(|(k, _)| !places.contains(&k.as_str()))
+        .map(|(k, v)| {
+            // xorriso counts the entries it uses
+            let v = if k == "GPT entry array" {
+                v.replacen("3 ", "2 ", 1)
+            } else {
+                v
+            };
+            (k, v)
+        })
+        .collect()
+}
+
 /// `sgdisk -v`'s findings: the lines that name a problem, without the counts.
 fn sgdisk_problems(iso: &Path) -> Vec<String> {
     let o = Command::new("sgdisk").arg("-v").arg(iso).output().unwrap();
@@ -3357,33 +3379,9 @@ fn an_appended_efi_partition_is_laid_out_as_xorriso_does_and_boots() {
         }
         // The rest is the same but for GUIDs, each image's own, and xorriso's padding after
         // the partition, which it gives a partition of its own (3, "Gap1").
-        let rest = |a: &[(String, String)]| -> Vec<(String, String)> {
-            a.iter()
-                .filter(|(k, _)| !k.ends_with("GUID") || k == "GPT type GUID")
-                .filter(|(k, v)| !(k.starts_with("GPT") && v.starts_with("3 ")))
-                .filter(|(k, _)| {
-                    ![
-                        "GPT lba range",
-                        "GPT start and size",
-                        "MBR partition",
-                        "El Torito",
-                    ]
-                    .contains(&k.as_str())
-                })
-                .map(|(k, v)| {
-                    // xorriso counts the entries it uses
-                    let v = if k == "GPT entry array" {
-                        v.replacen("3 ", "2 ", 1)
-                    } else {
-                        v.clone()
-                    };
-                    (k.clone(), v)
-                })
-                .collect()
-        };
         assert_eq!(
-            rest(&a_ours),
-            rest(&a_theirs),
+            system_area_but_places(&ours),
+            system_area_but_places(&theirs),
             "{name}: xorriso -report_system_area"
         );
 
@@ -3668,9 +3666,12 @@ fn append_partition_errors_name_the_option_or_the_file_and_the_cause() {
                 "2",
                 gpt,
                 f,
+                "--efi-boot-partition",
+                "2",
                 "--appended-part-as-gpt",
+                "--isohybrid-gpt-basdat",
             ],
-            vec!["--appended-part-as-gpt", "--isohybrid-mbr"],
+            vec!["--appended-part-as-gpt", "--isohybrid-gpt-basdat"],
             &["cannot be used with"],
         ),
     ];
@@ -4003,25 +4004,11 @@ fn an_ubuntu_like_served_image_is_remastered_with_its_efi_partition_and_boots() 
     );
     // Its partition table is the original's, but for GUIDs, sizes and xorriso's partition
     // over its padding after the EFI partition (3, "Gap1").
-    let table = |iso: &Path| -> Vec<(String, String)> {
-        system_area(iso)
-            .into_iter()
-            .filter(|(k, _)| !k.ends_with("GUID") || k == "GPT type GUID")
-            .filter(|(k, v)| !(k.starts_with("GPT") && v.starts_with("3 ")))
-            .filter(|(k, _)| {
-                !["GPT lba range", "GPT start and size", "MBR partition"].contains(&k.as_str())
-            })
-            .map(|(k, v)| {
-                let v = if k == "GPT entry array" {
-                    v.replacen("3 ", "2 ", 1)
-                } else {
-                    v
-                };
-                (k, v)
-            })
-            .collect()
-    };
-    assert_eq!(table(&iso), table(&dropped), "xorriso -report_system_area");
+    assert_eq!(
+        system_area_but_places(&iso),
+        system_area_but_places(&dropped),
+        "xorriso -report_system_area"
+    );
     // Partition 1 is a volume by itself: the same tree as the whole image's, to bsdtar and
     // isoinfo.
     let part1 = dir.join("partition1.img");
@@ -4129,4 +4116,132 @@ fn ls_boot_copies_mbr_code_out_of_the_image_when_it_is_not_installed() {
             ls.options()
         );
     }
+}
+
+/// Arch Linux's layout (archiso's xorriso options): isolinux's isohybrid MBR code before a
+/// protective MBR with an active entry, the EFI system partition appended in a GPT, and a
+/// partition offset. xorriso reads the same system area as in its own image of the tree made
+/// with those options (but where partitions lie); partition 1 is a volume by itself; `ls
+/// --boot`'s options remake the image byte for byte; it boots from a disk by UEFI (the GPT's
+/// EFI system partition) and by BIOS (isolinux through the MBR code).
+#[test]
+fn an_arch_like_isohybrid_image_with_its_efi_partition_in_a_gpt_is_xorriso_s_and_boots() {
+    if !have_file(ISOHDPFX, "isolinux") {
+        return;
+    }
+    let Some((code, vars)) = efi_boot_tools(&["xorriso", "isoinfo"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let both = BothWays::new(t, "arch-like");
+    fs::remove_file(both.src.join("boot/efiboot.img")).unwrap();
+    let fat = both.fat.to_str().unwrap();
+    let args = [
+        "-V",
+        "ARCH_202612",
+        "--boot",
+        "isolinux/isolinux.bin",
+        "--boot-catalog",
+        "isolinux/boot.cat",
+        "--boot-info-table",
+        "--isohybrid-mbr",
+        ISOHDPFX,
+        "--mbr-force-bootable",
+        "--append-partition",
+        "2",
+        EFI_SYSTEM_GUID,
+        fat,
+        "--appended-part-as-gpt",
+        "--efi-boot-partition",
+        "2",
+        "--partition-offset",
+        "16",
+    ];
+    let ours = t.join("ours.iso");
+    mkiso_ok(&both.src, &ours, &args, Some("0"));
+    let theirs = other_tool(
+        "xorriso -as mkisofs",
+        &both.src,
+        "archiso",
+        &[
+            "-V",
+            "ARCH_202612",
+            "-partition_offset",
+            "16",
+            "-append_partition",
+            "2",
+            EFI_SYSTEM_GUID,
+            fat,
+            "-appended_part_as_gpt",
+            "-isohybrid-mbr",
+            ISOHDPFX,
+            "--mbr-force-bootable",
+            "-eltorito-boot",
+            "isolinux/isolinux.bin",
+            "-eltorito-catalog",
+            "isolinux/boot.cat",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "-eltorito-alt-boot",
+            "-e",
+            "--interval:appended_partition_2:all::",
+            "-no-emul-boot",
+        ],
+    );
+    assert_eq!(
+        system_area_but_places(&ours),
+        system_area_but_places(&theirs),
+        "xorriso -report_system_area"
+    );
+    let area = system_area(&ours);
+    let (n, volume, efi) = volume_and_efi_image(&ours);
+    for want in [
+        ("MBR partition", format!("1 0x00 0xee 1 {}", n - 1)),
+        ("MBR partition", "2 0x80 0x00 0 1".to_string()),
+        ("GPT start and size", format!("1 64 {}", volume - 64)),
+        ("GPT start and size", format!("2 {efi} 8192")),
+    ] {
+        assert!(
+            area.contains(&(want.0.to_string(), want.1.clone())),
+            "{want:?} not in {area:#?}"
+        );
+    }
+    assert_eq!(
+        volume % 2048,
+        0,
+        "the volume is whole cylinders, as isohybrid pads it"
+    );
+    let image = fs::read(&ours).unwrap();
+    assert_eq!(
+        &image[..432],
+        &fs::read(ISOHDPFX).unwrap()[..432],
+        "isolinux's MBR code"
+    );
+
+    // Partition 1 alone is the volume, to isoinfo.
+    let part1 = t.join("partition1.img");
+    fs::write(&part1, &image[64 * 512..]).unwrap();
+    let d = run("isoinfo", &["-d", "-i", part1.to_str().unwrap()]);
+    assert!(d.contains("Volume id: ARCH_202612"), "{d}");
+    let listing = run("isoinfo", &["-f", "-R", "-i", part1.to_str().unwrap()]);
+    assert!(listing.contains("/isolinux/isolinux.bin"), "{listing}");
+
+    let ls = LsBoot::of(&ours);
+    assert_eq!(ls.line("not made by mkiso: "), None, "{}", ls.listing);
+    let (remade, _) = ls.remake(
+        &both.src,
+        &t.join("remade"),
+        &["-V", "ARCH_202612"],
+        Some("0"),
+    );
+    assert!(
+        fs::read(&remade).unwrap() == image,
+        "ls --boot's options {:?} made another image",
+        ls.options()
+    );
+
+    both.boot_from_a_disk(&ours, (&code, &vars), t);
 }

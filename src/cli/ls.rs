@@ -364,7 +364,8 @@ fn boot_view(boot: &eltorito::Boot, image: &Path) -> BootView {
         }
     }
     if boot.gpt {
-        let basdat = boot.mbr == Some(Mbr::Isohybrid) && startable(false) && efi_seen;
+        let basdat =
+            !boot.protective && boot.mbr == Some(Mbr::Isohybrid) && startable(false) && efi_seen;
         let appended_gpt = boot.protective && !appended.is_empty();
         if basdat {
             mkiso.push("--isohybrid-gpt-basdat".into());

@@ -88,10 +88,14 @@ pub struct Args {
     /// disk through the partition table too.
     #[arg(long, value_name = "N", conflicts_with = "efi_boot")]
     pub efi_boot_partition: Option<u8>,
-    /// Put the appended partitions in a GPT behind a protective MBR (with --grub2-mbr, GRUB's
-    /// boot code stays in it), rather than in the MBR, as Ubuntu's images have them
-    /// (xorriso's -appended_part_as_gpt).
-    #[arg(long, requires = "append_partition", conflicts_with = "isohybrid_mbr")]
+    /// Put the appended partitions in a GPT behind a protective MBR (with --grub2-mbr or
+    /// --isohybrid-mbr, its boot code stays in it), rather than in the MBR, as Ubuntu's and
+    /// Arch Linux's images have them (xorriso's -appended_part_as_gpt).
+    #[arg(
+        long,
+        requires = "append_partition",
+        conflicts_with = "isohybrid_gpt_basdat"
+    )]
     pub appended_part_as_gpt: bool,
     /// Mark a partition active for BIOSes that boot only a disk with one: partition 1 in the
     /// MBR, or a second entry over the first sector beside a protective MBR (xorriso's
