@@ -1,10 +1,12 @@
 //! Property: a random tree -> mkiso -> isomgr's reader -> the same tree (names, kinds, modes,
-//! owners, mtimes, contents, symlink targets), including deep trees that need relocation.
+//! owners, mtimes, contents, symlink targets), including deep trees that need relocation; and
+//! the same tree in the second volume a partition offset adds.
 
 #[path = "mkiso_support/mod.rs"]
 mod support;
 
-use isomgr::iso9660::write::{build, Options};
+use isomgr::iso9660::write::partition::{Append, PartType, EFI_SYSTEM};
+use isomgr::iso9660::write::{boot::Boot, build, Options};
 use proptest::prelude::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -91,6 +93,7 @@ proptest! {
     fn random_tree_round_trips_through_mkiso_and_the_reader(
         ops in proptest::collection::vec(op(), 1..60),
         chain in 0usize..12,
+        offset in prop::sample::select(vec![16u32, 17, 40]),
     ) {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
@@ -145,6 +148,26 @@ proptest! {
         build(&src, &iso, &opts, &mut |_| {}).unwrap();
         let want = describe_fs(&src);
         let got = describe_image(&iso);
-        prop_assert_eq!(got, want);
+        prop_assert_eq!(&got, &want);
+
+        // With a partition offset: the image, and its partition 1 read alone from there.
+        let part = tmp.path().join("efi.img");
+        fs::write(&part, [0xA5u8; 3000]).unwrap();
+        let offset_opts = Options {
+            boot: Boot {
+                appended: vec![Append { number: 2, ty: PartType::Guid(EFI_SYSTEM), path: part }],
+                appended_gpt: true,
+                partition_offset: offset,
+                ..Boot::default()
+            },
+            ..opts
+        };
+        let with_offset = tmp.path().join("offset.iso");
+        build(&src, &with_offset, &offset_opts, &mut |_| {}).unwrap();
+        prop_assert_eq!(&describe_image(&with_offset), &want);
+        let image = fs::read(&with_offset).unwrap();
+        let alone = tmp.path().join("partition1.img");
+        fs::write(&alone, &image[offset as usize * 2048..]).unwrap();
+        prop_assert_eq!(&describe_image(&alone), &want);
     }
 }
