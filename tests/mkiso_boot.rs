@@ -3974,6 +3974,42 @@ fn an_ubuntu_like_served_image_is_remastered_with_its_efi_partition_and_boots() 
         ls.listing
     );
     assert!(!ls.listing.contains("not made"), "{}", ls.listing);
+    // The same as one JSON document, for scripts.
+    let doc = output_ok(
+        Command::new(bin())
+            .args(["ls", "--boot", "--json"])
+            .arg(&dropped),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&doc.stdout).unwrap();
+    assert_eq!(doc["mkiso"], serde_json::json!(ls.options()), "{doc}");
+    assert_eq!(doc["copy"], serde_json::json!(ls.copies()), "{doc}");
+    assert_eq!(doc["not_made"], serde_json::json!([]), "{doc}");
+    let parts = doc["partitions"].as_array().unwrap();
+    let fields = |p: &serde_json::Value| {
+        (
+            p["number"].as_u64().unwrap(),
+            p["type"].as_str().unwrap().to_string(),
+            p["name"].as_str().unwrap_or_default().to_string(),
+            p["volume"].as_bool().unwrap(),
+            p["appended_as"].as_str().map(str::to_string),
+        )
+    };
+    let basic = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7".to_string();
+    assert_eq!(
+        parts.iter().map(fields).collect::<Vec<_>>(),
+        [
+            (1, basic.clone(), "ISO9660".into(), true, None),
+            (
+                2,
+                EFI_SYSTEM_GUID.into(),
+                "Appended2".into(),
+                false,
+                Some("partition2.img".into())
+            ),
+            (3, basic, "Gap1".into(), false, None),
+        ],
+        "{doc}"
+    );
     let dir = env.outside("remaster");
     let cfg = env.outside("new").join("grub.cfg");
     fs::write(
