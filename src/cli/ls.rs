@@ -24,9 +24,11 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Show what makes the image boot instead: the El Torito catalog and boot images (which
-    /// files they are, what their copies hold), the MBR and GPT, and the mkiso options that
-    /// make an image boot the same way (what remastering it needs).
-    /// With --json: one document {catalog, images, mbr, gpt, mkiso, not_made}.
+    /// files they are, what their copies hold), the MBR, GPT and partitions, and the mkiso
+    /// options that make an image boot the same way (what remastering it needs), with the
+    /// commands that copy out of the image what only it holds (appended partitions, MBR code).
+    /// With --json: one document {catalog, images, mbr, gpt, partitions, mkiso, copy,
+    /// not_made}.
     #[arg(long, conflicts_with_all = ["long", "recursive"])]
     pub boot: bool,
     /// The image file or block device.
