@@ -1040,6 +1040,14 @@ impl BothWays {
         }
     }
 
+    /// [`BothWays::new`] with the EFI image only outside the tree (`fat`), to be appended as
+    /// a partition.
+    fn efi_image_outside(t: &Path, what: &str) -> BothWays {
+        let both = BothWays::new(t, what);
+        fs::remove_file(both.src.join("boot/efiboot.img")).unwrap();
+        both
+    }
+
     /// Boots `iso` as a disk under OVMF (`ovmf`: code and variables template) to the UEFI
     /// markers, and under SeaBIOS to the BIOS one (and not the UEFI one).
     fn boot_from_a_disk(&self, iso: &Path, ovmf: (&Path, &Path), t: &Path) {
@@ -3461,9 +3469,7 @@ fn an_isohybrid_image_with_an_appended_efi_partition_is_xorriso_s_and_boots() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let both = BothWays::new(t, "isohybrid-appended");
-    // the EFI image is the partition only
-    fs::remove_file(both.src.join("boot/efiboot.img")).unwrap();
+    let both = BothWays::efi_image_outside(t, "isohybrid-appended");
     let fat = both.fat.to_str().unwrap();
     let args = [
         "--boot",
@@ -4170,8 +4176,7 @@ fn an_arch_like_isohybrid_image_with_its_efi_partition_in_a_gpt_is_xorriso_s_and
     };
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let both = BothWays::new(t, "arch-like");
-    fs::remove_file(both.src.join("boot/efiboot.img")).unwrap();
+    let both = BothWays::efi_image_outside(t, "arch-like");
     let fat = both.fat.to_str().unwrap();
     let args = [
         "-V",
