@@ -330,14 +330,18 @@ impl Qemu {
         }
     }
 
-    /// What the guest wrote, without terminal escape sequences: SeaBIOS's serial console
-    /// moves the cursor with them, at times in the middle of a line the screen shows whole
-    /// (seen: "isomgr-remastere\x1b[05;16H\x1b[05;17Hd-...").
+    /// What the guest wrote, without terminal escape sequences and carriage returns: SeaBIOS's
+    /// serial console moves the cursor with them, at times in the middle of a line the screen
+    /// shows whole (seen: "isomgr-remastere\x1b[05;16H\x1b[05;17Hd-...", and
+    /// "i\rsomgr-remastered-...").
     fn serial(&self) -> String {
         let raw = String::from_utf8_lossy(&self.serial);
         let mut out = String::with_capacity(raw.len());
         let mut chars = raw.chars();
         while let Some(c) = chars.next() {
+            if c == '\r' {
+                continue;
+            }
             if c != '\x1b' {
                 out.push(c);
                 continue;
