@@ -342,7 +342,9 @@ fn boot_view(boot: &eltorito::Boot, image: &Path) -> BootView {
             p.sectors
         ));
     }
-    if boot.protective && !appended.is_empty() {
+    // the appended partitions are in a GPT behind a protective MBR
+    let appended_gpt = boot.protective && !appended.is_empty();
+    if appended_gpt {
         mkiso.push("--appended-part-as-gpt".into());
     }
     let plain_active = !boot.protective
@@ -355,7 +357,7 @@ fn boot_view(boot: &eltorito::Boot, image: &Path) -> BootView {
         mkiso.push("--mbr-force-bootable".into());
     }
     if let Some(p) = boot.partitions.iter().find(|p| p.holds_volume) {
-        if boot.protective && !appended.is_empty() {
+        if appended_gpt {
             mkiso.extend(["--partition-offset".into(), (p.first / 4).to_string()]);
         } else {
             not_made.push(format!(
@@ -368,7 +370,6 @@ fn boot_view(boot: &eltorito::Boot, image: &Path) -> BootView {
     if boot.gpt {
         let basdat =
             !boot.protective && boot.mbr == Some(Mbr::Isohybrid) && startable(false) && efi_seen;
-        let appended_gpt = boot.protective && !appended.is_empty();
         if basdat {
             mkiso.push("--isohybrid-gpt-basdat".into());
         } else if !appended_gpt {

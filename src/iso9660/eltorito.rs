@@ -5,7 +5,7 @@
 //! make an image boot the same way: what remastering a served image needs to know.
 
 use super::error::Result;
-use super::ondisk::SECTOR_SIZE;
+use super::ondisk::{le32, le64, SECTOR_SIZE};
 use super::read::{Image, Kind};
 use super::source::ReadAt;
 use crate::iso9660::write::partition::PartType;
@@ -119,8 +119,6 @@ pub struct Boot {
     /// The MBR holds an active entry of type 0 over its own sector alone (xorriso's
     /// `--mbr-force-bootable` beside a protective MBR).
     pub force_bootable_entry: bool,
-    /// 512-byte sectors the ISO 9660 volume declares.
-    pub volume_sectors: u64,
     /// The MBR's bytes before its partition table (its boot code), when it has the signature.
     pub mbr_code: Vec<u8>,
 }
@@ -168,10 +166,7 @@ fn mbr_partitions(head: &[u8]) -> Vec<Partition> {
     let Some(table) = head.get(446..510) else {
         return Vec::new();
     };
-    let le32 = |b: &[u8], at: usize| {
-        b.get(at..at + 4)
-            .map_or(0, |v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]))
-    };
+    let le32 = |b: &[u8], at: usize| le32(b, at).unwrap_or(0);
     table
         .chunks_exact(16)
         .enumerate()
@@ -191,12 +186,8 @@ fn mbr_partitions(head: &[u8]) -> Vec<Partition> {
 
 /// The partitions of the GPT whose header is `header` (512 bytes), its entries read by `read`.
 fn gpt_partitions(header: &[u8], read: impl Fn(u64, usize) -> Vec<u8>) -> Vec<Partition> {
-    let le = |at: usize, n: usize| -> u64 {
-        header.get(at..at + n).map_or(0, |b| {
-            b.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x))
-        })
-    };
-    let (entries_at, count, size) = (le(72, 8), le(80, 4), le(84, 4));
+    let le32 = |at: usize| u64::from(le32(header, at).unwrap_or(0));
+    let (entries_at, count, size) = (le64(header, 72).unwrap_or(0), le32(80), le32(84));
     if !(128..=4096).contains(&size) || count == 0 {
         return Vec::new();
     }
@@ -213,12 +204,7 @@ fn gpt_partitions(header: &[u8], read: impl Fn(u64, usize) -> Vec<u8>) -> Vec<Pa
             if ty == [0; 16] {
                 return None;
             }
-            let at = |o: usize| {
-                e.get(o..o + 8).map_or(0, |b| {
-                    b.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x))
-                })
-            };
-            let (first, last) = (at(32), at(40));
+            let (first, last) = (le64(e, 32).unwrap_or(0), le64(e, 40).unwrap_or(0));
             let name: Vec<u16> = e
                 .get(56..128)?
                 .chunks_exact(2)
@@ -249,10 +235,7 @@ pub fn read<R: ReadAt>(image: &Image<R>, catalog: Option<u32>) -> Result<Boot> {
         b.truncate(n);
         b
     };
-    let mut boot = Boot {
-        volume_sectors: image.info().volume_size / 512,
-        ..Boot::default()
-    };
+    let mut boot = Boot::default();
     let head = read(0, 1024);
     if head.len() == 1024 && head.get(510..512) == Some(&[0x55, 0xAA][..]) {
         boot.gpt = head.get(512..520) == Some(&b"EFI PART"[..]);
@@ -301,10 +284,7 @@ pub fn read<R: ReadAt>(image: &Image<R>, catalog: Option<u32>) -> Result<Boot> {
     for entry in entries(&cat) {
         let at = u64::from(entry.lba) * SECTOR_SIZE;
         let copy = read(at, 2556);
-        let le32 = |o: usize| {
-            copy.get(o..o + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
+        let le32 = |o: usize| le32(&copy, o);
         let info_table = entry.media == 0 && le32(12) == Some(entry.lba) && le32(8) != Some(0);
         let grub2_boot_info = entry.media == 0
             && copy.get(2548..2556) == Some(&(u64::from(entry.lba) * 4 + 5).to_le_bytes()[..]);
@@ -336,22 +316,9 @@ fn mbr_kind(head: &[u8], bios: Option<u32>) -> Option<Mbr> {
     let Some(lba) = bios.map(u64::from) else {
         return Some(Mbr::Other);
     };
-    let u32_at = |o: usize| {
-        u64::from(u32::from_le_bytes([
-            head[o],
-            head[o + 1],
-            head[o + 2],
-            head[o + 3],
-        ]))
-    };
-    let u64_at = |o: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&head[o..o + 8]);
-        u64::from_le_bytes(b)
-    };
-    Some(if u32_at(432) == lba * 4 {
+    Some(if le32(head, 432).map(u64::from) == Some(lba * 4) {
         Mbr::Isohybrid
-    } else if u64_at(0x1B0) == lba * 4 + 4 {
+    } else if le64(head, 0x1B0) == Some(lba * 4 + 4) {
         Mbr::Grub2
     } else {
         Mbr::Other

@@ -203,6 +203,13 @@ pub fn le32(b: &[u8], at: usize) -> Option<u32> {
     ))
 }
 
+/// Little-endian u64 at `at`.
+pub fn le64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
 /// Big-endian u32 at `at`.
 pub fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(

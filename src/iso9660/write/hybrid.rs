@@ -8,7 +8,8 @@ use super::boot::{
     bios_image_head, is_grub2_image, is_hybrid_isolinux, BIOS_HEAD, GRUB2_BOOT_INFO, MBR_PARTITIONS,
 };
 use super::partition::{
-    gpt_parts, mbr_entries, plain_mbr, GptPart, BASIC_DATA, XORRISO_ATTRIBUTES,
+    chs_bytes, gpt_parts, mbr_entries, mbr_entry, plain_mbr, GptPart, BASIC_DATA,
+    XORRISO_ATTRIBUTES,
 };
 use super::tree::Tree;
 use super::Error;
@@ -365,16 +366,6 @@ pub(super) fn isohybrid_mbr(
     v
 }
 
-/// A CHS address as a partition entry holds it: head, sector with the cylinder's bits 8-9,
-/// the cylinder's bits 0-7.
-fn chs_bytes(cyl: u64, head: u64, sector: u64) -> [u8; 3] {
-    [
-        head as u8,
-        (sector as u8 & 0x3F) | ((cyl >> 2) as u8 & 0xC0),
-        cyl as u8,
-    ]
-}
-
 /// The disk geometry (heads, sectors a track) xorriso gives an image of `sectors` 512-byte
 /// sectors: 64 heads of 32 sectors while 1024 cylinders of them reach (1 GiB); else the
 /// fewest heads, at most 255, that reach with 32 sectors a track, then with 63 (heads a
@@ -408,22 +399,15 @@ pub(super) fn grub2_mbr(code: &[u8], boot_lba: u32, image_sectors: u64) -> Vec<u
     let core = u64::from(boot_lba) * 4 + 4;
     v[GRUB2_MBR_CORE..GRUB2_MBR_CORE + 8].copy_from_slice(&core.to_le_bytes());
     let sectors = image_sectors * (SECTOR_SIZE / 512);
-    let (heads, per_track) = xorriso_geometry(sectors);
     let last = sectors.clamp(2, 0xFFFF_FFFC) - 1;
-    let cyl = last / (heads * per_track);
-    let end = if cyl >= 1024 {
-        chs_bytes(1023, heads - 1, per_track)
-    } else {
-        let rest = last % (heads * per_track);
-        chs_bytes(cyl, rest / per_track, rest % per_track + 1)
-    };
-    let p = &mut v[MBR_PARTITIONS..MBR_PARTITIONS + 16];
-    p[0] = 0x80;
-    p[1..4].copy_from_slice(&chs_bytes(0, 0, 2));
-    p[4] = GRUB2_PARTITION_TYPE;
-    p[5..8].copy_from_slice(&end);
-    p[8..12].copy_from_slice(&1u32.to_le_bytes());
-    p[12..16].copy_from_slice(&(last as u32).to_le_bytes());
+    let entry = mbr_entry(
+        0x80,
+        GRUB2_PARTITION_TYPE,
+        1,
+        last,
+        xorriso_geometry(sectors),
+    );
+    v[MBR_PARTITIONS..MBR_PARTITIONS + 16].copy_from_slice(&entry);
     v[510] = 0x55;
     v[511] = 0xAA;
     v

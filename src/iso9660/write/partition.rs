@@ -269,15 +269,19 @@ pub fn place(appended: &[Append], mut end: u64, align: u64) -> Result<Vec<Placed
 /// the largest address.
 pub fn chs(sector: u64, (heads, per_track): (u64, u64)) -> [u8; 3] {
     let cyl = sector / (heads * per_track);
-    let (cyl, head, sec) = if cyl >= 1024 {
-        (1023, heads - 1, per_track)
-    } else {
-        let rest = sector % (heads * per_track);
-        (cyl, rest / per_track, rest % per_track + 1)
-    };
+    if cyl >= 1024 {
+        return chs_bytes(1023, heads - 1, per_track);
+    }
+    let rest = sector % (heads * per_track);
+    chs_bytes(cyl, rest / per_track, rest % per_track + 1)
+}
+
+/// A CHS address as a partition entry holds it: head, sector with the cylinder's bits 8-9,
+/// the cylinder's bits 0-7.
+pub fn chs_bytes(cyl: u64, head: u64, sector: u64) -> [u8; 3] {
     [
         head as u8,
-        (sec as u8 & 0x3F) | ((cyl >> 2) as u8 & 0xC0),
+        (sector as u8 & 0x3F) | ((cyl >> 2) as u8 & 0xC0),
         cyl as u8,
     ]
 }
