@@ -5,8 +5,9 @@
 # `sync` between runs, outside the timing. Prints a table with ratios and PASS/FAIL against
 # the targets: mkiso <= 0.7x genisoimage on both, and <= 1.2x the floor on (b). `cp` of the
 # 1 GiB file is shown for reference (no target): on a file system that cannot share blocks it
-# is the same kernel copy mkiso makes, so it shows what the floor leaves out (the write); so
-# does the last line, the write alone (1 GiB of zeros written, nothing read).
+# is the kernel's copy, one thread reading and writing in turn (mkiso's two threads overlap
+# the two), so it shows what the floor leaves out (the write); so does the last line, the
+# write alone (1 GiB of zeros written, nothing read).
 # As root, with xfs in the kernel and mkfs.xfs (xfsprogs), also (c): the 1 GiB file again, the
 # input and the image on a scratch XFS (a sparse file on a loop device), where the kernel
 # clones mkiso's aligned data instead of copying it. As root, also (d): (b) with the page cache
@@ -117,7 +118,7 @@ for set in "${sets[@]}"; do
     T[$set,genisoimage]=$(time_it genisoimage -quiet -J -r -o "$OUT" "$dir")
     T[$set,xorriso]=$(time_it xorriso -as mkisofs -quiet -J -r -o "$OUT" "$dir")
     T[$set,floor]=$(time_it "floor_$set")
-    # For reference, no target: the same file copied by `cp` (the kernel's copy, as mkiso's).
+    # For reference, no target: the same file copied by `cp` (the kernel's copy).
     # Not for (a): cp -r of 10,000 files makes 10,000 inodes, a different job.
     T[$set,cp]=-
     [ "$set" = small ] || T[$set,cp]=$(time_it cp -r "$dir" "$OUT")

@@ -885,18 +885,67 @@ fn full_disk_is_an_error_and_leaves_nothing() {
     if !common::root_for("the ENOSPC test (a small tmpfs)") {
         return;
     }
+    // 4 MiB goes through the kernel's copy, 40 MiB through the writer's threads.
+    for mib in [4, 40] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = dir_with(
+            &tmp.path().join("src"),
+            &[("big.bin", &vec![0x5a; mib << 20])],
+        );
+        let small = tmp.path().join("small");
+        let _small = Tmpfs::mount(&small, "size=1m");
+        let o = mkiso(&src, &small.join("out.iso"), &[], None);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("No space left on device") && err.contains("out.iso"),
+            "{mib} MiB: {err}"
+        );
+        no_leftovers(&small);
+    }
+}
+
+/// Bytes that differ at every offset (and between files), so a chunk copied to the wrong
+/// place or twice shows.
+fn patterned(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|k| (k as u8).wrapping_mul(31).wrapping_add(seed) ^ (k >> 13) as u8)
+        .collect()
+}
+
+/// Files of 32 MiB and more are copied by two threads, chunk by chunk (on a file system that
+/// shares no blocks): every byte lands where it belongs, holes stay holes, and other tools
+/// read the same files back.
+#[test]
+fn large_files_copied_by_threads_read_back_exactly() {
+    if !tools(&["bsdtar"]) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
-    let src = dir_with(&tmp.path().join("src"), &[("big.bin", &[0x5a; 4 << 20])]);
-    let small = tmp.path().join("small");
-    let _small = Tmpfs::mount(&small, "size=1m");
-    let o = mkiso(&src, &small.join("out.iso"), &[], None);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("No space left on device") && err.contains("out.iso"),
-        "{err}"
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a-odd.bin"), patterned((40 << 20) + 4097, 1)).unwrap();
+    fs::write(src.join("b-exact.bin"), patterned(32 << 20, 2)).unwrap();
+    // A hole of 50 MiB, 36 MiB of data, a hole to 100 MiB.
+    let sparse = fs::File::create(src.join("c-sparse.bin")).unwrap();
+    sparse.set_len(100 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, &patterned(36 << 20, 3), 50 << 20).unwrap();
+    drop(sparse);
+    let iso = tmp.path().join("out.iso");
+    mkiso_ok(&src, &iso, &[], None);
+    let want = describe_fs(&src);
+    assert_eq!(describe_image(&iso), want, "isomgr's reader");
+    let x = tmp.path().join("x");
+    fs::create_dir(&x).unwrap();
+    run(
+        "bsdtar",
+        &["-xpf", iso.to_str().unwrap(), "-C", x.to_str().unwrap()],
     );
-    no_leftovers(&small);
+    assert_eq!(describe_fs(&x), want, "bsdtar's extraction");
+    // 72 MiB of data plus 36 of the sparse file's; its 64 MiB of holes take no space.
+    use std::os::unix::fs::MetadataExt;
+    let used = fs::metadata(&iso).unwrap().blocks() * 512;
+    assert!(used < 112 << 20, "the image takes {used} bytes");
 }
 
 #[test]

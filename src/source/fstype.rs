@@ -65,8 +65,24 @@ pub fn statfs_type(path: &Path) -> std::io::Result<i64> {
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(magic(&st))
+}
+
+/// [`statfs_type`] of the file system holding an open file (fstatfs(2)).
+pub fn fstatfs_type(file: &std::fs::File) -> std::io::Result<i64> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: fstatfs writes into the zeroed struct it is given; the descriptor is open.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(magic(&st))
+}
+
+fn magic(st: &libc::statfs) -> i64 {
     #[allow(clippy::unnecessary_cast)]
-    Ok((st.f_type as i64) & 0xFFFF_FFFF)
+    let t = st.f_type as i64;
+    t & 0xFFFF_FFFF
 }
 
 #[cfg(test)]
@@ -115,5 +131,7 @@ mod tests {
         assert!(statfs_type(&dir.path().join("missing")).is_err());
         // /proc is procfs everywhere Linux runs.
         assert_eq!(statfs_type(Path::new("/proc")).unwrap(), 0x9FA0);
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(fstatfs_type(&f).unwrap(), 0x9FA0);
     }
 }

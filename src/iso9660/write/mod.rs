@@ -16,6 +16,7 @@
 //! Nothing here prints: warnings come back in the [`Report`], progress through a callback.
 
 pub mod boot;
+mod copy;
 pub mod hybrid;
 pub mod layout;
 pub mod names;

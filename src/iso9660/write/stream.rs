@@ -2,10 +2,12 @@
 //! order. The imperative shell of the writer; where the image goes is [`super::target`]'s.
 //!
 //! Memory stays bounded whatever the data size: small files are gathered in one reused batch
-//! buffer, large ones copied with `copy_file_range` (read/write where the kernel cannot),
-//! only their data segments (`SEEK_DATA`/`SEEK_HOLE`), so holes stay holes in an image file.
+//! buffer, large ones cloned or copied as [`super::copy`] chooses (`copy_file_range`,
+//! read/write where the kernel cannot), only their data segments (`SEEK_DATA`/`SEEK_HOLE`), so
+//! holes stay holes in an image file.
 //! Each file must still have the size it had when listed.
 
+use super::copy;
 use super::layout::Plan;
 use super::tree::Tree;
 use super::{Error, Progress};
@@ -110,9 +112,15 @@ pub(super) fn write_image(
         source,
     };
     sink.write_at(&plan.metadata, 0).map_err(werr)?;
+    let out_fs = sink
+        .random()
+        .and_then(|f| crate::source::fstype::fstatfs_type(f).ok());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut w = DataWriter {
         out: sink,
         output,
+        out_fs,
+        cpus,
         batch: Vec::new(),
         batch_start: 0,
         done: 0,
@@ -147,6 +155,9 @@ pub(super) fn write_image(
 struct DataWriter<'a, 's> {
     out: &'a mut Sink<'s>,
     output: &'a Path,
+    /// statfs magic of a random-access output's file system, for [`copy::plan`].
+    out_fs: Option<i64>,
+    cpus: usize,
     batch: Vec<u8>,
     batch_start: u64,
     done: u64,
@@ -338,6 +349,11 @@ impl DataWriter<'_, '_> {
         start_done: u64,
         file_size: u64,
     ) -> Result<(), Error> {
+        if self.out.random().is_some()
+            && copy::plan(len, self.out_fs, self.cpus) == copy::Plan::Threads
+        {
+            return self.threaded(src, path, from, to, len, start_done, file_size);
+        }
         let end = from + len;
         let mut cfr_to = self.out.random().map(AsRawFd::as_raw_fd);
         let mut buf = Vec::new();
@@ -349,7 +365,7 @@ impl DataWriter<'_, '_> {
             if ahead <= from + want && from + want < end {
                 ahead = from + want;
                 let len = (end - ahead).min(COPY_CHUNK);
-                will_need(src, ahead, len);
+                copy::will_need(src, ahead, len);
                 ahead += len;
             }
             let n = if let Some(out_fd) = cfr_to {
@@ -431,17 +447,56 @@ impl DataWriter<'_, '_> {
         }
         Ok(())
     }
-}
 
-/// Asks the kernel to read `len` bytes of `src` at `offset` into the page cache in the
-/// background (`POSIX_FADV_WILLNEED`); only a hint, so a failure is of no matter.
-fn will_need(src: &File, offset: u64, len: u64) {
-    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return;
-    };
-    // SAFETY: a plain syscall on a descriptor open for the call's duration.
-    unsafe {
-        libc::posix_fadvise(src.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED);
+    /// A long segment into a random-access image: cloned where the file system can, else
+    /// copied by threads (see [`super::copy`]).
+    #[allow(clippy::too_many_arguments)]
+    fn threaded(
+        &mut self,
+        src: &File,
+        path: &Path,
+        from: u64,
+        to: u64,
+        len: u64,
+        start_done: u64,
+        file_size: u64,
+    ) -> Result<(), Error> {
+        let Some(out) = self.out.random() else {
+            return Ok(());
+        };
+        let werr = |source| Error::Write {
+            path: self.output.to_path_buf(),
+            source,
+        };
+        if copy::clone(src, from, out, to, len).map_err(werr)? {
+            self.done = start_done + from + len;
+            self.report();
+            return Ok(());
+        }
+        let progress = &mut *self.progress;
+        let total = self.total;
+        let r = copy::threaded(src, from, out, to, len, &mut |n| {
+            progress(Progress {
+                done: start_done + from + n,
+                total,
+            });
+        });
+        match r {
+            Ok(()) => {
+                self.done = start_done + from + len;
+                Ok(())
+            }
+            Err(copy::Failed::Write(e)) => Err(werr(e)),
+            Err(copy::Failed::Read(source)) => Err(Error::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+            Err(copy::Failed::Short(at)) => Err(Error::SizeChanged {
+                path: path.to_path_buf(),
+                expected: file_size,
+                actual: src.metadata().map_or(from + at, |m| m.len()),
+            }),
+        }
     }
 }
 
@@ -548,6 +603,8 @@ mod tests {
         let mut w = DataWriter {
             out: &mut Sink::Random(&out),
             output: Path::new("out"),
+            out_fs: None,
+            cpus: 1,
             batch: Vec::new(),
             batch_start: 0,
             done: 0,
