@@ -20,6 +20,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::iso9660::ReadAt;
 
@@ -31,8 +32,15 @@ pub const RESERVE: u64 = 256;
 pub const MIN_BUDGET: usize = 16;
 /// Environment variable that sets the budget (a number of descriptors) instead.
 pub const BUDGET_ENV: &str = "ISOMGR_FD_BUDGET";
-/// How many descriptors a reopen that fails with EMFILE/ENFILE closes before giving up.
+/// How many descriptors a reopen that fails with EMFILE/ENFILE closes before it waits.
 const EMFILE_EVICTIONS: usize = 8;
+/// How long a reopen still out of descriptors after that (none of the pool's left to close:
+/// the process's others are images being identified, a rescan's burst) waits for some to be
+/// closed before the read fails with EMFILE. Those are held for moments; the read waits on
+/// one of the driver's threads, and the pool grows while every thread is busy.
+const EMFILE_WAIT: Duration = Duration::from_secs(5);
+/// Longest pause between two tries while waiting.
+const EMFILE_PAUSE: Duration = Duration::from_millis(50);
 /// Descriptors of the budget kept for images beyond the held ones, at most (a quarter of the
 /// budget when that is less, at least one).
 const SHARED_WINDOW: usize = 64;
@@ -208,22 +216,43 @@ impl FdPool {
 
     /// Opens an image file read-only. Out of descriptors (images queued for identification,
     /// a burst elsewhere), it closes served images' descriptors, least recently used first,
-    /// and tries again.
+    /// and tries again; with none left to close, it waits up to [`EMFILE_WAIT`] for others
+    /// to be closed.
     pub fn open(&self, path: &Path) -> io::Result<File> {
-        let mut tries = 0;
-        loop {
-            let opened = File::options()
+        self.open_with(EMFILE_WAIT, || {
+            File::options()
                 .read(true)
                 .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-                .open(path);
-            match opened {
-                Err(e) if crate::sys::out_of_descriptors(&e) && tries < EMFILE_EVICTIONS => {
-                    tries += 1;
-                    let evicted = lock(&self.inner).evict_one();
-                    if evicted.is_none() {
+                .open(path)
+        })
+    }
+
+    fn open_with(
+        &self,
+        wait: Duration,
+        mut open: impl FnMut() -> io::Result<File>,
+    ) -> io::Result<File> {
+        let mut evictions = 0;
+        let mut since: Option<Instant> = None;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match open() {
+                Err(e) if crate::sys::out_of_descriptors(&e) => {
+                    if evictions < EMFILE_EVICTIONS {
+                        evictions += 1;
+                        // Dropped outside the lock. A descriptor a read still holds closes
+                        // when that read ends.
+                        let evicted = lock(&self.inner).evict_one();
+                        if evicted.is_some() {
+                            continue;
+                        }
+                    }
+                    let start = *since.get_or_insert_with(Instant::now);
+                    if start.elapsed() >= wait {
                         return Err(e);
                     }
-                    drop(evicted);
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(EMFILE_PAUSE);
                 }
                 other => return other,
             }
@@ -487,6 +516,60 @@ mod tests {
         let n = src.read_at(&mut buf, 0)?;
         buf.truncate(n);
         Ok(buf)
+    }
+
+    #[test]
+    fn a_reopen_out_of_descriptors_closes_the_pool_s_then_waits_for_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file_with(dir.path(), "a.iso", b"abc");
+        let emfile = || Err(io::Error::from_raw_os_error(libc::EMFILE));
+        // A shared descriptor in the pool (a budget of one has no room for held ones): closed
+        // first, then it opens, without waiting.
+        let pool = FdPool::new(1);
+        let a = pool.adopt(File::open(&p).unwrap(), &p).unwrap();
+        assert!(matches!(a.0, Kind::Shared(_)));
+        let before = pool.stats();
+        assert_eq!(before.open, 1);
+        let mut calls = 0;
+        let got = pool.open_with(Duration::ZERO, || {
+            calls += 1;
+            if calls == 1 {
+                emfile()
+            } else {
+                File::open(&p)
+            }
+        });
+        assert!(got.is_ok(), "{got:?}");
+        assert_eq!(pool.stats().evictions, before.evictions + 1);
+        assert_eq!(pool.stats().open, 0);
+        // Nothing left to close: it waits for the process's other descriptors to go.
+        let start = Instant::now();
+        let mut calls = 0;
+        let got = pool.open_with(Duration::from_secs(10), || {
+            calls += 1;
+            if start.elapsed() < Duration::from_millis(200) {
+                emfile()
+            } else {
+                File::open(&p)
+            }
+        });
+        assert!(got.is_ok(), "{got:?}");
+        assert!(calls > 2 && calls < 100, "{calls} tries in 200 ms");
+        // Not forever: EMFILE after the wait. Other errors at once.
+        let start = Instant::now();
+        let e = pool
+            .open_with(Duration::from_millis(150), emfile)
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
+        assert!(start.elapsed() >= Duration::from_millis(150));
+        let mut calls = 0;
+        let e = pool
+            .open_with(Duration::from_secs(10), || {
+                calls += 1;
+                Err(io::Error::from_raw_os_error(libc::EACCES))
+            })
+            .unwrap_err();
+        assert_eq!((e.raw_os_error(), calls), (Some(libc::EACCES), 1));
     }
 
     #[test]
