@@ -6,8 +6,8 @@
 //! - on a local file system that cannot (ext4, tmpfs), the segment's blocks are allocated
 //!   first, then two threads each read a chunk and write it (`pread`/`pwrite`), so that one
 //!   reads while the other writes. The kernel's own copy (`copy_file_range`, what `cp` does)
-//!   is one thread that reads and writes in turn; on ext4 here 1 GiB takes it 0.28 s, and the
-//!   two threads 0.165 s (the write alone, 1 GiB of zeros, takes `dd` 0.19 s);
+//!   is one thread that reads and writes in turn; on ext4 here 1 GiB takes it 0.29 s, and the
+//!   two threads 0.20 s;
 //! - on a network file system, [`Plan::Kernel`]: `copy_file_range`, which the server may
 //!   carry out by itself (NFS 4.2, SMB), the caller's loop.
 //!
@@ -24,10 +24,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub(super) const THREADED_MIN: u64 = 32 << 20;
 /// What one thread takes at a time: a run of the file read and written in order.
 const CHUNK: u64 = 8 << 20;
-/// Each thread's buffer: one `pread` and one `pwrite` per this much. The fastest here of
-/// 128 KiB to 2 MiB (1 GiB in 0.164 s; 1 MiB: 0.174 s): the bytes just read are still in
-/// the processor's cache when they are written.
-const BUF: usize = 512 << 10;
+/// Each thread's buffer: one `pread` and one `pwrite` per this much. The page cache takes a
+/// write in folios up to its size, and on this VM (whose free memory the host takes back in
+/// 2 MiB blocks, virtio-balloon free page reporting) large folios make copies bimodal: with
+/// 512 KiB, 1 GiB took 0.165 s or 0.95 s, run by run; with 128 KiB it takes 0.20 s in 8 of 8
+/// runs (64 KiB: 0.21 s; 256 KiB: 0.19 s to 0.73 s).
+const BUF: usize = 128 << 10;
 /// Threads of [`threaded`]. Writes into one file are serialised by the kernel (the inode's
 /// lock), so more than two only wait: one writing while another reads is the gain.
 const THREADS: usize = 2;
@@ -126,7 +128,7 @@ pub(super) fn threaded(
 /// Allocates the blocks `len` bytes at `to` will take in `out` before they are written
 /// (`fallocate`, the file's size unchanged): a full file system is found before anything is
 /// copied, and the writes that follow go into blocks already found (on ext4 here, 1 GiB is
-/// copied in 0.175 s instead of 0.19 s, and the runs vary less). A file system without
+/// copied in 0.20 s instead of 0.21 s). A file system without
 /// `fallocate` is no error; a full one is.
 fn reserve(out: &File, to: u64, len: u64) -> io::Result<()> {
     let (Ok(to), Ok(len)) = (libc::off_t::try_from(to), libc::off_t::try_from(len)) else {
