@@ -3,8 +3,9 @@
 //!
 //! - where it shares blocks between files (XFS, btrfs), the segment is cloned
 //!   (`FICLONERANGE`): no data moves and the image takes no space for it;
-//! - on a local file system that cannot (ext4, tmpfs), the segment's blocks are allocated
-//!   first, then two threads each read a chunk and write it (`pread`/`pwrite`), so that one
+//! - on a local file system that cannot (ext4, tmpfs), a segment of [`THREADED_MIN`] or more
+//!   has its blocks allocated first, then two threads each read a chunk and write it
+//!   (`pread`/`pwrite`), so that one
 //!   reads while the other writes. The kernel's own copy (`copy_file_range`, what `cp` does)
 //!   is one thread that reads and writes in turn; on ext4 here 1 GiB takes it 0.29 s, and the
 //!   two threads 0.20 s;
@@ -19,10 +20,13 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// Segments at least this long are cloned or copied by threads; shorter ones are not worth
-/// the threads and go through the kernel's copy.
-pub(super) const THREADED_MIN: u64 = 32 << 20;
-/// What one thread takes at a time: a run of the file read and written in order.
+/// Segments at least this long are cloned or copied by threads; shorter ones (data between
+/// the holes of a sparse file) are not worth the threads and go through the kernel's copy.
+/// On ext4 here, 200 files of 5 MiB take 0.25 s instead of 0.32 s with `copy_file_range`,
+/// 500 of 1.5 MiB 0.24 s instead of 0.25 s.
+pub(super) const THREADED_MIN: u64 = 1 << 20;
+/// What one thread takes at a time at most: a run of the file read and written in order. A
+/// shorter segment is cut in one piece per thread.
 const CHUNK: u64 = 8 << 20;
 /// Each thread's buffer: one `pread` and one `pwrite` per this much. The page cache takes a
 /// write in folios up to its size, and on this VM (whose free memory the host takes back in
@@ -103,6 +107,10 @@ pub(super) fn threaded(
         out,
         to,
         len,
+        chunk: len
+            .div_ceil(THREADS as u64)
+            .next_multiple_of(BUF as u64)
+            .min(CHUNK),
         next: AtomicU64::new(0),
         copied: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -152,6 +160,8 @@ struct Job<'a> {
     out: &'a File,
     to: u64,
     len: u64,
+    /// What a thread takes at a time.
+    chunk: u64,
     /// Start (in the segment) of the next chunk no thread has taken.
     next: AtomicU64,
     copied: AtomicU64,
@@ -171,16 +181,17 @@ impl Job<'_> {
     fn chunks(&self, progress: &mut dyn FnMut(u64)) -> Result<(), Failed> {
         let mut buf = vec![0u8; BUF];
         while !self.stop.load(Ordering::Relaxed) {
-            let start = self.next.fetch_add(CHUNK, Ordering::Relaxed);
+            let chunk = self.chunk;
+            let start = self.next.fetch_add(chunk, Ordering::Relaxed);
             if start >= self.len {
                 break;
             }
-            let end = (start + CHUNK).min(self.len);
+            let end = (start + chunk).min(self.len);
             // From a cold cache the disk reads the chunks the threads take next while these
             // are copied.
-            let ahead = start + THREADS as u64 * CHUNK;
+            let ahead = start + THREADS as u64 * chunk;
             if ahead < self.len {
-                will_need(self.src, self.from + ahead, CHUNK.min(self.len - ahead));
+                will_need(self.src, self.from + ahead, chunk.min(self.len - ahead));
             }
             let mut at = start;
             while at < end {
@@ -244,23 +255,31 @@ mod tests {
 
     #[test]
     fn threads_copy_the_segment_exactly_and_report_it_all() {
-        let tmp = tempfile::tempdir().unwrap();
-        // Not a whole number of chunks or buffers, from an offset into the source.
-        let data = pattern((3 * CHUNK as usize) + 12_345);
-        fs::write(tmp.path().join("in"), &data).unwrap();
-        let src = File::open(tmp.path().join("in")).unwrap();
-        let out = File::create(tmp.path().join("out")).unwrap();
-        let mut seen = Vec::new();
-        let len = data.len() as u64 - 100;
-        threaded(&src, 100, &out, 4096, len, &mut |n| seen.push(n)).unwrap();
-        let got = fs::read(tmp.path().join("out")).unwrap();
-        assert_eq!(got.len() as u64, 4096 + len);
-        assert!(got[..4096].iter().all(|&b| b == 0));
-        assert!(got[4096..] == data[100..], "copied bytes differ");
-        // The calling thread reports after each chunk it copied, with what both have copied.
-        assert!(!seen.is_empty(), "no progress reported");
-        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
-        assert!(seen.iter().all(|&n| n <= len), "{seen:?}");
+        // Not a whole number of chunks or buffers, from an offset into the source: several
+        // chunks; one piece per thread; the shortest segment copied by threads.
+        for size in [
+            (3 * CHUNK as usize) + 12_345,
+            (3 << 19) + 103,
+            THREADED_MIN as usize + 100,
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let data = pattern(size);
+            fs::write(tmp.path().join("in"), &data).unwrap();
+            let src = File::open(tmp.path().join("in")).unwrap();
+            let out = File::create(tmp.path().join("out")).unwrap();
+            let mut seen = Vec::new();
+            let len = data.len() as u64 - 100;
+            threaded(&src, 100, &out, 4096, len, &mut |n| seen.push(n)).unwrap();
+            let got = fs::read(tmp.path().join("out")).unwrap();
+            assert_eq!(got.len() as u64, 4096 + len);
+            assert!(got[..4096].iter().all(|&b| b == 0));
+            assert!(got[4096..] == data[100..], "{size}: copied bytes differ");
+            // The calling thread reports after each chunk it copied, with what both have
+            // copied.
+            assert!(!seen.is_empty(), "no progress reported");
+            assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+            assert!(seen.iter().all(|&n| n <= len), "{seen:?}");
+        }
     }
 
     #[test]
