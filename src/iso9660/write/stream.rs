@@ -448,8 +448,8 @@ impl DataWriter<'_, '_> {
         Ok(())
     }
 
-    /// A long segment into a random-access image: cloned where the file system can, else
-    /// copied by threads (see [`super::copy`]).
+    /// A segment of 1 MiB or more into a random-access image: cloned where the file system
+    /// can, else copied by threads (see [`super::copy`]).
     #[allow(clippy::too_many_arguments)]
     fn threaded(
         &mut self,
