@@ -31,13 +31,7 @@ fn image_reads_back_identically_with_our_reader_and_bsdtar() {
     let got = describe_image(&iso);
     assert_eq!(got, want, "isomgr's reader disagrees with the source tree");
 
-    let x = tmp.path().join("x");
-    fs::create_dir(&x).unwrap();
-    run(
-        "bsdtar",
-        &["-xpf", iso.to_str().unwrap(), "-C", x.to_str().unwrap()],
-    );
-    let got = describe_fs(&x);
+    let got = extracted_by_bsdtar(&iso, &tmp.path().join("x"));
     assert_eq!(
         got, want,
         "bsdtar's extraction differs from the source tree"
@@ -367,14 +361,18 @@ fn two_thousand_small_files() {
     let want = describe_fs(&src);
     assert_eq!(want.len(), 2020);
     assert_eq!(describe_image(&iso), want);
-    let x = tmp.path().join("x");
-    fs::create_dir(&x).unwrap();
+    assert_eq!(extracted_by_bsdtar(&iso, &tmp.path().join("x")), want);
+    assert!(run("isovfy", &[iso.to_str().unwrap()]).contains("No errors found"));
+}
+
+/// The tree bsdtar extracts from `iso` into the new directory `x`.
+fn extracted_by_bsdtar(iso: &Path, x: &Path) -> std::collections::BTreeMap<String, Desc> {
+    fs::create_dir(x).unwrap();
     run(
         "bsdtar",
         &["-xpf", iso.to_str().unwrap(), "-C", x.to_str().unwrap()],
     );
-    assert_eq!(describe_fs(&x), want);
-    assert!(run("isovfy", &[iso.to_str().unwrap()]).contains("No errors found"));
+    describe_fs(x)
 }
 
 fn no_leftovers(dir: &Path) {
@@ -551,13 +549,8 @@ fn exclude_leaves_out_names_and_paths_as_genisoimage_does() {
     assert!(want.contains_key("/isolinux/sub/deeper.bak") && want.contains_key("/sub/x.bak"));
     let got = describe_image(&iso);
     assert_eq!(got, want, "isomgr's reader");
-    let x = tmp.path().join("x");
-    fs::create_dir(&x).unwrap();
-    run(
-        "bsdtar",
-        &["-xpf", iso.to_str().unwrap(), "-C", x.to_str().unwrap()],
-    );
-    assert_eq!(describe_fs(&x), want, "bsdtar's extraction");
+    let got = extracted_by_bsdtar(&iso, &tmp.path().join("x"));
+    assert_eq!(got, want, "bsdtar's extraction");
 
     let theirs = tmp.path().join("genisoimage.iso");
     let old_bak = src.join("isolinux/old.bak");
@@ -939,13 +932,8 @@ fn large_files_copied_by_threads_read_back_exactly() {
     mkiso_ok(&src, &iso, &[], None);
     let want = describe_fs(&src);
     assert_eq!(describe_image(&iso), want, "isomgr's reader");
-    let x = tmp.path().join("x");
-    fs::create_dir(&x).unwrap();
-    run(
-        "bsdtar",
-        &["-xpf", iso.to_str().unwrap(), "-C", x.to_str().unwrap()],
-    );
-    assert_eq!(describe_fs(&x), want, "bsdtar's extraction");
+    let got = extracted_by_bsdtar(&iso, &tmp.path().join("x"));
+    assert_eq!(got, want, "bsdtar's extraction");
     // 72.5 MiB of data plus 36 of the sparse file's; its 64 MiB of holes take no space.
     use std::os::unix::fs::MetadataExt;
     let used = fs::metadata(&iso).unwrap().blocks() * 512;
