@@ -12,8 +12,10 @@
 # input and the image on a scratch XFS (a sparse file on a loop device), where the kernel
 # clones mkiso's aligned data instead of copying it. As root, also (d): (b) with the page cache
 # emptied before every run (the input read from the disk, as for a tree larger than memory).
-# (c) and (d) are shown with (b)'s targets; the exit status follows (a) and (b), this machine's
-# own file system with a warm cache.
+# As root with /dev/fuse, also (e): remastering a served image, 200 files of 5 MiB read
+# through isomgr's own FUSE driver (`isomgr watch --driver fuse`, started and stopped here).
+# (c), (d) and (e) are shown with (b)'s targets; the exit status follows (a) and (b), this
+# machine's own file system with a warm cache.
 #
 # Usage: bash benches/mkiso.sh            (BENCH_DIR=/var/tmp/isomgr-bench RUNS=5)
 set -euo pipefail
@@ -88,6 +90,7 @@ if [ "$(id -u)" = 0 ] && grep -qw xfs /proc/filesystems && command -v mkfs.xfs >
         mountpoint -q "$XFS_MNT" && umount "$XFS_MNT"
         rm -f "$XFS_IMG"
     }
+    XFS_MNT_USED=1
     trap cleanup_xfs EXIT
     cleanup_xfs
     truncate -s 3G "$XFS_IMG"
@@ -107,6 +110,40 @@ fi
 [ "$(id -u)" = 0 ] && sets+=(cold)
 floor_cold() { floor_big; }
 
+# (e), for reference, as root with /dev/fuse: remastering a served image. 200 files of 5 MiB
+# in an image that `isomgr watch --driver fuse` serves; every tool reads the tree through
+# isomgr's FUSE driver, as `isomgr mkiso /srv/isos/NAME ...` does.
+MED=$BENCH_DIR/med
+DROP=$BENCH_DIR/served-drop
+SERVED=$BENCH_DIR/served
+WATCHER=
+floor_served() { cat "$SERVED"/BENCH_SERVED/* >/dev/null; }
+if [ "$(id -u)" = 0 ] && [ -c /dev/fuse ]; then
+    if [ ! -f "$MED/.complete" ]; then
+        rm -rf "$MED"
+        mkdir -p "$MED"
+        for i in $(seq -w 0 199); do head -c $((5 << 20)) /dev/urandom >"$MED/f$i.bin"; done
+        touch "$MED/.complete"
+    fi
+    mountpoint -q "$SERVED" && umount -l "$SERVED"
+    rm -rf "$DROP" "$BENCH_DIR/served-state.json"*
+    mkdir -p "$DROP" "$SERVED"
+    "$ISOMGR" mkiso "$MED" -o "$DROP/med.iso" -V BENCH_SERVED
+    "$ISOMGR" watch --dir "$DROP" --root "$SERVED" --driver fuse --no-drives \
+        --state "$BENCH_DIR/served-state.json" >"$BENCH_DIR/served-watch.log" 2>&1 &
+    WATCHER=$!
+    stop_watcher() { kill "$WATCHER" 2>/dev/null && wait "$WATCHER"; }
+    trap 'stop_watcher; [ -z "${XFS_MNT_USED:-}" ] || cleanup_xfs' EXIT
+    for _ in $(seq 100); do [ -f "$SERVED/BENCH_SERVED/f000.bin" ] && break; sleep 0.2; done
+    if [ -f "$SERVED/BENCH_SERVED/f000.bin" ]; then
+        sets+=(served)
+    else
+        echo "benches/mkiso.sh: (e) the watcher did not serve the image; see served-watch.log" >&2
+    fi
+else
+    echo "benches/mkiso.sh: (e) a served image needs root and /dev/fuse; skipped" >&2
+fi
+
 declare -A T
 for set in "${sets[@]}"; do
     dir=$BENCH_DIR/$set
@@ -114,6 +151,7 @@ for set in "${sets[@]}"; do
     COLD=0
     if [ "$set" = xfs ]; then dir=$XFS_MNT/big; OUT=$XFS_MNT/out.iso; fi
     if [ "$set" = cold ]; then dir=$BIG; COLD=1; fi
+    if [ "$set" = served ]; then dir=$SERVED/BENCH_SERVED; fi
     T[$set,mkiso]=$(time_it "$ISOMGR" mkiso "$dir" -o "$OUT")
     T[$set,genisoimage]=$(time_it genisoimage -quiet -J -r -o "$OUT" "$dir")
     T[$set,xorriso]=$(time_it xorriso -as mkisofs -quiet -J -r -o "$OUT" "$dir")
@@ -145,7 +183,7 @@ for set in "${sets[@]}"; do
     v1=$(verdict "$rg" 0.7)
     v="geniso $v1"
     judged=1
-    case $set in xfs | cold) judged=0 ;; esac
+    case $set in xfs | cold | served) judged=0 ;; esac
     [ "$v1" = PASS ] || [ "$judged" = 0 ] || fail=1
     if [ "$set" != small ]; then
         v2=$(verdict "$rf" 1.2); v="$v, floor $v2"; [ "$v2" = PASS ] || [ "$judged" = 0 ] || fail=1
@@ -155,6 +193,7 @@ for set in "${sets[@]}"; do
         big) name="(b) one 1 GiB file" ;;
         xfs) name="(c) (b) on XFS" ;;
         cold) name="(d) (b) from disk" ;;
+        served) name="(e) served 200x5 MiB" ;;
     esac
     printf '%-22s %9.3f %12.3f %9.3f %9.3f %9s  %-9s %-9s %-9s %-6s %s\n' "$name" "$m" "$g" \
         "$x" "$f" "$cs" "${rg}x" "${rx}x" "${rf}x" "$rc" "$v"
