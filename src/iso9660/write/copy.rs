@@ -28,12 +28,15 @@ pub(super) const THREADED_MIN: u64 = 1 << 20;
 /// What one thread takes at a time at most: a run of the file read and written in order. A
 /// shorter segment is cut in one piece per thread.
 const CHUNK: u64 = 8 << 20;
-/// Each thread's buffer: one `pread` and one `pwrite` per this much. The page cache takes a
+/// Each thread's buffer: one `pread` and one `pwrite` per this much; also the size of the
+/// writes of the batches of small files ([`WRITE_SIZE`]). The page cache takes a
 /// write in folios up to its size, and on this VM (whose free memory the host takes back in
 /// 2 MiB blocks, virtio-balloon free page reporting) large folios make copies bimodal: with
 /// 512 KiB, 1 GiB took 0.165 s or 0.95 s, run by run; with 128 KiB it takes 0.20 s in 8 of 8
 /// runs (64 KiB: 0.21 s; 256 KiB: 0.19 s to 0.73 s).
 const BUF: usize = 128 << 10;
+/// Largest write into the image of a buffer of file data (see [`BUF`]).
+pub(super) const WRITE_SIZE: usize = BUF;
 /// Threads of [`threaded`]. Writes into one file are serialised by the kernel (the inode's
 /// lock), so more than two only wait: one writing while another reads is the gain.
 const THREADS: usize = 2;

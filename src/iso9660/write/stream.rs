@@ -1,11 +1,10 @@
 //! Writes a [`Plan`] to a [`Sink`]: metadata first, then each file's data streamed in walk
 //! order. The imperative shell of the writer; where the image goes is [`super::target`]'s.
 //!
-//! Memory stays bounded whatever the data size: small files are gathered in one reused batch
-//! buffer, large ones cloned or copied as [`super::copy`] chooses (`copy_file_range`,
-//! read/write where the kernel cannot), only their data segments (`SEEK_DATA`/`SEEK_HOLE`), so
-//! holes stay holes in an image file.
-//! Each file must still have the size it had when listed.
+//! Memory stays bounded whatever the data size: small files are gathered in reused batch
+//! buffers (written by a thread of their own while the next is filled), large ones cloned or
+//! copied as [`super::copy`] chooses, only their data segments (`SEEK_DATA`/`SEEK_HOLE`), so
+//! holes stay holes in an image file. Each file must still have the size it had when listed.
 
 use super::copy;
 use super::layout::Plan;
@@ -17,6 +16,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::OnceLock;
 
 /// Files up to this size are read whole into the batch buffer.
 pub(super) const SMALL_FILE: u64 = 1 << 20;
@@ -37,7 +38,15 @@ pub(super) enum Sink<'a> {
     InOrder { file: &'a File, pos: u64 },
 }
 
-impl Sink<'_> {
+impl<'s> Sink<'s> {
+    /// The image file, for as long as it is open (not only while the sink is borrowed).
+    fn random_file(&self) -> Option<&'s File> {
+        match self {
+            Sink::Random(f) => Some(*f),
+            Sink::InOrder { .. } => None,
+        }
+    }
+
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         match self {
             Sink::Random(f) => f.write_all_at(buf, offset),
@@ -116,40 +125,116 @@ pub(super) fn write_image(
         .random()
         .and_then(|f| crate::source::fstype::fstatfs_type(f).ok());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut w = DataWriter {
-        out: sink,
-        output,
-        out_fs,
-        cpus,
-        batch: Vec::new(),
-        batch_start: 0,
-        done: 0,
-        total: tree.data_bytes() + plan.appended.iter().map(|p| p.size).sum::<u64>(),
-        progress,
-    };
-    (w.progress)(Progress {
-        done: 0,
-        total: w.total,
-    });
-    for (i, (f, &off)) in tree.data.iter().zip(&plan.data_offsets).enumerate() {
-        if let Some((_, bytes)) = plan.generated.iter().find(|(d, _)| *d == i) {
-            w.generated(bytes, off)?;
-        } else if let Some((_, lba)) = plan.bios_boot.filter(|&(d, _)| d == i && plan.patch.any()) {
-            w.patched(&f.path, f.size, off, plan.patch, lba)?;
-        } else {
-            w.file(&f.path, f.size, off)?;
+    let failed = OnceLock::new();
+    let file = sink.random_file().filter(|_| cpus > 1);
+    let total = tree.data_bytes() + plan.appended.iter().map(|p| p.size).sum::<u64>();
+    let data = std::thread::scope(|scope| {
+        let (background, writer) = match file {
+            Some(f) => {
+                let (bg, writer) = Background::start(scope, f, &failed);
+                (Some(bg), Some(writer))
+            }
+            None => (None, None),
+        };
+        let mut w = DataWriter {
+            out: &mut *sink,
+            output,
+            out_fs,
+            cpus,
+            background,
+            batch: Vec::new(),
+            batch_start: 0,
+            done: 0,
+            total,
+            progress,
+        };
+        let r = w.data(tree, plan);
+        // The last batches written (or their error known) before the image is ended.
+        drop(w);
+        if writer.is_some_and(|w| w.join().is_err()) {
+            return Err(werr(io::Error::other(
+                "the image's writing thread panicked",
+            )));
         }
+        r
+    });
+    // An error of the writing thread is the cause of any the others met after it.
+    if let Some(e) = failed.into_inner() {
+        return Err(werr(e));
     }
-    for p in &plan.appended {
-        w.file(&p.path, p.size, p.start * SECTOR_SIZE)?;
-    }
-    w.flush()?;
+    data?;
     let len = plan.image_bytes();
     if !plan.tail.is_empty() {
         let at = len.saturating_sub(plan.tail.len() as u64);
-        w.out.write_at(&plan.tail, at).map_err(werr)?;
+        sink.write_at(&plan.tail, at).map_err(werr)?;
     }
-    w.out.end(len).map_err(werr)
+    sink.end(len).map_err(werr)
+}
+
+/// Batches written on a thread of their own, so that the files of the next batch are read
+/// while one is written (2,000 files of 500 KiB: 0.25 s instead of 0.35 s; the 10,000 small
+/// files of the benchmark: 0.071 s instead of 0.076 s). Memory: [`BATCHES`] buffers of
+/// [`BATCH`] at most.
+struct Background {
+    to_write: SyncSender<(u64, Vec<u8>)>,
+    written: Receiver<Vec<u8>>,
+    buffers: usize,
+}
+
+/// Batch buffers in use at most: one being filled, one queued, one being written.
+const BATCHES: usize = 3;
+
+impl Background {
+    fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        out: &'scope File,
+        failed: &'scope OnceLock<io::Error>,
+    ) -> (Background, std::thread::ScopedJoinHandle<'scope, ()>) {
+        let (to_write, queue) = sync_channel::<(u64, Vec<u8>)>(BATCHES - 2);
+        let (give_back, written) = channel();
+        let writer = scope.spawn(move || {
+            for (offset, mut buf) in queue {
+                if let Err(e) = write_in_pieces(out, &buf, offset) {
+                    // Dropping the queue makes the next batch sent fail.
+                    let _ = failed.set(e);
+                    return;
+                }
+                buf.clear();
+                let _ = give_back.send(buf);
+            }
+        });
+        let bg = Background {
+            to_write,
+            written,
+            buffers: 1,
+        };
+        (bg, writer)
+    }
+
+    /// Queues `batch` to be written at `offset` and gives an empty buffer for the next; `Err`
+    /// when the writing thread has stopped on an error (which it keeps).
+    fn send(&mut self, offset: u64, batch: Vec<u8>) -> Result<Vec<u8>, ()> {
+        self.to_write.send((offset, batch)).map_err(|_| ())?;
+        if let Ok(b) = self.written.try_recv() {
+            return Ok(b);
+        }
+        if self.buffers < BATCHES {
+            self.buffers += 1;
+            return Ok(Vec::new());
+        }
+        self.written.recv().map_err(|_| ())
+    }
+}
+
+/// Writes `buf` at `offset` in pieces of [`copy::WRITE_SIZE`] (see there why). On ext4 here
+/// 2,000 files of 500 KiB take 0.25 s so, every run; 0.21 s or up to 1.9 s written whole.
+fn write_in_pieces(out: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut at = offset;
+    for c in buf.chunks(copy::WRITE_SIZE) {
+        out.write_all_at(c, at)?;
+        at += c.len() as u64;
+    }
+    Ok(())
 }
 
 struct DataWriter<'a, 's> {
@@ -158,6 +243,8 @@ struct DataWriter<'a, 's> {
     /// statfs magic of a random-access output's file system, for [`copy::plan`].
     out_fs: Option<i64>,
     cpus: usize,
+    /// Writes the batches, with a random-access output and more than one processor.
+    background: Option<Background>,
     batch: Vec<u8>,
     batch_start: u64,
     done: u64,
@@ -225,7 +312,44 @@ impl DataWriter<'_, '_> {
         });
     }
 
+    /// Every file's data, in the plan's order.
+    fn data(&mut self, tree: &Tree, plan: &Plan) -> Result<(), Error> {
+        (self.progress)(Progress {
+            done: 0,
+            total: self.total,
+        });
+        for (i, (f, &off)) in tree.data.iter().zip(&plan.data_offsets).enumerate() {
+            if let Some((_, bytes)) = plan.generated.iter().find(|(d, _)| *d == i) {
+                self.generated(bytes, off)?;
+            } else if let Some((_, lba)) =
+                plan.bios_boot.filter(|&(d, _)| d == i && plan.patch.any())
+            {
+                self.patched(&f.path, f.size, off, plan.patch, lba)?;
+            } else {
+                self.file(&f.path, f.size, off)?;
+            }
+        }
+        for p in &plan.appended {
+            self.file(&p.path, p.size, p.start * SECTOR_SIZE)?;
+        }
+        self.flush()
+    }
+
     fn flush(&mut self) -> Result<(), Error> {
+        if let Some(bg) = self.background.as_mut().filter(|_| !self.batch.is_empty()) {
+            let batch = std::mem::take(&mut self.batch);
+            return match bg.send(self.batch_start, batch) {
+                Ok(next) => {
+                    self.batch = next;
+                    Ok(())
+                }
+                // The writing thread's own error is the one reported (see write_image).
+                Err(()) => Err(Error::Write {
+                    path: self.output.to_path_buf(),
+                    source: io::Error::other("the image's writing thread stopped"),
+                }),
+            };
+        }
         if !self.batch.is_empty() {
             self.out
                 .write_at(&self.batch, self.batch_start)
@@ -605,6 +729,7 @@ mod tests {
             output: Path::new("out"),
             out_fs: None,
             cpus: 1,
+            background: None,
             batch: Vec::new(),
             batch_start: 0,
             done: 0,
