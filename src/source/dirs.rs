@@ -1576,11 +1576,24 @@ fn open_image(path: &Path, follow_symlinks: bool) -> Opened {
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&reopen)
     {
-        Ok(file) => Opened::File {
-            writing: open_for_writing(&file),
-            file,
-            meta,
-        },
+        Ok(file) => {
+            let writing = open_for_writing(&file);
+            // Looked at again once no writer holds it: one that closed it since the first
+            // look has written all it will, and the size and times kept for the medium (its
+            // stamp) must be the finished file's. Else its close-write, handled next, finds
+            // another stamp and serves the file a second time (seen with a writer closing in
+            // between: 327,680 bytes at the first look, 362,496 at the close).
+            let meta = if writing {
+                meta
+            } else {
+                file.metadata().unwrap_or(meta)
+            };
+            Opened::File {
+                writing,
+                file,
+                meta,
+            }
+        }
         Err(e) if crate::sys::out_of_descriptors(&e) => Opened::NoDescriptor(e),
         Err(e) => Opened::Unreopenable(e),
     }
