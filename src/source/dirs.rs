@@ -1541,6 +1541,12 @@ enum Opened {
 /// must not do for whoever can write into a watched directory. Only a regular file is then
 /// opened, through /proc/self/fd: the same inode, even if the name has been swapped meanwhile.
 fn open_image(path: &Path, follow_symlinks: bool) -> Opened {
+    open_image_then(path, follow_symlinks, || {})
+}
+
+/// [`open_image`], running `meanwhile` between the first look and the check for writers
+/// (tests put a writer's last write and close there).
+fn open_image_then(path: &Path, follow_symlinks: bool, meanwhile: impl FnOnce()) -> Opened {
     let link = std::fs::symlink_metadata(path);
     let mut flags = libc::O_PATH;
     if !follow_symlinks {
@@ -1570,6 +1576,7 @@ fn open_image(path: &Path, follow_symlinks: bool) -> Opened {
     if let Some(why) = exposes(&link, &meta) {
         return Opened::Exposes(why);
     }
+    meanwhile();
     let reopen = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
     match File::options()
         .read(true)
@@ -1671,6 +1678,39 @@ mod tests {
         assert!(d.why.contains(&format!("({t:#x})")), "{}", d.why);
         assert_eq!(secs(Duration::from_secs(10)), "10");
         assert_eq!(secs(Duration::from_millis(2500)), "2.5");
+    }
+
+    #[test]
+    fn a_file_closed_during_the_look_is_described_as_its_writer_left_it() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.iso");
+        let mut w = File::create(&path).unwrap();
+        w.write_all(&[1u8; 8192]).unwrap();
+        // Still open for writing during the look: said so, with the size seen then.
+        match open_image(&path, false) {
+            Opened::File { writing, meta, .. } => {
+                assert!(writing);
+                assert_eq!(meta.len(), 8192);
+            }
+            _ => panic!("not opened"),
+        }
+        // The writer writes the rest and closes between the first look and the check.
+        let o = open_image_then(&path, false, move || {
+            w.write_all(&[2u8; 4096]).unwrap();
+            drop(w);
+        });
+        match o {
+            Opened::File { writing, meta, .. } => {
+                assert!(!writing);
+                assert_eq!(
+                    meta.len(),
+                    12_288,
+                    "the size of the unfinished file was kept"
+                );
+            }
+            _ => panic!("not opened"),
+        }
     }
 
     #[test]
