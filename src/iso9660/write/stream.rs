@@ -39,8 +39,9 @@ pub(super) enum Sink<'a> {
 }
 
 impl<'s> Sink<'s> {
-    /// The image file, for as long as it is open (not only while the sink is borrowed).
-    fn random_file(&self) -> Option<&'s File> {
+    /// The image file, where it can be written at any offset (cloned into, copied into by the
+    /// kernel or by threads), for as long as it is open (not only while the sink is borrowed).
+    fn random(&self) -> Option<&'s File> {
         match self {
             Sink::Random(f) => Some(*f),
             Sink::InOrder { .. } => None,
@@ -54,14 +55,6 @@ impl<'s> Sink<'s> {
                 self.zeros_to(offset)?;
                 self.append(buf)
             }
-        }
-    }
-
-    /// The image file, where the kernel can copy into it at any offset.
-    fn random(&self) -> Option<&File> {
-        match self {
-            Sink::Random(f) => Some(f),
-            Sink::InOrder { .. } => None,
         }
     }
 
@@ -121,15 +114,13 @@ pub(super) fn write_image(
         source,
     };
     sink.write_at(&plan.metadata, 0).map_err(werr)?;
-    let out_fs = sink
-        .random()
-        .and_then(|f| crate::source::fstype::fstatfs_type(f).ok());
+    let file = sink.random();
+    let out_fs = file.and_then(|f| crate::source::fstype::fstatfs_type(f).ok());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let failed = OnceLock::new();
-    let file = sink.random_file().filter(|_| cpus > 1);
     let total = tree.data_bytes() + plan.appended.iter().map(|p| p.size).sum::<u64>();
     let data = std::thread::scope(|scope| {
-        let (background, writer) = match file {
+        let (background, writer) = match file.filter(|_| cpus > 1) {
             Some(f) => {
                 let (bg, writer) = Background::start(scope, f, &failed);
                 (Some(bg), Some(writer))
@@ -295,6 +286,16 @@ fn check_size(file: &File, path: &Path, expected: u64) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// A file that ended at `at`, before its listed size `expected`: its size now, or `at` when it
+/// cannot be read.
+fn ended_early(src: &File, path: &Path, expected: u64, at: u64) -> Error {
+    Error::SizeChanged {
+        path: path.to_path_buf(),
+        expected,
+        actual: src.metadata().map_or(at, |m| m.len()),
+    }
 }
 
 fn is_write_errno(e: &io::Error) -> bool {
@@ -473,10 +474,9 @@ impl DataWriter<'_, '_> {
         start_done: u64,
         file_size: u64,
     ) -> Result<(), Error> {
-        if self.out.random().is_some()
-            && copy::plan(len, self.out_fs, self.cpus) == copy::Plan::Threads
-        {
-            return self.threaded(src, path, from, to, len, start_done, file_size);
+        let threads = copy::plan(len, self.out_fs, self.cpus) == copy::Plan::Threads;
+        if let Some(out) = self.out.random().filter(|_| threads) {
+            return self.threaded(out, src, path, from, to, len, start_done, file_size);
         }
         let end = from + len;
         let mut cfr_to = self.out.random().map(AsRawFd::as_raw_fd);
@@ -556,13 +556,7 @@ impl DataWriter<'_, '_> {
                 r as u64
             };
             if n == 0 {
-                // the file ended before its listed size
-                let actual = src.metadata().map_or(from, |m| m.len());
-                return Err(Error::SizeChanged {
-                    path: path.to_path_buf(),
-                    expected: file_size,
-                    actual,
-                });
+                return Err(ended_early(src, path, file_size, from));
             }
             from += n;
             to += n;
@@ -577,6 +571,7 @@ impl DataWriter<'_, '_> {
     #[allow(clippy::too_many_arguments)]
     fn threaded(
         &mut self,
+        out: &File,
         src: &File,
         path: &Path,
         from: u64,
@@ -585,9 +580,6 @@ impl DataWriter<'_, '_> {
         start_done: u64,
         file_size: u64,
     ) -> Result<(), Error> {
-        let Some(out) = self.out.random() else {
-            return Ok(());
-        };
         let werr = |source| Error::Write {
             path: self.output.to_path_buf(),
             source,
@@ -615,11 +607,7 @@ impl DataWriter<'_, '_> {
                 path: path.to_path_buf(),
                 source,
             }),
-            Err(copy::Failed::Short(at)) => Err(Error::SizeChanged {
-                path: path.to_path_buf(),
-                expected: file_size,
-                actual: src.metadata().map_or(from + at, |m| m.len()),
-            }),
+            Err(copy::Failed::Short(at)) => Err(ended_early(src, path, file_size, from + at)),
         }
     }
 }
