@@ -820,6 +820,85 @@ fn grafts_put_files_and_directories_from_elsewhere_into_the_image() {
     no_leftovers(&extra.join("ks"));
 }
 
+/// One source file put into the image under several names (a hard link inside SRC, one into a
+/// grafted directory, the file grafted by itself) is stored once, as genisoimage stores hard
+/// links: every name's data starts at the same block (xorriso's report), the image grows by
+/// the names only, and every name reads back the file's bytes (isomgr's reader, bsdtar).
+#[test]
+fn a_file_grafted_again_or_hard_linked_is_stored_once() {
+    if !tools(&["bsdtar", "xorriso"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (src, extra) = (t.join("src"), t.join("extra"));
+    fs::create_dir_all(src.join("images")).unwrap();
+    fs::create_dir_all(&extra).unwrap();
+    let kernel = patterned((3 << 20) + 5, 9);
+    fs::write(src.join("images/vmlinuz"), &kernel).unwrap();
+    fs::hard_link(src.join("images/vmlinuz"), src.join("vmlinuz")).unwrap();
+    fs::hard_link(src.join("images/vmlinuz"), extra.join("linux")).unwrap();
+    fs::write(extra.join("same-bytes-other-file"), &kernel).unwrap();
+    let plain = t.join("plain.iso");
+    mkiso_ok(&src, &plain, &[], Some("1700000000"));
+    let grafts = [
+        format!("boot={}", extra.display()),
+        format!("pxe/linux={}", src.join("vmlinuz").display()),
+    ];
+    let iso = t.join("out.iso");
+    mkiso_ok(
+        &src,
+        &iso,
+        &["--graft", &grafts[0], "--graft", &grafts[1]],
+        Some("1700000000"),
+    );
+
+    let report = run(
+        "xorriso",
+        &[
+            "-indev",
+            iso.to_str().unwrap(),
+            "-find",
+            "/",
+            "-type",
+            "f",
+            "-exec",
+            "report_lba",
+        ],
+    );
+    // File data lba: XT , LBA , BLOCKS , SIZE , 'PATH'
+    let lba: std::collections::BTreeMap<String, u64> = report
+        .lines()
+        .filter_map(|l| l.strip_prefix("File data lba:"))
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            (f[4].trim_matches('\'').to_string(), f[1].parse().unwrap())
+        })
+        .collect();
+    let names = ["/images/vmlinuz", "/vmlinuz", "/boot/linux", "/pxe/linux"];
+    for n in names {
+        assert_eq!(lba.get(n), lba.get("/vmlinuz"), "{n}: {report}");
+    }
+    assert_ne!(
+        lba.get("/boot/same-bytes-other-file"),
+        lba.get("/vmlinuz"),
+        "another file with the same bytes is a file of its own: {report}"
+    );
+    let grown = fs::metadata(&iso).unwrap().len() - fs::metadata(&plain).unwrap().len();
+    assert!(
+        grown < 2 * kernel.len() as u64 - (1 << 20),
+        "the image grew by {grown} bytes: the file stored more than once besides its copy"
+    );
+
+    let sha = Some(sha256_hex(&kernel));
+    let in_image = describe_image(&iso);
+    let extracted = extracted_by_bsdtar(&iso, &t.join("x"));
+    for n in names.iter().chain(&["/boot/same-bytes-other-file"]) {
+        assert_eq!(in_image[*n].sha, sha, "{n}: isomgr's reader");
+        assert_eq!(extracted[*n].sha, sha, "{n}: bsdtar");
+    }
+}
+
 #[test]
 fn unreadable_file_is_an_error_naming_it() {
     let tmp = tempfile::tempdir().unwrap();

@@ -309,6 +309,7 @@ pub fn add_catalog(tree: &mut Tree, boot: &Boot, src: &Path, now: i64) -> Result
     tree.data.push(super::tree::FileData {
         path: src.join(relative(&rel)),
         size: SECTOR_SIZE,
+        inode: None,
     });
     let serial = tree.nodes.iter().map(|n| n.serial).max().unwrap_or(0) + 1;
     let id = tree.nodes.len();

@@ -74,6 +74,10 @@ pub struct Node {
 pub struct FileData {
     pub path: PathBuf,
     pub size: u64,
+    /// The source file's (device, inode), by which [`compact`] finds the same file put into
+    /// the image twice (a hard link between SRC and a graft, one file grafted at two places);
+    /// `None` for what mkiso makes (the boot catalog).
+    pub inode: Option<(u64, u64)>,
 }
 
 /// A directory tree's metadata. Invariant: node 0 is a directory; every child's `parent` is
@@ -281,6 +285,7 @@ fn walk_at(
                     tree.data.push(FileData {
                         path: path.clone(),
                         size: md.len(),
+                        inode: Some(key),
                     });
                     if md.nlink() > 1 {
                         links.insert(key, (data, serial + 1));
@@ -408,6 +413,7 @@ pub fn graft(
             data: vec![FileData {
                 path: g.source.clone(),
                 size: md.len(),
+                inode: Some((md.dev(), md.ino())),
             }],
             grafted: Vec::new(),
         }
@@ -509,11 +515,14 @@ pub(super) fn insert_child(tree: &mut Tree, dir: NodeId, id: NodeId) {
 }
 
 /// The part of `tree` reachable from its root, numbered as [`walk`] numbers a tree: nodes in
-/// the order it visits them, file data in first-name order (hard links still share theirs),
-/// serial numbers and link counts anew.
+/// the order it visits them, file data in first-name order, serial numbers and link counts
+/// anew. Names of one source file share its data and serial number (hard links), also where
+/// they came in separately (SRC and a graft, or two grafts of one file).
 pub fn compact(tree: &Tree) -> Tree {
     let mut out = Tree::default();
+    // old data index -> (new data index, serial), and the same by source file
     let mut data_map: HashMap<usize, (usize, u32)> = HashMap::new();
+    let mut by_inode: HashMap<(u64, u64), (usize, u32)> = HashMap::new();
     let mut serial = 1u32;
     let root = tree.nodes.first().cloned();
     let Some(mut root) = root else {
@@ -538,12 +547,20 @@ pub fn compact(tree: &Tree) -> Tree {
                 Kind::Dir { children } => children.clear(),
                 Kind::File { data } => {
                     let (new, s) = *data_map.entry(*data).or_insert_with(|| {
-                        out.data
-                            .push(tree.data.get(*data).cloned().unwrap_or(FileData {
-                                path: PathBuf::new(),
-                                size: 0,
-                            }));
-                        (out.data.len() - 1, serial)
+                        let d = tree.data.get(*data).cloned().unwrap_or(FileData {
+                            path: PathBuf::new(),
+                            size: 0,
+                            inode: None,
+                        });
+                        let inode = d.inode;
+                        let add = || {
+                            out.data.push(d);
+                            (out.data.len() - 1, serial)
+                        };
+                        match inode {
+                            Some(key) => *by_inode.entry(key).or_insert_with(add),
+                            None => add(),
+                        }
                     });
                     *data = new;
                     n.serial = s;
@@ -720,7 +737,17 @@ mod tests {
             "sources named where they are"
         );
         let sources: Vec<&Path> = t.data.iter().map(|d| d.path.as_path()).collect();
-        assert_eq!(sources, [new_f.as_path(), &new_d.join("inside"), &new_f]);
+        assert_eq!(
+            sources,
+            [new_f.as_path(), &new_d.join("inside")],
+            "one file grafted at two places is stored once"
+        );
+        let (f, f2) = (&t.nodes[2], &t.nodes[6]);
+        assert_eq!((f.kind.clone(), f.nlink), (Kind::File { data: 0 }, 2));
+        assert_eq!(
+            (f2.kind.clone(), f2.nlink, f2.serial),
+            (f.kind.clone(), 2, f.serial)
+        );
         let made = &t.nodes[3];
         assert_eq!(
             (made.meta.mode, made.meta.uid, made.meta.mtime),
@@ -729,6 +756,47 @@ mod tests {
         for bad in ["=x", "/=x", "a=", "../a=x", "a/../../b=x", "no-equals"] {
             assert!(Graft::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A file of SRC with a second name in a grafted directory (a hard link) is one file in
+    /// the image: its data once, one serial number, a link count of 2 for each name; a file
+    /// of the same content but another inode stays a file of its own.
+    #[test]
+    fn a_hard_link_between_src_and_a_graft_shares_its_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path().join("src");
+        let extra = tmp.path().join("extra");
+        fs::create_dir_all(&r).unwrap();
+        fs::create_dir_all(&extra).unwrap();
+        fs::write(r.join("kernel"), "vmlinuz").unwrap();
+        fs::hard_link(r.join("kernel"), extra.join("kernel")).unwrap();
+        fs::write(extra.join("copy"), "vmlinuz").unwrap();
+        let mut t = walk(&r, false, &Exclude::default(), &mut Vec::new()).unwrap();
+        let g = Graft::parse(&format!("boot={}", extra.display())).unwrap();
+        graft(&mut t, &g, false, &Exclude::default(), 7, &mut Vec::new()).unwrap();
+        let t = compact(&t);
+        let names: Vec<(&[u8], &Kind, u32, u32)> = t.nodes[1..]
+            .iter()
+            .map(|n| (&n.name[..], &n.kind, n.nlink, n.serial))
+            .collect();
+        let (k0, k1) = (Kind::File { data: 0 }, Kind::File { data: 1 });
+        assert_eq!(
+            names,
+            [
+                (
+                    &b"boot"[..],
+                    &Kind::Dir {
+                        children: vec![3, 4]
+                    },
+                    2,
+                    2
+                ),
+                (b"kernel", &k0, 2, 3),
+                (b"copy", &k1, 1, 4),
+                (b"kernel", &k0, 2, 3),
+            ]
+        );
+        assert_eq!(t.data.len(), 2);
     }
 
     #[test]
