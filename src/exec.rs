@@ -100,9 +100,10 @@ impl Executor {
 pub struct FuseExecutor {
     driver: FuseDriver,
     pool: Arc<FdPool>,
-    /// Where each served image file that may be reopened is, to reopen it after a rename
-    /// (images that hold their descriptor need no path).
-    paths: HashMap<MediumId, Arc<PathSlot>>,
+    /// Where each served medium's image is (for the log), and for an image file that may be
+    /// reopened, where to reopen it after a rename (images that hold their descriptor need no
+    /// path).
+    paths: HashMap<MediumId, (PathBuf, Option<Arc<PathSlot>>)>,
     /// The budget was hit (logged once).
     over_budget_logged: bool,
     /// Reads each image being published off the daemon thread (see [`offload`]).
@@ -154,12 +155,13 @@ impl FuseExecutor {
         match action {
             Action::Publish { name, medium } => self.publish(name, medium),
             Action::Unpublish { name, id } => {
-                self.paths.remove(&id);
-                if self.late.remove(&id).is_some() {
-                    tracing::info!(name = %name, medium = %id, "gone while its image was still being read; not served");
+                let origin = self.paths.remove(&id).map(|(origin, _)| origin);
+                if let Some(late) = self.late.remove(&id) {
+                    tracing::info!(name = %name, origin = %late.origin.display(), "gone while its image was still being read; not served");
                 }
                 if self.driver.remove(&name) {
-                    tracing::info!(name = %name, medium = %id, "removed");
+                    let origin = origin.unwrap_or_default();
+                    tracing::info!(name = %name, origin = %origin.display(), "removed");
                 }
                 None
             }
@@ -225,10 +227,10 @@ impl FuseExecutor {
     ) -> Event {
         let served = opened.and_then(|(image, path)| {
             self.driver.add(&name, image).map_err(|e| e.to_string())?;
-            if let Some(path) = path {
+            if let Some(path) = &path {
                 path.set(origin);
-                self.paths.insert(id.clone(), path);
             }
+            self.paths.insert(id.clone(), (origin.to_owned(), path));
             Ok(())
         });
         match served {
@@ -268,8 +270,11 @@ impl FuseExecutor {
 
     /// The image file of a served medium is now at `origin` (renamed): it reopens from there.
     pub fn moved(&mut self, id: &MediumId, origin: &Path) {
-        if let Some(p) = self.paths.get(id) {
-            p.set(origin);
+        if let Some((was, slot)) = self.paths.get_mut(id) {
+            origin.clone_into(was);
+            if let Some(p) = slot {
+                p.set(origin);
+            }
         }
         if let Some(l) = self.late.get_mut(id) {
             l.origin = origin.to_owned();

@@ -966,6 +966,12 @@ fn the_watcher_serves_isos_through_the_kernel_where_it_has_iso9660() {
     let log = log.join().expect("log reader");
     assert!(status.success(), "{status:?}\n{log}");
     assert!(log.contains("mount driver chosen"), "{log}");
+    // Each removal is logged with the image it was, the deleted one's and the one cleaned up
+    // at exit.
+    for (name, image) in [("TESTISO", &a), ("GENISO_DISC", &b)] {
+        let line = format!("removed name={name} origin={}", image.display());
+        assert!(log.contains(&line), "{line:?} in\n{log}");
+    }
     assert!(mounts_under(&w.root).is_empty(), "{log}");
     assert_eq!(fs::read_dir(&w.root).expect("root").count(), 0, "{log}");
     wait_no_loop(&b);

@@ -622,33 +622,49 @@ fn sighup_rescans_and_sigterm_stops_cleanly() {
 }
 
 #[test]
-fn json_log_is_one_object_per_line_with_a_mounted_line() {
+fn json_log_is_one_object_per_line_with_mounted_and_removed_lines() {
     if !can_run("json log") {
         return;
     }
     let env = Env::new("isomgr-watch-");
     let mut w = Watcher::start_with(&env, &["--log-format", "json"]);
-    small_image(&env.drop, "j.iso", "JSON_LOG");
+    let image = small_image(&env.drop, "j.iso", "JSON_LOG");
     env.wait_status(&["JSON_LOG"]);
-    wait_for("a mounted line", || {
+    // renamed, then deleted: the removal names the image where it was last
+    let renamed = env.drop.join("j-renamed.iso");
+    fs::rename(&image, &renamed).unwrap();
+    wait_for("the rename in the status", || {
+        (env.medium("JSON_LOG")["origin"] == renamed.to_str().unwrap())
+            .then_some(())
+            .ok_or("not yet".to_owned())
+    });
+    fs::remove_file(&renamed).unwrap();
+    wait_for("a removed line", || {
         env.log_text()
-            .contains("\"mounted\"")
+            .contains("\"removed\"")
             .then_some(())
             .ok_or("none".to_owned())
     });
     w.stop_with(libc::SIGTERM);
     let log = env.log_text();
-    let mut mounted = 0;
+    let (mut mounted, mut removed) = (0, 0);
     for line in log.lines() {
         let v: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not one JSON object: {line:?}: {e}"));
         assert!(v.is_object(), "{line}");
-        if v["message"] == "mounted" {
+        if v["message"] == "mounted" || v["message"] == "removed" {
+            // which medium, and which image it is
             assert_eq!(v["name"], "JSON_LOG", "{line}");
-            mounted += 1;
+            if v["message"] == "mounted" {
+                assert_eq!(v["origin"], image.to_str().unwrap(), "{line}");
+                mounted += 1;
+            } else {
+                assert_eq!(v["origin"], renamed.to_str().unwrap(), "{line}");
+                removed += 1;
+            }
         }
     }
-    assert_eq!(mounted, 1, "{log}");
+    assert_eq!((mounted, removed), (1, 1), "{log}");
 }
 
 #[test]

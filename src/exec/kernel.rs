@@ -373,15 +373,15 @@ impl<S: Sys> KernelExecutor<S> {
                 }
                 Err(e) => Some(failed(name, medium, &e)),
             },
-            Action::Unpublish { name, id } => {
+            Action::Unpublish { name, .. } => {
                 if let Some(m) = self.mounting.get_mut(name) {
                     m.cancelled = true;
-                    tracing::info!(name = %name, medium = %id, "gone while its mount(2) had not returned; undone when it does");
+                    tracing::info!(name = %name, origin = %m.medium.origin.display(), "gone while its mount(2) had not returned; undone when it does");
                     return None;
                 }
-                if let Some(i) = self.waiting.iter().position(|w| &w.name == name) {
-                    self.waiting.remove(i);
-                    tracing::info!(name = %name, medium = %id, "removed while waiting for a loop device");
+                let waited = self.waiting.iter().position(|w| &w.name == name);
+                if let Some(w) = waited.and_then(|i| self.waiting.remove(i)) {
+                    tracing::info!(name = %name, origin = %w.medium.origin.display(), "removed while waiting for a loop device");
                     if self.waiting.is_empty() {
                         self.retry_at = None;
                     }
@@ -393,7 +393,9 @@ impl<S: Sys> KernelExecutor<S> {
                     .or_else(|| self.previous.remove(name));
                 if let Some(s) = s {
                     match self.teardown(name, &s) {
-                        Ok(()) => tracing::info!(name = %name, medium = %id, "removed"),
+                        Ok(()) => {
+                            tracing::info!(name = %name, origin = %s.origin.display(), "removed")
+                        }
                         Err(e) => {
                             tracing::error!(name = %name, error = %describe(&e), "removing")
                         }
@@ -592,7 +594,9 @@ impl<S: Sys> KernelExecutor<S> {
                         l.release();
                     }
                     match self.teardown(&name, &m.served) {
-                        Ok(()) => tracing::info!(name = %name, medium = %m.medium.id, "removed"),
+                        Ok(()) => {
+                            tracing::info!(name = %name, origin = %m.served.origin.display(), "removed")
+                        }
                         Err(e) => {
                             tracing::error!(name = %name, error = %describe(&e), "removing")
                         }
@@ -951,7 +955,7 @@ impl<S: Sys> KernelExecutor<S> {
         }
         for (name, s) in all {
             match self.teardown(&name, &s) {
-                Ok(()) => tracing::info!(name = %name, "removed"),
+                Ok(()) => tracing::info!(name = %name, origin = %s.origin.display(), "removed"),
                 Err(e) => tracing::error!(name = %name, error = %describe(&e), "removing"),
             }
         }
