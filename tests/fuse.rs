@@ -321,6 +321,110 @@ fn serves_joliet_names_with_read_only_defaults() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
 }
 
+/// A file with several names (hard links) in an image that says so (Rock Ridge link counts:
+/// genisoimage, `xorriso --hardlinks`, isomgr's mkiso) is one inode under every name, as on the
+/// disc it was made from: `cp -a` keeps the names linked and `isomgr mkiso` of the served tree
+/// stores the data once. An image without Rock Ridge shares the data too, but says nothing of
+/// links: its names stay files of their own, as do files of equal content.
+#[test]
+fn hard_links_are_served_as_one_inode() {
+    if !can_run("hard_links_are_served_as_one_inode") || !which("xorriso") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("images/pxeboot")).expect("mkdir");
+    write(&src.join("images/pxeboot/vmlinuz"), 700_000, 3);
+    fs::hard_link(src.join("images/pxeboot/vmlinuz"), src.join("vmlinuz")).expect("link");
+    fs::copy(src.join("vmlinuz"), src.join("a-copy")).expect("copy");
+    let bin = env!("CARGO_BIN_EXE_isomgr");
+    let made: [(&str, Vec<&str>, bool); 4] = [
+        ("genisoimage", vec!["-J", "-r"], true),
+        ("xorriso", vec!["-J", "-r", "--hardlinks"], true),
+        (bin, vec![], true),
+        ("genisoimage", vec!["-J"], false),
+    ];
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let m = Mounted::new(&mnt);
+    for (i, (tool, args, linked)) in made.iter().enumerate() {
+        let iso = tmp.path().join(format!("{i}.iso"));
+        if *tool == bin {
+            let out = Command::new(bin)
+                .args(["mkiso", src.to_str().unwrap(), "-o", iso.to_str().unwrap()])
+                .output()
+                .expect("mkiso");
+            assert!(out.status.success(), "{out:?}");
+        } else {
+            mkiso(tool, args, &src, &iso);
+        }
+        let name = format!("m{i}");
+        m.driver().add(&name, open_image(&iso)).expect("adding");
+        let top = mnt.join(&name);
+        let what = format!("{tool} {args:?}");
+        let md = |p: &str| fs::metadata(top.join(p)).expect(p);
+        let (a, b, copy) = (md("vmlinuz"), md("images/pxeboot/vmlinuz"), md("a-copy"));
+        assert_ne!(copy.ino(), a.ino(), "{what}: a copy is a file of its own");
+        if *linked {
+            assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "{what}");
+        } else {
+            assert_ne!(a.ino(), b.ino(), "{what}");
+        }
+        // what readdir says agrees with stat
+        let d_ino = |dir: &Path, n: &str| {
+            fs::read_dir(dir)
+                .expect("readdir")
+                .map(|e| e.expect("entry"))
+                .find(|e| e.file_name() == n)
+                .map(|e| std::os::unix::fs::DirEntryExt::ino(&e))
+        };
+        assert_eq!(d_ino(&top, "vmlinuz"), Some(a.ino()), "{what}");
+        assert_eq!(
+            d_ino(&top.join("images/pxeboot"), "vmlinuz"),
+            Some(b.ino()),
+            "{what}"
+        );
+        assert_eq!(
+            sha256(&top.join("images/pxeboot/vmlinuz")),
+            sha256(&src.join("vmlinuz")),
+            "{what}"
+        );
+        if !*linked {
+            continue;
+        }
+        let copied = tmp.path().join(format!("cp{i}"));
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&top)
+            .arg(&copied)
+            .status()
+            .expect("cp");
+        assert!(st.success());
+        let c = |p: &str| fs::metadata(copied.join(p)).expect(p);
+        assert_eq!(
+            c("vmlinuz").ino(),
+            c("images/pxeboot/vmlinuz").ino(),
+            "{what}: cp -a keeps the link"
+        );
+        let again = tmp.path().join(format!("again{i}.iso"));
+        let out = Command::new(bin)
+            .args([
+                "mkiso",
+                top.to_str().unwrap(),
+                "-o",
+                again.to_str().unwrap(),
+            ])
+            .output()
+            .expect("mkiso");
+        assert!(out.status.success(), "{out:?}");
+        let size = fs::metadata(&again).expect("again").len();
+        assert!(
+            size < 2 * 700_000 + 500_000,
+            "{what}: mkiso of the served tree stored the linked file once ({size} bytes)"
+        );
+    }
+}
+
 /// Whether this process still has `path` open.
 fn holds_open(path: &Path) -> bool {
     fs::read_dir("/proc/self/fd")

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use super::iso9660::{Entry, Image, Kind, Timestamp};
 use super::reopen::Pooled;
-use super::table::{Attr, MediumData, NeedIndex, NodeData, Step, Table, ROOT_INO};
+use super::table::{Attr, LinkKey, MediumData, NeedIndex, NodeData, Step, Table, ROOT_INO};
 use super::workers::{Job, Workers};
 
 /// The image handle the driver serves from.
@@ -58,6 +58,24 @@ impl NodeData for Entry {
     }
     fn dir_key(&self) -> Option<u64> {
         Entry::dir_key(self).filter(|_| self.size > 0)
+    }
+    /// A file the image gives more than one link (Rock Ridge PX, UDF's link count), with data:
+    /// its names are one file where they share the data and every attribute shown. Files an
+    /// image merely stores once (equal contents, one link each) stay files of their own.
+    fn link_key(&self) -> Option<LinkKey> {
+        if self.nlink < 2 || self.size == 0 {
+            return None;
+        }
+        let (start, interleaved, zisofs) = self.data_key()?;
+        let flags = u64::from(interleaved) | u64::from(zisofs) << 1;
+        Some(LinkKey([
+            start,
+            self.size,
+            u64::from(self.mode) << 32 | u64::from(self.uid),
+            u64::from(self.gid) << 32 | u64::from(self.nlink),
+            self.mtime.secs as u64,
+            u64::from(self.mtime.nanos) << 2 | flags,
+        ]))
     }
 }
 

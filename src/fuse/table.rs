@@ -14,6 +14,9 @@
 //!   entry's position in its immutable index; both stay valid while media come and go.
 //! - Removing a medium takes its name out of the root and drops the table's handle `M` at once;
 //!   nodes the kernel still references stay (for getattr and forget) until forgotten.
+//! - Hard links: the names of one file of a medium ([`NodeData::link_key`]) all resolve to the
+//!   inode of the name indexed first, so the kernel shows one inode (`st_ino`, `d_ino`) with
+//!   several names, as on the disc the image was made from; copying tools keep them linked.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -38,7 +41,17 @@ pub trait NodeData: Clone {
     fn dir_key(&self) -> Option<u64> {
         None
     }
+    /// For a file with more than one name in the medium (hard links), what identifies it: its
+    /// data and attributes. Equal keys are one file.
+    fn link_key(&self) -> Option<LinkKey> {
+        None
+    }
 }
+
+/// What identifies one file that has several names in a medium: the place and size of its data
+/// and its attributes, opaque to the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkKey(pub [u64; 6]);
 
 /// What the table keeps per medium (the image): it gives the entry of the medium's top
 /// directory, so the top node is made only when the kernel first looks the medium up
@@ -134,6 +147,20 @@ struct Medium<M> {
     /// vector, not a set: most media are browsed a few directories deep, and 10,000 media each
     /// with an empty set would cost half a megabyte.
     dirs: Vec<u64>,
+    /// Files with several names, once a directory holding one is indexed (boxed and made on
+    /// demand: most media have none).
+    links: Option<Box<Links>>,
+}
+
+/// The names of one file of a medium, shown as one inode.
+#[derive(Debug, Default)]
+struct Links {
+    /// Each file with several names -> the inode of its name indexed first, which every one of
+    /// its names resolves to.
+    first: HashMap<LinkKey, u64>,
+    /// `(directory, name)` of the other names the kernel was handed that inode under: it
+    /// caches those entries too, to be dropped when the medium goes.
+    aliases: HashSet<(u64, OsString)>,
 }
 
 #[derive(Debug)]
@@ -261,6 +288,7 @@ impl<M: MediumData<E>, E: NodeData> Table<M, E> {
                 top: top_ino,
                 nodes: 0,
                 dirs: Vec::new(),
+                links: None,
             },
         );
         self.names.insert(name.to_owned(), id);
@@ -298,6 +326,9 @@ impl<M: MediumData<E>, E: NodeData> Table<M, E> {
             }
         });
         medium.nodes -= dropped;
+        if let Some(links) = medium.links.take() {
+            held.extend(links.aliases);
+        }
         if medium.nodes == 0 {
             self.media.remove(&id);
         }
@@ -405,8 +436,12 @@ impl<M: MediumData<E>, E: NodeData> Table<M, E> {
             order,
         };
         let added = kept.len();
+        let mut linked = Vec::new();
         for entry in kept {
             let ino = self.alloc_ino();
+            if let Some(k) = entry.link_key() {
+                linked.push((k, ino));
+            }
             self.nodes.insert(
                 ino,
                 Box::new(Node {
@@ -420,11 +455,35 @@ impl<M: MediumData<E>, E: NodeData> Table<M, E> {
         }
         if let Some(m) = self.media.get_mut(&medium) {
             m.nodes += added;
+            if !linked.is_empty() {
+                let links = m.links.get_or_insert_with(Box::default);
+                for (k, ino) in linked {
+                    links.first.entry(k).or_insert(ino);
+                }
+            }
         }
         if let Some(node) = self.nodes.get_mut(&dir) {
             node.children = Some(Box::new(children));
         }
         skipped
+    }
+
+    /// The inode that node `ino` is shown as: the first-indexed name of its file where it has
+    /// several names, else itself.
+    fn same_file(&self, ino: u64) -> u64 {
+        let Some(node) = self.nodes.get(&ino) else {
+            return ino;
+        };
+        let Some(key) = node.entry.link_key() else {
+            return ino;
+        };
+        self.media
+            .get(&node.medium)
+            .and_then(|m| m.links.as_ref())
+            .and_then(|l| l.first.get(&key))
+            .copied()
+            .filter(|first| self.nodes.contains_key(first))
+            .unwrap_or(ino)
     }
 
     /// The inode of the entry called `name` in an indexed directory.
@@ -485,10 +544,20 @@ impl<M: MediumData<E>, E: NodeData> Table<M, E> {
                 .get(&parent)
                 .and_then(|n| n.children.as_ref())
                 .and_then(|c| self.child_named(c, name));
-            match found {
-                Some(ino) => ino,
-                None => return Step::Err(libc::ENOENT),
+            let Some(ino) = found else {
+                return Step::Err(libc::ENOENT);
+            };
+            let first = self.same_file(ino);
+            if first != ino {
+                let medium = self.nodes.get(&ino).map(|n| n.medium);
+                let links = medium
+                    .and_then(|id| self.media.get_mut(&id))
+                    .and_then(|m| m.links.as_mut());
+                if let Some(links) = links {
+                    links.aliases.insert((parent, name.to_owned()));
+                }
             }
+            first
         };
         match self.nodes.get_mut(&ino) {
             Some(node) => {
@@ -611,7 +680,7 @@ impl<M: MediumData<E>, E: NodeData> Table<M, E> {
             let child = children.first + i;
             if let Some(node) = self.nodes.get(&child) {
                 rows.push(DirRow {
-                    ino: child,
+                    ino: self.same_file(child),
                     cookie: FIRST_COOKIE + i,
                     kind: node.entry.kind(),
                     name: node.entry.name().to_owned(),
@@ -633,6 +702,7 @@ mod tests {
         name: OsString,
         kind: Kind,
         key: Option<u64>,
+        link: Option<u64>,
     }
     impl NodeData for Fake {
         fn name(&self) -> &OsStr {
@@ -644,12 +714,16 @@ mod tests {
         fn dir_key(&self) -> Option<u64> {
             self.key
         }
+        fn link_key(&self) -> Option<LinkKey> {
+            self.link.map(|k| LinkKey([k, 0, 0, 0, 0, 0]))
+        }
     }
     fn dir(name: &str) -> Fake {
         Fake {
             name: name.into(),
             kind: Kind::Dir,
             key: None,
+            link: None,
         }
     }
     fn dir_at(name: &str, key: u64) -> Fake {
@@ -663,6 +737,13 @@ mod tests {
             name: name.into(),
             kind: Kind::File,
             key: None,
+            link: None,
+        }
+    }
+    fn linked(name: &str, key: u64) -> Fake {
+        Fake {
+            link: Some(key),
+            ..file(name)
         }
     }
     type Img = Arc<(&'static str, Fake)>;
@@ -701,6 +782,70 @@ mod tests {
             }
             other => found(other),
         }
+    }
+
+    /// The names of one file (hard links) are one inode: a lookup of any of them gives the
+    /// first-indexed name's inode, readdir shows that inode for each, the kernel's references
+    /// count on it, and when the medium goes every name the kernel was given it under is
+    /// handed back for invalidation. Another medium's file with the same key is its own.
+    #[test]
+    fn hard_links_are_one_inode_under_every_name() {
+        let mut tb = table();
+        let top_listing = [dir("a"), linked("k2", 7), linked("other", 8)];
+        let a_listing = [linked("k", 7), file("plain")];
+        let mut ids = Vec::new();
+        for m in ["m", "n"] {
+            tb.add(m, Arc::new(("M", dir(""))), t(1)).unwrap();
+            let top = walk(&mut tb, ROOT_INO, m, &[]).ino;
+            let k2 = walk(&mut tb, top, "k2", &top_listing);
+            let a = walk(&mut tb, top, "a", &top_listing).ino;
+            let k = walk(&mut tb, a, "k", &a_listing);
+            assert_eq!(k.ino, k2.ino, "{m}: a/k is k2");
+            assert_eq!(k.entry, k2.entry);
+            let other = found(tb.lookup(top, OsStr::new("other")));
+            let plain = found(tb.lookup(a, OsStr::new("plain")));
+            assert!(other.ino != k2.ino && plain.ino != k2.ino);
+            let shown = |tb: &Table<Img, Fake>, dir: u64| match tb.readdir(dir, 2, 100) {
+                Step::Done(r) => r
+                    .into_iter()
+                    .map(|r| (r.name.into_string().unwrap(), r.ino))
+                    .collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(
+                shown(&tb, top),
+                [
+                    ("a".into(), a),
+                    ("k2".into(), k2.ino),
+                    ("other".into(), other.ino)
+                ]
+            );
+            assert_eq!(
+                shown(&tb, a),
+                [("k".into(), k2.ino), ("plain".into(), plain.ino)]
+            );
+            ids.push((top, a, k2.ino));
+        }
+        assert_ne!(ids[0].2, ids[1].2, "media do not share files");
+
+        let (top, a, k2) = ids[0];
+        let removed = tb.remove("m", t(2)).unwrap();
+        let held: HashSet<(u64, String)> = removed
+            .held
+            .into_iter()
+            .map(|(p, n)| (p, n.into_string().unwrap()))
+            .collect();
+        for want in [(top, "k2"), (a, "k")] {
+            assert!(
+                held.contains(&(want.0, want.1.into())),
+                "{want:?} in {held:?}"
+            );
+        }
+        // two lookups (k2, a/k) hold the shared node
+        tb.forget(k2, 1);
+        assert!(tb.attr(k2).is_some());
+        tb.forget(k2, 1);
+        assert!(tb.attr(k2).is_none());
     }
 
     #[test]
@@ -965,9 +1110,8 @@ mod tests {
             file("f"),
             dir("d"),
             Fake {
-                name: "l".into(),
                 kind: Kind::Symlink,
-                key: None,
+                ..file("l")
             },
         ];
         let d = walk(&mut tb, top.ino, "d", &listing);

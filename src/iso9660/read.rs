@@ -213,6 +213,18 @@ impl Entry {
             .map(|e| e.start / SECTOR_SIZE)
     }
 
+    /// For a file whose data is one recorded extent: where it starts (bytes into the image),
+    /// and whether it is stored interleaved or compressed. Two files with equal keys and
+    /// sizes read the same bytes.
+    pub fn data_key(&self) -> Option<(u64, bool, bool)> {
+        match (&self.extents, self.kind) {
+            (Extents::One(e), Kind::File) if e.start != super::udf::HOLE => {
+                Some((e.start, self.interleaved, self.zisofs.is_some()))
+            }
+            _ => None,
+        }
+    }
+
     /// For a directory, the sector its records start at.
     pub fn dir_sector(&self) -> Option<u64> {
         self.dir_key().map(|at| at / SECTOR_SIZE)
