@@ -738,6 +738,78 @@ fn a_restart_adopts_what_the_state_lists_and_clears_what_was_unmounted() {
     assert!(w.root.join("notes").is_dir());
 }
 
+/// An image rewritten in place while isomgr was stopped (the same file, so the same medium)
+/// is not adopted: the previous run's mount shows the old volume's metadata over the new
+/// bytes. It is torn down (mount, loop) and the new volume mounted, under the same name.
+#[test]
+fn a_restart_mounts_anew_an_image_rewritten_in_place_while_stopped() {
+    if !can_run("a_restart_mounts_anew_an_image_rewritten_in_place_while_stopped") {
+        return;
+    }
+    let w = World::new();
+    let squash = |name: &str, size: usize| {
+        let (src, data) = w.tree(&format!("src-{name}"), size);
+        let image = w.path(name);
+        let st = Command::new("mksquashfs")
+            .arg(&src)
+            .arg(&image)
+            .args(["-quiet", "-noappend", "-no-progress"])
+            .status()
+            .expect("mksquashfs");
+        assert!(st.success());
+        (image, data)
+    };
+    let (img, _) = squash("c.squashfs", 50_000);
+    let (newer, new_data) = squash("c2.squashfs", 90_000);
+    let m = medium(&img, "squashfs");
+    let mut first = KernelExecutor::new(LinuxSys, w.root.clone());
+    let mounted_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let dev = published_loop(publish(&mut first, "C", &m));
+    let state = StateFile {
+        root: w.root.clone(),
+        driver: "kernel".into(),
+        pid: 1,
+        media: vec![MediumRecord {
+            name: "C".into(),
+            label: None,
+            source: SourceKind::Dir,
+            origin: img.clone(),
+            mounted_at: String::new(),
+            loop_device: Some(dev.to_string_lossy().into_owned()),
+            id: m.id.clone(),
+            mounted_at_unix: mounted_at,
+        }],
+    };
+    // stopped (its mounts left in place); a second later the file is rewritten in place
+    first.shutdown(false);
+    drop(m);
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::write(&img, fs::read(&newer).expect("read")).expect("rewriting in place");
+    let m = medium(&img, "squashfs");
+    assert_eq!(m.id, state.media[0].id, "the same file");
+
+    let mut second = KernelExecutor::new(LinuxSys, w.root.clone());
+    assert!(second.reconcile(Some(&state)).is_empty());
+    publish(&mut second, "C", &m);
+    assert_eq!(
+        fs::read(w.root.join("C/file.bin")).expect("read"),
+        new_data,
+        "the new volume is served"
+    );
+    assert_eq!(mounts_at(&w.root.join("C")).len(), 1, "one mount, not two");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::loops_backed_by(&img).len() > 1 {
+        assert!(Instant::now() < deadline, "the old loop is let go");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    second.shutdown(true);
+    drop(m);
+    assert_nothing_left(&w.root.join("C"), &img);
+}
+
 #[test]
 fn an_iso_on_a_kernel_without_iso9660_fails_clearly_and_detaches_its_loop() {
     if !can_run("an_iso_on_a_kernel_without_iso9660_fails_clearly_and_detaches_its_loop") {

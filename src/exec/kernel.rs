@@ -145,6 +145,9 @@ struct Served {
     origin: PathBuf,
     target: PathBuf,
     loop_dev: Option<LoopDev>,
+    /// When it was mounted (Unix seconds; 0 unknown): an image file changed after that (its
+    /// ctime) is not the volume the mount shows.
+    mounted_at: i64,
 }
 
 impl Served {
@@ -494,7 +497,11 @@ impl<S: Sys> KernelExecutor<S> {
         }
         let target = self.root.join(name);
         if let Some(prev) = self.previous.remove(name) {
-            if prev.id == medium.id && prev.origin == medium.origin {
+            let changed = changed_since(medium, prev.mounted_at);
+            if let Some(ctime) = changed {
+                tracing::info!(name = %name, origin = %medium.origin.display(), changed_at = ctime, mounted_at = prev.mounted_at, "the image changed after the previous run mounted it: mounted anew");
+            }
+            if prev.id == medium.id && prev.origin == medium.origin && changed.is_none() {
                 let dev = prev.loop_dev.as_ref().map(|l| l.path.clone());
                 tracing::info!(name = %name, origin = %medium.origin.display(), device = ?dev, "adopted the mount of the previous run");
                 self.served.insert(name.to_owned(), prev);
@@ -695,6 +702,7 @@ impl<S: Sys> KernelExecutor<S> {
             origin: image.clone(),
             target: target.to_owned(),
             loop_dev,
+            mounted_at: unix_now(),
         };
         let (sys, target, image) = (self.sys.clone(), target.to_owned(), image.clone());
         let ran = self.helper.run(move || {
@@ -879,6 +887,7 @@ impl<S: Sys> KernelExecutor<S> {
                             loop_dev: ours.map(|l| {
                                 LoopDev::new(l.path.clone(), l.number, file_id(&r.id), None)
                             }),
+                            mounted_at: r.mounted_at_unix,
                         },
                     );
                     if ours.is_some() {
@@ -960,6 +969,29 @@ impl<S: Sys> KernelExecutor<S> {
             }
         }
     }
+}
+
+/// Unix seconds now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// For an image file mounted at `mounted_at` (Unix seconds, 0 unknown): its change time, if
+/// it changed after that (rewritten in place while isomgr was stopped: the same file, so the
+/// same medium, but the mount shows the old volume's metadata over the new bytes). The open
+/// descriptor is asked, else the path.
+fn changed_since(medium: &Medium, mounted_at: i64) -> Option<i64> {
+    if medium.source != SourceKind::Dir || mounted_at <= 0 {
+        return None;
+    }
+    let md = match &medium.handle {
+        Some(h) => h.0.metadata(),
+        None => std::fs::metadata(&medium.origin),
+    };
+    let ctime = std::os::unix::fs::MetadataExt::ctime(&md.ok()?);
+    (ctime > mounted_at).then_some(ctime)
 }
 
 #[cfg(test)]

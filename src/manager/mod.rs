@@ -62,9 +62,9 @@ pub struct Manager {
     media: BTreeMap<MediumId, Box<Known>>,
     /// Name -> holder, for every name in use.
     names: HashMap<String, MediumId>,
-    /// Names held by media of the previous run, until that medium returns or its source has
-    /// finished its first scan.
-    reserved: HashMap<MediumId, (String, SourceKind)>,
+    /// Names held by media of the previous run (with the label each had), until that medium
+    /// returns or its source has finished its first scan.
+    reserved: HashMap<MediumId, (String, SourceKind, Option<String>)>,
     /// The names in `reserved`, for constant-time checks.
     reserved_names: HashSet<String>,
     /// Root entries isomgr did not make.
@@ -81,7 +81,8 @@ impl Manager {
             if !m.reserved_names.insert(r.name.clone()) {
                 continue;
             }
-            m.reserved.insert(r.id.clone(), (r.name.clone(), r.source));
+            m.reserved
+                .insert(r.id.clone(), (r.name.clone(), r.source, r.label.clone()));
         }
         m
     }
@@ -132,14 +133,24 @@ impl Manager {
                 _ => actions.extend(self.vanished(&medium.id)),
             }
         }
-        let reserved = self.reserved.remove(&medium.id).map(|(name, _)| {
+        let reserved = self.reserved.remove(&medium.id).map(|(name, _, label)| {
             self.reserved_names.remove(&name);
             self.hints.freed(&name);
-            name
+            (name, label)
         });
         let name = match reserved {
-            Some(name) if !self.is_taken(&name) => name,
-            _ => {
+            Some((name, label)) if label == medium.label && !self.is_taken(&name) => name,
+            other => {
+                if let Some((old, label)) = other.filter(|(_, l)| *l != medium.label) {
+                    // Another volume under the same identity (an image rewritten in place
+                    // while isomgr was stopped, say): what the previous run made for the
+                    // old one goes, and the new one is named after its own label.
+                    tracing::debug!(name = %old, was = ?label, now = ?medium.label, "the previous run's medium has another label now");
+                    actions.push(Action::Unpublish {
+                        name: old,
+                        id: medium.id.clone(),
+                    });
+                }
                 let base = names::base_name(medium.label.as_deref(), &medium.fallback);
                 let mut hints = std::mem::take(&mut self.hints);
                 let name = hints.first_free(&base, |c| self.is_taken(c));
@@ -219,11 +230,11 @@ impl Manager {
         let stale: Vec<MediumId> = self
             .reserved
             .iter()
-            .filter(|(_, (_, s))| *s == source)
+            .filter(|(_, (_, s, _))| *s == source)
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
-            if let Some((name, _)) = self.reserved.remove(&id) {
+            if let Some((name, ..)) = self.reserved.remove(&id) {
                 self.reserved_names.remove(&name);
                 self.hints.freed(&name);
                 actions.push(Action::Unpublish { name, id });

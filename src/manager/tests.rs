@@ -245,6 +245,45 @@ fn restart_gives_names_back_and_cleans_what_did_not_return() {
     }));
 }
 
+/// A medium that comes back after a restart with another label (its image rewritten in place
+/// while isomgr was stopped: same file, same identity) is named after its new label, and what
+/// the previous run made under the old name goes; the old name is free again.
+#[test]
+fn a_medium_relabelled_while_stopped_is_named_anew() {
+    let mut m = Manager::default();
+    run(
+        &mut m,
+        vec![
+            Event::Appeared(medium("1", Some("OLD"), "/d/a.iso")),
+            Event::Appeared(medium("2", Some("KEPT"), "/d/b.iso")),
+        ],
+    );
+    let mut m2 = Manager::new(&m.records());
+    let acts = run(
+        &mut m2,
+        vec![
+            Event::Appeared(medium("1", Some("NEW"), "/d/a.iso")),
+            Event::Appeared(medium("2", Some("KEPT"), "/d/b.iso")),
+            Event::Appeared(medium("3", Some("OLD"), "/d/c.iso")),
+        ],
+    );
+    let unpublish_old = Action::Unpublish {
+        name: "OLD".into(),
+        id: id("1"),
+    };
+    let at = |a: &Action| acts.iter().position(|x| x == a);
+    let publish_new = acts.iter().position(
+        |a| matches!(a, Action::Publish { name, medium } if name == "NEW" && medium.id == id("1")),
+    );
+    assert!(
+        at(&unpublish_old).is_some() && at(&unpublish_old) < publish_new,
+        "{acts:?}"
+    );
+    assert_eq!(m2.name_of(&id("1")), Some("NEW"));
+    assert_eq!(m2.name_of(&id("2")), Some("KEPT"));
+    assert_eq!(m2.name_of(&id("3")), Some("OLD"), "the old name is free");
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Add(usize),
