@@ -197,6 +197,17 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         scanning.push(SourceKind::Dir);
     }
     drop(tx);
+    // The previous run's media of a source not running now (drives not watched this time)
+    // will not come back: their names come free, and what was made for them goes.
+    for source in [SourceKind::Drive, SourceKind::Dir] {
+        if !scanning.contains(&source) {
+            let none = Event::ScanDone {
+                source,
+                present: Vec::new(),
+            };
+            process(&mut manager, &mut exec, &mut hooks, none);
+        }
+    }
     // Ready (systemd `Type=notify`) once each source's first scan was applied: everything
     // present at start is served by then.
     let mut readiness = Readiness::new(scanning);

@@ -102,6 +102,34 @@ fn names_by_id(doc: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// id -> label of each medium a state document lists.
+fn labels_by_id(doc: &Value) -> BTreeMap<String, Option<String>> {
+    doc["media"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let id = m["id"].as_str().unwrap_or("").to_owned();
+            (id, m["label"].as_str().map(str::to_owned))
+        })
+        .collect()
+}
+
+/// Drops from `before` (id -> name) the media whose label is not the one `labels` gave them:
+/// a file that went while isomgr was down and another image, copied in, that got its inode
+/// number is another volume, named after its own label.
+fn same_volumes_only(
+    before: &mut BTreeMap<String, String>,
+    labels: &BTreeMap<String, Option<String>>,
+    after: &Value,
+) {
+    let now = labels_by_id(after);
+    before.retain(|id, _| match (labels.get(id), now.get(id)) {
+        (Some(was), Some(is)) => was == is,
+        _ => true,
+    });
+}
+
 fn file_id(path: &Path) -> Option<String> {
     let m = fs::metadata(path).ok()?;
     Some(format!("file:{}:{}", m.dev(), m.ino()))
@@ -307,8 +335,8 @@ fn random_kills_while_images_come_and_go_leave_nothing_behind() {
             churn_once(&env, &imgs, &mut rng, &mut serial);
         }
         std::thread::sleep(Duration::from_millis(rng.below(60)));
-        let before = state(&env.state)
-            .map(|d| names_by_id(&d))
+        let (mut before, labels) = state(&env.state)
+            .map(|d| (names_by_id(&d), labels_by_id(&d)))
             .unwrap_or_default();
         kill9(&mut child);
         t.kills += 1;
@@ -319,6 +347,7 @@ fn random_kills_while_images_come_and_go_leave_nothing_behind() {
         child = spawn_watch(&env, None);
         t.restarts += 1;
         let after = wait_converged(&env, &mut child);
+        same_volumes_only(&mut before, &labels, &after);
         check_fuse(&env, &before, &after, &mut t);
     }
     fuse_finish(&env, child, &mut t);
@@ -575,13 +604,14 @@ fn a_crash_at_each_step_is_cleaned_up_by_the_next_start() {
             let killed = run_child(&base, Some(&format!("{step}:{nth}")), 3);
             // The names to keep: what was served when the process died. The state file can
             // lag by up to one write; the journal records every mount point made since.
-            let mut before = state(&base.join("state.json"))
-                .map(|d| names_by_id(&d))
+            let (mut before, mut labels) = state(&base.join("state.json"))
+                .map(|d| (names_by_id(&d), labels_by_id(&d)))
                 .unwrap_or_default();
             let journal = fs::read(journal_path(&base.join("state.json"))).unwrap_or_default();
             for made in isomgr::exec::kernel::journal::replay(&journal).into_values() {
                 before.retain(|_, name| *name != made.name);
                 before.insert(made.id.as_str().to_owned(), made.name);
+                labels.insert(made.id.as_str().to_owned(), made.label);
             }
             // Served means mounted: a medium killed half-published (directory made, not yet
             // mounted) or half-removed (unmounted, directory not yet gone) was not served, and
@@ -601,6 +631,9 @@ fn a_crash_at_each_step_is_cleaned_up_by_the_next_start() {
             run_child(&base, None, 0);
             t.restarts += 1;
             settle_loops(&base);
+            if let Some(after) = state(&base.join("state.json")) {
+                same_volumes_only(&mut before, &labels, &after);
+            }
             check_kernel(&base, &before, &mut t);
         }
     }

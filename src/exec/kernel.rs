@@ -145,6 +145,7 @@ struct Served {
     origin: PathBuf,
     target: PathBuf,
     loop_dev: Option<LoopDev>,
+    label: Option<String>,
     /// When it was mounted (Unix seconds; 0 unknown): an image file changed after that (its
     /// ctime) is not the volume the mount shows.
     mounted_at: i64,
@@ -157,6 +158,7 @@ impl Served {
             id: self.id.clone(),
             source: self.source,
             origin: self.origin.clone(),
+            label: self.label.clone(),
         }
     }
 }
@@ -521,6 +523,7 @@ impl<S: Sys> KernelExecutor<S> {
                 id: medium.id.clone(),
                 source: medium.source,
                 origin: medium.origin.clone(),
+                label: medium.label.clone(),
             });
         }
         match self.mount_new(&target, medium) {
@@ -702,6 +705,7 @@ impl<S: Sys> KernelExecutor<S> {
             origin: image.clone(),
             target: target.to_owned(),
             loop_dev,
+            label: medium.label.clone(),
             mounted_at: unix_now(),
         };
         let (sys, target, image) = (self.sys.clone(), target.to_owned(), image.clone());
@@ -843,7 +847,7 @@ impl<S: Sys> KernelExecutor<S> {
                 tracing::info!(name = %name, origin = %m.origin.display(), "the journal lists what the state file missed");
                 journal_only.push(MediumRecord {
                     name: name.clone(),
-                    label: None,
+                    label: m.label.clone(),
                     source: m.source,
                     origin: m.origin.clone(),
                     mounted_at: String::new(),
@@ -887,6 +891,7 @@ impl<S: Sys> KernelExecutor<S> {
                             loop_dev: ours.map(|l| {
                                 LoopDev::new(l.path.clone(), l.number, file_id(&r.id), None)
                             }),
+                            label: r.label.clone(),
                             mounted_at: r.mounted_at_unix,
                         },
                     );

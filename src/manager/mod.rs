@@ -67,6 +67,11 @@ pub struct Manager {
     reserved: HashMap<MediumId, (String, SourceKind, Option<String>)>,
     /// The names in `reserved`, for constant-time checks.
     reserved_names: HashSet<String>,
+    /// Media whose name would be one still held for a medium of the previous run that has
+    /// not come back yet: named once it does (and keeps its name, or turns out to have
+    /// another label) or its source's first scan ends without it. So a medium gets `NAME`, not
+    /// `NAME-2`, when the previous holder of `NAME` comes back as another volume.
+    pending: Vec<Medium>,
     /// Root entries isomgr did not make.
     foreign: HashSet<String>,
     /// Where the search for a free `base-N` starts; told of every name that comes free.
@@ -118,6 +123,8 @@ impl Manager {
 
     fn appeared(&mut self, medium: Medium) -> Vec<Action> {
         let mut actions = Vec::new();
+        // (a newer look at a waiting medium replaces the older one)
+        self.pending.retain(|p| p.id != medium.id);
         if let Some(k) = self.media.get_mut(&medium.id) {
             let same = k.medium.label == medium.label && k.medium.fallback == medium.fallback;
             match (&k.phase, same) {
@@ -138,6 +145,7 @@ impl Manager {
             self.hints.freed(&name);
             (name, label)
         });
+        let released = reserved.is_some();
         let name = match reserved {
             Some((name, label)) if label == medium.label && !self.is_taken(&name) => name,
             other => {
@@ -152,6 +160,14 @@ impl Manager {
                     });
                 }
                 let base = names::base_name(medium.label.as_deref(), &medium.fallback);
+                if self.reserved_names.contains(&base) {
+                    // held for a medium of the previous run that has not come back yet
+                    self.pending.push(medium);
+                    if released {
+                        actions.extend(self.retry_pending());
+                    }
+                    return actions;
+                }
                 let mut hints = std::mem::take(&mut self.hints);
                 let name = hints.first_free(&base, |c| self.is_taken(c));
                 self.hints = hints;
@@ -174,6 +190,18 @@ impl Manager {
             }),
         );
         actions.push(Action::Publish { name, medium });
+        if released {
+            actions.extend(self.retry_pending());
+        }
+        actions
+    }
+
+    /// The waiting media, looked at again now that a reservation went.
+    fn retry_pending(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for m in std::mem::take(&mut self.pending) {
+            actions.extend(self.appeared(m));
+        }
         actions
     }
 
@@ -184,6 +212,9 @@ impl Manager {
     }
 
     fn moved(&mut self, id: &MediumId, origin: PathBuf) -> Vec<Action> {
+        if let Some(p) = self.pending.iter_mut().find(|p| &p.id == id) {
+            p.origin = origin.clone();
+        }
         match self.media.get_mut(id) {
             Some(k) if k.medium.origin != origin => {
                 k.medium.origin = origin;
@@ -194,6 +225,7 @@ impl Manager {
     }
 
     fn vanished(&mut self, id: &MediumId) -> Vec<Action> {
+        self.pending.retain(|p| &p.id != id);
         let Some(k) = self.media.remove(id) else {
             return Vec::new();
         };
@@ -221,6 +253,8 @@ impl Manager {
             .filter(|(id, k)| k.medium.source == source && !present.contains(id))
             .map(|(id, _)| id.clone())
             .collect();
+        self.pending
+            .retain(|p| p.source != source || present.contains(&p.id));
         let mut actions = Vec::new();
         for id in gone {
             actions.extend(self.vanished(&id));
@@ -240,6 +274,7 @@ impl Manager {
                 actions.push(Action::Unpublish { name, id });
             }
         }
+        actions.extend(self.retry_pending());
         if !actions.is_empty() && !actions.contains(&Action::SaveState) {
             actions.push(Action::SaveState);
         }

@@ -284,6 +284,89 @@ fn a_medium_relabelled_while_stopped_is_named_anew() {
     assert_eq!(m2.name_of(&id("3")), Some("OLD"), "the old name is free");
 }
 
+/// Two images whose identities swapped while isomgr was stopped (deleted and copied again,
+/// the file system reusing the inode numbers) each get the name of their own label, in
+/// whichever order they are seen: the first waits until the previous holder of its name has
+/// come back as another volume, instead of taking `NAME-2`.
+#[test]
+fn media_whose_identities_swapped_while_stopped_keep_their_labels_names() {
+    let mut m = Manager::default();
+    run(
+        &mut m,
+        vec![
+            Event::Appeared(medium("x", Some("A"), "/d/a.iso")),
+            Event::Appeared(medium("y", Some("B"), "/d/b.iso")),
+        ],
+    );
+    let saved = m.records();
+    for order in [["y", "x"], ["x", "y"]] {
+        let mut m2 = Manager::new(&saved);
+        let swapped = |i: &str| match i {
+            "x" => medium("x", Some("B"), "/d/b.iso"),
+            _ => medium("y", Some("A"), "/d/a.iso"),
+        };
+        let first = run(&mut m2, vec![Event::Appeared(swapped(order[0]))]);
+        assert!(
+            !first.iter().any(|a| matches!(a, Action::Publish { .. })),
+            "{order:?}: the first waits for the holder of its name: {first:?}"
+        );
+        run(&mut m2, vec![Event::Appeared(swapped(order[1]))]);
+        assert_eq!(m2.name_of(&id("x")), Some("B"), "{order:?}");
+        assert_eq!(m2.name_of(&id("y")), Some("A"), "{order:?}");
+    }
+}
+
+/// A medium whose name is held for a medium of the previous run waits for it: it gets
+/// `NAME-2` if that one comes back as it was, and `NAME` if the first scan ends without it.
+/// A waiting medium that goes meanwhile is forgotten.
+#[test]
+fn a_medium_waits_for_the_previous_holder_of_its_name() {
+    let mut m = Manager::default();
+    run(
+        &mut m,
+        vec![Event::Appeared(medium("x", Some("A"), "/d/a.iso"))],
+    );
+    let saved = m.records();
+    let done = |present: &[&str]| Event::ScanDone {
+        source: SourceKind::Dir,
+        present: present.iter().map(|p| id(p)).collect(),
+    };
+
+    let mut back = Manager::new(&saved);
+    run(
+        &mut back,
+        vec![Event::Appeared(medium("z", Some("A"), "/d/z.iso"))],
+    );
+    assert_eq!(back.name_of(&id("z")), None, "waiting");
+    run(
+        &mut back,
+        vec![Event::Appeared(medium("x", Some("A"), "/d/a.iso"))],
+    );
+    assert_eq!(back.name_of(&id("x")), Some("A"));
+    assert_eq!(back.name_of(&id("z")), Some("A-2"));
+
+    let mut gone = Manager::new(&saved);
+    run(
+        &mut gone,
+        vec![Event::Appeared(medium("z", Some("A"), "/d/z.iso"))],
+    );
+    let acts = run(&mut gone, vec![done(&["z"])]);
+    assert_eq!(gone.name_of(&id("z")), Some("A"), "{acts:?}");
+    assert!(acts.contains(&Action::Unpublish {
+        name: "A".into(),
+        id: id("x")
+    }));
+
+    let mut left = Manager::new(&saved);
+    run(
+        &mut left,
+        vec![Event::Appeared(medium("z", Some("A"), "/d/z.iso"))],
+    );
+    run(&mut left, vec![Event::Vanished(id("z")), done(&[])]);
+    assert_eq!(left.name_of(&id("z")), None);
+    assert!(left.records().is_empty());
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Add(usize),

@@ -23,6 +23,10 @@ pub struct Made {
     pub id: MediumId,
     pub source: SourceKind,
     pub origin: PathBuf,
+    /// The medium's label, so the next start knows the volume it was made for (absent in
+    /// journals of older versions: read as no label).
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -167,6 +171,7 @@ mod tests {
             id: MediumId::new(id),
             source: SourceKind::Dir,
             origin: format!("/d/{name}.iso").into(),
+            label: None,
         }
     }
 
