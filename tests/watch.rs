@@ -621,6 +621,36 @@ fn sighup_rescans_and_sigterm_stops_cleanly() {
     assert!(env.names().is_empty());
 }
 
+/// The previous run served a disc from a drive; this run watches no drives, so that disc
+/// cannot come back: its name is let go at start, and an image with the same label gets it
+/// (not `DISC-2`, with `DISC` held for good).
+#[test]
+fn names_of_a_source_no_longer_watched_are_let_go_at_start() {
+    if !can_run("names of a source no longer watched") {
+        return;
+    }
+    let env = Env::new("isomgr-watch-");
+    let previous = serde_json::json!({
+        "root": env.root,
+        "driver": "fuse",
+        "pid": 1,
+        "media": [{
+            "name": "DISC",
+            "label": "DISC",
+            "source": "drive",
+            "origin": "/dev/sr7",
+            "mounted_at": "2026-01-01T00:00:00Z",
+            "loop": null,
+            "id": "drive:/dev/sr7",
+            "mounted_at_unix": 1_767_225_600
+        }]
+    });
+    fs::write(&env.state, previous.to_string()).unwrap();
+    small_image(&env.drop, "d.iso", "DISC");
+    let _w = Watcher::start_with(&env, &[]);
+    env.wait_status(&["DISC"]);
+}
+
 #[test]
 fn json_log_is_one_object_per_line_with_mounted_and_removed_lines() {
     if !can_run("json log") {
