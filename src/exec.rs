@@ -157,11 +157,11 @@ impl FuseExecutor {
             Action::Unpublish { name, id } => {
                 let origin = self.paths.remove(&id).map(|(origin, _)| origin);
                 if let Some(late) = self.late.remove(&id) {
-                    tracing::info!(name = %name, origin = %late.origin.display(), "gone while its image was still being read; not served");
+                    tracing::info!(name = %name, origin = %late.origin.display(), medium = %id, "gone while its image was still being read; not served");
                 }
                 if self.driver.remove(&name) {
                     let origin = origin.unwrap_or_default();
-                    tracing::info!(name = %name, origin = %origin.display(), "removed");
+                    tracing::info!(name = %name, origin = %origin.display(), medium = %id, "removed");
                 }
                 None
             }

@@ -121,8 +121,13 @@ impl World {
     }
 
     fn image(&self, kind: &str, size: usize) -> (PathBuf, Vec<u8>) {
-        let (src, data) = self.tree(&format!("src-{kind}"), size);
-        let image = self.path(&format!("image.{kind}"));
+        self.image_named(kind, &format!("image.{kind}"), size)
+    }
+
+    /// [`World::image`] as the file `name` (its source tree `src-NAME`).
+    fn image_named(&self, kind: &str, name: &str, size: usize) -> (PathBuf, Vec<u8>) {
+        let (src, data) = self.tree(&format!("src-{name}"), size);
+        let image = self.path(name);
         let st = match kind {
             "squashfs" => Command::new("mksquashfs")
                 .arg(&src)
@@ -747,20 +752,8 @@ fn a_restart_mounts_anew_an_image_rewritten_in_place_while_stopped() {
         return;
     }
     let w = World::new();
-    let squash = |name: &str, size: usize| {
-        let (src, data) = w.tree(&format!("src-{name}"), size);
-        let image = w.path(name);
-        let st = Command::new("mksquashfs")
-            .arg(&src)
-            .arg(&image)
-            .args(["-quiet", "-noappend", "-no-progress"])
-            .status()
-            .expect("mksquashfs");
-        assert!(st.success());
-        (image, data)
-    };
-    let (img, _) = squash("c.squashfs", 50_000);
-    let (newer, new_data) = squash("c2.squashfs", 90_000);
+    let (img, _) = w.image_named("squashfs", "c.squashfs", 50_000);
+    let (newer, new_data) = w.image_named("squashfs", "c2.squashfs", 90_000);
     let m = medium(&img, "squashfs");
     let mut first = KernelExecutor::new(LinuxSys, w.root.clone());
     let mounted_at = std::time::SystemTime::now()

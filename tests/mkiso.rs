@@ -853,36 +853,15 @@ fn a_file_grafted_again_or_hard_linked_is_stored_once() {
         Some("1700000000"),
     );
 
-    let report = run(
-        "xorriso",
-        &[
-            "-indev",
-            iso.to_str().unwrap(),
-            "-find",
-            "/",
-            "-type",
-            "f",
-            "-exec",
-            "report_lba",
-        ],
-    );
-    // File data lba: XT , LBA , BLOCKS , SIZE , 'PATH'
-    let lba: std::collections::BTreeMap<String, u64> = report
-        .lines()
-        .filter_map(|l| l.strip_prefix("File data lba:"))
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').map(str::trim).collect();
-            (f[4].trim_matches('\'').to_string(), f[1].parse().unwrap())
-        })
-        .collect();
+    let lba = xorriso_lbas(&iso);
     let names = ["/images/vmlinuz", "/vmlinuz", "/boot/linux", "/pxe/linux"];
     for n in names {
-        assert_eq!(lba.get(n), lba.get("/vmlinuz"), "{n}: {report}");
+        assert_eq!(lba.get(n), lba.get("/vmlinuz"), "{n}: {lba:?}");
     }
     assert_ne!(
         lba.get("/boot/same-bytes-other-file"),
         lba.get("/vmlinuz"),
-        "another file with the same bytes is a file of its own: {report}"
+        "another file with the same bytes is a file of its own: {lba:?}"
     );
     let grown = fs::metadata(&iso).unwrap().len() - fs::metadata(&plain).unwrap().len();
     assert!(

@@ -381,12 +381,12 @@ impl<S: Sys> KernelExecutor<S> {
             Action::Unpublish { name, .. } => {
                 if let Some(m) = self.mounting.get_mut(name) {
                     m.cancelled = true;
-                    tracing::info!(name = %name, origin = %m.medium.origin.display(), "gone while its mount(2) had not returned; undone when it does");
+                    tracing::info!(name = %name, origin = %m.medium.origin.display(), medium = %m.medium.id, "gone while its mount(2) had not returned; undone when it does");
                     return None;
                 }
                 let waited = self.waiting.iter().position(|w| &w.name == name);
                 if let Some(w) = waited.and_then(|i| self.waiting.remove(i)) {
-                    tracing::info!(name = %name, origin = %w.medium.origin.display(), "removed while waiting for a loop device");
+                    tracing::info!(name = %name, origin = %w.medium.origin.display(), medium = %w.medium.id, "removed while waiting for a loop device");
                     if self.waiting.is_empty() {
                         self.retry_at = None;
                     }
@@ -399,7 +399,7 @@ impl<S: Sys> KernelExecutor<S> {
                 if let Some(s) = s {
                     match self.teardown(name, &s) {
                         Ok(()) => {
-                            tracing::info!(name = %name, origin = %s.origin.display(), "removed")
+                            tracing::info!(name = %name, origin = %s.origin.display(), medium = %s.id, "removed")
                         }
                         Err(e) => {
                             tracing::error!(name = %name, error = %describe(&e), "removing")
@@ -605,7 +605,7 @@ impl<S: Sys> KernelExecutor<S> {
                     }
                     match self.teardown(&name, &m.served) {
                         Ok(()) => {
-                            tracing::info!(name = %name, origin = %m.served.origin.display(), "removed")
+                            tracing::info!(name = %name, origin = %m.served.origin.display(), medium = %m.served.id, "removed")
                         }
                         Err(e) => {
                             tracing::error!(name = %name, error = %describe(&e), "removing")
@@ -969,7 +969,7 @@ impl<S: Sys> KernelExecutor<S> {
         }
         for (name, s) in all {
             match self.teardown(&name, &s) {
-                Ok(()) => tracing::info!(name = %name, origin = %s.origin.display(), "removed"),
+                Ok(()) => tracing::info!(name = %name, origin = %s.origin.display(), medium = %s.id, "removed"),
                 Err(e) => tracing::error!(name = %name, error = %describe(&e), "removing"),
             }
         }

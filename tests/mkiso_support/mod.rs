@@ -365,3 +365,32 @@ pub fn mkfifo(path: &Path) {
         path.display()
     );
 }
+
+/// The start sector and size of every file, as `xorriso -find / -type f -exec report_lba`
+/// shows them.
+pub fn xorriso_lbas(iso: &Path) -> BTreeMap<String, (u64, u64)> {
+    let out = run(
+        "xorriso",
+        &[
+            "-indev",
+            iso.to_str().unwrap(),
+            "-find",
+            "/",
+            "-type",
+            "f",
+            "-exec",
+            "report_lba",
+        ],
+    );
+    out.lines()
+        .filter_map(|l| l.strip_prefix("File data lba:"))
+        .map(|l| {
+            // xt , Startlba , Blocks , Filesize , 'path'
+            let f: Vec<&str> = l.splitn(5, ',').map(str::trim).collect();
+            (
+                f[4].trim_matches('\'').to_string(),
+                (f[1].parse().unwrap(), f[3].parse().unwrap()),
+            )
+        })
+        .collect()
+}
