@@ -969,7 +969,9 @@ impl<S: Sys> KernelExecutor<S> {
         }
         for (name, s) in all {
             match self.teardown(&name, &s) {
-                Ok(()) => tracing::info!(name = %name, origin = %s.origin.display(), medium = %s.id, "removed"),
+                Ok(()) => {
+                    tracing::info!(name = %name, origin = %s.origin.display(), medium = %s.id, "removed")
+                }
                 Err(e) => tracing::error!(name = %name, error = %describe(&e), "removing"),
             }
         }

@@ -375,6 +375,8 @@ enum Op {
     Relabel(usize, usize),
     Fail(usize),
     Restart,
+    /// A restart during which medium `.0` was rewritten with label `.1` (same identity).
+    RestartRelabelled(usize, usize),
 }
 
 const LABELS: [Option<&str>; 6] = [Some("A"), Some("A"), Some("B"), Some(""), Some("a/b"), None];
@@ -387,6 +389,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..8, 0usize..LABELS.len()).prop_map(|(i, l)| Op::Relabel(i, l)),
         1 => (0usize..8).prop_map(Op::Fail),
         1 => Just(Op::Restart),
+        1 => (0usize..8, 0usize..LABELS.len()).prop_map(|(i, l)| Op::RestartRelabelled(i, l)),
     ]
 }
 
@@ -449,7 +452,15 @@ proptest! {
                         expect.remove(&i);
                     }
                 }
-                Op::Restart => {
+                Op::Restart | Op::RestartRelabelled(..) => {
+                    if let Op::RestartRelabelled(i, l) = op {
+                        if let Some(p) = present.get_mut(&i) {
+                            if LABELS[p.0] != LABELS[l] {
+                                expect.remove(&i);
+                            }
+                            p.0 = l;
+                        }
+                    }
                     let saved = m.records();
                     m = Manager::new(&saved);
                     plain = Manager::new(&plain.records());
