@@ -51,6 +51,20 @@ impl Rng {
     }
 }
 
+/// Whether process `pid` has an inotify watch on the inode `ino` (its fdinfo lists each watch
+/// as `inotify wd:N ino:HEX ...`).
+fn inotify_watches(pid: u32, ino: u64) -> bool {
+    let want = format!(" ino:{ino:x} ");
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    fds.filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+        .any(|info| {
+            info.lines()
+                .any(|l| l.starts_with("inotify wd:") && l.contains(&want))
+        })
+}
+
 fn ino(p: &Path) -> Option<u64> {
     fs::metadata(p).ok().map(|m| m.ino())
 }
@@ -89,14 +103,15 @@ fn churn_with_queue_overflows_converges_to_the_ground_truth() {
         .env("ISOMGR_LOG", "isomgr=info")
         .spawn()
         .expect("starting isomgr watch");
-    // The limit applies to inotify instances made from now on: the watcher's is made once its
-    // state file is written; others' tests get the normal limit back right after.
+    // The limit applies to inotify instances made from now on: the watcher's is made by the
+    // time it watches the drop directory; others' tests get the normal limit back right after.
+    let drop_ino = ino(&env.drop).unwrap();
     wait_within("the watcher to start", Duration::from_secs(20), || {
         let pid = fs::read(&env.state)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             .map(|v| v["pid"].clone());
-        (pid == Some(child.id().into()))
+        (pid == Some(child.id().into()) && inotify_watches(child.id(), drop_ino))
             .then_some(())
             .ok_or_else(|| "not yet".to_string())
     });
@@ -105,7 +120,18 @@ fn churn_with_queue_overflows_converges_to_the_ground_truth() {
     // The events, at full speed.
     let start = Instant::now();
     let mut serial = 0u64;
-    for _ in 0..events {
+    for k in 0..events {
+        // A quarter of the events while the watcher is stopped: more than its queue holds,
+        // so it overflows however fast the watcher reads the rest.
+        let signal = match k {
+            _ if k == events / 4 => libc::SIGSTOP,
+            _ if k == events / 2 => libc::SIGCONT,
+            _ => 0,
+        };
+        if signal != 0 {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
         let present: Vec<PathBuf> = fs::read_dir(&env.drop)
             .unwrap()
             .map(|e| e.unwrap().path())
