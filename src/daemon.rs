@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -83,12 +83,6 @@ fn choose(choice: DriverChoice) -> (DriverChoice, String) {
 pub struct DrivesSetup {
     pub cfg: DrivesConfig,
     pub required: bool,
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Runs the watcher until SIGTERM or SIGINT.
@@ -374,7 +368,7 @@ fn process(
             }
             _ => None,
         };
-        let actions = manager.apply(now(), ev);
+        let actions = manager.apply(crate::unix_now(), ev);
         if let (Some((id, name)), Some(s)) = (published, hooks.as_mut()) {
             let taken = matches!(manager.phase_of(&id), Some(Phase::Published { .. }))
                 && manager.name_of(&id) == Some(name.as_str());

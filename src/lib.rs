@@ -36,3 +36,11 @@ pub mod notify;
 pub mod offload;
 pub mod source;
 pub mod sys;
+
+/// The time now as Unix seconds (0 before 1970), what the state file and image timestamps use.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

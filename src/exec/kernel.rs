@@ -706,7 +706,7 @@ impl<S: Sys> KernelExecutor<S> {
             target: target.to_owned(),
             loop_dev,
             label: medium.label.clone(),
-            mounted_at: unix_now(),
+            mounted_at: crate::unix_now(),
         };
         let (sys, target, image) = (self.sys.clone(), target.to_owned(), image.clone());
         let ran = self.helper.run(move || {
@@ -976,13 +976,6 @@ impl<S: Sys> KernelExecutor<S> {
             }
         }
     }
-}
-
-/// Unix seconds now.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// For an image file mounted at `mounted_at` (Unix seconds, 0 unknown): its change time, if

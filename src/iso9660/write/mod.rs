@@ -301,7 +301,7 @@ pub fn build(
         Some(path) => Some(hybrid::read_mbr_code(path, hybrid::MbrKind::Grub2)?),
         None => None,
     };
-    let now = opts.source_date_epoch.unwrap_or_else(unix_now);
+    let now = opts.source_date_epoch.unwrap_or_else(crate::unix_now);
     let mut tree = tree::walk(src, opts.strict, &opts.exclude, &mut warnings)?;
     if !opts.grafts.is_empty() {
         for g in &opts.grafts {
@@ -326,11 +326,4 @@ pub fn build(
         dirs: tree.dir_count(),
         image_bytes: plan.image_bytes(),
     })
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
