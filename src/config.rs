@@ -48,6 +48,10 @@ pub enum Error {
         value: String,
         message: String,
     },
+    /// Paths that cannot go together (a watched directory inside the root, or the root inside
+    /// one): a usage error (exit code 2).
+    #[error("{0}")]
+    Places(String),
 }
 
 impl Error {

@@ -187,7 +187,11 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
         }
     }
     if let Some(dirs) = &cfg.dirs {
-        sources.push(Box::new(DirsSource::spawn(dirs.clone(), tx.clone())?));
+        let dirs = DirsConfig {
+            root: root.clone(),
+            ..dirs.clone()
+        };
+        sources.push(Box::new(DirsSource::spawn(dirs, tx.clone())?));
         scanning.push(SourceKind::Dir);
     }
     drop(tx);

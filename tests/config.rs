@@ -129,6 +129,72 @@ fn invalid_configuration_names_the_key_and_the_line_and_exits_2() {
     assert!(text(&out.stderr).contains("--exclude \"[z-a]\": invalid regex"));
 }
 
+/// The root inside a watched directory would have the watcher take the images inside the
+/// media it serves (and serve them from its own mounts); a watched directory inside the root
+/// would be hidden by the FUSE mount. Both are refused before anything is made.
+#[test]
+fn a_root_and_a_watched_directory_inside_each_other_are_refused_before_anything_is_made() {
+    let (_t, base) = tmp();
+    let (srv, state) = (base.join("srv"), base.join("state.json"));
+    fs::create_dir(&srv).unwrap();
+    std::os::unix::fs::symlink(&srv, base.join("www")).unwrap();
+    let empty = base.join("empty.toml");
+    fs::write(&empty, "").unwrap();
+    for (dir, root, says) in [
+        (
+            srv.clone(),
+            srv.join("isos"),
+            "lies inside the watched directory",
+        ),
+        (
+            srv.join("isos/drop"),
+            srv.join("isos"),
+            "lies inside the root",
+        ),
+        // The same through a symlink.
+        (
+            base.join("www/isos/drop"),
+            srv.join("isos"),
+            "lies inside the root",
+        ),
+    ] {
+        let mut child = Command::new(common::bin())
+            .args(["watch", "--no-drives", "--driver", "fuse", "--config"])
+            .arg(&empty)
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--root")
+            .arg(&root)
+            .arg("--state")
+            .arg(&state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running isomgr watch");
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() && start.elapsed() < DEADLINE {
+            std::thread::sleep(POLL);
+        }
+        let running = child.try_wait().unwrap().is_none();
+        if running {
+            // SAFETY: a plain kill(2) of the child this test started (SIGTERM: it unmounts).
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(!running, "--dir {dir:?} --root {root:?}: it ran\n{err}");
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(
+            err.contains(&*dir.to_string_lossy()) && err.contains(&*root.to_string_lossy()),
+            "{err}"
+        );
+        assert!(!srv.join("isos").exists() && !state.exists(), "{err}");
+        assert!(!mountinfo_has(&root));
+    }
+}
+
 #[test]
 fn check_config_summarises_the_merge_and_touches_nothing() {
     let (_t, base) = tmp();

@@ -763,6 +763,74 @@ fn symlinks_to_images_are_taken_unless_refused() {
     env2.wait_status(&["PLAIN"]);
 }
 
+/// An image inside a served medium, linked into the watched directory, is not served: the
+/// watcher would read it through its own mount and keep that medium busy after it goes.
+#[test]
+fn a_symlink_to_an_image_inside_a_served_medium_is_not_served() {
+    if !can_run("symlink into the root") {
+        return;
+    }
+    let env = Env::new("isomgr-watch-");
+    let mut w = Watcher::start_with(&env, &[]);
+    let inner = fs::read(small_image(&scratch(&env), "inner.iso", "INNER")).unwrap();
+    let outer = scratch(&env).join("outer.iso");
+    mkiso(
+        &outer,
+        "OUTER",
+        &[("inner.iso", &inner), ("hello.txt", b"hi\n")],
+    );
+    fs::copy(&outer, env.drop.join("outer.iso")).unwrap();
+    env.wait_names(&["OUTER"]);
+    let link = env.drop.join("inner.iso");
+    std::os::unix::fs::symlink(env.root.join("OUTER/inner.iso"), &link).unwrap();
+    // Also through a bind mount of the root, where the path does not show it.
+    let mirror = scratch(&env).join("mirror");
+    fs::create_dir(&mirror).unwrap();
+    let bound = Command::new("mount")
+        .arg("--bind")
+        .arg(&env.root)
+        .arg(&mirror)
+        .status()
+        .unwrap();
+    assert!(bound.success(), "mount --bind {:?}", env.root);
+    let via_mirror = env.drop.join("inner-via-mirror.iso");
+    std::os::unix::fs::symlink(mirror.join("OUTER/inner.iso"), &via_mirror).unwrap();
+    // A plain image after the link: once it is served, the link has been seen and refused.
+    fs::copy(
+        small_image(&scratch(&env), "plain.iso", "PLAIN"),
+        env.drop.join("p.iso"),
+    )
+    .unwrap();
+    env.wait_status(&["OUTER", "PLAIN"]);
+    w.signal(libc::SIGHUP);
+    wait_for("the rescan", || {
+        env.log_text()
+            .contains("SIGHUP: rescanning")
+            .then_some(())
+            .ok_or("not yet".to_owned())
+    });
+    fs::remove_file(env.drop.join("p.iso")).unwrap();
+    env.wait_status(&["OUTER"]);
+    let log = env.log_text();
+    assert!(
+        log.contains("a symlink to a file inside a medium isomgr serves; not served"),
+        "{log}"
+    );
+    assert!(log.contains(&*link.to_string_lossy()), "{log}");
+    assert!(log.contains(&*via_mirror.to_string_lossy()), "{log}");
+    let unbound = Command::new("umount").arg(&mirror).status().unwrap();
+    assert!(unbound.success(), "umount {mirror:?}");
+    // Nothing of the watcher's holds the medium: it goes, and the root unmounts at stop.
+    fs::remove_file(env.drop.join("outer.iso")).unwrap();
+    env.wait_status(&[]);
+    w.stop_with(libc::SIGTERM);
+    assert!(
+        env.log_text().contains("FUSE filesystem unmounted"),
+        "{}",
+        env.log_text()
+    );
+}
+
 #[test]
 fn fifos_sockets_directories_hidden_and_partial_files_are_ignored_without_blocking() {
     if !can_run("ignored files") {

@@ -6,7 +6,7 @@
 //! `--check-config` stops after validating and prints what would run.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{self, FileConfig};
@@ -34,7 +34,8 @@ pub struct Args {
     /// with an image, loop devices attached by someone else); implies --drives.
     #[arg(long, conflicts_with = "no_drives")]
     pub drives_any_block: bool,
-    /// Where each medium appears as a directory [default: /srv/isos].
+    /// Where each medium appears as a directory [default: /srv/isos]; outside every watched
+    /// directory, and none inside it.
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// How media are mounted [default: auto].
@@ -187,6 +188,13 @@ pub fn merge(args: &Args, file: Option<(PathBuf, FileConfig)>) -> Result<Effecti
         None
     };
 
+    let root = args
+        .root
+        .as_deref()
+        .map(absolute)
+        .or(f.root)
+        .unwrap_or_else(|| "/srv/isos".into());
+    apart(&root, &dirs)?;
     let seconds = |flag: &'static str, v: Option<f64>, poll: bool| {
         v.map(|v| config::flag_seconds(flag, v, poll)).transpose()
     };
@@ -195,12 +203,7 @@ pub fn merge(args: &Args, file: Option<(PathBuf, FileConfig)>) -> Result<Effecti
         dirs,
         drives,
         any_block: any_block && drives.is_some(),
-        root: args
-            .root
-            .as_deref()
-            .map(absolute)
-            .or(f.root)
-            .unwrap_or_else(|| "/srv/isos".into()),
+        root,
         driver: args.driver.or(f.driver).unwrap_or_default(),
         state: args
             .state
@@ -223,6 +226,96 @@ pub fn merge(args: &Args, file: Option<(PathBuf, FileConfig)>) -> Result<Effecti
         cleanup_on_exit: args.cleanup_on_exit || f.cleanup_on_exit.unwrap_or(false),
         log_format: args.log_format.or(f.log_format).unwrap_or_default(),
     })
+}
+
+/// Refuses a watched directory that is the root or lies inside it (the FUSE mount would hide
+/// it, and a medium could be named like it), and a root that lies inside a watched directory
+/// (isomgr would take the images inside the media it serves for images to serve, and watch
+/// every directory of every mounted medium). Paths are compared with their symlinks resolved.
+fn apart(root: &Path, dirs: &[DirSpec]) -> Result<(), config::Error> {
+    let given: Vec<PathBuf> = dirs.iter().map(|d| d.path.clone()).collect();
+    let (real_root, real_dirs) = resolved(root, &given);
+    for (i, dir) in given.iter().enumerate() {
+        let real = real_dirs.get(i).unwrap_or(dir);
+        let shown = |given: &Path, real: &Path| {
+            if given == real {
+                given.display().to_string()
+            } else {
+                format!("{} ({})", given.display(), real.display())
+            }
+        };
+        let (dir_s, root_s) = (shown(dir, real), shown(root, &real_root));
+        let message = if *real == real_root {
+            format!("the watched directory {dir_s} is the root, where isomgr serves the media: watch a directory outside the root")
+        } else if real.starts_with(&real_root) {
+            format!("the watched directory {dir_s} lies inside the root {root_s}, where isomgr serves the media (a FUSE root would hide it; a medium could be named like it): watch a directory outside the root")
+        } else if real_root.starts_with(real) {
+            format!("the root {root_s} lies inside the watched directory {dir_s}: isomgr would take the images inside the media it serves for images to serve; put the root outside the watched directories")
+        } else {
+            continue;
+        };
+        return Err(config::Error::Places(message));
+    }
+    Ok(())
+}
+
+/// `root` and `dirs` resolved ([`resolve`]) on a thread of their own: a directory on a network
+/// file system whose server is down must not hold up the start (after
+/// [`crate::offload::WAIT`] the paths are taken as written, only `.` and `..` taken out).
+fn resolved(root: &Path, dirs: &[PathBuf]) -> (PathBuf, Vec<PathBuf>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (r, d) = (root.to_path_buf(), dirs.to_vec());
+    let spawned = std::thread::Builder::new()
+        .name("resolve paths".into())
+        .spawn(move || {
+            let real = |p: &Path| resolve(p, |p| std::fs::read_link(p).ok());
+            let _ = tx.send((real(&r), d.iter().map(|p| real(p)).collect()));
+        });
+    spawned
+        .ok()
+        .and_then(|_| rx.recv_timeout(crate::offload::WAIT).ok())
+        .unwrap_or_else(|| {
+            let written = |p: &Path| resolve(p, |_| None);
+            (written(root), dirs.iter().map(|p| written(p)).collect())
+        })
+}
+
+/// Absolute path `p` with its symlinks resolved (`read_link`) and `.` and `..` taken out, as
+/// far as it exists (the rest as written, a dangling symlink followed): where it is, or will
+/// be once made.
+fn resolve(p: &Path, read_link: impl Fn(&Path) -> Option<PathBuf>) -> PathBuf {
+    fn push_parts(todo: &mut Vec<std::ffi::OsString>, p: &Path) {
+        for c in p.components().rev() {
+            match c {
+                std::path::Component::Normal(n) => todo.push(n.to_owned()),
+                std::path::Component::ParentDir => todo.push("..".into()),
+                _ => {}
+            }
+        }
+    }
+    let mut real = PathBuf::from("/");
+    let mut todo = Vec::new();
+    push_parts(&mut todo, p);
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        if part == ".." {
+            real.pop();
+            continue;
+        }
+        let next = real.join(&part);
+        match read_link(&next) {
+            // (At most 40 links, as the kernel follows: a loop ends as a path.)
+            Some(target) if links < 40 => {
+                links += 1;
+                if target.is_absolute() {
+                    real = PathBuf::from("/");
+                }
+                push_parts(&mut todo, &target);
+            }
+            _ => real = next,
+        }
+    }
+    real
 }
 
 /// The log format before anything else runs (logging is set up first): the flag, else the
@@ -300,6 +393,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> anyhow::Result<()> {
     daemon::run(daemon::Config {
         dirs: (!e.dirs.is_empty()).then(|| DirsConfig {
             dirs: e.dirs.clone(),
+            root: e.root.clone(),
             poll_interval: e.poll_interval,
         }),
         drives: e.drives.map(|required| daemon::DrivesSetup {
@@ -562,5 +656,85 @@ poll = "always"
             let argv = std::iter::once("isomgr").chain(line);
             assert!(crate::cli::Cli::try_parse_from(argv).is_err(), "{line:?}");
         }
+    }
+
+    #[test]
+    fn resolve_follows_links_and_takes_dots_out() {
+        let links: std::collections::HashMap<&str, &str> = [
+            ("/srv", "/data/srv"),
+            ("/data/srv/www", "../web"),
+            ("/loop", "/loop"),
+        ]
+        .into();
+        let r = |p: &str| {
+            resolve(Path::new(p), |p| {
+                links.get(p.to_str().unwrap()).map(PathBuf::from)
+            })
+        };
+        assert_eq!(r("/srv/isos"), Path::new("/data/srv/isos"));
+        assert_eq!(r("/srv/www/new/x"), Path::new("/data/web/new/x"));
+        assert_eq!(r("/srv/isos/../drop/./y"), Path::new("/data/srv/drop/y"));
+        assert_eq!(r("/srv/www/.."), Path::new("/data"));
+        assert_eq!(r("/a/../../b"), Path::new("/b"));
+        assert_eq!(r("/loop/x"), Path::new("/loop/x"));
+    }
+
+    #[test]
+    fn a_watched_directory_and_the_root_must_lie_apart() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().canonicalize().unwrap();
+        let p = |s: &str| base.join(s).to_str().unwrap().to_owned();
+        std::fs::create_dir_all(base.join("srv/isos")).unwrap();
+        std::os::unix::fs::symlink(base.join("srv"), base.join("srv-link")).unwrap();
+        std::os::unix::fs::symlink(base.join("not-yet"), base.join("dangling")).unwrap();
+        let refused = |dir: &str, root: &str, says: &str| {
+            let e = merge(&args(&["--dir", dir, "--root", root]), None)
+                .map(|_| ())
+                .expect_err(&format!("--dir {dir} --root {root}"));
+            assert!(e.is_usage(), "{e}");
+            let text = e.to_string();
+            assert!(text.contains(says), "{text}");
+            assert!(text.contains(dir) && text.contains(root), "{text}");
+        };
+        let taken = |dir: &str, root: &str| {
+            merge(&args(&["--dir", dir, "--root", root]), None)
+                .map(|_| ())
+                .unwrap_or_else(|e| panic!("--dir {dir} --root {root}: {e}"));
+        };
+        refused(&p("srv/isos"), &p("srv/isos"), "is the root");
+        refused(&p("srv/isos/drop"), &p("srv/isos"), "lies inside the root");
+        refused(
+            &p("srv"),
+            &p("srv/isos"),
+            "lies inside the watched directory",
+        );
+        // Through a symlink, and below a dangling one (made later).
+        refused(
+            &p("srv-link/isos/drop"),
+            &p("srv/isos"),
+            "lies inside the root",
+        );
+        refused(
+            &p("srv-link"),
+            &p("srv/isos"),
+            "lies inside the watched directory",
+        );
+        refused(&p("dangling/drop"), &p("not-yet"), "lies inside the root");
+        taken(&p("srv/iso-drop"), &p("srv/isos"));
+        taken(&p("srv/isos/../drop"), &p("srv/isos"));
+        taken(&p("srv-link/drop"), &p("srv/isos"));
+        // The defaults, and the file's paths too.
+        merge(&args(&[]), None).expect("the defaults lie apart");
+        let f = config::parse(
+            Path::new("/c.toml"),
+            &format!(
+                "[watch]\nroot = \"{}\"\n[[dir]]\npath = \"{}\"\n",
+                p("srv"),
+                p("srv/isos")
+            ),
+        )
+        .unwrap();
+        let e = merge(&args(&[]), Some((PathBuf::from("/c.toml"), f))).map(|_| ());
+        assert!(e.is_err_and(|e| e.to_string().contains("lies inside the root")));
     }
 }

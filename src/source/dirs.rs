@@ -99,6 +99,9 @@ impl DirSpec {
 #[derive(Clone, Debug)]
 pub struct DirsConfig {
     pub dirs: Vec<DirSpec>,
+    /// The watcher's root (symlinks resolved): a file inside it, reached through a symlink in
+    /// a watched directory, is a file of a medium isomgr serves, and is not taken.
+    pub root: PathBuf,
     /// Time between two rescans of a polled directory.
     pub poll_interval: Duration,
 }
@@ -239,7 +242,9 @@ impl DirsSource {
         })
         .context("starting inotify")?;
         let polled = vec![false; cfg.dirs.len()];
+        let root_dev = mount_dev(&cfg.root);
         let mut state = State {
+            root_dev,
             cfg,
             out,
             watcher,
@@ -430,6 +435,9 @@ struct State {
     /// A late probe's answer, for the look at its path it triggers.
     answered: HashMap<PathBuf, (MediumId, Result<VolumeInfo, IsoError>)>,
     cfg: DirsConfig,
+    /// The root's device where the root is a mount of its own (the FUSE driver's): a file on
+    /// it is inside a medium isomgr serves, whatever path reaches it (a bind mount).
+    root_dev: Option<u64>,
     out: mpsc::Sender<Event>,
     watcher: notify::RecommendedWatcher,
     /// The watched directories' parents, for a directory made again.
@@ -1103,6 +1111,11 @@ impl State {
                 return true;
             }
         };
+        if let Some(real) = inside(&file, &meta, &self.cfg.root, self.root_dev) {
+            tracing::warn!(image = %path.display(), target = %real.display(), root = %self.cfg.root.display(), "a symlink to a file inside a medium isomgr serves; not served (it would keep that medium busy after it goes)");
+            self.replaced(path);
+            return true;
+        }
         let id = MediumId(format!("file:{}:{}", meta.dev(), meta.ino()).into());
         // What left this path a moment ago (deleted, or replaced by something not taken) is
         // gone for good now that another file holds it: its removal comes first, so the new
@@ -1604,6 +1617,26 @@ fn open_image_then(path: &Path, follow_symlinks: bool, meanwhile: impl FnOnce())
         Err(e) if crate::sys::out_of_descriptors(&e) => Opened::NoDescriptor(e),
         Err(e) => Opened::Unreopenable(e),
     }
+}
+
+/// Where open `file` (whose metadata is `meta`) is, if that is inside `root`: its path as the
+/// kernel knows it, or its device where that is the root's own (`root_dev`).
+fn inside(
+    file: &File,
+    meta: &std::fs::Metadata,
+    root: &Path,
+    root_dev: Option<u64>,
+) -> Option<PathBuf> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    let real = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    (real.starts_with(root) || root_dev == Some(meta.dev())).then_some(real)
+}
+
+/// The device of `dir` where it is a mount point (its parent is on another device).
+fn mount_dev(dir: &Path) -> Option<u64> {
+    let here = std::fs::metadata(dir).ok()?.dev();
+    let parent = std::fs::metadata(dir.join("..")).ok()?.dev();
+    (here != parent).then_some(here)
 }
 
 /// Why a regular file must not be served although it is an image, if so. The watcher runs as
