@@ -194,7 +194,16 @@ pub fn merge(args: &Args, file: Option<(PathBuf, FileConfig)>) -> Result<Effecti
         .map(absolute)
         .or(f.root)
         .unwrap_or_else(|| "/srv/isos".into());
-    apart(&root, &dirs)?;
+    let state = args
+        .state
+        .as_deref()
+        .map(absolute)
+        .or(f.state)
+        .unwrap_or_else(|| "/run/isomgr/state.json".into());
+    let index_file = args.index_file.as_deref().map(absolute).or(f.index_file);
+    let mut files = vec![("state file", state.as_path())];
+    files.extend(index_file.as_deref().map(|i| ("index file", i)));
+    apart(&root, &dirs, &files)?;
     let seconds = |flag: &'static str, v: Option<f64>, poll: bool| {
         v.map(|v| config::flag_seconds(flag, v, poll)).transpose()
     };
@@ -205,13 +214,8 @@ pub fn merge(args: &Args, file: Option<(PathBuf, FileConfig)>) -> Result<Effecti
         any_block: any_block && drives.is_some(),
         root,
         driver: args.driver.or(f.driver).unwrap_or_default(),
-        state: args
-            .state
-            .as_deref()
-            .map(absolute)
-            .or(f.state)
-            .unwrap_or_else(|| "/run/isomgr/state.json".into()),
-        index_file: args.index_file.as_deref().map(absolute).or(f.index_file),
+        state,
+        index_file,
         exec: if args.exec.is_empty() {
             f.exec
         } else {
@@ -229,28 +233,45 @@ pub fn merge(args: &Args, file: Option<(PathBuf, FileConfig)>) -> Result<Effecti
 }
 
 /// Refuses a watched directory that is the root or lies inside it (the FUSE mount would hide
-/// it, and a medium could be named like it), and a root that lies inside a watched directory
+/// it, and a medium could be named like it), a root that lies inside a watched directory
 /// (isomgr would take the images inside the media it serves for images to serve, and watch
-/// every directory of every mounted medium). Paths are compared with their symlinks resolved.
-fn apart(root: &Path, dirs: &[DirSpec]) -> Result<(), config::Error> {
-    let given: Vec<PathBuf> = dirs.iter().map(|d| d.path.clone()).collect();
-    let (real_root, real_dirs) = resolved(root, &given);
-    for (i, dir) in given.iter().enumerate() {
-        let real = real_dirs.get(i).unwrap_or(dir);
-        let shown = |given: &Path, real: &Path| {
-            if given == real {
-                given.display().to_string()
-            } else {
-                format!("{} ({})", given.display(), real.display())
-            }
-        };
-        let (dir_s, root_s) = (shown(dir, real), shown(root, &real_root));
-        let message = if *real == real_root {
+/// every directory of every mounted medium), and a file isomgr writes (`files`: what it is,
+/// and where) inside the root (the FUSE root is read-only; a medium could be named like it)
+/// or inside a watched directory (isomgr writes nothing there). Paths are compared with their
+/// symlinks resolved.
+fn apart(root: &Path, dirs: &[DirSpec], files: &[(&str, &Path)]) -> Result<(), config::Error> {
+    let mut given: Vec<&Path> = vec![root];
+    given.extend(dirs.iter().map(|d| d.path.as_path()));
+    given.extend(files.iter().map(|(_, f)| *f));
+    let real = resolved(&given);
+    let shown = |i: usize| {
+        if given[i] == real[i] {
+            given[i].display().to_string()
+        } else {
+            format!("{} ({})", given[i].display(), real[i].display())
+        }
+    };
+    let (real_root, root_s) = (&real[0], shown(0));
+    let files_at = 1 + dirs.len();
+    for d in 1..files_at {
+        let dir_s = shown(d);
+        let message = if real[d] == *real_root {
             format!("the watched directory {dir_s} is the root, where isomgr serves the media: watch a directory outside the root")
-        } else if real.starts_with(&real_root) {
+        } else if real[d].starts_with(real_root) {
             format!("the watched directory {dir_s} lies inside the root {root_s}, where isomgr serves the media (a FUSE root would hide it; a medium could be named like it): watch a directory outside the root")
-        } else if real_root.starts_with(real) {
+        } else if real_root.starts_with(&real[d]) {
             format!("the root {root_s} lies inside the watched directory {dir_s}: isomgr would take the images inside the media it serves for images to serve; put the root outside the watched directories")
+        } else {
+            continue;
+        };
+        return Err(config::Error::Places(message));
+    }
+    for (k, (what, _)) in files.iter().enumerate() {
+        let f = files_at + k;
+        let message = if real[f].starts_with(real_root) {
+            format!("the {what} {} lies inside the root {root_s}, where isomgr serves the media (a FUSE root is read-only; a medium could be named like it): put it outside the root", shown(f))
+        } else if let Some(d) = (1..files_at).find(|&d| real[f].starts_with(&real[d])) {
+            format!("the {what} {} lies inside the watched directory {}: isomgr writes nothing into a watched directory; put it outside", shown(f), shown(d))
         } else {
             continue;
         };
@@ -259,25 +280,25 @@ fn apart(root: &Path, dirs: &[DirSpec]) -> Result<(), config::Error> {
     Ok(())
 }
 
-/// `root` and `dirs` resolved ([`resolve`]) on a thread of their own: a directory on a network
-/// file system whose server is down must not hold up the start (after
-/// [`crate::offload::WAIT`] the paths are taken as written, only `.` and `..` taken out).
-fn resolved(root: &Path, dirs: &[PathBuf]) -> (PathBuf, Vec<PathBuf>) {
+/// `paths` resolved ([`resolve`]) on a thread of their own: a directory on a network file
+/// system whose server is down must not hold up the start (after [`crate::offload::WAIT`]
+/// they are taken as written, only `.` and `..` taken out).
+fn resolved(paths: &[&Path]) -> Vec<PathBuf> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let (r, d) = (root.to_path_buf(), dirs.to_vec());
+    let owned: Vec<PathBuf> = paths.iter().map(|p| p.to_path_buf()).collect();
     let spawned = std::thread::Builder::new()
         .name("resolve paths".into())
         .spawn(move || {
-            let real = |p: &Path| resolve(p, |p| std::fs::read_link(p).ok());
-            let _ = tx.send((real(&r), d.iter().map(|p| real(p)).collect()));
+            let real = owned
+                .iter()
+                .map(|p| resolve(p, |p| std::fs::read_link(p).ok()))
+                .collect::<Vec<_>>();
+            let _ = tx.send(real);
         });
     spawned
         .ok()
         .and_then(|_| rx.recv_timeout(crate::offload::WAIT).ok())
-        .unwrap_or_else(|| {
-            let written = |p: &Path| resolve(p, |_| None);
-            (written(root), dirs.iter().map(|p| written(p)).collect())
-        })
+        .unwrap_or_else(|| paths.iter().map(|p| resolve(p, |_| None)).collect())
 }
 
 /// Absolute path `p` with its symlinks resolved (`read_link`) and `.` and `..` taken out, as
@@ -723,6 +744,27 @@ poll = "always"
         taken(&p("srv/iso-drop"), &p("srv/isos"));
         taken(&p("srv/isos/../drop"), &p("srv/isos"));
         taken(&p("srv-link/drop"), &p("srv/isos"));
+        // The files isomgr writes: neither in the root nor in a watched directory.
+        let with = |extra: &[&str]| {
+            let mut line = vec!["--dir", "/srv/drop", "--root", "/srv/isos"];
+            line.extend_from_slice(extra);
+            merge(&args(&line), None).map(|_| ())
+        };
+        for (extra, says) in [
+            (&["--state", "/srv/isos/state.json"][..], "the state file /srv/isos/state.json lies inside the root /srv/isos"),
+            (&["--index-file", "/srv/isos/x/i.json"], "the index file /srv/isos/x/i.json lies inside the root"),
+            (&["--index-file", "/srv/drop/i.json"], "the index file /srv/drop/i.json lies inside the watched directory /srv/drop: isomgr writes nothing"),
+        ] {
+            let e = with(extra).expect_err(&format!("{extra:?}"));
+            assert!(e.is_usage() && e.to_string().contains(says), "{e}");
+        }
+        with(&[
+            "--index-file",
+            "/srv/isos.json",
+            "--state",
+            "/srv/state.json",
+        ])
+        .expect("beside");
         // The defaults, and the file's paths too.
         merge(&args(&[]), None).expect("the defaults lie apart");
         let f = config::parse(
