@@ -237,8 +237,9 @@ pub fn merge(args: &Args, file: Option<(PathBuf, FileConfig)>) -> Result<Effecti
 /// (isomgr would take the images inside the media it serves for images to serve, and watch
 /// every directory of every mounted medium), and a file isomgr writes (`files`: what it is,
 /// and where) inside the root (the FUSE root is read-only; a medium could be named like it)
-/// or inside a watched directory (isomgr writes nothing there). Paths are compared with their
-/// symlinks resolved.
+/// or inside a watched directory (isomgr writes nothing there), and a directory watched twice
+/// (which of its two entries' patterns would apply?). Paths are compared with their symlinks
+/// resolved.
 fn apart(root: &Path, dirs: &[DirSpec], files: &[(&str, &Path)]) -> Result<(), config::Error> {
     let mut given: Vec<&Path> = vec![root];
     given.extend(dirs.iter().map(|d| d.path.as_path()));
@@ -265,6 +266,15 @@ fn apart(root: &Path, dirs: &[DirSpec], files: &[(&str, &Path)]) -> Result<(), c
             continue;
         };
         return Err(config::Error::Places(message));
+    }
+    for d in 1..files_at {
+        if let Some(e) = (d + 1..files_at).find(|&e| real[e] == real[d]) {
+            return Err(config::Error::Places(format!(
+                "the watched directories {} and {} are one directory: give it once",
+                shown(d),
+                shown(e)
+            )));
+        }
     }
     for (k, (what, _)) in files.iter().enumerate() {
         let f = files_at + k;
@@ -742,6 +752,17 @@ poll = "always"
         );
         refused(&p("dangling/drop"), &p("not-yet"), "lies inside the root");
         taken(&p("srv/iso-drop"), &p("srv/isos"));
+        // One directory twice (through a symlink); nested ones are two.
+        let twice = |a: &str, b: &str| {
+            merge(
+                &args(&["--dir", a, "--dir", b, "--root", "/elsewhere"]),
+                None,
+            )
+            .map(|_| ())
+        };
+        let e = twice(&p("srv/iso-drop"), &p("srv-link/iso-drop")).expect_err("twice");
+        assert!(e.to_string().contains("are one directory"), "{e}");
+        twice(&p("srv/iso-drop"), &p("srv/iso-drop/sub")).expect("nested");
         taken(&p("srv/isos/../drop"), &p("srv/isos"));
         taken(&p("srv-link/drop"), &p("srv/isos"));
         // The files isomgr writes: neither in the root nor in a watched directory.
