@@ -254,21 +254,21 @@ fn apart(root: &Path, dirs: &[DirSpec], files: &[(&str, &Path)]) -> Result<(), c
     };
     let (real_root, root_s) = (&real[0], shown(0));
     let files_at = 1 + dirs.len();
-    for d in 1..files_at {
+    for (d, dir) in real.iter().enumerate().take(files_at).skip(1) {
         let dir_s = shown(d);
-        let message = if real[d] == *real_root {
+        let message = if dir == real_root {
             format!("the watched directory {dir_s} is the root, where isomgr serves the media: watch a directory outside the root")
-        } else if real[d].starts_with(real_root) {
+        } else if dir.starts_with(real_root) {
             format!("the watched directory {dir_s} lies inside the root {root_s}, where isomgr serves the media (a FUSE root would hide it; a medium could be named like it): watch a directory outside the root")
-        } else if real_root.starts_with(&real[d]) {
+        } else if real_root.starts_with(dir) {
             format!("the root {root_s} lies inside the watched directory {dir_s}: isomgr would take the images inside the media it serves for images to serve; put the root outside the watched directories")
         } else {
             continue;
         };
         return Err(config::Error::Places(message));
     }
-    for d in 1..files_at {
-        if let Some(e) = (d + 1..files_at).find(|&e| real[e] == real[d]) {
+    for (d, dir) in real.iter().enumerate().take(files_at).skip(1) {
+        if let Some(e) = (d + 1..files_at).find(|&e| real[e] == *dir) {
             return Err(config::Error::Places(format!(
                 "the watched directories {} and {} are one directory: give it once",
                 shown(d),
