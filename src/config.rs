@@ -48,8 +48,9 @@ pub enum Error {
         value: String,
         message: String,
     },
-    /// Paths that cannot go together (a watched directory inside the root, or the root inside
-    /// one): a usage error (exit code 2).
+    /// Paths that cannot go together (the root and a watched directory inside each other, a
+    /// directory watched twice, a file isomgr writes inside either): a usage error (exit
+    /// code 2).
     #[error("{0}")]
     Places(String),
 }

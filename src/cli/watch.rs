@@ -767,23 +767,26 @@ poll = "always"
         taken(&p("srv-link/drop"), &p("srv/isos"));
         // The files isomgr writes: neither in the root nor in a watched directory.
         let with = |extra: &[&str]| {
-            let mut line = vec!["--dir", "/srv/drop", "--root", "/srv/isos"];
+            let (drop, root) = (p("srv/drop"), p("srv/isos"));
+            let mut line = vec!["--dir", &drop, "--root", &root];
             line.extend_from_slice(extra);
             merge(&args(&line), None).map(|_| ())
         };
+        let (state, index) = (p("srv/isos/state.json"), p("srv/isos/x/i.json"));
+        let in_drop = p("srv/drop/i.json");
         for (extra, says) in [
-            (&["--state", "/srv/isos/state.json"][..], "the state file /srv/isos/state.json lies inside the root /srv/isos"),
-            (&["--index-file", "/srv/isos/x/i.json"], "the index file /srv/isos/x/i.json lies inside the root"),
-            (&["--index-file", "/srv/drop/i.json"], "the index file /srv/drop/i.json lies inside the watched directory /srv/drop: isomgr writes nothing"),
+            (["--state", &state], format!("the state file {state} lies inside the root {}", p("srv/isos"))),
+            (["--index-file", &index], format!("the index file {index} lies inside the root")),
+            (["--index-file", &in_drop], format!("the index file {in_drop} lies inside the watched directory {}: isomgr writes nothing", p("srv/drop"))),
         ] {
-            let e = with(extra).expect_err(&format!("{extra:?}"));
-            assert!(e.is_usage() && e.to_string().contains(says), "{e}");
+            let e = with(&extra).expect_err(&format!("{extra:?}"));
+            assert!(e.is_usage() && e.to_string().contains(&says), "{e}");
         }
         with(&[
             "--index-file",
-            "/srv/isos.json",
+            &p("srv/isos.json"),
             "--state",
-            "/srv/state.json",
+            &p("srv/state.json"),
         ])
         .expect("beside");
         // The defaults, and the file's paths too.
