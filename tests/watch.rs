@@ -604,12 +604,7 @@ fn sighup_rescans_and_sigterm_stops_cleanly() {
     env.wait_status(&["HUP"]);
     let before = env.medium("HUP");
     w.signal(libc::SIGHUP);
-    wait_for("the rescan to be logged", || {
-        env.log_text()
-            .contains("SIGHUP: rescanning")
-            .then_some(())
-            .ok_or("not yet".to_owned())
-    });
+    env.wait_log("SIGHUP: rescanning");
     // The rescan keeps what is served as it is, and events still flow.
     small_image(&env.drop, "h2.iso", "HUP2");
     env.wait_status(&["HUP", "HUP2"]);
@@ -669,12 +664,7 @@ fn json_log_is_one_object_per_line_with_mounted_and_removed_lines() {
             .ok_or("not yet".to_owned())
     });
     fs::remove_file(&renamed).unwrap();
-    wait_for("a removed line", || {
-        env.log_text()
-            .contains("\"removed\"")
-            .then_some(())
-            .ok_or("none".to_owned())
-    });
+    env.wait_log("\"removed\"");
     w.stop_with(libc::SIGTERM);
     let log = env.log_text();
     let (mut mounted, mut removed) = (0, 0);
@@ -803,12 +793,7 @@ fn a_symlink_to_an_image_inside_a_served_medium_is_not_served() {
     .unwrap();
     env.wait_status(&["OUTER", "PLAIN"]);
     w.signal(libc::SIGHUP);
-    wait_for("the rescan", || {
-        env.log_text()
-            .contains("SIGHUP: rescanning")
-            .then_some(())
-            .ok_or("not yet".to_owned())
-    });
+    env.wait_log("SIGHUP: rescanning");
     fs::remove_file(env.drop.join("p.iso")).unwrap();
     env.wait_status(&["OUTER"]);
     let log = env.log_text();

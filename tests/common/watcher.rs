@@ -192,6 +192,16 @@ impl Env {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the watcher's log holds `what`.
+    pub fn wait_log(&self, what: &str) {
+        wait_for(&format!("{what:?} in the log"), || {
+            self.log_text()
+                .contains(what)
+                .then_some(())
+                .ok_or("not yet".to_owned())
+        });
+    }
+
     /// The names in the root, as a listing through the mount shows them.
     pub fn names(&self) -> BTreeSet<String> {
         fs::read_dir(&self.root)
