@@ -226,11 +226,14 @@ async fn run_async(cfg: Config) -> anyhow::Result<()> {
             pid: std::process::id(),
             media: manager.record_refs(),
         };
-        if let Err(e) = save_json(&doc, &cfg.state) {
+        // Out of descriptors (a low open-file limit, every one held by served images), one of
+        // theirs is closed for the write: a state file left behind would mislead `status` and
+        // the next start.
+        if let Err(e) = crate::sys::relieved(|| save_json(&doc, &cfg.state)) {
             tracing::error!(state = %cfg.state.display(), error = %e, "writing the state file");
         }
         if let Some(index) = &cfg.index_file {
-            if let Err(e) = save_json(&doc, index) {
+            if let Err(e) = crate::sys::relieved(|| save_json(&doc, index)) {
                 tracing::error!(index = %index.display(), error = %e, "writing the index file");
             }
         }

@@ -136,7 +136,7 @@ impl FuseExecutor {
     pub fn with_budget(driver: FuseDriver, budget: usize) -> Self {
         FuseExecutor {
             driver,
-            pool: FdPool::new(budget),
+            pool: FdPool::relieving(budget),
             paths: HashMap::new(),
             over_budget_logged: false,
             helper: Helper::default(),

@@ -41,6 +41,10 @@ const EMFILE_EVICTIONS: usize = 8;
 const EMFILE_WAIT: Duration = Duration::from_secs(5);
 /// Longest pause between two tries while waiting.
 const EMFILE_PAUSE: Duration = Duration::from_millis(50);
+/// Descriptors left free below the open-file limit by the held images (whose descriptors are
+/// never closed): beyond it, images are shared, so that they can be closed when the sources
+/// need descriptors (see [`FdPool::relieving`]).
+pub const HOLD_HEADROOM: u64 = 16;
 /// Descriptors of the budget kept for images beyond the held ones, at most (a quarter of the
 /// budget when that is less, at least one).
 const SHARED_WINDOW: usize = 64;
@@ -139,6 +143,9 @@ impl PoolInner {
 /// The descriptor budget shared by every served image. See the module documentation.
 pub struct FdPool {
     budget: usize,
+    /// An image is held (its descriptor kept for as long as it is served) only when its
+    /// descriptor's number is below this.
+    hold_below: u64,
     /// Images that keep their descriptor while served.
     held: AtomicUsize,
     inner: Mutex<PoolInner>,
@@ -156,12 +163,42 @@ impl std::fmt::Debug for FdPool {
 
 impl FdPool {
     pub fn new(budget: usize) -> Arc<FdPool> {
+        Self::build(budget, u64::MAX)
+    }
+
+    fn build(budget: usize, hold_below: u64) -> Arc<FdPool> {
         Arc::new(FdPool {
             budget: budget.max(1),
+            hold_below,
             held: AtomicUsize::new(0),
             inner: Mutex::new(PoolInner::default()),
             next_key: AtomicU64::new(1),
         })
+    }
+
+    /// [`FdPool::new`], and the pool closes its least recently used shared descriptor when
+    /// another part of the process runs out of descriptors ([`crate::sys::relieve_descriptors`]):
+    /// the sources need a few to identify new images, and with a low open-file limit the
+    /// served images could otherwise hold every one for good. For the same reason only
+    /// descriptors numbered below the open-file limit less [`HOLD_HEADROOM`] are held (the
+    /// held ones are never closed).
+    pub fn relieving(budget: usize) -> Arc<FdPool> {
+        let limit = crate::sys::open_file_limit();
+        Self::build(budget, limit.saturating_sub(HOLD_HEADROOM)).relieves()
+    }
+
+    /// Registers the pool with [`crate::sys::relieve_descriptors`].
+    fn relieves(self: Arc<Self>) -> Arc<FdPool> {
+        let weak = Arc::downgrade(&self);
+        crate::sys::add_reliever(move || {
+            let Some(pool) = weak.upgrade() else {
+                return false;
+            };
+            // Dropped outside the lock; a read that holds it closes it when it ends.
+            let evicted = lock(&pool.inner).evict_one();
+            evicted.is_some()
+        });
+        self
     }
 
     pub fn budget(&self) -> usize {
@@ -181,13 +218,17 @@ impl FdPool {
     /// window, else shared (closing the least recently used shared descriptors beyond the
     /// budget).
     pub fn adopt(self: &Arc<Self>, file: File, path: &Path) -> io::Result<Pooled> {
+        use std::os::fd::AsRawFd;
         let size = ReadAt::size(&file)?;
         let window = SHARED_WINDOW.min(self.budget / 4).max(1);
         let room = self.budget.saturating_sub(window);
+        // The kernel gives the lowest free number: a descriptor numbered this high means the
+        // process is near its limit, and one held for good would leave the sources none.
+        let low = u64::try_from(file.as_raw_fd()).is_ok_and(|fd| fd < self.hold_below);
         let took = self
             .held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < room).then_some(n + 1)
+                (low && n < room).then_some(n + 1)
             });
         if took.is_ok() {
             return Ok(Pooled(Kind::Held {
@@ -630,6 +671,46 @@ mod tests {
         assert_eq!(small.stats().reopens, reopens);
         assert_eq!(read(closed, 5).unwrap(), b"image");
         assert_eq!(small.stats().reopens, reopens + 1);
+    }
+
+    #[test]
+    fn near_the_limit_images_are_shared_and_closed_when_the_process_runs_short() {
+        let dir = tempfile::tempdir().unwrap();
+        // As near the open-file limit as can be: no descriptor is numbered low enough to hold.
+        let pool = FdPool::build(8, 0).relieves();
+        let srcs: Vec<Pooled> = (0..3)
+            .map(|i| {
+                let p = file_with(
+                    dir.path(),
+                    &format!("{i}.iso"),
+                    format!("image {i}").as_bytes(),
+                );
+                pool.adopt(File::open(&p).unwrap(), &p).unwrap()
+            })
+            .collect();
+        assert!(srcs.iter().all(|s| matches!(s.0, Kind::Shared(_))));
+        assert_eq!(pool.stats().open, 3);
+        // Another part of the process ran out: the least recently used is closed, and its
+        // next read reopens it.
+        assert!(crate::sys::relieve_descriptors());
+        assert_eq!((pool.stats().open, pool.stats().evictions), (2, 1));
+        assert_eq!(read(&srcs[0], 7).unwrap(), b"image 0");
+        assert_eq!(pool.stats().reopens, 1);
+        // Far from the limit, the same images are held, and nothing is closed for others.
+        let far = FdPool::new(8);
+        let held = (0..3)
+            .map(|i| {
+                let p = dir.path().join(format!("{i}.iso"));
+                far.adopt(File::open(&p).unwrap(), &p).unwrap()
+            })
+            .collect::<Vec<_>>();
+        assert!(held.iter().all(|s| matches!(s.0, Kind::Held { .. })));
+        drop((srcs, pool));
+        assert!(
+            !crate::sys::relieve_descriptors(),
+            "a pool that went closes nothing"
+        );
+        assert_eq!(far.stats().open, 3);
     }
 
     #[test]

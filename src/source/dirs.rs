@@ -1019,7 +1019,7 @@ impl State {
     fn scan_dir(&mut self, dir: &Path, reason: Reason, seen: &mut HashSet<PathBuf>) {
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
-            let rd = match std::fs::read_dir(&d) {
+            let rd = match crate::sys::relieved(|| std::fs::read_dir(&d)) {
                 Ok(rd) => rd,
                 Err(e) if crate::sys::out_of_descriptors(&e) => {
                     self.fd_short.unlisted.push(d.clone());
@@ -1554,6 +1554,14 @@ enum Opened {
 /// must not do for whoever can write into a watched directory. Only a regular file is then
 /// opened, through /proc/self/fd: the same inode, even if the name has been swapped meanwhile.
 fn open_image(path: &Path, follow_symlinks: bool) -> Opened {
+    // Out of descriptors: the served images' shared descriptors are closed one at a time
+    // (they are reopened on their next read) before the image waits for a retry.
+    for _ in 0..crate::sys::RELIEF_TRIES {
+        match open_image_then(path, follow_symlinks, || {}) {
+            Opened::NoDescriptor(_) if crate::sys::relieve_descriptors() => continue,
+            other => return other,
+        }
+    }
     open_image_then(path, follow_symlinks, || {})
 }
 

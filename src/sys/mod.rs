@@ -250,6 +250,47 @@ pub fn out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// How many descriptors one operation may have closed elsewhere in the process (see
+/// [`relieve_descriptors`]) before it gives up.
+pub const RELIEF_TRIES: usize = 4;
+
+/// Runs `op`; while it fails for lack of descriptors, has one closed elsewhere in the process
+/// ([`relieve_descriptors`]) and runs it again, [`RELIEF_TRIES`] times at most.
+pub fn relieved<T>(mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    for _ in 0..RELIEF_TRIES {
+        match op() {
+            Err(e) if out_of_descriptors(&e) && relieve_descriptors() => continue,
+            other => return other,
+        }
+    }
+    op()
+}
+
+/// Something that can close one descriptor it can reopen later; true when it closed one.
+type Reliever = Box<dyn Fn() -> bool + Send + Sync>;
+
+static RELIEVERS: std::sync::Mutex<Vec<Reliever>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a way to close a descriptor on demand (the FUSE driver's shared image
+/// descriptors, reopened by path on their next read), for [`relieve_descriptors`].
+pub fn add_reliever(f: impl Fn() -> bool + Send + Sync + 'static) {
+    RELIEVERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Box::new(f));
+}
+
+/// Closes one descriptor that can be reopened later, for code that met EMFILE or ENFILE
+/// (a source opening an image to identify it while the served images hold the rest); false
+/// when none could be closed.
+pub fn relieve_descriptors() -> bool {
+    RELIEVERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .any(|f| f())
+}
+
 /// The soft RLIMIT_NOFILE now (1024 when it cannot be read): what the descriptor budgets are
 /// sized from.
 pub fn open_file_limit() -> u64 {
