@@ -510,3 +510,57 @@ fn a_watched_directory_that_does_not_answer_at_start_holds_up_no_other() {
         move || read_all(&s, &slow_files),
     );
 }
+
+/// A FUSE or network file system mounted on a watched directory after the start (a share
+/// mounted after isomgr) is looked at again: polled from then on, as its changes made
+/// elsewhere give no inotify event. Unmounted, the directory below is watched with inotify
+/// again.
+#[test]
+fn a_share_mounted_on_a_watched_directory_after_the_start_is_polled() {
+    if !watcher::can_run("a_share_mounted_on_a_watched_directory_after_the_start_is_polled") {
+        return;
+    }
+    let env = Env::new("isomgr-stall-late-");
+    let (backing, share) = (env.outside("backing"), env.outside("share"));
+    let _watcher = watch_polled(&env, &share);
+    let first = format!("{}: ", share.display());
+    wait_logged(&env, "the share's directory looked at", &first);
+    assert!(
+        env.log_text()
+            .lines()
+            .any(|l| l.contains(&first) && l.ends_with(": inotify")),
+        "{}",
+        env.log_text()
+    );
+    let first_files = image(&env, "first", "FIRST", &backing, |src| {
+        tree(src, 300, 2, 1 << 16)
+    });
+    let stall = StallFs::mount(&backing, &share);
+    wait_logged(
+        &env,
+        "the share to be polled",
+        &format!(
+            "{}: fuse (0x65735546): no inotify for remote changes; polling every 0.2 s",
+            share.display()
+        ),
+    );
+    env.wait_names(&["FIRST"]);
+    let f = env.root.join("FIRST");
+    within("reading the image on the share", move || {
+        read_all(&f, &first_files)
+    });
+    // Added behind the mount, as another machine adds to a share: no inotify event; a poll
+    // finds it.
+    image(&env, "second", "SECOND", &backing, |src| {
+        tree(src, 400, 1, 1 << 16)
+    });
+    env.wait_names(&["FIRST", "SECOND"]);
+    // Unmounted (lazily: the watcher holds the images open): they go, and what is copied
+    // into the directory below is served.
+    drop(stall);
+    env.wait_names(&[]);
+    image(&env, "below", "BELOW", &share, |src| {
+        tree(src, 500, 1, 1 << 16)
+    });
+    env.wait_names(&["BELOW"]);
+}

@@ -816,6 +816,116 @@ fn a_symlink_to_an_image_inside_a_served_medium_is_not_served() {
     );
 }
 
+/// Mounts a test made; each is lazily unmounted on drop (a failed test leaves none behind).
+struct Mounts(Vec<PathBuf>);
+
+impl Mounts {
+    fn mount(&mut self, args: &[&std::ffi::OsStr], at: &Path) {
+        let st = Command::new("mount").args(args).arg(at).status().unwrap();
+        assert!(st.success(), "mount {args:?} {}", at.display());
+        self.0.push(at.to_path_buf());
+    }
+
+    /// `umount -l`: the watcher still holds the images below it open.
+    fn unmount(&mut self, at: &Path) {
+        let st = Command::new("umount").arg("-l").arg(at).status().unwrap();
+        assert!(st.success(), "umount -l {}", at.display());
+        self.0.retain(|m| m != at);
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for at in self.0.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(at).status();
+        }
+    }
+}
+
+/// A file system mounted on the watched directory after the start (a USB disk, an NFS share
+/// mounted late), one mounted inside it, and their unmounts: each time the directory leads to
+/// another tree, whose images are served and followed with inotify, and the images of the tree
+/// it left go.
+#[test]
+fn file_systems_mounted_on_and_inside_the_watched_directory_are_followed() {
+    if !can_run("mounts on the watched directory") {
+        return;
+    }
+    let env = Env::new("isomgr-watch-");
+    let mut mounts = Mounts(Vec::new());
+    let _w = Watcher::start_with(&env, &[]);
+    let s = scratch(&env);
+    fs::copy(
+        small_image(&s, "under.iso", "UNDER"),
+        env.drop.join("under.iso"),
+    )
+    .unwrap();
+    env.wait_status(&["UNDER"]);
+    // Mounted over: UNDER's path leads nowhere now; an image copied onto the new file system
+    // is served, here one with the same label.
+    mounts.mount(
+        &["-t".as_ref(), "tmpfs".as_ref(), "isomgr-test".as_ref()],
+        &env.drop,
+    );
+    env.wait_status(&[]);
+    fs::copy(
+        small_image(&s, "top.iso", "UNDER"),
+        env.drop.join("top.iso"),
+    )
+    .unwrap();
+    env.wait_status(&["UNDER"]);
+    let origin = |name: &str| -> Option<String> {
+        let doc = env.status().ok()?;
+        let m = doc["media"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name)?;
+        m["origin"].as_str().map(str::to_owned)
+    };
+    let path = |p: PathBuf| Some(p.to_string_lossy().into_owned());
+    assert_eq!(origin("UNDER"), path(env.drop.join("top.iso")));
+    // Mounted inside, already holding an image (a bind mount of a directory elsewhere).
+    let usb = env.outside("usb");
+    fs::copy(small_image(&s, "usb.iso", "USB"), usb.join("usb.iso")).unwrap();
+    let inside = env.drop.join("usb");
+    fs::create_dir(&inside).unwrap();
+    mounts.mount(&["--bind".as_ref(), usb.as_os_str()], &inside);
+    env.wait_status(&["UNDER", "USB"]);
+    assert_eq!(hello(&env, "USB").unwrap(), "hello from USB\n");
+    // Followed there too: an image added and one deleted.
+    fs::copy(small_image(&s, "usb2.iso", "USB2"), inside.join("usb2.iso")).unwrap();
+    env.wait_status(&["UNDER", "USB", "USB2"]);
+    fs::remove_file(inside.join("usb.iso")).unwrap();
+    env.wait_status(&["UNDER", "USB2"]);
+    // Unmounted inside, then on the directory: UNDER is back under its name, and the
+    // directory below is watched again.
+    mounts.unmount(&inside);
+    env.wait_status(&["UNDER"]);
+    // The image on the tmpfs goes before the one below is taken: it gets its name back.
+    mounts.unmount(&env.drop);
+    wait_for(
+        "the image below the tmpfs to be back under its name",
+        || match origin("UNDER") {
+            o if o == path(env.drop.join("under.iso")) => Ok(()),
+            o => Err(format!("UNDER is {o:?}, names {:?}", env.names())),
+        },
+    );
+    env.wait_status(&["UNDER"]);
+    fs::copy(
+        small_image(&s, "again.iso", "AGAIN"),
+        env.drop.join("again.iso"),
+    )
+    .unwrap();
+    env.wait_status(&["AGAIN", "UNDER"]);
+    fs::remove_file(env.drop.join("under.iso")).unwrap();
+    env.wait_status(&["AGAIN"]);
+    let log = env.log_text();
+    assert!(
+        log.contains("a file system was mounted or unmounted on the watched directory"),
+        "{log}"
+    );
+}
+
 #[test]
 fn fifos_sockets_directories_hidden_and_partial_files_are_ignored_without_blocking() {
     if !can_run("ignored files") {

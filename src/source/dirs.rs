@@ -18,6 +18,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ use tokio::sync::mpsc;
 use crate::event::{Event, Handle, Medium, MediumId, SourceKind};
 use crate::iso9660::{probe, Error as IsoError, VolumeInfo};
 use crate::offload::{self, Helper, Late, Ran};
+
+use super::mounts;
 
 /// How long a file that left its place may take to show up elsewhere in the trees before it
 /// counts as gone (the two halves of a rename arrive together; this is slack).
@@ -159,21 +162,27 @@ pub fn poll_decision(spec: &DirSpec, interval: Duration) -> PollDecision {
     }
 }
 
-/// A watched directory as looked at when the watcher starts.
+/// A watched directory as looked at when the watcher starts, or again after a mount changed
+/// what its path leads to.
 struct DirLook {
     /// It did not exist and was made.
     created: bool,
+    /// It does not exist (looked at again without making it).
+    missing: bool,
     decision: PollDecision,
     /// On a network or FUSE file system.
     remote: bool,
+    /// Its path with symlinks resolved.
+    real: Option<PathBuf>,
 }
 
-/// Makes the watched directory `spec` if it does not exist, and decides how it is watched.
-fn look_at_dir(spec: &DirSpec, interval: Duration) -> anyhow::Result<DirLook> {
+/// Makes the watched directory `spec` if it does not exist (when `create`), and decides how it
+/// is watched.
+fn look_at_dir(spec: &DirSpec, interval: Duration, create: bool) -> anyhow::Result<DirLook> {
     use anyhow::Context;
     let dir = &spec.path;
-    let created = !dir.exists();
-    if created {
+    let absent = !dir.exists();
+    if absent && create {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the watched directory {}", dir.display()))?;
     }
@@ -183,9 +192,11 @@ fn look_at_dir(spec: &DirSpec, interval: Duration) -> anyhow::Result<DirLook> {
         && spec.poll != PollMode::Auto
         && super::fstype::statfs_type(dir).is_ok_and(|t| super::fstype::remote_fs(t).is_some());
     Ok(DirLook {
-        created,
+        created: absent && create,
+        missing: absent && !create,
         decision,
         remote,
+        real: std::fs::canonicalize(dir).ok(),
     })
 }
 
@@ -222,6 +233,8 @@ enum Input {
     Stop,
     /// A probe that had not answered within [`offload::WAIT`] has.
     Probed,
+    /// The mount table changed.
+    Mounts,
 }
 
 /// A running dirs source.
@@ -243,8 +256,28 @@ impl DirsSource {
         .context("starting inotify")?;
         let polled = vec![false; cfg.dirs.len()];
         let root_dev = mount_dev(&cfg.root);
+        // The mount table is watched before it is read, and read before the directories are
+        // looked at: a mount made in between is seen as a change and the directory is
+        // watched again.
+        let mounts_pending = Arc::new(AtomicBool::new(false));
+        let mount_watch = mounts::MountWatch::start({
+            let (tx, pending) = (tx.clone(), mounts_pending.clone());
+            move || {
+                if !pending.swap(true, Ordering::SeqCst) {
+                    let _ = tx.send(Input::Mounts);
+                }
+            }
+        })
+        .inspect_err(|e| tracing::warn!(error = %e, "watching /proc/self/mountinfo; a file system mounted on a watched directory later is found by the next rescan (SIGHUP)"))
+        .ok();
+        let table = mounts::read().unwrap_or_default();
         let mut state = State {
             root_dev,
+            input: tx.clone(),
+            real: vec![None; cfg.dirs.len()],
+            bearing: Vec::new(),
+            mounts_pending,
+            _mount_watch: mount_watch,
             cfg,
             out,
             watcher,
@@ -272,24 +305,8 @@ impl DirsSource {
             opened: HashMap::new(),
         };
         state.watch_all()?;
-        // The parents too, to notice a watched directory deleted and made again (the polled
-        // ones are noticed by their next poll).
-        let watched: Vec<PathBuf> = state
-            .cfg
-            .dirs
-            .iter()
-            .zip(&state.polled)
-            .filter(|(_, polled)| !**polled)
-            .map(|(d, _)| d.path.clone())
-            .collect();
-        let back_tx = tx.clone();
-        state.parents = Some(
-            super::parents::ParentWatch::start(&watched, move |dir| {
-                let ev = notify::Event::new(EventKind::Create(CreateKind::Folder)).add_path(dir);
-                let _ = back_tx.send(Input::Notify(Ok(ev)));
-            })
-            .context("watching the watched directories' parents (inotify)")?,
-        );
+        state.bearing = state.bearings(&table);
+        state.watch_parents();
         let thread = std::thread::Builder::new()
             .name("isomgr-dirs".into())
             .spawn(move || state.run(rx))
@@ -442,6 +459,17 @@ struct State {
     watcher: notify::RecommendedWatcher,
     /// The watched directories' parents, for a directory made again.
     parents: Option<super::parents::ParentWatch>,
+    /// This thread's own input (for the parents' watch, restarted after a mount).
+    input: std_mpsc::Sender<Input>,
+    /// The mount table's watch, held for as long as the source runs (stopped on drop).
+    _mount_watch: Option<mounts::MountWatch>,
+    /// Set while an [`Input::Mounts`] is queued: a burst of mounts (the kernel driver's)
+    /// reads the table once.
+    mounts_pending: Arc<AtomicBool>,
+    /// Per entry of `cfg.dirs`: the mounts that bore on it when it was last watched.
+    bearing: Vec<mounts::Bearing>,
+    /// Per entry of `cfg.dirs`: its path with symlinks resolved, when it was last looked at.
+    real: Vec<Option<PathBuf>>,
     tracked: TrackedFiles,
     /// Files that left their path, and when; gone unless they show up elsewhere within
     /// [`MOVE_GRACE`].
@@ -496,6 +524,11 @@ fn keep_handle(file: &File) -> bool {
     u64::try_from(file.as_raw_fd()).is_ok_and(|fd| fd < ceiling)
 }
 
+/// The identity of the image file with this device and inode.
+fn file_id(dev: u64, ino: u64) -> MediumId {
+    MediumId(format!("file:{dev}:{ino}").into())
+}
+
 /// A file as one poll saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Observed {
@@ -509,36 +542,172 @@ struct Observed {
 
 impl State {
     fn watch_all(&mut self) -> anyhow::Result<()> {
-        use anyhow::Context;
-        for (i, spec) in self.cfg.dirs.clone().into_iter().enumerate() {
-            let dir = spec.path.clone();
-            let interval = self.cfg.poll_interval;
-            // Off this thread: a network file system whose server is down at start must hold
-            // up neither the start nor the other directories.
-            let look = match self.helper.run(move || look_at_dir(&spec, interval)) {
-                Ok(Ran::Done(look)) => look?,
-                Ok(Ran::Late(_)) => {
-                    tracing::warn!(dir = %dir.display(), waited_ms = offload::WAIT.as_millis() as u64, "the watched directory does not answer (a network file system whose server is down?): polled until it does, whatever its poll mode");
-                    self.polled[i] = true;
-                    self.may_hang[i] = true;
-                    continue;
-                }
-                Err(_) => look_at_dir(&self.cfg.dirs[i], interval)?,
-            };
-            if look.created {
-                tracing::info!(dir = %dir.display(), "created the watched directory");
-            }
-            tracing::info!("{}: {}", dir.display(), look.decision.why);
-            self.polled[i] = look.decision.poll;
-            self.may_hang[i] = look.decision.poll || look.remote;
-            if look.decision.poll {
-                continue;
-            }
-            self.watcher
-                .watch(&dir, RecursiveMode::Recursive)
-                .with_context(|| format!("watching {} (inotify)", dir.display()))?;
+        for i in 0..self.cfg.dirs.len() {
+            self.watch_dir(i, true)?;
         }
         Ok(())
+    }
+
+    /// Decides how watched directory `i` is watched (made first if missing, when `create`),
+    /// and watches it with inotify unless it is polled.
+    fn watch_dir(&mut self, i: usize, create: bool) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let spec = self.cfg.dirs[i].clone();
+        let dir = spec.path.clone();
+        let interval = self.cfg.poll_interval;
+        // Off this thread: a network file system whose server is down at start must hold
+        // up neither the start nor the other directories.
+        let look = match self
+            .helper
+            .run(move || look_at_dir(&spec, interval, create))
+        {
+            Ok(Ran::Done(look)) => look?,
+            Ok(Ran::Late(_)) => {
+                tracing::warn!(dir = %dir.display(), waited_ms = offload::WAIT.as_millis() as u64, "the watched directory does not answer (a network file system whose server is down?): polled until it does, whatever its poll mode");
+                self.polled[i] = true;
+                self.may_hang[i] = true;
+                self.real[i] = None;
+                return Ok(());
+            }
+            Err(_) => look_at_dir(&self.cfg.dirs[i], interval, create)?,
+        };
+        if look.created {
+            tracing::info!(dir = %dir.display(), "created the watched directory");
+        }
+        self.real[i] = look.real;
+        if look.missing {
+            tracing::warn!(dir = %dir.display(), "the watched directory is not there: watched again once a mount or its parent brings it back");
+            self.polled[i] = false;
+            self.may_hang[i] = false;
+            return Ok(());
+        }
+        tracing::info!("{}: {}", dir.display(), look.decision.why);
+        self.polled[i] = look.decision.poll;
+        self.may_hang[i] = look.decision.poll || look.remote;
+        if look.decision.poll {
+            return Ok(());
+        }
+        self.watcher
+            .watch(&dir, RecursiveMode::Recursive)
+            .with_context(|| format!("watching {} (inotify)", dir.display()))
+    }
+
+    /// The mounts bearing on each watched directory now (see [`mounts::bearing_on`]).
+    fn bearings(&self, table: &[crate::sys::MountEntry]) -> Vec<mounts::Bearing> {
+        self.cfg
+            .dirs
+            .iter()
+            .zip(&self.real)
+            .map(|(d, real)| {
+                let paths: Vec<&Path> = std::iter::once(d.path.as_path())
+                    .chain(real.as_deref())
+                    .collect();
+                mounts::bearing_on(table, &paths)
+            })
+            .collect()
+    }
+
+    /// The mount table changed: each watched directory on which a file system was mounted or
+    /// unmounted (at it, above it or inside it) is another tree than the one watched. It is
+    /// looked at and watched again, and everything is scanned: the images of the old tree are
+    /// gone, the new tree's are taken.
+    fn mounts_changed(&mut self) {
+        self.mounts_pending.store(false, Ordering::SeqCst);
+        let table = match mounts::read() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading /proc/self/mountinfo; mounts on the watched directories are not followed");
+                return;
+            }
+        };
+        let now = self.bearings(&table);
+        let mut changed = false;
+        for (i, now) in now.iter().enumerate() {
+            if *now == self.bearing[i] {
+                continue;
+            }
+            let dir = self.cfg.dirs[i].path.clone();
+            let (mounted, unmounted) = mounts::difference(&self.bearing[i], now);
+            let list = |v: Vec<PathBuf>| {
+                v.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            tracing::info!(dir = %dir.display(), mounted = %list(mounted), unmounted = %list(unmounted), "a file system was mounted or unmounted on the watched directory: watching it again and rescanning");
+            if !self.polled[i] {
+                let _ = self.watcher.unwatch(&dir);
+            }
+            let (was_polled, was_hanging) = (self.polled[i], self.may_hang[i]);
+            if let Err(e) = self.watch_dir(i, false) {
+                tracing::warn!(dir = %dir.display(), error = format!("{e:#}"), "cannot watch the watched directory again; found by the next rescan (SIGHUP)");
+            }
+            if was_polled && !self.polled[i] {
+                self.observed
+                    .retain(|p, _| spec_index(&self.cfg.dirs, p) != Some(i));
+            }
+            // (Where a stat may hang, the rescan finds them gone instead.)
+            if !was_hanging && !self.may_hang[i] {
+                self.drop_stale(i);
+            }
+            changed = true;
+        }
+        if !changed {
+            return;
+        }
+        // A symlink's target may have moved with the mount.
+        self.bearing = self.bearings(&table);
+        if self.polled.contains(&true) && self.next_poll.is_none() {
+            self.next_poll = Some(Instant::now() + self.cfg.poll_interval);
+        }
+        self.watch_parents();
+        self.full_scan();
+    }
+
+    /// Every image tracked below watched directory `i` whose path no longer leads to it (a
+    /// file system was mounted over it, or unmounted from under it) is gone, before the rescan
+    /// takes what the paths lead to now: the names the old tree's media free are there for
+    /// the new tree's.
+    fn drop_stale(&mut self, i: usize) {
+        let stale: Vec<PathBuf> = self
+            .tracked
+            .by_path
+            .iter()
+            .filter(|(p, _)| self.spec_index(p) == Some(i))
+            .filter(|(p, t)| {
+                std::fs::metadata(p).map_or(true, |m| file_id(m.dev(), m.ino()) != t.id)
+            })
+            .map(|(p, _)| p.to_path_buf())
+            .collect();
+        for p in stale {
+            self.left(&p);
+        }
+        self.finalize_gone(Duration::ZERO);
+    }
+
+    /// Watches the parents of the directories watched with inotify, to notice one deleted and
+    /// made again (the polled ones are noticed by their next poll). Replaces the previous
+    /// parents' watch: after a mount, a parent's path may lead to another directory.
+    fn watch_parents(&mut self) {
+        let watched: Vec<PathBuf> = self
+            .cfg
+            .dirs
+            .iter()
+            .zip(&self.polled)
+            .filter(|(_, polled)| !**polled)
+            .map(|(d, _)| d.path.clone())
+            .collect();
+        self.parents = None;
+        let back_tx = self.input.clone();
+        match super::parents::ParentWatch::start(&watched, move |dir| {
+            let ev = notify::Event::new(EventKind::Create(CreateKind::Folder)).add_path(dir);
+            let _ = back_tx.send(Input::Notify(Ok(ev)));
+        }) {
+            Ok(w) => self.parents = Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the watched directories' parents (inotify); a directory made again is found by the next rescan (SIGHUP)")
+            }
+        }
     }
 
     fn run(mut self, rx: std_mpsc::Receiver<Input>) {
@@ -607,6 +776,7 @@ impl State {
             }
             Input::Notify(Ok(ev)) => self.on_notify(ev),
             Input::Probed => self.probes_answered(),
+            Input::Mounts => self.mounts_changed(),
         }
         true
     }
@@ -1116,7 +1286,7 @@ impl State {
             self.replaced(path);
             return true;
         }
-        let id = MediumId(format!("file:{}:{}", meta.dev(), meta.ino()).into());
+        let id = file_id(meta.dev(), meta.ino());
         // What left this path a moment ago (deleted, or replaced by something not taken) is
         // gone for good now that another file holds it: its removal comes first, so the new
         // file gets its name back.
@@ -1311,7 +1481,7 @@ impl State {
                 mtime: (meta.mtime(), meta.mtime_nsec()),
                 checked: false,
             };
-            let id = MediumId(format!("file:{}:{}", now.dev, now.ino).into());
+            let id = file_id(now.dev, now.ino);
             let unchanged = |t: &Tracked| {
                 t.id == id
                     && t.present

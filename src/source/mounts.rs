@@ -1,0 +1,248 @@
+//! Notices the mount table changing, so that a file system mounted on, above or inside a
+//! watched directory after the start (a USB disk, an NFS share mounted late, an automount),
+//! or unmounted from there, is watched and scanned again.
+//!
+//! An inotify watch holds an inode, not a path: once a file system is mounted over a watched
+//! directory, the path leads to another directory that nobody watches, and the images copied
+//! there would never be seen; once it is unmounted (`umount -l`), the media below it would be
+//! served from a file system no path reaches any more. `/proc/self/mountinfo` polls
+//! `POLLPRI` whenever a mount or unmount happens in this mount namespace (proc(5)).
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::sys::MountEntry;
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// A running watch on the mount table; stopped on drop.
+pub struct MountWatch {
+    wake: Arc<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MountWatch {
+    /// Calls `changed` on the watch's thread after each change of the mount table (several
+    /// changes in a row may give one call).
+    pub fn start(changed: impl Fn() + Send + 'static) -> std::io::Result<MountWatch> {
+        let table = File::open(MOUNTINFO)?;
+        // SAFETY: eventfd has no pointer arguments; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let thread = {
+            let wake = Arc::clone(&wake);
+            std::thread::Builder::new()
+                .name("isomgr-mounts".into())
+                .spawn(move || wait_for_changes(&table, &wake, &changed))?
+        };
+        Ok(MountWatch {
+            wake,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for MountWatch {
+    fn drop(&mut self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a valid buffer to the eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn wait_for_changes(table: &File, wake: &OwnedFd, changed: &impl Fn()) {
+    loop {
+        // The table is always readable (POLLIN): only POLLPRI (with POLLERR) says it changed;
+        // the poll itself takes the change as seen.
+        let mut fds = [
+            libc::pollfd {
+                fd: table.as_raw_fd(),
+                events: libc::POLLPRI,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfd structures.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(error = %e, "poll(2) on {MOUNTINFO}: mounts made after this are not noticed");
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        if fds[0].revents & (libc::POLLPRI | libc::POLLERR) != 0 {
+            changed();
+        }
+    }
+}
+
+/// The mount table now.
+pub fn read() -> std::io::Result<Vec<MountEntry>> {
+    use crate::sys::Sys;
+    crate::sys::linux::LinuxSys.mounts()
+}
+
+/// A mount as far as a watched directory is concerned: (mount id, mount point).
+pub type Bearing = Vec<(u32, PathBuf)>;
+
+/// The mounts that decide what a watched directory shows, known by any of `paths` (as written,
+/// and with its symlinks resolved): those at or above it, and those inside it. When this list
+/// changes, the directory is another one, or holds other trees, than the ones watched.
+pub fn bearing_on(mounts: &[MountEntry], paths: &[&Path]) -> Bearing {
+    let mut out: Bearing = mounts
+        .iter()
+        .filter(|m| {
+            paths
+                .iter()
+                .any(|p| p.starts_with(&m.mount_point) || m.mount_point.starts_with(p))
+        })
+        .map(|m| (m.id, m.mount_point.clone()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What `now` has that `before` had not (mounted), and the other way round (unmounted).
+pub fn difference(before: &Bearing, now: &Bearing) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let only = |a: &Bearing, b: &Bearing| -> Vec<PathBuf> {
+        a.iter()
+            .filter(|m| !b.contains(m))
+            .map(|m| m.1.clone())
+            .collect()
+    };
+    (only(now, before), only(before, now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn entry(id: u32, at: &str) -> MountEntry {
+        MountEntry {
+            id,
+            parent: 1,
+            mount_point: at.into(),
+            fstype: "ext4".into(),
+            source: "/dev/vda1".into(),
+        }
+    }
+
+    #[test]
+    fn the_mounts_at_above_and_inside_a_directory_bear_on_it() {
+        let table = [
+            entry(1, "/"),
+            entry(2, "/srv"),
+            entry(3, "/srv/isos"),
+            entry(4, "/srv/iso-drop/usb"),
+            entry(5, "/srv/iso-drop-old"),
+            entry(6, "/mnt/nfs"),
+            entry(7, "/mnt/nfs/isos"),
+        ];
+        let drop = Path::new("/srv/iso-drop");
+        let ids = |b: Bearing| b.into_iter().map(|m| m.0).collect::<Vec<_>>();
+        // Not a sibling whose name merely starts the same, not the root beside it.
+        assert_eq!(ids(bearing_on(&table, &[drop])), [1, 2, 4]);
+        // Through a symlink: where it leads counts too.
+        let real = Path::new("/mnt/nfs/isos");
+        assert_eq!(ids(bearing_on(&table, &[drop, real])), [1, 2, 4, 6, 7]);
+        // A mount over the directory itself, and one stacked on it (the same mount point).
+        let mut more = table.to_vec();
+        more.push(entry(8, "/srv/iso-drop"));
+        more.push(entry(9, "/srv/iso-drop"));
+        let before = bearing_on(&table, &[drop]);
+        let now = bearing_on(&more, &[drop]);
+        assert_eq!(ids(now.clone()), [1, 2, 4, 8, 9]);
+        let (mounted, unmounted) = difference(&before, &now);
+        assert_eq!(
+            mounted,
+            [PathBuf::from("/srv/iso-drop"), "/srv/iso-drop".into()]
+        );
+        assert!(unmounted.is_empty());
+        // Unmounting the one inside, and the same mount point mounted again (another id).
+        let after: Vec<_> = more
+            .iter()
+            .filter(|m| m.id != 4)
+            .cloned()
+            .map(|m| {
+                if m.id == 9 {
+                    entry(10, "/srv/iso-drop")
+                } else {
+                    m
+                }
+            })
+            .collect();
+        let (mounted, unmounted) = difference(&now, &bearing_on(&after, &[drop]));
+        assert_eq!(mounted, [PathBuf::from("/srv/iso-drop")]);
+        assert_eq!(
+            unmounted,
+            [PathBuf::from("/srv/iso-drop/usb"), "/srv/iso-drop".into()]
+        );
+    }
+
+    #[test]
+    fn a_mount_made_and_undone_is_reported() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root: mounting a tmpfs needs it"
+            );
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let watch = MountWatch::start(move || {
+            let _ = tx.send(());
+        })
+        .unwrap();
+        let at = tmp.path().join("m");
+        std::fs::create_dir(&at).unwrap();
+        let before = read().unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        let run = |args: &[&std::ffi::OsStr]| {
+            let st = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status();
+            assert!(st.unwrap().success(), "{args:?}");
+        };
+        run(&[
+            "mount".as_ref(),
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "tmpfs".as_ref(),
+            at.as_ref(),
+        ]);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the mount was reported");
+        let now = read().unwrap();
+        let (mounted, unmounted) =
+            difference(&bearing_on(&before, &[&at]), &bearing_on(&now, &[&at]));
+        assert_eq!((mounted, unmounted), (vec![at.clone()], vec![]));
+        run(&["umount".as_ref(), at.as_ref()]);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the unmount was reported");
+        drop(watch);
+    }
+}
