@@ -673,21 +673,22 @@ mod tests {
         assert_eq!(small.stats().reopens, reopens + 1);
     }
 
+    /// `n` images `DIR/I.iso` holding `image I`, adopted by `pool`.
+    fn adopt_images(pool: &Arc<FdPool>, dir: &Path, n: usize) -> Vec<Pooled> {
+        (0..n)
+            .map(|i| {
+                let p = file_with(dir, &format!("{i}.iso"), format!("image {i}").as_bytes());
+                pool.adopt(File::open(&p).unwrap(), &p).unwrap()
+            })
+            .collect()
+    }
+
     #[test]
     fn near_the_limit_images_are_shared_and_closed_when_the_process_runs_short() {
         let dir = tempfile::tempdir().unwrap();
         // As near the open-file limit as can be: no descriptor is numbered low enough to hold.
         let pool = FdPool::build(8, 0).relieves();
-        let srcs: Vec<Pooled> = (0..3)
-            .map(|i| {
-                let p = file_with(
-                    dir.path(),
-                    &format!("{i}.iso"),
-                    format!("image {i}").as_bytes(),
-                );
-                pool.adopt(File::open(&p).unwrap(), &p).unwrap()
-            })
-            .collect();
+        let srcs = adopt_images(&pool, dir.path(), 3);
         assert!(srcs.iter().all(|s| matches!(s.0, Kind::Shared(_))));
         assert_eq!(pool.stats().open, 3);
         // Another part of the process ran out: the least recently used is closed, and its
@@ -717,16 +718,7 @@ mod tests {
     fn keeps_at_most_the_budget_open_and_reopens_the_least_recently_used() {
         let dir = tempfile::tempdir().unwrap();
         let pool = FdPool::new(2);
-        let srcs: Vec<Pooled> = (0..5)
-            .map(|i| {
-                let p = file_with(
-                    dir.path(),
-                    &format!("{i}.iso"),
-                    format!("image {i}").as_bytes(),
-                );
-                pool.adopt(File::open(&p).unwrap(), &p).unwrap()
-            })
-            .collect();
+        let srcs = adopt_images(&pool, dir.path(), 5);
         assert_eq!(pool.stats().open, 2);
         assert_eq!(pool.stats().evictions, 3);
         for round in 0..3 {
