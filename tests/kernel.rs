@@ -158,7 +158,8 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        for m in mounts_under(&self.root).into_iter().rev() {
+        // (Below the root, and any a test made elsewhere in its directory.)
+        for m in mounts_under(self.dir.path()).into_iter().rev() {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
         for (dev, back) in common::loops() {
@@ -1040,6 +1041,122 @@ fn the_watcher_serves_isos_through_the_kernel_where_it_has_iso9660() {
     assert!(mounts_under(&w.root).is_empty(), "{log}");
     assert_eq!(fs::read_dir(&w.root).expect("root").count(), 0, "{log}");
     wait_no_loop(&b);
+}
+
+/// An image inside a medium the kernel driver serves, reached from the watched directory
+/// through a symlink into the root, or into a recursive bind mount of the root (where the path
+/// does not show it), is not served: its loop device would keep that medium's file system alive after
+/// the medium goes.
+#[test]
+fn a_symlink_to_an_image_inside_a_kernel_mounted_medium_is_not_served() {
+    const TEST: &str = "a_symlink_to_an_image_inside_a_kernel_mounted_medium_is_not_served";
+    if !kernel_has_iso9660() {
+        eprintln!("SKIP {TEST}: no iso9660");
+        return;
+    }
+    if !can_run(TEST) {
+        return;
+    }
+    let w = World::new();
+    let drop_dir = w.path("drop");
+    fs::create_dir(&drop_dir).expect("mkdir");
+    let (inner, _) = w.image("iso9660", 100_000);
+    let outer_src = w.path("outer-src");
+    fs::create_dir(&outer_src).expect("mkdir");
+    fs::rename(&inner, outer_src.join("inner.iso")).expect("moving inner.iso");
+    let mkiso = |src: &Path, out: &Path, label: &str| {
+        common::output_ok(
+            Command::new(common::bin())
+                .arg("mkiso")
+                .arg(src)
+                .arg("-o")
+                .arg(out)
+                .args(["-V", label]),
+        );
+    };
+    let outer = w.path("outer.iso");
+    mkiso(&outer_src, &outer, "OUTER");
+    let state = w.path("state.json");
+    let mut child = watcher(
+        &w,
+        &["--driver", "kernel", "--no-drives", "--cleanup-on-exit"],
+        &drop_dir,
+        &state,
+    );
+    let mut stderr = child.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let names = || -> Vec<String> {
+        StateFile::load(&state)
+            .ok()
+            .flatten()
+            .map(|d| d.media.into_iter().map(|m| m.name).collect())
+            .unwrap_or_default()
+    };
+    let dropped = drop_dir.join("outer.iso");
+    fs::rename(&outer, &dropped).expect("dropping outer.iso");
+    wait_for("OUTER", &|| w.root.join("OUTER/inner.iso").exists());
+    let mirror = w.path("mirror");
+    fs::create_dir(&mirror).expect("mkdir");
+    common::output_ok(
+        // Recursive: the media are mounts of their own below the root.
+        Command::new("mount")
+            .arg("--rbind")
+            .arg(&w.root)
+            .arg(&mirror),
+    );
+    let links = [
+        (drop_dir.join("inner.iso"), w.root.join("OUTER/inner.iso")),
+        (
+            drop_dir.join("via-mirror.iso"),
+            mirror.join("OUTER/inner.iso"),
+        ),
+    ];
+    for (link, target) in &links {
+        std::os::unix::fs::symlink(target, link).expect("symlink");
+    }
+    // A plain image after the links: once it is served, they have been seen and refused.
+    let plain_src = w.path("plain-src");
+    fs::create_dir(&plain_src).expect("mkdir");
+    fs::write(plain_src.join("hello.txt"), b"hello\n").expect("write");
+    let plain = w.path("plain.iso");
+    mkiso(&plain_src, &plain, "PLAIN");
+    fs::rename(&plain, drop_dir.join("plain.iso")).expect("dropping plain.iso");
+    wait_for("PLAIN", &|| {
+        names().len() == 2 && names().contains(&"PLAIN".into())
+    });
+    let served = names();
+    common::output_ok(Command::new("umount").arg("-R").arg(&mirror));
+    // Nothing holds OUTER: it goes with its loop device.
+    fs::remove_file(&dropped).expect("deleting outer.iso");
+    wait_for("OUTER to go", &|| !w.root.join("OUTER").exists());
+    wait_no_loop(&dropped);
+    // SAFETY: our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("waiting for the watcher");
+    let log = log.join().expect("log reader");
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(served.contains(&"OUTER".into()), "{served:?}\n{log}");
+    assert!(!served.contains(&"TESTISO".into()), "{served:?}\n{log}");
+    for (link, _) in &links {
+        let image = format!("image={}", link.display());
+        assert!(
+            log.lines().any(|l| l.contains(&image)
+                && l.contains("a symlink to a file inside a medium isomgr serves; not served")),
+            "{image} refused, in\n{log}"
+        );
+    }
+    assert!(mounts_under(&w.root).is_empty(), "{log}");
 }
 
 #[test]

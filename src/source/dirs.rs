@@ -271,8 +271,10 @@ impl DirsSource {
         .inspect_err(|e| tracing::warn!(error = %e, "watching /proc/self/mountinfo; a file system mounted on a watched directory later is found by the next rescan (SIGHUP)"))
         .ok();
         let table = mounts::read().unwrap_or_default();
+        let served_devs = served_devs(&table, &cfg.root, root_dev);
         let mut state = State {
             root_dev,
+            served_devs,
             input: tx.clone(),
             real: vec![None; cfg.dirs.len()],
             bearing: Vec::new(),
@@ -455,6 +457,10 @@ struct State {
     /// The root's device where the root is a mount of its own (the FUSE driver's): a file on
     /// it is inside a medium isomgr serves, whatever path reaches it (a bind mount).
     root_dev: Option<u64>,
+    /// The devices of the mounts at and below the root (the FUSE root, or the kernel driver's
+    /// media), as of the last change of the mount table: a file on one of them is inside a
+    /// medium isomgr serves, whatever path reaches it (a bind mount of the root).
+    served_devs: HashSet<u64>,
     out: mpsc::Sender<Event>,
     watcher: notify::RecommendedWatcher,
     /// The watched directories' parents, for a directory made again.
@@ -620,6 +626,7 @@ impl State {
                 return;
             }
         };
+        self.served_devs = served_devs(&table, &self.cfg.root, self.root_dev);
         let now = self.bearings(&table);
         let mut changed = false;
         for (i, now) in now.iter().enumerate() {
@@ -1281,7 +1288,7 @@ impl State {
                 return true;
             }
         };
-        if let Some(real) = inside(&file, &meta, &self.cfg.root, self.root_dev) {
+        if let Some(real) = inside(&file, &meta, &self.cfg.root, &self.served_devs) {
             tracing::warn!(image = %path.display(), target = %real.display(), root = %self.cfg.root.display(), "a symlink to a file inside a medium isomgr serves; not served (it would keep that medium busy after it goes)");
             self.replaced(path);
             return true;
@@ -1798,16 +1805,31 @@ fn open_image_then(path: &Path, follow_symlinks: bool, meanwhile: impl FnOnce())
 }
 
 /// Where open `file` (whose metadata is `meta`) is, if that is inside `root`: its path as the
-/// kernel knows it, or its device where that is the root's own (`root_dev`).
+/// kernel knows it, or its device where that is one of the root's mounts (`served`).
 fn inside(
     file: &File,
     meta: &std::fs::Metadata,
     root: &Path,
-    root_dev: Option<u64>,
+    served: &HashSet<u64>,
 ) -> Option<PathBuf> {
     let fd = std::os::fd::AsRawFd::as_raw_fd(file);
     let real = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-    (real.starts_with(root) || root_dev == Some(meta.dev())).then_some(real)
+    (real.starts_with(root) || served.contains(&meta.dev())).then_some(real)
+}
+
+/// The devices of the mounts at and below `root` in `table`, and `root_dev` (the root's own
+/// device where it is a mount point, seen without the table).
+fn served_devs(
+    table: &[crate::sys::MountEntry],
+    root: &Path,
+    root_dev: Option<u64>,
+) -> HashSet<u64> {
+    table
+        .iter()
+        .filter(|m| m.mount_point.starts_with(root))
+        .map(|m| m.dev)
+        .chain(root_dev)
+        .collect()
 }
 
 /// The device of `dir` where it is a mount point (its parent is on another device).

@@ -142,6 +142,7 @@ mod tests {
         MountEntry {
             id,
             parent: 1,
+            dev: 0,
             mount_point: at.into(),
             fstype: "ext4".into(),
             source: "/dev/vda1".into(),

@@ -81,6 +81,8 @@ impl MountFlags {
 pub struct MountEntry {
     pub id: u32,
     pub parent: u32,
+    /// The device its files have (`st_dev`), from the MAJ:MIN field.
+    pub dev: u64,
     pub mount_point: PathBuf,
     pub fstype: String,
     /// The mount source: a device node for block filesystems.
@@ -159,7 +161,8 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let mut it = line.split(' ');
             let id = it.next()?.parse().ok()?;
             let parent = it.next()?.parse().ok()?;
-            let _devno = it.next()?;
+            let (major, minor) = it.next()?.split_once(':')?;
+            let dev = libc::makedev(major.parse().ok()?, minor.parse().ok()?);
             let _root = it.next()?;
             let mount_point = unescape_octal(it.next()?);
             it.find(|f| *f == "-")?;
@@ -170,6 +173,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             Some(MountEntry {
                 id,
                 parent,
+                dev,
                 mount_point,
                 fstype,
                 source,
@@ -324,6 +328,8 @@ mod tests {
         assert_eq!(m[1].fstype, "squashfs");
         assert_eq!(m[1].source, "/dev/loop3");
         assert_eq!(m[2].source, "none");
+        assert_eq!(m[1].dev, libc::makedev(7, 3));
+        assert_eq!(m[2].dev, libc::makedev(0, 40));
     }
 
     #[test]

@@ -367,6 +367,7 @@ fn mount_entry(id: u32, point: &str, fstype: &str, source: &str) -> MountEntry {
     MountEntry {
         id,
         parent: 1,
+        dev: 0,
         mount_point: point.into(),
         fstype: fstype.into(),
         source: source.into(),
