@@ -276,6 +276,25 @@ fn watcher(w: &World, args: &[&str], drop_dir: &Path, state: &Path) -> std::proc
         .expect("starting the watcher")
 }
 
+/// The watcher's stderr, read to its end on a thread of its own: its whole log once it exits.
+fn log_of(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+    let mut stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    })
+}
+
+/// Polls `done` every 50 ms; fails the test after 60 s.
+fn wait_for(what: &str, done: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `target` is one mount of `fstype` from `source`, `ro,nosuid,nodev,noexec`, in mountinfo.
 fn assert_served_mount(target: &Path, fstype: &str, source: &Path) {
     let at = mounts_at(target);
@@ -969,19 +988,7 @@ fn the_watcher_serves_isos_through_the_kernel_where_it_has_iso9660() {
         &drop_dir,
         &state,
     );
-    let mut stderr = child.stderr.take().expect("stderr");
-    let log = std::thread::spawn(move || {
-        let mut log = String::new();
-        let _ = stderr.read_to_string(&mut log);
-        log
-    });
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let log = log_of(&mut child);
     wait_for("the state file", &|| {
         matches!(StateFile::load(&state), Ok(Some(_)))
     });
@@ -1083,19 +1090,7 @@ fn a_symlink_to_an_image_inside_a_kernel_mounted_medium_is_not_served() {
         &drop_dir,
         &state,
     );
-    let mut stderr = child.stderr.take().expect("stderr");
-    let log = std::thread::spawn(move || {
-        let mut log = String::new();
-        let _ = stderr.read_to_string(&mut log);
-        log
-    });
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let log = log_of(&mut child);
     let names = || -> Vec<String> {
         StateFile::load(&state)
             .ok()
