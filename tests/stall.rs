@@ -564,3 +564,91 @@ fn a_share_mounted_on_a_watched_directory_after_the_start_is_polled() {
     });
     env.wait_names(&["BELOW"]);
 }
+
+/// A network or FUSE file system mounted inside a watched directory (`DROP/share`), at the
+/// start or later, is polled on its own: what another machine adds behind it (no inotify
+/// event here) is served, while the rest of the directory keeps inotify. Once unmounted, its
+/// images go and the directory below it is watched with the rest again.
+#[test]
+fn a_share_mounted_inside_a_watched_directory_is_polled_on_its_own() {
+    if !watcher::can_run("a_share_mounted_inside_a_watched_directory_is_polled_on_its_own") {
+        return;
+    }
+    let env = Env::new("isomgr-stall-inside-");
+    let (early_backing, late_backing) = (env.outside("early-backing"), env.outside("late-backing"));
+    let (early, late) = (env.drop.join("early"), env.drop.join("late"));
+    fs::create_dir_all(&early).unwrap();
+    fs::create_dir_all(&late).unwrap();
+    let early_files = image(&env, "early", "EARLY", &early_backing, |src| {
+        tree(src, 600, 2, 1 << 16)
+    });
+    let early_fs = StallFs::mount(&early_backing, &early);
+    // `--check-config` says so beforehand.
+    let out = watcher::watch_command(&env)
+        .args(["--poll-interval", "0.2", "--check-config"])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    let want = format!(
+        "  {}: fuse.stallfs mounted inside: polled on its own every 0.2 s\n",
+        early.display()
+    );
+    assert!(summary.contains(&want), "want {want:?} in:\n{summary}");
+    let _watcher = Watcher::start_with(&env, &["--poll-interval", "0.2"]);
+    let polling = |at: &Path| {
+        let line = format!(
+            "a network or FUSE file system is mounted inside the watched directory: no inotify for remote changes; polling it every 0.2 s dir={}",
+            at.display()
+        );
+        wait_logged(&env, &format!("{} to be polled", at.display()), &line);
+    };
+    polling(&early);
+    env.wait_names(&["EARLY"]);
+    let f = env.root.join("EARLY");
+    within("reading the image on the share", move || {
+        read_all(&f, &early_files)
+    });
+    // Added behind the mount, as another machine adds to a share: no inotify event; a poll
+    // finds it.
+    image(&env, "early2", "EARLY2", &early_backing, |src| {
+        tree(src, 610, 1, 1 << 12)
+    });
+    env.wait_names(&["EARLY", "EARLY2"]);
+
+    // Mounted after the start, beside it.
+    image(&env, "late", "LATE", &late_backing, |src| {
+        tree(src, 620, 1, 1 << 12)
+    });
+    let late_fs = StallFs::mount(&late_backing, &late);
+    polling(&late);
+    env.wait_names(&["EARLY", "EARLY2", "LATE"]);
+    image(&env, "late2", "LATE2", &late_backing, |src| {
+        tree(src, 630, 1, 1 << 12)
+    });
+    env.wait_names(&["EARLY", "EARLY2", "LATE", "LATE2"]);
+    // Removed behind the mount: a poll sees it gone.
+    fs::remove_file(early_backing.join("early2.iso")).unwrap();
+    env.wait_names(&["EARLY", "LATE", "LATE2"]);
+    // The rest of the directory keeps inotify.
+    a_new_image_is_served(&env, &["EARLY", "LATE", "LATE2", "NEW"]);
+
+    // Unmounted (lazily: the watcher holds the images open): its images go, it is polled no
+    // more, and what is copied into the directory below it is served.
+    drop(late_fs);
+    env.wait_names(&["EARLY", "NEW"]);
+    wait_logged(
+        &env,
+        "the unmounted share to be polled no more",
+        &format!(
+            "the network or FUSE file system mounted inside a watched directory is gone: no longer polled on its own dir={}",
+            late.display()
+        ),
+    );
+    image(&env, "below", "BELOW", &late, |src| {
+        tree(src, 640, 1, 1 << 12)
+    });
+    env.wait_names(&["EARLY", "NEW", "BELOW"]);
+    drop(early_fs);
+    env.wait_names(&["NEW", "BELOW"]);
+}

@@ -385,7 +385,8 @@ pub fn summary(e: &Effective, out: &mut impl Write) -> std::io::Result<()> {
     };
     writeln!(out, "drives: {drives}; any block device: {}", e.any_block)?;
     writeln!(out, "poll_interval: {} s", dirs::secs(e.poll_interval))?;
-    for d in &e.dirs {
+    let table = crate::source::mounts::read().unwrap_or_default();
+    for (i, d) in e.dirs.iter().enumerate() {
         let decision = dirs::poll_decision(d, e.poll_interval);
         writeln!(
             out,
@@ -397,6 +398,18 @@ pub fn summary(e: &Effective, out: &mut impl Write) -> std::io::Result<()> {
             d.poll.as_str(),
             decision.why
         )?;
+        if decision.poll {
+            continue;
+        }
+        let real = std::fs::canonicalize(&d.path).ok();
+        for (at, fs) in dirs::shares_inside(&e.dirs, i, real.as_deref(), &table) {
+            writeln!(
+                out,
+                "  {}: {fs} mounted inside: polled on its own every {} s",
+                at.display(),
+                dirs::secs(e.poll_interval)
+            )?;
+        }
     }
     if e.exec.is_empty() {
         writeln!(out, "exec: none")?;

@@ -11,7 +11,9 @@
 //! instead (rescanned every `poll_interval`, compared with what is known, the same events
 //! emitted). A file found new or changed by a poll is taken only once two polls in a row see
 //! the same size and mtime (a file still growing is not served). Local directories keep pure
-//! inotify: no timer is armed for them.
+//! inotify: no timer is armed for them. A network or FUSE file system mounted inside a
+//! directory watched with inotify in auto mode (found in the mount table, at the start or
+//! later) is polled as a directory of its own, with its directory's patterns.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -200,6 +202,27 @@ fn look_at_dir(spec: &DirSpec, interval: Duration, create: bool) -> anyhow::Resu
     })
 }
 
+/// The network and FUSE file systems mounted inside watched directory `i` of `dirs` (known
+/// also by `real`, its path with symlinks resolved) in `table` that are polled on their own
+/// where `i` is watched with inotify: mount point and type. None unless its poll mode is
+/// auto; none inside a deeper directory of `dirs` (that one decides).
+pub fn shares_inside(
+    dirs: &[DirSpec],
+    i: usize,
+    real: Option<&Path>,
+    table: &[crate::sys::MountEntry],
+) -> Vec<(PathBuf, String)> {
+    if dirs[i].poll != PollMode::Auto {
+        return Vec::new();
+    }
+    let paths: Vec<&Path> = std::iter::once(dirs[i].path.as_path())
+        .chain(real)
+        .collect();
+    let mut found = mounts::remote_inside(table, &paths);
+    found.retain(|(at, _)| spec_index(dirs, at) == Some(i));
+    found
+}
+
 /// Seconds as a person writes them: `10`, `0.2`.
 pub fn secs(d: Duration) -> String {
     let s = format!("{:.3}", d.as_secs_f64());
@@ -255,6 +278,7 @@ impl DirsSource {
         })
         .context("starting inotify")?;
         let polled = vec![false; cfg.dirs.len()];
+        let user_dirs = cfg.dirs.len();
         let root_dev = mount_dev(&cfg.root);
         // The mount table is watched before it is read, and read before the directories are
         // looked at: a mount made in between is seen as a change and the directory is
@@ -278,6 +302,7 @@ impl DirsSource {
             input: tx.clone(),
             real: vec![None; cfg.dirs.len()],
             bearing: Vec::new(),
+            user_dirs,
             mounts_pending,
             _mount_watch: mount_watch,
             cfg,
@@ -308,6 +333,7 @@ impl DirsSource {
         };
         state.watch_all()?;
         state.bearing = state.bearings(&table);
+        state.poll_remote_inside(&table);
         state.watch_parents();
         let thread = std::thread::Builder::new()
             .name("isomgr-dirs".into())
@@ -472,8 +498,13 @@ struct State {
     /// Set while an [`Input::Mounts`] is queued: a burst of mounts (the kernel driver's)
     /// reads the table once.
     mounts_pending: Arc<AtomicBool>,
-    /// Per entry of `cfg.dirs`: the mounts that bore on it when it was last watched.
+    /// Per directory given to watch (the first `user_dirs` entries of `cfg.dirs`): the mounts
+    /// that bore on it when it was last watched.
     bearing: Vec<mounts::Bearing>,
+    /// How many of `cfg.dirs` were given to watch. The entries after them are network and FUSE
+    /// file systems mounted inside those (found in the mount table), polled as directories of
+    /// their own: inotify misses what other machines change there.
+    user_dirs: usize,
     /// Per entry of `cfg.dirs`: its path with symlinks resolved, when it was last looked at.
     real: Vec<Option<PathBuf>>,
     tracked: TrackedFiles,
@@ -600,8 +631,7 @@ impl State {
 
     /// The mounts bearing on each watched directory now (see [`mounts::bearing_on`]).
     fn bearings(&self, table: &[crate::sys::MountEntry]) -> Vec<mounts::Bearing> {
-        self.cfg
-            .dirs
+        self.cfg.dirs[..self.user_dirs]
             .iter()
             .zip(&self.real)
             .map(|(d, real)| {
@@ -628,7 +658,7 @@ impl State {
         };
         self.served_devs = served_devs(&table, &self.cfg.root, self.root_dev);
         let now = self.bearings(&table);
-        let mut changed = false;
+        let mut changed = Vec::new();
         for (i, now) in now.iter().enumerate() {
             if *now == self.bearing[i] {
                 continue;
@@ -645,30 +675,87 @@ impl State {
             if !self.polled[i] {
                 let _ = self.watcher.unwatch(&dir);
             }
-            let (was_polled, was_hanging) = (self.polled[i], self.may_hang[i]);
+            let was_hanging = self.may_hang[i];
             if let Err(e) = self.watch_dir(i, false) {
                 tracing::warn!(dir = %dir.display(), error = format!("{e:#}"), "cannot watch the watched directory again; found by the next rescan (SIGHUP)");
             }
-            if was_polled && !self.polled[i] {
-                self.observed
-                    .retain(|p, _| spec_index(&self.cfg.dirs, p) != Some(i));
-            }
-            // (Where a stat may hang, the rescan finds them gone instead.)
-            if !was_hanging && !self.may_hang[i] {
-                self.drop_stale(i);
-            }
-            changed = true;
+            changed.push((i, was_hanging));
         }
-        if !changed {
+        if changed.is_empty() {
             return;
         }
         // A symlink's target may have moved with the mount.
         self.bearing = self.bearings(&table);
+        self.poll_remote_inside(&table);
+        for (i, was_hanging) in changed {
+            // (Where a stat may hang, the rescan finds them gone instead.)
+            if !was_hanging && !self.may_hang[i] {
+                self.drop_stale(i);
+            }
+        }
         if self.polled.contains(&true) && self.next_poll.is_none() {
             self.next_poll = Some(Instant::now() + self.cfg.poll_interval);
         }
         self.watch_parents();
         self.full_scan();
+    }
+
+    /// Polls, as directories of their own, the network and FUSE file systems mounted inside
+    /// the directories watched with inotify in auto poll mode (entries of `cfg.dirs` after
+    /// `user_dirs`, with their parent's patterns); the entries of those no longer mounted
+    /// there go. One log line per share found or gone.
+    fn poll_remote_inside(&mut self, table: &[crate::sys::MountEntry]) {
+        let user = self.user_dirs;
+        let mut want: Vec<(usize, PathBuf, String)> = Vec::new();
+        for i in 0..user {
+            if self.polled[i] {
+                continue;
+            }
+            let dirs = &self.cfg.dirs[..user];
+            for (at, fs) in shares_inside(dirs, i, self.real[i].as_deref(), table) {
+                want.push((i, at, fs));
+            }
+        }
+        let had: Vec<PathBuf> = self.cfg.dirs[user..]
+            .iter()
+            .map(|d| d.path.clone())
+            .collect();
+        if !had.iter().eq(want.iter().map(|w| &w.1)) {
+            self.rebuild_remote_inside(&had, want);
+        }
+        // What a poll saw below a directory watched with inotify now is of no use.
+        let (dirs, polled) = (&self.cfg.dirs, &self.polled);
+        self.observed
+            .retain(|p, _| spec_index(dirs, p).is_some_and(|i| polled[i]));
+    }
+
+    /// Replaces the entries after `user_dirs` (`had`, their paths) with `want` (parent index,
+    /// mount point, type).
+    fn rebuild_remote_inside(&mut self, had: &[PathBuf], want: Vec<(usize, PathBuf, String)>) {
+        let user = self.user_dirs;
+        for gone in had.iter().filter(|p| !want.iter().any(|w| w.1 == **p)) {
+            tracing::info!(dir = %gone.display(), "the network or FUSE file system mounted inside a watched directory is gone: no longer polled on its own");
+        }
+        self.cfg.dirs.truncate(user);
+        self.polled.truncate(user);
+        self.may_hang.truncate(user);
+        self.real.truncate(user);
+        self.listing.retain(|i, _| *i < user);
+        let every = secs(self.cfg.poll_interval);
+        for (i, at, fs) in want {
+            if !had.contains(&at) {
+                tracing::info!(dir = %at.display(), inside = %self.cfg.dirs[i].path.display(), fs = %fs, "a network or FUSE file system is mounted inside the watched directory: no inotify for remote changes; polling it every {every} s");
+            }
+            let spec = DirSpec {
+                path: at,
+                poll: PollMode::Always,
+                ..self.cfg.dirs[i].clone()
+            };
+            self.cfg.dirs.push(spec);
+            self.polled.push(true);
+            self.may_hang.push(true);
+            self.real.push(None);
+        }
     }
 
     /// Every image tracked below watched directory `i` whose path no longer leads to it (a

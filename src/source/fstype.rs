@@ -47,6 +47,31 @@ pub fn remote_fs(f_type: i64) -> Option<&'static str> {
     REMOTE.iter().find(|(m, _)| *m == f_type).map(|(_, n)| *n)
 }
 
+/// Whether a file system named `fstype` as `/proc/self/mountinfo` names it (`nfs4`, `cifs`,
+/// `fuse.sshfs`...) is one whose changes inotify may miss: the types of [`REMOTE`], by name.
+/// Read from the mount table, it needs no statfs(2), which a dead server would hold up.
+pub fn remote_fs_named(fstype: &str) -> bool {
+    let base = fstype.split('.').next().unwrap_or(fstype);
+    matches!(
+        base,
+        "nfs"
+            | "nfs4"
+            | "smbfs"
+            | "smb3"
+            | "cifs"
+            | "9p"
+            | "fuse"
+            | "fuseblk"
+            | "ceph"
+            | "afs"
+            | "coda"
+            | "gfs2"
+            | "ocfs2"
+            | "ncpfs"
+            | "glusterfs"
+    )
+}
+
 /// A name for any `f_type`, for log lines: the known name or `unknown`.
 pub fn fs_name(f_type: i64) -> &'static str {
     remote_fs(f_type)
@@ -121,6 +146,30 @@ mod tests {
         }
         assert_eq!(fs_name(0xEF53), "ext4");
         assert_eq!(fs_name(0x1234), "unknown");
+    }
+
+    #[test]
+    fn mount_table_names_of_network_and_fuse_file_systems_are_remote() {
+        for name in [
+            "nfs",
+            "nfs4",
+            "cifs",
+            "smb3",
+            "9p",
+            "fuse",
+            "fuse.sshfs",
+            "fuse.rclone",
+            "fuseblk",
+            "ceph",
+            "glusterfs",
+        ] {
+            assert!(remote_fs_named(name), "{name}");
+        }
+        for name in [
+            "ext4", "xfs", "tmpfs", "overlay", "iso9660", "nfsd", "fusectl", "",
+        ] {
+            assert!(!remote_fs_named(name), "{name}");
+        }
     }
 
     #[test]

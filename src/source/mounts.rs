@@ -121,6 +121,62 @@ pub fn bearing_on(mounts: &[MountEntry], paths: &[&Path]) -> Bearing {
     out
 }
 
+/// The network and FUSE file systems (see [`super::fstype::remote_fs_named`]) mounted strictly
+/// inside a watched directory known by `paths` (as written first, then with its symlinks
+/// resolved) and seen there (not covered by another mount): each mount point as reached
+/// through `paths[0]`, with its type. inotify misses what other machines change on them.
+pub fn remote_inside(mounts: &[MountEntry], paths: &[&Path]) -> Vec<(PathBuf, String)> {
+    let Some(written) = paths.first() else {
+        return Vec::new();
+    };
+    let mut out: Vec<(PathBuf, String)> = mounts
+        .iter()
+        .filter(|m| super::fstype::remote_fs_named(&m.fstype) && seen(mounts, m))
+        .filter_map(|m| {
+            paths.iter().find_map(|p| {
+                let rel = m.mount_point.strip_prefix(p).ok()?;
+                (!rel.as_os_str().is_empty()).then(|| (written.join(rel), m.fstype.clone()))
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
+/// The mount a path at `point` leads to among those mounted exactly there: the one no other
+/// is stacked on.
+fn top_at<'a>(mounts: &'a [MountEntry], point: &Path) -> Option<&'a MountEntry> {
+    let at = || mounts.iter().filter(|m| m.mount_point == point);
+    at().find(|m| !at().any(|o| o.parent == m.id && o.id != m.id))
+}
+
+/// Whether mount `m` is what its mount point shows: nothing is stacked on it, and it hangs
+/// from the mount its parent path leads to, which is seen in turn (a file system mounted over
+/// a directory above it hides it).
+fn seen(mounts: &[MountEntry], m: &MountEntry) -> bool {
+    let mut m = m;
+    // (At most one step per path component; the bound guards against a malformed table.)
+    for _ in 0..=m.mount_point.components().count() {
+        if top_at(mounts, &m.mount_point).map(|t| t.id) != Some(m.id) {
+            return false;
+        }
+        let above = mounts
+            .iter()
+            .filter(|o| o.mount_point != m.mount_point && m.mount_point.starts_with(&o.mount_point))
+            .map(|o| &o.mount_point)
+            .max_by_key(|p| p.as_os_str().len());
+        let Some(above) = above else {
+            return true;
+        };
+        match top_at(mounts, above) {
+            Some(parent) if parent.id == m.parent => m = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// What `now` has that `before` had not (mounted), and the other way round (unmounted).
 pub fn difference(before: &Bearing, now: &Bearing) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let only = |a: &Bearing, b: &Bearing| -> Vec<PathBuf> {
@@ -199,6 +255,60 @@ mod tests {
             unmounted,
             [PathBuf::from("/srv/iso-drop/usb"), "/srv/iso-drop".into()]
         );
+    }
+
+    fn mount(id: u32, parent: u32, at: &str, fstype: &str) -> MountEntry {
+        MountEntry {
+            parent,
+            fstype: fstype.into(),
+            ..entry(id, at)
+        }
+    }
+
+    #[test]
+    fn network_and_fuse_mounts_seen_inside_a_directory_are_found() {
+        let table = [
+            mount(1, 0, "/", "ext4"),
+            mount(2, 1, "/srv/iso-drop/nas", "nfs4"),
+            mount(3, 1, "/srv/iso-drop/usb", "vfat"),
+            mount(4, 3, "/srv/iso-drop/usb/ssh", "fuse.sshfs"),
+            mount(5, 1, "/srv/iso-drop-old/smb", "cifs"),
+            // Stacked: a tmpfs mounted over a share hides it.
+            mount(6, 1, "/srv/iso-drop/hidden", "cifs"),
+            mount(7, 6, "/srv/iso-drop/hidden", "tmpfs"),
+            // A share below a directory a tmpfs was mounted over later is not seen either.
+            mount(8, 1, "/srv/iso-drop/a/nas", "nfs"),
+            mount(9, 1, "/srv/iso-drop/a", "tmpfs"),
+            // One mounted on the tmpfs is.
+            mount(10, 9, "/srv/iso-drop/a/smb", "smb3"),
+            // The directory itself: not inside it (its own poll decision covers it).
+            mount(11, 1, "/srv/iso-drop", "ext4"),
+        ];
+        // (Without 11, which would cover everything mounted on 1 below the directory.)
+        let drop = Path::new("/srv/iso-drop");
+        let found = remote_inside(&table[..10], &[drop]);
+        let want: Vec<(PathBuf, String)> = [
+            ("/srv/iso-drop/a/smb", "smb3"),
+            ("/srv/iso-drop/nas", "nfs4"),
+            ("/srv/iso-drop/usb/ssh", "fuse.sshfs"),
+        ]
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+        .collect();
+        assert_eq!(found, want);
+        // Mounted over the directory after them, 11 hides those hanging from 1.
+        let found = remote_inside(&table, &[drop]);
+        assert!(found.is_empty(), "{found:?}");
+        // Reached through a symlink: named by the path as written.
+        let link = Path::new("/var/lib/isos");
+        let found = remote_inside(&table[..3], &[link, drop]);
+        assert_eq!(found, [(PathBuf::from("/var/lib/isos/nas"), "nfs4".into())]);
+        // A remote file system mounted on the directory itself is not inside it.
+        let on = [
+            mount(1, 0, "/", "ext4"),
+            mount(2, 1, "/srv/iso-drop", "nfs"),
+        ];
+        assert!(remote_inside(&on, &[drop]).is_empty());
     }
 
     #[test]
