@@ -753,6 +753,77 @@ fn symlinks_to_images_are_taken_unless_refused() {
     env2.wait_status(&["PLAIN"]);
 }
 
+/// The inotify watches a process holds (`inotify wd:` lines in its descriptors' fdinfo).
+fn inotify_watches(pid: u32) -> usize {
+    let dir = format!("/proc/{pid}/fdinfo");
+    fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path()).ok())
+        .map(|info| {
+            info.lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count()
+        })
+        .sum()
+}
+
+/// A symlink to a directory in the watched tree is not followed, as a scan does not follow
+/// it: no inotify watch is placed on the tree it leads to (one to `/usr` would take tens of
+/// thousands), and an image written there is not served (a rescan would not find it).
+#[test]
+fn symlinked_directories_are_neither_watched_nor_followed() {
+    if !can_run("symlinked directories") {
+        return;
+    }
+    let env = Env::new("isomgr-watch-");
+    let elsewhere = env.outside("elsewhere");
+    for i in 0..200 {
+        fs::create_dir_all(elsewhere.join(format!("d{i}/e"))).unwrap();
+    }
+    fs::create_dir_all(env.drop.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, env.drop.join("link")).unwrap();
+    let w = Watcher::start_with(&env, &[]);
+    let watches = inotify_watches(w.pid());
+    // The drop dir and its one subdirectory, and the parents' watch: a handful, not 400.
+    assert!(watches < 20, "{watches} inotify watches");
+    let scratch = scratch(&env);
+    fs::copy(
+        small_image(&scratch, "via-link.iso", "VIA_LINK"),
+        elsewhere.join("d7/e/via-link.iso"),
+    )
+    .unwrap();
+    // A regular image after it: once that is served, the other would have been too.
+    fs::copy(
+        small_image(&scratch, "plain.iso", "PLAIN"),
+        env.drop.join("sub/p.iso"),
+    )
+    .unwrap();
+    env.wait_names(&["PLAIN"]);
+    w.signal(libc::SIGHUP);
+    env.wait_status(&["PLAIN"]);
+    assert_eq!(env.names(), BTreeSet::from(["PLAIN".to_owned()]));
+
+    // A watched directory that is itself a symlink is followed, with the tree below it.
+    let env2 = Env::new("isomgr-watch-");
+    let real = env2.outside("real-drop");
+    fs::create_dir_all(real.join("sub/deeper")).unwrap();
+    fs::remove_dir(&env2.drop).unwrap();
+    std::os::unix::fs::symlink(&real, &env2.drop).unwrap();
+    let _w2 = Watcher::start_with(&env2, &[]);
+    fs::copy(
+        small_image(&scratch, "deep.iso", "DEEP"),
+        real.join("sub/deeper/deep.iso"),
+    )
+    .unwrap();
+    env2.wait_names(&["DEEP"]);
+    env2.wait_status(&["DEEP"]);
+    assert_eq!(
+        env2.medium("DEEP")["origin"],
+        env2.drop.join("sub/deeper/deep.iso").to_str().unwrap()
+    );
+}
+
 /// An image inside a served medium, linked into the watched directory, is not served: the
 /// watcher would read it through its own mount and keep that medium busy after it goes.
 #[test]

@@ -273,9 +273,15 @@ impl DirsSource {
         use anyhow::Context;
         let (tx, rx) = std_mpsc::channel::<Input>();
         let notify_tx = tx.clone();
-        let watcher = notify::recommended_watcher(move |res| {
-            let _ = notify_tx.send(Input::Notify(res));
-        })
+        // Symlinked directories are not followed, as a scan does not follow them: `notify`
+        // would otherwise watch the whole tree one leads to (`/usr`: 15,000 watches) and
+        // report images there that no scan finds.
+        let watcher = notify::RecommendedWatcher::new(
+            move |res| {
+                let _ = notify_tx.send(Input::Notify(res));
+            },
+            notify::Config::default().with_follow_symlinks(false),
+        )
         .context("starting inotify")?;
         let polled = vec![false; cfg.dirs.len()];
         let user_dirs = cfg.dirs.len();
