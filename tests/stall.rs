@@ -652,3 +652,48 @@ fn a_share_mounted_inside_a_watched_directory_is_polled_on_its_own() {
     drop(early_fs);
     env.wait_names(&["NEW", "BELOW"]);
 }
+
+/// A share mounted inside a watched directory whose server does not answer when the watcher
+/// starts (its listing and the stat of its mount point hang) holds up neither the start nor
+/// the rest of the directory: the images beside it are served and new ones are taken. What it
+/// holds is served once it answers.
+#[test]
+fn a_share_inside_a_watched_directory_that_does_not_answer_holds_up_no_other() {
+    if !watcher::can_run(
+        "a_share_inside_a_watched_directory_that_does_not_answer_holds_up_no_other",
+    ) {
+        return;
+    }
+    let env = Env::new("isomgr-stall-inside-dead-");
+    let backing = env.outside("backing");
+    let share = env.drop.join("share");
+    fs::create_dir_all(&share).unwrap();
+    let slow_files = image(&env, "slow", "SLOW", &backing, |src| {
+        tree(src, 700, 2, 1 << 16)
+    });
+    image(&env, "good", "GOOD", &env.drop, |src| {
+        tree(src, 710, 2, 1 << 16)
+    });
+    let stall = StallFs::mount(&backing, &share);
+    stall.hold_listing();
+    stall.hold_root_attr();
+    // Released after HANG whatever happens: a watcher stuck in the share could not be
+    // stopped, and the test would hang instead of failing.
+    let late = stall.release_on_drop();
+    std::thread::spawn(move || {
+        std::thread::sleep(HANG);
+        drop(late);
+    });
+    let _watcher = Watcher::start_with(&env, &["--poll-interval", "0.2"]);
+    let _release = stall.release_on_drop();
+    env.wait_names(&["GOOD"]);
+    a_new_image_is_served(&env, &["GOOD", "NEW"]);
+
+    stall.release();
+    env.wait_names(&["GOOD", "NEW", "SLOW"]);
+    let s = env.root.join("SLOW");
+    within(
+        "reading the image of the share that answered late",
+        move || read_all(&s, &slow_files),
+    );
+}

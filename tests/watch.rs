@@ -824,6 +824,80 @@ fn symlinked_directories_are_neither_watched_nor_followed() {
     );
 }
 
+/// Whether process `pid` has an inotify watch on `dir`'s inode.
+fn watches_inode(pid: u32, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let want = format!(" ino:{:x} ", fs::metadata(dir).unwrap().ino());
+    fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path()).ok())
+        .any(|info| {
+            info.lines()
+                .any(|l| l.starts_with("inotify wd:") && l.contains(&want))
+        })
+}
+
+/// Each directory of the tree has its own inotify watch, kept right as directories move: one
+/// renamed inside the tree, one moved in with a tree below it (watched down to its leaves)
+/// and one moved out (watched no more: what is written there afterwards is not served).
+#[test]
+fn directories_renamed_moved_in_and_moved_out_keep_the_watches_right() {
+    if !can_run("directories moving") {
+        return;
+    }
+    let env = Env::new("isomgr-watch-");
+    fs::create_dir_all(env.drop.join("a/b")).unwrap();
+    let w = Watcher::start_with(&env, &[]);
+    let scratch = scratch(&env);
+    let pid = w.pid();
+
+    fs::rename(env.drop.join("a"), env.drop.join("c")).unwrap();
+    let one = env.drop.join("c/b/one.iso");
+    fs::copy(small_image(&scratch, "one.iso", "ONE"), &one).unwrap();
+    env.wait_status(&["ONE"]);
+    assert_eq!(env.medium("ONE")["origin"], one.to_str().unwrap());
+
+    let outside = env.outside("tree");
+    fs::create_dir_all(outside.join("t/u/v")).unwrap();
+    fs::rename(outside.join("t"), env.drop.join("t")).unwrap();
+    let deep = env.drop.join("t/u/v");
+    wait_for("a watch on the moved-in tree's leaf", || {
+        watches_inode(pid, &deep)
+            .then_some(())
+            .ok_or("none".to_owned())
+    });
+    fs::copy(
+        small_image(&scratch, "two.iso", "TWO"),
+        deep.join("two.iso"),
+    )
+    .unwrap();
+    env.wait_status(&["ONE", "TWO"]);
+
+    let away = outside.join("t2");
+    fs::rename(env.drop.join("t"), &away).unwrap();
+    env.wait_status(&["ONE"]);
+    wait_for("no watch left on the moved-out tree", || {
+        match watches_inode(pid, &away.join("u")) || watches_inode(pid, &away.join("u/v")) {
+            true => Err("still watched".to_owned()),
+            false => Ok(()),
+        }
+    });
+    fs::copy(
+        small_image(&scratch, "three.iso", "THREE"),
+        away.join("u/three.iso"),
+    )
+    .unwrap();
+    // A marker after it: once that is served, the other would have been too.
+    fs::copy(
+        small_image(&scratch, "marker.iso", "MARKER"),
+        env.drop.join("c/marker.iso"),
+    )
+    .unwrap();
+    env.wait_status(&["MARKER", "ONE"]);
+    assert!(watches_inode(pid, &env.drop.join("c/b")));
+}
+
 /// An image inside a served medium, linked into the watched directory, is not served: the
 /// watcher would read it through its own mount and keep that medium busy after it goes.
 #[test]

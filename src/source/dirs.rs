@@ -308,6 +308,8 @@ impl DirsSource {
             input: tx.clone(),
             real: vec![None; cfg.dirs.len()],
             bearing: Vec::new(),
+            missing: vec![false; user_dirs],
+            watched: std::collections::BTreeSet::new(),
             user_dirs,
             mounts_pending,
             _mount_watch: mount_watch,
@@ -337,9 +339,16 @@ impl DirsSource {
             opening: HashMap::new(),
             opened: HashMap::new(),
         };
-        state.watch_all()?;
+        // Each directory is looked at, then the shares inside are known (they are polled), then
+        // the rest of each tree is watched with inotify.
+        for i in 0..state.user_dirs {
+            state.look_again(i, true)?;
+        }
         state.bearing = state.bearings(&table);
         state.poll_remote_inside(&table);
+        for i in 0..state.user_dirs {
+            state.place_watch(i)?;
+        }
         state.watch_parents();
         let thread = std::thread::Builder::new()
             .name("isomgr-dirs".into())
@@ -511,6 +520,10 @@ struct State {
     /// file systems mounted inside those (found in the mount table), polled as directories of
     /// their own: inotify misses what other machines change there.
     user_dirs: usize,
+    /// Per directory given to watch: not there when last looked at (nothing to watch).
+    missing: Vec<bool>,
+    /// The directories watched with inotify (one watch each, see [`State::watch_tree`]).
+    watched: std::collections::BTreeSet<PathBuf>,
     /// Per entry of `cfg.dirs`: its path with symlinks resolved, when it was last looked at.
     real: Vec<Option<PathBuf>>,
     tracked: TrackedFiles,
@@ -584,17 +597,10 @@ struct Observed {
 }
 
 impl State {
-    fn watch_all(&mut self) -> anyhow::Result<()> {
-        for i in 0..self.cfg.dirs.len() {
-            self.watch_dir(i, true)?;
-        }
-        Ok(())
-    }
-
-    /// Decides how watched directory `i` is watched (made first if missing, when `create`),
-    /// and watches it with inotify unless it is polled.
-    fn watch_dir(&mut self, i: usize, create: bool) -> anyhow::Result<()> {
-        use anyhow::Context;
+    /// Decides how watched directory `i` is watched (made first if missing, when `create`):
+    /// polled or not, and whether looking at it may hang. [`State::place_watch`] then watches
+    /// it with inotify unless it is polled.
+    fn look_again(&mut self, i: usize, create: bool) -> anyhow::Result<()> {
         let spec = self.cfg.dirs[i].clone();
         let dir = spec.path.clone();
         let interval = self.cfg.poll_interval;
@@ -610,6 +616,7 @@ impl State {
                 self.polled[i] = true;
                 self.may_hang[i] = true;
                 self.real[i] = None;
+                self.missing[i] = false;
                 return Ok(());
             }
             Err(_) => look_at_dir(&self.cfg.dirs[i], interval, create)?,
@@ -618,6 +625,7 @@ impl State {
             tracing::info!(dir = %dir.display(), "created the watched directory");
         }
         self.real[i] = look.real;
+        self.missing[i] = look.missing;
         if look.missing {
             tracing::warn!(dir = %dir.display(), "the watched directory is not there: watched again once a mount or its parent brings it back");
             self.polled[i] = false;
@@ -627,12 +635,70 @@ impl State {
         tracing::info!("{}: {}", dir.display(), look.decision.why);
         self.polled[i] = look.decision.poll;
         self.may_hang[i] = look.decision.poll || look.remote;
-        if look.decision.poll {
+        Ok(())
+    }
+
+    /// Watches watched directory `i` with inotify, where it is looked at that way and there.
+    fn place_watch(&mut self, i: usize) -> anyhow::Result<()> {
+        use anyhow::Context;
+        if self.missing[i] || self.polled[i] {
             return Ok(());
         }
-        self.watcher
-            .watch(&dir, RecursiveMode::Recursive)
+        let dir = self.cfg.dirs[i].path.clone();
+        self.watch_tree(&dir)
             .with_context(|| format!("watching {} (inotify)", dir.display()))
+    }
+
+    /// Watches `top` and every directory below it with inotify, one watch each, but not below
+    /// a symlink (a scan does not follow them) nor below another watched directory (a share
+    /// mounted inside, polled; a nested one, watched on its own): a share whose server is down
+    /// is never walked into. Each directory is watched before it is listed, so one made
+    /// meanwhile is found. Only the failure to watch `top` itself is an error; a directory
+    /// below that goes meanwhile is skipped, and once inotify's watch limit is reached the
+    /// rest is left to rescans (logged).
+    fn watch_tree(&mut self, top: &Path) -> notify::Result<()> {
+        let mut stack = vec![top.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            match self.watcher.watch(&d, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.watched.insert(d.clone());
+                }
+                Err(e) if d == top => return Err(e),
+                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                    tracing::warn!(dir = %d.display(), "inotify's watch limit is reached (sysctl fs.inotify.max_user_watches): this directory and the rest of the tree are not watched; changes there are found by the next rescan (SIGHUP)");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(dir = %d.display(), error = %e, "not watched (gone meanwhile?)");
+                    continue;
+                }
+            }
+            let Ok(rd) = crate::sys::relieved(|| std::fs::read_dir(&d)) else {
+                continue;
+            };
+            for ent in rd.flatten() {
+                let path = ent.path();
+                if ent.file_type().is_ok_and(|t| t.is_dir()) && !self.is_other_root(&path, top) {
+                    stack.push(path);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the inotify watches of watched directory `i`'s tree (not those of a directory
+    /// nested in it, watched on its own).
+    fn unwatch_tree(&mut self, i: usize) {
+        let mine: Vec<PathBuf> = self
+            .watched
+            .iter()
+            .filter(|p| spec_index(&self.cfg.dirs[..self.user_dirs], p) == Some(i))
+            .cloned()
+            .collect();
+        for p in mine {
+            let _ = self.watcher.unwatch(&p);
+            self.watched.remove(&p);
+        }
     }
 
     /// The mounts bearing on each watched directory now (see [`mounts::bearing_on`]).
@@ -678,12 +744,10 @@ impl State {
                     .join(" ")
             };
             tracing::info!(dir = %dir.display(), mounted = %list(mounted), unmounted = %list(unmounted), "a file system was mounted or unmounted on the watched directory: watching it again and rescanning");
-            if !self.polled[i] {
-                let _ = self.watcher.unwatch(&dir);
-            }
+            self.unwatch_tree(i);
             let was_hanging = self.may_hang[i];
-            if let Err(e) = self.watch_dir(i, false) {
-                tracing::warn!(dir = %dir.display(), error = format!("{e:#}"), "cannot watch the watched directory again; found by the next rescan (SIGHUP)");
+            if let Err(e) = self.look_again(i, false) {
+                tracing::warn!(dir = %dir.display(), error = format!("{e:#}"), "cannot look at the watched directory again; found by the next rescan (SIGHUP)");
             }
             changed.push((i, was_hanging));
         }
@@ -693,6 +757,12 @@ impl State {
         // A symlink's target may have moved with the mount.
         self.bearing = self.bearings(&table);
         self.poll_remote_inside(&table);
+        for &(i, _) in &changed {
+            if let Err(e) = self.place_watch(i) {
+                let dir = self.cfg.dirs[i].path.display();
+                tracing::warn!(%dir, error = format!("{e:#}"), "cannot watch the watched directory again; found by the next rescan (SIGHUP)");
+            }
+        }
         for (i, was_hanging) in changed {
             // (Where a stat may hang, the rescan finds them gone instead.)
             if !was_hanging && !self.may_hang[i] {
@@ -1042,11 +1112,9 @@ impl State {
                     .any(|(d, polled)| d.path == path && !polled)
                 {
                     tracing::info!(dir = %path.display(), "watched directory is back");
-                    let _ = self.watcher.watch(&path, RecursiveMode::Recursive);
                 }
                 if self.inside_watched(&path) {
-                    self.scan_dir(&path, Reason::Arrived, &mut HashSet::new());
-                    self.fresh_dirs.push((path, Instant::now()));
+                    self.arrived_dir(path);
                 }
             }
             EventKind::Create(_) if self.inside_watched(&path) => {
@@ -1056,18 +1124,38 @@ impl State {
                 if !self.inside_watched(&path) {
                     return;
                 }
-                if path.is_dir() {
-                    self.scan_dir(&path, Reason::Arrived, &mut HashSet::new());
-                    self.fresh_dirs.push((path, Instant::now()));
+                // (Not a symlink to a directory: it is not followed.)
+                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                    self.arrived_dir(path);
                 } else {
                     self.check(&path, Reason::Arrived);
                 }
             }
             EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
+                // (`notify` dropped the watches below it.)
+                let below: Vec<PathBuf> = self
+                    .watched
+                    .range(path.clone()..)
+                    .take_while(|p| p.starts_with(&path))
+                    .cloned()
+                    .collect();
+                for p in below {
+                    self.watched.remove(&p);
+                }
                 self.left(&path);
             }
             _ => {}
         }
+    }
+
+    /// A directory made in, or moved into, a tree watched with inotify: watched with its tree,
+    /// then scanned, and scanned again shortly after (see `fresh_dirs`).
+    fn arrived_dir(&mut self, path: PathBuf) {
+        if let Err(e) = self.watch_tree(&path) {
+            tracing::debug!(dir = %path.display(), error = %e, "not watched (gone meanwhile?)");
+        }
+        self.scan_dir(&path, Reason::Arrived, &mut HashSet::new());
+        self.fresh_dirs.push((path, Instant::now()));
     }
 
     /// Whether an inotify event for `path` counts: it is inside a directory watched with
