@@ -1187,16 +1187,22 @@ fn inotify_queue_overflow_triggers_a_rescan_that_reconciles() {
     fs::write(knob, "16").expect("lowering max_queued_events");
     let w = std::panic::catch_unwind(|| Watcher::start_with(&env, &[]));
     fs::write(knob, saved.trim()).expect("restoring max_queued_events");
-    let _w = w.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let watcher = w.unwrap_or_else(|e| std::panic::resume_unwind(e));
 
     let s = scratch(&env);
     let img = small_image(&s, "many.iso", "FLOOD");
+    // Stopped meanwhile, so that the queue is full when the directory is made: its event is
+    // lost with the others.
+    watcher.signal(libc::SIGSTOP);
     for i in 0..120 {
         fs::copy(&img, env.drop.join(format!("f{i:03}.iso"))).unwrap();
     }
     for i in 0..60 {
         fs::remove_file(env.drop.join(format!("f{i:03}.iso"))).unwrap();
     }
+    let lost = env.drop.join("made/during/overflow");
+    fs::create_dir_all(&lost).unwrap();
+    watcher.signal(libc::SIGCONT);
     wait_for("an overflow to be logged", || {
         if env.log_text().contains("overflow") {
             Ok(())
@@ -1227,6 +1233,11 @@ fn inotify_queue_overflow_triggers_a_rescan_that_reconciles() {
             }
         },
     );
+    // The rescan watched the directories whose events were lost: an image written there is
+    // served.
+    let deep = lost.join("deep.iso");
+    fs::copy(small_image(&s, "deep.iso", "DEEP"), &deep).unwrap();
+    wait_for("DEEP", || hello(&env, "DEEP"));
 }
 
 /// The watched directory's parent is watched only for the directory coming back: a log or a

@@ -585,6 +585,13 @@ fn file_id(dev: u64, ino: u64) -> MediumId {
     MediumId(format!("file:{dev}:{ino}").into())
 }
 
+/// A directory that could not be watched with inotify.
+struct WatchFailed {
+    error: notify::Error,
+    /// inotify's watch limit is reached.
+    is_limit: bool,
+}
+
 /// A file as one poll saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Observed {
@@ -659,19 +666,11 @@ impl State {
     fn watch_tree(&mut self, top: &Path) -> notify::Result<()> {
         let mut stack = vec![top.to_path_buf()];
         while let Some(d) = stack.pop() {
-            match self.watcher.watch(&d, RecursiveMode::NonRecursive) {
-                Ok(()) => {
-                    self.watched.insert(d.clone());
-                }
-                Err(e) if d == top => return Err(e),
-                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
-                    tracing::warn!(dir = %d.display(), "inotify's watch limit is reached (sysctl fs.inotify.max_user_watches): this directory and the rest of the tree are not watched; changes there are found by the next rescan (SIGHUP)");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::debug!(dir = %d.display(), error = %e, "not watched (gone meanwhile?)");
-                    continue;
-                }
+            match self.watch_one(&d) {
+                Ok(()) => {}
+                Err(e) if d == top => return Err(e.error),
+                Err(e) if e.is_limit => return Ok(()),
+                Err(_) => continue,
             }
             let Ok(rd) = crate::sys::relieved(|| std::fs::read_dir(&d)) else {
                 continue;
@@ -684,6 +683,26 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Watches directory `d` (not below it) with inotify. Failures are logged: at debug level
+    /// (gone meanwhile), or as a warning when inotify's watch limit is reached.
+    fn watch_one(&mut self, d: &Path) -> Result<(), WatchFailed> {
+        match self.watcher.watch(d, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                self.watched.insert(d.to_path_buf());
+                Ok(())
+            }
+            Err(error) => {
+                let is_limit = matches!(error.kind, notify::ErrorKind::MaxFilesWatch);
+                if is_limit {
+                    tracing::warn!(dir = %d.display(), "inotify's watch limit is reached (sysctl fs.inotify.max_user_watches): this directory and those below it are not watched; changes there are found by the next rescan (SIGHUP)");
+                } else {
+                    tracing::debug!(dir = %d.display(), error = %error, "not watched (gone meanwhile?)");
+                }
+                Err(WatchFailed { error, is_limit })
+            }
+        }
     }
 
     /// Drops the inotify watches of watched directory `i`'s tree (not those of a directory
@@ -1373,10 +1392,16 @@ impl State {
         }
     }
 
-    /// Looks at every file below `dir` (not following symlinked directories).
+    /// Looks at every file below `dir` (not following symlinked directories). A directory of
+    /// a tree watched with inotify that has no watch yet (made while inotify's queue
+    /// overflowed, its event lost) is watched before it is listed.
     fn scan_dir(&mut self, dir: &Path, reason: Reason, seen: &mut HashSet<PathBuf>) {
         let mut stack = vec![dir.to_path_buf()];
+        let mut watch_limit = false;
         while let Some(d) = stack.pop() {
+            if !watch_limit && !self.watched.contains(&d) && self.inside_watched(&d) {
+                watch_limit = self.watch_one(&d).is_err_and(|e| e.is_limit);
+            }
             let rd = match crate::sys::relieved(|| std::fs::read_dir(&d)) {
                 Ok(rd) => rd,
                 Err(e) if crate::sys::out_of_descriptors(&e) => {
