@@ -1110,12 +1110,22 @@ fn a_symlink_to_an_image_inside_a_kernel_mounted_medium_is_not_served() {
             .arg(&w.root)
             .arg(&mirror),
     );
+    // A bind mount of the one medium's directory, not of the root.
+    let one = w.path("one");
+    fs::create_dir(&one).expect("mkdir");
+    common::output_ok(
+        Command::new("mount")
+            .arg("--bind")
+            .arg(w.root.join("OUTER"))
+            .arg(&one),
+    );
     let links = [
         (drop_dir.join("inner.iso"), w.root.join("OUTER/inner.iso")),
         (
             drop_dir.join("via-mirror.iso"),
             mirror.join("OUTER/inner.iso"),
         ),
+        (drop_dir.join("via-one.iso"), one.join("inner.iso")),
     ];
     for (link, target) in &links {
         std::os::unix::fs::symlink(target, link).expect("symlink");
@@ -1132,6 +1142,7 @@ fn a_symlink_to_an_image_inside_a_kernel_mounted_medium_is_not_served() {
     });
     let served = names();
     common::output_ok(Command::new("umount").arg("-R").arg(&mirror));
+    common::output_ok(Command::new("umount").arg(&one));
     // Nothing holds OUTER: it goes with its loop device.
     fs::remove_file(&dropped).expect("deleting outer.iso");
     wait_for("OUTER to go", &|| !w.root.join("OUTER").exists());
