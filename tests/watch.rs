@@ -1191,8 +1191,16 @@ fn inotify_queue_overflow_triggers_a_rescan_that_reconciles() {
 
     let s = scratch(&env);
     let img = small_image(&s, "many.iso", "FLOOD");
-    // Stopped meanwhile, so that the queue is full when the directory is made: its event is
-    // lost with the others.
+    let again = env.drop.join("again");
+    fs::create_dir(&again).unwrap();
+    wait_for("a watch on the new directory", || {
+        match watches_inode(watcher.pid(), &again) {
+            true => Ok(()),
+            false => Err("none yet".to_owned()),
+        }
+    });
+    // Stopped meanwhile, so that the queue is full when the directories are made (one made
+    // again): their events are lost with the others.
     watcher.signal(libc::SIGSTOP);
     for i in 0..120 {
         fs::copy(&img, env.drop.join(format!("f{i:03}.iso"))).unwrap();
@@ -1202,6 +1210,8 @@ fn inotify_queue_overflow_triggers_a_rescan_that_reconciles() {
     }
     let lost = env.drop.join("made/during/overflow");
     fs::create_dir_all(&lost).unwrap();
+    fs::remove_dir(&again).unwrap();
+    fs::create_dir(&again).unwrap();
     watcher.signal(libc::SIGCONT);
     wait_for("an overflow to be logged", || {
         if env.log_text().contains("overflow") {
@@ -1238,6 +1248,12 @@ fn inotify_queue_overflow_triggers_a_rescan_that_reconciles() {
     let deep = lost.join("deep.iso");
     fs::copy(small_image(&s, "deep.iso", "DEEP"), &deep).unwrap();
     wait_for("DEEP", || hello(&env, "DEEP"));
+    fs::copy(
+        small_image(&s, "again.iso", "AGAIN"),
+        again.join("again.iso"),
+    )
+    .unwrap();
+    wait_for("AGAIN", || hello(&env, "AGAIN"));
 }
 
 /// The watched directory's parent is watched only for the directory coming back: a log or a

@@ -309,7 +309,7 @@ impl DirsSource {
             real: vec![None; cfg.dirs.len()],
             bearing: Vec::new(),
             missing: vec![false; user_dirs],
-            watched: std::collections::BTreeSet::new(),
+            watched: std::collections::BTreeMap::new(),
             user_dirs,
             mounts_pending,
             _mount_watch: mount_watch,
@@ -522,8 +522,9 @@ struct State {
     user_dirs: usize,
     /// Per directory given to watch: not there when last looked at (nothing to watch).
     missing: Vec<bool>,
-    /// The directories watched with inotify (one watch each, see [`State::watch_tree`]).
-    watched: std::collections::BTreeSet<PathBuf>,
+    /// The directories watched with inotify (one watch each, see [`State::watch_tree`]), with
+    /// the directory each path led to then.
+    watched: std::collections::BTreeMap<PathBuf, DirIdentity>,
     /// Per entry of `cfg.dirs`: its path with symlinks resolved, when it was last looked at.
     real: Vec<Option<PathBuf>>,
     tracked: TrackedFiles,
@@ -583,6 +584,19 @@ fn keep_handle(file: &File) -> bool {
 /// The identity of the image file with this device and inode.
 fn file_id(dev: u64, ino: u64) -> MediumId {
     MediumId(format!("file:{dev}:{ino}").into())
+}
+
+/// Which directory a path leads to: device, inode and birth time (an inode number freed by a
+/// directory removed is given at once to the next one made); zeros where it cannot be looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DirIdentity(u64, u64, Option<std::time::SystemTime>);
+
+impl DirIdentity {
+    fn of(d: &Path) -> DirIdentity {
+        std::fs::symlink_metadata(d).map_or(DirIdentity(0, 0, None), |m| {
+            DirIdentity(m.dev(), m.ino(), m.created().ok())
+        })
+    }
 }
 
 /// A directory that could not be watched with inotify.
@@ -688,9 +702,11 @@ impl State {
     /// Watches directory `d` (not below it) with inotify. Failures are logged: at debug level
     /// (gone meanwhile), or as a warning when inotify's watch limit is reached.
     fn watch_one(&mut self, d: &Path) -> Result<(), WatchFailed> {
+        // (Looked at first: a directory that replaces it meanwhile is watched again by a rescan.)
+        let was = DirIdentity::of(d);
         match self.watcher.watch(d, RecursiveMode::NonRecursive) {
             Ok(()) => {
-                self.watched.insert(d.to_path_buf());
+                self.watched.insert(d.to_path_buf(), was);
                 Ok(())
             }
             Err(error) => {
@@ -710,7 +726,7 @@ impl State {
     fn unwatch_tree(&mut self, i: usize) {
         let mine: Vec<PathBuf> = self
             .watched
-            .iter()
+            .keys()
             .filter(|p| spec_index(&self.cfg.dirs[..self.user_dirs], p) == Some(i))
             .cloned()
             .collect();
@@ -1155,6 +1171,7 @@ impl State {
                 let below: Vec<PathBuf> = self
                     .watched
                     .range(path.clone()..)
+                    .map(|(p, _)| p)
                     .take_while(|p| p.starts_with(&path))
                     .cloned()
                     .collect();
@@ -1393,13 +1410,16 @@ impl State {
     }
 
     /// Looks at every file below `dir` (not following symlinked directories). A directory of
-    /// a tree watched with inotify that has no watch yet (made while inotify's queue
-    /// overflowed, its event lost) is watched before it is listed.
+    /// a tree watched with inotify that has no watch yet (made, or made again, while inotify's
+    /// queue overflowed, its events lost) is watched before it is listed.
     fn scan_dir(&mut self, dir: &Path, reason: Reason, seen: &mut HashSet<PathBuf>) {
         let mut stack = vec![dir.to_path_buf()];
         let mut watch_limit = false;
         while let Some(d) = stack.pop() {
-            if !watch_limit && !self.watched.contains(&d) && self.inside_watched(&d) {
+            if !watch_limit
+                && self.inside_watched(&d)
+                && self.watched.get(&d) != Some(&DirIdentity::of(&d))
+            {
                 watch_limit = self.watch_one(&d).is_err_and(|e| e.is_limit);
             }
             let rd = match crate::sys::relieved(|| std::fs::read_dir(&d)) {
