@@ -40,9 +40,6 @@ use super::mounts;
 /// counts as gone (the two halves of a rename arrive together; this is slack).
 const MOVE_GRACE: Duration = Duration::from_millis(25);
 
-/// When a directory that just appeared is looked at a second time.
-const FRESH_DIR_RELOOK: Duration = Duration::from_millis(20);
-
 /// First wait before images that could not be opened for lack of descriptors (EMFILE,
 /// ENFILE) are looked at again; it doubles up to [`FD_RETRY_MAX`] while descriptors stay short.
 const FD_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -318,7 +315,6 @@ impl DirsSource {
             watcher,
             tracked: TrackedFiles::default(),
             pending_gone: Vec::new(),
-            fresh_dirs: Vec::new(),
             waiting_logged: HashSet::new(),
             may_hang: polled.clone(),
             polled,
@@ -531,10 +527,6 @@ struct State {
     /// Files that left their path, and when; gone unless they show up elsewhere within
     /// [`MOVE_GRACE`].
     pending_gone: Vec<(PathBuf, Tracked, Instant)>,
-    /// Directories that just appeared in the trees. `notify` starts watching a new directory
-    /// only after it delivered the event that made it, so a file that lands (or is renamed)
-    /// into it in between sends no event: each one is looked at again shortly after.
-    fresh_dirs: Vec<(PathBuf, Instant)>,
     waiting_logged: HashSet<PathBuf>,
     /// Per entry of `cfg.dirs`: rescanned on a timer instead of watched with inotify.
     polled: Vec<bool>,
@@ -923,12 +915,10 @@ impl State {
         loop {
             // Block for the next input, but not past the moment the oldest file that left
             // its place counts as gone.
-            // Also wake for the second look at a directory that appeared (see `fresh_dirs`).
             let deadline = self
                 .pending_gone
                 .iter()
                 .map(|p| p.2 + MOVE_GRACE)
-                .chain(self.fresh_dirs.iter().map(|d| d.1 + FRESH_DIR_RELOOK))
                 .chain(self.next_poll)
                 .chain(self.fd_short.retry_at)
                 .min();
@@ -954,7 +944,6 @@ impl State {
                     return;
                 }
             }
-            self.relook_fresh_dirs();
             if self
                 .fd_short
                 .retry_at
@@ -1185,13 +1174,13 @@ impl State {
     }
 
     /// A directory made in, or moved into, a tree watched with inotify: watched with its tree,
-    /// then scanned, and scanned again shortly after (see `fresh_dirs`).
+    /// then scanned. A file that landed in it before its watch was in place is found by that
+    /// scan.
     fn arrived_dir(&mut self, path: PathBuf) {
         if let Err(e) = self.watch_tree(&path) {
             tracing::debug!(dir = %path.display(), error = %e, "not watched (gone meanwhile?)");
         }
         self.scan_dir(&path, Reason::Arrived, &mut HashSet::new());
-        self.fresh_dirs.push((path, Instant::now()));
     }
 
     /// Whether an inotify event for `path` counts: it is inside a directory watched with
@@ -1232,19 +1221,6 @@ impl State {
     }
 
     /// Emits `Vanished` for every file that left its place at least `grace` ago.
-    /// Scans again each directory that appeared at least [`FRESH_DIR_RELOOK`] ago (its watch is
-    /// in place by then), before anything that left is declared gone.
-    fn relook_fresh_dirs(&mut self) {
-        let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fresh_dirs)
-            .into_iter()
-            .partition(|d| now >= d.1 + FRESH_DIR_RELOOK);
-        self.fresh_dirs = later;
-        for (dir, _) in due {
-            self.scan_dir(&dir, Reason::Arrived, &mut HashSet::new());
-        }
-    }
-
     fn finalize_gone(&mut self, grace: Duration) {
         let (gone, waiting) = std::mem::take(&mut self.pending_gone)
             .into_iter()
