@@ -1,5 +1,5 @@
 //! The one event type every source produces and the manager consumes: owned plain data, no
-//! udev or notify type crosses it. Executor outcomes come back as events too.
+//! udev or inotify type crosses it. Executor outcomes come back as events too.
 
 use std::fs::File;
 use std::path::PathBuf;

@@ -25,8 +25,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-use notify::{EventKind, RecursiveMode, Watcher};
+use super::inotify::{Change, Inotify};
 use regex::Regex;
 use tokio::sync::mpsc;
 
@@ -248,7 +247,7 @@ fn is_hidden_or_partial(name: &str) -> bool {
 
 /// Requests to the source thread.
 enum Input {
-    Notify(notify::Result<notify::Event>),
+    Inotify(Change),
     Rescan,
     Stop,
     /// A probe that had not answered within [`offload::WAIT`] has.
@@ -269,17 +268,13 @@ impl DirsSource {
     pub fn spawn(cfg: DirsConfig, out: mpsc::Sender<Event>) -> anyhow::Result<DirsSource> {
         use anyhow::Context;
         let (tx, rx) = std_mpsc::channel::<Input>();
-        let notify_tx = tx.clone();
-        // Symlinked directories are not followed, as a scan does not follow them: `notify`
-        // would otherwise watch the whole tree one leads to (`/usr`: 15,000 watches) and
-        // report images there that no scan finds.
-        let watcher = notify::RecommendedWatcher::new(
-            move |res| {
-                let _ = notify_tx.send(Input::Notify(res));
-            },
-            notify::Config::default().with_follow_symlinks(false),
-        )
-        .context("starting inotify")?;
+        let inotify = {
+            let tx = tx.clone();
+            Inotify::start(move |c| {
+                let _ = tx.send(Input::Inotify(c));
+            })
+            .context("starting inotify")?
+        };
         let polled = vec![false; cfg.dirs.len()];
         let user_dirs = cfg.dirs.len();
         let root_dev = mount_dev(&cfg.root);
@@ -312,7 +307,7 @@ impl DirsSource {
             _mount_watch: mount_watch,
             cfg,
             out,
-            watcher,
+            inotify,
             tracked: TrackedFiles::default(),
             pending_gone: Vec::new(),
             waiting_logged: HashSet::new(),
@@ -499,7 +494,7 @@ struct State {
     /// medium isomgr serves, whatever path reaches it (a bind mount of the root).
     served_devs: HashSet<u64>,
     out: mpsc::Sender<Event>,
-    watcher: notify::RecommendedWatcher,
+    inotify: Inotify,
     /// The watched directories' parents, for a directory made again.
     parents: Option<super::parents::ParentWatch>,
     /// This thread's own input (for the parents' watch, restarted after a mount).
@@ -593,7 +588,7 @@ impl DirIdentity {
 
 /// A directory that could not be watched with inotify.
 struct WatchFailed {
-    error: notify::Error,
+    error: std::io::Error,
     /// inotify's watch limit is reached.
     is_limit: bool,
 }
@@ -669,7 +664,7 @@ impl State {
     /// meanwhile is found. Only the failure to watch `top` itself is an error; a directory
     /// below that goes meanwhile is skipped, and once inotify's watch limit is reached the
     /// rest is left to rescans (logged).
-    fn watch_tree(&mut self, top: &Path) -> notify::Result<()> {
+    fn watch_tree(&mut self, top: &Path) -> std::io::Result<()> {
         let mut stack = vec![top.to_path_buf()];
         while let Some(d) = stack.pop() {
             match self.watch_one(&d) {
@@ -696,13 +691,17 @@ impl State {
     fn watch_one(&mut self, d: &Path) -> Result<(), WatchFailed> {
         // (Looked at first: a directory that replaces it meanwhile is watched again by a rescan.)
         let was = DirIdentity::of(d);
-        match self.watcher.watch(d, RecursiveMode::NonRecursive) {
+        // A directory named by the user may be a symlink (followed); below it, symlinked
+        // directories are not followed, as a scan does not follow them (`/usr`: 15,000
+        // watches, and images there that no scan finds).
+        let top = self.cfg.dirs[..self.user_dirs].iter().any(|s| s.path == d);
+        match self.inotify.watch(d, top) {
             Ok(()) => {
                 self.watched.insert(d.to_path_buf(), was);
                 Ok(())
             }
             Err(error) => {
-                let is_limit = matches!(error.kind, notify::ErrorKind::MaxFilesWatch);
+                let is_limit = error.raw_os_error() == Some(libc::ENOSPC);
                 if is_limit {
                     tracing::warn!(dir = %d.display(), "inotify's watch limit is reached (sysctl fs.inotify.max_user_watches): this directory and those below it are not watched; changes there are found by the next rescan (SIGHUP)");
                 } else {
@@ -723,7 +722,7 @@ impl State {
             .cloned()
             .collect();
         for p in mine {
-            let _ = self.watcher.unwatch(&p);
+            self.inotify.unwatch(&p);
             self.watched.remove(&p);
         }
     }
@@ -897,8 +896,10 @@ impl State {
         self.parents = None;
         let back_tx = self.input.clone();
         match super::parents::ParentWatch::start(&watched, move |dir| {
-            let ev = notify::Event::new(EventKind::Create(CreateKind::Folder)).add_path(dir);
-            let _ = back_tx.send(Input::Notify(Ok(ev)));
+            let _ = back_tx.send(Input::Inotify(Change::Arrived {
+                path: dir,
+                dir: true,
+            }));
         }) {
             Ok(w) => self.parents = Some(w),
             Err(e) => {
@@ -964,11 +965,15 @@ impl State {
         match input {
             Input::Stop => return false,
             Input::Rescan => self.full_scan(),
-            Input::Notify(Err(e)) => {
-                tracing::warn!(error = %e, "inotify error; rescanning");
+            Input::Inotify(Change::Failed(e)) => {
+                tracing::error!(error = %e, "reading inotify's events failed: changes are found by rescans only (SIGHUP); rescanning");
                 self.full_scan();
             }
-            Input::Notify(Ok(ev)) => self.on_notify(ev),
+            Input::Inotify(Change::Overflow) => {
+                tracing::warn!("inotify queue overflowed; rescanning");
+                self.full_scan();
+            }
+            Input::Inotify(c) => self.on_change(c),
             Input::Probed => self.probes_answered(),
             Input::Mounts => self.mounts_changed(),
         }
@@ -1110,24 +1115,13 @@ impl State {
         }
     }
 
-    fn on_notify(&mut self, ev: notify::Event) {
-        tracing::trace!(?ev, "inotify");
-        if ev.need_rescan() {
-            tracing::warn!("inotify queue overflowed; rescanning");
-            self.full_scan();
-            return;
-        }
-        let Some(path) = ev.paths.last().cloned() else {
-            return;
-        };
-        match ev.kind {
-            // Directory creations outside come from the parents' watch: only files inside count.
-            EventKind::Access(AccessKind::Close(AccessMode::Write))
-                if self.inside_watched(&path) =>
-            {
+    fn on_change(&mut self, c: Change) {
+        tracing::trace!(?c, "inotify");
+        match c {
+            Change::Written(path) if self.inside_watched(&path) => {
                 self.check(&path, Reason::Written);
             }
-            EventKind::Create(CreateKind::Folder) => {
+            Change::Arrived { path, dir: true } => {
                 if self
                     .cfg
                     .dirs
@@ -1141,31 +1135,24 @@ impl State {
                     self.arrived_dir(path);
                 }
             }
-            EventKind::Create(_) if self.inside_watched(&path) => {
+            Change::Arrived { path, dir: false } if self.inside_watched(&path) => {
                 self.check(&path, Reason::Arrived);
             }
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-                if !self.inside_watched(&path) {
-                    return;
-                }
-                // (Not a symlink to a directory: it is not followed.)
-                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-                    self.arrived_dir(path);
-                } else {
-                    self.check(&path, Reason::Arrived);
-                }
-            }
-            EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
-                // (`notify` dropped the watches below it.)
-                let below: Vec<PathBuf> = self
-                    .watched
-                    .range(path.clone()..)
-                    .map(|(p, _)| p)
-                    .take_while(|p| p.starts_with(&path))
-                    .cloned()
-                    .collect();
-                for p in below {
-                    self.watched.remove(&p);
+            Change::Left { path, dir } => {
+                if dir {
+                    // Its watches and those below it go: a directory moved away is no longer
+                    // in the tree (moved inside it, it is watched again where it arrived).
+                    let below: Vec<PathBuf> = self
+                        .watched
+                        .range(path.clone()..)
+                        .map(|(p, _)| p)
+                        .take_while(|p| p.starts_with(&path))
+                        .cloned()
+                        .collect();
+                    for p in below {
+                        self.inotify.unwatch(&p);
+                        self.watched.remove(&p);
+                    }
                 }
                 self.left(&path);
             }

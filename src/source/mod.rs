@@ -4,6 +4,7 @@
 pub mod dirs;
 pub mod drives;
 pub mod fstype;
+pub mod inotify;
 pub mod mounts;
 pub mod parents;
 pub mod uevent;

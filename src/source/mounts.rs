@@ -9,17 +9,17 @@
 //! `POLLPRI` whenever a mount or unmount happens in this mount namespace (proc(5)).
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::sys::MountEntry;
+use crate::sys::{MountEntry, StopFd};
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// A running watch on the mount table; stopped on drop.
 pub struct MountWatch {
-    wake: Arc<OwnedFd>,
+    stop: Arc<StopFd>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -28,21 +28,15 @@ impl MountWatch {
     /// changes in a row may give one call).
     pub fn start(changed: impl Fn() + Send + 'static) -> std::io::Result<MountWatch> {
         let table = File::open(MOUNTINFO)?;
-        // SAFETY: eventfd has no pointer arguments; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let stop = Arc::new(StopFd::new()?);
         let thread = {
-            let wake = Arc::clone(&wake);
+            let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("isomgr-mounts".into())
-                .spawn(move || wait_for_changes(&table, &wake, &changed))?
+                .spawn(move || wait_for_changes(&table, &stop, &changed))?
         };
         Ok(MountWatch {
-            wake,
+            stop,
             thread: Some(thread),
         })
     }
@@ -50,46 +44,25 @@ impl MountWatch {
 
 impl Drop for MountWatch {
     fn drop(&mut self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a valid buffer to the eventfd.
-        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        self.stop.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn wait_for_changes(table: &File, wake: &OwnedFd, changed: &impl Fn()) {
+fn wait_for_changes(table: &File, stop: &StopFd, changed: &impl Fn()) {
+    // The table is always readable (POLLIN): only POLLPRI (with POLLERR) says it changed; the
+    // poll itself takes the change as seen.
     loop {
-        // The table is always readable (POLLIN): only POLLPRI (with POLLERR) says it changed;
-        // the poll itself takes the change as seen.
-        let mut fds = [
-            libc::pollfd {
-                fd: table.as_raw_fd(),
-                events: libc::POLLPRI,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfd structures.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        match stop.wait(table.as_raw_fd(), libc::POLLPRI) {
+            Ok(Some(revents)) if revents & (libc::POLLPRI | libc::POLLERR) != 0 => changed(),
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "poll(2) on {MOUNTINFO}: mounts made after this are not noticed");
+                return;
             }
-            tracing::error!(error = %e, "poll(2) on {MOUNTINFO}: mounts made after this are not noticed");
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        if fds[0].revents & (libc::POLLPRI | libc::POLLERR) != 0 {
-            changed();
         }
     }
 }

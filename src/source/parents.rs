@@ -1,13 +1,14 @@
 //! Watches the parents of the watched directories for one thing only: a watched directory made
 //! (or moved) there again after it went.
 //!
-//! A watch through `notify` takes every kind of event, so on a parent such as /srv or a home
-//! directory every write to any file beside the watched directory (a log, a state file, shell
-//! history) would wake isomgr. This inotify instance asks for directory entries appearing
-//! (`IN_CREATE`, `IN_MOVED_TO`) and nothing else.
+//! A watch like those of the watched trees (see `inotify.rs`) also takes files closed after
+//! writing and entries deleted, so on a parent such as /srv or a home directory every log or
+//! state file written beside the watched directory (shell history, a log rotation) would wake
+//! isomgr. This inotify instance asks for directory entries appearing (`IN_CREATE`,
+//! `IN_MOVED_TO`) and nothing else.
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -97,9 +98,6 @@ impl Drop for ParentWatch {
     }
 }
 
-/// Size of `struct inotify_event` without its name.
-const EVENT_HEADER: usize = std::mem::size_of::<libc::inotify_event>();
-
 fn read_events(
     fd: &OwnedFd,
     stop: &AtomicBool,
@@ -119,7 +117,7 @@ fn read_events(
             return;
         }
         let data = buf.get(..n as usize).unwrap_or_default();
-        for (wd, mask, name) in events(data) {
+        for (wd, mask, name) in super::inotify::events(data) {
             if mask & libc::IN_ISDIR == 0 || mask & libc::IN_Q_OVERFLOW != 0 {
                 continue;
             }
@@ -132,25 +130,6 @@ fn read_events(
             }
         }
     }
-}
-
-/// The (wd, mask, name) of each event in a buffer `read` filled.
-fn events(mut data: &[u8]) -> impl Iterator<Item = (i32, u32, &OsStr)> {
-    std::iter::from_fn(move || {
-        let head = data.get(..EVENT_HEADER)?;
-        let int = |at: usize| -> [u8; 4] {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(head.get(at..at + 4).unwrap_or(&[0; 4]));
-            b
-        };
-        let wd = i32::from_ne_bytes(int(0));
-        let mask = u32::from_ne_bytes(int(4));
-        let len = u32::from_ne_bytes(int(12)) as usize;
-        let name = data.get(EVENT_HEADER..EVENT_HEADER + len)?;
-        let name = name.split(|b| *b == 0).next().unwrap_or_default();
-        data = data.get(EVENT_HEADER + len..).unwrap_or_default();
-        Some((wd, mask, OsStr::from_bytes(name)))
-    })
 }
 
 #[cfg(test)]

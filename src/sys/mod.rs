@@ -310,6 +310,65 @@ pub fn open_file_limit() -> u64 {
     }
 }
 
+/// An eventfd that stops a thread blocked in `poll(2)` on some other descriptor.
+pub struct StopFd(OwnedFd);
+
+impl StopFd {
+    pub fn new() -> io::Result<StopFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd has no pointer arguments; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+        Ok(StopFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Wakes [`StopFd::wait`], now and every time after.
+    pub fn stop(&self) {
+        use std::os::fd::AsRawFd;
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a valid buffer to the eventfd.
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Blocks until `fd` reports one of `events` (its `revents`, which may add POLLERR or
+    /// POLLHUP), or until [`StopFd::stop`] (None). Interrupted calls are retried.
+    pub fn wait(&self, fd: std::os::fd::RawFd, events: i16) -> io::Result<Option<i16>> {
+        use std::os::fd::AsRawFd;
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.0.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfd structures.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if fds[1].revents != 0 {
+                return Ok(None);
+            }
+            if fds[0].revents != 0 {
+                return Ok(Some(fds[0].revents));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
