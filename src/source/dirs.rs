@@ -172,6 +172,8 @@ struct DirLook {
     remote: bool,
     /// Its path with symlinks resolved.
     real: Option<PathBuf>,
+    /// The device of the file system it is on.
+    dev: Option<u64>,
 }
 
 /// Makes the watched directory `spec` if it does not exist (when `create`), and decides how it
@@ -195,6 +197,7 @@ fn look_at_dir(spec: &DirSpec, interval: Duration, create: bool) -> anyhow::Resu
         decision,
         remote,
         real: std::fs::canonicalize(dir).ok(),
+        dev: std::fs::metadata(dir).ok().map(|m| m.dev()),
     })
 }
 
@@ -299,6 +302,7 @@ impl DirsSource {
             served_devs,
             input: tx.clone(),
             real: vec![None; cfg.dirs.len()],
+            devs: vec![None; cfg.dirs.len()],
             bearing: Vec::new(),
             missing: vec![false; user_dirs],
             watched: std::collections::BTreeMap::new(),
@@ -518,6 +522,8 @@ struct State {
     watched: std::collections::BTreeMap<PathBuf, DirIdentity>,
     /// Per entry of `cfg.dirs`: its path with symlinks resolved, when it was last looked at.
     real: Vec<Option<PathBuf>>,
+    /// Per entry of `cfg.dirs`: the device of its file system, when it was last looked at.
+    devs: Vec<Option<u64>>,
     tracked: TrackedFiles,
     /// Files that left their path, and when; gone unless they show up elsewhere within
     /// [`MOVE_GRACE`].
@@ -624,6 +630,7 @@ impl State {
                 self.polled[i] = true;
                 self.may_hang[i] = true;
                 self.real[i] = None;
+                self.devs[i] = None;
                 self.missing[i] = false;
                 return Ok(());
             }
@@ -633,6 +640,7 @@ impl State {
             tracing::info!(dir = %dir.display(), "created the watched directory");
         }
         self.real[i] = look.real;
+        self.devs[i] = look.dev;
         self.missing[i] = look.missing;
         if look.missing {
             tracing::warn!(dir = %dir.display(), "the watched directory is not there: watched again once a mount or its parent brings it back");
@@ -842,6 +850,7 @@ impl State {
         self.polled.truncate(user);
         self.may_hang.truncate(user);
         self.real.truncate(user);
+        self.devs.truncate(user);
         self.listing.retain(|i, _| *i < user);
         let every = secs(self.cfg.poll_interval);
         for (i, at, fs) in want {
@@ -857,6 +866,7 @@ impl State {
             self.polled.push(true);
             self.may_hang.push(true);
             self.real.push(None);
+            self.devs.push(None);
         }
     }
 
@@ -1477,7 +1487,13 @@ impl State {
                 return true;
             }
         };
-        if let Some(real) = inside(&file, &meta, &self.cfg.root, &self.served_devs) {
+        if let Some(real) = inside(
+            &file,
+            &meta,
+            self.devs[index],
+            &self.cfg.root,
+            &self.served_devs,
+        ) {
             tracing::warn!(image = %path.display(), target = %real.display(), root = %self.cfg.root.display(), "a symlink to a file inside a medium isomgr serves; not served (it would keep that medium busy after it goes)");
             self.replaced(path);
             return true;
@@ -1995,12 +2011,21 @@ fn open_image_then(path: &Path, follow_symlinks: bool, meanwhile: impl FnOnce())
 
 /// Where open `file` (whose metadata is `meta`) is, if that is inside `root`: its path as the
 /// kernel knows it, or its device where that is one of the root's mounts (`served`).
+///
+/// A file on the file system of the watched directory it was found in (`home`), which is not
+/// one of those mounts, is inside no medium: each medium is a file system of its own (the FUSE
+/// root, or the kernel driver's loop and drive mounts). Its path is not asked for (a readlink
+/// of /proc/self/fd, a tenth of the time a start takes with 10,000 images).
 fn inside(
     file: &File,
     meta: &std::fs::Metadata,
+    home: Option<u64>,
     root: &Path,
     served: &HashSet<u64>,
 ) -> Option<PathBuf> {
+    if home == Some(meta.dev()) && !served.contains(&meta.dev()) {
+        return None;
+    }
     let fd = std::os::fd::AsRawFd::as_raw_fd(file);
     let real = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
     (real.starts_with(root) || served.contains(&meta.dev())).then_some(real)
