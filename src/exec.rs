@@ -183,13 +183,29 @@ impl FuseExecutor {
             medium.origin.clone(),
             medium.id.clone(),
         );
-        // The source has just read the descriptors: usually still in the page cache.
-        let at_once = handle
-            .as_ref()
-            .is_some_and(|h| offload::cached(&h.0, 16 * 2048, offload::HEAD));
-        let ran = self
-            .helper
-            .run_unless(at_once, move || open_image(&pool, handle, &origin, &id));
+        // The source has just read the descriptors: usually still in the page cache, and then
+        // the image is opened here and now.
+        let cached = handle.as_ref().and_then(|h| {
+            offload::from_cache(&h.0, |r| {
+                read_image(Image::open(r)).map(|i| i.with_source(()))
+            })
+        });
+        let ran = match cached {
+            Some(image) => Ok(Ran::Done(image.and_then(|image| {
+                serve_image(
+                    &pool,
+                    handle,
+                    &origin,
+                    &id,
+                    |src| Ok(image.with_source(src)),
+                )
+            }))),
+            None => self.helper.run(move || {
+                serve_image(&pool, handle, &origin, &id, |src| {
+                    read_image(Image::open(src))
+                })
+            }),
+        };
         let opened = match ran {
             Ok(Ran::Done(opened)) => opened,
             Ok(Ran::Late(opened)) => {
@@ -298,10 +314,16 @@ impl FuseExecutor {
     }
 }
 
-/// What publishing reads of a medium, on the opener thread: the image's descriptors and root
-/// directory, from the descriptor the source identified (`handle`) or from the file at
-/// `origin`, which must still be the one identified as `id`.
-fn open_image(pool: &Arc<FdPool>, handle: Option<Handle>, origin: &Path, id: &MediumId) -> Opened {
+/// What publishing reads of a medium: the image's descriptors and root directory (`open`,
+/// unless they were read already), from the descriptor the source identified (`handle`) or
+/// from the file at `origin`, which must still be the one identified as `id`.
+fn serve_image(
+    pool: &Arc<FdPool>,
+    handle: Option<Handle>,
+    origin: &Path,
+    id: &MediumId,
+    open: impl FnOnce(Pooled) -> Result<Image<Pooled>, String>,
+) -> Opened {
     let file = match handle {
         // The action held the only reference: serve that very descriptor (one per medium).
         Some(h) => match Arc::try_unwrap(h.0) {
@@ -335,16 +357,24 @@ fn open_image(pool: &Arc<FdPool>, handle: Option<Handle>, origin: &Path, id: &Me
         .adopt(file, origin)
         .map_err(|e| format!("inspecting {}: {e}", origin.display()))?;
     let path = src.path().cloned();
-    let image = Image::open(src).map_err(|e| e.to_string())?;
+    let image = open(src)?;
     if let Some(w) = image.udf_fallback() {
         tracing::warn!(origin = %origin.display(), "{w}");
     }
-    // Opening reads only the descriptors. A root directory that cannot be read would be
-    // served as a directory that fails every listing: refuse it here, once, instead.
+    Ok((Arc::new(image), path))
+}
+
+/// An image whose root directory can be read: opening reads only the descriptors, and a root
+/// that cannot be read would be served as a directory that fails every listing; refused here,
+/// once, instead.
+fn read_image<R: crate::iso9660::source::ReadAt>(
+    image: Result<Image<R>, crate::iso9660::Error>,
+) -> Result<Image<R>, String> {
+    let image = image.map_err(|e| e.to_string())?;
     image
         .read_dir(&image.root())
         .map_err(|e| format!("reading the root directory: {e}"))?;
-    Ok((Arc::new(image), path))
+    Ok(image)
 }
 
 /// Opens the tray of the drive at `device`, as the eject button asked. The medium is already

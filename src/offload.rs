@@ -99,19 +99,6 @@ impl Helper {
         self.wake.clone()
     }
 
-    /// [`Helper::run`], or `step` here and now when `at_once` (it reads only what is in the
-    /// page cache already, see [`cached`]: no thread hop for the usual case).
-    pub fn run_unless<T: Send + 'static>(
-        &mut self,
-        at_once: bool,
-        step: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<Ran<T>, String> {
-        if at_once {
-            return Ok(Ran::Done(step()));
-        }
-        self.run(step)
-    }
-
     /// Runs `step` on the helper thread and waits for it at most [`WAIT`]. `Err` when no
     /// thread could run it or its thread ended without an answer.
     pub fn run<T: Send + 'static>(
@@ -175,40 +162,54 @@ impl Helper {
     }
 }
 
-/// How much of an image from its first volume descriptor is checked before a first look runs
-/// in place: the usual descriptor set (a primary, a Joliet, a boot record, the terminator).
-/// The root directory that follows is read from the page cache too where the descriptors are.
-pub const HEAD: usize = 8 << 10;
+/// A reader of a file that never waits for a disc or a server: each read takes only what is in
+/// the page cache (`RWF_NOWAIT`). A read that would have to wait fails (`WouldBlock`), as does
+/// one on a file system that cannot tell (FUSE, most network file systems), and is remembered:
+/// what was worked out from such a reader counts only if no read failed (see [`from_cache`]).
+pub struct NoWait<'a> {
+    file: &'a std::fs::File,
+    failed: AtomicBool,
+}
 
-/// Whether the bytes of `file` from `offset` (at most `len`, not past its end) are all in the
-/// page cache, so that reading them cannot wait for a disc or a server: one read with
-/// `RWF_NOWAIT`. False where the file system cannot tell (FUSE, most network file systems).
-pub fn cached(file: &std::fs::File, offset: u64, len: usize) -> bool {
-    let Ok(size) = file.metadata().map(|m| m.len()) else {
-        return false;
-    };
-    let want = usize::try_from(size.saturating_sub(offset))
-        .unwrap_or(usize::MAX)
-        .min(len);
-    if want == 0 {
-        return true;
-    }
-    let Ok(at) = libc::off_t::try_from(offset) else {
-        return false;
-    };
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SCRATCH.with(|scratch| {
-        let Ok(mut buf) = scratch.try_borrow_mut() else {
-            return false;
+impl crate::iso9660::source::ReadAt for NoWait<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let n = match libc::off_t::try_from(offset) {
+            Ok(at) => {
+                let iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                };
+                // SAFETY: one iovec over the whole of `buf`, for the duration of the call.
+                unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) }
+            }
+            Err(_) => -1,
         };
-        if buf.len() < want {
-            buf.resize(want, 0);
+        match usize::try_from(n) {
+            Ok(n) => Ok(n),
+            Err(_) => {
+                self.failed.store(true, Ordering::Relaxed);
+                Err(std::io::ErrorKind::WouldBlock.into())
+            }
         }
-        buf.get_mut(..want)
-            .is_some_and(|buf| read_cached(file, buf, at))
-    })
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        crate::iso9660::source::ReadAt::size(self.file)
+    }
+}
+
+/// Runs `work` here and now over `file` read from the page cache only; `None` when it needed
+/// a read that could wait (or failed), for it to be done again with plain reads, off the
+/// caller's thread. The usual case (descriptors a source has just read, an image file copied in
+/// a moment ago) costs no thread hop and no read twice.
+pub fn from_cache<T>(file: &std::fs::File, work: impl FnOnce(&NoWait) -> T) -> Option<T> {
+    let reader = NoWait {
+        file,
+        failed: AtomicBool::new(false),
+    };
+    let out = work(&reader);
+    (!reader.failed.load(Ordering::Relaxed)).then_some(out)
 }
 
 /// Fills `buf` from `file` at `at` if those bytes are all in the page cache (one read with
@@ -258,14 +259,51 @@ mod tests {
     }
 
     #[test]
-    fn a_file_just_written_is_cached() {
+    fn work_from_the_page_cache_counts_only_when_no_read_had_to_wait() {
+        use crate::iso9660::source::{read_full, ReadAt};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, vec![7u8; 200_000]).unwrap();
         let f = std::fs::File::open(&path).unwrap();
-        assert!(cached(&f, 32768, HEAD));
-        // Past the end: nothing to read.
-        assert!(cached(&f, 1 << 30, HEAD));
+        // Just written: in the page cache, past the end included.
+        let got = from_cache(&f, |r| {
+            let mut buf = vec![0u8; 8192];
+            let n = read_full(r, &mut buf, 32768).unwrap();
+            let past = read_full(r, &mut buf, 1 << 30).unwrap();
+            (n, buf[0], past, r.size().unwrap())
+        });
+        assert_eq!(got, Some((8192, 7, 0, 200_000)));
+        // Dropped from the page cache (not possible on tmpfs): the read fails, and so does the
+        // whole.
+        let tmpfs = crate::source::fstype::statfs_type(dir.path()).ok() == Some(0x0102_1994);
+        // SAFETY: fdatasync and posix_fadvise on a descriptor this File owns.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::fdatasync(f.as_raw_fd());
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+        let got = from_cache(&f, |r| {
+            let mut buf = vec![0u8; 8192];
+            // An error the work swallows still makes it not count.
+            read_full(r, &mut buf, 65536).is_err()
+        });
+        if !tmpfs {
+            assert_eq!(got, None);
+        }
+        // A file system that cannot tell: FUSE or a pipe, here a pipe.
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into the array given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the read end, owned by nobody else; the write end is closed at once.
+        let pipe = unsafe {
+            use std::os::fd::FromRawFd;
+            libc::close(fds[1]);
+            std::fs::File::from_raw_fd(fds[0])
+        };
+        assert_eq!(
+            from_cache(&pipe, |r| r.read_at(&mut [0u8; 16], 0).is_ok()),
+            None
+        );
     }
 
     #[test]

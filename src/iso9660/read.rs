@@ -573,6 +573,20 @@ pub struct Image<R> {
     root: Entry,
 }
 
+impl<R> Image<R> {
+    /// The same image read through `src` instead (another reader of the same bytes).
+    pub fn with_source<S>(self, src: S) -> Image<S> {
+        Image {
+            src,
+            info: self.info,
+            names: self.names,
+            rr_skip: self.rr_skip,
+            udf: self.udf,
+            root: self.root,
+        }
+    }
+}
+
 impl<R: ReadAt> Image<R> {
     /// Identifies the image and prepares its tree: Rock Ridge where the ISO9660 tree has it
     /// (the fullest POSIX view), else the UDF tree (what the kernel mounts for a bridge:

@@ -1104,9 +1104,11 @@ impl State {
             }
             None => {}
         }
+        if let Some(info) = offload::from_cache(file, |r| probe(r)) {
+            return Some(info);
+        }
         let f = file.clone();
-        let at_once = offload::cached(file, 16 * 2048, offload::HEAD);
-        match self.helper.run_unless(at_once, move || probe(&*f)) {
+        match self.helper.run(move || probe(&*f)) {
             Ok(Ran::Done(info)) => Some(info),
             Ok(Ran::Late(answer)) => {
                 tracing::info!(image = %path.display(), waited_ms = offload::WAIT.as_millis() as u64, "its volume descriptors have not answered yet; looked at again once they do, the other images meanwhile");
