@@ -1314,6 +1314,26 @@ fn reads_and_writes_inside_the_watched_directory_do_not_wake_the_watcher() {
     env.wait_status(&["READ_A"]);
 }
 
+/// An image refused because serving it would give away a root-only file (a hard link to it)
+/// is served as soon as it is made readable by all, as the log line says, with no rescan.
+#[test]
+fn a_refused_image_made_readable_by_all_is_served_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    if !can_run("refused image made readable") {
+        return;
+    }
+    let env = Env::new("isomgr-watch-");
+    let secret = small_image(&scratch(&env), "secret.iso", "SECRET");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::hard_link(&secret, env.drop.join("link.iso")).unwrap();
+    let _w = Watcher::start_with(&env, &[]);
+    env.wait_log("a hard link to a file not readable by all; not served");
+    env.wait_status(&[]);
+    fs::set_permissions(env.drop.join("link.iso"), fs::Permissions::from_mode(0o644)).unwrap();
+    env.wait_names(&["SECRET"]);
+    env.wait_status(&["SECRET"]);
+}
+
 /// The watched directory's parent is watched only for the directory coming back: a log or a
 /// state file written beside it (here the watcher's own log lives there too) wakes nothing.
 #[test]

@@ -1150,6 +1150,13 @@ impl State {
             Change::Arrived { path, dir: false } if self.inside_watched(&path) => {
                 self.check(&path, Reason::Arrived);
             }
+            // A file not taken (refused as not readable by all, say) may be taken now; what
+            // is served, or waits for its writer, stays as it is.
+            Change::Attrib(path)
+                if self.inside_watched(&path) && !self.tracked.contains_key(&path) =>
+            {
+                self.check(&path, Reason::Arrived);
+            }
             Change::Left { path, dir } => {
                 if dir {
                     // Its watches and those below it go: a directory moved away is no longer

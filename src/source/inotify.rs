@@ -1,8 +1,9 @@
 //! The dirs source's inotify watches: one per directory, placed and dropped by the source, and
 //! asking only for what changes the set of images: entries made, deleted and moved, files
-//! closed after writing, and a watched directory itself going.
+//! closed after writing, permissions changed (an image refused as not readable by all, made
+//! readable), and a watched directory itself going.
 //!
-//! Not `IN_OPEN`, `IN_MODIFY`, `IN_ATTRIB` or `IN_CLOSE_NOWRITE`, which a general-purpose
+//! Not `IN_OPEN`, `IN_MODIFY` or `IN_CLOSE_NOWRITE`, which a general-purpose
 //! watcher (the `notify` crate) always takes: every image the watcher opens, every read of the
 //! drop directory by a backup or a checksum run, and every write of a copy in progress (tens of
 //! thousands for one DVD image) would each wake two threads for nothing.
@@ -24,6 +25,8 @@ pub enum Change {
     Arrived { path: PathBuf, dir: bool },
     /// A file was closed after being written.
     Written(PathBuf),
+    /// A file's permissions, owner, times or link count changed.
+    Attrib(PathBuf),
     /// The entry at `path` was deleted or moved away; `dir` when it was a directory. Also a
     /// directory watched as a top (see [`Inotify::watch`]) deleted or moved itself.
     Left { path: PathBuf, dir: bool },
@@ -41,6 +44,7 @@ const MASK: u32 = libc::IN_CREATE
     | libc::IN_MOVED_TO
     | libc::IN_DELETE_SELF
     | libc::IN_MOVE_SELF
+    | libc::IN_ATTRIB
     | libc::IN_ONLYDIR;
 
 /// The directory behind each watch descriptor, and the other way round.
@@ -199,6 +203,9 @@ fn change(paths: &mut Paths, wd: i32, mask: u32, name: &OsStr) -> Option<Change>
         Some(Change::Left { path, dir: is_dir })
     } else if mask & libc::IN_CLOSE_WRITE != 0 {
         Some(Change::Written(path))
+    } else if mask & libc::IN_ATTRIB != 0 && !is_dir && !name.is_empty() {
+        // (Not a directory's, nor the watched directory's own: neither is an image.)
+        Some(Change::Attrib(path))
     } else {
         None
     }
@@ -230,6 +237,7 @@ pub fn events(mut data: &[u8]) -> impl Iterator<Item = (i32, u32, &OsStr)> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -237,6 +245,7 @@ mod tests {
         match rx.recv_timeout(Duration::from_secs(5)).expect("a change") {
             Change::Arrived { path, dir } => format!("arrived {} {dir}", name(&path)),
             Change::Written(path) => format!("written {}", name(&path)),
+            Change::Attrib(path) => format!("attrib {}", name(&path)),
             Change::Left { path, dir } => format!("left {} {dir}", name(&path)),
             other => format!("{other:?}"),
         }
@@ -266,8 +275,10 @@ mod tests {
         }
         drop(f);
         assert_eq!(next(&rx), "written a.iso");
-        // Opened and read: nothing.
+        // Opened and read: nothing. Made readable by all: said.
         std::fs::read(top.join("a.iso")).unwrap();
+        std::fs::set_permissions(top.join("a.iso"), PermissionsExt::from_mode(0o644)).unwrap();
+        assert_eq!(next(&rx), "attrib a.iso");
         std::fs::rename(top.join("a.iso"), top.join("sub/b.iso")).unwrap();
         assert_eq!(next(&rx), "left a.iso false");
         assert_eq!(next(&rx), "arrived b.iso false");
