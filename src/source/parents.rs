@@ -12,14 +12,13 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use crate::sys::StopFd;
 
 /// A running parent watch; stopped on drop.
 pub struct ParentWatch {
-    fd: Arc<OwnedFd>,
-    wds: Vec<i32>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopFd>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -37,9 +36,8 @@ impl ParentWatch {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: a fresh descriptor that nothing else owns.
-        let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut by_wd: HashMap<i32, (PathBuf, Vec<PathBuf>)> = HashMap::new();
-        let mut wds = Vec::new();
         for dir in dirs {
             let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) else {
                 continue;
@@ -64,20 +62,15 @@ impl ParentWatch {
                 .entry(wd)
                 .or_insert_with(|| (parent.to_path_buf(), Vec::new()));
             entry.1.push(dir.clone());
-            if !wds.contains(&wd) {
-                wds.push(wd);
-            }
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopFd::new()?);
         let thread = {
-            let (fd, stop) = (Arc::clone(&fd), Arc::clone(&stop));
+            let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("isomgr-parents".into())
                 .spawn(move || read_events(&fd, &stop, &by_wd, &back))?
         };
         Ok(ParentWatch {
-            fd,
-            wds,
             stop,
             thread: Some(thread),
         })
@@ -85,13 +78,12 @@ impl ParentWatch {
 }
 
 impl Drop for ParentWatch {
+    // (Woken through the eventfd: removing the watches would wake a blocked read only where
+    // there is a watch left to remove. With none, a parent that could not be watched or that
+    // was deleted, stopping hung for good, and with it the watcher's stop and every restart
+    // of this watch after a mount.)
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Removing the watches queues IN_IGNORED events, which wake the blocked read.
-        for wd in &self.wds {
-            // SAFETY: a valid inotify descriptor; a stale wd only gives EINVAL.
-            unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), *wd) };
-        }
+        self.stop.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -100,12 +92,20 @@ impl Drop for ParentWatch {
 
 fn read_events(
     fd: &OwnedFd,
-    stop: &AtomicBool,
+    stop: &StopFd,
     by_wd: &HashMap<i32, (PathBuf, Vec<PathBuf>)>,
     back: &impl Fn(PathBuf),
 ) {
     let mut buf = vec![0u8; 64 * 1024];
-    while !stop.load(Ordering::SeqCst) {
+    loop {
+        match stop.wait(fd.as_raw_fd(), libc::POLLIN) {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "poll(2) on the parent directories' inotify events");
+                return;
+            }
+        }
         // SAFETY: reads into a valid buffer of the given length.
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
@@ -158,5 +158,24 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), dir);
         drop(w);
         assert!(rx.try_recv().is_err(), "nothing else was reported");
+    }
+
+    /// With no watch in place (the parent cannot be watched: missing, or inotify's limit),
+    /// stopping still returns: it once waited for an event that never came.
+    #[test]
+    fn a_watch_that_holds_no_watch_stops() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("no/such/parent/drop");
+        let w = ParentWatch::start(std::slice::from_ref(&dir), |_| {}).unwrap();
+        // Its thread is waiting for events by now.
+        std::thread::sleep(Duration::from_millis(200));
+        let (done, stopped) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(w);
+            let _ = done.send(());
+        });
+        stopped
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the watch stopped within 5 s");
     }
 }
