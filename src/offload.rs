@@ -173,25 +173,13 @@ pub struct NoWait<'a> {
 
 impl crate::iso9660::source::ReadAt for NoWait<'_> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        use std::os::fd::AsRawFd;
-        let n = match libc::off_t::try_from(offset) {
-            Ok(at) => {
-                let iov = libc::iovec {
-                    iov_base: buf.as_mut_ptr().cast(),
-                    iov_len: buf.len(),
-                };
-                // SAFETY: one iovec over the whole of `buf`, for the duration of the call.
-                unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) }
-            }
-            Err(_) => -1,
-        };
-        match usize::try_from(n) {
-            Ok(n) => Ok(n),
-            Err(_) => {
-                self.failed.store(true, Ordering::Relaxed);
-                Err(std::io::ErrorKind::WouldBlock.into())
-            }
-        }
+        let n = libc::off_t::try_from(offset)
+            .ok()
+            .and_then(|at| read_nowait(self.file, buf, at));
+        n.ok_or_else(|| {
+            self.failed.store(true, Ordering::Relaxed);
+            std::io::ErrorKind::WouldBlock.into()
+        })
     }
 
     fn size(&self) -> std::io::Result<u64> {
@@ -216,6 +204,12 @@ pub fn from_cache<T>(file: &std::fs::File, work: impl FnOnce(&NoWait) -> T) -> O
 /// `RWF_NOWAIT`, which cannot wait for a disc or a server). False where they are not, where
 /// the file system cannot tell (FUSE, most network file systems), or where the read fails.
 pub fn read_cached(file: &std::fs::File, buf: &mut [u8], at: libc::off_t) -> bool {
+    read_nowait(file, buf, at) == Some(buf.len())
+}
+
+/// One read of `file` at `at` with `RWF_NOWAIT`: the bytes read (fewer where the rest is not
+/// in the page cache), or `None` where none could be read without waiting or the read failed.
+fn read_nowait(file: &std::fs::File, buf: &mut [u8], at: libc::off_t) -> Option<usize> {
     use std::os::fd::AsRawFd;
     let iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -223,7 +217,7 @@ pub fn read_cached(file: &std::fs::File, buf: &mut [u8], at: libc::off_t) -> boo
     };
     // SAFETY: one iovec over the whole of `buf`, for the duration of the call.
     let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
-    usize::try_from(n).is_ok_and(|n| n == buf.len())
+    usize::try_from(n).ok()
 }
 
 #[cfg(test)]

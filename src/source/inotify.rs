@@ -65,13 +65,7 @@ pub struct Inotify {
 impl Inotify {
     /// Starts the instance with no watch; `back` is called on its thread for each change.
     pub fn start(back: impl Fn(Change) + Send + 'static) -> std::io::Result<Inotify> {
-        // SAFETY: inotify_init1 takes flags only.
-        let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        let fd = Arc::new(init()?);
         let paths = Arc::new(Mutex::new(Paths::default()));
         let stop = Arc::new(StopFd::new()?);
         let thread = {
@@ -209,6 +203,17 @@ fn change(paths: &mut Paths, wd: i32, mask: u32, name: &OsStr) -> Option<Change>
     } else {
         None
     }
+}
+
+/// A new inotify instance, with no watch.
+pub fn init() -> std::io::Result<OwnedFd> {
+    // SAFETY: inotify_init1 takes flags only.
+    let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// Size of `struct inotify_event` without its name.

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,13 +30,7 @@ impl ParentWatch {
         dirs: &[PathBuf],
         back: impl Fn(PathBuf) + Send + 'static,
     ) -> std::io::Result<ParentWatch> {
-        // SAFETY: inotify_init1 takes flags only.
-        let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = super::inotify::init()?;
         let mut by_wd: HashMap<i32, (PathBuf, Vec<PathBuf>)> = HashMap::new();
         for dir in dirs {
             let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) else {
